@@ -1,0 +1,58 @@
+"""Argument checks shared by every backend's launchers (one message style everywhere)."""
+
+import torch
+
+from . import ACTIVATIONS, LEAKY_RELU
+
+
+def full_lengths(lengths, T, B, device):
+    """``lengths`` as int64 on ``device``, or all-T when None."""
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.int64, device=device)
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def _expect(cond, msg):
+    if not cond:
+        raise ValueError(msg)
+
+
+def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
+                          negative_slope, dtypes, backend):
+    """Validate a forward launcher's arguments; returns (T, B, G)."""
+    where = f"{cell}_fwd[{backend}]"
+    _expect(xp.dim() == 3, f"{where}: xp must be 3-D [T, B, G], got shape {tuple(xp.shape)}")
+    T, B, G = xp.shape
+    _expect(xp.dtype in dtypes, f"{where}: xp dtype must be one of {dtypes}, got {xp.dtype}")
+    if cell == "lstm":
+        _expect(G % 4 == 0, f"{where}: xp.size(2) must be 4*hidden_size, got {G}")
+        H = G // 4
+        P = w_hr.shape[0] if w_hr is not None else H
+    else:
+        H = P = G
+        _expect(activation in ACTIVATIONS.values(),
+                f"{where}: activation must be one of {sorted(ACTIVATIONS.values())}, got {activation}")
+        if activation == LEAKY_RELU:
+            _expect(negative_slope >= 0,
+                    f"{where}: negative_slope must be >= 0, got {negative_slope}")
+    named = [("w_hh", w_hh, (G, P)), ("h0", h0, (B, P))]
+    if cell == "lstm":
+        named.append(("c0", c0, (B, H)))
+        if w_hr is not None:
+            named.append(("w_hr", w_hr, (P, H)))
+    for name, t, shape in named:
+        _expect(tuple(t.shape) == shape,
+                f"{where}: {name} must have shape {shape}, got {tuple(t.shape)}")
+        _expect(t.dtype == xp.dtype, f"{where}: {name} dtype must be {xp.dtype}, got {t.dtype}")
+        _expect(t.device == xp.device,
+                f"{where}: {name} must be on {xp.device}, got {t.device}")
+    if lengths is not None:
+        _expect(tuple(lengths.shape) == (B,),
+                f"{where}: lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        _expect(not lengths.is_floating_point(),
+                f"{where}: lengths must be an integer tensor, got {lengths.dtype}")
+        if B > 0:
+            lo, hi = int(lengths.min()), int(lengths.max())
+            _expect(lo >= 1 and hi <= T,
+                    f"{where}: lengths must lie in [1, {T}], got min {lo}, max {hi}")
+    return T, B, G

@@ -1,0 +1,136 @@
+"""numba CPU backend: launchers that check, allocate and launch (see ``kernels/__init__``).
+
+Each launcher takes and returns CPU torch tensors (float32 or float64, [T, B, *]
+time-major) and shares memory with numpy (``Tensor.numpy()``), so no copy is made
+beyond making an input contiguous.
+"""
+
+import numpy as np
+import torch
+
+from .._check import check_recurrence_args, full_lengths
+from .lstm import lstm_bwd_kernel, lstm_fwd_kernel
+from .rnn import rnn_bwd_kernel, rnn_fwd_kernel
+
+DTYPES = (torch.float32, torch.float64)
+__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "DTYPES"]
+
+
+def _np(t):
+    return t.detach().contiguous().numpy()
+
+
+def _lengths(lengths, T, B):
+    return _np(full_lengths(lengths, T, B, torch.device("cpu")))
+
+
+def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01):
+    """Forward recurrence of an Elman RNN.
+
+    Parameters
+    ----------
+    xp : Tensor [T, B, H]   input projection x @ W_ih^T + b_ih + b_hh
+    w_hh : Tensor [H, H]
+    h0 : Tensor [B, H]
+    lengths : int64 Tensor [B] or None   sequence b is active for t < lengths[b]
+    reverse : bool          process t = T-1 .. 0
+    activation : int        kernels.TANH, RELU or LEAKY_RELU
+    negative_slope : float  >= 0, used by LEAKY_RELU
+
+    Returns
+    -------
+    y : Tensor [T, B, H]  (0 where t >= lengths[b]),  h_n : Tensor [B, H]
+    """
+    T, B, H = check_recurrence_args("rnn", xp, w_hh, h0, None, None, lengths,
+                                    activation, negative_slope, DTYPES, "numba")
+    y = torch.empty_like(xp)
+    h_n = torch.empty_like(h0)
+    rnn_fwd_kernel(_np(xp), np.ascontiguousarray(_np(w_hh).T), _np(h0),
+                   _lengths(lengths, T, B), bool(reverse), int(activation),
+                   float(negative_slope), y.numpy(), h_n.numpy())
+    return y, h_n
+
+
+def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
+            negative_slope=0.01):
+    """BPTT of an Elman RNN.
+
+    Parameters: dy [T, B, H] (gradient of y), dh_n [B, H] (gradient of h_n), y [T, B, H]
+    (the forward output), the rest as :func:`rnn_fwd`.
+
+    Returns
+    -------
+    dxp : Tensor [T, B, H], dh0 : Tensor [B, H],
+    norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
+    """
+    T, B, H = y.shape
+    for name, t, shape in (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H))):
+        if tuple(t.shape) != shape or t.dtype != y.dtype:
+            raise ValueError(f"rnn_bwd: {name} must be {y.dtype} of shape {shape}, "
+                             f"got {t.dtype} of shape {tuple(t.shape)}")
+    dxp = torch.empty_like(y)
+    dh0 = torch.empty_like(dh_n)
+    norms = torch.empty(T, dtype=torch.float64)
+    rnn_bwd_kernel(_np(dy), _np(dh_n), _np(y), _np(w_hh), _lengths(lengths, T, B),
+                   bool(reverse), int(activation), float(negative_slope),
+                   dxp.numpy(), dh0.numpy(), norms.numpy())
+    return dxp, dh0, norms
+
+
+def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
+    """Forward recurrence of an LSTM (gate order i, f, g, o).
+
+    Parameters
+    ----------
+    xp : Tensor [T, B, 4H];  w_hh : Tensor [4H, P];  w_hr : Tensor [P, H] or None
+    h0 : Tensor [B, P];  c0 : Tensor [B, H];  lengths, reverse: as :func:`rnn_fwd`
+    (P = proj_size when w_hr is given, else H.)
+
+    Returns
+    -------
+    y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated), cs [T, B, H]
+    """
+    T, B, G = check_recurrence_args("lstm", xp, w_hh, h0, c0, w_hr, lengths,
+                                    0, 0.0, DTYPES, "numba")
+    H = G // 4
+    P = h0.shape[1]
+    y = xp.new_empty((T, B, P))
+    h_n = torch.empty_like(h0)
+    c_n = torch.empty_like(c0)
+    gates = torch.empty_like(xp)
+    cs = xp.new_empty((T, B, H))
+    w_hr_t = (np.ascontiguousarray(_np(w_hr).T) if w_hr is not None
+              else np.empty((0, P), dtype=_np(xp).dtype))
+    lstm_fwd_kernel(_np(xp), np.ascontiguousarray(_np(w_hh).T), w_hr_t, _np(h0),
+                    _np(c0), _lengths(lengths, T, B), bool(reverse), y.numpy(),
+                    h_n.numpy(), c_n.numpy(), gates.numpy(), cs.numpy())
+    return y, h_n, c_n, gates, cs
+
+
+def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False):
+    """BPTT of an LSTM.
+
+    Parameters: dy [T, B, P], dh_n [B, P], dc_n [B, H]; gates, cs from :func:`lstm_fwd`;
+    c0, w_hh, w_hr, lengths, reverse as in the forward.
+
+    Returns
+    -------
+    dxp [T, B, 4H], dh0 [B, P], dc0 [B, H],
+    dhs [T, B, P] (total gradient reaching h_t, for dW_hr; [0] without projection),
+    norms : float64 [T]
+    """
+    T, B, G = gates.shape
+    P = dh_n.shape[1]
+    proj = w_hr is not None
+    dxp = torch.empty_like(gates)
+    dh0 = torch.empty_like(dh_n)
+    dc0 = torch.empty_like(dc_n)
+    dhs = gates.new_empty((T, B, P) if proj else (0,))
+    norms = torch.empty(T, dtype=torch.float64)
+    w_hr_np = _np(w_hr) if proj else np.empty((0, G // 4), dtype=_np(gates).dtype)
+    lstm_bwd_kernel(_np(dy), _np(dh_n), _np(dc_n), _np(gates), _np(cs), _np(c0),
+                    _np(w_hh), w_hr_np, _lengths(lengths, T, B), bool(reverse),
+                    dxp.numpy(), dh0.numpy(), dc0.numpy(),
+                    dhs.numpy() if proj else np.empty((0, 0, 0), dtype=w_hr_np.dtype),
+                    norms.numpy())
+    return dxp, dh0, dc0, dhs, norms

@@ -1,0 +1,16 @@
+"""Every numba flag used by rnnfast's CPU kernels, in one place.
+
+``RNNFAST_NUMBA_CACHE=0`` disables the on-disk compile cache (on by default, so a
+second process starts without recompiling). ``fastmath`` stays off: it lets LLVM
+reassociate the float sums, which would break bitwise determinism across shapes and
+the gradient-fidelity guarantee (no worse than torch's own float32 error).
+"""
+
+import os
+
+CACHE = os.environ.get("RNNFAST_NUMBA_CACHE", "1") != "0"
+FASTMATH = False
+
+# Serial kernels: one thread runs the time loop; the per-step GEMM is BLAS.
+JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
+

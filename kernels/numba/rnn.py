@@ -1,0 +1,109 @@
+"""Elman RNN recurrence on the CPU (numba): forward and backprop through time.
+
+Equations, for each step t in processing order (t = 0..T-1, or T-1..0 when reverse)::
+
+    h_t = act(xp_t + h_{t-1} @ W_hh^T)            xp = x @ W_ih^T + b_ih + b_hh (torch)
+    dz_t = (dy_t + dh_t^rec) * act'(h_t)           dh_{t-1}^rec = dz_t @ W_hh
+    dxp_t = dz_t                                   dW_hh, dW_ih, db, dx: GEMMs (torch)
+
+Dimensions: T time steps, B batch rows, H hidden units (G = H gate columns).
+Sequence b is active at time t iff t < lengths[b]; an inactive row keeps its state,
+writes y = 0 and passes its gradient through unchanged (PackedSequence semantics, in
+both time directions).
+
+The per-step product is one BLAS GEMM (``np.dot`` into a preallocated buffer), which
+threads itself at large sizes. A batch-parallel variant (``prange`` over row slices,
+each thread running the whole time loop) was measured and dropped: OpenBLAS called
+from inside numba's OpenMP threads oversubscribes the cores (2x slower at B=32, H=256).
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .cells import activate, activate_grad
+from .config import JIT
+
+
+@njit(**JIT)
+def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b0, b1):
+    """Forward recurrence for batch rows [b0, b1): writes y[:, b0:b1] and h_n[b0:b1]."""
+    T, _, H = xp.shape
+    nb = b1 - b0
+    h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
+    z = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] h_{t-1} @ W_hh^T
+    for r in range(nb):
+        for j in range(H):
+            h[r, j] = h0[b0 + r, j]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        np.dot(h, w_hh_t, z)
+        for r in range(nb):
+            b = b0 + r
+            if t < lengths[b]:
+                for j in range(H):
+                    v = activate(xp[t, b, j] + z[r, j], activation, slope)
+                    h[r, j] = v
+                    y[t, b, j] = v
+            else:
+                for j in range(H):
+                    y[t, b, j] = 0
+    for r in range(nb):
+        for j in range(H):
+            h_n[b0 + r, j] = h[r, j]
+
+
+@njit(**JIT)
+def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+                  dxp, dh0, norms, b0, b1):
+    """BPTT for rows [b0, b1): writes dxp[:, b0:b1], dh0[b0:b1] and norms[t] =
+    ||dL/dh_t|| over those rows (float64; the total gradient reaching h_t)."""
+    T, _, H = dy.shape
+    nb = b1 - b0
+    dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient reaching h_t
+    dz = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient of the pre-activation
+    back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dz @ W_hh
+    # Per-unit sums of squares keep the norm's inner loop free of a serial reduction.
+    sq = np.empty(H, dtype=np.float64)  # [H]
+    for r in range(nb):
+        for j in range(H):
+            dh[r, j] = dh_n[b0 + r, j]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        sq[:] = 0.0
+        for r in range(nb):
+            b = b0 + r
+            if t < lengths[b]:
+                for j in range(H):
+                    g = dh[r, j] + dy[t, b, j]
+                    sq[j] += np.float64(g) * g
+                    d = g * activate_grad(y[t, b, j], activation, slope)
+                    dz[r, j] = d
+                    dxp[t, b, j] = d
+            else:
+                for j in range(H):
+                    dz[r, j] = 0
+                    dxp[t, b, j] = 0
+        norms[t] = math.sqrt(sq.sum())
+        np.dot(dz, w_hh, back)
+        for r in range(nb):
+            if t < lengths[b0 + r]:
+                for j in range(H):
+                    dh[r, j] = back[r, j]
+    for r in range(nb):
+        for j in range(H):
+            dh0[b0 + r, j] = dh[r, j]
+
+
+@njit(**JIT)
+def rnn_fwd_kernel(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n):
+    _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n,
+                  0, xp.shape[1])
+
+
+@njit(**JIT)
+def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+                   dxp, dh0, norms):
+    _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+                  dxp, dh0, norms, 0, dy.shape[1])

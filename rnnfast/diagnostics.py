@@ -1,0 +1,43 @@
+"""Gradient telemetry: the per-step norms ||dL/dh_t|| that BPTT computes anyway.
+
+Every backend's backward hands them out through a "probe" input of each layer op whose
+gradient *is* the norm vector (see :mod:`rnnfast.ops`); no per-step autograd, no Python
+loop over time.
+"""
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+
+def hidden_grad_norms(module, input, grad_output, hx=None):
+    """Run ``module`` forward and backward once and return ||dL/dh_t||.
+
+    Parameters
+    ----------
+    module : rnnfast.RNN or rnnfast.LSTM
+    input : Tensor or PackedSequence, as for ``module(input, hx)``
+    grad_output : Tensor shaped like the module's output (its ``.data`` when packed):
+        the upstream gradient dL/d output
+    hx : optional initial state, as for the module
+
+    Returns
+    -------
+    float64 Tensor [num_layers * num_directions, T]: row ``layer * num_directions +
+    direction``, column t = position in the input sequence (also for the reverse
+    direction), entry = 2-norm over batch and hidden units of the total gradient
+    reaching h_t (from the output at t and from the next processed step).
+    Parameter ``.grad`` fields are left untouched.
+    """
+    previous = module.record_grad_norms
+    module.record_grad_norms = True
+    try:
+        with torch.enable_grad():
+            out, _ = module(input, hx)
+            probes = module._grad_norm_probes
+            y = out.data if isinstance(out, PackedSequence) else out
+            grads = torch.autograd.grad(y, probes, grad_output, allow_unused=True)
+    finally:
+        module.record_grad_norms = previous
+        module._grad_norm_probes = None
+    return torch.stack([g if g is not None else torch.zeros_like(p)
+                        for g, p in zip(grads, probes)])

@@ -1,0 +1,113 @@
+"""Pure-torch reference recurrences: the oracle every test and benchmark compares with.
+
+A plain per-step loop, differentiated by autograd. It implements the same contract as
+the kernels (``xp`` = input projection, ``lengths`` freezing finished rows, ``reverse``)
+and is itself checked once against torch.nn.RNN / torch.nn.LSTM in the tests. It is also
+the ``backend='torch'`` path of the modules.
+
+``taps`` (optional float64 [T] tensor requiring grad) receives, as its gradient, the
+per-step norm ||dL/dh_t|| of the total gradient reaching h_t: the same telemetry the
+BPTT kernels produce, here from autograd.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+class _NormTap(torch.autograd.Function):
+    """Identity on h; its backward hands ||grad h|| (rows where ``active``) to the tap."""
+
+    @staticmethod
+    def forward(ctx, h, tap, active):
+        ctx.save_for_backward(active)
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (active,) = ctx.saved_tensors
+        g = grad.double() * active
+        return grad, torch.linalg.vector_norm(g).reshape(()), None
+
+
+def _tap(h, taps, t, active):
+    if taps is None:
+        return h
+    mask = torch.ones_like(h[:, :1], dtype=torch.float64) if active is None else active.double()
+    return _NormTap.apply(h, taps[t], mask)
+
+
+def _steps(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _active(lengths, t):
+    return None if lengths is None else (t < lengths).unsqueeze(1)
+
+
+def _keep(active, new, old):
+    return new if active is None else torch.where(active, new, old)
+
+
+def activation_fn(nonlinearity, negative_slope=0.01):
+    if nonlinearity == "tanh":
+        return torch.tanh
+    if nonlinearity == "relu":
+        return torch.relu
+    if nonlinearity == "leaky_relu":
+        return lambda z: F.leaky_relu(z, negative_slope)
+    raise ValueError(f"nonlinearity must be 'tanh', 'relu' or 'leaky_relu', got {nonlinearity!r}")
+
+
+def rnn_recurrence(xp, w_hh, h0, lengths=None, reverse=False, nonlinearity="tanh",
+                   negative_slope=0.01, taps=None):
+    """xp [T, B, H], w_hh [H, H], h0 [B, H] -> y [T, B, H] (0 past each length), h_n [B, H]."""
+    act = activation_fn(nonlinearity, negative_slope)
+    T = xp.shape[0]
+    h = h0
+    ys = [None] * T
+    for t in _steps(T, reverse):
+        active = _active(lengths, t)
+        h = _keep(active, act(xp[t] + h @ w_hh.t()), h)
+        h = _tap(h, taps, t, active)
+        ys[t] = h if active is None else h * active
+    return torch.stack(ys) if T else xp.new_zeros(xp.shape), h
+
+
+def lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, taps=None):
+    """xp [T, B, 4H], w_hh [4H, P], w_hr [P, H] or None, h0 [B, P], c0 [B, H]
+    -> y [T, B, P], h_n [B, P], c_n [B, H]. Gate order i, f, g, o."""
+    T = xp.shape[0]
+    h, c = h0, c0
+    ys = [None] * T
+    for t in _steps(T, reverse):
+        active = _active(lengths, t)
+        i, f, g, o = (xp[t] + h @ w_hh.t()).chunk(4, dim=1)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        r = torch.sigmoid(o) * torch.tanh(c_new)
+        h_new = r @ w_hr.t() if w_hr is not None else r
+        c = _keep(active, c_new, c)
+        h = _tap(_keep(active, h_new, h), taps, t, active)
+        ys[t] = h if active is None else h * active
+    return torch.stack(ys), h, c
+
+
+def input_projection(x, w_ih, b_ih, b_hh):
+    """x [T, B, I] -> x @ W_ih^T + b_ih + b_hh, [T, B, G]."""
+    xp = x @ w_ih.t()
+    if b_ih is not None:
+        xp = xp + b_ih + b_hh
+    return xp
+
+
+def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
+              nonlinearity="tanh", negative_slope=0.01, taps=None):
+    """One direction of one layer: x [T, B, I] -> (y [T, B, H], h_n [B, H])."""
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    return rnn_recurrence(xp, w_hh, h0, lengths, reverse, nonlinearity, negative_slope, taps)
+
+
+def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths=None, reverse=False,
+               taps=None):
+    """One direction of one LSTM layer: -> (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    return lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths, reverse, taps)

@@ -1,0 +1,21 @@
+from setuptools import setup
+
+setup(
+    name="rnnfast",
+    version="0.1.0",
+    description="Fused RNN/LSTM forward and BPTT kernels (numba CPU, Triton GPU) "
+                "behind drop-in torch.nn modules",
+    python_requires=">=3.10",
+    packages=["rnnfast", "rnnfast.kernels", "rnnfast.kernels.numba",
+              "rnnfast.kernels.triton", "bench"],
+    # kernels/ lives at the top level of the repo but installs as rnnfast.kernels
+    # (a top-level package named "kernels" would clash with an existing PyPI name).
+    package_dir={"rnnfast": "rnnfast", "rnnfast.kernels": "kernels", "bench": "bench"},
+    install_requires=["torch>=2.4", "numba>=0.60", "numpy", "scipy", "tqdm"],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark"],
+        "bench": ["matplotlib", "pytest-benchmark"],
+        "triton": ["triton>=3.6"],
+        "jax": ["jax"],
+    },
+)
