@@ -1,0 +1,260 @@
+"""Gradient telemetry: ``rnnfast.diagnostics.hidden_grad_norms`` and the training opt-in
+(``record_grad_norms`` / ``last_grad_norms``) against an independent oracle.
+
+The oracle is written here, not taken from ``rnnfast.reference``: a per-step loop over
+every layer and direction with the module's own weights, where each h_t is a fresh
+tensor whose ``retain_grad()`` gives the total gradient reaching it (from the output at
+t and from the next processed step, and from h_n). Everything in float64; the norms
+must agree to a relative 1e-5 (the issue's bar), checked through ``assert_close`` with
+the float64 "kernel" row of the tolerance table, which is tighter.
+"""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from rnnfast.diagnostics import hidden_grad_norms
+
+from .tolerances import assert_close
+
+DT = torch.float64
+T, B, I, H, P = 7, 3, 4, 5, 3
+BACKENDS = ("numba", "torch")
+
+# (name, constructor kwargs) for every cell the issue names
+CELLS = {
+    "tanh": dict(kind="rnn", nonlinearity="tanh"),
+    "relu": dict(kind="rnn", nonlinearity="relu"),
+    "leaky_relu": dict(kind="rnn", nonlinearity="leaky_relu", negative_slope=0.3),
+    "lstm": dict(kind="lstm"),
+    "lstm_proj": dict(kind="lstm", proj_size=P),
+}
+
+
+def make_module(cell, num_layers, bidirectional, batch_first, backend, seed=0):
+    spec = dict(CELLS[cell])
+    kind = spec.pop("kind")
+    torch.manual_seed(seed)
+    cls = rnnfast.LSTM if kind == "lstm" else rnnfast.RNN
+    m = cls(I, H, num_layers=num_layers, bidirectional=bidirectional,
+            batch_first=batch_first, backend=backend, **spec).to(DT)
+    if kind == "rnn" and spec["nonlinearity"] != "tanh":
+        # Make the ReLU cells' gradients non-trivial: keep most units active.
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name.startswith("bias"):
+                    p.add_(0.3)
+    return m
+
+
+# ---------------------------------------------------------------- the oracle
+
+def _act(cell_spec):
+    nl = cell_spec.get("nonlinearity")
+    if nl == "tanh":
+        return torch.tanh
+    if nl == "relu":
+        return torch.relu
+    return lambda z: F.leaky_relu(z, cell_spec["negative_slope"])
+
+
+def oracle(module, cell, x, lengths=None, hx=None):
+    """Per-step autograd loop. x [T, B, I] time-major (padded); lengths [B] or None.
+
+    Returns (y [T, B, D*S], h_n [L*D, B, S], hs) where hs[idx][t] is the tensor h_t of
+    layer/direction idx (``retain_grad`` on), or None where no row is active at t.
+    """
+    spec = CELLS[cell]
+    is_lstm = spec["kind"] == "lstm"
+    L, D = module.num_layers, (2 if module.bidirectional else 1)
+    S = module.proj_size if getattr(module, "proj_size", 0) else module.hidden_size
+    Tn, Bn = x.shape[:2]
+    lengths = torch.full((Bn,), Tn) if lengths is None else lengths
+    if hx is None:
+        h0s = torch.zeros(L * D, Bn, S, dtype=x.dtype)
+        c0s = torch.zeros(L * D, Bn, module.hidden_size, dtype=x.dtype)
+    else:
+        h0s, c0s = hx if is_lstm else (hx, None)
+    act = None if is_lstm else _act(spec)
+    hs, h_n = [], []
+    inp = x
+    for layer in range(L):
+        outs = []
+        for d in range(D):
+            idx = layer * D + d
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w_ih = getattr(module, "weight_ih" + sfx)
+            w_hh = getattr(module, "weight_hh" + sfx)
+            b = getattr(module, "bias_ih" + sfx) + getattr(module, "bias_hh" + sfx)
+            w_hr = getattr(module, "weight_hr" + sfx, None)
+            h = h0s[idx]
+            c = c0s[idx] if is_lstm else None
+            ys = [None] * Tn
+            taps = [None] * Tn
+            order = range(Tn - 1, -1, -1) if d else range(Tn)
+            for t in order:
+                active = (t < lengths).unsqueeze(1)
+                z = inp[t] @ w_ih.t() + b + h @ w_hh.t()
+                if is_lstm:
+                    i, f, g, o = z.chunk(4, dim=1)
+                    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+                    if w_hr is not None:
+                        h_new = h_new @ w_hr.t()
+                    c = torch.where(active, c_new, c)
+                else:
+                    h_new = act(z)
+                # h_new is h_t for the active rows; where() routes no gradient to the
+                # inactive rows, so h_new.grad is the total gradient reaching h_t there.
+                h_new.retain_grad()
+                taps[t] = (h_new, active)
+                h = torch.where(active, h_new, h)
+                ys[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+            outs.append(torch.stack(ys))
+            hs.append(taps)
+            h_n.append(h)
+        inp = torch.cat(outs, dim=2) if D == 2 else outs[0]
+    return inp, torch.stack(h_n), hs
+
+
+def oracle_norms(hs):
+    """[L*D, T] float64 norms of the retained gradients over the active rows."""
+    rows = []
+    for taps in hs:
+        row = []
+        for h_new, active in taps:
+            g = h_new.grad
+            row.append(torch.zeros((), dtype=DT) if g is None
+                       else torch.linalg.vector_norm(g * active))
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def rel_check(name, actual, expected):
+    """The issue's criterion (max relative difference < 1e-5, relative to the largest
+    norm of the row so that exact zeros compare) plus the tolerance table."""
+    assert actual.dtype == torch.float64, f"{name}: dtype {actual.dtype}"
+    assert actual.shape == expected.shape, f"{name}: {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    scale = expected.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
+    rel = ((actual - expected).abs() / scale).max().item()
+    assert rel < 1e-5, f"{name}: max relative difference {rel:.3g}"
+    assert_close(name, actual, expected, dtype=DT)
+    assert (expected > 0).any(), f"{name}: degenerate case, all gradient norms zero"
+
+
+def _to_time_major(module, t):
+    return t.transpose(0, 1) if module.batch_first else t
+
+
+# ---------------------------------------------------------------- tests
+
+GRID = list(itertools.product(CELLS, (1, 2), (False, True), (False, True), BACKENDS))
+
+
+@pytest.mark.parametrize("cell,num_layers,bidirectional,batch_first,backend", GRID,
+                         ids=lambda v: str(v))
+def test_hidden_grad_norms_match_autograd(cell, num_layers, bidirectional, batch_first,
+                                          backend):
+    m = make_module(cell, num_layers, bidirectional, batch_first, backend)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, I, dtype=DT, generator=g)
+    D = 2 if bidirectional else 1
+    S = P if cell == "lstm_proj" else H
+    gy = torch.randn(T, B, D * S, dtype=DT, generator=g)
+    xin = x.transpose(0, 1).contiguous() if batch_first else x
+    gin = gy.transpose(0, 1).contiguous() if batch_first else gy
+
+    norms = hidden_grad_norms(m, xin, gin)
+    assert norms.shape == (num_layers * D, T)
+    assert all(p.grad is None for p in m.parameters()), "parameter .grad must be untouched"
+
+    y, _, hs = oracle(m, cell, x)
+    torch.autograd.backward(y, gy)
+    rel_check(f"{cell} L{num_layers} D{D} bf{batch_first} {backend}", norms, oracle_norms(hs))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_opt_in_matches(cell, backend):
+    """record_grad_norms / last_grad_norms: a loss on the output *and* on h_n (so the
+    kernel's dh_n path counts), with a non-zero initial state, 2 layers, bidirectional."""
+    m = make_module(cell, 2, True, False, backend, seed=3)
+    assert m.last_grad_norms is None
+    g = torch.Generator().manual_seed(4)
+    S = P if cell == "lstm_proj" else H
+    x = torch.randn(T, B, I, dtype=DT, generator=g)
+    h0 = 0.5 * torch.randn(4, B, S, dtype=DT, generator=g)
+    hx = (h0, 0.5 * torch.randn(4, B, H, dtype=DT, generator=g)) if "lstm" in cell else h0
+    gy = torch.randn(T, B, 2 * S, dtype=DT, generator=g)
+    gh = torch.randn(4, B, S, dtype=DT, generator=g)
+
+    m.record_grad_norms = True
+    y, hn = m(x, hx)
+    hn = hn[0] if "lstm" in cell else hn
+    ((y * gy).sum() + (hn * gh).sum()).backward()
+    got = m.last_grad_norms
+    assert got is not None
+
+    yo, hno, hs = oracle(m, cell, x, hx=hx)
+    ((yo * gy).sum() + (hno * gh).sum()).backward()
+    rel_check(f"opt-in {cell} {backend}", got, oracle_norms(hs))
+
+    # Off again: no telemetry, and the module still trains.
+    m.record_grad_norms = False
+    y, _ = m(x, hx)
+    y.sum().backward()
+    assert m.last_grad_norms is None
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bidirectional", (False, True))
+def test_packed_sequence(cell, backend, bidirectional):
+    """PackedSequence input (unsorted lengths): rows stop at their length; h_t of a row
+    exists only for t < length, and the norm at t is over the rows still active."""
+    m = make_module(cell, 2, bidirectional, False, backend, seed=5)
+    g = torch.Generator().manual_seed(6)
+    lengths = torch.tensor([5, T, 2])
+    x = torch.randn(T, B, I, dtype=DT, generator=g)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    D = 2 if bidirectional else 1
+    S = P if cell == "lstm_proj" else H
+    gy_pad = torch.randn(T, B, D * S, dtype=DT, generator=g)
+    g_data = pack_padded_sequence(gy_pad, lengths, enforce_sorted=False).data
+
+    norms = hidden_grad_norms(m, packed, g_data)
+    y, _, hs = oracle(m, cell, x, lengths)
+    mask = (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(2)
+    torch.autograd.backward(y, gy_pad * mask)
+    expected = oracle_norms(hs)
+    rel_check(f"packed {cell} {backend} D{D}", norms, expected)
+    # Column T-1 only has the longest row; nothing is missing or invented there.
+    assert (expected[:, -1] > 0).all()
+
+
+def test_known_case_identity_relu():
+    """A hand-computable case: ReLU with W_hh = I, positive states, loss on h_T only.
+    Every Jacobian is the identity, so ||dL/dh_t|| is the same for every t."""
+    m = rnnfast.RNN(2, 4, nonlinearity="relu", backend="numba").to(DT)
+    with torch.no_grad():
+        m.weight_hh_l0.copy_(torch.eye(4))
+        m.weight_ih_l0.fill_(0.1)
+        m.bias_ih_l0.fill_(0.5)
+        m.bias_hh_l0.zero_()
+    x = torch.rand(6, 2, 2, dtype=DT)
+    gy = torch.zeros(6, 2, 4, dtype=DT)
+    gy[-1] = torch.tensor([[1.0, 2.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    norms = hidden_grad_norms(m, x, gy)
+    assert_close("identity relu", norms, torch.full((1, 6), 3.0, dtype=DT))
+
+
+def test_float32_module_returns_float64():
+    m = make_module("lstm", 1, False, False, "numba").float()
+    x = torch.randn(T, B, I)
+    norms = hidden_grad_norms(m, x, torch.randn(T, B, H))
+    assert norms.dtype == torch.float64 and norms.shape == (1, T)
+    assert torch.isfinite(norms).all() and (norms > 0).all()
