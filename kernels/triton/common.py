@@ -1,0 +1,81 @@
+"""Pieces shared by the Triton recurrences: pointwise math, the grid barrier, step order.
+
+Every helper here is a ``@triton.jit`` function inlined into the kernels. The math is
+written with ``tl.exp`` only (no libdevice), so the same code runs compiled for the GPU
+and in the CPU interpreter (``TRITON_INTERPRET=1``), which has no libdevice.
+"""
+
+import triton
+import triton.language as tl
+
+# Activation codes (same values as rnnfast.kernels.TANH / RELU / LEAKY_RELU).
+TANH: tl.constexpr = 0
+RELU: tl.constexpr = 1
+LEAKY_RELU: tl.constexpr = 2
+
+
+@triton.jit
+def tanh(x):
+    # tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|) in (0, 1]: never overflows,
+    # and 1 - e is exact for e >= 1/2, so the absolute error stays within a few ulp of 1.
+    e = tl.exp(-2.0 * tl.abs(x))
+    r = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -r, r)
+
+
+@triton.jit
+def sigmoid(x):
+    # exp(-x) overflows to inf for very negative x: 1 / inf = 0, never NaN.
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def activate(z, activation, slope):
+    """act(z) for a runtime activation code. NaN stays NaN (``z <= 0`` is false)."""
+    out = tl.where(z <= 0, 0.0, z).to(z.dtype)
+    if activation == LEAKY_RELU:
+        out = tl.where(z <= 0, z * slope, z).to(z.dtype)
+    if activation == TANH:
+        out = tanh(z).to(z.dtype)
+    return out
+
+
+@triton.jit
+def activate_grad(h, activation, slope):
+    """d act(z) / dz from the output h = act(z) (valid because slope >= 0)."""
+    d = tl.where(h > 0, 1.0, 0.0).to(h.dtype)
+    if activation == LEAKY_RELU:
+        d = tl.where(h > 0, 1.0, slope).to(h.dtype)
+    if activation == TANH:
+        d = (1.0 - h * h).to(h.dtype)
+    return d
+
+
+@triton.jit
+def step_time(s, T, reverse, backward: tl.constexpr):
+    """Time index of processing step s. Forward order: t = s (T-1-s when reverse); the
+    backward pass walks the forward order backwards."""
+    if backward:
+        t = T - 1 - s
+        if reverse:
+            t = s
+    else:
+        t = s
+        if reverse:
+            t = T - 1 - s
+    return t
+
+
+@triton.jit
+def grid_barrier(counter, target):
+    """All programs of the grid meet here. ``counter`` (int32, zeroed before the launch)
+    only grows: a program adds 1 and waits until it reads ``target`` = (barriers passed
+    so far + 1) * programs. GPU only, and only correct when every program of the grid is
+    resident at once (the launcher caps the grid at one program per SM)."""
+    # Every thread of this program has issued its stores before thread 0 releases them.
+    tl.debug_barrier()
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()

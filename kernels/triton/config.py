@@ -1,0 +1,152 @@
+"""Every launch configuration the Triton launchers can choose, and every flag, in one place.
+
+A configuration is a function of (kernel, H, P, dtype, tf32) only, never of B or T: batch
+tiles are the grid's second axis and the time loop bounds are runtime arguments, so one
+compiled binary serves every batch size and sequence length, and the set of binaries is
+finite. :func:`all_configs` enumerates that set for the compile check
+(``python -m bench.compile``, ``tests/test_compile.py``).
+
+Flags (environment variables, read at call time):
+
+``RNNFAST_TRITON_TF32=1``   float32 products on tensor cores in TF32 (default: off, IEEE
+                            float32); :func:`set_tf32` overrides it from Python.
+``RNNFAST_TRITON_PERSISTENT=0``  never run all steps in one launch (always one step per
+                            launch); default: persistent whenever the grid fits the GPU.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+KERNELS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd")
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+BLOCK_B = 16  # batch rows per program: the smallest tensor-core tile
+MAX_WIDTH = 1024  # largest hidden_size / proj_size the kernels take
+# Bytes of weights a program keeps in registers for the whole loop; above this the
+# tile is re-read (from L2) every step instead of spilling.
+RESIDENT_BYTES = 64 * 1024
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
+                  torch.bfloat16: "bf16"}
+_tf32_override = None
+
+
+def set_tf32(enabled):
+    """Allow (True) or forbid (False) TF32 for float32 recurrent products; None: env."""
+    global _tf32_override
+    _tf32_override = None if enabled is None else bool(enabled)
+
+
+def tf32_enabled():
+    if _tf32_override is not None:
+        return _tf32_override
+    return os.environ.get("RNNFAST_TRITON_TF32", "0") not in ("", "0")
+
+
+def persistent_enabled():
+    return os.environ.get("RNNFAST_TRITON_PERSISTENT", "1") not in ("", "0")
+
+
+def width(n):
+    """Padded width of a reduction: the power of two >= n, at least 16."""
+    return max(16, triton.next_power_of_2(int(n)))
+
+
+@dataclass(frozen=True)
+class Config:
+    kernel: str  # one of KERNELS
+    dtype: torch.dtype
+    HP: int  # padded P (LSTM) or H (RNN): width of h
+    HH: int  # padded H (LSTM cell width)
+    BH: int  # cell units per program
+    BP: int  # projected units per program (LSTM)
+    PROJ: bool
+    RESIDENT: bool  # weight tiles stay in registers across steps
+    PRECISION: str  # tl.dot input precision: "ieee" or "tf32"
+    num_warps: int
+
+    def constexprs(self):
+        names = ["HP", "BH", "BB", "PRECISION", "RESIDENT"]
+        if self.kernel.startswith("lstm"):
+            names += ["HH", "BP", "PROJ"]
+        vals = dict(BB=BLOCK_B, **{k: getattr(self, k) for k in
+                                   ("HP", "HH", "BH", "BP", "PROJ", "RESIDENT", "PRECISION")})
+        return {k: vals[k] for k in names}
+
+    def weight_bytes(self):
+        size = self.dtype.itemsize
+        if self.kernel == "rnn_fwd" or self.kernel == "rnn_bwd":
+            n = self.HP * self.BH
+        elif self.kernel == "lstm_fwd":
+            n = self.HP * 4 * self.BH + (self.HH * self.BP if self.PROJ else 0)
+        else:
+            n = 4 * self.HH * self.BP + (self.HP * self.BH if self.PROJ else 0)
+        return n * size
+
+    def label(self):
+        p = f"-P{self.HP}" if self.PROJ else ""
+        w = "res" if self.RESIDENT else "l2"
+        return (f"{_TRITON_DTYPES[self.dtype]}{'-tf32' if self.PRECISION == 'tf32' else ''}"
+                f"-H{self.HH if self.kernel.startswith('lstm') else self.HP}{p}"
+                f"-BH{self.BH}{f'-BP{self.BP}' if self.PROJ else ''}-w{self.num_warps}-{w}")
+
+
+def _warps(elements):
+    # Enough threads that a [BB, width] operand plus the weight tile fit in registers.
+    if elements <= 4096:
+        return 4
+    if elements <= 16384:
+        return 8
+    return 16
+
+
+def pick(kernel, H, P, dtype, tf32=None):
+    """The configuration for a layer of H cell units, P = proj_size or H (RNN: P = H)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    tf32 = tf32_enabled() if tf32 is None else tf32
+    precision = "tf32" if (tf32 and dtype == torch.float32) else "ieee"
+    HP = width(P)
+    HH = width(H)
+    proj = kernel.startswith("lstm") and P != H
+    if kernel.startswith("rnn"):
+        BH, BP, HH, big = 16, 16, HP, HP * 16
+    elif kernel == "lstm_fwd":
+        BH = 4 if HH <= 256 else 8
+        BP = 16
+        big = max(HP * 4 * BH, HH * BP if proj else 0)
+    else:
+        BH = BP = 16
+        big = max(4 * HH * BP, HP * BH if proj else 0)
+    cfg = Config(kernel, dtype, HP, HH, BH, BP, proj, True, precision, _warps(big))
+    if cfg.weight_bytes() > RESIDENT_BYTES:
+        cfg = Config(kernel, dtype, HP, HH, BH, BP, proj, False, precision, cfg.num_warps)
+    return cfg
+
+
+def all_configs():
+    """Every configuration :func:`pick` can return, for the compile check."""
+    seen = {}
+    widths = [2 ** k for k in range(4, 11)]  # 16 .. MAX_WIDTH
+    for kernel in KERNELS:
+        for dtype in DTYPES:
+            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+                for H in widths:
+                    # (H, P) pairs; P=H-1 stands for "projected, same padded width"
+                    pairs = [(H, H)]
+                    if kernel.startswith("lstm"):
+                        pairs += [(H, P) for P in widths if P < H] + [(H, H - 1)]
+                    for h, p in pairs:
+                        seen.setdefault(pick(kernel, h, p, dtype, tf32), None)
+    return list(seen)
+
+
+def grid_size(cfg, H, P, B):
+    """(programs along the unit axis, batch tiles)."""
+    if cfg.kernel.startswith("rnn"):
+        n = triton.cdiv(H, cfg.BH)
+    else:
+        n = max(triton.cdiv(H, cfg.BH), triton.cdiv(P, cfg.BP) if cfg.PROJ else 0)
+    return n, triton.cdiv(B, BLOCK_B)

@@ -1,0 +1,334 @@
+"""LSTM recurrence in Triton (gate order i, f, g, o; optional projection): forward and BPTT.
+
+Equations, for each step t in processing order::
+
+    z_t = xp_t + h_{t-1} @ W_hh^T                 xp = x @ W_ih^T + b (torch)
+    i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
+    c_t = f * c_{t-1} + i * g;   r_t = o * tanh(c_t)
+    h_t = r_t @ W_hr^T  (PROJ)   or   h_t = r_t
+
+Backward (dh_t: total gradient reaching h_t = dy_t + dz_{t+1} @ W_hh)::
+
+    dr = dh_t @ W_hr (or dh_t);   dc = dc_carry + dr * o * (1 - tanh(c_t)^2)
+    dz_i = dc g i(1-i);  dz_f = dc c_{t-1} f(1-f);  dz_g = dc i (1-g^2);  dz_o = dr tanh(c_t) o(1-o)
+    dc_carry = dc * f
+
+Dimensions: T steps, B rows, H cell units, G = 4H gate columns, P = proj_size or H.
+Padded widths (powers of two): HH >= H, HP >= P. Tiles: program (i_h, i_b) owns cell
+units [i_h*BH, i_h*BH + BH) with their four gate rows (so the cell update is local),
+projected units [i_h*BP, i_h*BP + BP) (PROJ), and rows [i_b*BB, i_b*BB + BB).
+
+Gate rows of a program are held unit-major, row r = 4u + q (unit u, gate q), so one
+dot gives [BB, 4BH] and a reshape to [BB, BH, 2, 2] splits it into the four gates.
+
+A step is one phase without projection. With projection it is two, with a barrier
+between them: the cell phase (H tiles) exchanges r_t, the projection phase (P tiles)
+exchanges h_t; backward, the dh phase (P tiles) exchanges dh_t and the gate phase
+(H tiles) exchanges dz_t. ``phases`` (bit 0: first, bit 1: second; 3 without projection)
+selects what a launch runs, so one step per launch is one (or two) launches and the launch boundary
+is the barrier; ``sync=1`` runs every phase of every step in one launch, separated by
+the atomic grid barrier.
+
+Saved for backward, as on the CPU: activated gates [T, B, G] (0 where inactive) and the
+cell states cs [T, B, H] (frozen where inactive).
+"""
+
+import triton
+import triton.language as tl
+
+from .common import grid_barrier, sigmoid, step_time, tanh
+
+
+@triton.jit
+def _split_gates(b_z, BB: tl.constexpr, BH: tl.constexpr):
+    """[BB, 4BH] unit-major gate block -> i, f, g, o, each [BB, BH]."""
+    b_z4 = tl.reshape(b_z, [BB, BH, 2, 2])  # (row, unit, q // 2, q % 2)
+    b_ig, b_fo = tl.split(b_z4)  # q % 2 == 0: (i, g); == 1: (f, o)
+    b_i, b_g = tl.split(b_ig)
+    b_f, b_o = tl.split(b_fo)
+    return b_i, b_f, b_g, b_o
+
+
+@triton.jit
+def _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j, o_r,
+                   T, B, H, P, reverse, HP: tl.constexpr, BH: tl.constexpr,
+                   BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr):
+    """Cell phase: gates, c_t and r_t of own units; h_t too without projection."""
+    t = step_time(s, T, reverse, False).to(tl.int64)
+    G = 4 * H
+    m_b = o_b < B
+    o_k = tl.arange(0, HP)
+    o_row = (o_r % 4) * H + o_r // 4  # [4BH] gate column in xp / W_hh rows, unit-major
+    m_r = m_b[:, None] & (o_r // 4 < H)[None, :]  # [BB, 4BH]
+    m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
+    h_cur = hbuf + (s % 2) * B * P
+    b_hp = tl.load(h_cur + o_b[:, None] * P + o_k[None, :],
+                   mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
+                   cache_modifier=".cg")  # [BB, HP] h_{t-1}
+    b_c = tl.load(cbuf + (s % 2) * B * H + o_b[:, None] * H + o_j[None, :], mask=m_bj,
+                  other=0.0)  # [BB, BH] c_{t-1}
+    b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                 out_dtype=b_c.dtype)  # [BB, 4BH]
+    b_z += tl.load(xp + t * B * G + o_b[:, None] * G + o_row[None, :], mask=m_r,
+                   other=0.0).to(b_c.dtype)
+    b_i, b_f, b_g, b_o = _split_gates(b_z, BB, BH)
+    b_i = sigmoid(b_i)
+    b_f = sigmoid(b_f)
+    b_g = tanh(b_g)
+    b_o = sigmoid(b_o)
+    b_cn = b_f * b_c + b_i * b_g
+    b_r = b_o * tanh(b_cn)  # [BB, BH]
+    active = (t < b_len)[:, None]
+    b_c = tl.where(active, b_cn, b_c)
+    o_g = t * B * G + o_b[:, None] * G + o_j[None, :]
+    dt = gates.dtype.element_ty
+    tl.store(gates + o_g, tl.where(active, b_i, 0.0).to(dt), mask=m_bj)
+    tl.store(gates + o_g + H, tl.where(active, b_f, 0.0).to(dt), mask=m_bj)
+    tl.store(gates + o_g + 2 * H, tl.where(active, b_g, 0.0).to(dt), mask=m_bj)
+    tl.store(gates + o_g + 3 * H, tl.where(active, b_o, 0.0).to(dt), mask=m_bj)
+    o_own = o_b[:, None] * H + o_j[None, :]
+    tl.store(cs + t * B * H + o_own, b_c.to(cs.dtype.element_ty), mask=m_bj)
+    tl.store(cbuf + ((s + 1) % 2) * B * H + o_own, b_c, mask=m_bj)
+    if PROJ:
+        tl.store(rbuf + o_own, b_r, mask=m_bj)
+    else:
+        b_h = tl.load(h_cur + o_own, mask=m_bj, other=0.0, cache_modifier=".cg")
+        b_h = tl.where(active, b_r, b_h)
+        tl.store(y + t * B * H + o_own, tl.where(active, b_r, 0.0).to(y.dtype.element_ty),
+                 mask=m_bj)
+        tl.store(hbuf + ((s + 1) % 2) * B * H + o_own, b_h, mask=m_bj)
+
+
+@triton.jit
+def _lstm_fwd_proj(s, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, reverse,
+                   HH: tl.constexpr, PRECISION: tl.constexpr):
+    """Projection phase: h_t = r_t @ W_hr^T for own projected units."""
+    t = step_time(s, T, reverse, False).to(tl.int64)
+    m_b = o_b < B
+    o_k = tl.arange(0, HH)
+    m_bp = m_b[:, None] & (o_p < P)[None, :]  # [BB, BP]
+    b_r = tl.load(rbuf + o_b[:, None] * H + o_k[None, :],
+                  mask=m_b[:, None] & (o_k < H)[None, :], other=0.0,
+                  cache_modifier=".cg")  # [BB, HH]
+    o_own = o_b[:, None] * P + o_p[None, :]
+    b_h = tl.load(hbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0,
+                  cache_modifier=".cg")  # [BB, BP] h_{t-1}
+    b_hn = tl.dot(b_r.to(b_wr.dtype), b_wr, input_precision=PRECISION,
+                  out_dtype=b_h.dtype)  # [BB, BP]
+    active = (t < b_len)[:, None]
+    tl.store(y + t * B * P + o_own, tl.where(active, b_hn, 0.0).to(y.dtype.element_ty),
+             mask=m_bp)
+    tl.store(hbuf + ((s + 1) % 2) * B * P + o_own, tl.where(active, b_hn, b_h), mask=m_bp)
+
+
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+def lstm_fwd_kernel(
+    # pointers
+    xp, w_hh, w_hr, lengths, y, gates, cs, hbuf, cbuf, rbuf, counter,
+    # sizes
+    T, B, H, P,
+    # steps [s_begin, s_end); phases: bit mask; sync=1: grid barrier between phases
+    s_begin, s_end, reverse, phases, sync,
+    # meta-parameters
+    HP: tl.constexpr, HH: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
+    BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
+):
+    i_h = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    o_j = i_h * BH + tl.arange(0, BH)  # [BH] own cell units
+    o_r = i_h * 4 * BH + tl.arange(0, 4 * BH)  # [4BH] own gate rows, unit-major
+    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
+    o_k = tl.arange(0, HP)
+    # Own gate rows of W_hh, transposed: [HP, 4BH]; own rows of W_hr, transposed:
+    # [HH, BP]. On chip for every step (RESIDENT) or re-read from L2 every step.
+    p_w = w_hh + ((o_r % 4) * H + o_r // 4)[None, :] * P + o_k[:, None]
+    m_w = (o_k < P)[:, None] & (o_r // 4 < H)[None, :]
+    o_p = i_h * BP + tl.arange(0, BP)  # [BP] own projected units
+    o_kh = tl.arange(0, HH)
+    p_wr = w_hr + o_p[None, :] * H + o_kh[:, None]
+    m_wr = (o_kh < H)[:, None] & (o_p < P)[None, :]
+    if RESIDENT:
+        b_w = tl.load(p_w, mask=m_w, other=0.0)
+        if PROJ:
+            b_wr = tl.load(p_wr, mask=m_wr, other=0.0)
+    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+    NBAR: tl.constexpr = 2 if PROJ else 1
+    for s in range(s_begin, s_end):
+        if phases % 2 == 1:
+            if RESIDENT:
+                _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
+                               o_r, T, B, H, P, reverse, HP, BH, BB, PROJ, PRECISION)
+            else:
+                _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf,
+                               tl.load(p_w, mask=m_w, other=0.0), b_len, o_b, o_j,
+                               o_r, T, B, H, P, reverse, HP, BH, BB, PROJ, PRECISION)
+        if PROJ:
+            if sync:
+                grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
+            if phases // 2 == 1:
+                if RESIDENT:
+                    _lstm_fwd_proj(s, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P,
+                                   reverse, HH, PRECISION)
+                else:
+                    _lstm_fwd_proj(s, y, hbuf, rbuf, tl.load(p_wr, mask=m_wr, other=0.0),
+                                   b_len, o_b, o_p, T, B, H, P, reverse, HH, PRECISION)
+        if sync:
+            grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)
+
+
+@triton.jit
+def _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o_p,
+                 n_prog, i_prog, T, B, H, P, reverse, HH: tl.constexpr,
+                 PROJ: tl.constexpr, PRECISION: tl.constexpr):
+    """dh phase (own projected units): dh_t = dy_t + dz_{t+1} @ W_hh[:, p]; writes the
+    norm partial, dhs_t and dh_t for the gate phase (PROJ), the carried dh. Returns dh_t."""
+    t = step_time(s, T, reverse, True).to(tl.int64)
+    tb = t + 1  # the step BPTT processed just before t
+    if reverse:
+        tb = t - 1
+    G = 4 * H
+    m_b = o_b < B
+    m_bp = m_b[:, None] & (o_p < P)[None, :]  # [BB, BP]
+    o_k = tl.arange(0, 4 * HH)
+    o_col = (o_k // HH) * H + o_k % HH  # [4HH] gate column (gate-major, padded)
+    b_dzp = tl.load(dzbuf + (s % 2) * B * G + o_b[:, None] * G + o_col[None, :],
+                    mask=m_b[:, None] & (o_k % HH < H)[None, :], other=0.0,
+                    cache_modifier=".cg")  # [BB, 4HH] dz_{t+1}
+    o_own = o_b[:, None] * P + o_p[None, :]
+    b_carry = tl.load(dhbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0)  # [BB, BP]
+    b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                    out_dtype=b_carry.dtype)  # [BB, BP]
+    b_dh = tl.where(((s > 0) & (tb < b_len))[:, None], b_back, b_carry)
+    active = (t < b_len)[:, None]
+    o_t = t * B * P + o_own
+    b_g = tl.where(active, b_dh + tl.load(dy + o_t, mask=m_bp, other=0.0).to(b_dh.dtype),
+                   0.0)
+    tl.store(norms + t * n_prog + i_prog, tl.sum(tl.sum(b_g * b_g, axis=1), axis=0))
+    if PROJ:
+        tl.store(dhs + o_t, b_g.to(dhs.dtype.element_ty), mask=m_bp)
+        tl.store(gbuf + o_own, b_g, mask=m_bp)
+    tl.store(dhbuf + ((s + 1) % 2) * B * P + o_own, b_dh, mask=m_bp)
+    return b_g
+
+
+@triton.jit
+def _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len, o_b,
+                    o_j, T, B, H, P, reverse, HP: tl.constexpr, PROJ: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """Gate phase (own cell units): dr, dc and the four dz_t, written to dxp and dzbuf."""
+    t = step_time(s, T, reverse, True).to(tl.int64)
+    tf = t - 1  # the step the forward pass processed just before t
+    if reverse:
+        tf = t + 1
+    G = 4 * H
+    m_b = o_b < B
+    m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
+    o_own = o_b[:, None] * H + o_j[None, :]
+    b_dc = tl.load(dcbuf + (s % 2) * B * H + o_own, mask=m_bj, other=0.0)  # [BB, BH]
+    if PROJ:
+        o_k = tl.arange(0, HP)
+        b_gf = tl.load(gbuf + o_b[:, None] * P + o_k[None, :],
+                       mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
+                       cache_modifier=".cg")  # [BB, HP] dh_t
+        b_dr = tl.dot(b_gf.to(b_wr.dtype), b_wr, input_precision=PRECISION,
+                      out_dtype=b_dc.dtype)  # [BB, BH]
+    else:
+        b_dr = b_g
+    o_g = t * B * G + o_b[:, None] * G + o_j[None, :]
+    b_i = tl.load(gates + o_g, mask=m_bj, other=0.0).to(b_dc.dtype)
+    b_f = tl.load(gates + o_g + H, mask=m_bj, other=0.0).to(b_dc.dtype)
+    b_gg = tl.load(gates + o_g + 2 * H, mask=m_bj, other=0.0).to(b_dc.dtype)
+    b_o = tl.load(gates + o_g + 3 * H, mask=m_bj, other=0.0).to(b_dc.dtype)
+    b_tc = tanh(tl.load(cs + t * B * H + o_own, mask=m_bj, other=0.0).to(b_dc.dtype))
+    # c_{t-1}: the previous forward step's saved state, or c0 at the sequence start
+    # (both loaded, the index clamped into range, then one is selected).
+    has_prev = (tf >= 0) & (tf < T)
+    tfc = tl.minimum(tl.maximum(tf, 0), T - 1)
+    b_cp = tl.where(has_prev, tl.load(cs + tfc * B * H + o_own, mask=m_bj, other=0.0),
+                    tl.load(c0 + o_own, mask=m_bj, other=0.0))
+    b_cp = b_cp.to(b_dc.dtype)
+    active = (t < b_len)[:, None]
+    b_dcc = b_dc + b_dr * b_o * (1.0 - b_tc * b_tc)
+    tl.store(dcbuf + ((s + 1) % 2) * B * H + o_own, tl.where(active, b_dcc * b_f, b_dc),
+             mask=m_bj)
+    b_zi = tl.where(active, b_dcc * b_gg * b_i * (1.0 - b_i), 0.0)
+    b_zf = tl.where(active, b_dcc * b_cp * b_f * (1.0 - b_f), 0.0)
+    b_zg = tl.where(active, b_dcc * b_i * (1.0 - b_gg * b_gg), 0.0)
+    b_zo = tl.where(active, b_dr * b_tc * b_o * (1.0 - b_o), 0.0)
+    dt = dxp.dtype.element_ty
+    tl.store(dxp + o_g, b_zi.to(dt), mask=m_bj)
+    tl.store(dxp + o_g + H, b_zf.to(dt), mask=m_bj)
+    tl.store(dxp + o_g + 2 * H, b_zg.to(dt), mask=m_bj)
+    tl.store(dxp + o_g + 3 * H, b_zo.to(dt), mask=m_bj)
+    o_z = dzbuf + ((s + 1) % 2) * B * G + o_b[:, None] * G + o_j[None, :]
+    tl.store(o_z, b_zi, mask=m_bj)
+    tl.store(o_z + H, b_zf, mask=m_bj)
+    tl.store(o_z + 2 * H, b_zg, mask=m_bj)
+    tl.store(o_z + 3 * H, b_zo, mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+def lstm_bwd_kernel(
+    # pointers
+    dy, gates, cs, c0, w_hh, w_hr, lengths, dxp, dhs, dzbuf, dhbuf, dcbuf, gbuf, norms,
+    counter,
+    # sizes
+    T, B, H, P,
+    # steps [s_begin, s_end); phases: bit mask; sync=1: grid barrier between phases
+    s_begin, s_end, reverse, phases, sync,
+    # meta-parameters
+    HP: tl.constexpr, HH: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
+    BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
+):
+    tl.static_assert(PROJ or BP == BH)
+    i_h = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    i_prog = i_b * tl.num_programs(0) + i_h
+    o_j = i_h * BH + tl.arange(0, BH)  # [BH] own cell units
+    o_p = i_h * BP + tl.arange(0, BP)  # [BP] own projected units (= o_j without PROJ)
+    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
+    o_k = tl.arange(0, 4 * HH)
+    o_col = (o_k // HH) * H + o_k % HH  # [4HH]
+    # Columns of W_hh for own projected units, all gates: [4HH, BP]; columns of W_hr
+    # for own cell units: [HP, BH]. On chip (RESIDENT) or re-read from L2 every step.
+    p_w = w_hh + o_col[:, None] * P + o_p[None, :]
+    m_w = (o_k % HH < H)[:, None] & (o_p < P)[None, :]
+    o_kp = tl.arange(0, HP)
+    p_wr = w_hr + o_kp[:, None] * H + o_j[None, :]
+    m_wr = (o_kp < P)[:, None] & (o_j < H)[None, :]
+    if RESIDENT:
+        b_w = tl.load(p_w, mask=m_w, other=0.0)
+        b_wr = b_w
+        if PROJ:
+            b_wr = tl.load(p_wr, mask=m_wr, other=0.0)
+    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+    NBAR: tl.constexpr = 2 if PROJ else 1
+    for s in range(s_begin, s_end):
+        b_g = tl.zeros([BB, BP], dtype=dhbuf.dtype.element_ty)
+        if phases % 2 == 1:
+            if RESIDENT:
+                b_g = _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b,
+                                   o_p, n_prog, i_prog, T, B, H, P, reverse, HH, PROJ,
+                                   PRECISION)
+            else:
+                b_g = _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms,
+                                   tl.load(p_w, mask=m_w, other=0.0), b_len, o_b, o_p,
+                                   n_prog, i_prog, T, B, H, P, reverse, HH, PROJ, PRECISION)
+        if PROJ:
+            if sync:
+                grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
+        if phases // 2 == 1:
+            if RESIDENT:
+                _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
+                                o_b, o_j, T, B, H, P, reverse, HP, PROJ, PRECISION)
+            elif PROJ:
+                _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf,
+                                tl.load(p_wr, mask=m_wr, other=0.0), b_len, o_b, o_j,
+                                T, B, H, P, reverse, HP, PROJ, PRECISION)
+            else:
+                _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_g, b_len,
+                                o_b, o_j, T, B, H, P, reverse, HP, PROJ, PRECISION)
+        if sync:
+            grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)

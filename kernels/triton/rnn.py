@@ -1,0 +1,162 @@
+"""Elman RNN recurrence in Triton: forward and backprop through time.
+
+Equations, for each step t in processing order (t = 0..T-1, or T-1..0 when reverse)::
+
+    h_t = act(xp_t + h_{t-1} @ W_hh^T)              xp = x @ W_ih^T + b (torch)
+    dh_t = dy_t + dz_{t+1} @ W_hh   (t+1: the step processed before t in BPTT)
+    dz_t = dh_t * act'(h_t);   dxp_t = dz_t          dW_hh, dW_ih, db, dx: GEMMs (torch)
+
+Dimensions: T steps, B rows, H hidden units (the gate width G = H).
+Tiles: program (i_h, i_b) owns hidden units [i_h*BH, i_h*BH + BH) and batch rows
+[i_b*BB, i_b*BB + BB); HP = next power of two >= H is the reduction width.
+
+Each program keeps its slice of W_hh in registers for all of its steps: rows of its
+units (forward, [HP, BH] = W_hh[j, :]^T) or columns (backward, [HP, BH] = W_hh[:, j]).
+Programs exchange the full h_{t-1} (forward) or dz_{t+1} (backward) through a
+ping-pong buffer in global memory, ``buf[s % 2]`` read and ``buf[(s + 1) % 2]`` written
+at step s. Between steps they meet at a barrier: the end of the launch (one step per
+launch, ``sync=0``) or the atomic grid barrier (all steps in one launch, ``sync=1``).
+
+Sequence b is active at t iff t < lengths[b]; an inactive row keeps its state, writes
+y = 0, dxp = 0 and passes its gradient through unchanged.
+"""
+
+import triton
+import triton.language as tl
+
+from .common import activate, activate_grad, grid_barrier, step_time
+
+
+@triton.jit
+def _rnn_fwd_step(s, xp, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H,
+                  reverse, activation, slope, PRECISION: tl.constexpr):
+    """One forward step for this program's [BB, BH] tile: reads h_{t-1} (all units) from
+    hbuf[s % 2], writes y_t and h_t (own units) to hbuf[(s + 1) % 2]."""
+    t = step_time(s, T, reverse, False).to(tl.int64)
+    m_b = o_b < B
+    m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
+    m_bk = m_b[:, None] & (o_k < H)[None, :]  # [BB, HP]
+    p_cur = hbuf + (s % 2) * B * H
+    p_nxt = hbuf + ((s + 1) % 2) * B * H
+    # .cg: read the exchange buffer from L2, never a stale L1 line written by another SM.
+    b_hp = tl.load(p_cur + o_b[:, None] * H + o_k[None, :], mask=m_bk, other=0.0,
+                   cache_modifier=".cg")  # [BB, HP] h_{t-1}, state dtype
+    b_own = tl.load(p_cur + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.0,
+                    cache_modifier=".cg")  # [BB, BH]
+    b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                 out_dtype=b_own.dtype)  # [BB, BH]
+    o_x = t * B * H + o_b[:, None] * H + o_j[None, :]
+    b_z += tl.load(xp + o_x, mask=m_bj, other=0.0).to(b_own.dtype)
+    b_h = activate(b_z, activation, slope)
+    active = (t < b_len)[:, None]  # [BB, 1]
+    b_h = tl.where(active, b_h, b_own)
+    tl.store(y + o_x, tl.where(active, b_h, 0.0).to(y.dtype.element_ty), mask=m_bj)
+    tl.store(p_nxt + o_b[:, None] * H + o_j[None, :], b_h, mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+def rnn_fwd_kernel(
+    # pointers
+    xp, w_hh, lengths, y, hbuf, counter,
+    # sizes
+    T, B, H,
+    # steps [s_begin, s_end) of this launch; sync=1: grid barrier between steps
+    s_begin, s_end, reverse, activation, slope, sync,
+    # meta-parameters
+    HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, PRECISION: tl.constexpr,
+    RESIDENT: tl.constexpr,
+):
+    i_h = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    o_j = i_h * BH + tl.arange(0, BH)  # [BH] own units
+    o_k = tl.arange(0, HP)  # [HP] all units
+    o_b = i_b * BB + tl.arange(0, BB)  # [BB] own rows
+    # W_hh^T restricted to own units ([HP, BH]), on chip for every step of this launch
+    # (RESIDENT), or re-read from L2 every step when too large for the register file.
+    p_w = w_hh + o_j[None, :] * H + o_k[:, None]
+    m_w = (o_k < H)[:, None] & (o_j < H)[None, :]
+    if RESIDENT:
+        b_w = tl.load(p_w, mask=m_w, other=0.0)
+    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+    for s in range(s_begin, s_end):
+        if RESIDENT:
+            _rnn_fwd_step(s, xp, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H,
+                          reverse, activation, slope, PRECISION)
+        else:
+            _rnn_fwd_step(s, xp, y, hbuf, tl.load(p_w, mask=m_w, other=0.0), b_len, o_b,
+                          o_j, o_k, T, B, H, reverse, activation, slope, PRECISION)
+        if sync:
+            grid_barrier(counter, (s - s_begin + 1) * n_prog)
+
+
+@triton.jit
+def _rnn_bwd_step(s, dy, y, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
+                  n_prog, i_prog, T, B, H, reverse, activation, slope,
+                  PRECISION: tl.constexpr):
+    """One BPTT step: reads dz of the previous BPTT step (all units) from dzbuf[s % 2]
+    and the carried dh (own units) from dhbuf[s % 2]; writes dxp_t, this program's
+    partial sum of squares of dh_t to norms[t, i_prog], and dz_t, dh to the next buffers."""
+    t = step_time(s, T, reverse, True).to(tl.int64)
+    tp = t + 1  # the step processed just before t
+    if reverse:
+        tp = t - 1
+    m_b = o_b < B
+    m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
+    m_bk = m_b[:, None] & (o_k < H)[None, :]  # [BB, HP]
+    cur = (s % 2) * B * H
+    nxt = ((s + 1) % 2) * B * H
+    o_own = o_b[:, None] * H + o_j[None, :]
+    b_dzp = tl.load(dzbuf + cur + o_b[:, None] * H + o_k[None, :], mask=m_bk, other=0.0,
+                    cache_modifier=".cg")  # [BB, HP]
+    b_carry = tl.load(dhbuf + cur + o_own, mask=m_bj, other=0.0)  # [BB, BH]
+    b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                    out_dtype=b_carry.dtype)  # [BB, BH] dz_{t+1} @ W_hh[:, j]
+    active_p = ((s > 0) & (tp < b_len))[:, None]
+    b_dh = tl.where(active_p, b_back, b_carry)
+    active = (t < b_len)[:, None]
+    o_t = t * B * H + o_own
+    b_g = tl.where(active, b_dh + tl.load(dy + o_t, mask=m_bj, other=0.0).to(b_dh.dtype), 0.0)
+    tl.store(norms + t * n_prog + i_prog, tl.sum(tl.sum(b_g * b_g, axis=1), axis=0))
+    b_y = tl.load(y + o_t, mask=m_bj, other=0.0).to(b_dh.dtype)
+    b_dz = b_g * activate_grad(b_y, activation, slope)
+    tl.store(dxp + o_t, b_dz.to(dxp.dtype.element_ty), mask=m_bj)
+    tl.store(dzbuf + nxt + o_own, b_dz, mask=m_bj)
+    tl.store(dhbuf + nxt + o_own, b_dh, mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+def rnn_bwd_kernel(
+    # pointers
+    dy, y, w_hh, lengths, dxp, dzbuf, dhbuf, norms, counter,
+    # sizes
+    T, B, H,
+    # steps [s_begin, s_end) of this launch; sync=1: grid barrier between steps
+    s_begin, s_end, reverse, activation, slope, sync,
+    # meta-parameters
+    HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, PRECISION: tl.constexpr,
+    RESIDENT: tl.constexpr,
+):
+    i_h = tl.program_id(0).to(tl.int64)
+    i_b = tl.program_id(1).to(tl.int64)
+    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    i_prog = i_b * tl.num_programs(0) + i_h
+    o_j = i_h * BH + tl.arange(0, BH)  # [BH]
+    o_k = tl.arange(0, HP)  # [HP]
+    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
+    # Columns of W_hh for own units ([HP, BH]): dh_j = dz @ W_hh[:, j].
+    p_w = w_hh + o_k[:, None] * H + o_j[None, :]
+    m_w = (o_k < H)[:, None] & (o_j < H)[None, :]
+    if RESIDENT:
+        b_w = tl.load(p_w, mask=m_w, other=0.0)
+    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+    for s in range(s_begin, s_end):
+        if RESIDENT:
+            _rnn_bwd_step(s, dy, y, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
+                          n_prog, i_prog, T, B, H, reverse, activation, slope, PRECISION)
+        else:
+            _rnn_bwd_step(s, dy, y, dxp, dzbuf, dhbuf, norms,
+                          tl.load(p_w, mask=m_w, other=0.0), b_len, o_b, o_j, o_k,
+                          n_prog, i_prog, T, B, H, reverse, activation, slope, PRECISION)
+        if sync:
+            grid_barrier(counter, (s - s_begin + 1) * n_prog)
