@@ -18,8 +18,17 @@ def _poisoned(fn):
 
 
 @pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
+def poison_empty(request, monkeypatch):
+    # torch.compile traces torch.empty itself; those tests opt out with this marker.
+    if request.node.get_closest_marker("no_poison"):
+        yield
+        return
     for name, fn in _REAL_EMPTY.items():
         monkeypatch.setattr(torch, name, _poisoned(fn))
     monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(_REAL_NEW_EMPTY))
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "no_poison: do not NaN-poison torch.empty in this test")
+    config.addinivalue_line("markers", "slow: long-running (long sequences, subprocesses)")

@@ -1,0 +1,179 @@
+"""rnnfast.RNN / rnnfast.LSTM against torch.nn (and the reference for leaky_relu): every
+output and gradient, odd sizes, dtypes, layers, directions, batch_first, packed input."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+
+from .cases import CELLS, SHAPES, case_id, make_pair
+from .checks import compare_modules
+
+BACKENDS = ["numba", "torch"]
+DTYPES = [torch.float32, torch.float64]
+
+
+def _hx(ours, B, dtype, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    n = ours.num_layers * (2 if ours.bidirectional else 1)
+    P = ours.proj_size or ours.hidden_size
+    h0 = torch.randn(n, B, P, generator=g, dtype=dtype)
+    if isinstance(ours, rnnfast.LSTM):
+        return (h0, torch.randn(n, B, ours.hidden_size, generator=g, dtype=dtype))
+    return h0
+
+
+CASES = [(cell, B, T, H, dt, be) for cell in CELLS for (B, T, H) in SHAPES
+         for dt in DTYPES for be in BACKENDS]
+
+
+@pytest.mark.parametrize("cell,B,T,H,dtype,backend", CASES,
+                         ids=[case_id(*c) for c in CASES])
+def test_single_layer(cell, B, T, H, dtype, backend):
+    I = 5
+    ours, twin = make_pair(cell, I, H, dtype, backend, seed=B * 1000 + T * 10 + H)
+    x = torch.randn(T, B, I, dtype=dtype)
+    compare_modules(ours, twin, x, _hx(ours, B, dtype))
+
+
+LAYERED = [(cell, dt, be) for cell in CELLS for dt in DTYPES for be in BACKENDS]
+
+
+@pytest.mark.parametrize("cell,dtype,backend", LAYERED,
+                         ids=[f"{c}-{str(d)[6:]}-{b}" for c, d, b in LAYERED])
+def test_two_layer_bidirectional_batch_first(cell, dtype, backend):
+    B, T, I, H = 3, 7, 4, 6
+    ours, twin = make_pair(cell, I, H, dtype, backend, num_layers=2, bidirectional=True,
+                           batch_first=True)
+    x = torch.randn(B, T, I, dtype=dtype)
+    compare_modules(ours, twin, x, _hx(ours, B, dtype))
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_sequence(cell, backend, enforce_sorted):
+    B, T, I, H = 4, 9, 3, 5
+    dtype = torch.float64
+    ours, twin = make_pair(cell, I, H, dtype, backend, num_layers=2, bidirectional=True)
+    lengths = torch.tensor([9, 7, 7, 2]) if enforce_sorted else torch.tensor([3, 9, 1, 6])
+    x = torch.randn(T, B, I, dtype=dtype)
+    packer = lambda xx: pack_padded_sequence(xx, lengths, enforce_sorted=enforce_sorted)  # noqa: E731
+    (y, *_), _ = compare_modules(ours, twin, x, _hx(ours, B, dtype), packer=packer)
+    out, _ = ours(packer(x))
+    ref, _ = twin(packer(x))
+    assert torch.equal(out.batch_sizes, ref.batch_sizes)
+    for a, b in ((out.sorted_indices, ref.sorted_indices),
+                 (out.unsorted_indices, ref.unsorted_indices)):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_unbatched_input(cell):
+    T, I, H = 6, 3, 4
+    ours, twin = make_pair(cell, I, H, torch.float64, "numba", num_layers=2, bidirectional=True)
+    x = torch.randn(T, I, dtype=torch.float64)
+    hx = _hx(ours, 1, torch.float64)
+    hx = tuple(h[:, 0] for h in hx) if isinstance(hx, tuple) else hx[:, 0]
+    (y, h, *_), _ = compare_modules(ours, twin, x, hx)
+    assert y.shape == (T, 2 * (ours.proj_size or H)) and h.dim() == 2
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_default_hidden_state(cell):
+    ours, twin = make_pair(cell, 3, 4, torch.float64, "numba")
+    compare_modules(ours, twin, torch.randn(5, 2, 3, dtype=torch.float64), None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_long_sequence_float32(cell):
+    B, T, I, H = 2, 500, 4, 16
+    ours, twin = make_pair(cell, I, H, torch.float32, "numba")
+    if cell in ("relu", "leaky_relu"):
+        with torch.no_grad():  # keep a 500-step ReLU recurrence finite and informative
+            for name, p in ours.named_parameters():
+                if name.startswith("weight_hh"):
+                    p.copy_(torch.eye(H) * 0.9 + 0.01 * torch.randn(H, H))
+            twin.load_state_dict(ours.state_dict())
+    compare_modules(ours, twin, torch.randn(T, B, I), _hx(ours, B, torch.float32), kind="long")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_dropout_between_layers(cell):
+    dtype = torch.float64
+    ours, twin = make_pair(cell, 3, 4, dtype, "numba", num_layers=3, dropout=0.5)
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    ours.eval(), twin.eval()
+    compare_modules(ours, twin, x)  # eval: no dropout at all
+    ours.train()
+    torch.manual_seed(0)
+    a, _ = ours(x)
+    torch.manual_seed(0)
+    b, _ = ours(x)
+    torch.manual_seed(1)
+    c, _ = ours(x)
+    assert torch.equal(a, b), "same seed, same dropout masks"
+    assert not torch.allclose(a, c), "train-mode dropout had no effect"
+    # p = 1 zeroes every inter-layer activation: deterministic, comparable with torch.nn
+    one, twin_one = make_pair(cell, 3, 4, dtype, "numba", num_layers=2, dropout=1.0)
+    one.train(), twin_one.train()
+    compare_modules(one, twin_one, x)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_bitwise_deterministic_backward(cell):
+    ours, _ = make_pair(cell, 7, 33, torch.float32, "numba", num_layers=2, bidirectional=True)
+    x = torch.randn(20, 5, 7)
+    grads = []
+    for _ in range(2):
+        ours.zero_grad()
+        xl = x.clone().requires_grad_(True)
+        y, _ = ours(xl)
+        y.square().sum().backward()
+        grads.append([xl.grad.clone()] + [p.grad.clone() for p in ours.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_state_dict_round_trip_strict(kind):
+    kw = dict(num_layers=2, bidirectional=True, bias=True)
+    for extra in ([{}, {"proj_size": 3}] if kind == "LSTM" else [{}, {"nonlinearity": "relu"}]):
+        ref = getattr(torch.nn, kind)(4, 5, **kw, **extra)
+        ours = getattr(rnnfast, kind)(4, 5, **kw, **extra)
+        assert list(ours.state_dict()) == list(ref.state_dict())
+        ours.load_state_dict(ref.state_dict(), strict=True)
+        ref.load_state_dict(ours.state_dict(), strict=True)
+        for (na, a), (nb, b) in zip(ours.named_parameters(), ref.named_parameters()):
+            assert na == nb and a.shape == b.shape and torch.equal(a, b)
+
+
+def test_constructor_defaults_and_reset_parameters():
+    ref, ours = torch.nn.LSTM(3, 8), rnnfast.LSTM(3, 8)
+    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                 "bidirectional", "proj_size"):
+        assert getattr(ours, attr) == getattr(ref, attr)
+    bound = 1 / 8 ** 0.5
+    for p in ours.parameters():
+        assert p.abs().max() <= bound
+    r = rnnfast.RNN(3, 8, 2, "relu", False, True, 0.0, True)  # torch's positional order
+    assert (r.nonlinearity, r.bias, r.batch_first, r.bidirectional) == ("relu", False, True, True)
+    assert "weight_hh_l1_reverse" in dict(r.named_parameters())
+    assert repr(rnnfast.RNN(3, 4, nonlinearity="leaky_relu")).count("negative_slope=0.01") == 1
+
+
+def test_backend_environment_override(monkeypatch):
+    m = rnnfast.RNN(3, 4)
+    x = torch.randn(5, 2, 3)
+    monkeypatch.setenv("RNNFAST_BACKEND", "torch")
+    assert rnnfast.dispatch.resolve("auto", x.device) == "torch"
+    assert rnnfast.dispatch.resolve("numba", x.device) == "numba"
+    a, _ = m(x)
+    monkeypatch.setenv("RNNFAST_BACKEND", "numba")
+    b, _ = m(x)
+    torch.testing.assert_close(a, b)
+    monkeypatch.setenv("RNNFAST_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="RNNFAST_BACKEND"):
+        m(x)
