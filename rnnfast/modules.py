@@ -85,7 +85,7 @@ class _FusedRNNBase(nn.RNNBase):
             return input.unsqueeze(1), None, None, False
         return (input.transpose(0, 1) if self.batch_first else input), None, None, True
 
-    def _check_input(self, x, backend):
+    def _check_input(self, x):
         w = self._flat_weights[0]
         if x.size(-1) != self.input_size:
             _fail(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
@@ -97,10 +97,14 @@ class _FusedRNNBase(nn.RNNBase):
             _fail(f"input is on {x.device} but the weights are on {w.device}")
         if x.shape[0] == 0:
             _fail("input must have at least one time step, got sequence length 0")
+
+    def _resolve_backend(self, x):
+        backend = resolve(self.backend, x.device)
         dtypes = supported_dtypes(backend, x.device)
         if dtypes is not None and x.dtype not in dtypes:
             _fail(f"backend '{backend}' on {x.device.type} supports dtypes "
                   f"{[str(d) for d in dtypes]}, got {x.dtype}")
+        return backend
 
     def _initial_state(self, name, hx, x, size, is_batched, permutation):
         n = self.num_layers * (2 if self.bidirectional else 1)
@@ -215,8 +219,8 @@ class RNN(_FusedRNNBase):
     def forward(self, input, hx=None):
         self._update_flat_weights()
         x, lengths, packed, is_batched = self._prepare_input(input)
-        backend = resolve(self.backend, x.device)
-        self._check_input(x, backend)
+        self._check_input(x)
+        backend = self._resolve_backend(x)
         h0 = self._initial_state("hx", hx, x, self.hidden_size, is_batched, None)
         y, h_n, _ = self._run_layers(x, h0, None, lengths, backend)
         return self._finish_output(y, packed, lengths, is_batched), (h_n if is_batched else h_n.squeeze(1))
@@ -249,8 +253,8 @@ class LSTM(_FusedRNNBase):
     def forward(self, input, hx=None):
         self._update_flat_weights()
         x, lengths, packed, is_batched = self._prepare_input(input)
-        backend = resolve(self.backend, x.device)
-        self._check_input(x, backend)
+        self._check_input(x)
+        backend = self._resolve_backend(x)
         if hx is None:
             h0 = c0 = None
         elif not (isinstance(hx, (tuple, list)) and len(hx) == 2):

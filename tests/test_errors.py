@@ -1,0 +1,108 @@
+"""Bad input fails before any kernel runs, with a message naming the argument, the
+expected and the actual value; a failed call leaves the module usable."""
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast.dispatch import kernels
+
+
+def _rnn():
+    return rnnfast.RNN(5, 7, backend="numba")
+
+
+def _lstm(**kw):
+    return rnnfast.LSTM(5, 7, backend="numba", **kw)
+
+
+X = torch.randn(4, 3, 5)
+
+BAD_CALLS = [
+    ("rank", _rnn, lambda: (torch.randn(4, 3, 5, 1), None), r"2D or 3D, got 4D"),
+    ("feature", _rnn, lambda: (torch.randn(4, 3, 6), None), r"input_size. Expected 5, got 6"),
+    ("hx-shape", _rnn, lambda: (X, torch.randn(1, 2, 7)), r"hx size \(1, 3, 7\), got \[1, 2, 7\]"),
+    ("hx-rank", _rnn, lambda: (X, torch.randn(3, 7)), r"hx should also be 3-D but got 2-D"),
+    ("hx-rank-unbatched", _rnn, lambda: (torch.randn(4, 5), torch.randn(1, 1, 7)),
+     r"unbatched 2-D input, hx should also be 2-D but got 3-D"),
+    ("input-dtype", _rnn, lambda: (X.double(), None), r"input dtype \(torch.float64\) does not "
+                                                      r"match weight dtype \(torch.float32\)"),
+    ("hx-dtype", _rnn, lambda: (X, torch.randn(1, 3, 7, dtype=torch.float64)),
+     r"hx dtype must match input dtype torch.float32, got torch.float64"),
+    ("hx-device", _rnn, lambda: (X, torch.randn(1, 3, 7, device="meta")),
+     r"hx must be on the input's device cpu, got meta"),
+    ("input-device", _rnn, lambda: (X.to("meta"), None), r"input is on meta but the weights are on cpu"),
+    ("lstm-hx-type", _lstm, lambda: (X, torch.randn(1, 3, 7)), r"hx must be a tuple \(h_0, c_0\)"),
+    ("lstm-c0-shape", _lstm, lambda: (X, (torch.zeros(1, 3, 7), torch.zeros(1, 3, 6))),
+     r"hx\[1\] size \(1, 3, 7\), got \[1, 3, 6\]"),
+    ("lstm-proj-h0", lambda: _lstm(proj_size=3), lambda: (X, (torch.zeros(1, 3, 7), torch.zeros(1, 3, 7))),
+     r"hx\[0\] size \(1, 3, 3\), got \[1, 3, 7\]"),
+    ("empty-time", _rnn, lambda: (torch.randn(0, 3, 5), None), r"at least one time step"),
+]
+
+
+@pytest.mark.parametrize("make,args,pattern", [c[1:] for c in BAD_CALLS],
+                         ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_message_and_module_still_usable(make, args, pattern):
+    m = make()
+    x, hx = args()
+    with pytest.raises((ValueError, RuntimeError), match=pattern):
+        m(x, hx)
+    y, _ = m(X)  # the module still works after a failed call
+    assert torch.isfinite(y).all()
+
+
+def test_errors_are_both_value_and_runtime_errors():
+    with pytest.raises(ValueError):
+        _rnn()(torch.randn(4, 3, 6))
+    with pytest.raises(RuntimeError):
+        _rnn()(torch.randn(4, 3, 6))
+
+
+def test_dtype_the_backend_cannot_run():
+    m = rnnfast.RNN(5, 7, backend="numba").half()
+    with pytest.raises(ValueError, match=r"backend 'numba' on cpu supports dtypes .*got torch.float16"):
+        m(X.half())
+
+
+def test_backend_device_and_name():
+    with pytest.raises(ValueError, match=r"backend must be one of .* got 'cuda'"):
+        rnnfast.RNN(5, 7, backend="cuda")
+    with pytest.raises(ValueError, match=r"backend 'numba' runs on CPU tensors, got device meta"):
+        rnnfast.RNN(5, 7, backend="numba").to("meta")(X.to("meta"))
+
+
+def test_constructor_arguments():
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+        rnnfast.RNN(5, 7, nonlinearity="gelu")
+    with pytest.raises(ValueError, match=r"negative_slope must be >= 0, got -0.5"):
+        rnnfast.RNN(5, 7, nonlinearity="leaky_relu", negative_slope=-0.5)
+    with pytest.raises(ValueError, match="proj_size"):
+        rnnfast.RNN(5, 7, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+        rnnfast.LSTM(5, 7, proj_size=7)
+    with pytest.raises(ValueError, match="dropout"):
+        rnnfast.LSTM(5, 7, dropout=1.5)
+
+
+@pytest.mark.parametrize("lengths,pattern", [
+    (torch.tensor([4, 0, 2]), r"lengths must lie in \[1, 4\], got min 0, max 4"),
+    (torch.tensor([5, 1, 2]), r"lengths must lie in \[1, 4\], got min 1, max 5"),
+    (torch.tensor([4, 1]), r"lengths must have shape \(3,\), got \(2,\)"),
+    (torch.tensor([4.0, 1.0, 2.0]), r"lengths must be an integer tensor, got torch.float32"),
+])
+def test_kernel_launcher_rejects_bad_lengths(lengths, pattern):
+    k = kernels("numba")
+    with pytest.raises(ValueError, match=pattern):
+        k.rnn_fwd(torch.randn(4, 3, 7), torch.randn(7, 7), torch.zeros(3, 7), lengths)
+
+
+def test_kernel_launcher_rejects_bad_shapes():
+    k = kernels("numba")
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(7, 7\), got \(7, 6\)"):
+        k.rnn_fwd(torch.randn(4, 3, 7), torch.randn(7, 6), torch.zeros(3, 7))
+    with pytest.raises(ValueError, match=r"c0 dtype must be torch.float32, got torch.float64"):
+        k.lstm_fwd(torch.randn(4, 3, 28), torch.randn(28, 7), None, torch.zeros(3, 7),
+                   torch.zeros(3, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"negative_slope must be >= 0"):
+        k.rnn_fwd(torch.randn(4, 3, 7), torch.randn(7, 7), torch.zeros(3, 7), None, False, 2, -1.0)

@@ -1,0 +1,150 @@
+"""The torch.library glue: opcheck on every op, gradcheck in float64 per cell, and
+torch.compile(fullgraph=True) over a model that contains rnnfast modules."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import rnnfast
+from rnnfast import ops
+from rnnfast.kernels import ACTIVATIONS
+
+from .cases import CELLS, make_pair
+from .tolerances import assert_close
+
+
+def _rnn_args(dtype=torch.float64, lengths=None, reverse=False, probe=True, act="tanh"):
+    T, B, I, H = 4, 3, 2, 5
+    r = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
+    return (r(T, B, I), r(H, I), r(H, H), r(H), r(H), r(B, H), lengths, reverse,
+            ACTIVATIONS[act], 0.1, "numba",
+            torch.zeros(T, dtype=torch.float64, requires_grad=True) if probe else None)
+
+
+def _lstm_args(dtype=torch.float64, lengths=None, reverse=False, proj=0, probe=True):
+    T, B, I, H = 4, 3, 2, 5
+    P = proj or H
+    r = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
+    return (r(T, B, I), r(4 * H, I), r(4 * H, P), r(4 * H), r(4 * H), r(P, H) if proj else None,
+            r(B, P), r(B, H), lengths, reverse, "numba",
+            torch.zeros(T, dtype=torch.float64, requires_grad=True) if probe else None)
+
+
+OPCHECK_CASES = {
+    "rnn": (ops.rnn_layer, _rnn_args()),
+    "rnn-relu-reverse-lengths": (ops.rnn_layer, _rnn_args(lengths=torch.tensor([4, 2, 3]),
+                                                          reverse=True, act="relu")),
+    "rnn-float32-noprobe": (ops.rnn_layer, _rnn_args(torch.float32, probe=False)),
+    "lstm": (ops.lstm_layer, _lstm_args()),
+    "lstm-proj-reverse-lengths": (ops.lstm_layer, _lstm_args(lengths=torch.tensor([1, 4, 2]),
+                                                             reverse=True, proj=2)),
+}
+
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("name", list(OPCHECK_CASES))
+def test_opcheck_forward_ops(name):
+    op, args = OPCHECK_CASES[name]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.no_poison
+def test_opcheck_backward_ops():
+    x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, _ = _rnn_args()
+    y, _ = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, None)
+    d = lambda t: t.detach().clone()  # noqa: E731
+    torch.library.opcheck(ops.rnn_layer_bwd, (
+        torch.randn_like(y), torch.randn_like(h0), d(x), d(w_ih), d(w_hh), d(h0), d(y), None,
+        False, act, slope, be, True, True))
+    args = _lstm_args(proj=2)
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = args[:8]
+    y, h, c, gates, cs = ops.lstm_layer(*args[:-1], None)
+    torch.library.opcheck(ops.lstm_layer_bwd, (
+        torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), d(x), d(w_ih), d(w_hh),
+        d(w_hr), d(h0), d(c0), d(y), d(gates), d(cs), None, False, "numba", True, False))
+
+
+@pytest.mark.parametrize("lengths,reverse", [(None, False), (torch.tensor([4, 1, 3]), True)])
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+def test_gradcheck_rnn_op(act, lengths, reverse):
+    args = _rnn_args(lengths=lengths, reverse=reverse, act=act, probe=False)
+    if act != "tanh":  # keep pre-activations away from the kink at 0
+        with torch.no_grad():
+            args[0].mul_(3.0)
+    f = lambda x, wi, wh, bi, bh, h0: ops.rnn_layer(  # noqa: E731
+        x, wi, wh, bi, bh, h0, *args[6:])
+    assert torch.autograd.gradcheck(f, args[:6])
+
+
+@pytest.mark.parametrize("proj", [0, 2])
+@pytest.mark.parametrize("lengths,reverse", [(None, False), (torch.tensor([2, 4, 1]), True)])
+def test_gradcheck_lstm_op(proj, lengths, reverse):
+    args = _lstm_args(lengths=lengths, reverse=reverse, proj=proj, probe=False)
+    rest = args[8:]
+    if proj:
+        f = lambda x, wi, wh, bi, bh, wr, h0, c0: ops.lstm_layer(  # noqa: E731
+            x, wi, wh, bi, bh, wr, h0, c0, *rest)[:3]
+        assert torch.autograd.gradcheck(f, args[:8])
+    else:
+        f = lambda x, wi, wh, bi, bh, h0, c0: ops.lstm_layer(  # noqa: E731
+            x, wi, wh, bi, bh, None, h0, c0, *rest)[:3]
+        assert torch.autograd.gradcheck(f, args[:5] + args[6:8])
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_gradcheck_module(cell):
+    """gradcheck over input, h0 (c0) and every parameter of a 2-layer bidirectional module."""
+    m, _ = make_pair(cell, 2, 3, torch.float64, "numba", num_layers=2, bidirectional=True)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    if cell in ("relu", "leaky_relu"):
+        with torch.no_grad():
+            x.mul_(3.0)
+
+    def f(x, *ps):
+        y, state = functional_call(m, dict(zip(names, ps)), (x,))
+        return (y,) + (state if isinstance(state, tuple) else (state,))
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+class _Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = rnnfast.LSTM(3, 8, num_layers=2, bidirectional=True, backend="numba")
+        self.rnn = rnnfast.RNN(16, 5, nonlinearity="relu", batch_first=False, backend="numba")
+        self.head = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, h = self.rnn(y)
+        return self.head(y).sum() + h.square().sum()
+
+
+@pytest.mark.no_poison
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(6, 4, 3)
+    eager = model(x)
+    eager.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.backward()
+    assert_close("loss", out, eager)
+    for g, p in zip(grads, model.parameters()):
+        assert_close("grad", p.grad, g)
+
+
+@pytest.mark.no_poison
+@pytest.mark.slow
+def test_torch_compile_inductor():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(6, 4, 3)
+    compiled = torch.compile(model, fullgraph=True)
+    assert_close("loss", compiled(x), model(x))
