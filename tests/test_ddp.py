@@ -1,0 +1,65 @@
+"""The modules train under DistributedDataParallel (gloo, CPU, 2 processes): averaged
+gradients equal a single-process run on the concatenated batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import rnnfast
+
+
+class _Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = rnnfast.LSTM(3, 6, num_layers=2, bidirectional=True, backend="numba")
+        self.rnn = rnnfast.RNN(12, 4, nonlinearity="relu", backend="numba")
+
+    def forward(self, x, target):
+        y, _ = self.lstm(x)
+        y, _ = self.rnn(y)
+        return ((y - target) ** 2).mean()
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(7, 8, 3, generator=g, dtype=torch.float64),
+            torch.randn(7, 8, 4, generator=g, dtype=torch.float64))
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        ddp = torch.nn.parallel.DistributedDataParallel(_Model().double())
+        x, target = _data()
+        shard = slice(rank * 4, rank * 4 + 4)  # time-major: the batch is dim 1
+        ddp(x[:, shard], target[:, shard]).backward()
+        grads = {n: p.grad for n, p in ddp.module.named_parameters()}
+        torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_gradients_match_single_process(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    model = _Model().double()
+    x, target = _data()
+    model(x, target).backward()
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"grads{rank}.pt")
+        assert grads.keys() == dict(model.named_parameters()).keys()
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-10, atol=1e-12)
