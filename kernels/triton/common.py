@@ -9,9 +9,11 @@ import triton
 import triton.language as tl
 
 # Activation codes (same values as rnnfast.kernels.TANH / RELU / LEAKY_RELU).
-TANH: tl.constexpr = 0
-RELU: tl.constexpr = 1
-LEAKY_RELU: tl.constexpr = 2
+TANH = tl.constexpr(0)
+RELU = tl.constexpr(1)
+LEAKY_RELU = tl.constexpr(2)
+# Reduction chunk of the streamed (non-resident) recurrent product.
+STREAM_BK = tl.constexpr(64)
 
 
 @triton.jit
@@ -79,3 +81,27 @@ def grid_barrier(counter, target):
     while seen < target:
         seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def streamed_dot(acc, a_ptr, a_row, o_b, m_b, w_ptr, w_k, o_wn, m_n, K, GA, GW,
+                 NG: tl.constexpr, KG: tl.constexpr, BK: tl.constexpr,
+                 W_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BB, BN] += A @ W with the reduction streamed in BK-wide chunks, W re-read
+    (from L2) every call: the path for weight tiles too large to keep in registers.
+
+    The reduction index is k = g * KG + m (g < NG groups, m < K valid of KG):
+    A[b, k] = a_ptr[b * a_row + g * GA + m];  W[k, n] = w_ptr[(g * GW + m) * w_k + o_wn[n]].
+    """
+    for g in tl.static_range(NG):
+        for k0 in range(0, KG, BK):
+            o_k = k0 + tl.arange(0, BK)  # [BK]
+            m_k = o_k < K
+            b_a = tl.load(a_ptr + o_b[:, None] * a_row + g * GA + o_k[None, :],
+                          mask=m_b[:, None] & m_k[None, :], other=0.0,
+                          cache_modifier=".cg")  # [BB, BK]
+            b_w = tl.load(w_ptr + (g * GW + o_k)[:, None] * w_k + o_wn[None, :],
+                          mask=m_k[:, None] & m_n[None, :], other=0.0)  # [BK, BN]
+            acc += tl.dot(b_a.to(W_DTYPE), b_w, input_precision=PRECISION,
+                          out_dtype=acc.dtype)
+    return acc

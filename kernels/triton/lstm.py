@@ -36,7 +36,7 @@ cell states cs [T, B, H] (frozen where inactive).
 import triton
 import triton.language as tl
 
-from .common import grid_barrier, sigmoid, step_time, tanh
+from .common import STREAM_BK, grid_barrier, sigmoid, step_time, streamed_dot, tanh
 
 
 @triton.jit
@@ -50,9 +50,10 @@ def _split_gates(b_z, BB: tl.constexpr, BH: tl.constexpr):
 
 
 @triton.jit
-def _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j, o_r,
-                   T, B, H, P, reverse, HP: tl.constexpr, BH: tl.constexpr,
-                   BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr):
+def _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
+                   o_r, T, B, H, P, reverse, HP: tl.constexpr, BH: tl.constexpr,
+                   BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr,
+                   RESIDENT: tl.constexpr):
     """Cell phase: gates, c_t and r_t of own units; h_t too without projection."""
     t = step_time(s, T, reverse, False).to(tl.int64)
     G = 4 * H
@@ -62,13 +63,18 @@ def _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j, 
     m_r = m_b[:, None] & (o_r // 4 < H)[None, :]  # [BB, 4BH]
     m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
     h_cur = hbuf + (s % 2) * B * P
-    b_hp = tl.load(h_cur + o_b[:, None] * P + o_k[None, :],
-                   mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
-                   cache_modifier=".cg")  # [BB, HP] h_{t-1}
     b_c = tl.load(cbuf + (s % 2) * B * H + o_b[:, None] * H + o_j[None, :], mask=m_bj,
                   other=0.0)  # [BB, BH] c_{t-1}
-    b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                 out_dtype=b_c.dtype)  # [BB, 4BH]
+    if RESIDENT:
+        b_hp = tl.load(h_cur + o_b[:, None] * P + o_k[None, :],
+                       mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
+                       cache_modifier=".cg")  # [BB, HP] h_{t-1}
+        b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                     out_dtype=b_c.dtype)  # [BB, 4BH]
+    else:
+        b_z = streamed_dot(tl.zeros([BB, 4 * BH], dtype=b_c.dtype), h_cur, P, o_b, m_b,
+                           w_hh, 1, o_row * P, o_r // 4 < H, P, 0, 0, 1, HP, STREAM_BK,
+                           w_hh.dtype.element_ty, PRECISION)
     b_z += tl.load(xp + t * B * G + o_b[:, None] * G + o_row[None, :], mask=m_r,
                    other=0.0).to(b_c.dtype)
     b_i, b_f, b_g, b_o = _split_gates(b_z, BB, BH)
@@ -100,21 +106,27 @@ def _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j, 
 
 
 @triton.jit
-def _lstm_fwd_proj(s, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, reverse,
-                   HH: tl.constexpr, PRECISION: tl.constexpr):
+def _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, reverse,
+                   HH: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
+                   PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """Projection phase: h_t = r_t @ W_hr^T for own projected units."""
     t = step_time(s, T, reverse, False).to(tl.int64)
     m_b = o_b < B
     o_k = tl.arange(0, HH)
     m_bp = m_b[:, None] & (o_p < P)[None, :]  # [BB, BP]
-    b_r = tl.load(rbuf + o_b[:, None] * H + o_k[None, :],
-                  mask=m_b[:, None] & (o_k < H)[None, :], other=0.0,
-                  cache_modifier=".cg")  # [BB, HH]
     o_own = o_b[:, None] * P + o_p[None, :]
     b_h = tl.load(hbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0,
                   cache_modifier=".cg")  # [BB, BP] h_{t-1}
-    b_hn = tl.dot(b_r.to(b_wr.dtype), b_wr, input_precision=PRECISION,
-                  out_dtype=b_h.dtype)  # [BB, BP]
+    if RESIDENT:
+        b_r = tl.load(rbuf + o_b[:, None] * H + o_k[None, :],
+                      mask=m_b[:, None] & (o_k < H)[None, :], other=0.0,
+                      cache_modifier=".cg")  # [BB, HH]
+        b_hn = tl.dot(b_r.to(b_wr.dtype), b_wr, input_precision=PRECISION,
+                      out_dtype=b_h.dtype)  # [BB, BP]
+    else:
+        b_hn = streamed_dot(tl.zeros([BB, BP], dtype=b_h.dtype), rbuf, H, o_b, m_b, w_hr,
+                            1, o_p * H, o_p < P, H, 0, 0, 1, HH, STREAM_BK,
+                            w_hr.dtype.element_ty, PRECISION)
     active = (t < b_len)[:, None]
     tl.store(y + t * B * P + o_own, tl.where(active, b_hn, 0.0).to(y.dtype.element_ty),
              mask=m_bp)
@@ -150,37 +162,33 @@ def lstm_fwd_kernel(
     m_wr = (o_kh < H)[:, None] & (o_p < P)[None, :]
     if RESIDENT:
         b_w = tl.load(p_w, mask=m_w, other=0.0)
+        b_wr = b_w
         if PROJ:
             b_wr = tl.load(p_wr, mask=m_wr, other=0.0)
+    else:
+        b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholders
+        b_wr = b_w
     b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     NBAR: tl.constexpr = 2 if PROJ else 1
     for s in range(s_begin, s_end):
         if phases % 2 == 1:
-            if RESIDENT:
-                _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
-                               o_r, T, B, H, P, reverse, HP, BH, BB, PROJ, PRECISION)
-            else:
-                _lstm_fwd_cell(s, xp, y, gates, cs, hbuf, cbuf, rbuf,
-                               tl.load(p_w, mask=m_w, other=0.0), b_len, o_b, o_j,
-                               o_r, T, B, H, P, reverse, HP, BH, BB, PROJ, PRECISION)
+            _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
+                           o_r, T, B, H, P, reverse, HP, BH, BB, PROJ, PRECISION, RESIDENT)
         if PROJ:
             if sync:
                 grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
             if phases // 2 == 1:
-                if RESIDENT:
-                    _lstm_fwd_proj(s, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P,
-                                   reverse, HH, PRECISION)
-                else:
-                    _lstm_fwd_proj(s, y, hbuf, rbuf, tl.load(p_wr, mask=m_wr, other=0.0),
-                                   b_len, o_b, o_p, T, B, H, P, reverse, HH, PRECISION)
+                _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P,
+                               reverse, HH, BB, BP, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)
 
 
 @triton.jit
-def _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o_p,
-                 n_prog, i_prog, T, B, H, P, reverse, HH: tl.constexpr,
-                 PROJ: tl.constexpr, PRECISION: tl.constexpr):
+def _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o_p,
+                 n_prog, i_prog, T, B, H, P, reverse, HH: tl.constexpr, BB: tl.constexpr,
+                 BP: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr,
+                 RESIDENT: tl.constexpr):
     """dh phase (own projected units): dh_t = dy_t + dz_{t+1} @ W_hh[:, p]; writes the
     norm partial, dhs_t and dh_t for the gate phase (PROJ), the carried dh. Returns dh_t."""
     t = step_time(s, T, reverse, True).to(tl.int64)
@@ -190,15 +198,21 @@ def _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o_p,
     G = 4 * H
     m_b = o_b < B
     m_bp = m_b[:, None] & (o_p < P)[None, :]  # [BB, BP]
-    o_k = tl.arange(0, 4 * HH)
-    o_col = (o_k // HH) * H + o_k % HH  # [4HH] gate column (gate-major, padded)
-    b_dzp = tl.load(dzbuf + (s % 2) * B * G + o_b[:, None] * G + o_col[None, :],
-                    mask=m_b[:, None] & (o_k % HH < H)[None, :], other=0.0,
-                    cache_modifier=".cg")  # [BB, 4HH] dz_{t+1}
     o_own = o_b[:, None] * P + o_p[None, :]
     b_carry = tl.load(dhbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0)  # [BB, BP]
-    b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                    out_dtype=b_carry.dtype)  # [BB, BP]
+    # [BB, BP] dz_{t+1} @ W_hh[:, p]
+    if RESIDENT:
+        o_k = tl.arange(0, 4 * HH)
+        o_col = (o_k // HH) * H + o_k % HH  # [4HH] gate column (gate-major, padded)
+        b_dzp = tl.load(dzbuf + (s % 2) * B * G + o_b[:, None] * G + o_col[None, :],
+                        mask=m_b[:, None] & (o_k % HH < H)[None, :], other=0.0,
+                        cache_modifier=".cg")  # [BB, 4HH] dz_{t+1}
+        b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                        out_dtype=b_carry.dtype)
+    else:
+        b_back = streamed_dot(tl.zeros([BB, BP], dtype=b_carry.dtype),
+                              dzbuf + (s % 2) * B * G, G, o_b, m_b, w_hh, P, o_p, o_p < P,
+                              H, H, H, 4, HH, STREAM_BK, w_hh.dtype.element_ty, PRECISION)
     b_dh = tl.where(((s > 0) & (tb < b_len))[:, None], b_back, b_carry)
     active = (t < b_len)[:, None]
     o_t = t * B * P + o_own
@@ -213,9 +227,10 @@ def _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o_p,
 
 
 @triton.jit
-def _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len, o_b,
-                    o_j, T, B, H, P, reverse, HP: tl.constexpr, PROJ: tl.constexpr,
-                    PRECISION: tl.constexpr):
+def _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
+                    o_b, o_j, T, B, H, P, reverse, HP: tl.constexpr, BB: tl.constexpr,
+                    BH: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr,
+                    RESIDENT: tl.constexpr):
     """Gate phase (own cell units): dr, dc and the four dz_t, written to dxp and dzbuf."""
     t = step_time(s, T, reverse, True).to(tl.int64)
     tf = t - 1  # the step the forward pass processed just before t
@@ -227,12 +242,18 @@ def _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
     o_own = o_b[:, None] * H + o_j[None, :]
     b_dc = tl.load(dcbuf + (s % 2) * B * H + o_own, mask=m_bj, other=0.0)  # [BB, BH]
     if PROJ:
-        o_k = tl.arange(0, HP)
-        b_gf = tl.load(gbuf + o_b[:, None] * P + o_k[None, :],
-                       mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
-                       cache_modifier=".cg")  # [BB, HP] dh_t
-        b_dr = tl.dot(b_gf.to(b_wr.dtype), b_wr, input_precision=PRECISION,
-                      out_dtype=b_dc.dtype)  # [BB, BH]
+        # [BB, BH] dr = dh_t @ W_hr[:, j]
+        if RESIDENT:
+            o_k = tl.arange(0, HP)
+            b_gf = tl.load(gbuf + o_b[:, None] * P + o_k[None, :],
+                           mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
+                           cache_modifier=".cg")  # [BB, HP] dh_t
+            b_dr = tl.dot(b_gf.to(b_wr.dtype), b_wr, input_precision=PRECISION,
+                          out_dtype=b_dc.dtype)
+        else:
+            b_dr = streamed_dot(tl.zeros([BB, BH], dtype=b_dc.dtype), gbuf, P, o_b, m_b,
+                                w_hr, H, o_j, o_j < H, P, 0, 0, 1, HP, STREAM_BK,
+                                w_hr.dtype.element_ty, PRECISION)
     else:
         b_dr = b_g
     o_g = t * B * G + o_b[:, None] * G + o_j[None, :]
@@ -303,32 +324,23 @@ def lstm_bwd_kernel(
         b_wr = b_w
         if PROJ:
             b_wr = tl.load(p_wr, mask=m_wr, other=0.0)
+    else:
+        b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholders
+        b_wr = b_w
     b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     NBAR: tl.constexpr = 2 if PROJ else 1
     for s in range(s_begin, s_end):
         b_g = tl.zeros([BB, BP], dtype=dhbuf.dtype.element_ty)
         if phases % 2 == 1:
-            if RESIDENT:
-                b_g = _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b,
-                                   o_p, n_prog, i_prog, T, B, H, P, reverse, HH, PROJ,
-                                   PRECISION)
-            else:
-                b_g = _lstm_bwd_dh(s, dy, dhs, dzbuf, dhbuf, gbuf, norms,
-                                   tl.load(p_w, mask=m_w, other=0.0), b_len, o_b, o_p,
-                                   n_prog, i_prog, T, B, H, P, reverse, HH, PROJ, PRECISION)
+            b_g = _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b,
+                               o_p, n_prog, i_prog, T, B, H, P, reverse, HH, BB, BP, PROJ,
+                               PRECISION, RESIDENT)
         if PROJ:
             if sync:
                 grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
         if phases // 2 == 1:
-            if RESIDENT:
-                _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
-                                o_b, o_j, T, B, H, P, reverse, HP, PROJ, PRECISION)
-            elif PROJ:
-                _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf,
-                                tl.load(p_wr, mask=m_wr, other=0.0), b_len, o_b, o_j,
-                                T, B, H, P, reverse, HP, PROJ, PRECISION)
-            else:
-                _lstm_bwd_gates(s, b_g, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_g, b_len,
-                                o_b, o_j, T, B, H, P, reverse, HP, PROJ, PRECISION)
+            _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
+                            o_b, o_j, T, B, H, P, reverse, HP, BB, BH, PROJ, PRECISION,
+                            RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)

@@ -24,12 +24,13 @@ y = 0, dxp = 0 and passes its gradient through unchanged.
 import triton
 import triton.language as tl
 
-from .common import activate, activate_grad, grid_barrier, step_time
+from .common import STREAM_BK, activate, activate_grad, grid_barrier, step_time, streamed_dot
 
 
 @triton.jit
-def _rnn_fwd_step(s, xp, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H,
-                  reverse, activation, slope, PRECISION: tl.constexpr):
+def _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H,
+                  reverse, activation, slope, BB: tl.constexpr, BH: tl.constexpr,
+                  HP: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """One forward step for this program's [BB, BH] tile: reads h_{t-1} (all units) from
     hbuf[s % 2], writes y_t and h_t (own units) to hbuf[(s + 1) % 2]."""
     t = step_time(s, T, reverse, False).to(tl.int64)
@@ -39,12 +40,17 @@ def _rnn_fwd_step(s, xp, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H,
     p_cur = hbuf + (s % 2) * B * H
     p_nxt = hbuf + ((s + 1) % 2) * B * H
     # .cg: read the exchange buffer from L2, never a stale L1 line written by another SM.
-    b_hp = tl.load(p_cur + o_b[:, None] * H + o_k[None, :], mask=m_bk, other=0.0,
-                   cache_modifier=".cg")  # [BB, HP] h_{t-1}, state dtype
     b_own = tl.load(p_cur + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.0,
-                    cache_modifier=".cg")  # [BB, BH]
-    b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                 out_dtype=b_own.dtype)  # [BB, BH]
+                    cache_modifier=".cg")  # [BB, BH] h_{t-1}, own units, state dtype
+    if RESIDENT:
+        b_hp = tl.load(p_cur + o_b[:, None] * H + o_k[None, :], mask=m_bk, other=0.0,
+                       cache_modifier=".cg")  # [BB, HP] h_{t-1}
+        b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                     out_dtype=b_own.dtype)  # [BB, BH]
+    else:
+        b_z = streamed_dot(tl.zeros([BB, BH], dtype=b_own.dtype), p_cur, H, o_b, m_b,
+                           w_hh, 1, o_j * H, o_j < H, H, 0, 0, 1, HP, STREAM_BK,
+                           w_hh.dtype.element_ty, PRECISION)
     o_x = t * B * H + o_b[:, None] * H + o_j[None, :]
     b_z += tl.load(xp + o_x, mask=m_bj, other=0.0).to(b_own.dtype)
     b_h = activate(b_z, activation, slope)
@@ -73,27 +79,26 @@ def rnn_fwd_kernel(
     o_k = tl.arange(0, HP)  # [HP] all units
     o_b = i_b * BB + tl.arange(0, BB)  # [BB] own rows
     # W_hh^T restricted to own units ([HP, BH]), on chip for every step of this launch
-    # (RESIDENT), or re-read from L2 every step when too large for the register file.
+    # (RESIDENT), or streamed from L2 every step when too large for the register file.
     p_w = w_hh + o_j[None, :] * H + o_k[:, None]
     m_w = (o_k < H)[:, None] & (o_j < H)[None, :]
     if RESIDENT:
         b_w = tl.load(p_w, mask=m_w, other=0.0)
+    else:
+        b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholder
     b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     for s in range(s_begin, s_end):
-        if RESIDENT:
-            _rnn_fwd_step(s, xp, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H,
-                          reverse, activation, slope, PRECISION)
-        else:
-            _rnn_fwd_step(s, xp, y, hbuf, tl.load(p_w, mask=m_w, other=0.0), b_len, o_b,
-                          o_j, o_k, T, B, H, reverse, activation, slope, PRECISION)
+        _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H, reverse,
+                      activation, slope, BB, BH, HP, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * n_prog)
 
 
 @triton.jit
-def _rnn_bwd_step(s, dy, y, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
-                  n_prog, i_prog, T, B, H, reverse, activation, slope,
-                  PRECISION: tl.constexpr):
+def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
+                  n_prog, i_prog, T, B, H, reverse, activation, slope, BB: tl.constexpr,
+                  BH: tl.constexpr, HP: tl.constexpr, PRECISION: tl.constexpr,
+                  RESIDENT: tl.constexpr):
     """One BPTT step: reads dz of the previous BPTT step (all units) from dzbuf[s % 2]
     and the carried dh (own units) from dhbuf[s % 2]; writes dxp_t, this program's
     partial sum of squares of dh_t to norms[t, i_prog], and dz_t, dh to the next buffers."""
@@ -107,11 +112,17 @@ def _rnn_bwd_step(s, dy, y, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
     cur = (s % 2) * B * H
     nxt = ((s + 1) % 2) * B * H
     o_own = o_b[:, None] * H + o_j[None, :]
-    b_dzp = tl.load(dzbuf + cur + o_b[:, None] * H + o_k[None, :], mask=m_bk, other=0.0,
-                    cache_modifier=".cg")  # [BB, HP]
     b_carry = tl.load(dhbuf + cur + o_own, mask=m_bj, other=0.0)  # [BB, BH]
-    b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                    out_dtype=b_carry.dtype)  # [BB, BH] dz_{t+1} @ W_hh[:, j]
+    # [BB, BH] dz_{t+1} @ W_hh[:, j]
+    if RESIDENT:
+        b_dzp = tl.load(dzbuf + cur + o_b[:, None] * H + o_k[None, :], mask=m_bk,
+                        other=0.0, cache_modifier=".cg")  # [BB, HP]
+        b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
+                        out_dtype=b_carry.dtype)
+    else:
+        b_back = streamed_dot(tl.zeros([BB, BH], dtype=b_carry.dtype), dzbuf + cur, H, o_b,
+                              m_b, w_hh, H, o_j, o_j < H, H, 0, 0, 1, HP, STREAM_BK,
+                              w_hh.dtype.element_ty, PRECISION)
     active_p = ((s > 0) & (tp < b_len))[:, None]
     b_dh = tl.where(active_p, b_back, b_carry)
     active = (t < b_len)[:, None]
@@ -149,14 +160,12 @@ def rnn_bwd_kernel(
     m_w = (o_k < H)[:, None] & (o_j < H)[None, :]
     if RESIDENT:
         b_w = tl.load(p_w, mask=m_w, other=0.0)
+    else:
+        b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholder
     b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     for s in range(s_begin, s_end):
-        if RESIDENT:
-            _rnn_bwd_step(s, dy, y, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
-                          n_prog, i_prog, T, B, H, reverse, activation, slope, PRECISION)
-        else:
-            _rnn_bwd_step(s, dy, y, dxp, dzbuf, dhbuf, norms,
-                          tl.load(p_w, mask=m_w, other=0.0), b_len, o_b, o_j, o_k,
-                          n_prog, i_prog, T, B, H, reverse, activation, slope, PRECISION)
+        _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
+                      n_prog, i_prog, T, B, H, reverse, activation, slope, BB, BH, HP,
+                      PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * n_prog)
