@@ -7,10 +7,11 @@ setup(
                 "behind drop-in torch.nn modules",
     python_requires=">=3.10",
     packages=["rnnfast", "rnnfast.kernels", "rnnfast.kernels.numba",
-              "rnnfast.kernels.triton", "bench"],
+              "rnnfast.kernels.triton"],
     # kernels/ lives at the top level of the repo but installs as rnnfast.kernels
     # (a top-level package named "kernels" would clash with an existing PyPI name).
-    package_dir={"rnnfast": "rnnfast", "rnnfast.kernels": "kernels", "bench": "bench"},
+    # bench/ and tests/ are run from the repo root and are not installed.
+    package_dir={"rnnfast": "rnnfast", "rnnfast.kernels": "kernels"},
     install_requires=["torch>=2.4", "numba>=0.60", "numpy", "scipy", "tqdm"],
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
