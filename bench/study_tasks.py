@@ -202,11 +202,13 @@ def run_seed(*parts):
 
 def train_run(task, cell, T, clip, seed, steps, batch, hidden, lr, eval_every,
               test_size, profile_steps=(), profile_T=None, profile_lags=(10, 100),
-              clip_norm=1.0, device="cpu", backend="auto", progress=None):
+              clip_norm=1.0, device="cpu", backend="auto", progress=None, deadline=None):
     """Train one (task, cell, T, clip, seed) run with Adam; return a dict of results.
 
     The training stream and test set depend only on (task, T, seed): every cell and
     clipping setting sees the same data. Model init depends on (cell, seed).
+    ``deadline`` (a ``time.time()`` value): stop training there and record the step
+    (``truncated_at``): the only thing that can make a run depend on the machine.
     """
     spec = TASKS[task]
     base = spec["baseline"](T)
@@ -235,13 +237,21 @@ def train_run(task, cell, T, clip, seed, steps, batch, hidden, lr, eval_every,
         entry["curve"] = [float(v) for v in prof]
         return entry
 
+    if task != "adding":
+        profile_steps = ()  # the lag profile is defined on the adding loss (h_T only)
     curve = [(0, evaluate())]
     profiles = [profile(0)] if 0 in profile_steps else []
     train_lag = []
     solved_step = 0 if solved(task, curve[0][1], T) else None
-    diverged = None
+    diverged = truncated = None
+    ticked = 0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
+        if deadline is not None and time.time() > deadline:
+            truncated = step - 1
+            if curve[-1][0] != step - 1:
+                curve.append((step - 1, evaluate()))
+            break
         x, y = spec["batch"](T, batch, data_gen)
         x, y = x.to(device), y.to(device)
         loss = task_loss(task, model(x), y)
@@ -249,7 +259,7 @@ def train_run(task, cell, T, clip, seed, steps, batch, hidden, lr, eval_every,
         loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(
             model.parameters(), clip_norm if clip else float("inf")))
-        if not (math.isfinite(float(loss)) and math.isfinite(gnorm)):
+        if not (math.isfinite(loss.item()) and math.isfinite(gnorm)):
             diverged = step
             curve.append((step, float("nan")))
             break
@@ -266,14 +276,20 @@ def train_run(task, cell, T, clip, seed, steps, batch, hidden, lr, eval_every,
                                   **{str(k): v for k, v in r.items()}})
         if step in profile_steps:
             profiles.append(profile(step))
-        if progress is not None:
-            progress(1)
+        if progress is not None and step % eval_every == 0:
+            progress(step - ticked)
+            ticked = step
+    if progress is not None:
+        progress(steps - ticked)
+    last = curve[-1][0]
+    if profile_steps and diverged is None and (not profiles or profiles[-1]["step"] != last):
+        profiles.append(profile(last))  # the end of a truncated run
     final = curve[-1][1]
     return {
         "task": task, "cell": cell, "T": T, "clip": clip, "seed": seed, "lr": lr,
         "hidden": hidden, "batch": batch, "steps": steps, "baseline": base,
         "final_loss": final, "final_over_baseline": final / base if math.isfinite(final) else None,
         "solved": solved(task, final, T), "ever_solved_step": solved_step,
-        "diverged_at": diverged, "curve": curve, "profiles": profiles,
+        "diverged_at": diverged, "truncated_at": truncated, "curve": curve, "profiles": profiles,
         "train_lag": train_lag, "seconds": time.perf_counter() - t0,
     }

@@ -46,23 +46,32 @@ def _projection(x, w_ih, b_ih, b_hh):
     return xp.view(T, B, -1)
 
 
-def _prev_states(y, h0, lengths, reverse):
-    """h_{t-1} of every step, [T, B, P] (rows past their length: anything; their
-    gradient is 0). Reverse: a row's first step t = lengths-1 starts from h0."""
+def _recurrent_weight_grad(dxp, y, h0, lengths, reverse):
+    """dW_hh = sum_t dxp_t^T h_{t-1}, without materialising h_{t-1}: y shifted by one step
+    is a contiguous view, and the steps whose previous state is h0 add one small GEMM.
+    Forward: h_{t-1} = y[t-1], and h0 at t = 0. Reverse: h_{t-1} = y[t+1], and h0 at each
+    row's first processed step t = lengths[b] - 1 (where y[t+1] is padding, i.e. 0)."""
+    T, B, G = dxp.shape
+    P = y.shape[2]
     if reverse:
-        prev = torch.cat([y[1:], h0.unsqueeze(0)])
-        if lengths is not None:
-            prev[lengths.to(device=y.device, dtype=torch.int64) - 1,
-                 torch.arange(y.shape[1], device=y.device)] = h0
-        return prev
-    return torch.cat([h0.unsqueeze(0), y[:-1]])
+        inner, outer = dxp[:-1], y[1:]
+        if lengths is None:
+            first = dxp[T - 1]
+        else:
+            idx = lengths.to(device=dxp.device, dtype=torch.int64) - 1
+            first = dxp[idx, torch.arange(B, device=dxp.device)]
+    else:
+        inner, outer, first = dxp[1:], y[:-1], dxp[0]
+    dw = _mm(first.t(), h0)
+    if T > 1:
+        dw += _mm(inner.reshape(-1, G).t(), outer.reshape(-1, P))
+    return dw
 
 
 def _weight_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx):
     T, B, G = dxp.shape
     d2 = dxp.reshape(T * B, G)
-    h_prev = _prev_states(y, h0, lengths, reverse)
-    dw_hh = _mm(d2.t(), h_prev.reshape(T * B, -1))
+    dw_hh = _recurrent_weight_grad(dxp, y, h0, lengths, reverse)
     dw_ih = _mm(d2.t(), x.reshape(T * B, -1))
     db = d2.sum(0) if has_bias else dxp.new_empty(_EMPTY)
     dx = _mm(d2, w_ih).view(T, B, -1) if need_dx else dxp.new_empty(_EMPTY)
