@@ -178,8 +178,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="2-CPU-core version, under 10 minutes (adding T in {50,150}, H=64)")
-    ap.add_argument("--out", default=None, help="report folder (default out/study, "
-                    "out/study-quick with --quick)")
+    ap.add_argument("--out", default=None, help="report folder (default out/study)")
     ap.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     ap.add_argument("--workers", type=int, default=None,
                     help="parallel training processes (default: min(2, CPU cores) on CPU, "
@@ -197,7 +196,7 @@ def main(argv=None):
     if args.seeds:
         cfg["seeds"] = cfg["profile_seeds"] = args.seeds
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out = args.out or ("out/study" if mode == "full" else f"out/study-{mode}")
+    out = args.out or "out/study"
     os.makedirs(out, exist_ok=True)
     cores = os.cpu_count() or 1
     workers = args.workers or (1 if device == "cuda" else max(1, min(2, cores)))
