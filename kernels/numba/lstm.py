@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .cells import sigmoid
+from .cells import sigmoid_from_expneg, tanh_from_exp2, vexp
 from .config import JIT
 
 
@@ -43,23 +43,36 @@ def lstm_fwd_kernel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
     z = np.empty((B, G), dtype=xp.dtype)  # [B, G] h_{t-1} @ W_hh^T
     r = np.zeros((B, H), dtype=xp.dtype)  # [B, H] o * tanh(c)
     hp = np.empty((B, P), dtype=xp.dtype)  # [B, P] r @ W_hr^T
+    # Row scratch, float64: a = exp(-z) for i, f, o and exp(2 z) for g; e = exp(2 c).
+    a = np.empty(G, dtype=np.float64)
+    e = np.empty(H, dtype=np.float64)
+    og = np.empty(H, dtype=np.float64)
+    sb = np.empty(G, dtype=np.float64)
+    ib = sb.view(np.int64)
+    scale = np.full(G, -1.0)  # [G] the exponent's factor per gate column
+    scale[2 * H:3 * H] = 2.0
     for s in range(T):
         t = T - 1 - s if reverse else s
         np.dot(h, w_hh_t, z)
         for b in range(B):
             if t < lengths[b]:
+                for k in range(G):
+                    a[k] = (np.float64(xp[t, b, k]) + z[b, k]) * scale[k]
+                vexp(a, sb, ib)
                 for j in range(H):
-                    ig = sigmoid(xp[t, b, j] + z[b, j])
-                    fg = sigmoid(xp[t, b, H + j] + z[b, H + j])
-                    gg = math.tanh(xp[t, b, 2 * H + j] + z[b, 2 * H + j])
-                    og = sigmoid(xp[t, b, 3 * H + j] + z[b, 3 * H + j])
-                    cn = fg * c[b, j] + ig * gg
-                    c[b, j] = cn
-                    r[b, j] = og * math.tanh(cn)
+                    ig = sigmoid_from_expneg(a[j])
+                    fg = sigmoid_from_expneg(a[H + j])
+                    gg = tanh_from_exp2(a[2 * H + j])
+                    og[j] = sigmoid_from_expneg(a[3 * H + j])
+                    c[b, j] = fg * c[b, j] + ig * gg
+                    e[j] = 2.0 * c[b, j]
                     gates[t, b, j] = ig
                     gates[t, b, H + j] = fg
                     gates[t, b, 2 * H + j] = gg
-                    gates[t, b, 3 * H + j] = og
+                    gates[t, b, 3 * H + j] = og[j]
+                vexp(e, sb, ib)
+                for j in range(H):
+                    r[b, j] = og[j] * tanh_from_exp2(e[j])
             else:
                 for k in range(G):
                     gates[t, b, k] = 0
@@ -95,6 +108,9 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     dz = np.empty((B, G), dtype=dy.dtype)  # [B, G] pre-activation gate gradients
     back = np.empty((B, P), dtype=dy.dtype)  # [B, P] dz @ W_hh
     sq = np.empty(P, dtype=np.float64)  # [P] per-unit sums of squares for the norm
+    e = np.empty(H, dtype=np.float64)  # [H] exp(2 c_t), for tanh(c_t)
+    sb = np.empty(H, dtype=np.float64)
+    ib = sb.view(np.int64)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1  # the step processed before t
@@ -116,12 +132,15 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
         for b in range(B):
             if t < lengths[b]:
                 for j in range(H):
+                    e[j] = 2.0 * cs[t, b, j]
+                vexp(e, sb, ib)
+                for j in range(H):
                     ig = gates[t, b, j]
                     fg = gates[t, b, H + j]
                     gg = gates[t, b, 2 * H + j]
                     og = gates[t, b, 3 * H + j]
                     cp = cs[tp, b, j] if 0 <= tp < T else c0[b, j]
-                    tc = math.tanh(cs[t, b, j])
+                    tc = tanh_from_exp2(e[j])
                     d_r = dr[b, j] if proj else dh[b, j]
                     dcc = dc[b, j] + d_r * og * (1.0 - tc * tc)
                     dc[b, j] = dcc * fg

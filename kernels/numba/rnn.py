@@ -22,7 +22,8 @@ import math
 import numpy as np
 from numba import njit
 
-from .cells import activate, activate_grad
+from .. import TANH
+from .cells import activate, activate_grad, tanh_from_exp2, vexp
 from .config import JIT
 
 
@@ -33,6 +34,9 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
     z = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] h_{t-1} @ W_hh^T
+    a = np.empty(H, dtype=np.float64)  # [H] exp(2 z) for tanh
+    sb = np.empty(H, dtype=np.float64)
+    ib = sb.view(np.int64)
     for r in range(nb):
         for j in range(H):
             h[r, j] = h0[b0 + r, j]
@@ -41,7 +45,15 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
         np.dot(h, w_hh_t, z)
         for r in range(nb):
             b = b0 + r
-            if t < lengths[b]:
+            if t < lengths[b] and activation == TANH:
+                for j in range(H):
+                    a[j] = 2.0 * (np.float64(xp[t, b, j]) + z[r, j])
+                vexp(a, sb, ib)
+                for j in range(H):
+                    v = tanh_from_exp2(a[j])
+                    h[r, j] = v
+                    y[t, b, j] = v
+            elif t < lengths[b]:
                 for j in range(H):
                     v = activate(xp[t, b, j] + z[r, j], activation, slope)
                     h[r, j] = v

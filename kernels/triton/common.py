@@ -105,3 +105,38 @@ def streamed_dot(acc, a_ptr, a_row, o_b, m_b, w_ptr, w_k, o_wn, m_n, K, GA, GW,
             acc += tl.dot(b_a.to(W_DTYPE), b_w, input_precision=PRECISION,
                           out_dtype=acc.dtype)
     return acc
+
+
+@triton.jit
+def _split_index(NK: tl.constexpr, BK: tl.constexpr, KG: tl.constexpr, G_STRIDE):
+    """Reduction index kk = c * BK + k of chunk c < NK, as (g * G_STRIDE + m, m), with
+    g = kk // KG the group and m = kk % KG the index inside it: [NK, BK] each."""
+    kk = tl.arange(0, NK)[:, None] * BK + tl.arange(0, BK)[None, :]
+    m = kk % KG
+    return (kk // KG) * G_STRIDE + m, m
+
+
+@triton.jit
+def load_weights(w_ptr, w_k, o_wn, m_n, K, GW, NK: tl.constexpr, BK: tl.constexpr,
+                 KG: tl.constexpr):
+    """A weight tile W [NK*BK, BN] split into NK reduction chunks: [NK, BK, BN], with
+    W[kk, n] = w_ptr[(g * GW + m) * w_k + o_wn[n]] (kk = g * KG + m, zero where m >= K)."""
+    o_w, m = _split_index(NK, BK, KG, GW)
+    return tl.load(w_ptr + o_w[:, :, None] * w_k + o_wn[None, None, :],
+                   mask=(m < K)[:, :, None] & m_n[None, None, :], other=0.0)
+
+
+@triton.jit
+def resident_dot(acc, a_ptr, a_row, o_b, m_b, b_w, K, GA, NK: tl.constexpr,
+                 BK: tl.constexpr, KG: tl.constexpr, PRECISION: tl.constexpr):
+    """acc [BB, BN] += A @ W for a weight tile b_w [NK, BK, BN] from :func:`load_weights`
+    (kept on chip by the caller). The NK chunks are one batched product, so warps split
+    the reduction instead of each holding all of it; partials are then summed in a fixed
+    order. A[b, kk] = a_ptr[b * a_row + g * GA + m]."""
+    o_a, m = _split_index(NK, BK, KG, GA)
+    b_a = tl.load(a_ptr + o_b[None, :, None] * a_row + o_a[:, None, :],
+                  mask=m_b[None, :, None] & (m < K)[:, None, :], other=0.0,
+                  cache_modifier=".cg")  # [NK, BB, BK]
+    part = tl.dot(b_a.to(b_w.dtype), b_w, input_precision=PRECISION,
+                  out_dtype=acc.dtype)  # [NK, BB, BN]
+    return acc + tl.sum(part, axis=0)

@@ -24,9 +24,13 @@ KERNELS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 BLOCK_B = 16  # batch rows per program: the smallest tensor-core tile
 MAX_WIDTH = 1024  # largest hidden_size / proj_size the kernels take
-# Bytes of weights a program keeps in registers for the whole loop; above this the
-# tile is re-read (from L2) every step instead of spilling.
-RESIDENT_BYTES = 64 * 1024
+# A program keeps its weight tile on chip for the whole time loop (Triton stages it in
+# shared memory once, and loads it into registers every step) when the tile plus the
+# staged [BLOCK_B, width] operand fit this many bytes of shared memory (sm_80 allows
+# 163 KiB per block, sm_90 227 KiB) and each thread holds at most ELEMS_PER_THREAD of
+# it; otherwise the tile is streamed from L2 every step.
+SMEM_BUDGET = 160 * 1024
+ELEMS_PER_THREAD = 64
 
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
                   torch.bfloat16: "bf16"}
@@ -66,13 +70,14 @@ class Config:
     RESIDENT: bool  # weight tiles stay in registers across steps
     PRECISION: str  # tl.dot input precision: "ieee" or "tf32"
     num_warps: int
+    NK: int = 1  # reduction chunks of a resident product (one batch of a batched dot)
 
     def constexprs(self):
-        names = ["HP", "BH", "BB", "PRECISION", "RESIDENT"]
+        names = ["HP", "BH", "BB", "PRECISION", "RESIDENT", "NK"]
         if self.kernel.startswith("lstm"):
             names += ["HH", "BP", "PROJ"]
         vals = dict(BB=BLOCK_B, **{k: getattr(self, k) for k in
-                                   ("HP", "HH", "BH", "BP", "PROJ", "RESIDENT", "PRECISION")})
+                                   ("HP", "HH", "BH", "BP", "PROJ", "RESIDENT", "PRECISION", "NK")})
         return {k: vals[k] for k in names}
 
     def weight_bytes(self):
@@ -90,20 +95,26 @@ class Config:
         w = "res" if self.RESIDENT else "l2"
         return (f"{_TRITON_DTYPES[self.dtype]}{'-tf32' if self.PRECISION == 'tf32' else ''}"
                 f"-H{self.HH if self.kernel.startswith('lstm') else self.HP}{p}"
-                f"-BH{self.BH}{f'-BP{self.BP}' if self.PROJ else ''}-w{self.num_warps}-{w}")
+                f"-BH{self.BH}{f'-BP{self.BP}' if self.PROJ else ''}-w{self.num_warps}-k{self.NK}-{w}")
 
 
-def _warps(elements):
-    # Enough threads that a [BB, width] operand plus the weight tile fit in registers.
-    if elements <= 4096:
-        return 4
-    if elements <= 16384:
-        return 8
-    return 16
+def _resident_shape(kernel, HP, HH, BH, BP, proj):
+    """(weight elements kept on chip, reduction widths of the products) of a program."""
+    if kernel.startswith("rnn"):
+        return HP * BH, (HP,)
+    if kernel == "lstm_fwd":
+        return HP * 4 * BH + (HH * BP if proj else 0), ((HP, HH) if proj else (HP,))
+    return 4 * HH * BP + (HP * BH if proj else 0), ((4 * HH, HP) if proj else (4 * HH,))
 
 
 def pick(kernel, H, P, dtype, tf32=None):
-    """The configuration for a layer of H cell units, P = proj_size or H (RNN: P = H)."""
+    """The configuration for a layer of H cell units, P = proj_size or H (RNN: P = H).
+
+    Tiles: an RNN program owns 16 units (the smallest tensor-core tile); an LSTM program
+    4 cell units (16 gate rows) up to H = 256, then 8, so H = 768 uses 96 programs per
+    batch tile; the LSTM backward owns 16 projected units. The weight tile stays on chip
+    when its shared-memory copy plus the staged operand fit SMEM_BUDGET and each thread
+    holds at most ELEMS_PER_THREAD of it; warps split its reduction into NK chunks."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     tf32 = tf32_enabled() if tf32 is None else tf32
@@ -112,18 +123,24 @@ def pick(kernel, H, P, dtype, tf32=None):
     HH = width(H)
     proj = kernel.startswith("lstm") and P != H
     if kernel.startswith("rnn"):
-        BH, BP, HH, big = 16, 16, HP, HP * 16
+        BH = BP = 16
+        HH = HP
     elif kernel == "lstm_fwd":
         BH = 4 if HH <= 256 else 8
         BP = 16
-        big = max(HP * 4 * BH, HH * BP if proj else 0)
     else:
         BH = BP = 16
-        big = max(4 * HH * BP, HP * BH if proj else 0)
-    cfg = Config(kernel, dtype, HP, HH, BH, BP, proj, True, precision, _warps(big))
-    if cfg.weight_bytes() > RESIDENT_BYTES:
-        cfg = Config(kernel, dtype, HP, HH, BH, BP, proj, False, precision, cfg.num_warps)
-    return cfg
+    elems, widths = _resident_shape(kernel, HP, HH, BH, BP, proj)
+    state_bytes = 8 if dtype == torch.float64 else 4
+    smem = elems * dtype.itemsize + sum(BLOCK_B * k * state_bytes for k in widths)
+    warps = 4
+    while elems > ELEMS_PER_THREAD * 32 * warps and warps < 16:
+        warps *= 2
+    resident = smem <= SMEM_BUDGET and elems <= ELEMS_PER_THREAD * 32 * warps
+    if not resident:
+        warps = 4
+    nk = max(1, min(warps, min(widths) // 16))
+    return Config(kernel, dtype, HP, HH, BH, BP, proj, resident, precision, warps, nk)
 
 
 def all_configs():

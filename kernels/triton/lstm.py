@@ -36,7 +36,7 @@ cell states cs [T, B, H] (frozen where inactive).
 import triton
 import triton.language as tl
 
-from .common import STREAM_BK, grid_barrier, sigmoid, step_time, streamed_dot, tanh
+from .common import STREAM_BK, grid_barrier, load_weights, resident_dot, sigmoid, step_time, streamed_dot, tanh
 
 
 @triton.jit
@@ -52,25 +52,22 @@ def _split_gates(b_z, BB: tl.constexpr, BH: tl.constexpr):
 @triton.jit
 def _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
                    o_r, T, B, H, P, reverse, HP: tl.constexpr, BH: tl.constexpr,
-                   BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr,
-                   RESIDENT: tl.constexpr):
+                   BB: tl.constexpr, NK: tl.constexpr, PROJ: tl.constexpr,
+                   PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """Cell phase: gates, c_t and r_t of own units; h_t too without projection."""
     t = step_time(s, T, reverse, False).to(tl.int64)
     G = 4 * H
     m_b = o_b < B
-    o_k = tl.arange(0, HP)
     o_row = (o_r % 4) * H + o_r // 4  # [4BH] gate column in xp / W_hh rows, unit-major
     m_r = m_b[:, None] & (o_r // 4 < H)[None, :]  # [BB, 4BH]
     m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
     h_cur = hbuf + (s % 2) * B * P
     b_c = tl.load(cbuf + (s % 2) * B * H + o_b[:, None] * H + o_j[None, :], mask=m_bj,
                   other=0.0)  # [BB, BH] c_{t-1}
+    # [BB, 4BH] h_{t-1} @ W_hh[rows]^T
     if RESIDENT:
-        b_hp = tl.load(h_cur + o_b[:, None] * P + o_k[None, :],
-                       mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
-                       cache_modifier=".cg")  # [BB, HP] h_{t-1}
-        b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                     out_dtype=b_c.dtype)  # [BB, 4BH]
+        b_z = resident_dot(tl.zeros([BB, 4 * BH], dtype=b_c.dtype), h_cur, P, o_b, m_b,
+                           b_w, P, 0, NK, HP // NK, HP, PRECISION)
     else:
         b_z = streamed_dot(tl.zeros([BB, 4 * BH], dtype=b_c.dtype), h_cur, P, o_b, m_b,
                            w_hh, 1, o_row * P, o_r // 4 < H, P, 0, 0, 1, HP, STREAM_BK,
@@ -108,21 +105,18 @@ def _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b,
 @triton.jit
 def _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, reverse,
                    HH: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
-                   PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
+                   NK: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """Projection phase: h_t = r_t @ W_hr^T for own projected units."""
     t = step_time(s, T, reverse, False).to(tl.int64)
     m_b = o_b < B
-    o_k = tl.arange(0, HH)
     m_bp = m_b[:, None] & (o_p < P)[None, :]  # [BB, BP]
     o_own = o_b[:, None] * P + o_p[None, :]
     b_h = tl.load(hbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0,
                   cache_modifier=".cg")  # [BB, BP] h_{t-1}
+    # [BB, BP] r_t @ W_hr[p]^T
     if RESIDENT:
-        b_r = tl.load(rbuf + o_b[:, None] * H + o_k[None, :],
-                      mask=m_b[:, None] & (o_k < H)[None, :], other=0.0,
-                      cache_modifier=".cg")  # [BB, HH]
-        b_hn = tl.dot(b_r.to(b_wr.dtype), b_wr, input_precision=PRECISION,
-                      out_dtype=b_h.dtype)  # [BB, BP]
+        b_hn = resident_dot(tl.zeros([BB, BP], dtype=b_h.dtype), rbuf, H, o_b, m_b, b_wr,
+                            H, 0, NK, HH // NK, HH, PRECISION)
     else:
         b_hn = streamed_dot(tl.zeros([BB, BP], dtype=b_h.dtype), rbuf, H, o_b, m_b, w_hr,
                             1, o_p * H, o_p < P, H, 0, 0, 1, HH, STREAM_BK,
@@ -144,6 +138,7 @@ def lstm_fwd_kernel(
     # meta-parameters
     HP: tl.constexpr, HH: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
     BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
+    NK: tl.constexpr,
 ):
     i_h = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
@@ -151,20 +146,16 @@ def lstm_fwd_kernel(
     o_j = i_h * BH + tl.arange(0, BH)  # [BH] own cell units
     o_r = i_h * 4 * BH + tl.arange(0, 4 * BH)  # [4BH] own gate rows, unit-major
     o_b = i_b * BB + tl.arange(0, BB)  # [BB]
-    o_k = tl.arange(0, HP)
-    # Own gate rows of W_hh, transposed: [HP, 4BH]; own rows of W_hr, transposed:
-    # [HH, BP]. On chip for every step (RESIDENT) or re-read from L2 every step.
-    p_w = w_hh + ((o_r % 4) * H + o_r // 4)[None, :] * P + o_k[:, None]
-    m_w = (o_k < P)[:, None] & (o_r // 4 < H)[None, :]
     o_p = i_h * BP + tl.arange(0, BP)  # [BP] own projected units
-    o_kh = tl.arange(0, HH)
-    p_wr = w_hr + o_p[None, :] * H + o_kh[:, None]
-    m_wr = (o_kh < H)[:, None] & (o_p < P)[None, :]
+    # Own gate rows of W_hh, transposed ([HP, 4BH]), and own rows of W_hr, transposed
+    # ([HH, BP]), as NK reduction chunks: on chip for every step (RESIDENT; Triton keeps
+    # them in shared memory) or streamed from L2 every step.
     if RESIDENT:
-        b_w = tl.load(p_w, mask=m_w, other=0.0)
+        b_w = load_weights(w_hh, 1, ((o_r % 4) * H + o_r // 4) * P, o_r // 4 < H, P, 0,
+                           NK, HP // NK, HP)  # [NK, HP/NK, 4BH]
         b_wr = b_w
         if PROJ:
-            b_wr = tl.load(p_wr, mask=m_wr, other=0.0)
+            b_wr = load_weights(w_hr, 1, o_p * H, o_p < P, H, 0, NK, HH // NK, HH)
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholders
         b_wr = b_w
@@ -173,13 +164,14 @@ def lstm_fwd_kernel(
     for s in range(s_begin, s_end):
         if phases % 2 == 1:
             _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
-                           o_r, T, B, H, P, reverse, HP, BH, BB, PROJ, PRECISION, RESIDENT)
+                           o_r, T, B, H, P, reverse, HP, BH, BB, NK, PROJ, PRECISION,
+                           RESIDENT)
         if PROJ:
             if sync:
                 grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
             if phases // 2 == 1:
                 _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P,
-                               reverse, HH, BB, BP, PRECISION, RESIDENT)
+                               reverse, HH, BB, BP, NK, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)
 
@@ -187,8 +179,8 @@ def lstm_fwd_kernel(
 @triton.jit
 def _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o_p,
                  n_prog, i_prog, T, B, H, P, reverse, HH: tl.constexpr, BB: tl.constexpr,
-                 BP: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr,
-                 RESIDENT: tl.constexpr):
+                 BP: tl.constexpr, NK: tl.constexpr, PROJ: tl.constexpr,
+                 PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """dh phase (own projected units): dh_t = dy_t + dz_{t+1} @ W_hh[:, p]; writes the
     norm partial, dhs_t and dh_t for the gate phase (PROJ), the carried dh. Returns dh_t."""
     t = step_time(s, T, reverse, True).to(tl.int64)
@@ -201,14 +193,11 @@ def _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o
     o_own = o_b[:, None] * P + o_p[None, :]
     b_carry = tl.load(dhbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0)  # [BB, BP]
     # [BB, BP] dz_{t+1} @ W_hh[:, p]
+    # (reduction over the 4 gates x HH padded units: index g * HH + m -> column g * H + m)
     if RESIDENT:
-        o_k = tl.arange(0, 4 * HH)
-        o_col = (o_k // HH) * H + o_k % HH  # [4HH] gate column (gate-major, padded)
-        b_dzp = tl.load(dzbuf + (s % 2) * B * G + o_b[:, None] * G + o_col[None, :],
-                        mask=m_b[:, None] & (o_k % HH < H)[None, :], other=0.0,
-                        cache_modifier=".cg")  # [BB, 4HH] dz_{t+1}
-        b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                        out_dtype=b_carry.dtype)
+        b_back = resident_dot(tl.zeros([BB, BP], dtype=b_carry.dtype),
+                              dzbuf + (s % 2) * B * G, G, o_b, m_b, b_w, H, H, NK,
+                              4 * HH // NK, HH, PRECISION)
     else:
         b_back = streamed_dot(tl.zeros([BB, BP], dtype=b_carry.dtype),
                               dzbuf + (s % 2) * B * G, G, o_b, m_b, w_hh, P, o_p, o_p < P,
@@ -229,8 +218,8 @@ def _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o
 @triton.jit
 def _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
                     o_b, o_j, T, B, H, P, reverse, HP: tl.constexpr, BB: tl.constexpr,
-                    BH: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr,
-                    RESIDENT: tl.constexpr):
+                    BH: tl.constexpr, NK: tl.constexpr, PROJ: tl.constexpr,
+                    PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """Gate phase (own cell units): dr, dc and the four dz_t, written to dxp and dzbuf."""
     t = step_time(s, T, reverse, True).to(tl.int64)
     tf = t - 1  # the step the forward pass processed just before t
@@ -244,12 +233,8 @@ def _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, 
     if PROJ:
         # [BB, BH] dr = dh_t @ W_hr[:, j]
         if RESIDENT:
-            o_k = tl.arange(0, HP)
-            b_gf = tl.load(gbuf + o_b[:, None] * P + o_k[None, :],
-                           mask=m_b[:, None] & (o_k < P)[None, :], other=0.0,
-                           cache_modifier=".cg")  # [BB, HP] dh_t
-            b_dr = tl.dot(b_gf.to(b_wr.dtype), b_wr, input_precision=PRECISION,
-                          out_dtype=b_dc.dtype)
+            b_dr = resident_dot(tl.zeros([BB, BH], dtype=b_dc.dtype), gbuf, P, o_b, m_b, b_wr,
+                                P, 0, NK, HP // NK, HP, PRECISION)
         else:
             b_dr = streamed_dot(tl.zeros([BB, BH], dtype=b_dc.dtype), gbuf, P, o_b, m_b,
                                 w_hr, H, o_j, o_j < H, P, 0, 0, 1, HP, STREAM_BK,
@@ -301,6 +286,7 @@ def lstm_bwd_kernel(
     # meta-parameters
     HP: tl.constexpr, HH: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr,
     BB: tl.constexpr, PROJ: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
+    NK: tl.constexpr,
 ):
     tl.static_assert(PROJ or BP == BH)
     i_h = tl.program_id(0).to(tl.int64)
@@ -310,20 +296,14 @@ def lstm_bwd_kernel(
     o_j = i_h * BH + tl.arange(0, BH)  # [BH] own cell units
     o_p = i_h * BP + tl.arange(0, BP)  # [BP] own projected units (= o_j without PROJ)
     o_b = i_b * BB + tl.arange(0, BB)  # [BB]
-    o_k = tl.arange(0, 4 * HH)
-    o_col = (o_k // HH) * H + o_k % HH  # [4HH]
-    # Columns of W_hh for own projected units, all gates: [4HH, BP]; columns of W_hr
-    # for own cell units: [HP, BH]. On chip (RESIDENT) or re-read from L2 every step.
-    p_w = w_hh + o_col[:, None] * P + o_p[None, :]
-    m_w = (o_k % HH < H)[:, None] & (o_p < P)[None, :]
-    o_kp = tl.arange(0, HP)
-    p_wr = w_hr + o_kp[:, None] * H + o_j[None, :]
-    m_wr = (o_kp < P)[:, None] & (o_j < H)[None, :]
+    # Columns of W_hh for own projected units, all gates ([4HH, BP]), and columns of
+    # W_hr for own cell units ([HP, BH]), as NK reduction chunks: on chip for every step
+    # (RESIDENT) or streamed from L2 every step.
     if RESIDENT:
-        b_w = tl.load(p_w, mask=m_w, other=0.0)
+        b_w = load_weights(w_hh, P, o_p, o_p < P, H, H, NK, 4 * HH // NK, HH)
         b_wr = b_w
         if PROJ:
-            b_wr = tl.load(p_wr, mask=m_wr, other=0.0)
+            b_wr = load_weights(w_hr, H, o_j, o_j < H, P, 0, NK, HP // NK, HP)
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholders
         b_wr = b_w
@@ -333,14 +313,14 @@ def lstm_bwd_kernel(
         b_g = tl.zeros([BB, BP], dtype=dhbuf.dtype.element_ty)
         if phases % 2 == 1:
             b_g = _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b,
-                               o_p, n_prog, i_prog, T, B, H, P, reverse, HH, BB, BP, PROJ,
-                               PRECISION, RESIDENT)
+                               o_p, n_prog, i_prog, T, B, H, P, reverse, HH, BB, BP, NK,
+                               PROJ, PRECISION, RESIDENT)
         if PROJ:
             if sync:
                 grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
         if phases // 2 == 1:
             _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
-                            o_b, o_j, T, B, H, P, reverse, HP, BB, BH, PROJ, PRECISION,
+                            o_b, o_j, T, B, H, P, reverse, HP, BB, BH, NK, PROJ, PRECISION,
                             RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)

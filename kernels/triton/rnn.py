@@ -24,29 +24,27 @@ y = 0, dxp = 0 and passes its gradient through unchanged.
 import triton
 import triton.language as tl
 
-from .common import STREAM_BK, activate, activate_grad, grid_barrier, step_time, streamed_dot
+from .common import STREAM_BK, load_weights, resident_dot, activate, activate_grad, grid_barrier, step_time, streamed_dot
 
 
 @triton.jit
-def _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H,
+def _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, T, B, H,
                   reverse, activation, slope, BB: tl.constexpr, BH: tl.constexpr,
-                  HP: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
+                  HP: tl.constexpr, NK: tl.constexpr, PRECISION: tl.constexpr,
+                  RESIDENT: tl.constexpr):
     """One forward step for this program's [BB, BH] tile: reads h_{t-1} (all units) from
     hbuf[s % 2], writes y_t and h_t (own units) to hbuf[(s + 1) % 2]."""
     t = step_time(s, T, reverse, False).to(tl.int64)
     m_b = o_b < B
     m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
-    m_bk = m_b[:, None] & (o_k < H)[None, :]  # [BB, HP]
     p_cur = hbuf + (s % 2) * B * H
     p_nxt = hbuf + ((s + 1) % 2) * B * H
     # .cg: read the exchange buffer from L2, never a stale L1 line written by another SM.
     b_own = tl.load(p_cur + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.0,
                     cache_modifier=".cg")  # [BB, BH] h_{t-1}, own units, state dtype
     if RESIDENT:
-        b_hp = tl.load(p_cur + o_b[:, None] * H + o_k[None, :], mask=m_bk, other=0.0,
-                       cache_modifier=".cg")  # [BB, HP] h_{t-1}
-        b_z = tl.dot(b_hp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                     out_dtype=b_own.dtype)  # [BB, BH]
+        b_z = resident_dot(tl.zeros([BB, BH], dtype=b_own.dtype), p_cur, H, o_b, m_b, b_w,
+                           H, 0, NK, HP // NK, HP, PRECISION)
     else:
         b_z = streamed_dot(tl.zeros([BB, BH], dtype=b_own.dtype), p_cur, H, o_b, m_b,
                            w_hh, 1, o_j * H, o_j < H, H, 0, 0, 1, HP, STREAM_BK,
@@ -70,35 +68,32 @@ def rnn_fwd_kernel(
     s_begin, s_end, reverse, activation, slope, sync,
     # meta-parameters
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, PRECISION: tl.constexpr,
-    RESIDENT: tl.constexpr,
+    RESIDENT: tl.constexpr, NK: tl.constexpr,
 ):
     i_h = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     n_prog = tl.num_programs(0) * tl.num_programs(1)
     o_j = i_h * BH + tl.arange(0, BH)  # [BH] own units
-    o_k = tl.arange(0, HP)  # [HP] all units
     o_b = i_b * BB + tl.arange(0, BB)  # [BB] own rows
     # W_hh^T restricted to own units ([HP, BH]), on chip for every step of this launch
     # (RESIDENT), or streamed from L2 every step when too large for the register file.
-    p_w = w_hh + o_j[None, :] * H + o_k[:, None]
-    m_w = (o_k < H)[:, None] & (o_j < H)[None, :]
     if RESIDENT:
-        b_w = tl.load(p_w, mask=m_w, other=0.0)
+        b_w = load_weights(w_hh, 1, o_j * H, o_j < H, H, 0, NK, HP // NK, HP)
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholder
     b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     for s in range(s_begin, s_end):
-        _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, o_k, T, B, H, reverse,
-                      activation, slope, BB, BH, HP, PRECISION, RESIDENT)
+        _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, T, B, H, reverse,
+                      activation, slope, BB, BH, HP, NK, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * n_prog)
 
 
 @triton.jit
-def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
+def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j,
                   n_prog, i_prog, T, B, H, reverse, activation, slope, BB: tl.constexpr,
-                  BH: tl.constexpr, HP: tl.constexpr, PRECISION: tl.constexpr,
-                  RESIDENT: tl.constexpr):
+                  BH: tl.constexpr, HP: tl.constexpr, NK: tl.constexpr,
+                  PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """One BPTT step: reads dz of the previous BPTT step (all units) from dzbuf[s % 2]
     and the carried dh (own units) from dhbuf[s % 2]; writes dxp_t, this program's
     partial sum of squares of dh_t to norms[t, i_prog], and dz_t, dh to the next buffers."""
@@ -108,17 +103,14 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
         tp = t - 1
     m_b = o_b < B
     m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
-    m_bk = m_b[:, None] & (o_k < H)[None, :]  # [BB, HP]
     cur = (s % 2) * B * H
     nxt = ((s + 1) % 2) * B * H
     o_own = o_b[:, None] * H + o_j[None, :]
     b_carry = tl.load(dhbuf + cur + o_own, mask=m_bj, other=0.0)  # [BB, BH]
     # [BB, BH] dz_{t+1} @ W_hh[:, j]
     if RESIDENT:
-        b_dzp = tl.load(dzbuf + cur + o_b[:, None] * H + o_k[None, :], mask=m_bk,
-                        other=0.0, cache_modifier=".cg")  # [BB, HP]
-        b_back = tl.dot(b_dzp.to(b_w.dtype), b_w, input_precision=PRECISION,
-                        out_dtype=b_carry.dtype)
+        b_back = resident_dot(tl.zeros([BB, BH], dtype=b_carry.dtype), dzbuf + cur, H, o_b,
+                              m_b, b_w, H, 0, NK, HP // NK, HP, PRECISION)
     else:
         b_back = streamed_dot(tl.zeros([BB, BH], dtype=b_carry.dtype), dzbuf + cur, H, o_b,
                               m_b, w_hh, H, o_j, o_j < H, H, 0, 0, 1, HP, STREAM_BK,
@@ -146,26 +138,23 @@ def rnn_bwd_kernel(
     s_begin, s_end, reverse, activation, slope, sync,
     # meta-parameters
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, PRECISION: tl.constexpr,
-    RESIDENT: tl.constexpr,
+    RESIDENT: tl.constexpr, NK: tl.constexpr,
 ):
     i_h = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     n_prog = tl.num_programs(0) * tl.num_programs(1)
     i_prog = i_b * tl.num_programs(0) + i_h
     o_j = i_h * BH + tl.arange(0, BH)  # [BH]
-    o_k = tl.arange(0, HP)  # [HP]
     o_b = i_b * BB + tl.arange(0, BB)  # [BB]
     # Columns of W_hh for own units ([HP, BH]): dh_j = dz @ W_hh[:, j].
-    p_w = w_hh + o_k[:, None] * H + o_j[None, :]
-    m_w = (o_k < H)[:, None] & (o_j < H)[None, :]
     if RESIDENT:
-        b_w = tl.load(p_w, mask=m_w, other=0.0)
+        b_w = load_weights(w_hh, H, o_j, o_j < H, H, 0, NK, HP // NK, HP)
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholder
     b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     for s in range(s_begin, s_end):
-        _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j, o_k,
+        _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j,
                       n_prog, i_prog, T, B, H, reverse, activation, slope, BB, BH, HP,
-                      PRECISION, RESIDENT)
+                      NK, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * n_prog)
