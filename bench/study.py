@@ -19,12 +19,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
 import queue as queue_mod  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED  # noqa: E402
@@ -32,8 +29,8 @@ from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED  # noq
 import torch  # noqa: E402
 
 from . import study_report  # noqa: E402
-from .study_tasks import (CELLS, TASKS, adding_batch, grad_profile, lag_summary,  # noqa: E402
-                          make_recurrent, recurrent_spectrum, run_seed, train_run, SeqModel)
+from .study_tasks import (CELLS, SeqModel, adding_batch, crosscheck, grad_profile,  # noqa: E402
+                          lag_summary, recurrent_spectrum, run_seed, train_run)
 
 # Learning rates, fixed before any run (not tuned to the outcome). Adam throughout.
 # Identity-initialised ReLU nets are the cells Le, Jaitly, Hinton 2015 train with small
@@ -48,6 +45,7 @@ CONFIGS = {
         copy_T=(10, 20), copy_steps={10: 600, 20: 600},
         profile_T=150, profile_lags=(10, 100), profile_seeds=3,
         checkpoints=4, time_budget_s=480,
+        crosscheck=dict(T=50, steps=40, hidden=32, batch=16),
     ),
     "full": dict(
         hidden=128, batch=64, seeds=5, test_size=1000, eval_every=100,
@@ -56,6 +54,7 @@ CONFIGS = {
         copy_T=(50, 100, 200), copy_steps={50: 10000, 100: 15000, 200: 20000},
         profile_T=1000, profile_lags=(10, 100), profile_seeds=5,
         checkpoints=6, time_budget_s=None,
+        crosscheck=dict(T=100, steps=100, hidden=64, batch=32),
     ),
     # seconds: for tests of the pipeline only (``--preset smoke``); its numbers mean nothing
     "smoke": dict(
@@ -63,6 +62,7 @@ CONFIGS = {
         adding_T=(12,), adding_steps={12: 10}, copy_T=(4,), copy_steps={4: 10},
         profile_T=12, profile_lags=(10, 100), profile_seeds=2,
         checkpoints=2, time_budget_s=None,
+        crosscheck=dict(T=10, steps=3, hidden=8, batch=4),
     ),
 }
 
@@ -117,9 +117,12 @@ def make_jobs(cfg, device, deadline):
                             if task == "adding" else (),
                             profile_lags=cfg["profile_lags"], clip_norm=CLIP_NORM,
                             device=device, deadline=deadline))
-    # Longest first (LSTM and long T dominate) so the two workers finish together.
+    # Seed by seed (so a time budget, if it bites, costs later seeds rather than whole
+    # cells), longest first within a seed (LSTM and long T dominate) so that the workers
+    # finish together.
     seq_len = lambda j: j["T"] + (20 if j["task"] == "copy" else 0)  # noqa: E731
-    jobs.sort(key=lambda j: -j["steps"] * seq_len(j) * (6 if j["cell"] == "lstm" else 1))
+    jobs.sort(key=lambda j: (j["seed"],
+                             -j["steps"] * seq_len(j) * (6 if j["cell"] == "lstm" else 1)))
     return jobs
 
 
@@ -212,6 +215,8 @@ def main(argv=None):
     t0 = time.time()
     profiles = init_profiles(cfg, device)
     t_profiles = time.time() - t0
+    # rnnfast vs torch.nn on the same init and data: the study's modules train as torch's do
+    cross = [crosscheck(c, **cfg["crosscheck"]) for c in ("tanh", "relu", "irnn", "lstm")]
 
     jobs = make_jobs(cfg, device, deadline)
     total_steps = sum(j["steps"] for j in jobs)
@@ -231,6 +236,7 @@ def main(argv=None):
     }
     summary = study_report.summarize(runs, profiles, cfg)
     meta["seconds_total"] = time.time() - t_start
+    summary["crosscheck"] = cross
     study_report.write_report(out, meta, cfg, profiles, runs, summary)
     print(f"wrote {os.path.join(out, 'report.md')} in {meta['seconds_total']:.0f} s",
           file=sys.stderr)

@@ -28,6 +28,10 @@ def _range(xs):
     return (min(xs), max(xs)) if xs else (None, None)
 
 
+def _ok(r):
+    return "error" not in r and "skipped" not in r
+
+
 def summarize(runs, profiles, cfg):
     """Aggregates over seeds: init gradient ratios, checkpoint ratios, task tables."""
     init = {}
@@ -38,7 +42,7 @@ def summarize(runs, profiles, cfg):
             "ratio_median": {k: _median([r["ratio"].get(k) for r in rows]) for k in LAG_KEYS},
             "ratio_range": {k: _range([r["ratio"].get(k) for r in rows]) for k in LAG_KEYS},
         }
-    ok = [r for r in runs if "error" not in r]
+    ok = [r for r in runs if _ok(r)]
     tables = {}
     for task in TASKS:
         rows = []
@@ -49,6 +53,8 @@ def summarize(runs, profiles, cfg):
                           (task, T, cell, clip)]
                     if not rs:
                         continue
+                    skipped = sum(1 for r in runs if "skipped" in r and (
+                        r["task"], r["T"], r["cell"], r["clip"]) == (task, T, cell, clip))
                     base = rs[0]["baseline"]
                     finals = [r["final_loss"] for r in rs]
                     end = [r["profiles"][-1]["ratio"] for r in rs if r.get("profiles")]
@@ -60,6 +66,8 @@ def summarize(runs, profiles, cfg):
                         "steps_to_solve_median": _median([r["ever_solved_step"] for r in rs]),
                         "diverged": sum(r["diverged_at"] is not None for r in rs),
                         "truncated": sum(r.get("truncated_at") is not None for r in rs),
+                        "skipped": skipped,
+                        "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in rs),
                         "final_median": _median(finals), "final_range": _range(finals),
                         "final_over_baseline_median": _median(
                             [f / base if f is not None and math.isfinite(f) else None
@@ -88,7 +96,10 @@ def summarize(runs, profiles, cfg):
                 })
     errors = [{k: r[k] for k in ("task", "cell", "T", "clip", "seed", "error")}
               for r in runs if "error" in r]
-    return {"init": init, "tables": tables, "checkpoints": ckpt, "errors": errors}
+    skipped = sum(1 for r in runs if "skipped" in r)
+    return {"init": init, "tables": tables, "checkpoints": ckpt, "errors": errors,
+            "skipped_runs": skipped,
+            "cpu_seconds_training": sum(r.get("cpu_seconds", 0.0) for r in ok)}
 
 
 # ---------------------------------------------------------------- formatting
@@ -147,7 +158,7 @@ def make_plots(out, cfg, profiles, runs, summary):
         T = max(cfg["adding_T"])
         fig, axes = plt.subplots(1, len(CELLS), figsize=(4 * len(CELLS), 3.6), sharey=True)
         for ax, cell in zip(axes, CELLS):
-            r = next((r for r in runs if "error" not in r and (r["task"], r["T"], r["cell"],
+            r = next((r for r in runs if _ok(r) and (r["task"], r["T"], r["cell"],
                       r["clip"], r["seed"]) == ("adding", T, cell, True, 0)), None)
             if r is None:
                 continue
@@ -180,7 +191,7 @@ def make_plots(out, cfg, profiles, runs, summary):
                 ax = axes[i][j]
                 base = TASKS[task]["baseline"](T)
                 for r in runs:
-                    if "error" in r or (r["task"], r["T"], r["cell"]) != (task, T, cell):
+                    if not _ok(r) or (r["task"], r["T"], r["cell"]) != (task, T, cell):
                         continue
                     xs = [s for s, v in r["curve"] if math.isfinite(v)]
                     ys = [v for s, v in r["curve"] if math.isfinite(v)]
@@ -412,6 +423,12 @@ def write_report(out, meta, cfg, profiles, runs, summary):
              "state h_0 (its autograd gradient). Spectral radius rho and largest singular "
              "value sigma_max of W_hh alongside (LSTM: W_hh is [4H, H]; rho = the largest over "
              "its four square gate blocks).")
+    L.append(f"* CPU time of all training runs together: "
+             f"{summary.get('cpu_seconds_training', 0):.0f} s (what the study costs on an "
+             "idle machine, divided by the number of workers).")
+    if summary.get("skipped_runs"):
+        L.append(f"* **{summary['skipped_runs']} run(s) were skipped**: the time budget was "
+                 "spent before they started (see `skipped` below; later seeds go first).")
     trunc = sum(1 for r in runs if r.get("truncated_at") is not None)
     if trunc:
         L.append(f"* **{trunc} run(s) hit the time budget** ({cfg.get('time_budget_s')} s) "
@@ -472,15 +489,32 @@ def write_report(out, meta, cfg, profiles, runs, summary):
                          _e(r["steps_to_solve_median"]),
                          f"{_e(r['final_median'], 3)} [{_e(r['final_range'][0])}, "
                          f"{_e(r['final_range'][1])}]", _e(r["baseline"], 3),
-                         _e(r["final_over_baseline_median"]), r["diverged"], r["truncated"]]
+                         _e(r["final_over_baseline_median"]), r["diverged"],
+                         f"{r['truncated']}/{r['skipped']}"]
                         + ([_e(r["end_ratio_median"][k]) for k in LAG_KEYS]
                            if task == "adding" else []))
         head = ["cell", "T", "clip", "lr", "steps", "solved", "steps to solve",
-                f"final {metric}", "baseline", "final/baseline", "diverged", "truncated"]
+                f"final {metric}", "baseline", "final/baseline", "diverged",
+                "truncated/skipped"]
         if task == "adding":
             head += ["end ratio lag 10", "lag 100", "lag T"]
         L.append(_table(head, rows))
         L.append(f"\n![learning curves {task}](learning_curves_{task}.png)\n")
+
+    cross = summary.get("crosscheck")
+    if cross:
+        L.append("## rnnfast vs torch.nn while training\n")
+        c0 = cross[0]
+        L.append(f"The same model trained twice from the same init on the same adding "
+                 f"batches (T = {c0['T']}, H = {c0['hidden']}, batch {c0['batch']}, "
+                 f"{c0['steps']} Adam steps): once with rnnfast's module, once with "
+                 "torch.nn.RNN / torch.nn.LSTM (weights loaded with load_state_dict). The "
+                 "training losses agree to float32 rounding:\n")
+        L.append(_table(["cell", "max relative gap of the training loss",
+                         "last loss rnnfast", "last loss torch.nn"],
+                        [[c["cell"], _e(c["max_rel_gap"]), f"{c['rnnfast'][-1]:.6f}",
+                          f"{c['torch_nn'][-1]:.6f}"] for c in cross]))
+        L.append("")
 
     L.append("## What the numbers say about the seed question\n")
     L += [p + "\n" for p in _interpretation(cfg, summary, expect)]

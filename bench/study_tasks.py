@@ -212,6 +212,12 @@ def train_run(task, cell, T, clip, seed, steps, batch, hidden, lr, eval_every,
     """
     spec = TASKS[task]
     base = spec["baseline"](T)
+    if deadline is not None and time.time() > deadline:
+        if progress is not None:
+            progress(steps)
+        return {"task": task, "cell": cell, "T": T, "clip": clip, "seed": seed,
+                "skipped": "time budget spent before the run started"}
+    cpu0 = time.process_time()
     data_gen = torch.Generator().manual_seed(run_seed("train", task, T, seed))
     test_gen = torch.Generator().manual_seed(run_seed("test", task, T, seed))
     xt, yt = spec["batch"](T, test_size, test_gen)
@@ -292,4 +298,52 @@ def train_run(task, cell, T, clip, seed, steps, batch, hidden, lr, eval_every,
         "solved": solved(task, final, T), "ever_solved_step": solved_step,
         "diverged_at": diverged, "truncated_at": truncated, "curve": curve, "profiles": profiles,
         "train_lag": train_lag, "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
     }
+
+
+# ---------------------------------------------------------------- kernel cross-check
+
+class _TorchTwin(nn.Module):
+    """The same model with torch.nn.RNN / torch.nn.LSTM in place of rnnfast's module."""
+
+    def __init__(self, model):
+        super().__init__()
+        r = model.rnn
+        if isinstance(r, rnnfast.LSTM):
+            self.rnn = nn.LSTM(r.input_size, r.hidden_size)
+        else:
+            if r.nonlinearity == "leaky_relu":
+                raise ValueError("torch.nn.RNN has no leaky_relu")
+            self.rnn = nn.RNN(r.input_size, r.hidden_size, nonlinearity=r.nonlinearity)
+        self.rnn.load_state_dict(r.state_dict())
+        self.readout = copy.deepcopy(model.readout)
+        self.last_only = model.last_only
+
+    def forward(self, x, hx=None):
+        out, _ = self.rnn(x, hx)
+        return self.readout(out[-1] if self.last_only else out)
+
+
+def crosscheck(cell, T=50, steps=40, hidden=32, batch=16, lr=1e-3, seed=0):
+    """Train the rnnfast model and its torch.nn twin from the same init on the same
+    adding batches; return both training-loss curves and their largest relative gap.
+    float32 rounding differs, so the curves agree closely, not bitwise."""
+    torch.manual_seed(run_seed("init", cell, seed))
+    a = SeqModel(cell, 2, hidden, 1, True)
+    b = _TorchTwin(a)
+    gen = torch.Generator().manual_seed(run_seed("crosscheck", T, seed))
+    oa = torch.optim.Adam(a.parameters(), lr=lr)
+    ob = torch.optim.Adam(b.parameters(), lr=lr)
+    la, lb = [], []
+    for _ in range(steps):
+        x, y = adding_batch(T, batch, gen)
+        for model, opt, log in ((a, oa, la), (b, ob, lb)):
+            loss = task_loss("adding", model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            log.append(loss.item())
+    gap = max(abs(p - q) / max(abs(q), 1e-12) for p, q in zip(la, lb))
+    return {"cell": cell, "T": T, "steps": steps, "hidden": hidden, "batch": batch,
+            "rnnfast": la, "torch_nn": lb, "max_rel_gap": gap}
