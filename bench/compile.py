@@ -46,7 +46,8 @@ def signature(cfg):
     data = _PTR[_TRITON_DTYPES[cfg.dtype]]
     state = "*fp64" if data == "*fp64" else "*fp32"
     # Pointers by role: data tensors in the input dtype, state buffers in the state dtype.
-    state_ptrs = {"hbuf", "cbuf", "rbuf", "dzbuf", "dhbuf", "dcbuf", "gbuf", "norms"}
+    state_ptrs = {"hbuf", "cbuf", "rbuf", "dzbuf", "dhbuf", "dcbuf", "gbuf", "norms",
+                  "slope_ptr"}
     consts = cfg.constexprs()
     sig = {}
     for name in fn.arg_names:
@@ -58,8 +59,6 @@ def signature(cfg):
             sig[name] = "*i32"
         elif name in state_ptrs:
             sig[name] = state
-        elif name == "slope":
-            sig[name] = "fp32"
         elif name in ("T", "B", "H", "P", "s_begin", "s_end", "reverse", "activation",
                       "phases", "sync"):
             sig[name] = "i32"

@@ -97,6 +97,10 @@ def _counter(device):
     return torch.zeros(1, dtype=torch.int32, device=device)
 
 
+def _scalar(value, dtype, device):
+    return torch.full((1,), float(value), dtype=dtype, device=device)
+
+
 def _final(buf, T):
     return buf[T % 2]
 
@@ -132,10 +136,11 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
         grid = grid_size(cfg, H, H, B)
         counter = _counter(dev)
         persistent = _persistent(dev, grid[0] * grid[1], T)
+        slope = _scalar(negative_slope, sdt, dev)
         _run(rnn_fwd_kernel, "rnn_fwd", cfg, grid, T,
              lambda s0, s1, phases, sync: (
-                 xp, w_hh, lens, y, hbuf, counter, T, B, H, s0, s1, int(bool(reverse)),
-                 int(activation), float(negative_slope), sync),
+                 xp, w_hh, lens, y, hbuf, slope, counter, T, B, H, s0, s1,
+                 int(bool(reverse)), int(activation), sync),
              False, persistent, dev)
     return y, _final(hbuf, T).to(xp.dtype)
 
@@ -173,10 +178,11 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     n_prog = grid[0] * grid[1]
     partial = torch.zeros((T, n_prog), dtype=sdt, device=dev)
     counter = _counter(dev)
+    slope = _scalar(negative_slope, sdt, dev)
     _run(rnn_bwd_kernel, "rnn_bwd", cfg, grid, T,
          lambda s0, s1, phases, sync: (
-             dy, y, w_hh, lens, dxp, dzbuf, dhbuf, partial, counter, T, B, H, s0, s1,
-             int(bool(reverse)), int(activation), float(negative_slope), sync),
+             dy, y, w_hh, lens, dxp, dzbuf, dhbuf, partial, slope, counter, T, B, H, s0, s1,
+             int(bool(reverse)), int(activation), sync),
          False, _persistent(dev, n_prog, T), dev)
     dh0 = _last_dh(dzbuf, dhbuf, w_hh, lens, T, reverse)
     return dxp, dh0.to(y.dtype), _norms(partial)

@@ -61,15 +61,17 @@ def _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, T, B, H,
 @triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
 def rnn_fwd_kernel(
     # pointers
-    xp, w_hh, lengths, y, hbuf, counter,
+    xp, w_hh, lengths, y, hbuf, slope_ptr, counter,
     # sizes
     T, B, H,
     # steps [s_begin, s_end) of this launch; sync=1: grid barrier between steps
-    s_begin, s_end, reverse, activation, slope, sync,
+    s_begin, s_end, reverse, activation, sync,
     # meta-parameters
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, PRECISION: tl.constexpr,
     RESIDENT: tl.constexpr, NK: tl.constexpr,
 ):
+    # negative_slope in the state dtype (a float argument would be float32)
+    slope = tl.load(slope_ptr)
     i_h = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     n_prog = tl.num_programs(0) * tl.num_programs(1)
@@ -131,15 +133,17 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
 @triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
 def rnn_bwd_kernel(
     # pointers
-    dy, y, w_hh, lengths, dxp, dzbuf, dhbuf, norms, counter,
+    dy, y, w_hh, lengths, dxp, dzbuf, dhbuf, norms, slope_ptr, counter,
     # sizes
     T, B, H,
     # steps [s_begin, s_end) of this launch; sync=1: grid barrier between steps
-    s_begin, s_end, reverse, activation, slope, sync,
+    s_begin, s_end, reverse, activation, sync,
     # meta-parameters
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, PRECISION: tl.constexpr,
     RESIDENT: tl.constexpr, NK: tl.constexpr,
 ):
+    # negative_slope in the state dtype (a float argument would be float32)
+    slope = tl.load(slope_ptr)
     i_h = tl.program_id(0).to(tl.int64)
     i_b = tl.program_id(1).to(tl.int64)
     n_prog = tl.num_programs(0) * tl.num_programs(1)
