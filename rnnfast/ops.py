@@ -29,11 +29,25 @@ from torch import Tensor
 from .dispatch import kernels
 
 _EMPTY = (0,)
+_blas_threads = [None]
+
+
+def _match_blas_threads():
+    """Give the OpenBLAS libraries our CPU path uses (numpy's for the big GEMMs, scipy's
+    for the numba kernels' per-step GEMM) torch's thread count, so torch.set_num_threads
+    governs rnnfast too (and DDP workers with 1 thread each do not oversubscribe)."""
+    n = torch.get_num_threads()
+    if n != _blas_threads[0]:
+        import scipy.linalg.cython_blas  # noqa: F401  (load it so its pool is limited too)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=n, user_api="blas")
+        _blas_threads[0] = n
 
 
 def _mm(a, b):
     """a @ b for 2-D tensors (views allowed). CPU float32/64 through numpy's BLAS."""
     if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        _match_blas_threads()
         return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
     return a @ b
 

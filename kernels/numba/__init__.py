@@ -8,7 +8,7 @@ beyond making an input contiguous.
 import numpy as np
 import torch
 
-from .._check import check_recurrence_args, full_lengths
+from .._check import check_recurrence_args
 from .lstm import lstm_bwd_kernel, lstm_fwd_kernel
 from .rnn import rnn_bwd_kernel, rnn_fwd_kernel
 
@@ -21,7 +21,9 @@ def _np(t):
 
 
 def _lengths(lengths, T, B):
-    return _np(full_lengths(lengths, T, B, torch.device("cpu")))
+    if lengths is None:
+        return np.full(B, T, dtype=np.int64)
+    return _np(lengths.to(torch.int64))
 
 
 def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01):
