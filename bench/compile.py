@@ -21,6 +21,9 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 ARCHS = (80, 90)
+# Shared memory one block may use (bytes): A100 163 KiB, H100 227 KiB; registers per SM.
+SMEM_LIMIT = {80: 166912, 90: 232448}
+REGS_PER_SM = 65536
 
 _PTR = {"fp32": "*fp32", "fp64": "*fp64", "fp16": "*fp16", "bf16": "*bf16"}
 
@@ -143,13 +146,22 @@ def table(rows, archs=ARCHS):
 
 
 def problems(rows):
+    """Why a row is not launchable as the persistent kernel needs it: compile failure,
+    local memory (spills), more shared memory or registers than one block may have."""
     out = []
     for r in rows:
+        where = f"{r['kernel']} {r['config']} sm_{r['arch']}"
         if not r["ok"]:
-            out.append(f"{r['kernel']} {r['config']} sm_{r['arch']}: {r['error']}")
-        elif r["stack"] or r["local"]:
-            out.append(f"{r['kernel']} {r['config']} sm_{r['arch']}: local memory "
-                       f"(stack {r['stack']} B, local {r['local']} B)")
+            out.append(f"{where}: {r['error']}")
+            continue
+        if r["stack"] or r["local"]:
+            out.append(f"{where}: local memory (stack {r['stack']} B, local {r['local']} B)")
+        limit = SMEM_LIMIT.get(r["arch"])
+        if limit is not None and r["shared"] > limit:
+            out.append(f"{where}: shared memory {r['shared']} B > {limit} B")
+        if r["regs"] * r["num_warps"] * 32 > REGS_PER_SM:
+            out.append(f"{where}: {r['regs']} registers x {r['num_warps'] * 32} threads "
+                       f"> {REGS_PER_SM}")
     return out
 
 

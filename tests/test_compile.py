@@ -1,0 +1,58 @@
+"""Every Triton configuration the launchers can choose compiles for sm_80 and sm_90, and
+each fits a real GPU: no local memory (spills), shared memory within one block's limit,
+registers within one SM (the persistent kernel runs one program per SM).
+
+Needs no GPU: ``triton.compile`` with a ``GPUTarget``, ``cuobjdump`` from the triton
+wheel for the resource use. ``python -m bench.compile`` prints the same data as a table.
+The first run compiles ~840 binaries (minutes on 2 cores); Triton's cache makes later
+runs fast.
+"""
+
+import os
+
+import pytest
+
+from bench import compile as bc
+
+if bc.cuobjdump_path() is None:
+    pytest.skip("cuobjdump not shipped with this triton wheel", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    pytest.skip("compile checks need the compiler, not the interpreter",
+                allow_module_level=True)
+
+import torch  # noqa: E402
+
+from rnnfast.kernels.triton import config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return bc.run(bc.ARCHS)
+
+
+def test_every_config_compiles_without_spills(rows):
+    bad = bc.problems(rows)
+    assert not bad, "\n".join(bad)
+    n = len(config.all_configs())
+    assert len(rows) == n * len(bc.ARCHS)
+
+
+@pytest.mark.parametrize("kernel", config.KERNELS)
+def test_dispatch_only_chooses_enumerated_configs(kernel):
+    """pick() over every width the launchers accept lands in all_configs(), so the
+    compile check covers whatever the dispatcher can choose."""
+    known = set(config.all_configs())
+    lstm = kernel.startswith("lstm")
+    for dtype in config.DTYPES:
+        for tf32 in (False, True):
+            for H in list(range(1, 80)) + list(range(80, config.MAX_WIDTH + 1, 13)) + [1024]:
+                Ps = [H] + ([max(1, H // 3), H - 1] if lstm and H > 1 else [])
+                for P in Ps:
+                    assert config.pick(kernel, H, P, dtype, tf32) in known, (kernel, H, P, dtype)
+
+
+def test_headline_configs_keep_weights_on_chip():
+    """The configurations the GPU benchmark leans on keep W_hh on chip."""
+    assert config.pick("lstm_fwd", 768, 768, torch.bfloat16).RESIDENT
+    assert config.pick("rnn_fwd", 768, 768, torch.float32).RESIDENT
+    assert config.pick("rnn_bwd", 512, 512, torch.bfloat16).RESIDENT
