@@ -294,6 +294,8 @@ def train_run(task, cell, T, clip, seed, steps, batch, hidden, lr, eval_every,
     return {
         "task": task, "cell": cell, "T": T, "clip": clip, "seed": seed, "lr": lr,
         "hidden": hidden, "batch": batch, "steps": steps, "baseline": base,
+        # the predict-the-mean MSE on this run's own test set (1/6 in expectation)
+        "test_baseline": float(torch.mean((yt.double() - 1.0) ** 2)) if task == "adding" else base,
         "final_loss": final, "final_over_baseline": final / base if math.isfinite(final) else None,
         "solved": solved(task, final, T), "ever_solved_step": solved_step,
         "diverged_at": diverged, "truncated_at": truncated, "curve": curve, "profiles": profiles,
