@@ -9,9 +9,12 @@ weight-gradient and input-gradient GEMMs, all over every time step at once::
                (LSTM with proj_size: dW_hr = dh^T (o * tanh c))
 
 The GEMMs are opaque to autograd because they live inside the backward op. On the CPU
-they skip torch.mm (MKL), which runs its AVX2 code on this project's AMD EPYC (Zen 5)
-machines: large float32 products go to oneDNN (AVX-512), small ones and float64 to
-numpy's OpenBLAS (lower call overhead, faster than MKL here too). See ``_mm``.
+they avoid torch.mm (MKL), which runs AVX2 code on this project's AMD EPYC (Zen 5)
+machines (91-109 GFLOP/s per core on the layer GEMMs): the projection and dx (short
+reductions) go to oneDNN's AVX-512 GEMM (144-217 GFLOP/s), the weight gradients (long
+reductions over T*B rows, where oneDNN's float32 error reached 1.54x torch.nn's) to
+OpenBLAS with chunked float64 accumulation (kernels/numba/gemm.py). OpenBLAS is held to
+its AVX2 kernels here by the machine's OPENBLAS_CORETYPE=Haswell (118-125 GFLOP/s).
 
 ``probe`` (float64 [T] or None) is the gradient-norm telemetry hook: it does not affect
 the outputs, and its gradient is the kernel's per-step ||dL/dh_t||.
@@ -28,27 +31,14 @@ import torch
 from torch import Tensor
 
 from .dispatch import kernels
+from .kernels import blas
 
 _EMPTY = (0,)
-_blas_threads = [None]
 
-
-def _match_blas_threads():
-    """Give the OpenBLAS libraries our CPU path uses (numpy's for the big GEMMs, scipy's
-    for the numba kernels' per-step GEMM) torch's thread count, so torch.set_num_threads
-    governs rnnfast too (and DDP workers with 1 thread each do not oversubscribe)."""
-    n = torch.get_num_threads()
-    if n != _blas_threads[0]:
-        import scipy.linalg.cython_blas  # noqa: F401  (load it so its pool is limited too)
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=n, user_api="blas")
-        _blas_threads[0] = n
 
 
 def _onednn_linear():
-    """torch's oneDNN fp32 GEMM on plain tensors, when this torch build has it. On the
-    project's AMD Zen 5 machines it runs AVX-512 code: 144-217 GFLOP/s per core on the
-    layer GEMMs, against 91-122 for MKL (torch.mm) and numpy's OpenBLAS (AVX2 kernels)."""
+    """torch's oneDNN fp32 GEMM on plain tensors (x @ w^T), when this torch build has it."""
     try:
         op = torch.ops.mkldnn._linear_pointwise
         a = torch.ones(2, 3)
@@ -64,38 +54,38 @@ _LINEAR = _onednn_linear()
 _ONEDNN_MIN_MACS = 1 << 21  # below this, call overhead beats the faster kernel
 
 
-def _mm(a, b, onednn=True):
-    """a @ b for 2-D tensors (views allowed). On the CPU, float32 products of at least
-    2M multiply-adds go to oneDNN (unless ``onednn=False``), the rest (and float64) to
-    numpy's OpenBLAS."""
-    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
-        _match_blas_threads()
-        if (onednn and _LINEAR is not None and a.dtype == torch.float32
-                and a.shape[0] * a.shape[1] * b.shape[1] >= _ONEDNN_MIN_MACS):
-            return _LINEAR(a, b.t(), None, "none", [], "")
-        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+def _cpu_blas(t):
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def _arr(t):
+    """A numpy view (C- or F-contiguous: numba's np.dot needs one of them)."""
+    a = t.detach().numpy()
+    return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+
+
+def _mm(a, b):
+    """a @ b for 2-D tensors (views allowed): the input projection and dx, whose
+    reductions are short (over I or G). On the CPU, float32 products of at least 2M
+    multiply-adds go to oneDNN, the rest (and float64) to OpenBLAS."""
+    if (_LINEAR is not None and a.dtype == torch.float32 and a.device.type == "cpu"
+            and a.shape[0] * a.shape[1] * b.shape[1] >= _ONEDNN_MIN_MACS):
+        return _LINEAR(a, b.t(), None, "none", [], "")
+    if _cpu_blas(a):
+        from .kernels.numba import gemm
+        blas.match_blas_threads()
+        return torch.from_numpy(gemm.matmul(_arr(a), _arr(b)))
     return a @ b
 
 
-_CHUNK_ROWS = 1024
-
-
 def _mm_rows(a, b):
-    """a^T @ b for a [N, G], b [N, K]: a sum over N = T*B rows (the weight gradients).
-
-    Fidelity first: these long reductions go to OpenBLAS, not oneDNN (whose float32
-    dW_ih error measured up to 1.54x torch.nn's own at T = 100), and beyond 2048 rows
-    the rows are cut into chunks of 1024 whose float32 partial products are added in
-    float64 (one float32 GEMM with a 10^4-long reduction drifts further than torch's
-    per-step sums)."""
-    N = a.shape[0]
-    if a.dtype != torch.float32 or N <= 2 * _CHUNK_ROWS:
-        return _mm(a.t(), b, onednn=False)
-    acc = None
-    for s in range(0, N, _CHUNK_ROWS):
-        part = _mm(a[s:s + _CHUNK_ROWS].t(), b[s:s + _CHUNK_ROWS], onednn=False).double()
-        acc = part if acc is None else acc.add_(part)
-    return acc.to(a.dtype)
+    """a^T @ b for a [N, G], b [N, K]: a sum over N = T*B rows (the weight gradients);
+    on the CPU with chunked float64 accumulation (see kernels/numba/gemm.py)."""
+    if _cpu_blas(a):
+        from .kernels.numba import gemm
+        blas.match_blas_threads()
+        return torch.from_numpy(gemm.matmul_tn(_arr(a), _arr(b)))
+    return a.t() @ b
 
 
 def _projection(x, w_ih, b_ih, b_hh):
