@@ -287,7 +287,7 @@ def main(argv=None):
         notes.append("torch.nn on CUDA uses cuDNN")
     timing = (dict(min_reps=3, max_reps=a.max_reps or 12, budget_s=a.budget or 0.4)
               if a.quick else
-              dict(min_reps=5, max_reps=a.max_reps or 40, budget_s=a.budget or 1.5))
+              dict(min_reps=5, max_reps=a.max_reps or 30, budget_s=a.budget or 1.0))
     os.makedirs(a.out, exist_ok=True)
 
     sgrid = speed_grid(a) if "speed" in sections else []

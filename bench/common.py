@@ -220,15 +220,19 @@ def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sam
     Returns name -> {"median_s", "reps", "iqr_s", "inner"}.
     """
     names = list(fns)
-    inner = {}
+    inner, warm = {}, {}
     for n in names:
         fns[n]()  # warm-up (first call may compile)
         sync(device)
         t0 = time.perf_counter()
         fns[n]()
         sync(device)
-        dt = time.perf_counter() - t0
+        dt = warm[n] = time.perf_counter() - t0
         inner[n] = max(1, min(100, math.ceil(min_sample_s / max(dt, 1e-7))))
+    # Slow points (a round longer than twice the budget) stop at 3 rounds.
+    round_s = sum(inner[n] * warm[n] for n in names)
+    if round_s > 2 * budget_s:
+        min_reps = min(min_reps, 3)
     samples = {n: [] for n in names}
     start = time.perf_counter()
     r = 0
