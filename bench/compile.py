@@ -49,8 +49,7 @@ def signature(cfg):
     data = _PTR[_TRITON_DTYPES[cfg.dtype]]
     state = "*fp64" if data == "*fp64" else "*fp32"
     # Pointers by role: data tensors in the input dtype, state buffers in the state dtype.
-    state_ptrs = {"hbuf", "cbuf", "rbuf", "dzbuf", "dhbuf", "dcbuf", "gbuf", "norms",
-                  "slope_ptr"}
+    state_ptrs = {"hbuf", "cbuf", "dhbuf", "dcbuf", "norms", "slope_ptr"}
     consts = cfg.constexprs()
     sig = {}
     for name in fn.arg_names:

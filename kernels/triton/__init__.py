@@ -14,6 +14,9 @@ Two ways to run the T steps, one kernel and one step body for both:
   atomic grid barrier after every step (phase).
 
 State lives in float32 (float64 for float64 inputs) ping-pong buffers ``[2, B, *]``;
+what programs exchange only as a product's operand (h_{t-1} in ``hx``, dz, r, dh with
+projection) travels in the input dtype, the operand's own precision, so bfloat16 and
+float16 layers move half the bytes per step;
 the host only allocates, launches, and finishes with a few torch ops (h_n = final
 state; BPTT's last dh = dz @ W_hh, one small GEMM; norms = sqrt of the per-program
 partial sums, added in a fixed order, so the result is deterministic).
@@ -131,6 +134,7 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     lens = full_lengths(lengths, T, B, dev)
     y = torch.empty_like(xp)
     hbuf = _ping_pong(h0, (H,), sdt, dev, B)
+    hx = _ping_pong(h0, (H,), xp.dtype, dev, B)
     if T > 0 and B > 0:
         cfg = pick("rnn_fwd", H, H, xp.dtype)
         grid = grid_size(cfg, H, H, B)
@@ -139,7 +143,7 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
         slope = _scalar(negative_slope, sdt, dev)
         _run(rnn_fwd_kernel, "rnn_fwd", cfg, grid, T,
              lambda s0, s1, phases, sync: (
-                 xp, w_hh, lens, y, hbuf, slope, counter, T, B, H, s0, s1,
+                 xp, w_hh, lens, y, hbuf, hx, slope, counter, T, B, H, s0, s1,
                  int(bool(reverse)), int(activation), sync),
              False, persistent, dev)
     return y, _final(hbuf, T).to(xp.dtype)
@@ -169,7 +173,7 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     dy, y, w_hh = dy.contiguous(), y.contiguous(), w_hh.contiguous()
     lens = full_lengths(lengths, T, B, dev)
     dxp = torch.empty_like(y)
-    dzbuf = _ping_pong(None, (H,), sdt, dev, B)
+    dzbuf = _ping_pong(None, (H,), y.dtype, dev, B)
     dhbuf = _ping_pong(dh_n, (H,), sdt, dev, B)
     if T == 0 or B == 0:
         return dxp, dh_n.clone(), torch.zeros(T, dtype=torch.float64, device=dev)
@@ -190,10 +194,11 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
 
 def _last_dh(dzbuf, dhbuf, w_hh, lens, T, reverse):
     """dh0: dz of the last BPTT step @ W_hh for rows active there, else the carried dh."""
-    dz = _final(dzbuf, T)  # [B, G]
-    back = dz @ w_hh.to(dz.dtype)  # [B, P]
+    carry = _final(dhbuf, T)
+    dz = _final(dzbuf, T).to(carry.dtype)  # [B, G]
+    back = dz @ w_hh.to(carry.dtype)  # [B, P]
     t_last = T - 1 if reverse else 0
-    return torch.where((t_last < lens)[:, None], back, _final(dhbuf, T))
+    return torch.where((t_last < lens)[:, None], back, carry)
 
 
 def _norms(partial):
@@ -231,15 +236,16 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
     gates = torch.empty_like(xp)
     cs = xp.new_empty((T, B, H))
     hbuf = _ping_pong(h0, (P,), sdt, dev, B)
+    hx = _ping_pong(h0, (P,), xp.dtype, dev, B)
     cbuf = _ping_pong(c0, (H,), sdt, dev, B)
-    rbuf = torch.zeros((B, H) if proj else (1,), dtype=sdt, device=dev)
+    rbuf = torch.zeros((B, H) if proj else (1,), dtype=xp.dtype, device=dev)
     if T > 0 and B > 0:
         cfg = pick("lstm_fwd", H, P, xp.dtype)
         grid = grid_size(cfg, H, P, B)
         counter = _counter(dev)
         _run(lstm_fwd_kernel, "lstm_fwd", cfg, grid, T,
              lambda s0, s1, phases, sync: (
-                 xp, w_hh, w_hr_c, lens, y, gates, cs, hbuf, cbuf, rbuf, counter,
+                 xp, w_hh, w_hr_c, lens, y, gates, cs, hbuf, hx, cbuf, rbuf, counter,
                  T, B, H, P, s0, s1, int(bool(reverse)), phases, sync),
              proj, _persistent(dev, grid[0] * grid[1], T), dev)
     return (y, _final(hbuf, T).to(xp.dtype), _final(cbuf, T).to(xp.dtype), gates, cs)
@@ -271,10 +277,10 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     lens = full_lengths(lengths, T, B, dev)
     dxp = torch.empty_like(gates)
     dhs = gates.new_empty((T, B, P) if proj else (0,))
-    dzbuf = _ping_pong(None, (G,), sdt, dev, B)
+    dzbuf = _ping_pong(None, (G,), gates.dtype, dev, B)
     dhbuf = _ping_pong(dh_n, (P,), sdt, dev, B)
     dcbuf = _ping_pong(dc_n, (H,), sdt, dev, B)
-    gbuf = torch.zeros((B, P) if proj else (1,), dtype=sdt, device=dev)
+    gbuf = torch.zeros((B, P) if proj else (1,), dtype=gates.dtype, device=dev)
     if T == 0 or B == 0:
         return (dxp, dh_n.clone(), dc_n.clone(), dhs,
                 torch.zeros(T, dtype=torch.float64, device=dev))

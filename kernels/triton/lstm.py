@@ -50,7 +50,7 @@ def _split_gates(b_z, BB: tl.constexpr, BH: tl.constexpr):
 
 
 @triton.jit
-def _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
+def _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, hx, cbuf, rbuf, b_w, b_len, o_b, o_j,
                    o_r, T, B, H, P, reverse, HP: tl.constexpr, BH: tl.constexpr,
                    BB: tl.constexpr, NK: tl.constexpr, PROJ: tl.constexpr,
                    PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
@@ -61,7 +61,7 @@ def _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b,
     o_row = (o_r % 4) * H + o_r // 4  # [4BH] gate column in xp / W_hh rows, unit-major
     m_r = m_b[:, None] & (o_r // 4 < H)[None, :]  # [BB, 4BH]
     m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
-    h_cur = hbuf + (s % 2) * B * P
+    h_cur = hx + (s % 2) * B * P  # exchange copy of h_{t-1}, input dtype
     b_c = tl.load(cbuf + (s % 2) * B * H + o_b[:, None] * H + o_j[None, :], mask=m_bj,
                   other=0.0)  # [BB, BH] c_{t-1}
     # [BB, 4BH] h_{t-1} @ W_hh[rows]^T
@@ -93,17 +93,18 @@ def _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b,
     tl.store(cs + t * B * H + o_own, b_c.to(cs.dtype.element_ty), mask=m_bj)
     tl.store(cbuf + ((s + 1) % 2) * B * H + o_own, b_c, mask=m_bj)
     if PROJ:
-        tl.store(rbuf + o_own, b_r, mask=m_bj)
+        tl.store(rbuf + o_own, b_r.to(rbuf.dtype.element_ty), mask=m_bj)
     else:
-        b_h = tl.load(h_cur + o_own, mask=m_bj, other=0.0, cache_modifier=".cg")
+        b_h = tl.load(hbuf + (s % 2) * B * H + o_own, mask=m_bj, other=0.0)
         b_h = tl.where(active, b_r, b_h)
         tl.store(y + t * B * H + o_own, tl.where(active, b_r, 0.0).to(y.dtype.element_ty),
                  mask=m_bj)
         tl.store(hbuf + ((s + 1) % 2) * B * H + o_own, b_h, mask=m_bj)
+        tl.store(hx + ((s + 1) % 2) * B * H + o_own, b_h.to(hx.dtype.element_ty), mask=m_bj)
 
 
 @triton.jit
-def _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, reverse,
+def _lstm_fwd_proj(s, w_hr, y, hbuf, hx, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, reverse,
                    HH: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
                    NK: tl.constexpr, PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """Projection phase: h_t = r_t @ W_hr^T for own projected units."""
@@ -111,8 +112,7 @@ def _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, re
     m_b = o_b < B
     m_bp = m_b[:, None] & (o_p < P)[None, :]  # [BB, BP]
     o_own = o_b[:, None] * P + o_p[None, :]
-    b_h = tl.load(hbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0,
-                  cache_modifier=".cg")  # [BB, BP] h_{t-1}
+    b_h = tl.load(hbuf + (s % 2) * B * P + o_own, mask=m_bp, other=0.0)  # [BB, BP] h_{t-1}
     # [BB, BP] r_t @ W_hr[p]^T
     if RESIDENT:
         b_hn = resident_dot(tl.zeros([BB, BP], dtype=b_h.dtype), rbuf, H, o_b, m_b, b_wr,
@@ -124,13 +124,15 @@ def _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P, re
     active = (t < b_len)[:, None]
     tl.store(y + t * B * P + o_own, tl.where(active, b_hn, 0.0).to(y.dtype.element_ty),
              mask=m_bp)
-    tl.store(hbuf + ((s + 1) % 2) * B * P + o_own, tl.where(active, b_hn, b_h), mask=m_bp)
+    b_h = tl.where(active, b_hn, b_h)
+    tl.store(hbuf + ((s + 1) % 2) * B * P + o_own, b_h, mask=m_bp)
+    tl.store(hx + ((s + 1) % 2) * B * P + o_own, b_h.to(hx.dtype.element_ty), mask=m_bp)
 
 
 @triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
 def lstm_fwd_kernel(
     # pointers
-    xp, w_hh, w_hr, lengths, y, gates, cs, hbuf, cbuf, rbuf, counter,
+    xp, w_hh, w_hr, lengths, y, gates, cs, hbuf, hx, cbuf, rbuf, counter,
     # sizes
     T, B, H, P,
     # steps [s_begin, s_end); phases: bit mask; sync=1: grid barrier between phases
@@ -163,14 +165,14 @@ def lstm_fwd_kernel(
     NBAR: tl.constexpr = 2 if PROJ else 1
     for s in range(s_begin, s_end):
         if phases % 2 == 1:
-            _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, cbuf, rbuf, b_w, b_len, o_b, o_j,
+            _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, hx, cbuf, rbuf, b_w, b_len, o_b, o_j,
                            o_r, T, B, H, P, reverse, HP, BH, BB, NK, PROJ, PRECISION,
                            RESIDENT)
         if PROJ:
             if sync:
                 grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
             if phases // 2 == 1:
-                _lstm_fwd_proj(s, w_hr, y, hbuf, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P,
+                _lstm_fwd_proj(s, w_hr, y, hbuf, hx, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P,
                                reverse, HH, BB, BP, NK, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)
@@ -210,7 +212,7 @@ def _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o
     tl.store(norms + t * n_prog + i_prog, tl.sum(tl.sum(b_g * b_g, axis=1), axis=0))
     if PROJ:
         tl.store(dhs + o_t, b_g.to(dhs.dtype.element_ty), mask=m_bp)
-        tl.store(gbuf + o_own, b_g, mask=m_bp)
+        tl.store(gbuf + o_own, b_g.to(gbuf.dtype.element_ty), mask=m_bp)
     tl.store(dhbuf + ((s + 1) % 2) * B * P + o_own, b_dh, mask=m_bp)
     return b_g
 
@@ -268,10 +270,11 @@ def _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, 
     tl.store(dxp + o_g + 2 * H, b_zg.to(dt), mask=m_bj)
     tl.store(dxp + o_g + 3 * H, b_zo.to(dt), mask=m_bj)
     o_z = dzbuf + ((s + 1) % 2) * B * G + o_b[:, None] * G + o_j[None, :]
-    tl.store(o_z, b_zi, mask=m_bj)
-    tl.store(o_z + H, b_zf, mask=m_bj)
-    tl.store(o_z + 2 * H, b_zg, mask=m_bj)
-    tl.store(o_z + 3 * H, b_zo, mask=m_bj)
+    dz = dzbuf.dtype.element_ty
+    tl.store(o_z, b_zi.to(dz), mask=m_bj)
+    tl.store(o_z + H, b_zf.to(dz), mask=m_bj)
+    tl.store(o_z + 2 * H, b_zg.to(dz), mask=m_bj)
+    tl.store(o_z + 3 * H, b_zo.to(dz), mask=m_bj)
 
 
 @triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])

@@ -28,25 +28,27 @@ from .common import STREAM_BK, load_weights, resident_dot, activate, activate_gr
 
 
 @triton.jit
-def _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, T, B, H,
+def _rnn_fwd_step(s, xp, w_hh, y, hbuf, hx, b_w, b_len, o_b, o_j, T, B, H,
                   reverse, activation, slope, BB: tl.constexpr, BH: tl.constexpr,
                   HP: tl.constexpr, NK: tl.constexpr, PRECISION: tl.constexpr,
                   RESIDENT: tl.constexpr):
     """One forward step for this program's [BB, BH] tile: reads h_{t-1} (all units) from
-    hbuf[s % 2], writes y_t and h_t (own units) to hbuf[(s + 1) % 2]."""
+    the exchange buffer hx[s % 2] (input dtype: the product's operand) and its own units'
+    state from hbuf[s % 2] (state dtype); writes y_t and h_t to both at (s + 1) % 2."""
     t = step_time(s, T, reverse, False).to(tl.int64)
     m_b = o_b < B
     m_bj = m_b[:, None] & (o_j < H)[None, :]  # [BB, BH]
-    p_cur = hbuf + (s % 2) * B * H
-    p_nxt = hbuf + ((s + 1) % 2) * B * H
-    # .cg: read the exchange buffer from L2, never a stale L1 line written by another SM.
-    b_own = tl.load(p_cur + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.0,
-                    cache_modifier=".cg")  # [BB, BH] h_{t-1}, own units, state dtype
+    cur = (s % 2) * B * H
+    nxt = ((s + 1) % 2) * B * H
+    o_own = o_b[:, None] * H + o_j[None, :]
+    b_own = tl.load(hbuf + cur + o_own, mask=m_bj, other=0.0)  # [BB, BH] own h_{t-1}
+    # [BB, BH] h_{t-1} @ W_hh[j]^T; the exchange buffer is read with .cg (from L2,
+    # never a stale L1 line: other SMs wrote it)
     if RESIDENT:
-        b_z = resident_dot(tl.zeros([BB, BH], dtype=b_own.dtype), p_cur, H, o_b, m_b, b_w,
+        b_z = resident_dot(tl.zeros([BB, BH], dtype=b_own.dtype), hx + cur, H, o_b, m_b, b_w,
                            H, 0, NK, HP // NK, HP, PRECISION)
     else:
-        b_z = streamed_dot(tl.zeros([BB, BH], dtype=b_own.dtype), p_cur, H, o_b, m_b,
+        b_z = streamed_dot(tl.zeros([BB, BH], dtype=b_own.dtype), hx + cur, H, o_b, m_b,
                            w_hh, 1, o_j * H, o_j < H, H, 0, 0, 1, HP, STREAM_BK,
                            w_hh.dtype.element_ty, PRECISION)
     o_x = t * B * H + o_b[:, None] * H + o_j[None, :]
@@ -55,13 +57,14 @@ def _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, T, B, H,
     active = (t < b_len)[:, None]  # [BB, 1]
     b_h = tl.where(active, b_h, b_own)
     tl.store(y + o_x, tl.where(active, b_h, 0.0).to(y.dtype.element_ty), mask=m_bj)
-    tl.store(p_nxt + o_b[:, None] * H + o_j[None, :], b_h, mask=m_bj)
+    tl.store(hbuf + nxt + o_own, b_h, mask=m_bj)
+    tl.store(hx + nxt + o_own, b_h.to(hx.dtype.element_ty), mask=m_bj)
 
 
 @triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
 def rnn_fwd_kernel(
     # pointers
-    xp, w_hh, lengths, y, hbuf, slope_ptr, counter,
+    xp, w_hh, lengths, y, hbuf, hx, slope_ptr, counter,
     # sizes
     T, B, H,
     # steps [s_begin, s_end) of this launch; sync=1: grid barrier between steps
@@ -85,7 +88,7 @@ def rnn_fwd_kernel(
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholder
     b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     for s in range(s_begin, s_end):
-        _rnn_fwd_step(s, xp, w_hh, y, hbuf, b_w, b_len, o_b, o_j, T, B, H, reverse,
+        _rnn_fwd_step(s, xp, w_hh, y, hbuf, hx, b_w, b_len, o_b, o_j, T, B, H, reverse,
                       activation, slope, BB, BH, HP, NK, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * n_prog)
@@ -126,7 +129,7 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
     b_y = tl.load(y + o_t, mask=m_bj, other=0.0).to(b_dh.dtype)
     b_dz = b_g * activate_grad(b_y, activation, slope)
     tl.store(dxp + o_t, b_dz.to(dxp.dtype.element_ty), mask=m_bj)
-    tl.store(dzbuf + nxt + o_own, b_dz, mask=m_bj)
+    tl.store(dzbuf + nxt + o_own, b_dz.to(dzbuf.dtype.element_ty), mask=m_bj)
     tl.store(dhbuf + nxt + o_own, b_dh, mask=m_bj)
 
 
