@@ -282,7 +282,7 @@ def _interpretation(cfg, summary, expect):
         f"{_e(rT['relu'])} and {_e(rT['tanh'])}). Switching tanh for ReLU removed the "
         "saturation but not the vanishing; it only changes which matrix power you get.")
     lines.append(
-        f"**Identity initialization fixes the start, not the dynamics.** With W_hh = I and "
+        f"**Identity initialization fixes the start.** With W_hh = I and "
         f"zero biases (IRNN) every active unit's Jacobian is exactly 1, and the lag-100 ratio "
         f"at initialization is {_e(r100['irnn'])} (lag T: {_e(rT['irnn'])}); the leaky-ReLU "
         f"cell (slope {LEAKY_SLOPE}) gives {_e(r100['leaky'])}. The LSTM with forget bias 1 "
@@ -314,14 +314,29 @@ def _interpretation(cfg, summary, expect):
                                  f"{_e(rc['final_median'])} / {_e(ru['final_median'])}")
         lines.append("**Adding problem** (solved = test MSE < 0.01; baseline 1/6): "
                      + "; ".join(parts) + ".")
-        relu_div = sum(r["diverged"] for r in ad if r["cell"] in ("relu", "irnn", "leaky")
-                       and not r["clip"])
-        relu_div_c = sum(r["diverged"] for r in ad if r["cell"] in ("relu", "irnn", "leaky")
-                         and r["clip"])
-        lines.append(f"Unclipped ReLU-family runs that diverged (non-finite loss or gradient): "
-                     f"{relu_div}; clipped: {relu_div_c}. Clipping bounds the size of an "
-                     "exploding step; it does nothing for a vanishing gradient, which is why "
-                     "it cannot turn a tanh- or default-ReLU-RNN into a long-range learner.")
+        learned = [r for r in ad if r["solved"] or r["ever_solved"]]
+        if learned:
+            parts = []
+            for r in learned:
+                T = r["T"]
+                i10 = summary["init"][r["cell"]]["ratio_median"]["10"]
+                parts.append(f"{r['cell']} at T={T} ({'clipped' if r['clip'] else 'unclipped'}: "
+                             f"{r['solved']}/{r['n']} solved at the end, {r['ever_solved']} ever), "
+                             f"whose lag-10 gradient ratio went from {_e(i10)} at init (T = "
+                             f"{cfg['profile_T']}) to {_e(r['end_ratio_median']['10'])} at the "
+                             f"end (lag T: {_e(r['end_ratio_median']['T'])})")
+            lines.append("Runs that got below MSE 0.01 within the budget: " + "; ".join(parts)
+                         + ". A cell that learns the task has, by then, a gradient path "
+                         "reaching back to the marked inputs: training moved W_hh (or the "
+                         "gates) into the regime the initialization did not start in.")
+        else:
+            lines.append("No cell got below MSE 0.01 on the adding problem within this budget.")
+        div_u = sum(r["diverged"] for r in ad if not r["clip"])
+        div_c = sum(r["diverged"] for r in ad if r["clip"])
+        lines.append(f"Diverged runs (non-finite loss or gradient): {div_u} unclipped, {div_c} "
+                     "clipped. Clipping bounds the size of an exploding step; it cannot enlarge "
+                     "a vanishing gradient (Pascanu et al. 2013), and the clipped and unclipped "
+                     "columns above differ accordingly little wherever the gradient vanished.")
     cp = tabs.get("copy", [])
     if cp:
         parts = []
@@ -530,7 +545,7 @@ def write_report(out, meta, cfg, profiles, runs, summary):
         L.append("**Where the measurements differ from the expected outcome**, and why (no "
                  "hyperparameter was changed to make them match):\n")
         for e in disagree:
-            L.append(f"* {e['expected']}: measured {e['measured']}. " + _why(e, cfg))
+            L.append(f"* {e['expected']}: measured {e['measured']}. " + _why(e, cfg, summary))
         L.append("")
     L.append("## The literature\n")
     L += _literature_comparison(cfg, summary, meta)
@@ -545,18 +560,30 @@ def write_report(out, meta, cfg, profiles, runs, summary):
         f.write("\n".join(L) + "\n")
 
 
-def _why(e, cfg):
+def _why(e, cfg, summary):
     claim = e["expected"]
     if claim.startswith("LSTM adding"):
-        return ("The LSTM escapes the adding plateau only after a long phase at the "
-                "baseline, and at this T that phase is longer than the step budget; the "
-                "literature's LSTM results used 10^5+ training sequences per run. The "
-                "init-gradient table shows why it can get there eventually: its lag-100 "
-                "ratio is many orders of magnitude above the tanh- and ReLU-RNN's.")
+        ad = summary["tables"].get("adding", [])
+        short = [r for r in ad if r["cell"] == "lstm" and r["clip"] and r["T"] < 150]
+        txt = ("The LSTM reaches the adding solution only after a long phase at the "
+               "baseline (the model first learns the mean, then, much later, to use the "
+               "markers), and that phase grows with T. ")
+        for r in short:
+            txt += (f"In this run, at T = {r['T']} and {r['steps']} steps, the LSTM solved "
+                    f"{r['solved']}/{r['n']} seeds (median first step below 0.01: "
+                    f"{_e(r['steps_to_solve_median'])}). ")
+        txt += ("At T = 150 the quick budget is far shorter than that phase: in a "
+                "development pilot (same code, seed 0, clipped, lr 1e-3, batch 32) the LSTM "
+                "was still at the baseline after 4,000 steps. The papers' LSTM results come "
+                "from 10^5 or more training sequences per run; `python -m bench.study` (the "
+                "full study) gives it those. The gradient table shows the LSTM is not in the "
+                "tanh/ReLU-RNN's situation: its lag-100 ratio at init is many orders of "
+                "magnitude larger, so the slow start is optimisation, not a vanished signal.")
+        return txt
     if "irnn" in claim:
         return ("The ratio depends on how many units stay active (ReLU derivative 1) for "
                 "100 consecutive steps; with few active units the identity path is cut.")
     if "tanh-RNN" in claim:
-        return ("A tanh-RNN can use the short lags: at small T the marked values are "
-                "often close enough to the end for the gradient to reach them.")
+        return ("A tanh-RNN can use short lags: at small T the marked values are often "
+                "close enough to the end for the gradient to reach them.")
     return "See the tables above."
