@@ -210,28 +210,29 @@ def test_module_vs_torch(cell, opts, dtype):
     state_dict: outputs, final states, and the gradients of the input and every weight."""
     B, T, I, H = 3, 4, 5, 19
     ours, twin = make_pair(cell, I, H, dtype, "triton", **opts)
-    ours, twin = ours.to(DEVICE), twin.to(DEVICE)
+    # Half types: the twin runs in float32 on the same (exactly upcast) weights and input.
+    ref_dtype = _ref_dtype(dtype)
+    ours, twin = ours.to(DEVICE), twin.to(DEVICE).to(ref_dtype)
     g = torch.Generator().manual_seed(7)
     shape = (B, T, I) if opts.get("batch_first") else (T, B, I)
     x = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(DEVICE)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xa, xb = x.clone().requires_grad_(), x.to(ref_dtype).requires_grad_()
     out_a, st_a = ours(xa)
     out_b, st_b = twin(xb)
     st_a = st_a if isinstance(st_a, tuple) else (st_a,)
     st_b = st_b if isinstance(st_b, tuple) else (st_b,)
-    ref_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    assert_close("output", out_a.to(ref_dtype), out_b.to(ref_dtype), dtype=dtype)
+    assert_close("output", out_a.to(ref_dtype), out_b, dtype=dtype)
     for i, (a, b) in enumerate(zip(st_a, st_b)):
-        assert_close(f"state{i}", a.to(ref_dtype), b.to(ref_dtype), dtype=dtype)
+        assert_close(f"state{i}", a.to(ref_dtype), b, dtype=dtype)
     gy = torch.randn(out_a.shape, generator=g, dtype=torch.float64).to(dtype).to(DEVICE)
     loss_a = (out_a * gy).sum() + sum(s.sum() for s in st_a)
-    loss_b = (out_b * gy).sum() + sum(s.sum() for s in st_b)
+    loss_b = (out_b * gy.to(ref_dtype)).sum() + sum(s.sum() for s in st_b)
     loss_a.backward()
     loss_b.backward()
-    assert_close("dx", xa.grad.to(ref_dtype), xb.grad.to(ref_dtype), dtype=dtype)
+    assert_close("dx", xa.grad.to(ref_dtype), xb.grad, dtype=dtype)
     pb = dict(twin.named_parameters())
     for name, p in ours.named_parameters():
-        assert_close(f"d{name}", p.grad.to(ref_dtype), pb[name].grad.to(ref_dtype), dtype=dtype)
+        assert_close(f"d{name}", p.grad.to(ref_dtype), pb[name].grad, dtype=dtype)
 
 
 def test_packed_sequence():
@@ -285,19 +286,21 @@ def test_persistent_equals_per_step(kernel, H, monkeypatch):
 @pytest.mark.parametrize("cell", ["tanh", "relu", "lstm", "lstm_proj"])
 @pytest.mark.parametrize("H", [128, 768])
 def test_cuda_module_vs_cudnn_large(cell, H, dtype):
-    """Widths that use the streamed and the 16-warp resident configurations, T=64."""
+    """Widths that use the streamed and the 16-warp resident configurations, T=64,
+    against torch.nn on cuDNN (in float32 on the same weights for the half types)."""
     T, B, I = 64, 16, 32
     ours, twin = make_pair(cell, I, H, dtype, "triton")
-    ours, twin = ours.cuda(), twin.cuda()
+    ref_dtype = _ref_dtype(dtype)
+    ours, twin = ours.cuda(), twin.cuda().to(ref_dtype)
     x = torch.randn(T, B, I, device="cuda", dtype=torch.float64).to(dtype)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    xa, xb = x.clone().requires_grad_(), x.to(ref_dtype).requires_grad_()
     ya, _ = ours(xa)
     yb, _ = twin(xb)
     kind = "long" if dtype == torch.float32 else "kernel"
-    assert_close("y", ya.float(), yb.float(), dtype=dtype, kind=kind)
-    ya.float().square().sum().backward()
-    yb.float().square().sum().backward()
-    assert_close("dx", xa.grad.float(), xb.grad.float(), dtype=dtype, kind=kind)
+    assert_close("y", ya.to(ref_dtype), yb, dtype=dtype, kind=kind)
+    ya.to(ref_dtype).square().sum().backward()
+    yb.square().sum().backward()
+    assert_close("dx", xa.grad.to(ref_dtype), xb.grad, dtype=dtype, kind=kind)
 
 
 @cuda_only

@@ -129,7 +129,7 @@ def _lstm_fwd_proj(s, w_hr, y, hbuf, hx, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P
     tl.store(hx + ((s + 1) % 2) * B * P + o_own, b_h.to(hx.dtype.element_ty), mask=m_bp)
 
 
-@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end", "reverse", "phases", "sync"])
 def lstm_fwd_kernel(
     # pointers
     xp, w_hh, w_hr, lengths, y, gates, cs, hbuf, hx, cbuf, rbuf, counter,
@@ -277,7 +277,7 @@ def _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, 
     tl.store(o_z + 3 * H, b_zo.to(dz), mask=m_bj)
 
 
-@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end", "reverse", "phases", "sync"])
 def lstm_bwd_kernel(
     # pointers
     dy, gates, cs, c0, w_hh, w_hr, lengths, dxp, dhs, dzbuf, dhbuf, dcbuf, gbuf, norms,

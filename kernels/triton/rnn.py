@@ -24,6 +24,11 @@ y = 0, dxp = 0 and passes its gradient through unchanged.
 import triton
 import triton.language as tl
 
+# do_not_specialize: the kernels' runtime arguments are never specialized on their value
+# (Triton would otherwise build a separate binary for a value of 1 or a multiple of 16):
+# sizes that change per call, the step range of a launch and the switches, so one binary
+# serves every call and the compile check builds the binaries that run.
+
 from .common import STREAM_BK, load_weights, resident_dot, activate, activate_grad, grid_barrier, step_time, streamed_dot
 
 
@@ -61,7 +66,7 @@ def _rnn_fwd_step(s, xp, w_hh, y, hbuf, hx, b_w, b_len, o_b, o_j, T, B, H,
     tl.store(hx + nxt + o_own, b_h.to(hx.dtype.element_ty), mask=m_bj)
 
 
-@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end", "reverse", "activation", "sync"])
 def rnn_fwd_kernel(
     # pointers
     xp, w_hh, lengths, y, hbuf, hx, slope_ptr, counter,
@@ -133,7 +138,7 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
     tl.store(dhbuf + nxt + o_own, b_dh, mask=m_bj)
 
 
-@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end"])
+@triton.jit(do_not_specialize=["T", "B", "s_begin", "s_end", "reverse", "activation", "sync"])
 def rnn_bwd_kernel(
     # pointers
     dy, y, w_hh, lengths, dxp, dzbuf, dhbuf, norms, slope_ptr, counter,
