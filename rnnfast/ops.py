@@ -91,8 +91,9 @@ def _mm_rows(a, b):
     x 512). Small products and float64 go to OpenBLAS (kernels/numba/gemm.py, chunked
     in float64)."""
     N, G = a.shape
+    # Each 128-row chunk must still be a sizeable GEMM: G * K >= 2^16 (8M multiply-adds).
     if (_LINEAR is not None and a.dtype == torch.float32 and a.device.type == "cpu"
-            and N * G * b.shape[1] >= _ONEDNN_MIN_MACS):
+            and G * b.shape[1] >= 1 << 16):
         total = None
         for s2 in range(0, N, _ROWS_BLOCK):
             block = None
