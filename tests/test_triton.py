@@ -157,6 +157,44 @@ def test_lstm_kernels(shape, direction, dtype, weights):
     _check_all(["dxp", "dh0", "dc0", "dhs", "norms"], out, ref, dtype)
 
 
+@pytest.mark.parametrize("cap", [1, 2])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm_proj"])
+def test_programs_loop_over_batch_tiles(cell, cap, monkeypatch):
+    """A grid capped along the batch axis (as the persistent launch caps it to the SMs)
+    runs every batch tile: B=35 is 3 tiles over 1 or 2 programs per unit tile."""
+    monkeypatch.setattr(config, "MAX_BATCH_PROGRAMS", cap)
+    T, B, H = 3, 35, 20
+    g = torch.Generator().manual_seed(11)
+    lens = _lengths(B, T, True)
+    dt = torch.float64
+    if cell == "rnn":
+        xp, w, h0 = _rand(T, B, H, dtype=dt, gen=g), _rand(H, H, dtype=dt, scale=0.2, gen=g), \
+            _rand(B, H, dtype=dt, gen=g)
+        y, hn = tr.rnn_fwd(_dev(xp), _dev(w), _dev(h0), _dev(lens), True, TANH)
+        assert tr.last_launch["grid"][1] == cap
+        _check_all(["y", "h_n"], (y, hn), nb.rnn_fwd(xp, w, h0, lens, True, TANH), dt)
+        dy, dhn = _rand(T, B, H, dtype=dt, gen=g), _rand(B, H, dtype=dt, gen=g)
+        out = tr.rnn_bwd(_dev(dy), _dev(dhn), y, _dev(w), _dev(lens), True, TANH)
+        _check_all(["dxp", "dh0", "norms"], out,
+                   nb.rnn_bwd(dy, dhn, y.cpu(), w, lens, True, TANH), dt)
+        return
+    P = 7 if cell == "lstm_proj" else H
+    xp, w = _rand(T, B, 4 * H, dtype=dt, gen=g), _rand(4 * H, P, dtype=dt, scale=0.2, gen=g)
+    whr = _rand(P, H, dtype=dt, scale=0.2, gen=g) if P != H else None
+    h0, c0 = _rand(B, P, dtype=dt, gen=g), _rand(B, H, dtype=dt, gen=g)
+    fwd = tr.lstm_fwd(*(_dev(t) for t in (xp, w, whr, h0, c0, lens)), False)
+    assert tr.last_launch["grid"][1] == cap
+    _check_all(["y", "h_n", "c_n", "gates", "cs"], fwd,
+               nb.lstm_fwd(xp, w, whr, h0, c0, lens, False), dt)
+    dy, dhn, dcn = (_rand(T, B, P, dtype=dt, gen=g), _rand(B, P, dtype=dt, gen=g),
+                    _rand(B, H, dtype=dt, gen=g))
+    gates, cs = fwd[3], fwd[4]
+    out = tr.lstm_bwd(*(_dev(t) for t in (dy, dhn, dcn)), gates, cs,
+                      *(_dev(t) for t in (c0, w, whr, lens)), False)
+    _check_all(["dxp", "dh0", "dc0", "dhs", "norms"], out,
+               nb.lstm_bwd(dy, dhn, dcn, gates.cpu(), cs.cpu(), c0, w, whr, lens, False), dt)
+
+
 def test_several_hidden_programs():
     """H=37 runs as 3 programs of 16 units per batch tile; an LSTM of 37 units as 10."""
     tr.rnn_fwd(*(t.to(DEVICE) for t in (torch.randn(2, 3, 37), torch.randn(37, 37) * 0.1,

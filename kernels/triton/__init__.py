@@ -63,11 +63,18 @@ def _check_width(where, H, P):
                          f"Triton kernels, got {H} and {P}")
 
 
-def _persistent(device, n_prog, T):
-    if device.type != "cuda" or T <= 1 or not config.persistent_enabled():
-        return False
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return n_prog <= sms
+def _launch_grid(device, n_units, n_tiles, T):
+    """(grid, persistent). Persistent (all steps in one launch) on CUDA when the unit
+    programs fit one per SM; batch tiles then share the remaining SMs, each program
+    looping over its tiles every step. Otherwise one program per (unit tile, batch tile)
+    and one launch per step."""
+    cap = config.MAX_BATCH_PROGRAMS
+    if device.type == "cuda" and T > 1 and config.persistent_enabled():
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if n_units <= sms:
+            n_b = min(n_tiles, sms // n_units, cap or n_tiles)
+            return (n_units, n_b), True
+    return (n_units, min(n_tiles, cap or n_tiles)), False
 
 
 def _run(kernel, name, cfg, grid, T, args, two_phase, persistent, device):
@@ -137,9 +144,8 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     hx = _ping_pong(h0, (H,), xp.dtype, dev, B)
     if T > 0 and B > 0:
         cfg = pick("rnn_fwd", H, H, xp.dtype)
-        grid = grid_size(cfg, H, H, B)
+        grid, persistent = _launch_grid(dev, *grid_size(cfg, H, H, B), T)
         counter = _counter(dev)
-        persistent = _persistent(dev, grid[0] * grid[1], T)
         slope = _scalar(negative_slope, sdt, dev)
         _run(rnn_fwd_kernel, "rnn_fwd", cfg, grid, T,
              lambda s0, s1, phases, sync: (
@@ -178,16 +184,16 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     if T == 0 or B == 0:
         return dxp, dh_n.clone(), torch.zeros(T, dtype=torch.float64, device=dev)
     cfg = pick("rnn_bwd", H, H, y.dtype)
-    grid = grid_size(cfg, H, H, B)
-    n_prog = grid[0] * grid[1]
-    partial = torch.zeros((T, n_prog), dtype=sdt, device=dev)
+    tiles = grid_size(cfg, H, H, B)
+    grid, persistent = _launch_grid(dev, *tiles, T)
+    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
     counter = _counter(dev)
     slope = _scalar(negative_slope, sdt, dev)
     _run(rnn_bwd_kernel, "rnn_bwd", cfg, grid, T,
          lambda s0, s1, phases, sync: (
              dy, y, w_hh, lens, dxp, dzbuf, dhbuf, partial, slope, counter, T, B, H, s0, s1,
              int(bool(reverse)), int(activation), sync),
-         False, _persistent(dev, n_prog, T), dev)
+         False, persistent, dev)
     dh0 = _last_dh(dzbuf, dhbuf, w_hh, lens, T, reverse)
     return dxp, dh0.to(y.dtype), _norms(partial)
 
@@ -241,13 +247,13 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
     rbuf = torch.zeros((B, H) if proj else (1,), dtype=xp.dtype, device=dev)
     if T > 0 and B > 0:
         cfg = pick("lstm_fwd", H, P, xp.dtype)
-        grid = grid_size(cfg, H, P, B)
+        grid, persistent = _launch_grid(dev, *grid_size(cfg, H, P, B), T)
         counter = _counter(dev)
         _run(lstm_fwd_kernel, "lstm_fwd", cfg, grid, T,
              lambda s0, s1, phases, sync: (
                  xp, w_hh, w_hr_c, lens, y, gates, cs, hbuf, hx, cbuf, rbuf, counter,
                  T, B, H, P, s0, s1, int(bool(reverse)), phases, sync),
-             proj, _persistent(dev, grid[0] * grid[1], T), dev)
+             proj, persistent, dev)
     return (y, _final(hbuf, T).to(xp.dtype), _final(cbuf, T).to(xp.dtype), gates, cs)
 
 
@@ -285,16 +291,16 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
         return (dxp, dh_n.clone(), dc_n.clone(), dhs,
                 torch.zeros(T, dtype=torch.float64, device=dev))
     cfg = pick("lstm_bwd", H, P, gates.dtype)
-    grid = grid_size(cfg, H, P, B)
-    n_prog = grid[0] * grid[1]
-    partial = torch.zeros((T, n_prog), dtype=sdt, device=dev)
+    tiles = grid_size(cfg, H, P, B)
+    grid, persistent = _launch_grid(dev, *tiles, T)
+    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
     counter = _counter(dev)
     _run(lstm_bwd_kernel, "lstm_bwd", cfg, grid, T,
          lambda s0, s1, phases, sync: (
              dy, gates, cs, c0, w_hh, w_hr_c, lens, dxp, dhs if proj else dxp, dzbuf, dhbuf,
              dcbuf, gbuf, partial, counter, T, B, H, P, s0, s1, int(bool(reverse)), phases,
              sync),
-         proj, _persistent(dev, n_prog, T), dev)
+         proj, persistent, dev)
     dh0 = _last_dh(dzbuf, dhbuf, w_hh, lens, T, reverse)
     return (dxp, dh0.to(gates.dtype), _final(dcbuf, T).to(gates.dtype), dhs,
             _norms(partial))

@@ -27,10 +27,16 @@ MAX_WIDTH = 1024  # largest hidden_size / proj_size the kernels take
 # A program keeps its weight tile on chip for the whole time loop (Triton stages it in
 # shared memory once, and loads it into registers every step) when the tile plus the
 # staged [BLOCK_B, width] operand fit this many bytes of shared memory (sm_80 allows
-# 163 KiB per block, sm_90 227 KiB) and each thread holds at most ELEMS_PER_THREAD of
-# it; otherwise the tile is streamed from L2 every step.
+# 163 KiB per block, sm_90 227 KiB) and each thread holds at most BYTES_PER_THREAD of
+# it when it is loaded for a step; otherwise the tile is streamed from L2 every step.
 SMEM_BUDGET = 160 * 1024
-ELEMS_PER_THREAD = 64
+BYTES_PER_THREAD = 256
+# 16 warps would cap a thread at 128 registers: the step's operands then spill on sm_80.
+MAX_WARPS = 8
+
+# Most programs along the batch-tile axis (None: no cap beyond the GPU's SMs). Tests set
+# it to make one program loop over several batch tiles in the interpreter.
+MAX_BATCH_PROGRAMS = None
 
 _TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
                   torch.bfloat16: "bf16"}
@@ -114,7 +120,7 @@ def pick(kernel, H, P, dtype, tf32=None):
     4 cell units (16 gate rows) up to H = 256, then 8, so H = 768 uses 96 programs per
     batch tile; the LSTM backward owns 16 projected units. The weight tile stays on chip
     when its shared-memory copy plus the staged operand fit SMEM_BUDGET and each thread
-    holds at most ELEMS_PER_THREAD of it; warps split its reduction into NK chunks."""
+    holds at most BYTES_PER_THREAD of it; warps split its reduction into NK chunks."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     tf32 = tf32_enabled() if tf32 is None else tf32
@@ -134,9 +140,10 @@ def pick(kernel, H, P, dtype, tf32=None):
     state_bytes = 8 if dtype == torch.float64 else 4
     smem = elems * dtype.itemsize + sum(BLOCK_B * k * state_bytes for k in widths)
     warps = 4
-    while elems > ELEMS_PER_THREAD * 32 * warps and warps < 16:
+    per_warp = BYTES_PER_THREAD * 32
+    while elems * dtype.itemsize > per_warp * warps and warps < MAX_WARPS:
         warps *= 2
-    resident = smem <= SMEM_BUDGET and elems <= ELEMS_PER_THREAD * 32 * warps
+    resident = smem <= SMEM_BUDGET and elems * dtype.itemsize <= per_warp * warps
     if not resident:
         warps = 4
     nk = max(1, min(warps, min(widths) // 16))
@@ -161,7 +168,8 @@ def all_configs():
 
 
 def grid_size(cfg, H, P, B):
-    """(programs along the unit axis, batch tiles)."""
+    """(unit tiles, batch tiles) of a layer: programs along the unit axis, and the
+    batch tiles the programs of one unit tile share."""
     if cfg.kernel.startswith("rnn"):
         n = triton.cdiv(H, cfg.BH)
     else:

@@ -14,9 +14,10 @@ Backward (dh_t: total gradient reaching h_t = dy_t + dz_{t+1} @ W_hh)::
     dc_carry = dc * f
 
 Dimensions: T steps, B rows, H cell units, G = 4H gate columns, P = proj_size or H.
-Padded widths (powers of two): HH >= H, HP >= P. Tiles: program (i_h, i_b) owns cell
+Padded widths (powers of two): HH >= H, HP >= P. Tiles: program (i_h, j) owns cell
 units [i_h*BH, i_h*BH + BH) with their four gate rows (so the cell update is local),
-projected units [i_h*BP, i_h*BP + BP) (PROJ), and rows [i_b*BB, i_b*BB + BB).
+projected units [i_h*BP, i_h*BP + BP) (PROJ), and every step runs the batch tiles
+i_b = j, j + grid[1], ... (rows [i_b*BB, i_b*BB + BB)).
 
 Gate rows of a program are held unit-major, row r = 4u + q (unit u, gate q), so one
 dot gives [BB, 4BH] and a reshape to [BB, BH, 2, 2] splits it into the four gates.
@@ -143,11 +144,10 @@ def lstm_fwd_kernel(
     NK: tl.constexpr,
 ):
     i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    n_grid = tl.num_programs(0) * tl.num_programs(1)
+    n_bt = tl.cdiv(B, BB)  # batch tiles, visited i_b = program_id(1) + k * num_programs(1)
     o_j = i_h * BH + tl.arange(0, BH)  # [BH] own cell units
     o_r = i_h * 4 * BH + tl.arange(0, 4 * BH)  # [4BH] own gate rows, unit-major
-    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
     o_p = i_h * BP + tl.arange(0, BP)  # [BP] own projected units
     # Own gate rows of W_hh, transposed ([HP, 4BH]), and own rows of W_hr, transposed
     # ([HH, BP]), as NK reduction chunks: on chip for every step (RESIDENT; Triton keeps
@@ -161,21 +161,26 @@ def lstm_fwd_kernel(
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholders
         b_wr = b_w
-    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     NBAR: tl.constexpr = 2 if PROJ else 1
     for s in range(s_begin, s_end):
         if phases % 2 == 1:
-            _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, hx, cbuf, rbuf, b_w, b_len, o_b, o_j,
-                           o_r, T, B, H, P, reverse, HP, BH, BB, NK, PROJ, PRECISION,
-                           RESIDENT)
+            for i_b in range(tl.program_id(1), n_bt, tl.num_programs(1)):
+                o_b = i_b * BB + tl.arange(0, BB)  # [BB] rows of this tile
+                b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+                _lstm_fwd_cell(s, xp, w_hh, y, gates, cs, hbuf, hx, cbuf, rbuf, b_w, b_len,
+                               o_b, o_j, o_r, T, B, H, P, reverse, HP, BH, BB, NK, PROJ,
+                               PRECISION, RESIDENT)
         if PROJ:
             if sync:
-                grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
+                grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_grid)
             if phases // 2 == 1:
-                _lstm_fwd_proj(s, w_hr, y, hbuf, hx, rbuf, b_wr, b_len, o_b, o_p, T, B, H, P,
-                               reverse, HH, BB, BP, NK, PRECISION, RESIDENT)
+                for i_b in range(tl.program_id(1), n_bt, tl.num_programs(1)):
+                    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
+                    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+                    _lstm_fwd_proj(s, w_hr, y, hbuf, hx, rbuf, b_wr, b_len, o_b, o_p, T, B, H,
+                                   P, reverse, HH, BB, BP, NK, PRECISION, RESIDENT)
         if sync:
-            grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)
+            grid_barrier(counter, (s - s_begin + 1) * NBAR * n_grid)
 
 
 @triton.jit
@@ -293,12 +298,11 @@ def lstm_bwd_kernel(
 ):
     tl.static_assert(PROJ or BP == BH)
     i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    n_prog = tl.num_programs(0) * tl.num_programs(1)
-    i_prog = i_b * tl.num_programs(0) + i_h
+    n_grid = tl.num_programs(0) * tl.num_programs(1)
+    n_bt = tl.cdiv(B, BB)  # batch tiles, visited i_b = program_id(1) + k * num_programs(1)
+    n_slot = tl.num_programs(0) * n_bt  # norm partials: one per (unit tile, batch tile)
     o_j = i_h * BH + tl.arange(0, BH)  # [BH] own cell units
     o_p = i_h * BP + tl.arange(0, BP)  # [BP] own projected units (= o_j without PROJ)
-    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
     # Columns of W_hh for own projected units, all gates ([4HH, BP]), and columns of
     # W_hr for own cell units ([HP, BH]), as NK reduction chunks: on chip for every step
     # (RESIDENT) or streamed from L2 every step.
@@ -310,20 +314,31 @@ def lstm_bwd_kernel(
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholders
         b_wr = b_w
-    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     NBAR: tl.constexpr = 2 if PROJ else 1
     for s in range(s_begin, s_end):
-        b_g = tl.zeros([BB, BP], dtype=dhbuf.dtype.element_ty)
-        if phases % 2 == 1:
-            b_g = _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b,
-                               o_p, n_prog, i_prog, T, B, H, P, reverse, HH, BB, BP, NK,
-                               PROJ, PRECISION, RESIDENT)
+        for i_b in range(tl.program_id(1), n_bt, tl.num_programs(1)):
+            o_b = i_b * BB + tl.arange(0, BB)  # [BB] rows of this tile
+            b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+            b_g = tl.zeros([BB, BP], dtype=dhbuf.dtype.element_ty)
+            if phases % 2 == 1:
+                b_g = _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len,
+                                   o_b, o_p, n_slot, i_b * tl.num_programs(0) + i_h, T, B, H,
+                                   P, reverse, HH, BB, BP, NK, PROJ, PRECISION, RESIDENT)
+            # Without projection the gate phase needs only this tile's dh_t: same pass.
+            if not PROJ:
+                _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr,
+                                b_len, o_b, o_j, T, B, H, P, reverse, HP, BB, BH, NK, PROJ,
+                                PRECISION, RESIDENT)
         if PROJ:
             if sync:
-                grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_prog)
-        if phases // 2 == 1:
-            _lstm_bwd_gates(s, b_g, w_hr, gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len,
-                            o_b, o_j, T, B, H, P, reverse, HP, BB, BH, NK, PROJ, PRECISION,
-                            RESIDENT)
+                grid_barrier(counter, ((s - s_begin) * NBAR + 1) * n_grid)
+            if phases // 2 == 1:
+                for i_b in range(tl.program_id(1), n_bt, tl.num_programs(1)):
+                    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
+                    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+                    _lstm_bwd_gates(s, tl.zeros([BB, BP], dtype=dhbuf.dtype.element_ty), w_hr,
+                                    gates, cs, c0, dxp, dzbuf, dcbuf, gbuf, b_wr, b_len, o_b,
+                                    o_j, T, B, H, P, reverse, HP, BB, BH, NK, PROJ, PRECISION,
+                                    RESIDENT)
         if sync:
-            grid_barrier(counter, (s - s_begin + 1) * NBAR * n_prog)
+            grid_barrier(counter, (s - s_begin + 1) * NBAR * n_grid)

@@ -7,8 +7,9 @@ Equations, for each step t in processing order (t = 0..T-1, or T-1..0 when rever
     dz_t = dh_t * act'(h_t);   dxp_t = dz_t          dW_hh, dW_ih, db, dx: GEMMs (torch)
 
 Dimensions: T steps, B rows, H hidden units (the gate width G = H).
-Tiles: program (i_h, i_b) owns hidden units [i_h*BH, i_h*BH + BH) and batch rows
-[i_b*BB, i_b*BB + BB); HP = next power of two >= H is the reduction width.
+Tiles: program (i_h, j) owns hidden units [i_h*BH, i_h*BH + BH) and, every step, runs
+the batch tiles i_b = j, j + grid[1], ... (rows [i_b*BB, i_b*BB + BB)), so a capped grid
+still covers any batch; HP = next power of two >= H is the reduction width.
 
 Each program keeps its slice of W_hh in registers for all of its steps: rows of its
 units (forward, [HP, BH] = W_hh[j, :]^T) or columns (backward, [HP, BH] = W_hh[:, j]).
@@ -81,22 +82,23 @@ def rnn_fwd_kernel(
     # negative_slope in the state dtype (a float argument would be float32)
     slope = tl.load(slope_ptr)
     i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    n_grid = tl.num_programs(0) * tl.num_programs(1)
+    n_bt = tl.cdiv(B, BB)  # batch tiles, visited i_b = program_id(1) + k * num_programs(1)
     o_j = i_h * BH + tl.arange(0, BH)  # [BH] own units
-    o_b = i_b * BB + tl.arange(0, BB)  # [BB] own rows
     # W_hh^T restricted to own units ([HP, BH]), on chip for every step of this launch
     # (RESIDENT), or streamed from L2 every step when too large for the register file.
     if RESIDENT:
         b_w = load_weights(w_hh, 1, o_j * H, o_j < H, H, 0, NK, HP // NK, HP)
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholder
-    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     for s in range(s_begin, s_end):
-        _rnn_fwd_step(s, xp, w_hh, y, hbuf, hx, b_w, b_len, o_b, o_j, T, B, H, reverse,
-                      activation, slope, BB, BH, HP, NK, PRECISION, RESIDENT)
+        for i_b in range(tl.program_id(1), n_bt, tl.num_programs(1)):
+            o_b = i_b * BB + tl.arange(0, BB)  # [BB] rows of this tile
+            b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+            _rnn_fwd_step(s, xp, w_hh, y, hbuf, hx, b_w, b_len, o_b, o_j, T, B, H, reverse,
+                          activation, slope, BB, BH, HP, NK, PRECISION, RESIDENT)
         if sync:
-            grid_barrier(counter, (s - s_begin + 1) * n_prog)
+            grid_barrier(counter, (s - s_begin + 1) * n_grid)
 
 
 @triton.jit
@@ -106,7 +108,7 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
                   PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """One BPTT step: reads dz of the previous BPTT step (all units) from dzbuf[s % 2]
     and the carried dh (own units) from dhbuf[s % 2]; writes dxp_t, this program's
-    partial sum of squares of dh_t to norms[t, i_prog], and dz_t, dh to the next buffers."""
+    partial sum of squares of dh_t to norms[t, i_prog] (one slot per tile pair), and dz_t, dh to the next buffers."""
     t = step_time(s, T, reverse, True).to(tl.int64)
     tp = t + 1  # the step processed just before t
     if reverse:
@@ -153,20 +155,21 @@ def rnn_bwd_kernel(
     # negative_slope in the state dtype (a float argument would be float32)
     slope = tl.load(slope_ptr)
     i_h = tl.program_id(0).to(tl.int64)
-    i_b = tl.program_id(1).to(tl.int64)
-    n_prog = tl.num_programs(0) * tl.num_programs(1)
-    i_prog = i_b * tl.num_programs(0) + i_h
+    n_grid = tl.num_programs(0) * tl.num_programs(1)
+    n_bt = tl.cdiv(B, BB)  # batch tiles, visited i_b = program_id(1) + k * num_programs(1)
+    n_slot = tl.num_programs(0) * n_bt  # norm partials: one per (unit tile, batch tile)
     o_j = i_h * BH + tl.arange(0, BH)  # [BH]
-    o_b = i_b * BB + tl.arange(0, BB)  # [BB]
     # Columns of W_hh for own units ([HP, BH]): dh_j = dz @ W_hh[:, j].
     if RESIDENT:
         b_w = load_weights(w_hh, H, o_j, o_j < H, H, 0, NK, HP // NK, HP)
     else:
         b_w = tl.zeros([16, 16], dtype=w_hh.dtype.element_ty)  # unused placeholder
-    b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
     for s in range(s_begin, s_end):
-        _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j,
-                      n_prog, i_prog, T, B, H, reverse, activation, slope, BB, BH, HP,
-                      NK, PRECISION, RESIDENT)
+        for i_b in range(tl.program_id(1), n_bt, tl.num_programs(1)):
+            o_b = i_b * BB + tl.arange(0, BB)  # [BB]
+            b_len = tl.load(lengths + o_b, mask=o_b < B, other=0)  # [BB]
+            _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j,
+                          n_slot, i_b * tl.num_programs(0) + i_h, T, B, H, reverse,
+                          activation, slope, BB, BH, HP, NK, PRECISION, RESIDENT)
         if sync:
-            grid_barrier(counter, (s - s_begin + 1) * n_prog)
+            grid_barrier(counter, (s - s_begin + 1) * n_grid)
