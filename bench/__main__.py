@@ -94,8 +94,11 @@ def speed_grid(a):
         own = {p.cell for p in base}
         shapes = {c: ([(p.T, p.B, p.H) for p in base if p.cell == c] if c in own else relu)
                   for c in cells}
-        pts = [speed.Point(c, T, B, H, dt, m) for c in cells
-               for (T, B, H) in dict.fromkeys(shapes[c]) for dt in dtypes for m in modes]
+        # the default grid's own order (floor points first), then any extra cells
+        pts = [speed.Point(p.cell, p.T, p.B, p.H, dt, p.mode) for p in base
+               if p.cell in cells for dt in dtypes]
+        pts += [speed.Point(c, T, B, H, dt, m) for c in cells if c not in own
+                for (T, B, H) in dict.fromkeys(shapes[c]) for dt in dtypes for m in modes]
     else:
         pairs = [bh for bh in speed.FLOOR_POINTS
                  if (a.B is None or bh[0] in a.B) and (a.H is None or bh[1] in a.H)]
