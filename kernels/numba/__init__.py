@@ -5,12 +5,18 @@ time-major) and shares memory with numpy (``Tensor.numpy()``), so no copy is mad
 beyond making an input contiguous.
 """
 
+import numba
 import numpy as np
 import torch
 
+from .. import blas
+from .config import PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
+
 from .._check import check_recurrence_args
-from .lstm import lstm_bwd_kernel, lstm_fwd_kernel
-from .rnn import rnn_bwd_kernel, rnn_fwd_kernel
+from .lstm import (lstm_bwd_kernel, lstm_bwd_kernel_parallel, lstm_fwd_kernel,
+                   lstm_fwd_kernel_parallel)
+from .rnn import (rnn_bwd_kernel, rnn_bwd_kernel_parallel, rnn_fwd_kernel,
+                  rnn_fwd_kernel_parallel)
 
 DTYPES = (torch.float32, torch.float64)
 __all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "DTYPES"]
@@ -18,6 +24,23 @@ __all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "DTYPES"]
 
 def _np(t):
     return t.detach().contiguous().numpy()
+
+
+def _chunks(B, macs_per_step):
+    """How many threads split the batch: 1 (serial) for small problems."""
+    if macs_per_step < PARALLEL_MIN_MACS:
+        return 1
+    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS,
+            B // PARALLEL_MIN_ROWS)
+    return max(n, 1)
+
+
+def _launch(serial, parallel, nchunks, *args):
+    if nchunks == 1:
+        return serial(*args)
+    with blas.single_threaded():
+        numba.set_num_threads(nchunks)
+        return parallel(*args, nchunks)
 
 
 def _lengths(lengths, T, B):
@@ -47,9 +70,9 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
                                     activation, negative_slope, DTYPES, "numba")
     y = torch.empty_like(xp)
     h_n = torch.empty_like(h0)
-    rnn_fwd_kernel(_np(xp), np.ascontiguousarray(_np(w_hh).T), _np(h0),
-                   _lengths(lengths, T, B), bool(reverse), int(activation),
-                   float(negative_slope), y.numpy(), h_n.numpy())
+    _launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel, _chunks(B, B * H * H),
+            _np(xp), np.ascontiguousarray(_np(w_hh).T), _np(h0), _lengths(lengths, T, B),
+            bool(reverse), int(activation), float(negative_slope), y.numpy(), h_n.numpy())
     return y, h_n
 
 
@@ -73,9 +96,9 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     dxp = torch.empty_like(y)
     dh0 = torch.empty_like(dh_n)
     norms = torch.empty(T, dtype=torch.float64)
-    rnn_bwd_kernel(_np(dy), _np(dh_n), _np(y), _np(w_hh), _lengths(lengths, T, B),
-                   bool(reverse), int(activation), float(negative_slope),
-                   dxp.numpy(), dh0.numpy(), norms.numpy())
+    _launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel, _chunks(B, B * H * H),
+            _np(dy), _np(dh_n), _np(y), _np(w_hh), _lengths(lengths, T, B), bool(reverse),
+            int(activation), float(negative_slope), dxp.numpy(), dh0.numpy(), norms.numpy())
     return dxp, dh0, norms
 
 
@@ -103,9 +126,10 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
     cs = xp.new_empty((T, B, H))
     w_hr_t = (np.ascontiguousarray(_np(w_hr).T) if w_hr is not None
               else np.empty((0, P), dtype=_np(xp).dtype))
-    lstm_fwd_kernel(_np(xp), np.ascontiguousarray(_np(w_hh).T), w_hr_t, _np(h0),
-                    _np(c0), _lengths(lengths, T, B), bool(reverse), y.numpy(),
-                    h_n.numpy(), c_n.numpy(), gates.numpy(), cs.numpy())
+    _launch(lstm_fwd_kernel, lstm_fwd_kernel_parallel, _chunks(B, B * P * G),
+            _np(xp), np.ascontiguousarray(_np(w_hh).T), w_hr_t, _np(h0), _np(c0),
+            _lengths(lengths, T, B), bool(reverse), y.numpy(), h_n.numpy(), c_n.numpy(),
+            gates.numpy(), cs.numpy())
     return y, h_n, c_n, gates, cs
 
 
@@ -130,9 +154,9 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     dhs = gates.new_empty((T, B, P) if proj else (0,))
     norms = torch.empty(T, dtype=torch.float64)
     w_hr_np = _np(w_hr) if proj else np.empty((0, G // 4), dtype=_np(gates).dtype)
-    lstm_bwd_kernel(_np(dy), _np(dh_n), _np(dc_n), _np(gates), _np(cs), _np(c0),
-                    _np(w_hh), w_hr_np, _lengths(lengths, T, B), bool(reverse),
-                    dxp.numpy(), dh0.numpy(), dc0.numpy(),
-                    dhs.numpy() if proj else np.empty((0, 0, 0), dtype=w_hr_np.dtype),
-                    norms.numpy())
+    _launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel, _chunks(B, B * P * G),
+            _np(dy), _np(dh_n), _np(dc_n), _np(gates), _np(cs), _np(c0), _np(w_hh), w_hr_np,
+            _lengths(lengths, T, B), bool(reverse), dxp.numpy(), dh0.numpy(), dc0.numpy(),
+            dhs.numpy() if proj else np.empty((0, 0, 0), dtype=w_hr_np.dtype),
+            norms.numpy())
     return dxp, dh0, dc0, dhs, norms

@@ -14,3 +14,12 @@ FASTMATH = False
 # Serial kernels: one thread runs the time loop; the per-step GEMM is BLAS.
 JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 
+
+# Batch-parallel kernels: each thread runs the whole time loop for its slice of rows.
+JIT_PARALLEL = dict(JIT, parallel=True)
+
+# Split the batch across threads only when a step's product has this many
+# multiply-adds (below it, thread start-up costs more than it saves) ...
+PARALLEL_MIN_MACS = 1 << 15
+# ... and each thread gets at least this many rows.
+PARALLEL_MIN_ROWS = 2

@@ -24,89 +24,103 @@ any active step simply cs at the previous processing step (or c0), in both direc
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from .cells import sigmoid_from_expneg, tanh_from_exp2, vexp
-from .config import JIT
+from .cells import vexp
+from .config import JIT, JIT_PARALLEL
 
 
 @njit(**JIT)
-def lstm_fwd_kernel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
-                    y, h_n, c_n, gates, cs):
-    """Writes y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,G], cs [T,B,H]."""
-    T, B, G = xp.shape
+def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+                   y, h_n, c_n, gates, cs, b0, b1):
+    """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,P],
+    h_n [B,P], c_n [B,H], gates [T,B,G] and cs [T,B,H]."""
+    T, _, G = xp.shape
     H = G // 4
     P = h0.shape[1]
     proj = w_hr_t.shape[0] > 0
-    h = h0.copy()  # [B, P]
-    c = c0.copy()  # [B, H]
-    z = np.empty((B, G), dtype=xp.dtype)  # [B, G] h_{t-1} @ W_hh^T
-    r = np.zeros((B, H), dtype=xp.dtype)  # [B, H] o * tanh(c)
-    hp = np.empty((B, P), dtype=xp.dtype)  # [B, P] r @ W_hr^T
-    # Row scratch, float64: a = exp(-z) for i, f, o and exp(2 z) for g; e = exp(2 c).
+    nb = b1 - b0
+    h = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] running h
+    c = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running c
+    h[:] = h0[b0:b1]
+    c[:] = c0[b0:b1]
+    z = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
+    r = np.zeros((nb, H), dtype=xp.dtype)  # [nb, H] o * tanh(c)
+    hp = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] r @ W_hr^T
+    # Row scratch in float64, each loop below touching few arrays so LLVM vectorizes it:
+    # a = pre-activations -> exp(-z) / exp(2z) -> activated gates; e = exp(2 c).
     a = np.empty(G, dtype=np.float64)
     e = np.empty(H, dtype=np.float64)
-    og = np.empty(H, dtype=np.float64)
     sb = np.empty(G, dtype=np.float64)
     ib = sb.view(np.int64)
-    scale = np.full(G, -1.0)  # [G] the exponent's factor per gate column
-    scale[2 * H:3 * H] = 2.0
     for s in range(T):
         t = T - 1 - s if reverse else s
         np.dot(h, w_hh_t, z)
-        for b in range(B):
+        for rr in range(nb):
+            b = b0 + rr
             if t < lengths[b]:
                 for k in range(G):
-                    a[k] = (np.float64(xp[t, b, k]) + z[b, k]) * scale[k]
+                    a[k] = np.float64(xp[t, b, k]) + z[rr, k]
+                for k in range(2 * H):  # i, f: sigmoid(x) = 1 / (1 + exp(-x))
+                    a[k] = -a[k]
+                for k in range(2 * H, 3 * H):  # g: tanh(x) = 1 - 2 / (exp(2x) + 1)
+                    a[k] = 2.0 * a[k]
+                for k in range(3 * H, G):  # o
+                    a[k] = -a[k]
                 vexp(a, sb, ib)
+                for k in range(2 * H):
+                    a[k] = 1.0 / (1.0 + a[k])
+                for k in range(2 * H, 3 * H):
+                    a[k] = 1.0 - 2.0 / (a[k] + 1.0)
+                for k in range(3 * H, G):
+                    a[k] = 1.0 / (1.0 + a[k])
+                for k in range(G):
+                    gates[t, b, k] = a[k]
                 for j in range(H):
-                    ig = sigmoid_from_expneg(a[j])
-                    fg = sigmoid_from_expneg(a[H + j])
-                    gg = tanh_from_exp2(a[2 * H + j])
-                    og[j] = sigmoid_from_expneg(a[3 * H + j])
-                    c[b, j] = fg * c[b, j] + ig * gg
-                    e[j] = 2.0 * c[b, j]
-                    gates[t, b, j] = ig
-                    gates[t, b, H + j] = fg
-                    gates[t, b, 2 * H + j] = gg
-                    gates[t, b, 3 * H + j] = og[j]
+                    c[rr, j] = a[H + j] * c[rr, j] + a[j] * a[2 * H + j]
+                for j in range(H):
+                    e[j] = 2.0 * c[rr, j]
                 vexp(e, sb, ib)
                 for j in range(H):
-                    r[b, j] = og[j] * tanh_from_exp2(e[j])
+                    r[rr, j] = a[3 * H + j] * (1.0 - 2.0 / (e[j] + 1.0))
             else:
                 for k in range(G):
                     gates[t, b, k] = 0
             for j in range(H):
-                cs[t, b, j] = c[b, j]
+                cs[t, b, j] = c[rr, j]
         if proj:
             np.dot(r, w_hr_t, hp)
-        for b in range(B):
+        for rr in range(nb):
+            b = b0 + rr
             if t < lengths[b]:
-                for p in range(P):
-                    v = hp[b, p] if proj else r[b, p]
-                    h[b, p] = v
-                    y[t, b, p] = v
+                if proj:
+                    h[rr] = hp[rr]
+                else:
+                    h[rr] = r[rr]
+                y[t, b] = h[rr]
             else:
-                for p in range(P):
-                    y[t, b, p] = 0
-    h_n[:] = h
-    c_n[:] = c
+                y[t, b] = 0
+    h_n[b0:b1] = h
+    c_n[b0:b1] = c
 
 
 @njit(**JIT)
-def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
-                    dxp, dh0, dc0, dhs, norms):
-    """Writes dxp [T,B,G], dh0 [B,P], dc0 [B,H], norms [T] (float64) and, when
-    projecting, dhs [T,B,P] = the total gradient reaching h_t (for dW_hr)."""
-    T, B, G = gates.shape
+def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
+                   dxp, dh0, dc0, dhs, sqsum, b0, b1):
+    """BPTT for rows [b0, b1): writes their slices of dxp, dh0, dc0, dhs (when
+    projecting) and sqsum[t] = ||dL/dh_t||^2 over those rows (float64)."""
+    T, _, G = gates.shape
     H = G // 4
     P = dh_n.shape[1]
     proj = w_hr.shape[0] > 0
-    dh = dh_n.copy()  # [B, P]
-    dc = dc_n.copy()  # [B, H]
-    dr = np.empty((B, H), dtype=dy.dtype)  # [B, H] dh @ W_hr (or dh)
-    dz = np.empty((B, G), dtype=dy.dtype)  # [B, G] pre-activation gate gradients
-    back = np.empty((B, P), dtype=dy.dtype)  # [B, P] dz @ W_hh
+    nb = b1 - b0
+    dh = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] total gradient reaching h_t
+    dc = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient carried along c
+    dh[:] = dh_n[b0:b1]
+    dc[:] = dc_n[b0:b1]
+    dr = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dh @ W_hr (or dh)
+    dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] pre-activation gate gradients
+    back = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] dz @ W_hh
     sq = np.empty(P, dtype=np.float64)  # [P] per-unit sums of squares for the norm
     e = np.empty(H, dtype=np.float64)  # [H] exp(2 c_t), for tanh(c_t)
     sb = np.empty(H, dtype=np.float64)
@@ -115,22 +129,26 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1  # the step processed before t
         sq[:] = 0.0
-        for b in range(B):
+        for rr in range(nb):
+            b = b0 + rr
             if t < lengths[b]:
                 for p in range(P):
-                    g = dh[b, p] + dy[t, b, p]
-                    dh[b, p] = g
+                    g = dh[rr, p] + dy[t, b, p]
+                    dh[rr, p] = g
                     sq[p] += np.float64(g) * g
-                    if proj:
-                        dhs[t, b, p] = g
+                if proj:
+                    dhs[t, b] = dh[rr]
             elif proj:
-                for p in range(P):
-                    dhs[t, b, p] = 0
-        norms[t] = math.sqrt(sq.sum())
+                dhs[t, b] = 0
+        sqsum[t] = sq.sum()
         if proj:
             np.dot(dh, w_hr, dr)
-        for b in range(B):
+        else:
+            dr[:] = dh
+        for rr in range(nb):
+            b = b0 + rr
             if t < lengths[b]:
+                c_prev = cs[tp, b] if 0 <= tp < T else c0[b]
                 for j in range(H):
                     e[j] = 2.0 * cs[t, b, j]
                 vexp(e, sb, ib)
@@ -139,24 +157,65 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                     fg = gates[t, b, H + j]
                     gg = gates[t, b, 2 * H + j]
                     og = gates[t, b, 3 * H + j]
-                    cp = cs[tp, b, j] if 0 <= tp < T else c0[b, j]
-                    tc = tanh_from_exp2(e[j])
-                    d_r = dr[b, j] if proj else dh[b, j]
-                    dcc = dc[b, j] + d_r * og * (1.0 - tc * tc)
-                    dc[b, j] = dcc * fg
-                    dz[b, j] = dcc * gg * ig * (1.0 - ig)
-                    dz[b, H + j] = dcc * cp * fg * (1.0 - fg)
-                    dz[b, 2 * H + j] = dcc * ig * (1.0 - gg * gg)
-                    dz[b, 3 * H + j] = d_r * tc * og * (1.0 - og)
+                    tc = 1.0 - 2.0 / (e[j] + 1.0)
+                    d_r = dr[rr, j]
+                    dcc = dc[rr, j] + d_r * og * (1.0 - tc * tc)
+                    dc[rr, j] = dcc * fg
+                    dz[rr, j] = dcc * gg * ig * (1.0 - ig)
+                    dz[rr, H + j] = dcc * c_prev[j] * fg * (1.0 - fg)
+                    dz[rr, 2 * H + j] = dcc * ig * (1.0 - gg * gg)
+                    dz[rr, 3 * H + j] = d_r * tc * og * (1.0 - og)
             else:
-                for k in range(G):
-                    dz[b, k] = 0
-            for k in range(G):
-                dxp[t, b, k] = dz[b, k]
+                dz[rr] = 0
+            dxp[t, b] = dz[rr]
         np.dot(dz, w_hh, back)
-        for b in range(B):
-            if t < lengths[b]:
-                for p in range(P):
-                    dh[b, p] = back[b, p]
-    dh0[:] = dh
-    dc0[:] = dc
+        for rr in range(nb):
+            if t < lengths[b0 + rr]:
+                dh[rr] = back[rr]
+    dh0[b0:b1] = dh
+    dc0[b0:b1] = dc
+
+
+@njit(**JIT)
+def lstm_fwd_kernel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+                    y, h_n, c_n, gates, cs):
+    """Writes y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,G], cs [T,B,H]."""
+    _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse, y, h_n, c_n, gates, cs,
+                   0, xp.shape[1])
+
+
+@njit(**JIT_PARALLEL)
+def lstm_fwd_kernel_parallel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+                             y, h_n, c_n, gates, cs, nchunks):
+    """Batch-parallel forward: each chunk of rows runs the whole time loop."""
+    B = xp.shape[1]
+    for c in prange(nchunks):
+        _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse, y, h_n, c_n, gates,
+                       cs, c * B // nchunks, (c + 1) * B // nchunks)
+
+
+@njit(**JIT)
+def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
+                    dxp, dh0, dc0, dhs, norms):
+    """Writes dxp [T,B,G], dh0 [B,P], dc0 [B,H], norms [T] (float64) and, when
+    projecting, dhs [T,B,P] = the total gradient reaching h_t (for dW_hr)."""
+    _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
+                   dxp, dh0, dc0, dhs, norms, 0, dy.shape[1])
+    for t in range(norms.shape[0]):
+        norms[t] = math.sqrt(norms[t])
+
+
+@njit(**JIT_PARALLEL)
+def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
+                             dxp, dh0, dc0, dhs, norms, nchunks):
+    """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards."""
+    T, B, _ = dy.shape
+    sq = np.zeros((nchunks, T), dtype=np.float64)
+    for c in prange(nchunks):
+        _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
+                       dxp, dh0, dc0, dhs, sq[c], c * B // nchunks, (c + 1) * B // nchunks)
+    for t in range(T):
+        acc = 0.0
+        for c in range(nchunks):
+            acc += sq[c, t]
+        norms[t] = math.sqrt(acc)

@@ -11,20 +11,21 @@ Sequence b is active at time t iff t < lengths[b]; an inactive row keeps its sta
 writes y = 0 and passes its gradient through unchanged (PackedSequence semantics, in
 both time directions).
 
-The per-step product is one BLAS GEMM (``np.dot`` into a preallocated buffer), which
-threads itself at large sizes. A batch-parallel variant (``prange`` over row slices,
-each thread running the whole time loop) was measured and dropped: OpenBLAS called
-from inside numba's OpenMP threads oversubscribes the cores (2x slower at B=32, H=256).
+Rows of the batch never interact, so the parallel drivers give each thread its own
+slice of rows for the whole time loop: no barrier per step, no shared writes. The
+per-step product is one BLAS GEMM (``np.dot`` into a preallocated buffer); the launcher
+holds BLAS to one thread while the parallel drivers run (BLAS threads inside numba's
+threads oversubscribe the cores: 2x slower at B=32, H=256).
 """
 
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .. import TANH
 from .cells import activate, activate_grad, tanh_from_exp2, vexp
-from .config import JIT
+from .config import JIT, JIT_PARALLEL
 
 
 @njit(**JIT)
@@ -68,9 +69,9 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
 
 @njit(**JIT)
 def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
-                  dxp, dh0, norms, b0, b1):
-    """BPTT for rows [b0, b1): writes dxp[:, b0:b1], dh0[b0:b1] and norms[t] =
-    ||dL/dh_t|| over those rows (float64; the total gradient reaching h_t)."""
+                  dxp, dh0, sqsum, b0, b1):
+    """BPTT for rows [b0, b1): writes dxp[:, b0:b1], dh0[b0:b1] and sqsum[t] =
+    ||dL/dh_t||^2 over those rows (float64; the total gradient reaching h_t)."""
     T, _, H = dy.shape
     nb = b1 - b0
     dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient reaching h_t
@@ -97,7 +98,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
                 for j in range(H):
                     dz[r, j] = 0
                     dxp[t, b, j] = 0
-        norms[t] = math.sqrt(sq.sum())
+        sqsum[t] = sq.sum()
         np.dot(dz, w_hh, back)
         for r in range(nb):
             if t < lengths[b0 + r]:
@@ -119,3 +120,33 @@ def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
                    dxp, dh0, norms):
     _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
                   dxp, dh0, norms, 0, dy.shape[1])
+    for t in range(norms.shape[0]):
+        norms[t] = math.sqrt(norms[t])
+
+
+@njit(**JIT_PARALLEL)
+def rnn_fwd_kernel_parallel(xp, w_hh_t, h0, lengths, reverse, activation, slope,
+                            y, h_n, nchunks):
+    """Batch-parallel forward: chunk c of the rows runs the whole time loop on its own
+    thread (rows never interact; single-threaded BLAS inside, set by the launcher)."""
+    B = xp.shape[1]
+    for c in prange(nchunks):
+        _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n,
+                      c * B // nchunks, (c + 1) * B // nchunks)
+
+
+@njit(**JIT_PARALLEL)
+def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+                            dxp, dh0, norms, nchunks):
+    """Batch-parallel BPTT; each chunk's squared norms land in its own row of a
+    [nchunks, T] buffer, summed afterwards in chunk order (deterministic)."""
+    T, B, _ = dy.shape
+    sq = np.zeros((nchunks, T), dtype=np.float64)
+    for c in prange(nchunks):
+        _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+                      dxp, dh0, sq[c], c * B // nchunks, (c + 1) * B // nchunks)
+    for t in range(T):
+        acc = 0.0
+        for c in range(nchunks):
+            acc += sq[c, t]
+        norms[t] = math.sqrt(acc)
