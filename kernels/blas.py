@@ -18,3 +18,27 @@ def match_blas_threads():
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=n, user_api="blas")
         _threads[0] = n
+
+
+_controller = [None]
+
+
+class single_threaded:
+    """Context manager: OpenBLAS pools at 1 thread (for BLAS calls made from inside
+    numba's parallel threads), restored on exit. Cheap: direct openblas_set_num_threads."""
+
+    def __enter__(self):
+        if _controller[0] is None:
+            import scipy.linalg.cython_blas  # noqa: F401
+            from threadpoolctl import ThreadpoolController
+            _controller[0] = [c for c in ThreadpoolController().lib_controllers
+                              if c.internal_api == "openblas"]
+        self._saved = [(c, c.get_num_threads()) for c in _controller[0]]
+        for c, _ in self._saved:
+            c.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        for c, n in self._saved:
+            c.set_num_threads(n)
+        return False
