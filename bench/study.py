@@ -196,7 +196,11 @@ def main(argv=None):
                     "its time budget so the whole study stays under 10 minutes)")
     ap.add_argument("--preset", choices=sorted(CONFIGS), default=None,
                     help=argparse.SUPPRESS)  # 'smoke': a seconds-long run for the tests
+    ap.add_argument("--report-only", metavar="DIR", default=None,
+                    help="rewrite DIR's report.md and plots from its results.json, no training")
     args = ap.parse_args(argv)
+    if args.report_only:
+        return rerender(args.report_only)
 
     mode = args.preset or ("quick" if args.quick else "full")
     cfg = dict(CONFIGS[mode])
@@ -244,6 +248,21 @@ def main(argv=None):
     study_report.write_report(out, meta, cfg, profiles, runs, summary)
     print(f"wrote {os.path.join(out, 'report.md')} in {meta['seconds_total']:.0f} s",
           file=sys.stderr)
+    return 0
+
+
+def rerender(out):
+    """Rebuild report.md, the plots and results.json's summary from results.json."""
+    import json
+    with open(os.path.join(out, "results.json")) as f:
+        data = json.load(f)
+    meta, cfg = data["meta"], dict(data["meta"]["config"])
+    for key in ("adding_steps", "copy_steps"):
+        cfg[key] = {int(k): v for k, v in cfg[key].items()}
+    summary = study_report.summarize(data["runs"], data["init_profiles"], cfg)
+    summary["crosscheck"] = data["summary"].get("crosscheck")
+    study_report.write_report(out, meta, cfg, data["init_profiles"], data["runs"], summary)
+    print(f"rewrote {os.path.join(out, 'report.md')}", file=sys.stderr)
     return 0
 
 

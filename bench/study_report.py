@@ -29,6 +29,12 @@ def _range(xs):
 
 
 def _ok(r):
+    """A run that ran to its step count (or diverged): the ones the statistics use.
+    Truncated runs (time budget) are counted separately and kept in the JSON/plots."""
+    return "error" not in r and "skipped" not in r and r.get("truncated_at") is None
+
+
+def _ran(r):
     return "error" not in r and "skipped" not in r
 
 
@@ -51,21 +57,24 @@ def summarize(runs, profiles, cfg):
                 for clip in (True, False):
                     rs = [r for r in ok if (r["task"], r["T"], r["cell"], r["clip"]) ==
                           (task, T, cell, clip)]
-                    if not rs:
+                    same = [r for r in runs if (r["task"], r["T"], r["cell"], r["clip"]) ==
+                            (task, T, cell, clip)]
+                    skipped = sum(1 for r in same if "skipped" in r)
+                    truncated = sum(1 for r in same if _ran(r) and r.get("truncated_at") is not None)
+                    if not same:
                         continue
-                    skipped = sum(1 for r in runs if "skipped" in r and (
-                        r["task"], r["T"], r["cell"], r["clip"]) == (task, T, cell, clip))
-                    base = rs[0]["baseline"]
+                    ref = next((r for r in same if _ran(r)), None)
+                    base = TASKS[task]["baseline"](T)
                     finals = [r["final_loss"] for r in rs]
                     end = [r["profiles"][-1]["ratio"] for r in rs if r.get("profiles")]
                     rows.append({
                         "cell": cell, "T": T, "clip": clip, "n": len(rs), "baseline": base,
-                        "lr": rs[0]["lr"], "steps": rs[0]["steps"],
+                        "lr": ref["lr"] if ref else None, "steps": ref["steps"] if ref else None,
                         "solved": sum(r["solved"] for r in rs),
                         "ever_solved": sum(r["ever_solved_step"] is not None for r in rs),
                         "steps_to_solve_median": _median([r["ever_solved_step"] for r in rs]),
                         "diverged": sum(r["diverged_at"] is not None for r in rs),
-                        "truncated": sum(r.get("truncated_at") is not None for r in rs),
+                        "truncated": truncated,
                         "skipped": skipped,
                         "cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in rs),
                         "final_median": _median(finals), "final_range": _range(finals),
@@ -100,7 +109,7 @@ def summarize(runs, profiles, cfg):
     skipped = sum(1 for r in runs if "skipped" in r)
     return {"init": init, "tables": tables, "checkpoints": ckpt, "errors": errors,
             "skipped_runs": skipped,
-            "cpu_seconds_training": sum(r.get("cpu_seconds", 0.0) for r in ok)}
+            "cpu_seconds_training": sum(r.get("cpu_seconds", 0.0) for r in runs if _ran(r))}
 
 
 # ---------------------------------------------------------------- formatting
@@ -192,7 +201,7 @@ def make_plots(out, cfg, profiles, runs, summary):
                 ax = axes[i][j]
                 base = TASKS[task]["baseline"](T)
                 for r in runs:
-                    if not _ok(r) or (r["task"], r["T"], r["cell"]) != (task, T, cell):
+                    if not _ran(r) or (r["task"], r["T"], r["cell"]) != (task, T, cell):
                         continue
                     xs = [s for s, v in r["curve"] if math.isfinite(v)]
                     ys = [v for s, v in r["curve"] if math.isfinite(v)]
@@ -250,13 +259,13 @@ def expectations(cfg, summary):
             add(f"LSTM adding T={T} ({'clipped' if clip else 'unclipped'}): test MSE < baseline/10 "
                 f"in most seeds", f"{r['below_tenth_baseline']}/{r['n']} seeds; median final MSE "
                 f"{_e(r['final_median'])} (baseline {_e(r['baseline'])})",
-                r["below_tenth_baseline"] > r["n"] / 2)
+                r["below_tenth_baseline"] > r["n"] / 2 if r["n"] else None)
         r = _find(rows, "tanh", T, clip)
         if r:
             fb = r["final_over_baseline_median"]
             add(f"tanh-RNN adding T={T} ({'clipped' if clip else 'unclipped'}): stays near the "
                 f"baseline (0.5 to 1.5 x)", f"median final MSE / baseline = {_e(fb)}",
-                None if fb is None else 0.5 <= fb <= 1.5)
+                None if fb is None or not r["n"] else 0.5 <= fb <= 1.5)
     return out
 
 
@@ -391,6 +400,7 @@ def _literature_comparison(cfg, summary, meta):
 
 
 def write_report(out, meta, cfg, profiles, runs, summary):
+    os.makedirs(out, exist_ok=True)
     expect = expectations(cfg, summary)
     summary["expectations"] = expect
     t0 = __import__("time").time()
@@ -448,8 +458,9 @@ def write_report(out, meta, cfg, profiles, runs, summary):
     trunc = sum(1 for r in runs if r.get("truncated_at") is not None)
     if trunc:
         L.append(f"* **{trunc} run(s) hit the time budget** ({cfg.get('time_budget_s')} s) "
-                 "and stopped early (see `truncated` below); rerun with `--no-time-budget` "
-                 "for the fixed step counts.")
+                 "and stopped early (see `truncated` below; they are left out of the "
+                 "statistics, kept in the plots and the JSON); rerun with "
+                 "`--no-time-budget` for the fixed step counts.")
     if summary["errors"]:
         L.append(f"* **{len(summary['errors'])} run(s) failed with an error**: "
                  + "; ".join(f"{e['cell']} {e['task']} T={e['T']}: {e['error']}"
@@ -504,7 +515,7 @@ def write_report(out, meta, cfg, profiles, runs, summary):
                  + ".\n")
         rows = []
         for r in rows_t:
-            rows.append([r["cell"], r["T"], "yes" if r["clip"] else "no", f"{r['lr']:g}",
+            rows.append([r["cell"], r["T"], "yes" if r["clip"] else "no", _e(r["lr"]),
                          r["steps"], f"{r['solved']}/{r['n']}",
                          _e(r["steps_to_solve_median"]),
                          f"{_e(r['final_median'], 3)} [{_e(r['final_range'][0])}, "

@@ -144,5 +144,21 @@ def test_study_pipeline_smoke(tmp_path):
     assert len(data["runs"]) == 2 * 5 * 2 * 2  # tasks x cells x clip x seeds
     report = (out / "report.md").read_text()
     for heading in ("Gradient norm vs lag at initialization", "adding: solved rate",
-                    "copy: solved rate", "What the numbers say", "The literature"):
+                    "copy: solved rate", "What the numbers say", "The literature",
+                    "rnnfast vs torch.nn while training"):
         assert heading in report, heading
+    # the report can be rebuilt from the JSON alone
+    (out / "report.md").unlink()
+    assert study.main(["--report-only", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_time_budget_skips_and_truncates():
+    """A spent time budget: the run is recorded as skipped, not as a 0-step result."""
+    import time
+    r = st.train_run("adding", "relu", 10, True, 0, 5, 4, 8, 1e-3, 5, 16,
+                     deadline=time.time() - 1)
+    assert "skipped" in r
+    rows = __import__("bench.study_report", fromlist=["x"]).summarize(
+        [r], {c: [] for c in st.CELLS}, dict(adding_T=(10,), copy_T=()))
+    assert rows["skipped_runs"] == 1
