@@ -258,3 +258,35 @@ def test_float32_module_returns_float64():
     norms = hidden_grad_norms(m, x, torch.randn(T, B, H))
     assert norms.dtype == torch.float64 and norms.shape == (1, T)
     assert torch.isfinite(norms).all() and (norms > 0).all()
+
+
+# ---------------------------------------------------------------- Triton (interpreter)
+
+def _interpreting():
+    from rnnfast.dispatch import triton_interpreting
+    return triton_interpreting()
+
+
+@pytest.mark.skipif(not _interpreting(),
+                    reason="Triton kernels on CPU tensors need TRITON_INTERPRET=1 "
+                           "(tests/run.sh's interpreter process)")
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("packed", (False, True))
+def test_triton_backend(cell, packed):
+    """The Triton kernels' norms, run by the interpreter: 2 layers, bidirectional."""
+    m = make_module(cell, 2, True, False, "triton", seed=7)
+    g = torch.Generator().manual_seed(8)
+    S = P if cell == "lstm_proj" else H
+    x = torch.randn(T, B, I, dtype=DT, generator=g)
+    gy = torch.randn(T, B, 2 * S, dtype=DT, generator=g)
+    lengths = torch.tensor([5, T, 2]) if packed else None
+    if packed:
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        norms = hidden_grad_norms(m, inp, pack_padded_sequence(gy, lengths,
+                                                               enforce_sorted=False).data)
+        gy = gy * (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(2)
+    else:
+        norms = hidden_grad_norms(m, x, gy)
+    y, _, hs = oracle(m, cell, x, lengths)
+    torch.autograd.backward(y, gy)
+    rel_check(f"triton {cell} packed={packed}", norms, oracle_norms(hs))
