@@ -250,7 +250,7 @@ def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sam
     for n in names:
         s = sorted(samples[n])
         q1, q3 = s[len(s) // 4], s[(3 * len(s)) // 4]
-        out[n] = {"median_s": median(s), "reps": len(s), "iqr_s": q3 - q1,
+        out[n] = {"median_s": median(s), "min_s": s[0], "reps": len(s), "iqr_s": q3 - q1,
                   "inner": inner[n]}
     return out
 

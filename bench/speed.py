@@ -83,7 +83,7 @@ class CompileCache:
         self.spent_s = 0.0
         self.fns = {}
         self.per_step = {}  # (cell, mode) -> worst compile seconds per time step seen
-        self.compiled_T = set()  # (cell, dtype, mode, T) already compiled at some shape
+        self.compiled = set()  # points already compiled (static shapes: one graph each)
         self.log = []
 
     def get(self, cell, dtype):
@@ -101,7 +101,7 @@ class CompileCache:
     def skip_reason(self, p):
         if not self.enabled:
             return "disabled (--no-compile)"
-        if (p.cell, p.dtype, p.mode, p.T) in self.compiled_T:
+        if p in self.compiled:
             return None
         if self.spent_s >= self.budget_s:
             return (f"run's compile budget spent ({self.spent_s:.0f} s >= "
@@ -113,7 +113,7 @@ class CompileCache:
 
     def record(self, p, seconds):
         self.spent_s += seconds
-        self.compiled_T.add((p.cell, p.dtype, p.mode, p.T))
+        self.compiled.add(p)
         key = (p.cell, p.mode)
         self.per_step[key] = max(self.per_step.get(key, 0.0), seconds / p.T)
         self.log.append({"point": p.label(), "compile_s": seconds})
