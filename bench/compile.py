@@ -97,7 +97,7 @@ def compile_one(cfg, arch):
     try:
         k = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", arch, 32),
-                           options=dict(num_warps=cfg.num_warps, num_stages=1))
+                           options=cfg.launch_options())
         use = resource_usage(k.asm["cubin"])
         use["shared"] += int(k.metadata.shared)
         row.update(use, ok=True)

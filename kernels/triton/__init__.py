@@ -82,13 +82,13 @@ def _run(kernel, name, cfg, grid, T, args, two_phase, persistent, device):
     ``args(s_begin, s_end, phases, sync)`` -> the launch's argument list."""
     launches = 0
     if persistent:
-        kernel[grid](*args(0, T, 3, 1), **cfg.constexprs(), num_warps=cfg.num_warps)
+        kernel[grid](*args(0, T, 3, 1), **cfg.constexprs(), **cfg.launch_options())
         launches = 1
     else:
         for s in range(T):
             for phases in ((1, 2) if two_phase else (3,)):
                 kernel[grid](*args(s, s + 1, phases, 0), **cfg.constexprs(),
-                             num_warps=cfg.num_warps)
+                             **cfg.launch_options())
                 launches += 1
     last_launch.clear()
     last_launch.update(kernel=name, config=cfg, grid=grid, persistent=persistent,

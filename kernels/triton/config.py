@@ -77,6 +77,13 @@ class Config:
     PRECISION: str  # tl.dot input precision: "ieee" or "tf32"
     num_warps: int
     NK: int = 1  # reduction chunks of a resident product (one batch of a batched dot)
+    # Register ceiling handed to ptxas (.maxnreg): without it ptxas stops at 128 and
+    # spills; one program per SM can afford 255 (255 x 256 threads < 64K registers).
+    maxnreg: int = 255
+
+    def launch_options(self):
+        """Compile options of every launch (and of the compile check: the same binary)."""
+        return dict(num_warps=self.num_warps, num_stages=1, maxnreg=self.maxnreg)
 
     def constexprs(self):
         names = ["HP", "BH", "BB", "PRECISION", "RESIDENT", "NK"]
@@ -141,6 +148,10 @@ def pick(kernel, H, P, dtype, tf32=None):
     smem = elems * dtype.itemsize + sum(BLOCK_B * k * state_bytes for k in widths)
     warps = 4
     per_warp = BYTES_PER_THREAD * 32
+    if kernel == "lstm_fwd" and dtype.itemsize >= 4:
+        # The gate split and cell update keep more values live than the other kernels:
+        # at 64 float32 weights per thread ptxas spills.
+        per_warp //= 2
     while elems * dtype.itemsize > per_warp * warps and warps < MAX_WARPS:
         warps *= 2
     resident = smem <= SMEM_BUDGET and elems * dtype.itemsize <= per_warp * warps
