@@ -242,6 +242,7 @@ def main(argv=None):
         "platform": platform.platform(), "command": " ".join(["python -m bench.study"] +
                                                              (argv if argv is not None else sys.argv[1:])),
         "seconds_profiles": t_profiles, "seconds_training": t_train,
+        "git_commit": _git_commit(),
     }
     summary = study_report.summarize(runs, profiles, cfg)
     meta["seconds_total"] = time.time() - t_start
@@ -250,6 +251,21 @@ def main(argv=None):
     print(f"wrote {os.path.join(out, 'report.md')} in {meta['seconds_total']:.0f} s",
           file=sys.stderr)
     return 0
+
+
+def _git_commit():
+    """The code version the numbers came from (float32 rounding, and so every training
+    trajectory, depends on it), with '+dirty' for uncommitted changes; None outside git."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout
+        return (sha + ("+dirty" if dirty.strip() else "")) or None
+    except Exception:
+        return None
 
 
 def rerender(out):

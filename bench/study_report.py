@@ -467,7 +467,9 @@ def write_report(out, meta, cfg, profiles, runs, summary):
     L.append(f"* Command: `{meta['command']}`; device {meta['device']}, {meta['workers']} "
              f"worker process(es) x {meta['threads_per_worker']} thread(s); torch "
              f"{meta['torch']}; total wall time {meta['seconds_total']:.0f} s (training "
-             f"{meta['seconds_training']:.0f} s).")
+             f"{meta['seconds_training']:.0f} s); code version {meta.get('git_commit')}. "
+             "Runs are reproducible from their seeds for a fixed code version and thread "
+             "count (kernel changes alter float32 rounding, and training amplifies it).")
     L.append(f"* Model: one rnnfast recurrent layer (backend='auto') with H = {cfg['hidden']} "
              "and a linear readout (of h_T for adding, of every h_t for copy).")
     L.append("* Cells: " + "; ".join(f"`{c}` = {CELL_LABELS[c]}" for c in CELLS)
