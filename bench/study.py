@@ -219,6 +219,9 @@ def main(argv=None):
     deadline = t_start + budget if budget else None
     print(f"rnnfast study ({mode}): device {device}, {workers} worker(s), "
           f"output {os.path.abspath(out)}", file=sys.stderr)
+    if mode == "full" and device == "cpu":
+        print("note: the full study is sized for a GPU (T up to 1000, 5 seeds, 10^4 steps "
+              "per run); on a CPU it takes days. --quick is the CPU version.", file=sys.stderr)
 
     torch.set_num_threads(threads)
     t0 = time.time()
