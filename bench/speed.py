@@ -106,8 +106,12 @@ class CompileCache:
         if self.spent_s >= self.budget_s:
             return (f"run's compile budget spent ({self.spent_s:.0f} s >= "
                     f"{self.budget_s:.0f} s; raise it with --compile-budget)")
+        # Extrapolate only to a longer T than seen (the first compile of a run also pays
+        # the compiler's one-time start-up, so same-T shapes are still tried).
         per = self.per_step.get((p.cell, p.mode))
-        if per is not None and per * p.T > self.cap_s:
+        longest = max((q.T for q in self.compiled if (q.cell, q.mode) == (p.cell, p.mode)),
+                      default=0)
+        if per is not None and p.T > longest and per * p.T > self.cap_s:
             return f"predicted compile {per * p.T:.0f} s > cap {self.cap_s:.0f} s"
         return None
 
