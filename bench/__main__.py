@@ -138,7 +138,7 @@ def md_speed(results, backends, mode, peak):
     title = "forward+backward" if mode == "fwdbwd" else "forward (no_grad)"
     lines = [f"### Speed, {title}: median ms, and peer time / rnnfast time (> 1: rnnfast faster)",
              "",
-             "| cell | T | B | H | dtype | rnnfast | ms | torch.nn ms | vs torch.nn | "
+             "| cell | T | B | H | dtype | backend | rnnfast ms | torch.nn ms | vs torch.nn | "
              "compile ms | vs compile | JAX ms | vs JAX | GFLOP/s | % GEMM peak |",
              "|---|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
