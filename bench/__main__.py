@@ -66,7 +66,7 @@ def parse_args(argv=None):
                    help="skip torch.compile at a point whose compile exceeds this (s)")
     p.add_argument("--compile-budget", type=float, default=None,
                    help="total torch.compile seconds for the run, after which the column "
-                        "is skipped (default 30 with --quick, 300 otherwise)")
+                        "is skipped (default 10 with --quick, 240 otherwise)")
     p.add_argument("--no-jax", action="store_true", help="skip the JAX column")
     p.add_argument("--max-reps", type=int, default=None, help="timing rounds per point (max)")
     p.add_argument("--budget", type=float, default=None,
@@ -314,7 +314,7 @@ def main(argv=None):
     report["gemm"] = common.measure_gemm_rate(device)
     bar.update()
 
-    budget = a.compile_budget if a.compile_budget is not None else (20.0 if a.quick else 240.0)
+    budget = a.compile_budget if a.compile_budget is not None else (10.0 if a.quick else 240.0)
     cache = speed.CompileCache(cap_s=a.compile_cap, enabled=not a.no_compile, budget_s=budget)
     walls = report["section_wall_s"] = {}
     t0 = time.perf_counter()
