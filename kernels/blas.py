@@ -1,31 +1,20 @@
-"""BLAS thread setup for the CPU backend.
+"""BLAS threading for the CPU backend: OpenBLAS runs single-threaded inside rnnfast.
 
-The numba kernels' per-step product and the CPU weight-gradient GEMMs run on scipy's
-OpenBLAS (``np.dot`` inside numba), whose thread pool is separate from torch's.
+The numba kernels' per-step product and the small CPU GEMMs run on scipy's OpenBLAS
+(``np.dot`` inside numba). Its thread pool is a third one beside torch's OpenMP pool
+(oneDNN GEMMs) and numba's; three pools of spinning threads on 2 cores measured up to
+100x slowdowns under load (a [1600,64]x[64,64] GEMM: 12 ms with 2 OpenBLAS threads vs
+0.11 ms with 1). So OpenBLAS is held to one thread for the duration of each rnnfast call
+and parallelism comes from numba (batch rows, :mod:`rnnfast.kernels.numba`) and torch
+(large GEMMs), whose OpenMP runtimes are the same libgomp loaded by torch.
 """
-
-import torch
-
-_threads = [None]
-
-
-def match_blas_threads():
-    """Give scipy's OpenBLAS torch's thread count, so torch.set_num_threads governs
-    rnnfast too (and DDP workers with 1 thread each do not oversubscribe)."""
-    n = torch.get_num_threads()
-    if n != _threads[0]:
-        import scipy.linalg.cython_blas  # noqa: F401  (loaded, so its pool is limited)
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=n, user_api="blas")
-        _threads[0] = n
-
 
 _controller = [None]
 
 
 class single_threaded:
-    """Context manager: OpenBLAS pools at 1 thread (for BLAS calls made from inside
-    numba's parallel threads), restored on exit. Cheap: direct openblas_set_num_threads."""
+    """Context manager: every loaded OpenBLAS pool at 1 thread, restored on exit (so the
+    user's own numpy/scipy calls keep their setting). Cheap: openblas_set_num_threads."""
 
     def __enter__(self):
         if _controller[0] is None:

@@ -72,8 +72,8 @@ def _mm(a, b):
         return _LINEAR(a, b.t(), None, "none", [], "")
     if _cpu_blas(a):
         from .kernels.numba import gemm
-        blas.match_blas_threads()
-        return torch.from_numpy(gemm.matmul(_arr(a), _arr(b)))
+        with blas.single_threaded():
+            return torch.from_numpy(gemm.matmul(_arr(a), _arr(b)))
     return a @ b
 
 
@@ -107,8 +107,8 @@ def _mm_rows(a, b):
         return total.to(a.dtype)
     if _cpu_blas(a):
         from .kernels.numba import gemm
-        blas.match_blas_threads()
-        return torch.from_numpy(gemm.matmul_tn(_arr(a), _arr(b)))
+        with blas.single_threaded():
+            return torch.from_numpy(gemm.matmul_tn(_arr(a), _arr(b)))
     return a.t() @ b
 
 

@@ -36,9 +36,9 @@ def _chunks(B, macs_per_step):
 
 
 def _launch(serial, parallel, nchunks, *args):
-    if nchunks == 1:
-        return serial(*args)
     with blas.single_threaded():
+        if nchunks == 1:
+            return serial(*args)
         numba.set_num_threads(nchunks)
         return parallel(*args, nchunks)
 
