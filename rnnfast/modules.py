@@ -10,6 +10,8 @@ From the module to a kernel: ``RNN.forward`` -> ``ops.rnn_layer`` ->
 ``kernels.<backend>.rnn_fwd`` (likewise ``lstm_*``).
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,8 +119,20 @@ class _FusedRNNBase(nn.RNNBase):
         if x.shape[0] == 0:
             _fail("input must have at least one time step, got sequence length 0")
 
+    def _auto_triton_or_reference(self):
+        from .kernels.triton.config import MAX_WIDTH
+        widest = max(self.hidden_size, self.proj_size)
+        if widest <= MAX_WIDTH:
+            return "triton"
+        warnings.warn(f"rnnfast: the Triton kernels run widths up to {MAX_WIDTH}, this "
+                      f"module has {widest}; backend='auto' falls back to the torch "
+                      f"reference loop", stacklevel=4)
+        return "torch"
+
     def _resolve_backend(self, x):
         backend = resolve(self.backend, x.device)
+        if backend == "triton" and self.backend == "auto":
+            backend = self._auto_triton_or_reference()
         dtypes = supported_dtypes(backend, x.device)
         if dtypes is not None and x.dtype not in dtypes:
             _fail(f"backend '{backend}' on {x.device.type} supports dtypes "
