@@ -106,8 +106,14 @@ def _mm_rows(a, b):
             total = block.double() if total is None else total.add_(block)
         return total.to(a.dtype)
     if _cpu_blas(a):
+        import numba
         from .kernels.numba import gemm
+        nparts = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS,
+                     N // gemm.CHUNK_ROWS)
         with blas.single_threaded():
+            if nparts > 1:
+                numba.set_num_threads(nparts)
+                return torch.from_numpy(gemm.matmul_tn_parallel(_arr(a), _arr(b), nparts))
             return torch.from_numpy(gemm.matmul_tn(_arr(a), _arr(b)))
     return a.t() @ b
 

@@ -2,9 +2,9 @@
 BLAS as the kernels' per-step product (scipy's OpenBLAS through numba's ``np.dot``)."""
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from .config import JIT
+from .config import JIT, JIT_PARALLEL
 
 CHUNK_ROWS = 1024
 
@@ -36,6 +36,32 @@ def matmul_tn(a, b):
         e = min(s + CHUNK_ROWS, N)
         np.dot(a[s:e].T, b[s:e], out)
         acc += out
+    for g in range(G):
+        for k in range(K):
+            out[g, k] = acc[g, k]
+    return out
+
+
+@njit(**JIT_PARALLEL)
+def matmul_tn_parallel(a, b, nparts):
+    """matmul_tn with the N rows split into ``nparts`` contiguous ranges, one thread
+    each (single-threaded BLAS inside), each range summed in CHUNK_ROWS chunks into its
+    own float64 partial; the partials are added in range order (deterministic)."""
+    N, G = a.shape
+    K = b.shape[1]
+    parts = np.zeros((nparts, G, K), dtype=np.float64)
+    for p in prange(nparts):
+        s0 = p * N // nparts
+        s1 = (p + 1) * N // nparts
+        tmp = np.empty((G, K), dtype=a.dtype)
+        for s in range(s0, s1, CHUNK_ROWS):
+            e = min(s + CHUNK_ROWS, s1)
+            np.dot(a[s:e].T, b[s:e], tmp)
+            parts[p] += tmp
+    out = np.empty((G, K), dtype=a.dtype)
+    acc = parts[0]
+    for p in range(1, nparts):
+        acc += parts[p]
     for g in range(G):
         for k in range(K):
             out[g, k] = acc[g, k]
