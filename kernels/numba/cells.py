@@ -81,9 +81,3 @@ def vexp(u, sb, ib):
 def tanh_from_exp2(e):
     """tanh(x) given e = exp(2x): 1 - 2 / (e + 1) (absolute error ~1e-16)."""
     return 1.0 - 2.0 / (e + 1.0)
-
-
-@njit(**_INLINE)
-def sigmoid_from_expneg(e):
-    """sigmoid(x) given e = exp(-x)."""
-    return 1.0 / (1.0 + e)
