@@ -139,7 +139,7 @@ class _FusedRNNBase(nn.RNNBase):
                   f"{[str(d) for d in dtypes]}, got {x.dtype}")
         return backend
 
-    def _initial_state(self, name, hx, x, size, is_batched, permutation):
+    def _initial_state(self, name, hx, x, size, is_batched):
         n = self.num_layers * (2 if self.bidirectional else 1)
         B = x.shape[1]
         if hx is None:
@@ -255,7 +255,7 @@ class RNN(_FusedRNNBase):
         x, lengths, packed, is_batched = self._prepare_input(input)
         self._check_input(x)
         backend = self._resolve_backend(x)
-        h0 = self._initial_state("hx", hx, x, self.hidden_size, is_batched, None)
+        h0 = self._initial_state("hx", hx, x, self.hidden_size, is_batched)
         y, h_n, _ = self._run_layers(x, h0, None, lengths, backend)
         return self._finish_output(y, packed, is_batched), (h_n if is_batched else h_n.squeeze(1))
 
@@ -296,8 +296,8 @@ class LSTM(_FusedRNNBase):
                   + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
         else:
             h0, c0 = hx
-        h0 = self._initial_state("hx[0]", h0, x, self._state_size(), is_batched, None)
-        c0 = self._initial_state("hx[1]", c0, x, self.hidden_size, is_batched, None)
+        h0 = self._initial_state("hx[0]", h0, x, self._state_size(), is_batched)
+        c0 = self._initial_state("hx[1]", c0, x, self.hidden_size, is_batched)
         y, h_n, c_n = self._run_layers(x, h0, c0, lengths, backend)
         if not is_batched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
