@@ -30,10 +30,8 @@ import torch
 from torch import Tensor
 
 from .dispatch import kernels
-from .kernels import blas
 
 _EMPTY = (0,)
-
 
 
 def _onednn_linear():
@@ -71,9 +69,8 @@ def _mm(a, b):
             and a.shape[0] * a.shape[1] * b.shape[1] >= _ONEDNN_MIN_MACS):
         return _LINEAR(a, b.t(), None, "none", [], "")
     if _cpu_blas(a):
-        from .kernels.numba import gemm
-        with blas.single_threaded():
-            return torch.from_numpy(gemm.matmul(_arr(a), _arr(b)))
+        from .kernels.numba import matmul
+        return torch.from_numpy(matmul(_arr(a), _arr(b)))
     return a @ b
 
 
@@ -106,15 +103,8 @@ def _mm_rows(a, b):
             total = block.double() if total is None else total.add_(block)
         return total.to(a.dtype)
     if _cpu_blas(a):
-        import numba
-        from .kernels.numba import gemm
-        nparts = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS,
-                     N // gemm.CHUNK_ROWS)
-        with blas.single_threaded():
-            if nparts > 1:
-                numba.set_num_threads(nparts)
-                return torch.from_numpy(gemm.matmul_tn_parallel(_arr(a), _arr(b), nparts))
-            return torch.from_numpy(gemm.matmul_tn(_arr(a), _arr(b)))
+        from .kernels.numba import matmul_tn
+        return torch.from_numpy(matmul_tn(_arr(a), _arr(b)))
     return a.t() @ b
 
 

@@ -10,29 +10,32 @@ import numpy as np
 import torch
 
 from .. import blas
-from .config import PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
-
 from .._check import check_recurrence_args
+from . import gemm
+from .config import PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
 from .lstm import (lstm_bwd_kernel, lstm_bwd_kernel_parallel, lstm_fwd_kernel,
                    lstm_fwd_kernel_parallel)
 from .rnn import (rnn_bwd_kernel, rnn_bwd_kernel_parallel, rnn_fwd_kernel,
                   rnn_fwd_kernel_parallel)
 
 DTYPES = (torch.float32, torch.float64)
-__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "DTYPES"]
+__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "matmul", "matmul_tn", "DTYPES"]
 
 
 def _np(t):
     return t.detach().contiguous().numpy()
 
 
+def _threads(parts):
+    """Threads for ``parts`` independent pieces of work: torch's thread count rules."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, parts))
+
+
 def _chunks(B, macs_per_step):
     """How many threads split the batch: 1 (serial) for small problems."""
     if macs_per_step < PARALLEL_MIN_MACS:
         return 1
-    n = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS,
-            B // PARALLEL_MIN_ROWS)
-    return max(n, 1)
+    return _threads(B // PARALLEL_MIN_ROWS)
 
 
 def _launch(serial, parallel, nchunks, *args):
@@ -41,6 +44,19 @@ def _launch(serial, parallel, nchunks, *args):
             return serial(*args)
         numba.set_num_threads(nchunks)
         return parallel(*args, nchunks)
+
+
+def matmul(a, b):
+    """a @ b for 2-D numpy arrays (C- or F-contiguous) on single-threaded OpenBLAS."""
+    with blas.single_threaded():
+        return gemm.matmul(a, b)
+
+
+def matmul_tn(a, b):
+    """a^T @ b for numpy a [N, G], b [N, K] (a sum over N rows, float64 partial sums),
+    the rows split across threads when there are enough of them."""
+    return _launch(gemm.matmul_tn, gemm.matmul_tn_parallel,
+                   _threads(a.shape[0] // gemm.CHUNK_ROWS), a, b)
 
 
 def _lengths(lengths, T, B):
