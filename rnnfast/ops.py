@@ -9,11 +9,10 @@ weight-gradient and input-gradient GEMMs, all over every time step at once::
                (LSTM with proj_size: dW_hr = dh^T (o * tanh c))
 
 The GEMMs are opaque to autograd because they live inside the backward op. On the CPU
-they avoid torch.mm (MKL), which runs AVX2 code on this project's AMD EPYC (Zen 5)
-machines (91-109 GFLOP/s per core on the layer GEMMs): large float32 products go to
-oneDNN's AVX-512 GEMM (144-217 GFLOP/s; the weight gradients' long reductions in
-chunks, see ``_mm_rows``), small ones and float64 to OpenBLAS, which the machine holds
-to its AVX2 kernels (OPENBLAS_CORETYPE=Haswell: 118-125 GFLOP/s).
+they run on the numba backend's own AVX-512 GEMM (kernels/numba/gemm.py, the same
+register tile as the recurrences' per-step product), not torch.mm: MKL runs AVX2 code
+on this project's AMD EPYC (Zen 5) machines, 91-109 GFLOP/s per core on the layer GEMMs,
+against 210-240 for the tile.
 
 ``probe`` (float64 [T] or None) is the gradient-norm telemetry hook: it does not affect
 the outputs, and its gradient is the kernel's per-step ||dL/dh_t||.
@@ -34,75 +33,28 @@ from .dispatch import kernels
 _EMPTY = (0,)
 
 
-def _onednn_linear():
-    """torch's oneDNN fp32 GEMM on plain tensors (x @ w^T), when this torch build has it."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        a = torch.ones(2, 3)
-        if torch.backends.mkldnn.is_available() and torch.equal(
-                op(a, torch.ones(4, 3), None, "none", [], ""), torch.full((2, 4), 3.0)):
-            return op
-    except (AttributeError, RuntimeError):
-        pass
-    return None
-
-
-_LINEAR = _onednn_linear()
-_ONEDNN_MIN_MACS = 1 << 21  # below this, call overhead beats the faster kernel
-
-
-def _cpu_blas(t):
+def _cpu_gemm(t):
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
 def _arr(t):
-    """A numpy view (C- or F-contiguous: numba's np.dot needs one of them)."""
-    a = t.detach().numpy()
-    return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+    """A C-contiguous numpy view (or copy) of t."""
+    return np.ascontiguousarray(t.detach().numpy())
 
 
 def _mm(a, b):
     """a @ b for 2-D tensors (views allowed): the input projection and dx, whose
-    reductions are short (over I or G). On the CPU, float32 products of at least 2M
-    multiply-adds go to oneDNN, the rest (and float64) to OpenBLAS."""
-    if (_LINEAR is not None and a.dtype == torch.float32 and a.device.type == "cpu"
-            and a.shape[0] * a.shape[1] * b.shape[1] >= _ONEDNN_MIN_MACS):
-        return _LINEAR(a, b.t(), None, "none", [], "")
-    if _cpu_blas(a):
+    reductions are short (over I or G)."""
+    if _cpu_gemm(a):
         from .kernels.numba import matmul
         return torch.from_numpy(matmul(_arr(a), _arr(b)))
     return a @ b
 
 
-_ROWS_CHUNK, _ROWS_BLOCK = 128, 4096
-
-
-def _mm_rows(a, b):
-    """a^T @ b for a [N, G], b [N, K]: a sum over N = T*B rows (the weight gradients).
-
-    Long float32 reductions lose accuracy, so the rows are summed in two levels: oneDNN
-    products over chunks of 128 rows, added in float32 within blocks of 4096 rows, the
-    blocks added in float64. One oneDNN GEMM over all rows measured 1.5x torch.nn's own
-    dW error at T = 100; the chunked sum beats OpenBLAS's error (2.1e-7 vs 2.7e-7 at 800
-    rows) and runs faster than one big call (176 vs 153 GFLOP/s per core at 6400 x 2048
-    x 512). Small products and float64 go to OpenBLAS (kernels/numba/gemm.py, chunked
-    in float64)."""
-    N, G = a.shape
-    # Each 128-row chunk must still be a sizeable GEMM: G * K >= 2^16 (8M multiply-adds).
-    if (_LINEAR is not None and a.dtype == torch.float32 and a.device.type == "cpu"
-            and G * b.shape[1] >= 1 << 16):
-        total = None
-        for s2 in range(0, N, _ROWS_BLOCK):
-            block = None
-            for s in range(s2, min(s2 + _ROWS_BLOCK, N), _ROWS_CHUNK):
-                part = _LINEAR(a[s:s + _ROWS_CHUNK].t(), b[s:s + _ROWS_CHUNK].t(),
-                               None, "none", [], "")
-                block = part if block is None else block.add_(part)
-            if N <= _ROWS_BLOCK:
-                return block
-            total = block.double() if total is None else total.add_(block)
-        return total.to(a.dtype)
-    if _cpu_blas(a):
+def _mm_tn(a, b):
+    """a^T @ b for a [N, G], b [N, K]: a sum over N = T*B rows (the weight gradients),
+    in float64 across blocks of rows on the CPU (long float32 sums drift)."""
+    if _cpu_gemm(a):
         from .kernels.numba import matmul_tn
         return torch.from_numpy(matmul_tn(_arr(a), _arr(b)))
     return a.t() @ b
@@ -132,9 +84,9 @@ def _recurrent_weight_grad(dxp, y, h0, lengths, reverse):
             first = dxp[idx, torch.arange(B, device=dxp.device)]
     else:
         inner, outer, first = dxp[1:], y[:-1], dxp[0]
-    dw = _mm(first.t(), h0)
+    dw = _mm_tn(first, h0)
     if T > 1:
-        dw += _mm_rows(inner.reshape(-1, G), outer.reshape(-1, P))
+        dw += _mm_tn(inner.reshape(-1, G), outer.reshape(-1, P))
     return dw
 
 
@@ -142,7 +94,7 @@ def _weight_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx):
     T, B, G = dxp.shape
     d2 = dxp.reshape(T * B, G)
     dw_hh = _recurrent_weight_grad(dxp, y, h0, lengths, reverse)
-    dw_ih = _mm_rows(d2, x.reshape(T * B, -1))
+    dw_ih = _mm_tn(d2, x.reshape(T * B, -1))
     db = d2.sum(0) if has_bias else dxp.new_empty(_EMPTY)
     dx = _mm(d2, w_ih).view(T, B, -1) if need_dx else dxp.new_empty(_EMPTY)
     return dx, dw_ih, dw_hh, db
@@ -277,7 +229,7 @@ def _lstm_layer_bwd_impl(dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, 
     if w_hr is not None:
         T, B, H = cs.shape
         r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
-        dw_hr = _mm_rows(dhs.reshape(T * B, -1), r.reshape(T * B, H))
+        dw_hr = _mm_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
     else:
         dw_hr = x.new_empty(_EMPTY)
     return dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0, norms

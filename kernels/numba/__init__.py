@@ -9,7 +9,6 @@ import numba
 import numpy as np
 import torch
 
-from .. import blas
 from .._check import check_recurrence_args
 from . import gemm
 from .config import PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
@@ -39,24 +38,32 @@ def _chunks(B, macs_per_step):
 
 
 def _launch(serial, parallel, nchunks, *args):
-    with blas.single_threaded():
-        if nchunks == 1:
-            return serial(*args)
-        numba.set_num_threads(nchunks)
-        return parallel(*args, nchunks)
+    if nchunks == 1:
+        return serial(*args)
+    numba.set_num_threads(nchunks)
+    return parallel(*args, nchunks)
+
+
+def _gemm_threads(rows, macs):
+    """Threads for a layer GEMM: 1 below PARALLEL_MIN_MACS, else one per 4 row tiles."""
+    if macs < PARALLEL_MIN_MACS:
+        return 1
+    return _threads(rows // (4 * gemm.MR))
 
 
 def matmul(a, b):
-    """a @ b for 2-D numpy arrays (C- or F-contiguous) on single-threaded OpenBLAS."""
-    with blas.single_threaded():
-        return gemm.matmul(a, b)
+    """a @ b for C-contiguous 2-D numpy arrays of one float dtype -> new [M, N]."""
+    M, K = a.shape
+    return _launch(gemm.matmul, gemm.matmul_parallel,
+                   _gemm_threads(M, M * K * b.shape[1]), a, b)
 
 
 def matmul_tn(a, b):
-    """a^T @ b for numpy a [N, G], b [N, K] (a sum over N rows, float64 partial sums),
-    the rows split across threads when there are enough of them."""
+    """a^T @ b for C-contiguous numpy a [N, G], b [N, K]: a sum over N rows (float64
+    across blocks of rows), the G rows of the result split across threads."""
+    N, G = a.shape
     return _launch(gemm.matmul_tn, gemm.matmul_tn_parallel,
-                   _threads(a.shape[0] // gemm.CHUNK_ROWS), a, b)
+                   _gemm_threads(G, N * G * b.shape[1]), a, b)
 
 
 def _lengths(lengths, T, B):

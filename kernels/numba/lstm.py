@@ -28,6 +28,7 @@ from numba import njit, prange
 
 from .cells import vexp
 from .config import JIT, JIT_PARALLEL
+from .gemm import mm_into
 
 
 @njit(**JIT)
@@ -55,7 +56,7 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
     ib = sb.view(np.int64)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        np.dot(h, w_hh_t, z)
+        mm_into(h, w_hh_t, z)
         for rr in range(nb):
             b = b0 + rr
             if t < lengths[b]:
@@ -89,7 +90,7 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
             for j in range(H):
                 cs[t, b, j] = c[rr, j]
         if proj:
-            np.dot(r, w_hr_t, hp)
+            mm_into(r, w_hr_t, hp)
         for rr in range(nb):
             b = b0 + rr
             if t < lengths[b]:
@@ -142,7 +143,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                 dhs[t, b] = 0
         sqsum[t] = sq.sum()
         if proj:
-            np.dot(dh, w_hr, dr)
+            mm_into(dh, w_hr, dr)
         else:
             dr[:] = dh
         for rr in range(nb):
@@ -168,7 +169,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             else:
                 dz[rr] = 0
             dxp[t, b] = dz[rr]
-        np.dot(dz, w_hh, back)
+        mm_into(dz, w_hh, back)
         for rr in range(nb):
             if t < lengths[b0 + rr]:
                 dh[rr] = back[rr]

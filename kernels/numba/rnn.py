@@ -26,6 +26,7 @@ from numba import njit, prange
 from .. import TANH
 from .cells import activate, activate_grad, tanh_from_exp2, vexp
 from .config import JIT, JIT_PARALLEL
+from .gemm import mm_into
 
 
 @njit(**JIT)
@@ -43,7 +44,7 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
             h[r, j] = h0[b0 + r, j]
     for s in range(T):
         t = T - 1 - s if reverse else s
-        np.dot(h, w_hh_t, z)
+        mm_into(h, w_hh_t, z)
         for r in range(nb):
             b = b0 + r
             if t < lengths[b] and activation == TANH:
@@ -99,7 +100,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
                     dz[r, j] = 0
                     dxp[t, b, j] = 0
         sqsum[t] = sq.sum()
-        np.dot(dz, w_hh, back)
+        mm_into(dz, w_hh, back)
         for r in range(nb):
             if t < lengths[b0 + r]:
                 for j in range(H):

@@ -1,0 +1,174 @@
+"""The CPU backend's matrix-product micro-kernel: AVX-512 register tiles written in LLVM IR.
+
+Why not BLAS: the per-step product of a recurrence is small ([B, H] @ [H, 4H]) and runs
+T times in a row, so it lives or dies by the speed of one register tile. numba's np.dot
+goes to scipy's OpenBLAS, which this project's machines pin to its AVX2 kernels
+(OPENBLAS_CORETYPE=Haswell), 70-105 GFLOP/s per core at the recurrences' shapes; the same
+cores run AVX-512 FMAs at twice the width. LLVM (through numba) emits AVX-512 code for
+the host CPU, but numba has no vector type, and a tile of accumulators written as numpy
+arrays lives in memory, not registers. So the tile is written here, as IR, with one
+``<L x float>`` value per accumulator: measured 250-262 GFLOP/s per core in float32 at
+6..36 x 64..512 x 256..2048 (OpenBLAS: 73-104), i.e. about 2 x 16-lane FMAs per cycle.
+
+One intrinsic, :func:`tile`, covers every tile shape the drivers need::
+
+    C[r, n : n + nn] (= or +=) sum_k A[r, k] * Bm[k, n : n + nn]    r < mr <= MR, k < K
+
+with element offsets and strides for each operand (so A may be read transposed, and
+operands may be views), nn = up to NV vectors of L lanes (L = 16 float32 / 8 float64;
+the last vector is masked, so any N works without padding). The k loop keeps mr * nv
+accumulators in registers (6 x 4 = 24 of the 32 zmm registers at the largest tile),
+loads nv vectors of Bm and broadcasts mr scalars of A per k, and multiplies with fused
+multiply-adds in a fixed order: results are bitwise reproducible and do not depend on how
+a caller splits rows across threads.
+
+On a CPU without AVX-512, LLVM splits the vectors into what the CPU has; the code stays
+correct, only the register budget is exceeded (spills).
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+MR = 6  # rows of A per register tile (row broadcasts)
+NV = 4  # vectors of Bm per register tile (columns: NV * lanes)
+
+_I32 = ir.IntType(32)
+_I1 = ir.IntType(1)
+
+
+def lanes_of(dtype):
+    """Vector lanes for a numba float dtype: 64 bytes (one zmm register) per vector."""
+    return 16 if dtype == types.float32 else 8
+
+
+def _vector_type(dtype):
+    return ir.VectorType(ir.FloatType() if dtype == types.float32 else ir.DoubleType(),
+                         lanes_of(dtype))
+
+
+def _suffix(vt):
+    return f"v{vt.count}{'f32' if isinstance(vt.element, ir.FloatType) else 'f64'}"
+
+
+def _decl(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _emit_tile(builder, vt, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask, beta):
+    """IR for one mr x nv tile; a, bm, c are element pointers at the tile's origin."""
+    L = vt.count
+    vptr = vt.as_pointer()
+    align = _I32(vt.element.get_abi_size(_target_data(builder)))
+    fma = _decl(builder, f"llvm.fma.{_suffix(vt)}", vt, [vt, vt, vt])
+    mload = _decl(builder, f"llvm.masked.load.{_suffix(vt)}.p0", vt,
+                  [vptr, _I32, ir.VectorType(_I1, L), vt])
+    mstore = _decl(builder, f"llvm.masked.store.{_suffix(vt)}.p0", ir.VoidType(),
+                   [vt, vptr, _I32, ir.VectorType(_I1, L)])
+    zero = ir.Constant(vt, [0.0] * L)
+    intp = a_rs.type
+
+    def vec_ptr(base, off):
+        return builder.bitcast(builder.gep(base, [off]), vptr)
+
+    def load(base, off, last):
+        p = vec_ptr(base, off)
+        if last:
+            return builder.call(mload, [p, align, mask, zero])
+        return builder.load(p, align=align.constant)
+
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
+    with cgutils.for_range(builder, k_len) as loop:
+        k = loop.index
+        brow = builder.mul(k, ldb)
+        bv = [load(bm, builder.add(brow, intp(v * L)), v == nv - 1) for v in range(nv)]
+        acol = builder.mul(k, a_ks)
+        for r in range(mr):
+            s = builder.load(builder.gep(a, [builder.add(acol, builder.mul(intp(r), a_rs))]))
+            splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(vt, ir.Undefined), s, _I32(0)),
+                ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, L), [0] * L))
+            for v in range(nv):
+                builder.store(builder.call(fma, [splat, bv[v], builder.load(accs[r][v])]),
+                              accs[r][v])
+    add_old = builder.icmp_signed("!=", beta, ir.Constant(beta.type, 0))
+    for r in range(mr):
+        crow = builder.mul(intp(r), ldc)
+        for v in range(nv):
+            off = builder.add(crow, intp(v * L))
+            acc = builder.load(accs[r][v])
+            old = load(c, off, v == nv - 1)
+            val = builder.select(add_old, builder.fadd(acc, old), acc)
+            p = vec_ptr(c, off)
+            if v == nv - 1:
+                builder.call(mstore, [val, p, align, mask])
+            else:
+                builder.store(val, p, align=align.constant)
+
+
+def _target_data(builder):
+    from numba.core.registry import cpu_target
+    return cpu_target.target_context.target_data
+
+
+@intrinsic
+def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
+         mr, nv, nlast, beta):
+    """C tile (= or, when beta != 0, +=) A tile @ Bm panel; see the module docstring.
+
+    a, bm, c: arrays of one float dtype (any shape; only their data pointer is used,
+    with the element offsets a_off, b_off, c_off and strides in elements: A[r, k] at
+    a_off + r * a_rs + k * a_ks, Bm[k, j] at b_off + k * ldb + j, C[r, j] at
+    c_off + r * ldc + j). 1 <= mr <= MR rows, 1 <= nv <= NV vectors, the last holding
+    nlast (1..lanes) valid columns; k_len >= 0 terms. Nothing is bounds-checked: the
+    drivers in gemm.py own the index arithmetic.
+    """
+    dt = a.dtype
+    if not all(isinstance(x, types.Array) and x.dtype == dt for x in (a, bm, c)) or \
+            dt not in (types.float32, types.float64):
+        return None
+    ints = (a_off, a_rs, a_ks, b_off, ldb, c_off, ldc, k_len, mr, nv, nlast, beta)
+    if not all(isinstance(x, types.Integer) for x in ints):
+        return None
+    sig = types.void(a, types.intp, types.intp, types.intp, bm, types.intp, types.intp,
+                     c, types.intp, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, types.intp)
+
+    def codegen(context, builder, sig, args):
+        (a_arr, a_off, a_rs, a_ks, b_arr, b_off, ldb, c_arr, c_off, ldc, k_len,
+         mr, nv, nlast, beta) = [context.cast(builder, v, fr, to) for v, fr, to in
+                                 zip(args, sig.args, sig.args)]
+        vt = _vector_type(dt)
+        L = vt.count
+        intp = context.get_value_type(types.intp)
+
+        def data(arr, aryty, off):
+            return builder.gep(context.make_array(aryty)(context, builder, arr).data, [off])
+
+        pa = data(a_arr, sig.args[0], a_off)
+        pb = data(b_arr, sig.args[4], b_off)
+        pc = data(c_arr, sig.args[7], c_off)
+        lane_ids = ir.Constant(ir.VectorType(intp, L), list(range(L)))
+        splat_n = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ir.VectorType(intp, L), ir.Undefined),
+                                   nlast, _I32(0)),
+            ir.Constant(ir.VectorType(intp, L), ir.Undefined),
+            ir.Constant(ir.VectorType(_I32, L), [0] * L))
+        mask = builder.icmp_signed("<", lane_ids, splat_n)
+        # One case per (mr, nv): a switch on mr * 8 + nv, each arm a complete tile.
+        end = builder.append_basic_block("tile.end")
+        sel = builder.add(builder.mul(mr, intp(8)), nv)
+        sw = builder.switch(sel, end)
+        for m in range(1, MR + 1):
+            for n in range(1, NV + 1):
+                bb = builder.append_basic_block(f"tile.{m}x{n}")
+                sw.add_case(intp(m * 8 + n), bb)
+                builder.position_at_end(bb)
+                _emit_tile(builder, vt, m, n, pa, a_rs, a_ks, pb, ldb, pc, ldc, k_len,
+                           mask, beta)
+                builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return sig, codegen
