@@ -37,17 +37,12 @@ def _cpu_gemm(t):
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
-def _arr(t):
-    """A C-contiguous numpy view (or copy) of t."""
-    return np.ascontiguousarray(t.detach().numpy())
-
-
 def _mm(a, b):
     """a @ b for 2-D tensors (views allowed): the input projection and dx, whose
     reductions are short (over I or G)."""
     if _cpu_gemm(a):
         from .kernels.numba import matmul
-        return torch.from_numpy(matmul(_arr(a), _arr(b)))
+        return matmul(a, b)
     return a @ b
 
 
@@ -56,7 +51,7 @@ def _mm_tn(a, b):
     in float64 across blocks of rows on the CPU (long float32 sums drift)."""
     if _cpu_gemm(a):
         from .kernels.numba import matmul_tn
-        return torch.from_numpy(matmul_tn(_arr(a), _arr(b)))
+        return matmul_tn(a, b)
     return a.t() @ b
 
 

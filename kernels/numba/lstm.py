@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .cells import vexp
+from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import mm_into
 
@@ -35,8 +35,9 @@ from .gemm import mm_into
 def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                    y, h_n, c_n, gates, cs, b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,P],
-    h_n [B,P], c_n [B,H], gates [T,B,G] and cs [T,B,H]."""
-    T, _, G = xp.shape
+    h_n [B,P], c_n [B,H], gates [T,B,G] and cs [T,B,H]. All arrays C-contiguous; the
+    pointwise step runs on 8-lane float64 vectors (kernels/numba/vec.py), offsets flat."""
+    T, B, G = xp.shape
     H = G // 4
     P = h0.shape[1]
     proj = w_hr_t.shape[0] > 0
@@ -48,47 +49,35 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
     z = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
     r = np.zeros((nb, H), dtype=xp.dtype)  # [nb, H] o * tanh(c)
     hp = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] r @ W_hr^T
-    # Row scratch in float64, each loop below touching few arrays so LLVM vectorizes it:
-    # a = pre-activations -> exp(-z) / exp(2z) -> activated gates; e = exp(2 c).
-    a = np.empty(G, dtype=np.float64)
-    e = np.empty(H, dtype=np.float64)
-    sb = np.empty(G, dtype=np.float64)
-    ib = sb.view(np.int64)
     for s in range(T):
         t = T - 1 - s if reverse else s
         mm_into(h, w_hh_t, z)
         for rr in range(nb):
             b = b0 + rr
+            row = t * B + b  # flat row of [T, B, *]
             if t < lengths[b]:
-                for k in range(G):
-                    a[k] = np.float64(xp[t, b, k]) + z[rr, k]
-                for k in range(2 * H):  # i, f: sigmoid(x) = 1 / (1 + exp(-x))
-                    a[k] = -a[k]
-                for k in range(2 * H, 3 * H):  # g: tanh(x) = 1 - 2 / (exp(2x) + 1)
-                    a[k] = 2.0 * a[k]
-                for k in range(3 * H, G):  # o
-                    a[k] = -a[k]
-                vexp(a, sb, ib)
-                for k in range(2 * H):
-                    a[k] = 1.0 / (1.0 + a[k])
-                for k in range(2 * H, 3 * H):
-                    a[k] = 1.0 - 2.0 / (a[k] + 1.0)
-                for k in range(3 * H, G):
-                    a[k] = 1.0 / (1.0 + a[k])
-                for k in range(G):
-                    gates[t, b, k] = a[k]
-                for j in range(H):
-                    c[rr, j] = a[H + j] * c[rr, j] + a[j] * a[2 * H + j]
-                for j in range(H):
-                    e[j] = 2.0 * c[rr, j]
-                vexp(e, sb, ib)
-                for j in range(H):
-                    r[rr, j] = a[3 * H + j] * (1.0 - 2.0 / (e[j] + 1.0))
+                for j in range(0, H, V.LANES):
+                    n = min(V.LANES, H - j)
+                    xo = row * G + j
+                    zo = rr * G + j
+                    ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n))
+                    fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
+                    gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
+                    og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
+                    V.store(gates, xo, n, ig)
+                    V.store(gates, xo + H, n, fg)
+                    V.store(gates, xo + 2 * H, n, gg)
+                    V.store(gates, xo + 3 * H, n, og)
+                    co = rr * H + j
+                    cn = V.rounded_like(c, fg * V.load(c, co, n) + ig * gg)
+                    V.store(c, co, n, cn)  # the backward sees cn as stored
+                    V.store(cs, row * H + j, n, cn)
+                    V.store(r, co, n, og * V.tanh(cn))
             else:
                 for k in range(G):
                     gates[t, b, k] = 0
-            for j in range(H):
-                cs[t, b, j] = c[rr, j]
+                for j in range(H):
+                    cs[t, b, j] = c[rr, j]
         if proj:
             mm_into(r, w_hr_t, hp)
         for rr in range(nb):
@@ -110,7 +99,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                    dxp, dh0, dc0, dhs, sqsum, b0, b1):
     """BPTT for rows [b0, b1): writes their slices of dxp, dh0, dc0, dhs (when
     projecting) and sqsum[t] = ||dL/dh_t||^2 over those rows (float64)."""
-    T, _, G = gates.shape
+    T, B, G = gates.shape
     H = G // 4
     P = dh_n.shape[1]
     proj = w_hr.shape[0] > 0
@@ -123,20 +112,20 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] pre-activation gate gradients
     back = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] dz @ W_hh
     sq = np.empty(P, dtype=np.float64)  # [P] per-unit sums of squares for the norm
-    e = np.empty(H, dtype=np.float64)  # [H] exp(2 c_t), for tanh(c_t)
-    sb = np.empty(H, dtype=np.float64)
-    ib = sb.view(np.int64)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1  # the step processed before t
         sq[:] = 0.0
         for rr in range(nb):
             b = b0 + rr
+            row = t * B + b
             if t < lengths[b]:
-                for p in range(P):
-                    g = dh[rr, p] + dy[t, b, p]
-                    dh[rr, p] = g
-                    sq[p] += np.float64(g) * g
+                for p in range(0, P, V.LANES):
+                    n = min(V.LANES, P - p)
+                    g = V.rounded_like(dh, V.load(dh, rr * P + p, n) +
+                                       V.load(dy, row * P + p, n))
+                    V.store(dh, rr * P + p, n, g)
+                    V.store(sq, p, n, V.load(sq, p, n) + g * g)
                 if proj:
                     dhs[t, b] = dh[rr]
             elif proj:
@@ -148,24 +137,27 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             dr[:] = dh
         for rr in range(nb):
             b = b0 + rr
+            row = t * B + b
             if t < lengths[b]:
-                c_prev = cs[tp, b] if 0 <= tp < T else c0[b]
-                for j in range(H):
-                    e[j] = 2.0 * cs[t, b, j]
-                vexp(e, sb, ib)
-                for j in range(H):
-                    ig = gates[t, b, j]
-                    fg = gates[t, b, H + j]
-                    gg = gates[t, b, 2 * H + j]
-                    og = gates[t, b, 3 * H + j]
-                    tc = 1.0 - 2.0 / (e[j] + 1.0)
-                    d_r = dr[rr, j]
-                    dcc = dc[rr, j] + d_r * og * (1.0 - tc * tc)
-                    dc[rr, j] = dcc * fg
-                    dz[rr, j] = dcc * gg * ig * (1.0 - ig)
-                    dz[rr, H + j] = dcc * c_prev[j] * fg * (1.0 - fg)
-                    dz[rr, 2 * H + j] = dcc * ig * (1.0 - gg * gg)
-                    dz[rr, 3 * H + j] = d_r * tc * og * (1.0 - og)
+                first = not 0 <= tp < T  # c_{t-1} is c0
+                for j in range(0, H, V.LANES):
+                    n = min(V.LANES, H - j)
+                    go = row * G + j
+                    ig = V.load(gates, go, n)
+                    fg = V.load(gates, go + H, n)
+                    gg = V.load(gates, go + 2 * H, n)
+                    og = V.load(gates, go + 3 * H, n)
+                    cp = V.load(c0, b * H + j, n) if first else \
+                        V.load(cs, (tp * B + b) * H + j, n)
+                    tc = V.tanh(V.load(cs, row * H + j, n))
+                    d_r = V.load(dr, rr * H + j, n)
+                    dcc = V.load(dc, rr * H + j, n) + d_r * og * (1.0 - tc * tc)
+                    V.store(dc, rr * H + j, n, dcc * fg)
+                    zo = rr * G + j
+                    V.store(dz, zo, n, dcc * gg * ig * (1.0 - ig))
+                    V.store(dz, zo + H, n, dcc * cp * fg * (1.0 - fg))
+                    V.store(dz, zo + 2 * H, n, dcc * ig * (1.0 - gg * gg))
+                    V.store(dz, zo + 3 * H, n, d_r * tc * og * (1.0 - og))
             else:
                 dz[rr] = 0
             dxp[t, b] = dz[rr]
