@@ -157,6 +157,7 @@ def _rnn_setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, w_ih, w_hh, h0, output[0], lengths)
     ctx.config = (reverse, activation, negative_slope, backend, b_ih is not None,
                   probe is not None)
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
 
 
 def _rnn_backward(ctx, dy, dh_n):
@@ -247,6 +248,10 @@ def _lstm_setup_context(ctx, inputs, output):
     y, _, _, gates, cs = output
     ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths)
     ctx.config = (reverse, backend, b_ih is not None, probe is not None)
+    # gates and cs are outputs only to be saved: without this, autograd fills a [T, B, 4H]
+    # and a [T, B, H] buffer with zeros for their gradients on every backward (1.7 ms of
+    # an 8 ms fwd+bwd at B=32, H=128).
+    ctx.set_materialize_grads(False)
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):

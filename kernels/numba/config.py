@@ -14,6 +14,9 @@ FASTMATH = False
 # Serial kernels: one thread runs the time loop; the per-step GEMM is BLAS.
 JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 
+# Small helpers inlined into their callers at numba IR level.
+INLINE = dict(JIT, inline="always")
+
 
 # Batch-parallel kernels: each thread runs the whole time loop for its slice of rows.
 JIT_PARALLEL = dict(JIT, parallel=True)

@@ -72,24 +72,31 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                     cn = V.rounded_like(c, fg * V.load(c, co, n) + ig * gg)
                     V.store(c, co, n, cn)  # the backward sees cn as stored
                     V.store(cs, row * H + j, n, cn)
-                    V.store(r, co, n, og * V.tanh(cn))
+                    rv = og * V.tanh(cn)
+                    if proj:
+                        V.store(r, co, n, rv)
+                    else:  # h_t = r_t
+                        V.store(h, co, n, rv)
+                        V.store(y, row * H + j, n, rv)
             else:
                 for k in range(G):
                     gates[t, b, k] = 0
                 for j in range(H):
                     cs[t, b, j] = c[rr, j]
-        if proj:
+                if not proj:
+                    for p in range(P):
+                        y[t, b, p] = 0
+        if proj:  # h_t = r_t @ W_hr^T
             mm_into(r, w_hr_t, hp)
-        for rr in range(nb):
-            b = b0 + rr
-            if t < lengths[b]:
-                if proj:
-                    h[rr] = hp[rr]
+            for rr in range(nb):
+                b = b0 + rr
+                if t < lengths[b]:
+                    for p in range(P):
+                        h[rr, p] = hp[rr, p]
+                        y[t, b, p] = hp[rr, p]
                 else:
-                    h[rr] = r[rr]
-                y[t, b] = h[rr]
-            else:
-                y[t, b] = 0
+                    for p in range(P):
+                        y[t, b, p] = 0
     h_n[b0:b1] = h
     c_n[b0:b1] = c
 
@@ -127,9 +134,11 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                     V.store(dh, rr * P + p, n, g)
                     V.store(sq, p, n, V.load(sq, p, n) + g * g)
                 if proj:
-                    dhs[t, b] = dh[rr]
+                    for p in range(P):
+                        dhs[t, b, p] = dh[rr, p]
             elif proj:
-                dhs[t, b] = 0
+                for p in range(P):
+                    dhs[t, b, p] = 0
         sqsum[t] = sq.sum()
         if proj:
             mm_into(dh, w_hr, dr)
@@ -154,17 +163,27 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                     dcc = V.load(dc, rr * H + j, n) + d_r * og * (1.0 - tc * tc)
                     V.store(dc, rr * H + j, n, dcc * fg)
                     zo = rr * G + j
-                    V.store(dz, zo, n, dcc * gg * ig * (1.0 - ig))
-                    V.store(dz, zo + H, n, dcc * cp * fg * (1.0 - fg))
-                    V.store(dz, zo + 2 * H, n, dcc * ig * (1.0 - gg * gg))
-                    V.store(dz, zo + 3 * H, n, d_r * tc * og * (1.0 - og))
+                    dzi = dcc * gg * ig * (1.0 - ig)
+                    dzf = dcc * cp * fg * (1.0 - fg)
+                    dzg = dcc * ig * (1.0 - gg * gg)
+                    dzo = d_r * tc * og * (1.0 - og)
+                    V.store(dz, zo, n, dzi)
+                    V.store(dz, zo + H, n, dzf)
+                    V.store(dz, zo + 2 * H, n, dzg)
+                    V.store(dz, zo + 3 * H, n, dzo)
+                    V.store(dxp, go, n, dzi)  # go = row * G + j
+                    V.store(dxp, go + H, n, dzf)
+                    V.store(dxp, go + 2 * H, n, dzg)
+                    V.store(dxp, go + 3 * H, n, dzo)
             else:
-                dz[rr] = 0
-            dxp[t, b] = dz[rr]
+                for k in range(G):
+                    dz[rr, k] = 0
+                    dxp[t, b, k] = 0
         mm_into(dz, w_hh, back)
         for rr in range(nb):
             if t < lengths[b0 + rr]:
-                dh[rr] = back[rr]
+                for p in range(P):
+                    dh[rr, p] = back[rr, p]
     dh0[b0:b1] = dh
     dc0[b0:b1] = dc
 

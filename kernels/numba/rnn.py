@@ -13,9 +13,8 @@ both time directions).
 
 Rows of the batch never interact, so the parallel drivers give each thread its own
 slice of rows for the whole time loop: no barrier per step, no shared writes. The
-per-step product is one BLAS GEMM (``np.dot`` into a preallocated buffer); the launcher
-holds BLAS to one thread while the parallel drivers run (BLAS threads inside numba's
-threads oversubscribe the cores: 2x slower at B=32, H=256).
+per-step product is the register-tile GEMM of gemm.py against W_hh packed once per
+call; the pointwise step runs on the 8-lane vectors of vec.py.
 """
 
 import math
@@ -23,49 +22,60 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import TANH
-from .cells import activate, activate_grad, tanh_from_exp2, vexp
-from .config import JIT, JIT_PARALLEL
+from .. import LEAKY_RELU, RELU
+from . import vec as V
+from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import mm_into
+
+
+@njit(**INLINE)
+def _activate(z, activation, slope):
+    """act(z) lane-wise; NaN stays NaN (a NaN fails ``z <= 0``), as in torch."""
+    if activation == RELU:
+        return V.where_le0(z, V.splat(0.0), z)
+    if activation == LEAKY_RELU:
+        return V.where_le0(z, z * slope, z)
+    return V.tanh(z)
+
+
+@njit(**INLINE)
+def _activate_grad(h, activation, slope):
+    """d act(z) / dz from the output h = act(z), as torch takes tanh's: relu' = [h > 0],
+    leaky_relu' = 1 if h > 0 else slope (valid as slope >= 0, which the launchers
+    enforce), tanh' = 1 - h^2."""
+    if activation == RELU:
+        return V.where_gt0(h, V.splat(1.0), V.splat(0.0))
+    if activation == LEAKY_RELU:
+        return V.where_gt0(h, V.splat(1.0), V.splat(slope))
+    return 1.0 - h * h
 
 
 @njit(**JIT)
 def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b0, b1):
-    """Forward recurrence for batch rows [b0, b1): writes y[:, b0:b1] and h_n[b0:b1]."""
-    T, _, H = xp.shape
+    """Forward recurrence for batch rows [b0, b1): writes y[:, b0:b1] and h_n[b0:b1].
+    All arrays C-contiguous; the pointwise step runs on 8-lane float64 vectors."""
+    T, B, H = xp.shape
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
     z = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] h_{t-1} @ W_hh^T
-    a = np.empty(H, dtype=np.float64)  # [H] exp(2 z) for tanh
-    sb = np.empty(H, dtype=np.float64)
-    ib = sb.view(np.int64)
-    for r in range(nb):
-        for j in range(H):
-            h[r, j] = h0[b0 + r, j]
+    h[:] = h0[b0:b1]
     for s in range(T):
         t = T - 1 - s if reverse else s
         mm_into(h, w_hh_t, z)
         for r in range(nb):
             b = b0 + r
-            if t < lengths[b] and activation == TANH:
-                for j in range(H):
-                    a[j] = 2.0 * (np.float64(xp[t, b, j]) + z[r, j])
-                vexp(a, sb, ib)
-                for j in range(H):
-                    v = tanh_from_exp2(a[j])
-                    h[r, j] = v
-                    y[t, b, j] = v
-            elif t < lengths[b]:
-                for j in range(H):
-                    v = activate(xp[t, b, j] + z[r, j], activation, slope)
-                    h[r, j] = v
-                    y[t, b, j] = v
+            row = t * B + b  # flat row of [T, B, H]
+            if t < lengths[b]:
+                for j in range(0, H, V.LANES):
+                    n = min(V.LANES, H - j)
+                    v = _activate(V.load(xp, row * H + j, n) + V.load(z, r * H + j, n),
+                                  activation, slope)
+                    V.store(h, r * H + j, n, v)
+                    V.store(y, row * H + j, n, v)
             else:
                 for j in range(H):
                     y[t, b, j] = 0
-    for r in range(nb):
-        for j in range(H):
-            h_n[b0 + r, j] = h[r, j]
+    h_n[b0:b1] = h
 
 
 @njit(**JIT)
@@ -73,28 +83,29 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
                   dxp, dh0, sqsum, b0, b1):
     """BPTT for rows [b0, b1): writes dxp[:, b0:b1], dh0[b0:b1] and sqsum[t] =
     ||dL/dh_t||^2 over those rows (float64; the total gradient reaching h_t)."""
-    T, _, H = dy.shape
+    T, B, H = dy.shape
     nb = b1 - b0
     dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient reaching h_t
     dz = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient of the pre-activation
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dz @ W_hh
     # Per-unit sums of squares keep the norm's inner loop free of a serial reduction.
     sq = np.empty(H, dtype=np.float64)  # [H]
-    for r in range(nb):
-        for j in range(H):
-            dh[r, j] = dh_n[b0 + r, j]
+    dh[:] = dh_n[b0:b1]
     for s in range(T):
         t = s if reverse else T - 1 - s
         sq[:] = 0.0
         for r in range(nb):
             b = b0 + r
+            row = t * B + b
             if t < lengths[b]:
-                for j in range(H):
-                    g = dh[r, j] + dy[t, b, j]
-                    sq[j] += np.float64(g) * g
-                    d = g * activate_grad(y[t, b, j], activation, slope)
-                    dz[r, j] = d
-                    dxp[t, b, j] = d
+                for j in range(0, H, V.LANES):
+                    n = min(V.LANES, H - j)
+                    g = V.rounded_like(dh, V.load(dh, r * H + j, n) +
+                                       V.load(dy, row * H + j, n))
+                    V.store(sq, j, n, V.load(sq, j, n) + g * g)
+                    d = g * _activate_grad(V.load(y, row * H + j, n), activation, slope)
+                    V.store(dz, r * H + j, n, d)
+                    V.store(dxp, row * H + j, n, d)
             else:
                 for j in range(H):
                     dz[r, j] = 0
@@ -105,9 +116,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
             if t < lengths[b0 + r]:
                 for j in range(H):
                     dh[r, j] = back[r, j]
-    for r in range(nb):
-        for j in range(H):
-            dh0[b0 + r, j] = dh[r, j]
+    dh0[b0:b1] = dh
 
 
 @njit(**JIT)

@@ -17,7 +17,7 @@ are not stored)::
     load(arr, off, n) -> Vec      store(arr, off, n, v)      splat(x) -> Vec
     rounded_like(arr, v) -> v rounded to arr's dtype, as a store then a load would give
     v + w, v - w, v * w, v / w, -v   (either side may be a float)
-    fma(a, b, c) = a * b + c (one rounding)      where_le0(v, a, b)
+    fma(a, b, c) = a * b + c (one rounding)      where_le0(v, a, b), where_gt0(v, a, b)
     clamp(v, lo, hi)  (NaN stays NaN)             pow2_of_rounded(k + MAGIC) = 2.0 ** k
     lane_sum(v)  (lanes added in order 0..7: deterministic)
     exp(v), sigmoid(v), tanh(v)   (njit functions built on the above, inlined)
@@ -243,17 +243,23 @@ def clamp(typingctx, a, lo, hi):
     return sig, codegen
 
 
-@intrinsic
-def where_le0(typingctx, v, a, b):
-    """a where v <= 0, else b (NaN in v picks b), lane-wise."""
-    if not all(isinstance(x, Vec) for x in (v, a, b)):
-        return None
+def _where(pred):
+    @intrinsic
+    def where(typingctx, v, a, b):
+        if not all(isinstance(x, Vec) for x in (v, a, b)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        le = builder.fcmp_ordered("<=", args[0], ir.Constant(_VT, [0.0] * LANES))
-        return builder.select(le, args[1], args[2])
+        def codegen(context, builder, sig, args):
+            cond = builder.fcmp_ordered(pred, args[0], ir.Constant(_VT, [0.0] * LANES))
+            return builder.select(cond, args[1], args[2])
 
-    return vec(vec, vec, vec), codegen
+        return vec(vec, vec, vec), codegen
+
+    return where
+
+
+where_le0 = _where("<=")  # a where v <= 0, else b (a NaN in v picks b), lane-wise
+where_gt0 = _where(">")  # a where v > 0, else b (a NaN in v picks b), lane-wise
 
 
 # 1.5 * 2^52: for |y| < 2^51, y + MAGIC rounds y to an integer k held in the low bits
