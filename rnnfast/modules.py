@@ -4,9 +4,11 @@ They subclass ``torch.nn.RNNBase`` (not ``nn.RNN``/``nn.LSTM``), so parameter na
 shapes, ``reset_parameters``, ``state_dict``, ``.to()`` and ``extra_repr`` are exactly
 torch's, while TorchDynamo traces them (it refuses to trace nn.RNN/nn.LSTM instances).
 The forward composes layers and directions in Python over one custom op per layer and
-direction (``rnnfast.ops``), or over the reference loop for ``backend='torch'``.
+direction (``rnnfast.ops``; in plain eager mode its autograd.Function twin, which runs
+the same code without the op's dispatch cost), or over the reference loop for
+``backend='torch'``.
 
-From the module to a kernel: ``RNN.forward`` -> ``ops.rnn_layer`` ->
+From the module to a kernel: ``RNN.forward`` -> ``ops.rnn`` (``rnnfast::rnn_layer``) ->
 ``kernels.<backend>.rnn_fwd`` (likewise ``lstm_*``).
 """
 
@@ -245,7 +247,7 @@ class RNN(_FusedRNNBase):
             y, h = reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
                                        self.nonlinearity, self.negative_slope, probe)
         else:
-            y, h = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
+            y, h = ops.rnn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
                                  ACTIVATIONS[self.nonlinearity], self.negative_slope,
                                  backend, probe)
         return y, h, None
@@ -280,7 +282,7 @@ class LSTM(_FusedRNNBase):
         if backend == "torch":
             return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
                                         reverse, probe)
-        y, h, c, _, _ = ops.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
+        y, h, c, _, _ = ops.lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
                                        reverse, backend, probe)
         return y, h, c
 

@@ -13,14 +13,15 @@ import torch
 
 from .._check import check_recurrence_args
 from . import gemm
-from .config import PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
+from .config import PARALLEL_GEMM_MIN_MACS, PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
 from .lstm import (lstm_bwd_kernel, lstm_bwd_kernel_parallel, lstm_fwd_kernel,
                    lstm_fwd_kernel_parallel)
 from .rnn import (rnn_bwd_kernel, rnn_bwd_kernel_parallel, rnn_fwd_kernel,
                   rnn_fwd_kernel_parallel)
 
 DTYPES = (torch.float32, torch.float64)
-__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "matmul", "matmul_tn", "DTYPES"]
+__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "matmul_tn", "project",
+           "layer_grads", "DTYPES"]
 
 
 def _np(t):
@@ -81,19 +82,11 @@ def _launch(serial, parallel, nchunks, *args):
 
 
 def _gemm_threads(rows, macs):
-    """Threads for a layer GEMM: 1 below PARALLEL_MIN_MACS, else one per 4 row tiles."""
-    if macs < PARALLEL_MIN_MACS:
+    """Threads for a layer GEMM: 1 below PARALLEL_GEMM_MIN_MACS, else up to one per 4
+    row tiles."""
+    if macs < PARALLEL_GEMM_MIN_MACS:
         return 1
     return _threads(rows // (4 * gemm.MR))
-
-
-def matmul(a, b):
-    """a [M, K] @ b [K, N] for 2-D CPU tensors of one float dtype -> new [M, N]."""
-    M, K = a.shape
-    out = _empty(a, (M, b.shape[1]))
-    _launch(gemm.matmul, gemm.matmul_parallel, _gemm_threads(M, M * K * b.shape[1]),
-            _np(a), _np(b), out.numpy())
-    return out
 
 
 def matmul_tn(a, b):
@@ -104,6 +97,49 @@ def matmul_tn(a, b):
     _launch(gemm.matmul_tn, gemm.matmul_tn_parallel, _gemm_threads(G, N * G * b.shape[1]),
             _np(a), _np(b), out.numpy())
     return out
+
+
+def project(x, w_ih, bias=None):
+    """A layer's input projection: x [T, B, I] @ w_ih^T [I, G] (+ bias [G]) -> [T, B, G]."""
+    T, B, I = x.shape
+    G = w_ih.shape[0]
+    xp = _empty(x, (T, B, G))
+    _launch(gemm.project, gemm.project_parallel, _gemm_threads(T * B, T * B * I * G),
+            _np(x).reshape(T * B, I), np.ascontiguousarray(_np(w_ih).T),
+            _np(bias) if bias is not None else np.empty(0, dtype=_np(x).dtype),
+            xp.numpy().reshape(T * B, G))
+    return xp
+
+
+def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
+                need_dx=True):
+    """One layer direction's weight and input gradients from the kernel's dxp, in one
+    call: dW_ih = sum dxp^T x, dW_hh = sum_t dxp_t^T h_{t-1}, db = sum dxp, dx = dxp W_ih.
+
+    dxp [T, B, G], x [T, B, I], y [T, B, P] (the layer's output: h_{t-1} is y one step
+    back in processing order, or h0 [B, P] at a row's first step). Returns dx [T, B, I]
+    (or [0] when not need_dx), dW_ih [G, I], dW_hh [G, P], db [G] (or [0]).
+    """
+    T, B, G = dxp.shape
+    I = x.shape[2]
+    P = y.shape[2]
+    if not reverse:
+        first = dxp[0]
+    elif lengths is None:
+        first = dxp[T - 1]
+    else:  # a reversed row starts at its own last step
+        first = dxp[lengths.to(torch.int64) - 1, torch.arange(B)]
+    dw_ih = _empty(dxp, (G, I))
+    dw_hh = _empty(dxp, (G, P))
+    db = dxp.new_empty((G,) if has_bias else (0,))
+    dx = _empty(dxp, (T, B, I)) if need_dx else dxp.new_empty((0,))
+    N = T * B
+    _launch(gemm.layer_grads, gemm.layer_grads_parallel,
+            _gemm_threads(G, N * G * (I + P + (I if need_dx else 0))),
+            _np(dxp).reshape(N, G), _np(x).reshape(N, I), _np(y).reshape(N, P), _np(h0),
+            _np(first), _np(w_ih), not reverse, dw_ih.numpy(), dw_hh.numpy(), db.numpy(),
+            dx.numpy().reshape(N if need_dx else 0, I))
+    return dx, dw_ih, dw_hh, db
 
 
 def _packed(w, transpose=False):

@@ -26,3 +26,6 @@ JIT_PARALLEL = dict(JIT, parallel=True)
 PARALLEL_MIN_MACS = 1 << 15
 # ... and each thread gets at least this many rows.
 PARALLEL_MIN_ROWS = 2
+# A layer GEMM (projection, weight gradients) is split across threads from this many
+# multiply-adds: ~15 us on one core, against a few us to start and join a parallel region.
+PARALLEL_GEMM_MIN_MACS = 1 << 22

@@ -3,9 +3,9 @@
 * :func:`mm_into` - C (+)= A @ B for C-contiguous 2-D arrays: the kernels' per-step
   product ([rows, H] @ [H, 4H] forward, [rows, 4H] @ [4H, H] backward), and the serial
   core of the layer GEMMs.
-* :func:`matmul` / :func:`matmul_tn` - the layer's GEMMs over all time steps at once
-  (input projection and dx; the weight gradients, a^T @ b summed over T * B rows), with
-  parallel variants that split the output rows across threads.
+* :func:`project`, :func:`layer_grads`, :func:`matmul_tn` - a layer's GEMMs over all
+  time steps at once (the input projection; dW_ih, dW_hh, db and dx in one call; dW_hr),
+  with parallel variants that split the output rows across threads.
 
 Blocking: columns in panels of NV vectors, the reduction in chunks of KC terms (a
 [KC, 64] float32 panel of B is 64 KiB and stays in L2 while the row tiles pass over it),
@@ -107,82 +107,164 @@ def _part(M, p, nparts):
 
 
 @njit(**JIT)
-def matmul(a, b, out):
-    """out [M, N] = a [M, K] @ b [K, N]; all C-contiguous."""
-    mm_into(a, pack_b(b), out)
-
-
-@njit(**JIT_PARALLEL)
-def matmul_parallel(a, b, out, nparts):
-    """:func:`matmul` with the rows of the result split into ``nparts`` threads."""
-    M, K = a.shape
-    N = b.shape[1]
-    bp = pack_b(b)
-    for p in prange(nparts):
-        r0, r1 = _part(M, p, nparts)
-        _gemm(a, r0 * K, K, 1, r1 - r0, K, bp, N, out, r0 * N, N, 0)
-
-
-@njit(**JIT)
-def _gemm_tn(a, s0, s1, b, out, g0, g1):
-    """out[g0:g1] = sum over rows n in [s0, s1) of a[n, g0:g1]^T b[n, :] (a [N, G],
-    b [N, K], out [G, K], C-contiguous). A^T is read down a's columns (each k a new row
-    of a): each MR x KC tile of it is copied once into a small contiguous buffer and
-    reused by every column panel; b's KC x K chunk is read in place (row stride K) and
-    stays in L2 while the row tiles pass."""
+def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
+    """out[g0:g1] = sum over k < n of a[a0 + k, g0:g1]^T b[b0 + k, :] (a [*, G],
+    b [*, K], out [G, K], C-contiguous). A^T is read in place down a's columns (each k
+    one cache line of a's row a0 + k); b's [KC, K] chunk (row stride K) stays in L2
+    while the row tiles pass over it."""
     G = a.shape[1]
     K = b.shape[1]
     L = _lanes(out)
     W = NV * L
-    for k0 in range(s0, s1, KC):
-        kk = min(KC, s1 - k0)
-        add = 1 if k0 > s0 else 0
+    for k0 in range(0, n, KC):
+        kk = min(KC, n - k0)
+        add = 1 if k0 > 0 else 0
         for r0 in range(g0, g1, MR):
             mr = min(MR, g1 - r0)
             for n0 in range(0, K, W):
                 nn = min(W, K - n0)
                 nv = (nn + L - 1) // L
-                tile(a, k0 * G + r0, 1, G, b, k0 * K + n0, K, out, r0 * K + n0, K, kk, mr,
-                     nv, nn - (nv - 1) * L, add)
-    if s1 == s0:
+                tile(a, (a0 + k0) * G + r0, 1, G, b, (b0 + k0) * K + n0, K,
+                     out, r0 * K + n0, K, kk, mr, nv, nn - (nv - 1) * L, add)
+    if n == 0:
         out[g0:g1] = 0
 
 
 @njit(**_INLINE)
-def _tn_rows(a, b, out, acc, g0, g1):
-    """out[g0:g1] = (a^T @ b)[g0:g1] for a [N, G], b [N, K]: the sum over N rows in
-    blocks of CHUNK_ROWS, each block's product added into the float64 acc [G, K] (only
-    when there is more than one block)."""
-    N = a.shape[0]
+def _tn_rows(a, a0, b, b0, n, out, acc, g0, g1):
+    """out[g0:g1] = (a[a0:a0+n]^T @ b[b0:b0+n])[g0:g1]: the sum over n rows in blocks of
+    CHUNK_ROWS, each block's product added into the float64 acc [G, K] (only when there
+    is more than one block)."""
     K = b.shape[1]
-    for s in range(0, N, CHUNK_ROWS):
-        _gemm_tn(a, s, min(s + CHUNK_ROWS, N), b, out, g0, g1)
-        if N > CHUNK_ROWS:
+    for s in range(0, n, CHUNK_ROWS):
+        _gemm_tn(a, a0 + s, b, b0 + s, min(CHUNK_ROWS, n - s), out, g0, g1)
+        if n > CHUNK_ROWS:
             for g in range(g0, g1):
                 for k in range(K):
                     acc[g, k] += out[g, k]
-    if N == 0:
+    if n == 0:
         out[g0:g1] = 0
-    if N > CHUNK_ROWS:
+    if n > CHUNK_ROWS:
         for g in range(g0, g1):
             for k in range(K):
                 out[g, k] = acc[g, k]
+
+
+@njit(**_INLINE)
+def _f64_acc(n, rows, cols):
+    """The float64 accumulator _tn_rows needs for an n-row sum (empty when n fits one
+    block)."""
+    return np.zeros((rows if n > CHUNK_ROWS else 0, cols), dtype=np.float64)
 
 
 @njit(**JIT)
 def matmul_tn(a, b, out):
     """out [G, K] = a [N, G]^T @ b [N, K]: a sum over N rows (the weight gradients); all
     C-contiguous. Blocks of CHUNK_ROWS rows are summed in float64."""
-    G = a.shape[1]
-    acc = np.zeros((G if a.shape[0] > CHUNK_ROWS else 0, b.shape[1]), dtype=np.float64)
-    _tn_rows(a, b, out, acc, 0, G)
+    N, G = a.shape
+    _tn_rows(a, 0, b, 0, N, out, _f64_acc(N, G, b.shape[1]), 0, G)
 
 
 @njit(**JIT_PARALLEL)
 def matmul_tn_parallel(a, b, out, nparts):
     """:func:`matmul_tn` with the G rows of the result split into ``nparts`` threads."""
-    G = a.shape[1]
-    acc = np.zeros((G if a.shape[0] > CHUNK_ROWS else 0, b.shape[1]), dtype=np.float64)
+    N, G = a.shape
+    acc = _f64_acc(N, G, b.shape[1])
     for p in prange(nparts):
         g0, g1 = _part(G, p, nparts)
-        _tn_rows(a, b, out, acc, g0, g1)
+        _tn_rows(a, 0, b, 0, N, out, acc, g0, g1)
+
+
+# ---------------------------------------------------------------- one layer's GEMMs
+
+@njit(**_INLINE)
+def _project_part(x, wp, bias, xp, p, nparts):
+    """Rows of part p of xp [N, G] = x [N, I] @ W_ih^T (+ bias [G], when it has G)."""
+    N, I = x.shape
+    G = xp.shape[1]
+    r0, r1 = _part(N, p, nparts)
+    _gemm(x, r0 * I, I, 1, r1 - r0, I, wp, G, xp, r0 * G, G, 0)
+    if bias.shape[0] == G:
+        for r in range(r0, r1):
+            for g in range(G):
+                xp[r, g] += bias[g]
+
+
+@njit(**JIT)
+def project(x, w_ih_t, bias, xp):
+    """The input projection of a layer: xp [N, G] = x [N, I] @ w_ih_t [I, G] + bias
+    (bias [G], or [0] for none), in the input dtype."""
+    _project_part(x, pack_b(w_ih_t), bias, xp, 0, 1)
+
+
+@njit(**JIT_PARALLEL)
+def project_parallel(x, w_ih_t, bias, xp, nparts):
+    wp = pack_b(w_ih_t)
+    for p in prange(nparts):
+        _project_part(x, wp, bias, xp, p, nparts)
+
+
+@njit(**_INLINE)
+def _layer_grads_part(dxp, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db, dx,
+                      acc_ih, acc_hh, tmp, p, nparts):
+    """Part p of :func:`layer_grads`: rows [g0, g1) of dW_ih, dW_hh and db, and rows
+    [r0, r1) of dx (skipped when dx has no rows)."""
+    N, G = dxp.shape
+    B = h0.shape[0]
+    g0, g1 = _part(G, p, nparts)
+    _tn_rows(dxp, 0, x, 0, N, dw_ih, acc_ih, g0, g1)
+    # dW_hh = sum_t dxp_t^T h_{t-1}: h_{t-1} is y one step back in processing order (a
+    # shift of B rows), except at each row's first step, whose h_{t-1} is h0.
+    if forward:
+        _tn_rows(dxp, B, y, 0, N - B, dw_hh, acc_hh, g0, g1)
+    else:
+        _tn_rows(dxp, 0, y, B, N - B, dw_hh, acc_hh, g0, g1)
+    _gemm_tn(first, 0, h0, 0, B, tmp, g0, g1)
+    for g in range(g0, g1):
+        for k in range(h0.shape[1]):
+            dw_hh[g, k] += tmp[g, k]
+    if db.shape[0] == G:  # column sums, in float64
+        acc = np.zeros(g1 - g0, dtype=np.float64)
+        for n in range(N):
+            for g in range(g0, g1):
+                acc[g - g0] += dxp[n, g]
+        for g in range(g0, g1):
+            db[g] = acc[g - g0]
+    if dx.shape[0] == N:
+        I = dx.shape[1]
+        r0, r1 = _part(N, p, nparts)
+        _gemm(dxp, r0 * G, G, 1, r1 - r0, G, w_p, I, dx, r0 * I, I, 0)
+
+
+@njit(**JIT)
+def layer_grads(dxp, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, db, dx):
+    """The weight and input gradients of one layer direction, from the kernel's dxp:
+
+        dW_ih = sum_n dxp[n]^T x[n]      dW_hh = sum_t dxp_t^T h_{t-1}
+        db = sum_n dxp[n]                dx = dxp @ W_ih
+
+    dxp [N, G], x [N, I], y [N, P] (N = T * B rows, time-major), h0 [B, P]; first [B, G]
+    holds each row's dxp at its first processed step (whose h_{t-1} is h0); forward:
+    time runs t = 0.. (else backwards). db is [G] or [0] (no bias), dx [N, I] or [0, 0]
+    (not needed). Long sums go through float64 as in :func:`matmul_tn`."""
+    N, G = dxp.shape
+    P = h0.shape[1]
+    _layer_grads_part(dxp, x, y, h0, first, pack_b(w_ih), forward, dw_ih, dw_hh, db, dx,
+                      _f64_acc(N, G, x.shape[1]), _f64_acc(N - h0.shape[0], G, P),
+                      np.empty((G, P), dtype=dxp.dtype), 0, 1)
+
+
+@njit(**JIT_PARALLEL)
+def layer_grads_parallel(dxp, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, db, dx,
+                         nparts):
+    """:func:`layer_grads`, each of ``nparts`` threads taking a share of the rows of
+    every result."""
+    N, G = dxp.shape
+    P = h0.shape[1]
+    w_p = pack_b(w_ih)
+    acc_ih = _f64_acc(N, G, x.shape[1])
+    acc_hh = _f64_acc(N - h0.shape[0], G, P)
+    tmp = np.empty((G, P), dtype=dxp.dtype)
+    for p in prange(nparts):
+        _layer_grads_part(dxp, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db, dx,
+                          acc_ih, acc_hh, tmp, p, nparts)
