@@ -59,14 +59,18 @@ def pack_b(b):
 
 
 @njit(**JIT)
-def _gemm(a, a_off, a_rs, a_ks, M, K, bp, N, c, c_off, ldc, beta):
-    """C[M, N] (= or, beta != 0, +=) A[M, K] @ B[K, N]: A and C given by array, element
-    offset and strides (see simd.tile), B as packed panels (:func:`pack_b`).
+def _gemm(a, a_off, a_rs, a_ks, M, K, bp, N, c, c_off, ldc, beta, bias):
+    """C[M, N] (= or, beta != 0, +=) A[M, K] @ B[K, N] (+ bias[N] when bias has N
+    entries; else bias is empty): A and C given by array, element offset and strides
+    (see simd.tile), B as packed panels (:func:`pack_b`).
 
     Loops: row blocks of MC (A's block stays in L2 while every panel of B passes), column
-    panels, KC-chunks (the [KC, W] slice of a panel stays in L1), row tiles of MR."""
+    panels, KC-chunks (the [KC, W] slice of a panel stays in L1), row tiles of MR. The
+    bias starts the accumulators of each tile's first chunk: no pass of its own over C."""
     L = _lanes(c)
     W = NV * L
+    has_bias = bias.shape[0] == N and N > 0
+    flat_c = c.reshape(c.size)
     for m0 in range(0, max(M, 1), MC):
         m1 = min(m0 + MC, M)
         for n0 in range(0, N, W):
@@ -74,18 +78,21 @@ def _gemm(a, a_off, a_rs, a_ks, M, K, bp, N, c, c_off, ldc, beta):
             nv = (nn + L - 1) // L
             nlast = nn - (nv - 1) * L
             b_off = (n0 // W) * K * W
-            if K == 0 and beta == 0:  # an empty sum: zeros (a tile with k_len 0 stores 0)
-                for r0 in range(m0, m1, MR):
-                    tile(a, 0, 0, 0, bp, 0, 0, c, c_off + r0 * ldc + n0, ldc, 0,
-                         min(MR, m1 - r0), nv, nlast, 0)
-            for k0 in range(0, K, KC):
-                kk = min(KC, K - k0)
+            for k0 in range(0, max(K, 1), KC):
+                if K == 0 and beta != 0:
+                    break
+                kk = min(KC, K - k0)  # K == 0, beta == 0: one empty sum (zeros + bias)
                 add = 1 if beta != 0 or k0 > 0 else 0
                 for r0 in range(m0, m1, MR):
+                    co = c_off + r0 * ldc + n0
+                    # The bias seeds the accumulators of each tile's first chunk. Without
+                    # one, the tile is pointed at its own C region (valid memory; the
+                    # values it loads there are discarded).
+                    use = 1 if has_bias and k0 == 0 else 0
                     tile(a, a_off + r0 * a_rs + k0 * a_ks, a_rs, a_ks,
                          bp, b_off + k0 * W, W,
-                         c, c_off + r0 * ldc + n0, ldc, kk, min(MR, m1 - r0), nv, nlast,
-                         add)
+                         c, co, ldc, kk, min(MR, m1 - r0), nv, nlast, add,
+                         bias if use else flat_c, n0 if use else co, use)
 
 
 @njit(**_INLINE)
@@ -94,7 +101,7 @@ def mm_into(a, bp, c, beta=0):
     :func:`pack_b` from [K, N]."""
     M, K = a.shape
     N = c.shape[1]
-    _gemm(a, 0, K, 1, M, K, bp, N, c, 0, N, beta)
+    _gemm(a, 0, K, 1, M, K, bp, N, c, 0, N, beta, c.reshape(c.size)[:0])
 
 
 @njit(**_INLINE)
@@ -116,6 +123,7 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
     K = b.shape[1]
     L = _lanes(out)
     W = NV * L
+    flat_out = out.reshape(out.size)
     for k0 in range(0, n, KC):
         kk = min(KC, n - k0)
         add = 1 if k0 > 0 else 0
@@ -125,7 +133,8 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
                 nn = min(W, K - n0)
                 nv = (nn + L - 1) // L
                 tile(a, (a0 + k0) * G + r0, 1, G, b, (b0 + k0) * K + n0, K,
-                     out, r0 * K + n0, K, kk, mr, nv, nn - (nv - 1) * L, add)
+                     out, r0 * K + n0, K, kk, mr, nv, nn - (nv - 1) * L, add,
+                     flat_out, r0 * K + n0, 0)
     if n == 0:
         out[g0:g1] = 0
 
@@ -183,11 +192,7 @@ def _project_part(x, wp, bias, xp, p, nparts):
     N, I = x.shape
     G = xp.shape[1]
     r0, r1 = _part(N, p, nparts)
-    _gemm(x, r0 * I, I, 1, r1 - r0, I, wp, G, xp, r0 * G, G, 0)
-    if bias.shape[0] == G:
-        for r in range(r0, r1):
-            for g in range(G):
-                xp[r, g] += bias[g]
+    _gemm(x, r0 * I, I, 1, r1 - r0, I, wp, G, xp, r0 * G, G, 0, bias)
 
 
 @njit(**JIT)
@@ -233,7 +238,8 @@ def _layer_grads_part(dxp, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db, dx,
     if dx.shape[0] == N:
         I = dx.shape[1]
         r0, r1 = _part(N, p, nparts)
-        _gemm(dxp, r0 * G, G, 1, r1 - r0, G, w_p, I, dx, r0 * I, I, 0)
+        _gemm(dxp, r0 * G, G, 1, r1 - r0, G, w_p, I, dx, r0 * I, I, 0,
+              dx.reshape(dx.size)[:0])
 
 
 @njit(**JIT)

@@ -60,10 +60,10 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                     n = min(V.LANES, H - j)
                     xo = row * G + j
                     zo = rr * G + j
-                    ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n))
-                    fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
-                    gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
-                    og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
+                    ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n), xp)
+                    fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n), xp)
+                    gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n), xp)
+                    og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n), xp)
                     V.store(gates, xo, n, ig)
                     V.store(gates, xo + H, n, fg)
                     V.store(gates, xo + 2 * H, n, gg)
@@ -72,7 +72,7 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                     cn = V.rounded_like(c, fg * V.load(c, co, n) + ig * gg)
                     V.store(c, co, n, cn)  # the backward sees cn as stored
                     V.store(cs, row * H + j, n, cn)
-                    rv = og * V.tanh(cn)
+                    rv = og * V.tanh(cn, xp)
                     if proj:
                         V.store(r, co, n, rv)
                     else:  # h_t = r_t
@@ -158,7 +158,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                     og = V.load(gates, go + 3 * H, n)
                     cp = V.load(c0, b * H + j, n) if first else \
                         V.load(cs, (tp * B + b) * H + j, n)
-                    tc = V.tanh(V.load(cs, row * H + j, n))
+                    tc = V.tanh(V.load(cs, row * H + j, n), cs)
                     d_r = V.load(dr, rr * H + j, n)
                     dcc = V.load(dc, rr * H + j, n) + d_r * og * (1.0 - tc * tc)
                     V.store(dc, rr * H + j, n, dcc * fg)

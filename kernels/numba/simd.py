@@ -56,8 +56,10 @@ def _decl(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
-def _emit_tile(builder, vt, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask, beta):
-    """IR for one mr x nv tile; a, bm, c are element pointers at the tile's origin."""
+def _emit_tile(builder, vt, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask, beta,
+               bias, use_bias):
+    """IR for one mr x nv tile; a, bm, c, bias are element pointers at the tile's
+    origin. The accumulators start at zero, or at the bias row when use_bias != 0."""
     L = vt.count
     vptr = vt.as_pointer()
     align = _I32(vt.element.get_abi_size(_target_data(builder)))
@@ -78,7 +80,13 @@ def _emit_tile(builder, vt, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask,
             return builder.call(mload, [p, align, mask, zero])
         return builder.load(p, align=align.constant)
 
-    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
+    with_bias = builder.icmp_signed("!=", use_bias, ir.Constant(use_bias.type, 0))
+    init = [builder.select(with_bias, load(bias, intp(v * L), v == nv - 1), zero)
+            for v in range(nv)]
+    accs = [[cgutils.alloca_once(builder, vt) for _ in range(nv)] for _ in range(mr)]
+    for r in range(mr):
+        for v in range(nv):
+            builder.store(init[v], accs[r][v])
     with cgutils.for_range(builder, k_len) as loop:
         k = loop.index
         brow = builder.mul(k, ldb)
@@ -114,31 +122,33 @@ def _target_data(builder):
 
 @intrinsic
 def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
-         mr, nv, nlast, beta):
-    """C tile (= or, when beta != 0, +=) A tile @ Bm panel; see the module docstring.
+         mr, nv, nlast, beta, bias, bias_off, use_bias):
+    """C tile (= or, when beta != 0, +=) A tile @ Bm panel (+ the bias row when
+    use_bias != 0); see the module docstring.
 
     a, bm, c: arrays of one float dtype (any shape; only their data pointer is used,
     with the element offsets a_off, b_off, c_off and strides in elements: A[r, k] at
     a_off + r * a_rs + k * a_ks, Bm[k, j] at b_off + k * ldb + j, C[r, j] at
     c_off + r * ldc + j). 1 <= mr <= MR rows, 1 <= nv <= NV vectors, the last holding
     nlast (1..lanes) valid columns; k_len >= 0 terms. Nothing is bounds-checked: the
-    drivers in gemm.py own the index arithmetic.
+    drivers in gemm.py own the index arithmetic. bias: an array of the same dtype, read
+    at bias_off + j for the tile's columns only when use_bias != 0 (else any array
+    with nv vectors readable there: the loads are made, their values discarded).
     """
     dt = a.dtype
-    if not all(isinstance(x, types.Array) and x.dtype == dt for x in (a, bm, c)) or \
+    if not all(isinstance(x, types.Array) and x.dtype == dt for x in (a, bm, c, bias)) or \
             dt not in (types.float32, types.float64):
         return None
-    ints = (a_off, a_rs, a_ks, b_off, ldb, c_off, ldc, k_len, mr, nv, nlast, beta)
+    ints = (a_off, a_rs, a_ks, b_off, ldb, c_off, ldc, k_len, mr, nv, nlast, beta,
+            bias_off, use_bias)
     if not all(isinstance(x, types.Integer) for x in ints):
         return None
-    sig = types.void(a, types.intp, types.intp, types.intp, bm, types.intp, types.intp,
-                     c, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, types.intp)
+    ip = types.intp
+    sig = types.void(a, ip, ip, ip, bm, ip, ip, c, ip, ip, ip, ip, ip, ip, ip, bias, ip, ip)
 
     def codegen(context, builder, sig, args):
         (a_arr, a_off, a_rs, a_ks, b_arr, b_off, ldb, c_arr, c_off, ldc, k_len,
-         mr, nv, nlast, beta) = [context.cast(builder, v, fr, to) for v, fr, to in
-                                 zip(args, sig.args, sig.args)]
+         mr, nv, nlast, beta, bias_arr, bias_off, use_bias) = args
         vt = _vector_type(dt)
         L = vt.count
         intp = context.get_value_type(types.intp)
@@ -149,6 +159,7 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
         pa = data(a_arr, sig.args[0], a_off)
         pb = data(b_arr, sig.args[4], b_off)
         pc = data(c_arr, sig.args[7], c_off)
+        pbias = data(bias_arr, sig.args[15], bias_off)
         lane_ids = ir.Constant(ir.VectorType(intp, L), list(range(L)))
         splat_n = builder.shuffle_vector(
             builder.insert_element(ir.Constant(ir.VectorType(intp, L), ir.Undefined),
@@ -166,7 +177,7 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
                 sw.add_case(intp(m * 8 + n), bb)
                 builder.position_at_end(bb)
                 _emit_tile(builder, vt, m, n, pa, a_rs, a_ks, pb, ldb, pc, ldc, k_len,
-                           mask, beta)
+                           mask, beta, pbias, use_bias)
                 builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()

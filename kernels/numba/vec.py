@@ -20,7 +20,8 @@ are not stored)::
     fma(a, b, c) = a * b + c (one rounding)      where_le0(v, a, b), where_gt0(v, a, b)
     clamp(v, lo, hi)  (NaN stays NaN)             pow2_of_rounded(k + MAGIC) = 2.0 ** k
     lane_sum(v)  (lanes added in order 0..7: deterministic)
-    exp(v), sigmoid(v), tanh(v)   (njit functions built on the above, inlined)
+    exp(v, like), sigmoid(v, like), tanh(v, like)   (njit, inlined; ``like``: an array
+        whose dtype sets the accuracy needed, float64 when omitted)
 """
 
 import operator
@@ -302,43 +303,62 @@ def lane_sum(typingctx, v):
 _INLINE = dict(inline="always", nogil=True, error_model="numpy")
 
 
+def _poly(r, like):
+    pass
+
+
+@overload(_poly, inline="always")
+def _poly_impl(r, like):
+    """exp(r) for |r| <= ln(2) / 2 by its Taylor polynomial, evaluated by Estrin's scheme
+    (a tree of depth 4 instead of a chain of dependent FMAs: the LSTM step is latency-
+    bound). Degree 12 (truncation < 2e-16 relative), or degree 7 (< 6e-9, a tenth of a
+    float32 ulp) when ``like`` is a float32 array: its results are rounded to float32."""
+    if isinstance(like, types.Array) and like.dtype == types.float32:
+        def deg7(r, like):
+            r2 = r * r
+            q0 = fma(r, splat(1.0), splat(1.0))
+            q1 = fma(r, splat(1.66666666666666666667e-01), splat(0.5))
+            q2 = fma(r, splat(8.33333333333333333333e-03), splat(4.16666666666666666667e-02))
+            q3 = fma(r, splat(1.98412698412698412698e-04), splat(1.38888888888888888889e-03))
+            return fma(fma(q3, r2, q2), r2 * r2, fma(q1, r2, q0))
+        return deg7
+
+    def deg12(r, like):
+        r2 = r * r
+        r4 = r2 * r2
+        q0 = fma(r, splat(1.0), splat(1.0))  # 1 + r
+        q1 = fma(r, splat(1.66666666666666666667e-01), splat(0.5))
+        q2 = fma(r, splat(8.33333333333333333333e-03), splat(4.16666666666666666667e-02))
+        q3 = fma(r, splat(1.98412698412698412698e-04), splat(1.38888888888888888889e-03))
+        q4 = fma(r, splat(2.75573192239858906526e-06), splat(2.48015873015873015873e-05))
+        q5 = fma(r, splat(2.50521083854417187751e-08), splat(2.75573192239858906526e-07))
+        u0 = fma(fma(q3, r2, q2), r4, fma(q1, r2, q0))
+        u1 = fma(splat(2.08767569878680989792e-09), r4, fma(q5, r2, q4))
+        return fma(u1, r4 * r4, u0)
+    return deg12
+
+
 @njit(**_INLINE)
-def exp(x):
-    """exp(x) lane-wise to ~1 ulp: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2) / 2,
-    exp(r) by its degree-12 Taylor polynomial (truncation < 2e-16 relative; evaluated
-    by Estrin's scheme), ln 2 split
-    in a part exact in k * hi and a correction (Cody-Waite). x is clamped to [-700, 700]
-    (finite, so sigmoid and tanh built on it saturate cleanly); NaN stays NaN."""
+def exp(x, like=None):
+    """exp(x) lane-wise: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by
+    :func:`_poly` (to ~1 ulp of float64; of float32 when ``like`` is a float32 array),
+    ln 2 split in a part exact in k * hi and a correction (Cody-Waite). x is clamped to
+    [-700, 700] (finite, so sigmoid and tanh built on it saturate cleanly); NaN stays
+    NaN."""
     x = clamp(x, -700.0, 700.0)
     t = x * 1.4426950408889634 + MAGIC  # MAGIC + round(x / ln 2)
     k = t - MAGIC
     r = (x - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10
-    # Estrin's scheme: the same polynomial as Horner's rule in a tree of depth 4
-    # instead of a chain of 12 dependent FMAs (4 cycles each): the LSTM step is
-    # latency-bound, five of these in flight per unit.
-    r2 = r * r
-    r4 = r2 * r2
-    q0 = fma(r, splat(1.0), splat(1.0))  # 1 + r
-    q1 = fma(r, splat(1.66666666666666666667e-01), splat(0.5))
-    q2 = fma(r, splat(8.33333333333333333333e-03), splat(4.16666666666666666667e-02))
-    q3 = fma(r, splat(1.98412698412698412698e-04), splat(1.38888888888888888889e-03))
-    q4 = fma(r, splat(2.75573192239858906526e-06), splat(2.48015873015873015873e-05))
-    q5 = fma(r, splat(2.50521083854417187751e-08), splat(2.75573192239858906526e-07))
-    s0 = fma(q1, r2, q0)
-    s1 = fma(q3, r2, q2)
-    s2 = fma(q5, r2, q4)
-    u0 = fma(s1, r4, s0)
-    u1 = fma(splat(2.08767569878680989792e-09), r4, s2)
-    p = fma(u1, r4 * r4, u0)
-    return p * pow2_of_rounded(t)
+    return _poly(r, like) * pow2_of_rounded(t)
 
 
 @njit(**_INLINE)
-def sigmoid(x):
-    return 1.0 / (1.0 + exp(-x))
+def sigmoid(x, like=None):
+    return 1.0 / (1.0 + exp(-x, like))
 
 
 @njit(**_INLINE)
-def tanh(x):
-    """1 - 2 / (exp(2x) + 1): absolute error ~1e-16, exact saturation at +-1."""
-    return 1.0 - 2.0 / (exp(x + x) + 1.0)
+def tanh(x, like=None):
+    """1 - 2 / (exp(2x) + 1): absolute error ~1e-16 (~6e-9 for float32 ``like``), exact
+    saturation at +-1."""
+    return 1.0 - 2.0 / (exp(x + x, like) + 1.0)
