@@ -241,6 +241,8 @@ def markdown(report):
         parts += [f"GEMM rate ({'x'.join(map(str, g['shape']))} {g['dtype']}): torch "
                   f"{g['torch_gflops']:.0f} GFLOP/s"
                   + (f", numpy {g['numpy_gflops']:.0f} GFLOP/s" if "numpy_gflops" in g else "")
+                  + (f", rnnfast's tile {g['rnnfast_gflops']:.0f} GFLOP/s"
+                     if "rnnfast_gflops" in g else "")
                   + f"; peak used for % = {g['peak_gflops']:.0f} GFLOP/s. GFLOP/s counts "
                   "every GEMM of the layer (fwd 2TBG(I+H), fwd+bwd 3x that).", ""]
     peak = g.get("peak_gflops")

@@ -1,0 +1,195 @@
+"""The numba backend's own arithmetic, tested directly: the AVX-512 GEMM tile and its
+drivers (kernels/numba/simd.py, gemm.py) and the 8-lane vector math (vec.py).
+
+The module tests reach these only through whole layers; here every tile shape (1-6
+rows, 1-4 vectors, masked tails), reduction lengths across the KC chunk and the
+float64 block boundary, transposed operands, bias seeding, and the serial / parallel
+drivers are checked against float64 numpy, and that nothing is written outside C.
+"""
+
+import numba
+import numpy as np
+import pytest
+import torch
+from numba import njit
+
+from rnnfast.kernels import numba as nk
+from rnnfast.kernels.numba import gemm, vec as V
+from .tolerances import assert_close
+
+DTYPES = (np.float32, np.float64)
+TORCH = {np.float32: torch.float32, np.float64: torch.float64}
+
+
+def _rand(rng, shape, dt):
+    return rng.standard_normal(shape).astype(dt)
+
+
+def _check(name, got, ref, dt, k):
+    """Within the table's kernel tolerance, scaled by the reduction length k (a GEMM's
+    float32 rounding grows like sqrt(k); the table is set for layer-sized sums)."""
+    scale = max(1.0, (k / 256) ** 0.5)
+    ref_t = torch.from_numpy(np.asarray(ref))
+    assert_close(name, torch.from_numpy(np.asarray(got, dtype=np.float64)) / scale,
+                 ref_t / scale, dtype=TORCH[dt])
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 32, 128), (6, 64, 64), (7, 37, 148),
+                                   (13, 300, 17), (5, 0, 33), (12, 257, 130), (3, 5, 200)])
+def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
+    """C = A @ B through _gemm for every tile shape and masked tail; C lives inside a
+    wider NaN-filled buffer: the columns past N and the rows around stay NaN."""
+    rng = np.random.default_rng(M * 1000 + K * 10 + N)
+    a, b = _rand(rng, (M, K), dt), _rand(rng, (K, N), dt)
+    big = np.full((M + 2, N + 19), np.nan, dtype=dt)
+    c_off, ldc = 1 * big.shape[1] + 3, big.shape[1]
+    gemm._gemm(a, 0, K, 1, M, K, gemm.pack_b(b), N, big, c_off, ldc, 0, big.reshape(-1)[:0])
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    _check("C", big[1:M + 1, 3:N + 3], ref, dt, K)
+    outside = np.ones(big.shape, dtype=bool)
+    outside[1:M + 1, 3:N + 3] = False
+    assert np.isnan(big[outside]).all(), "the tile wrote outside C"
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_gemm_beta_and_bias(dt):
+    rng = np.random.default_rng(1)
+    M, K, N = 9, 70, 77
+    a, b = _rand(rng, (M, K), dt), _rand(rng, (K, N), dt)
+    bias, c0 = _rand(rng, (N,), dt), _rand(rng, (M, N), dt)
+    ref = a.astype(np.float64) @ b
+    c = c0.copy()
+    gemm._gemm(a, 0, K, 1, M, K, gemm.pack_b(b), N, c, 0, N, 1, c.reshape(-1)[:0])
+    _check("C += A @ B", c, c0.astype(np.float64) + ref, dt, K)
+    c = np.full((M, N), np.nan, dtype=dt)
+    gemm._gemm(a, 0, K, 1, M, K, gemm.pack_b(b), N, c, 0, N, 0, bias)
+    _check("C = A @ B + bias", c, ref + bias, dt, K)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("N,G,K", [(1, 1, 1), (100, 37, 148), (300, 7, 65),
+                                   (gemm.CHUNK_ROWS + 777, 13, 40)])
+def test_matmul_tn_serial_parallel(dt, N, G, K):
+    """a^T @ b over N rows (float64 across CHUNK_ROWS blocks past one block); the
+    parallel driver splits the rows of the result and is bitwise equal to the serial."""
+    rng = np.random.default_rng(N + G + K)
+    a, b = _rand(rng, (N, G), dt), _rand(rng, (N, K), dt)
+    ref = a.astype(np.float64).T @ b
+    serial = np.full((G, K), np.nan, dtype=dt)
+    gemm.matmul_tn(a, b, serial)
+    _check("a^T b", serial, ref, dt, N)
+    for parts in (2, 3):
+        par = np.full((G, K), np.nan, dtype=dt)
+        gemm.matmul_tn_parallel(a, b, par, parts)
+        assert np.array_equal(par, serial), f"{parts} parts differ from the serial result"
+
+
+def test_long_reduction_error_stays_small():
+    """A 40k-row float32 a^T b: the float64 block sums keep the error near a single
+    block's, well under a plain float32 running sum's."""
+    rng = np.random.default_rng(3)
+    a, b = _rand(rng, (40000, 8), np.float32), _rand(rng, (40000, 8), np.float32)
+    ref = a.astype(np.float64).T @ b.astype(np.float64)
+    out = np.empty((8, 8), np.float32)
+    gemm.matmul_tn(a, b, out)
+    rel = np.abs(out - ref).max() / np.abs(ref).max()
+    assert rel < 2e-6, rel
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (5, 3, 37, 9), (40, 8, 64, 64)])
+def test_project_and_layer_grads(dt, T, B, I, H):
+    """The layer GEMMs against torch float64, forward and reversed (with lengths), and
+    the parallel drivers bitwise equal to the serial ones."""
+    G = 4 * H
+    tdt = TORCH[dt]
+    g = torch.Generator().manual_seed(T * B + I)
+    x, w_ih = torch.randn(T, B, I, generator=g, dtype=tdt), torch.randn(G, I, generator=g, dtype=tdt)
+    bias = torch.randn(G, generator=g, dtype=tdt)
+    dxp, y = torch.randn(T, B, G, generator=g, dtype=tdt), torch.randn(T, B, H, generator=g, dtype=tdt)
+    h0 = torch.randn(B, H, generator=g, dtype=tdt)
+    xd = x.double()
+    assert_close("xp", nk.project(x, w_ih, bias), xd @ w_ih.double().t() + bias.double(), tdt)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    pad = torch.arange(T)[:, None] >= lengths[None, :]  # [T, B]: past a row's length
+    for reverse, lens in ((False, None), (True, None), (True, lengths)):
+        if lens is not None:  # as the kernels leave them: y and dxp are 0 in the padding
+            dxp, y = dxp.masked_fill(pad[..., None], 0), y.masked_fill(pad[..., None], 0)
+        dx, dw_ih, dw_hh, db = nk.layer_grads(dxp, x, y, h0, w_ih, lens, reverse)
+        d, yd = dxp.double(), y.double()
+        if reverse:
+            L = torch.full((B,), T) if lens is None else lens
+            prev = torch.cat([yd[1:], torch.zeros_like(yd[:1])])  # h_{t-1} = y[t+1]
+            for b in range(B):
+                prev[L[b] - 1, b] = h0[b].double()
+        else:
+            prev = torch.cat([h0.double()[None], yd[:-1]])
+        assert_close("dW_hh", dw_hh, torch.einsum("tbg,tbp->gp", d, prev), tdt)
+        assert_close("dW_ih", dw_ih, torch.einsum("tbg,tbi->gi", d, xd), tdt)
+        assert_close("db", db, d.sum((0, 1)), tdt)
+        assert_close("dx", dx, d @ w_ih.double(), tdt)
+    # the parallel drivers, forced: identical bits
+    N = T * B
+    args = (dxp.numpy().reshape(N, G), x.numpy().reshape(N, I), y.numpy().reshape(N, H),
+            h0.numpy(), dxp[0].numpy(), w_ih.numpy(), True)
+    outs = [[np.empty((G, I), dt), np.empty((G, H), dt), np.empty(G, dt), np.empty((N, I), dt)]
+            for _ in range(2)]
+    gemm.layer_grads(*args, *outs[0])
+    numba.set_num_threads(2)
+    gemm.layer_grads_parallel(*args, *outs[1], 2)
+    for s, p in zip(*outs):
+        assert np.array_equal(s, p)
+    xp_s, xp_p = np.empty((N, G), dt), np.empty((N, G), dt)
+    wt = np.ascontiguousarray(w_ih.numpy().T)
+    gemm.project(x.numpy().reshape(N, I), wt, bias.numpy(), xp_s)
+    gemm.project_parallel(x.numpy().reshape(N, I), wt, bias.numpy(), xp_p, 2)
+    assert np.array_equal(xp_s, xp_p)
+
+
+# ---------------------------------------------------------------- vector math
+
+@njit(cache=False)
+def _apply(x, out, which, lo):
+    """out[k * n + j] = f_k(x[j]) for f = exp, sigmoid, tanh (float32 accuracy when lo)."""
+    n = x.shape[0]
+    for j in range(0, n, V.LANES):
+        m = min(V.LANES, n - j)
+        v = V.load(x, j, m)
+        if lo:
+            V.store(out, j, m, V.exp(v, out))
+            V.store(out, n + j, m, V.sigmoid(v, out))
+            V.store(out, 2 * n + j, m, V.tanh(v, out))
+        else:
+            V.store(out, j, m, V.exp(v))
+            V.store(out, n + j, m, V.sigmoid(v))
+            V.store(out, 2 * n + j, m, V.tanh(v))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_vector_exp_sigmoid_tanh(dt):
+    x = np.concatenate([np.linspace(-30, 30, 1001), [0.0, -0.0, 1e-3, -1e-3, 88.0, -100.0,
+                                                     750.0, -750.0, np.inf, -np.inf, np.nan]])
+    x = x.astype(dt)
+    n = x.shape[0]
+    out = np.full(3 * n + 5, -7.0, dtype=dt)  # 5 sentinels past the end
+    _apply(x, out, 0, dt == np.float32)
+    assert (out[3 * n:] == -7.0).all(), "a masked tail store wrote past its lanes"
+    xd = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        ref = [np.exp(np.clip(xd, -700, 700)), 1 / (1 + np.exp(-xd)), np.tanh(xd)]
+    ulp = np.finfo(dt).eps
+    for k, name in enumerate(("exp", "sigmoid", "tanh")):
+        got = out[k * n:(k + 1) * n].astype(np.float64)
+        finite = np.isfinite(ref[k]) & np.isfinite(got)
+        if dt == np.float64 or name != "exp":
+            assert np.array_equal(np.isnan(got), np.isnan(xd)), f"{name}: NaN must map to NaN only"
+        err = np.abs(got - ref[k])[finite]
+        # relative for exp; absolute (values within [-1, 1]) for sigmoid and tanh
+        bound = 4 * ulp * (np.abs(ref[k][finite]) if name == "exp" else 1.0) + np.finfo(dt).tiny
+        assert (err <= bound).all(), f"{name}: max error {err.max():.3g}"
+    # saturation: exactly 0 / 1 / -1 far out
+    i_big = int(np.where(xd == 750.0)[0][0])
+    assert out[n + i_big] == 1.0 and out[2 * n + i_big] == 1.0
+    i_neg = int(np.where(xd == -750.0)[0][0])
+    assert out[2 * n + i_neg] == -1.0 and 0 <= float(out[n + i_neg]) < 1e-300
