@@ -110,7 +110,7 @@ def _rnn_layer_impl(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation,
                     negative_slope, backend, probe):
     xp = _projection(x, w_ih, b_ih, b_hh)
     return kernels(backend).rnn_fwd(xp, w_hh, h0, lengths, reverse, activation,
-                                    negative_slope)
+                                    negative_slope, reuse_xp=True)
 
 
 @rnn_layer.register_fake
@@ -192,7 +192,8 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
 def _lstm_layer_impl(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend,
                      probe):
     xp = _projection(x, w_ih, b_ih, b_hh)
-    return kernels(backend).lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse)
+    return kernels(backend).lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
+                                     reuse_xp=True)
 
 
 @lstm_layer.register_fake

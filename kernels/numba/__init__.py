@@ -159,7 +159,8 @@ def _lengths(lengths, T, B):
     return _np(lengths.to(torch.int64))
 
 
-def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01):
+def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01,
+            reuse_xp=False):
     """Forward recurrence of an Elman RNN.
 
     Parameters
@@ -171,6 +172,8 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     reverse : bool          process t = T-1 .. 0
     activation : int        kernels.TANH, RELU or LEAKY_RELU
     negative_slope : float  >= 0, used by LEAKY_RELU
+    reuse_xp : bool         y may be written over xp (a caller's temporary): each step
+                            reads its xp before writing y in the same place
 
     Returns
     -------
@@ -178,7 +181,7 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     """
     T, B, H = check_recurrence_args("rnn", xp, w_hh, h0, None, None, lengths,
                                     activation, negative_slope, DTYPES, "numba")
-    y = _empty(xp, xp.shape)
+    y = xp if reuse_xp and xp.is_contiguous() else _empty(xp, xp.shape)
     h_n = torch.empty_like(h0)
     _launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel, _chunks(B, B * H * H),
             _np(xp), _packed(w_hh, transpose=True), _np(h0), _lengths(lengths, T, B),
@@ -212,7 +215,7 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     return dxp, dh0, norms
 
 
-def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
+def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False):
     """Forward recurrence of an LSTM (gate order i, f, g, o).
 
     Parameters
@@ -220,6 +223,8 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
     xp : Tensor [T, B, 4H];  w_hh : Tensor [4H, P];  w_hr : Tensor [P, H] or None
     h0 : Tensor [B, P];  c0 : Tensor [B, H];  lengths, reverse: as :func:`rnn_fwd`
     (P = proj_size when w_hr is given, else H.)
+    reuse_xp : the gates may be written over xp (as :func:`rnn_fwd`'s y): saves a
+    [T, B, 4H] buffer and its first-touch page faults
 
     Returns
     -------
@@ -232,7 +237,7 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
     y = _empty(xp, (T, B, P))
     h_n = torch.empty_like(h0)
     c_n = torch.empty_like(c0)
-    gates = _empty(xp, xp.shape)
+    gates = xp if reuse_xp and xp.is_contiguous() else _empty(xp, xp.shape)
     cs = _empty(xp, (T, B, H))
     w_hr_t = _packed(w_hr, transpose=True) if w_hr is not None else _no_weight(xp)
     _launch(lstm_fwd_kernel, lstm_fwd_kernel_parallel, _chunks(B, B * P * G),

@@ -117,7 +117,8 @@ def _final(buf, T):
 
 # ---------------------------------------------------------------- Elman RNN
 
-def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01):
+def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01,
+            reuse_xp=False):
     """Forward recurrence of an Elman RNN.
 
     Parameters
@@ -126,6 +127,8 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     w_hh : Tensor [H, H];  h0 : Tensor [B, H]
     lengths : int64 Tensor [B] or None   sequence b is active for t < lengths[b]
     reverse : bool;  activation : int (kernels.TANH, RELU, LEAKY_RELU);  negative_slope
+    reuse_xp : accepted for the contract (the CPU backend writes y over xp); here y is
+    always a new buffer
 
     Returns
     -------
@@ -214,13 +217,14 @@ def _norms(partial):
 
 # ---------------------------------------------------------------- LSTM
 
-def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
+def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False):
     """Forward recurrence of an LSTM (gate order i, f, g, o).
 
     Parameters
     ----------
     xp : Tensor [T, B, 4H];  w_hh : Tensor [4H, P];  w_hr : Tensor [P, H] or None
-    h0 : Tensor [B, P];  c0 : Tensor [B, H];  lengths, reverse: as :func:`rnn_fwd`
+    h0 : Tensor [B, P];  c0 : Tensor [B, H];  lengths, reverse, reuse_xp: as
+    :func:`rnn_fwd`
 
     Returns
     -------
