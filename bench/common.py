@@ -211,11 +211,18 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sample_s=2e-3):
+def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sample_s=2e-3,
+                     settle_s=0.005):
     """Median seconds per call of each callable in ``fns`` (name -> fn), measured in
     rounds that call every fn once (the order rotates each round), so machine noise
     hits all of them alike. Warm-up calls are excluded. Calls shorter than
     ``min_sample_s`` are repeated inside a sample and averaged.
+
+    Each sample starts ``settle_s`` after the previous one ends: the peers bring their
+    own thread pools (torch's OpenMP, numba's OpenMP, XLA's), whose workers spin for a
+    while after a parallel region; on 2 cores the next peer's first milliseconds would
+    otherwise share the cores with them (measured: rnnfast's LSTM at B=32, H=256 took
+    32.7 ms right after JAX, 26-27 ms without JAX in the process).
 
     Returns name -> {"median_s", "reps", "iqr_s", "inner"}.
     """
@@ -240,6 +247,7 @@ def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sam
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             k = inner[n]
+            time.sleep(settle_s)
             t0 = time.perf_counter()
             for _ in range(k):
                 fns[n]()

@@ -148,3 +148,37 @@ def test_torch_compile_inductor():
     x = torch.randn(6, 4, 3)
     compiled = torch.compile(model, fullgraph=True)
     assert_close("loss", compiled(x), model(x))
+
+
+EAGER_CASES = {
+    "rnn": (ops.rnn, ops.rnn_layer, _rnn_args(torch.float32)),
+    "rnn-relu-reverse-lengths": (ops.rnn, ops.rnn_layer, _rnn_args(
+        torch.float32, lengths=torch.tensor([4, 2, 3]), reverse=True, act="relu")),
+    "lstm": (ops.lstm, ops.lstm_layer, _lstm_args(torch.float32)),
+    "lstm-proj-reverse-lengths": (ops.lstm, ops.lstm_layer, _lstm_args(
+        torch.float32, lengths=torch.tensor([1, 4, 2]), reverse=True, proj=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(EAGER_CASES))
+def test_eager_twin_matches_the_op(name):
+    """ops.rnn / ops.lstm run an autograd.Function in eager mode; it must give the custom
+    op's outputs and gradients bit for bit (the same impl and backward run inside)."""
+    eager, op, args = EAGER_CASES[name]
+    results = []
+    for fn in (eager, op):
+        inputs = [a.detach().clone().requires_grad_() if torch.is_tensor(a) and a.requires_grad
+                  else a for a in args]
+        out = fn(*inputs)
+        y, h = out[0], out[1]
+        g = torch.Generator().manual_seed(0)
+        loss = (y * torch.randn(y.shape, generator=g)).sum() + \
+            (h * torch.randn(h.shape, generator=g)).sum()
+        if len(out) == 5:  # LSTM: c_n too
+            loss = loss + (out[2] * torch.randn(out[2].shape, generator=g)).sum()
+        loss.backward()
+        grads = [a.grad for a in inputs if torch.is_tensor(a) and a.requires_grad]
+        results.append([t.detach() for t in out[:3 if len(out) == 5 else 2]] + grads)
+    assert type(eager(*args)[0].grad_fn).__name__.startswith("_Eager")
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -5,6 +5,7 @@ time-major) and shares memory with numpy (``Tensor.numpy()``), so no copy is mad
 beyond making an input contiguous.
 """
 
+import os
 import sys
 
 import numba
@@ -43,7 +44,8 @@ def _madvise():
         return None
 
 
-_MADVISE = _madvise() if sys.platform.startswith("linux") else None
+_MADVISE = (_madvise() if sys.platform.startswith("linux")
+            and os.environ.get("RNNFAST_HUGEPAGES", "1") != "0" else None)
 
 
 def _empty(like, shape, dtype=None):

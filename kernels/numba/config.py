@@ -1,7 +1,11 @@
 """Every numba flag used by rnnfast's CPU kernels, in one place.
 
 ``RNNFAST_NUMBA_CACHE=0`` disables the on-disk compile cache (on by default, so a
-second process starts without recompiling). ``fastmath`` stays off: it lets LLVM
+second process starts without recompiling). numba keys a cached function on its own
+source file only: after editing vec.py, simd.py or gemm.py, the kernels in rnn.py and
+lstm.py that inline them still load their old machine code. Delete
+``kernels/numba/__pycache__`` (or set RNNFAST_NUMBA_CACHE=0) when working on those.
+``fastmath`` stays off: it lets LLVM
 reassociate the float sums, which would break bitwise determinism across shapes and
 the gradient-fidelity guarantee (no worse than torch's own float32 error).
 """
@@ -11,7 +15,7 @@ import os
 CACHE = os.environ.get("RNNFAST_NUMBA_CACHE", "1") != "0"
 FASTMATH = False
 
-# Serial kernels: one thread runs the time loop; the per-step GEMM is BLAS.
+# Serial kernels: one thread runs the time loop (the per-step GEMM is simd.tile).
 JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 
 # Small helpers inlined into their callers at numba IR level.
