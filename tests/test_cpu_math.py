@@ -150,46 +150,41 @@ def test_project_and_layer_grads(dt, T, B, I, H):
 # ---------------------------------------------------------------- vector math
 
 @njit(cache=False)
-def _apply(x, out, which, lo):
-    """out[k * n + j] = f_k(x[j]) for f = exp, sigmoid, tanh (float32 accuracy when lo)."""
+def _apply(x, out):
+    """out[k * n + j] = f_k(x[j]) for f = exp, sigmoid, tanh, in x's precision."""
     n = x.shape[0]
-    for j in range(0, n, V.LANES):
-        m = min(V.LANES, n - j)
+    L = V.lanes(x)
+    for j in range(0, n, L):
+        m = min(L, n - j)
         v = V.load(x, j, m)
-        if lo:
-            V.store(out, j, m, V.exp(v, out))
-            V.store(out, n + j, m, V.sigmoid(v, out))
-            V.store(out, 2 * n + j, m, V.tanh(v, out))
-        else:
-            V.store(out, j, m, V.exp(v))
-            V.store(out, n + j, m, V.sigmoid(v))
-            V.store(out, 2 * n + j, m, V.tanh(v))
+        V.store(out, j, m, V.exp(v))
+        V.store(out, n + j, m, V.sigmoid(v))
+        V.store(out, 2 * n + j, m, V.tanh(v))
 
 
 @pytest.mark.parametrize("dt", DTYPES)
 def test_vector_exp_sigmoid_tanh(dt):
-    x = np.concatenate([np.linspace(-30, 30, 1001), [0.0, -0.0, 1e-3, -1e-3, 88.0, -100.0,
-                                                     750.0, -750.0, np.inf, -np.inf, np.nan]])
+    x = np.concatenate([np.linspace(-30, 30, 1001), [0.0, -0.0, 1e-3, -1e-3, 1e-6, -3e-8,
+                                                     80.0, -80.0, 750.0, -750.0,
+                                                     np.inf, -np.inf, np.nan]])
     x = x.astype(dt)
     n = x.shape[0]
     out = np.full(3 * n + 5, -7.0, dtype=dt)  # 5 sentinels past the end
-    _apply(x, out, 0, dt == np.float32)
+    _apply(x, out)
     assert (out[3 * n:] == -7.0).all(), "a masked tail store wrote past its lanes"
     xd = x.astype(np.float64)
     with np.errstate(all="ignore"):
-        ref = [np.exp(np.clip(xd, -700, 700)), 1 / (1 + np.exp(-xd)), np.tanh(xd)]
+        ref = [np.exp(xd), 1 / (1 + np.exp(-xd)), np.tanh(xd)]
     ulp = np.finfo(dt).eps
+    lim = 700.0 if dt == np.float64 else 87.0  # exp's argument clamp
     for k, name in enumerate(("exp", "sigmoid", "tanh")):
         got = out[k * n:(k + 1) * n].astype(np.float64)
-        finite = np.isfinite(ref[k]) & np.isfinite(got)
-        if dt == np.float64 or name != "exp":
-            assert np.array_equal(np.isnan(got), np.isnan(xd)), f"{name}: NaN must map to NaN only"
-        err = np.abs(got - ref[k])[finite]
-        # relative for exp; absolute (values within [-1, 1]) for sigmoid and tanh
-        bound = 4 * ulp * (np.abs(ref[k][finite]) if name == "exp" else 1.0) + np.finfo(dt).tiny
-        assert (err <= bound).all(), f"{name}: max error {err.max():.3g}"
-    # saturation: exactly 0 / 1 / -1 far out
-    i_big = int(np.where(xd == 750.0)[0][0])
-    assert out[n + i_big] == 1.0 and out[2 * n + i_big] == 1.0
-    i_neg = int(np.where(xd == -750.0)[0][0])
-    assert out[2 * n + i_neg] == -1.0 and 0 <= float(out[n + i_neg]) < 1e-300
+        assert np.array_equal(np.isnan(got), np.isnan(xd)), f"{name}: NaN must map to NaN only"
+        ok = np.isfinite(xd) & (np.abs(xd) <= lim)
+        # relative error, a few ulp of the vector's precision (tanh near 0 included)
+        rel = np.abs(got[ok] - ref[k][ok]) / np.maximum(np.abs(ref[k][ok]), np.finfo(dt).tiny)
+        assert rel.max() <= 8 * ulp, f"{name}: max relative error {rel.max():.3g}"
+    # saturation: exactly 1 / -1 far out, a tiny non-negative sigmoid, finite exp
+    i_big, i_neg = int(np.where(xd == 750.0)[0][0]), int(np.where(xd == -750.0)[0][0])
+    assert out[n + i_big] == 1.0 and out[2 * n + i_big] == 1.0 and out[2 * n + i_neg] == -1.0
+    assert 0 <= float(out[n + i_neg]) < 1e-30 and np.isfinite(out[i_big])

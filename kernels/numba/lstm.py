@@ -36,8 +36,9 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                    y, h_n, c_n, gates, cs, b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,P],
     h_n [B,P], c_n [B,H], gates [T,B,G] and cs [T,B,H]. All arrays C-contiguous; the
-    pointwise step runs on 8-lane float64 vectors (kernels/numba/vec.py), offsets flat."""
+    pointwise step runs on one-register vectors (kernels/numba/vec.py), offsets flat."""
     T, B, G = xp.shape
+    L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     H = G // 4
     P = h0.shape[1]
     proj = w_hr_t.shape[0] > 0
@@ -56,23 +57,23 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
             b = b0 + rr
             row = t * B + b  # flat row of [T, B, *]
             if t < lengths[b]:
-                for j in range(0, H, V.LANES):
-                    n = min(V.LANES, H - j)
+                for j in range(0, H, L):
+                    n = min(L, H - j)
                     xo = row * G + j
                     zo = rr * G + j
-                    ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n), xp)
-                    fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n), xp)
-                    gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n), xp)
-                    og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n), xp)
+                    ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n))
+                    fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
+                    gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
+                    og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
                     V.store(gates, xo, n, ig)
                     V.store(gates, xo + H, n, fg)
                     V.store(gates, xo + 2 * H, n, gg)
                     V.store(gates, xo + 3 * H, n, og)
                     co = rr * H + j
-                    cn = V.rounded_like(c, fg * V.load(c, co, n) + ig * gg)
-                    V.store(c, co, n, cn)  # the backward sees cn as stored
+                    cn = fg * V.load(c, co, n) + ig * gg
+                    V.store(c, co, n, cn)
                     V.store(cs, row * H + j, n, cn)
-                    rv = og * V.tanh(cn, xp)
+                    rv = og * V.tanh(cn)
                     if proj:
                         V.store(r, co, n, rv)
                     else:  # h_t = r_t
@@ -107,6 +108,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     """BPTT for rows [b0, b1): writes their slices of dxp, dh0, dc0, dhs (when
     projecting) and sqsum[t] = ||dL/dh_t||^2 over those rows (float64)."""
     T, B, G = gates.shape
+    L = V.lanes(gates)
     H = G // 4
     P = dh_n.shape[1]
     proj = w_hr.shape[0] > 0
@@ -118,7 +120,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     dr = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dh @ W_hr (or dh)
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] pre-activation gate gradients
     back = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] dz @ W_hh
-    sq = np.empty(P, dtype=np.float64)  # [P] per-unit sums of squares for the norm
+    sq = np.empty(P, dtype=dy.dtype)  # [P] per-unit sums of squares (this step, my rows)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1  # the step processed before t
@@ -127,10 +129,9 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             b = b0 + rr
             row = t * B + b
             if t < lengths[b]:
-                for p in range(0, P, V.LANES):
-                    n = min(V.LANES, P - p)
-                    g = V.rounded_like(dh, V.load(dh, rr * P + p, n) +
-                                       V.load(dy, row * P + p, n))
+                for p in range(0, P, L):
+                    n = min(L, P - p)
+                    g = V.load(dh, rr * P + p, n) + V.load(dy, row * P + p, n)
                     V.store(dh, rr * P + p, n, g)
                     V.store(sq, p, n, V.load(sq, p, n) + g * g)
                 if proj:
@@ -139,7 +140,10 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             elif proj:
                 for p in range(P):
                     dhs[t, b, p] = 0
-        sqsum[t] = sq.sum()
+        acc = 0.0
+        for p in range(sq.shape[0]):
+            acc += np.float64(sq[p])
+        sqsum[t] = acc
         if proj:
             mm_into(dh, w_hr, dr)
         else:
@@ -149,8 +153,8 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             row = t * B + b
             if t < lengths[b]:
                 first = not 0 <= tp < T  # c_{t-1} is c0
-                for j in range(0, H, V.LANES):
-                    n = min(V.LANES, H - j)
+                for j in range(0, H, L):
+                    n = min(L, H - j)
                     go = row * G + j
                     ig = V.load(gates, go, n)
                     fg = V.load(gates, go + H, n)
@@ -158,7 +162,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                     og = V.load(gates, go + 3 * H, n)
                     cp = V.load(c0, b * H + j, n) if first else \
                         V.load(cs, (tp * B + b) * H + j, n)
-                    tc = V.tanh(V.load(cs, row * H + j, n), cs)
+                    tc = V.tanh(V.load(cs, row * H + j, n))
                     d_r = V.load(dr, rr * H + j, n)
                     dcc = V.load(dc, rr * H + j, n) + d_r * og * (1.0 - tc * tc)
                     V.store(dc, rr * H + j, n, dcc * fg)

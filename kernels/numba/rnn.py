@@ -14,7 +14,7 @@ both time directions).
 Rows of the batch never interact, so the parallel drivers give each thread its own
 slice of rows for the whole time loop: no barrier per step, no shared writes. The
 per-step product is the register-tile GEMM of gemm.py against W_hh packed once per
-call; the pointwise step runs on the 8-lane vectors of vec.py.
+call; the pointwise step runs on the one-register vectors of vec.py.
 """
 
 import math
@@ -32,7 +32,7 @@ from .gemm import mm_into
 def _activate(z, activation, slope):
     """act(z) lane-wise; NaN stays NaN (a NaN fails ``z <= 0``), as in torch."""
     if activation == RELU:
-        return V.where_le0(z, V.splat(0.0), z)
+        return V.where_le0(z, V.zero(z), z)
     if activation == LEAKY_RELU:
         return V.where_le0(z, z * slope, z)
     return V.tanh(z)
@@ -44,17 +44,18 @@ def _activate_grad(h, activation, slope):
     leaky_relu' = 1 if h > 0 else slope (valid as slope >= 0, which the launchers
     enforce), tanh' = 1 - h^2."""
     if activation == RELU:
-        return V.where_gt0(h, V.splat(1.0), V.splat(0.0))
+        return V.where_gt0(h, V.one(h), V.zero(h))
     if activation == LEAKY_RELU:
-        return V.where_gt0(h, V.splat(1.0), V.splat(slope))
+        return V.where_gt0(h, V.one(h), V.full(h, slope))
     return 1.0 - h * h
 
 
 @njit(**JIT)
 def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes y[:, b0:b1] and h_n[b0:b1].
-    All arrays C-contiguous; the pointwise step runs on 8-lane float64 vectors."""
+    All arrays C-contiguous; the pointwise step runs on one-register vectors."""
     T, B, H = xp.shape
+    L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
     z = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] h_{t-1} @ W_hh^T
@@ -66,8 +67,8 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
             b = b0 + r
             row = t * B + b  # flat row of [T, B, H]
             if t < lengths[b]:
-                for j in range(0, H, V.LANES):
-                    n = min(V.LANES, H - j)
+                for j in range(0, H, L):
+                    n = min(L, H - j)
                     v = _activate(V.load(xp, row * H + j, n) + V.load(z, r * H + j, n),
                                   activation, slope)
                     V.store(h, r * H + j, n, v)
@@ -84,12 +85,13 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
     """BPTT for rows [b0, b1): writes dxp[:, b0:b1], dh0[b0:b1] and sqsum[t] =
     ||dL/dh_t||^2 over those rows (float64; the total gradient reaching h_t)."""
     T, B, H = dy.shape
+    L = V.lanes(dy)
     nb = b1 - b0
     dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient reaching h_t
     dz = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient of the pre-activation
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dz @ W_hh
     # Per-unit sums of squares keep the norm's inner loop free of a serial reduction.
-    sq = np.empty(H, dtype=np.float64)  # [H]
+    sq = np.empty(H, dtype=dy.dtype)  # [H] (per step: a sum over this thread's rows)
     dh[:] = dh_n[b0:b1]
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -98,10 +100,9 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
             b = b0 + r
             row = t * B + b
             if t < lengths[b]:
-                for j in range(0, H, V.LANES):
-                    n = min(V.LANES, H - j)
-                    g = V.rounded_like(dh, V.load(dh, r * H + j, n) +
-                                       V.load(dy, row * H + j, n))
+                for j in range(0, H, L):
+                    n = min(L, H - j)
+                    g = V.load(dh, r * H + j, n) + V.load(dy, row * H + j, n)
                     V.store(sq, j, n, V.load(sq, j, n) + g * g)
                     d = g * _activate_grad(V.load(y, row * H + j, n), activation, slope)
                     V.store(dz, r * H + j, n, d)
@@ -110,7 +111,10 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
                 for j in range(H):
                     dz[r, j] = 0
                     dxp[t, b, j] = 0
-        sqsum[t] = sq.sum()
+        acc = 0.0
+        for p in range(sq.shape[0]):
+            acc += np.float64(sq[p])
+        sqsum[t] = acc
         mm_into(dz, w_hh, back)
         for r in range(nb):
             if t < lengths[b0 + r]:

@@ -1,27 +1,24 @@
-"""8-lane float64 vectors for the kernels' pointwise cell math (AVX-512: one zmm each).
+"""Vectors for the kernels' pointwise cell math: one AVX-512 register each, in the
+arrays' own precision (8 float64 lanes for float64 arrays, 16 float32 lanes for float32).
 
 Why: LLVM's loop vectorizer gives up on a fused LSTM step (it reads and writes too
 many arrays to check them for aliasing at run time), and one small vectorizable loop
 per operation costs a pass over memory each: the split loops measured 7-14 ns per
 hidden unit per step, more than the step's GEMM. With an explicit vector type the step
-is one pass, 8 units at a time, whatever LLVM's cost model thinks.
-
-Every value is float64 whatever the arrays hold: :func:`load` widens float32 and
-:func:`store` rounds once, so float32 kernels keep float64 intermediate precision (the
-gradient-fidelity budget is spent on the GEMMs, not here).
+is one pass over its units, a register at a time, whatever LLVM's cost model thinks.
+float32 kernels compute in float32 (16 lanes), as torch.nn's float32 LSTM does: the
+8-lane float64 version of the LSTM step took 2.6 ns per unit, the 16-lane one 1.3.
 
 API (all inlined into the caller; ``off`` is an element offset into a C-contiguous
-array, ``n`` the number of valid lanes, 1..8, so any H works: lanes >= n load 0 and
-are not stored)::
+array, ``n`` the number of valid lanes, so any H works: lanes >= n load 0 and are not
+stored)::
 
-    load(arr, off, n) -> Vec      store(arr, off, n, v)      splat(x) -> Vec
-    rounded_like(arr, v) -> v rounded to arr's dtype, as a store then a load would give
-    v + w, v - w, v * w, v / w, -v   (either side may be a float)
-    fma(a, b, c) = a * b + c (one rounding)      where_le0(v, a, b), where_gt0(v, a, b)
-    clamp(v, lo, hi)  (NaN stays NaN)             pow2_of_rounded(k + MAGIC) = 2.0 ** k
-    lane_sum(v)  (lanes added in order 0..7: deterministic)
-    exp(v, like), sigmoid(v, like), tanh(v, like)   (njit, inlined; ``like``: an array
-        whose dtype sets the accuracy needed, float64 when omitted)
+    lanes(arr) -> 8 or 16          load(arr, off, n) -> vector    store(arr, off, n, v)
+    v + w, v - w, v * w, v / w, -v   (either side may be a Python/numba float)
+    fma(a, b, c) = a * b + c (one rounding)      clamp(v, lo, hi)  (NaN stays NaN)
+    where_le0(v, a, b), where_gt0(v, a, b)       zero(v), one(v), full(v, x)
+    exp(v), sigmoid(v), tanh(v)   (njit functions on the above, accurate to a few ulp
+                                   of the vector's precision)
 """
 
 import operator
@@ -31,40 +28,58 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
-LANES = 8
-_F64 = ir.DoubleType()
-_VT = ir.VectorType(_F64, LANES)
+_I1 = ir.IntType(1)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
-class Vec(types.Type):
-    def __init__(self):
-        super().__init__(name="f64x8")
+class _VecType(types.Type):
+    def __init__(self, dtype, lanes):
+        self.dtype, self.lanes = dtype, lanes
+        super().__init__(name=f"{dtype}x{lanes}")
+
+    @property
+    def ir_elem(self):
+        return ir.DoubleType() if self.dtype == types.float64 else ir.FloatType()
+
+    @property
+    def ir_type(self):
+        return ir.VectorType(self.ir_elem, self.lanes)
+
+    @property
+    def ir_int(self):
+        return _I64 if self.dtype == types.float64 else _I32
+
+    @property
+    def suffix(self):
+        return f"v{self.lanes}{'f64' if self.dtype == types.float64 else 'f32'}"
 
 
-vec = Vec()
+f64x8 = _VecType(types.float64, 8)
+f32x16 = _VecType(types.float32, 16)
+_KIND = {types.float64: f64x8, types.float32: f32x16}
 
 
-@register_model(Vec)
+@register_model(_VecType)
 class _VecModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _VT)
+        super().__init__(dmm, fe_type, fe_type.ir_type)
 
 
 def _decl(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
-def _splat(builder, x, vt=_VT):
+def _splat(builder, x, vt):
     undef = ir.Constant(vt, ir.Undefined)
     return builder.shuffle_vector(builder.insert_element(undef, x, _I32(0)), undef,
                                   ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
 
 
-def _mask(builder, n):
-    lanes = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
-    return builder.icmp_signed("<", lanes, _splat(builder, n, ir.VectorType(_I64, LANES)))
+def _kind_of_array(arr):
+    if isinstance(arr, types.Array) and arr.dtype in _KIND:
+        return _KIND[arr.dtype]
+    return None
 
 
 def _elem_ptr(context, builder, aryty, ary, off, vt):
@@ -72,172 +87,177 @@ def _elem_ptr(context, builder, aryty, ary, off, vt):
     return builder.bitcast(builder.gep(data, [off]), vt.as_pointer())
 
 
-def _float_array(arr):
-    return isinstance(arr, types.Array) and arr.dtype in (types.float32, types.float64)
+def _mask(builder, n, lanes):
+    vi = ir.VectorType(_I64, lanes)
+    return builder.icmp_signed("<", ir.Constant(vi, list(range(lanes))), _splat(builder, n, vi))
 
 
-def _full(builder, n):
-    return builder.icmp_signed(">=", n, _I64(LANES))
+def lanes(arr):
+    pass
+
+
+@overload(lanes, inline="always")
+def _lanes_impl(arr):
+    kind = _kind_of_array(arr)
+    if kind is None:
+        return None
+    n = kind.lanes
+    return lambda arr: n
 
 
 @intrinsic
 def load(typingctx, arr, off, n):
-    if not _float_array(arr):
+    """The vector at arr[off:off + n] (lanes >= n are 0). A full vector takes a plain
+    load; only a tail pays for the mask (a masked load with a run-time mask measured
+    2-4x slower in the LSTM step)."""
+    kind = _kind_of_array(arr)
+    if kind is None:
         return None
-    sig = vec(arr, types.intp, types.intp)
+    sig = kind(arr, types.intp, types.intp)
 
     def codegen(context, builder, sig, args):
-        et = _F64 if arr.dtype == types.float64 else ir.FloatType()
-        vt = ir.VectorType(et, LANES)
+        vt = kind.ir_type
         ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], vt)
-        align = et.get_abi_size(context.target_data)
-        # A full vector takes a plain load; only a tail pays for the mask (a masked
-        # load with a run-time mask measured 2-4x slower in the LSTM step).
-        with builder.if_else(_full(builder, args[2]), likely=True) as (full, tail):
-            with full:
+        align = kind.ir_elem.get_abi_size(context.target_data)
+        full = builder.icmp_signed(">=", args[2], _I64(kind.lanes))
+        with builder.if_else(full, likely=True) as (then, otherwise):
+            with then:
                 v_full = builder.load(ptr, align=align)
                 bb_full = builder.block
-            with tail:
-                suffix = f"v{LANES}{'f64' if et == _F64 else 'f32'}"
-                fn = _decl(builder, f"llvm.masked.load.{suffix}.p0", vt,
-                           [vt.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), vt])
-                v_tail = builder.call(fn, [ptr, _I32(align), _mask(builder, args[2]),
-                                           ir.Constant(vt, [0.0] * LANES)])
+            with otherwise:
+                fn = _decl(builder, f"llvm.masked.load.{kind.suffix}.p0", vt,
+                           [vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes), vt])
+                v_tail = builder.call(fn, [ptr, _I32(align), _mask(builder, args[2], kind.lanes),
+                                           ir.Constant(vt, [0.0] * kind.lanes)])
                 bb_tail = builder.block
         v = builder.phi(vt)
         v.add_incoming(v_full, bb_full)
         v.add_incoming(v_tail, bb_tail)
-        return v if et == _F64 else builder.fpext(v, _VT)
+        return v
 
     return sig, codegen
 
 
 @intrinsic
 def store(typingctx, arr, off, n, v):
-    if not _float_array(arr) or not isinstance(v, Vec):
+    """arr[off:off + n] = the first n lanes of v (v of arr's own kind)."""
+    kind = _kind_of_array(arr)
+    if kind is None or v != kind:
         return None
-    sig = types.void(arr, types.intp, types.intp, vec)
+    sig = types.void(arr, types.intp, types.intp, kind)
 
     def codegen(context, builder, sig, args):
-        et = _F64 if arr.dtype == types.float64 else ir.FloatType()
-        vt = ir.VectorType(et, LANES)
+        vt = kind.ir_type
         ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], vt)
-        val = args[3] if et == _F64 else builder.fptrunc(args[3], vt)
-        align = et.get_abi_size(context.target_data)
-        with builder.if_else(_full(builder, args[2]), likely=True) as (full, tail):
-            with full:
-                builder.store(val, ptr, align=align)
-            with tail:
-                suffix = f"v{LANES}{'f64' if et == _F64 else 'f32'}"
-                fn = _decl(builder, f"llvm.masked.store.{suffix}.p0", ir.VoidType(),
-                           [vt, vt.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES)])
-                builder.call(fn, [val, ptr, _I32(align), _mask(builder, args[2])])
+        align = kind.ir_elem.get_abi_size(context.target_data)
+        full = builder.icmp_signed(">=", args[2], _I64(kind.lanes))
+        with builder.if_else(full, likely=True) as (then, otherwise):
+            with then:
+                builder.store(args[3], ptr, align=align)
+            with otherwise:
+                fn = _decl(builder, f"llvm.masked.store.{kind.suffix}.p0", ir.VoidType(),
+                           [vt, vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes)])
+                builder.call(fn, [args[3], ptr, _I32(align),
+                                  _mask(builder, args[2], kind.lanes)])
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def rounded_like(typingctx, arr, v):
-    """v rounded to arr's dtype (and widened back): the value a store to arr then a
-    load would give, without the round trip through memory (a masked load cannot take
-    its data from a masked store still in flight: a pipeline stall)."""
-    if not _float_array(arr) or not isinstance(v, Vec):
+def full(typingctx, v, x):
+    """A vector of v's kind with every lane x."""
+    if not isinstance(v, _VecType) or not isinstance(x, (types.Float, types.Integer)):
         return None
+    sig = v(v, v.dtype)
 
     def codegen(context, builder, sig, args):
-        if arr.dtype == types.float64:
-            return args[1]
-        return builder.fpext(builder.fptrunc(args[1], ir.VectorType(ir.FloatType(), LANES)),
-                             _VT)
-
-    return vec(arr, vec), codegen
-
-
-@intrinsic
-def splat(typingctx, x):
-    if not isinstance(x, (types.Float, types.Integer)):
-        return None
-    sig = vec(types.float64)
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, args[0])
+        return _splat(builder, args[1], v.ir_type)
 
     return sig, codegen
+
+
+@njit(inline="always")
+def zero(v):
+    return full(v, 0.0)
+
+
+@njit(inline="always")
+def one(v):
+    return full(v, 1.0)
 
 
 def _binary(op):
     @intrinsic
     def impl(typingctx, a, b):
-        if not (isinstance(a, Vec) and isinstance(b, Vec)):
+        if not (isinstance(a, _VecType) and a == b):
             return None
 
         def codegen(context, builder, sig, args):
             return getattr(builder, op)(*args)
 
-        return vec(vec, vec), codegen
+        return a(a, a), codegen
 
     return impl
 
 
-_add, _sub, _mul, _div = (_binary(op) for op in ("fadd", "fsub", "fmul", "fdiv"))
-
-
 def _overload_binary(pyop, impl):
-    @overload(pyop)
+    @overload(pyop, inline="always")
     def _ov(a, b):
-        if isinstance(a, Vec) and isinstance(b, Vec):
+        if isinstance(a, _VecType) and a == b:
             return lambda a, b: impl(a, b)
-        if isinstance(a, Vec) and isinstance(b, (types.Float, types.Integer)):
-            return lambda a, b: impl(a, splat(b))
-        if isinstance(b, Vec) and isinstance(a, (types.Float, types.Integer)):
-            return lambda a, b: impl(splat(a), b)
+        if isinstance(a, _VecType) and isinstance(b, (types.Float, types.Integer)):
+            return lambda a, b: impl(a, full(a, b))
+        if isinstance(b, _VecType) and isinstance(a, (types.Float, types.Integer)):
+            return lambda a, b: impl(full(b, a), b)
         return None
 
 
-for _pyop, _impl in ((operator.add, _add), (operator.sub, _sub), (operator.mul, _mul),
-                     (operator.truediv, _div)):
-    _overload_binary(_pyop, _impl)
+for _pyop, _name in ((operator.add, "fadd"), (operator.sub, "fsub"), (operator.mul, "fmul"),
+                     (operator.truediv, "fdiv")):
+    _overload_binary(_pyop, _binary(_name))
 
 
 @intrinsic
 def _neg(typingctx, a):
-    if not isinstance(a, Vec):
+    if not isinstance(a, _VecType):
         return None
 
     def codegen(context, builder, sig, args):
         return builder.fneg(args[0])
 
-    return vec(vec), codegen
+    return a(a), codegen
 
 
-@overload(operator.neg)
+@overload(operator.neg, inline="always")
 def _ov_neg(a):
-    if isinstance(a, Vec):
+    if isinstance(a, _VecType):
         return lambda a: _neg(a)
     return None
 
 
 @intrinsic
 def fma(typingctx, a, b, c):
-    if not all(isinstance(x, Vec) for x in (a, b, c)):
+    if not (isinstance(a, _VecType) and a == b == c):
         return None
 
     def codegen(context, builder, sig, args):
-        return builder.call(_decl(builder, "llvm.fma.v8f64", _VT, [_VT] * 3), args)
+        vt = a.ir_type
+        return builder.call(_decl(builder, f"llvm.fma.{a.suffix}", vt, [vt] * 3), args)
 
-    return vec(vec, vec, vec), codegen
+    return a(a, a, a), codegen
 
 
 @intrinsic
 def clamp(typingctx, a, lo, hi):
     """min(max(a, lo), hi) lane-wise, written with ordered compares so NaN stays NaN."""
-    if not isinstance(a, Vec):
+    if not isinstance(a, _VecType):
         return None
-    sig = vec(vec, types.float64, types.float64)
+    sig = a(a, a.dtype, a.dtype)
 
     def codegen(context, builder, sig, args):
-        v, lo_v, hi_v = args[0], _splat(builder, args[1]), _splat(builder, args[2])
+        vt = a.ir_type
+        v, lo_v, hi_v = args[0], _splat(builder, args[1], vt), _splat(builder, args[2], vt)
         v = builder.select(builder.fcmp_ordered(">", v, hi_v), hi_v, v)
         return builder.select(builder.fcmp_ordered("<", v, lo_v), lo_v, v)
 
@@ -247,14 +267,14 @@ def clamp(typingctx, a, lo, hi):
 def _where(pred):
     @intrinsic
     def where(typingctx, v, a, b):
-        if not all(isinstance(x, Vec) for x in (v, a, b)):
+        if not (isinstance(v, _VecType) and v == a == b):
             return None
 
         def codegen(context, builder, sig, args):
-            cond = builder.fcmp_ordered(pred, args[0], ir.Constant(_VT, [0.0] * LANES))
-            return builder.select(cond, args[1], args[2])
+            z = ir.Constant(v.ir_type, [0.0] * v.lanes)
+            return builder.select(builder.fcmp_ordered(pred, args[0], z), args[1], args[2])
 
-        return vec(vec, vec, vec), codegen
+        return v(v, v, v), codegen
 
     return where
 
@@ -263,102 +283,95 @@ where_le0 = _where("<=")  # a where v <= 0, else b (a NaN in v picks b), lane-wi
 where_gt0 = _where(">")  # a where v > 0, else b (a NaN in v picks b), lane-wise
 
 
-# 1.5 * 2^52: for |y| < 2^51, y + MAGIC rounds y to an integer k held in the low bits
-MAGIC = 6755399441055744.0
-
-
 @intrinsic
-def pow2_of_rounded(typingctx, t):
-    """2.0 ** k for t = k + MAGIC (k integral, -1022 <= k <= 1023): the bits of t hold k
-    in their low part, so (bits(t) + 1023) << 52 are the bits of 2^k. Pure integer ops
-    on the bits (a float -> int conversion would be scalarized: x86 has no 8-lane
-    saturating one)."""
-    if not isinstance(t, Vec):
+def _pow2_of_rounded(typingctx, t):
+    """2 ** k for t = k + MAGIC (k integral and in the exponent range): the low bits of
+    t hold k, so (bits(t) + bias) << mantissa_bits are the bits of 2^k. Integer ops on
+    the bits (a float -> int conversion would be scalarized for 8 x float64)."""
+    if not isinstance(t, _VecType):
         return None
 
     def codegen(context, builder, sig, args):
-        vi = ir.VectorType(_I64, LANES)
+        vi = ir.VectorType(t.ir_int, t.lanes)
+        bias, shift = (1023, 52) if t.dtype == types.float64 else (127, 23)
         bits = builder.bitcast(args[0], vi)
-        bits = builder.shl(builder.add(bits, _splat(builder, _I64(1023), vi)),
-                           _splat(builder, _I64(52), vi))
-        return builder.bitcast(bits, _VT)
+        bits = builder.shl(builder.add(bits, _splat(builder, t.ir_int(bias), vi)),
+                           _splat(builder, t.ir_int(shift), vi))
+        return builder.bitcast(bits, t.ir_type)
 
-    return vec(vec), codegen
-
-
-@intrinsic
-def lane_sum(typingctx, v):
-    if not isinstance(v, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        acc = builder.extract_element(args[0], _I32(0))
-        for i in range(1, LANES):
-            acc = builder.fadd(acc, builder.extract_element(args[0], _I32(i)))
-        return acc
-
-    return types.float64(vec), codegen
+    return t(t), codegen
 
 
-_INLINE = dict(inline="always", nogil=True, error_model="numpy")
-
-
-def _poly(r, like):
+def _exp_parts(x):
     pass
 
 
-@overload(_poly, inline="always")
-def _poly_impl(r, like):
-    """exp(r) for |r| <= ln(2) / 2 by its Taylor polynomial, evaluated by Estrin's scheme
-    (a tree of depth 4 instead of a chain of dependent FMAs: the LSTM step is latency-
-    bound). Degree 12 (truncation < 2e-16 relative), or degree 7 (< 6e-9, a tenth of a
-    float32 ulp) when ``like`` is a float32 array: its results are rounded to float32."""
-    if isinstance(like, types.Array) and like.dtype == types.float32:
-        def deg7(r, like):
+@overload(_exp_parts, inline="always")
+def _exp_parts_impl(x):
+    """(s, m) with exp(x) = s + s * m and expm1(x) = (s - 1) + s * m, both without
+    cancellation: s = 2^k, k = round(x / ln 2) (the MAGIC trick: 1.5 * 2^52 or 2^23
+    added rounds to an integer held in the low bits), m = exp(r) - 1 = r * p(r) for
+    r = x - k ln 2 (ln 2 split in a part exact in k * hi and a correction, Cody-Waite),
+    |r| <= ln(2) / 2, p the Taylor series of (e^r - 1) / r evaluated by Estrin's scheme
+    (a tree, not a chain of dependent FMAs: the LSTM step is latency-bound). float64:
+    p of degree 11 (truncation < 2e-16), x clamped to [-700, 700]; float32: degree 6
+    (< 6e-9), x clamped to [-87, 88] (2^k stays normal). The clamps keep exp finite,
+    so sigmoid and tanh built on it saturate cleanly; NaN stays NaN."""
+    if x == f64x8:
+        def parts64(x):
+            x = clamp(x, -700.0, 700.0)
+            t = x * 1.4426950408889634 + 6755399441055744.0
+            k = t - 6755399441055744.0
+            r = (x - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10
             r2 = r * r
-            q0 = fma(r, splat(1.0), splat(1.0))
-            q1 = fma(r, splat(1.66666666666666666667e-01), splat(0.5))
-            q2 = fma(r, splat(8.33333333333333333333e-03), splat(4.16666666666666666667e-02))
-            q3 = fma(r, splat(1.98412698412698412698e-04), splat(1.38888888888888888889e-03))
-            return fma(fma(q3, r2, q2), r2 * r2, fma(q1, r2, q0))
-        return deg7
-
-    def deg12(r, like):
-        r2 = r * r
-        r4 = r2 * r2
-        q0 = fma(r, splat(1.0), splat(1.0))  # 1 + r
-        q1 = fma(r, splat(1.66666666666666666667e-01), splat(0.5))
-        q2 = fma(r, splat(8.33333333333333333333e-03), splat(4.16666666666666666667e-02))
-        q3 = fma(r, splat(1.98412698412698412698e-04), splat(1.38888888888888888889e-03))
-        q4 = fma(r, splat(2.75573192239858906526e-06), splat(2.48015873015873015873e-05))
-        q5 = fma(r, splat(2.50521083854417187751e-08), splat(2.75573192239858906526e-07))
-        u0 = fma(fma(q3, r2, q2), r4, fma(q1, r2, q0))
-        u1 = fma(splat(2.08767569878680989792e-09), r4, fma(q5, r2, q4))
-        return fma(u1, r4 * r4, u0)
-    return deg12
-
-
-@njit(**_INLINE)
-def exp(x, like=None):
-    """exp(x) lane-wise: 2^k * exp(r), k = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by
-    :func:`_poly` (to ~1 ulp of float64; of float32 when ``like`` is a float32 array),
-    ln 2 split in a part exact in k * hi and a correction (Cody-Waite). x is clamped to
-    [-700, 700] (finite, so sigmoid and tanh built on it saturate cleanly); NaN stays
-    NaN."""
-    x = clamp(x, -700.0, 700.0)
-    t = x * 1.4426950408889634 + MAGIC  # MAGIC + round(x / ln 2)
-    k = t - MAGIC
-    r = (x - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10
-    return _poly(r, like) * pow2_of_rounded(t)
+            r4 = r2 * r2
+            q0 = fma(r, full(r, 0.5), one(r))
+            q1 = fma(r, full(r, 4.16666666666666666667e-02), full(r, 1.66666666666666666667e-01))
+            q2 = fma(r, full(r, 1.38888888888888888889e-03), full(r, 8.33333333333333333333e-03))
+            q3 = fma(r, full(r, 2.48015873015873015873e-05), full(r, 1.98412698412698412698e-04))
+            q4 = fma(r, full(r, 2.75573192239858906526e-07), full(r, 2.75573192239858906526e-06))
+            q5 = fma(r, full(r, 2.08767569878680989792e-09), full(r, 2.50521083854417187751e-08))
+            u0 = fma(fma(q3, r2, q2), r4, fma(q1, r2, q0))
+            u1 = fma(q5, r2, q4)
+            return _pow2_of_rounded(t), r * fma(u1, r4 * r4, u0)
+        return parts64
+    if x == f32x16:
+        def parts32(x):
+            x = clamp(x, -87.0, 88.0)
+            t = x * 1.44269504 + 12582912.0
+            k = t - 12582912.0
+            r = (x - k * 0.693359375) + k * 2.12194440e-4
+            r2 = r * r
+            q0 = fma(r, full(r, 0.5), one(r))
+            q1 = fma(r, full(r, 4.16666667e-02), full(r, 1.66666667e-01))
+            q2 = fma(r, full(r, 1.38888889e-03), full(r, 8.33333333e-03))
+            q3 = full(r, 1.98412698e-04)
+            return _pow2_of_rounded(t), r * fma(fma(q3, r2, q2), r2 * r2, fma(q1, r2, q0))
+        return parts32
+    return None
 
 
-@njit(**_INLINE)
-def sigmoid(x, like=None):
-    return 1.0 / (1.0 + exp(-x, like))
+@njit(inline="always")
+def exp(x):
+    s, m = _exp_parts(x)
+    return fma(s, m, s)
 
 
-@njit(**_INLINE)
-def tanh(x, like=None):
-    """1 - 2 / (exp(2x) + 1): absolute error ~1e-16 (~6e-9 for float32 ``like``), exact
-    saturation at +-1."""
-    return 1.0 - 2.0 / (exp(x + x, like) + 1.0)
+@njit(inline="always")
+def expm1(x):
+    s, m = _exp_parts(x)
+    return fma(s, m, s - 1.0)
+
+
+@njit(inline="always")
+def sigmoid(x):
+    return 1.0 / (1.0 + exp(-x))
+
+
+@njit(inline="always")
+def tanh(x):
+    """e / (e + 2) with e = expm1(2x): a few ulp everywhere, near 0 too (1 - 2 / (e^2x
+    + 1) loses tanh(1e-4) to cancellation: 6e-4 relative in float32), and exactly
+    +-1 when saturated."""
+    e = expm1(x + x)
+    return e / (e + 2.0)
