@@ -92,6 +92,15 @@ def _mask(builder, n, lanes):
     return builder.icmp_signed("<", ir.Constant(vi, list(range(lanes))), _splat(builder, n, vi))
 
 
+def _access(context, builder, aryty, args, kind):
+    """For load/store at arr[off:off + n]: (vector type, pointer, alignment, whether the
+    vector is full, i.e. n >= lanes)."""
+    vt = kind.ir_type
+    ptr = _elem_ptr(context, builder, aryty, args[0], args[1], vt)
+    align = kind.ir_elem.get_abi_size(context.target_data)
+    return vt, ptr, align, builder.icmp_signed(">=", args[2], _I64(kind.lanes))
+
+
 def lanes(arr):
     pass
 
@@ -116,10 +125,7 @@ def load(typingctx, arr, off, n):
     sig = kind(arr, types.intp, types.intp)
 
     def codegen(context, builder, sig, args):
-        vt = kind.ir_type
-        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], vt)
-        align = kind.ir_elem.get_abi_size(context.target_data)
-        full = builder.icmp_signed(">=", args[2], _I64(kind.lanes))
+        vt, ptr, align, full = _access(context, builder, sig.args[0], args, kind)
         with builder.if_else(full, likely=True) as (then, otherwise):
             with then:
                 v_full = builder.load(ptr, align=align)
@@ -147,10 +153,7 @@ def store(typingctx, arr, off, n, v):
     sig = types.void(arr, types.intp, types.intp, kind)
 
     def codegen(context, builder, sig, args):
-        vt = kind.ir_type
-        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], vt)
-        align = kind.ir_elem.get_abi_size(context.target_data)
-        full = builder.icmp_signed(">=", args[2], _I64(kind.lanes))
+        vt, ptr, align, full = _access(context, builder, sig.args[0], args, kind)
         with builder.if_else(full, likely=True) as (then, otherwise):
             with then:
                 builder.store(args[3], ptr, align=align)
