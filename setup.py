@@ -12,7 +12,7 @@ setup(
     # (a top-level package named "kernels" would clash with an existing PyPI name).
     # bench/ and tests/ are run from the repo root and are not installed.
     package_dir={"rnnfast": "rnnfast", "rnnfast.kernels": "kernels"},
-    install_requires=["torch>=2.4", "numba>=0.60", "numpy", "tqdm"],
+    install_requires=["torch>=2.4", "numba>=0.68", "numpy", "tqdm"],
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
         "bench": ["matplotlib", "pytest-benchmark"],
