@@ -12,7 +12,7 @@ The GEMMs are opaque to autograd because they live inside the backward op. On th
 they run on the numba backend's own AVX-512 GEMM (kernels/numba/gemm.py, the same
 register tile as the recurrences' per-step product), not torch.mm: MKL runs AVX2 code
 on this project's AMD EPYC (Zen 5) machines, 91-109 GFLOP/s per core on the layer GEMMs,
-against 210-240 for the tile.
+against 240-260 for the tile.
 
 ``probe`` (float64 [T] or None) is the gradient-norm telemetry hook: it does not affect
 the outputs, and its gradient is the kernel's per-step ||dL/dh_t||.

@@ -106,9 +106,10 @@ def project(x, w_ih, bias=None):
     T, B, I = x.shape
     G = w_ih.shape[0]
     xp = _empty(x, (T, B, G))
+    xn = _np(x)
     _launch(gemm.project, gemm.project_parallel, _gemm_threads(T * B, T * B * I * G),
-            _np(x).reshape(T * B, I), np.ascontiguousarray(_np(w_ih).T),
-            _np(bias) if bias is not None else np.empty(0, dtype=_np(x).dtype),
+            xn.reshape(T * B, I), np.ascontiguousarray(_np(w_ih).T),
+            _np(bias) if bias is not None else np.empty(0, dtype=xn.dtype),
             xp.numpy().reshape(T * B, G))
     return xp
 

@@ -1,6 +1,6 @@
 """Matrix products of the CPU backend, on the register tile of :mod:`simd`.
 
-* :func:`mm_into` - C (+)= A @ B for C-contiguous 2-D arrays: the kernels' per-step
+* :func:`mm_into` - C = A @ B for C-contiguous 2-D arrays: the kernels' per-step
   product ([rows, H] @ [H, 4H] forward, [rows, 4H] @ [4H, H] backward), and the serial
   core of the layer GEMMs.
 * :func:`project`, :func:`layer_grads`, :func:`matmul_tn` - a layer's GEMMs over all
@@ -16,11 +16,10 @@ the thread split, so results are bitwise reproducible across thread counts.
 
 import numpy as np
 from numba import njit, prange
-from numba.core import types
-from numba.extending import overload
 
 from .config import JIT, JIT_PARALLEL
-from .simd import MR, NV, lanes_of, tile
+from .simd import MR, NV, tile
+from .vec import lanes
 
 KC = 256  # reduction chunk: terms summed in registers before C is updated
 MC = 32 * MR  # row block: a [MC, K <= 512] float32 block of A (384 KiB) stays in L2
@@ -31,16 +30,6 @@ CHUNK_ROWS = 4096
 _INLINE = dict(JIT, inline="always")
 
 
-def _lanes(c):
-    pass
-
-
-@overload(_lanes, jit_options=dict(cache=JIT["cache"]))
-def _lanes_impl(c):
-    n = lanes_of(c.dtype)
-    return lambda c: n
-
-
 @njit(**JIT)
 def pack_b(b):
     """b [K, N] -> panels [ceil(N / W), K, W], W = NV vectors of columns, zero-padded:
@@ -48,7 +37,7 @@ def pack_b(b):
     k - 1). Unpacked, a [512, 2048] float32 B has an 8 KiB stride between the tile's
     consecutive loads: a new page every k, past the reach of the hardware prefetchers."""
     K, N = b.shape
-    W = NV * _lanes(b)
+    W = NV * lanes(b)
     out = np.zeros(((N + W - 1) // W, K, W), dtype=b.dtype)
     for p in range(out.shape[0]):
         n0 = p * W
@@ -67,7 +56,7 @@ def _gemm(a, a_off, a_rs, a_ks, M, K, bp, N, c, c_off, ldc, beta, bias):
     Loops: row blocks of MC (A's block stays in L2 while every panel of B passes), column
     panels, KC-chunks (the [KC, W] slice of a panel stays in L1), row tiles of MR. The
     bias starts the accumulators of each tile's first chunk: no pass of its own over C."""
-    L = _lanes(c)
+    L = lanes(c)
     W = NV * L
     has_bias = bias.shape[0] == N and N > 0
     flat_c = c.reshape(c.size)
@@ -96,12 +85,12 @@ def _gemm(a, a_off, a_rs, a_ks, M, K, bp, N, c, c_off, ldc, beta, bias):
 
 
 @njit(**_INLINE)
-def mm_into(a, bp, c, beta=0):
-    """c (=, or beta != 0: +=) a @ b; a [M, K], c [M, N] C-contiguous, b packed by
-    :func:`pack_b` from [K, N]."""
+def mm_into(a, bp, c):
+    """c = a @ b; a [M, K], c [M, N] C-contiguous, b packed by :func:`pack_b` from
+    [K, N]."""
     M, K = a.shape
     N = c.shape[1]
-    _gemm(a, 0, K, 1, M, K, bp, N, c, 0, N, beta, c.reshape(c.size)[:0])
+    _gemm(a, 0, K, 1, M, K, bp, N, c, 0, N, 0, c.reshape(c.size)[:0])
 
 
 @njit(**_INLINE)
@@ -121,7 +110,7 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
     while the row tiles pass over it."""
     G = a.shape[1]
     K = b.shape[1]
-    L = _lanes(out)
+    L = lanes(out)
     W = NV * L
     flat_out = out.reshape(out.size)
     for k0 in range(0, n, KC):
@@ -145,14 +134,12 @@ def _tn_rows(a, a0, b, b0, n, out, acc, g0, g1):
     CHUNK_ROWS, each block's product added into the float64 acc [G, K] (only when there
     is more than one block)."""
     K = b.shape[1]
-    for s in range(0, n, CHUNK_ROWS):
+    for s in range(0, max(n, 1), CHUNK_ROWS):  # n == 0: one empty sum, zeros
         _gemm_tn(a, a0 + s, b, b0 + s, min(CHUNK_ROWS, n - s), out, g0, g1)
         if n > CHUNK_ROWS:
             for g in range(g0, g1):
                 for k in range(K):
                     acc[g, k] += out[g, k]
-    if n == 0:
-        out[g0:g1] = 0
     if n > CHUNK_ROWS:
         for g in range(g0, g1):
             for k in range(K):

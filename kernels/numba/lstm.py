@@ -117,7 +117,8 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     dc = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient carried along c
     dh[:] = dh_n[b0:b1]
     dc[:] = dc_n[b0:b1]
-    dr = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dh @ W_hr (or dh)
+    # [nb, H] the gradient reaching r_t = o * tanh(c_t): dh @ W_hr, or dh itself
+    dr = np.empty((nb, H), dtype=dy.dtype) if proj else dh
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] pre-activation gate gradients
     back = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] dz @ W_hh
     sq = np.empty(P, dtype=dy.dtype)  # [P] per-unit sums of squares (this step, my rows)
@@ -146,8 +147,6 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
         sqsum[t] = acc
         if proj:
             mm_into(dh, w_hr, dr)
-        else:
-            dr[:] = dh
         for rr in range(nb):
             b = b0 + rr
             row = t * B + b

@@ -31,43 +31,26 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .vec import KINDS, ir_decl, ir_lane_mask, ir_splat
+
 MR = 6  # rows of A per register tile (row broadcasts)
 NV = 4  # vectors of Bm per register tile (columns: NV * lanes)
 
-_I32 = ir.IntType(32)
-_I1 = ir.IntType(1)
 
-
-def lanes_of(dtype):
-    """Vector lanes for a numba float dtype: 64 bytes (one zmm register) per vector."""
-    return 16 if dtype == types.float32 else 8
-
-
-def _vector_type(dtype):
-    return ir.VectorType(ir.FloatType() if dtype == types.float32 else ir.DoubleType(),
-                         lanes_of(dtype))
-
-
-def _suffix(vt):
-    return f"v{vt.count}{'f32' if isinstance(vt.element, ir.FloatType) else 'f64'}"
-
-
-def _decl(builder, name, ret, args):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
-
-
-def _emit_tile(builder, vt, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask, beta,
-               bias, use_bias):
-    """IR for one mr x nv tile; a, bm, c, bias are element pointers at the tile's
-    origin. The accumulators start at zero, or at the bias row when use_bias != 0."""
-    L = vt.count
+def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask,
+               beta, bias, use_bias):
+    """IR for one mr x nv tile of vector kind ``kind`` (vec.KINDS); a, bm, c, bias are
+    element pointers at the tile's origin. The accumulators start at zero, or at the
+    bias row when use_bias != 0."""
+    vt, L = kind.ir_type, kind.lanes
     vptr = vt.as_pointer()
-    align = _I32(vt.element.get_abi_size(_target_data(builder)))
-    fma = _decl(builder, f"llvm.fma.{_suffix(vt)}", vt, [vt, vt, vt])
-    mload = _decl(builder, f"llvm.masked.load.{_suffix(vt)}.p0", vt,
-                  [vptr, _I32, ir.VectorType(_I1, L), vt])
-    mstore = _decl(builder, f"llvm.masked.store.{_suffix(vt)}.p0", ir.VoidType(),
-                   [vt, vptr, _I32, ir.VectorType(_I1, L)])
+    i32, i1 = ir.IntType(32), ir.IntType(1)
+    align = i32(align)
+    fma = ir_decl(builder, f"llvm.fma.{kind.suffix}", vt, [vt, vt, vt])
+    mload = ir_decl(builder, f"llvm.masked.load.{kind.suffix}.p0", vt,
+                    [vptr, i32, ir.VectorType(i1, L), vt])
+    mstore = ir_decl(builder, f"llvm.masked.store.{kind.suffix}.p0", ir.VoidType(),
+                     [vt, vptr, i32, ir.VectorType(i1, L)])
     zero = ir.Constant(vt, [0.0] * L)
     intp = a_rs.type
 
@@ -94,9 +77,7 @@ def _emit_tile(builder, vt, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask,
         acol = builder.mul(k, a_ks)
         for r in range(mr):
             s = builder.load(builder.gep(a, [builder.add(acol, builder.mul(intp(r), a_rs))]))
-            splat = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(vt, ir.Undefined), s, _I32(0)),
-                ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, L), [0] * L))
+            splat = ir_splat(builder, s, vt)
             for v in range(nv):
                 builder.store(builder.call(fma, [splat, bv[v], builder.load(accs[r][v])]),
                               accs[r][v])
@@ -113,11 +94,6 @@ def _emit_tile(builder, vt, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask,
                 builder.call(mstore, [val, p, align, mask])
             else:
                 builder.store(val, p, align=align.constant)
-
-
-def _target_data(builder):
-    from numba.core.registry import cpu_target
-    return cpu_target.target_context.target_data
 
 
 @intrinsic
@@ -137,7 +113,7 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
     """
     dt = a.dtype
     if not all(isinstance(x, types.Array) and x.dtype == dt for x in (a, bm, c, bias)) or \
-            dt not in (types.float32, types.float64):
+            dt not in KINDS:
         return None
     ints = (a_off, a_rs, a_ks, b_off, ldb, c_off, ldc, k_len, mr, nv, nlast, beta,
             bias_off, use_bias)
@@ -149,8 +125,7 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
     def codegen(context, builder, sig, args):
         (a_arr, a_off, a_rs, a_ks, b_arr, b_off, ldb, c_arr, c_off, ldc, k_len,
          mr, nv, nlast, beta, bias_arr, bias_off, use_bias) = args
-        vt = _vector_type(dt)
-        L = vt.count
+        kind = KINDS[dt]
         intp = context.get_value_type(types.intp)
 
         def data(arr, aryty, off):
@@ -160,13 +135,8 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
         pb = data(b_arr, sig.args[4], b_off)
         pc = data(c_arr, sig.args[7], c_off)
         pbias = data(bias_arr, sig.args[15], bias_off)
-        lane_ids = ir.Constant(ir.VectorType(intp, L), list(range(L)))
-        splat_n = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(ir.VectorType(intp, L), ir.Undefined),
-                                   nlast, _I32(0)),
-            ir.Constant(ir.VectorType(intp, L), ir.Undefined),
-            ir.Constant(ir.VectorType(_I32, L), [0] * L))
-        mask = builder.icmp_signed("<", lane_ids, splat_n)
+        mask = ir_lane_mask(builder, nlast, kind.lanes)
+        align = kind.ir_elem.get_abi_size(context.target_data)
         # One case per (mr, nv): a switch on mr * 8 + nv, each arm a complete tile.
         end = builder.append_basic_block("tile.end")
         sel = builder.add(builder.mul(mr, intp(8)), nv)
@@ -176,8 +146,8 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
                 bb = builder.append_basic_block(f"tile.{m}x{n}")
                 sw.add_case(intp(m * 8 + n), bb)
                 builder.position_at_end(bb)
-                _emit_tile(builder, vt, m, n, pa, a_rs, a_ks, pb, ldb, pc, ldc, k_len,
-                           mask, beta, pbias, use_bias)
+                _emit_tile(builder, kind, align, m, n, pa, a_rs, a_ks, pb, ldb, pc, ldc,
+                           k_len, mask, beta, pbias, use_bias)
                 builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()

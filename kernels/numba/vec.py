@@ -57,7 +57,7 @@ class _VecType(types.Type):
 
 f64x8 = _VecType(types.float64, 8)
 f32x16 = _VecType(types.float32, 16)
-_KIND = {types.float64: f64x8, types.float32: f32x16}
+KINDS = {types.float64: f64x8, types.float32: f32x16}  # the vector kind of a dtype
 
 
 @register_model(_VecType)
@@ -66,19 +66,21 @@ class _VecModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, fe_type.ir_type)
 
 
-def _decl(builder, name, ret, args):
+def ir_decl(builder, name, ret, args):
+    """The declaration of LLVM function ``name`` (an intrinsic) in the current module."""
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
-def _splat(builder, x, vt):
+def ir_splat(builder, x, vt):
+    """A vector of type vt with every lane the scalar x."""
     undef = ir.Constant(vt, ir.Undefined)
     return builder.shuffle_vector(builder.insert_element(undef, x, _I32(0)), undef,
                                   ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
 
 
 def _kind_of_array(arr):
-    if isinstance(arr, types.Array) and arr.dtype in _KIND:
-        return _KIND[arr.dtype]
+    if isinstance(arr, types.Array) and arr.dtype in KINDS:
+        return KINDS[arr.dtype]
     return None
 
 
@@ -87,9 +89,10 @@ def _elem_ptr(context, builder, aryty, ary, off, vt):
     return builder.bitcast(builder.gep(data, [off]), vt.as_pointer())
 
 
-def _mask(builder, n, lanes):
+def ir_lane_mask(builder, n, lanes):
+    """<lanes x i1>: lane i is on when i < n (n an i64)."""
     vi = ir.VectorType(_I64, lanes)
-    return builder.icmp_signed("<", ir.Constant(vi, list(range(lanes))), _splat(builder, n, vi))
+    return builder.icmp_signed("<", ir.Constant(vi, list(range(lanes))), ir_splat(builder, n, vi))
 
 
 def _access(context, builder, aryty, args, kind):
@@ -131,9 +134,9 @@ def load(typingctx, arr, off, n):
                 v_full = builder.load(ptr, align=align)
                 bb_full = builder.block
             with otherwise:
-                fn = _decl(builder, f"llvm.masked.load.{kind.suffix}.p0", vt,
+                fn = ir_decl(builder, f"llvm.masked.load.{kind.suffix}.p0", vt,
                            [vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes), vt])
-                v_tail = builder.call(fn, [ptr, _I32(align), _mask(builder, args[2], kind.lanes),
+                v_tail = builder.call(fn, [ptr, _I32(align), ir_lane_mask(builder, args[2], kind.lanes),
                                            ir.Constant(vt, [0.0] * kind.lanes)])
                 bb_tail = builder.block
         v = builder.phi(vt)
@@ -158,10 +161,10 @@ def store(typingctx, arr, off, n, v):
             with then:
                 builder.store(args[3], ptr, align=align)
             with otherwise:
-                fn = _decl(builder, f"llvm.masked.store.{kind.suffix}.p0", ir.VoidType(),
+                fn = ir_decl(builder, f"llvm.masked.store.{kind.suffix}.p0", ir.VoidType(),
                            [vt, vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes)])
                 builder.call(fn, [args[3], ptr, _I32(align),
-                                  _mask(builder, args[2], kind.lanes)])
+                                  ir_lane_mask(builder, args[2], kind.lanes)])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -175,7 +178,7 @@ def full(typingctx, v, x):
     sig = v(v, v.dtype)
 
     def codegen(context, builder, sig, args):
-        return _splat(builder, args[1], v.ir_type)
+        return ir_splat(builder, args[1], v.ir_type)
 
     return sig, codegen
 
@@ -246,7 +249,7 @@ def fma(typingctx, a, b, c):
 
     def codegen(context, builder, sig, args):
         vt = a.ir_type
-        return builder.call(_decl(builder, f"llvm.fma.{a.suffix}", vt, [vt] * 3), args)
+        return builder.call(ir_decl(builder, f"llvm.fma.{a.suffix}", vt, [vt] * 3), args)
 
     return a(a, a, a), codegen
 
@@ -260,7 +263,7 @@ def clamp(typingctx, a, lo, hi):
 
     def codegen(context, builder, sig, args):
         vt = a.ir_type
-        v, lo_v, hi_v = args[0], _splat(builder, args[1], vt), _splat(builder, args[2], vt)
+        v, lo_v, hi_v = args[0], ir_splat(builder, args[1], vt), ir_splat(builder, args[2], vt)
         v = builder.select(builder.fcmp_ordered(">", v, hi_v), hi_v, v)
         return builder.select(builder.fcmp_ordered("<", v, lo_v), lo_v, v)
 
@@ -298,8 +301,8 @@ def _pow2_of_rounded(typingctx, t):
         vi = ir.VectorType(t.ir_int, t.lanes)
         bias, shift = (1023, 52) if t.dtype == types.float64 else (127, 23)
         bits = builder.bitcast(args[0], vi)
-        bits = builder.shl(builder.add(bits, _splat(builder, t.ir_int(bias), vi)),
-                           _splat(builder, t.ir_int(shift), vi))
+        bits = builder.shl(builder.add(bits, ir_splat(builder, t.ir_int(bias), vi)),
+                           ir_splat(builder, t.ir_int(shift), vi))
         return builder.bitcast(bits, t.ir_type)
 
     return t(t), codegen
