@@ -14,10 +14,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from bench import common, packed
-from bench.speed import FLOOR_POINTS, FLOOR_T
-
-torch.set_num_threads(torch.get_num_threads())
+from bench.report import common, packed
+from bench.report.speed import FLOOR_POINTS, FLOOR_T
 
 CELLS = ("rnn_relu", "lstm")
 IMPLS = ("rnnfast-numba", "torch.nn", "jax")
@@ -29,7 +27,7 @@ def _callable(impl, cell, T, B, H, mode):
     x, g, gh = common.make_inputs(T, B, H, H, dtype, device, seed=1)
     if impl == "jax":
         pytest.importorskip("jax")
-        from bench import jaxpeer
+        from bench.report import jaxpeer
         fwd, fwdbwd = jaxpeer.make_fns(cell, tm, x, g, gh)
         return fwd if mode == "fwd" else fwdbwd
     m = tm if impl == "torch.nn" else common.make_rnnfast(cell, H, H, dtype, device,

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from bench import compile as bc
+from rnnfast.kernels.triton import compile_check as bc
 
 if bc.cuobjdump_path() is None:
     pytest.skip("cuobjdump not shipped with this triton wheel", allow_module_level=True)

@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmark: cells, model pairs, inputs, the loss, interleaved
-timing, flop counts, the machine's GEMM rate, and optional peers (JAX, Triton).
+"""Shared pieces of the report, ``bench.gpu`` and the pytest-benchmark cases: cells,
+model pairs, inputs, the loss, interleaved timing, flop counts, the machine's GEMM rate.
 
 Definitions used everywhere in ``bench/``:
 
@@ -15,6 +15,8 @@ Definitions used everywhere in ``bench/``:
 Dimensions: T time steps, B batch rows, I input size, H hidden size, G gate columns.
 """
 
+import importlib
+import importlib.metadata
 import importlib.util
 import math
 import os
@@ -56,13 +58,13 @@ def have_jax():
 
 
 def triton_ready():
-    """True when the Triton backend exists, exposes the kernel contract, and CUDA is
-    present (the benchmark does not time the Triton interpreter)."""
+    """True when CUDA is present and the Triton backend imports and exposes the kernel
+    contract (the report does not time the Triton interpreter)."""
     if not torch.cuda.is_available():
         return False
     try:
-        mod = rnnfast.dispatch.kernels("triton")
-    except Exception:  # noqa: BLE001 - any import failure means "not ready yet"
+        mod = importlib.import_module("rnnfast.kernels.triton")
+    except Exception:  # noqa: BLE001 - any import failure means "not ready"
         return False
     return all(hasattr(mod, f) for f in ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd"))
 
@@ -97,16 +99,20 @@ def machine_info(device):
         "platform": platform.platform(),
         "rnnfast": rnnfast.__version__,
     }
-    try:
-        import numba
-        info["numba"] = numba.__version__
-    except ImportError:
-        pass
+    # Versions read from the installed metadata: importing numba is not needed here (the
+    # GPU validation runs where only an older numba may be installed).
+    for pkg in ("numba", "triton"):
+        try:
+            info[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     if have_jax():
         import jax
         info["jax"] = jax.__version__
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(),
+                    sms=torch.cuda.get_device_properties(device).multi_processor_count)
     return info
 
 
@@ -219,7 +225,7 @@ def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sam
     ``min_sample_s`` are repeated inside a sample and averaged.
 
     Each sample starts ``settle_s`` after the previous one ends: the peers bring their
-    own thread pools (torch's OpenMP, numba's OpenMP, XLA's), whose workers spin for a
+    own thread pools (torch's OpenMP, numba's workers, XLA's), whose workers spin for a
     while after a parallel region; on 2 cores the next peer's first milliseconds would
     otherwise share the cores with them (measured: rnnfast's LSTM at B=32, H=256 took
     32.7 ms right after JAX, 26-27 ms without JAX in the process).
@@ -274,10 +280,9 @@ def gemm_flops(cell, T, B, I, H, mode):
 def measure_gemm_rate(device, M=6400, K=512, N=512, dtype=torch.float32, reps=7):
     """GFLOP/s of an [M, K] x [K, N] GEMM (the size of an input projection over
     T*B = 6400 rows at H = 512), best of ``reps`` (a peak: the first calls can pay for
-    fresh output pages), torch on ``device``, and on CPU
-    numpy's BLAS and rnnfast's own GEMM (the register tile its CPU ops run on, through
-    the projection launcher, output allocation included). The best of them is the
-    floor."""
+    fresh output pages): torch on ``device``, and on CPU numpy's matmul and rnnfast's
+    own GEMM (the register tile its CPU layers run on, through the projection launcher,
+    output allocation included). The best of them is the floor."""
     res = {"shape": [M, K, N], "dtype": str(dtype).replace("torch.", "")}
     a = torch.randn(M, K, device=device, dtype=dtype)
     b = torch.randn(K, N, device=device, dtype=dtype)

@@ -1,0 +1,137 @@
+"""The report's markdown: one function per table, :func:`markdown` for the whole page."""
+
+import re
+
+from . import fidelity
+from .common import fmt_ms, fmt_x
+
+
+def md_speed(results, backends, mode, peak):
+    rows = [r for r in results if r["mode"] == mode]
+    if not rows:
+        return ""
+    title = "forward+backward" if mode == "fwdbwd" else "forward (no_grad)"
+    lines = [f"### Speed, {title}: median ms, and peer time / rnnfast time (> 1: rnnfast faster)",
+             "",
+             "| cell | T | B | H | dtype | backend | rnnfast ms | torch.nn ms | vs torch.nn | "
+             "compile ms | vs compile | JAX ms | vs JAX | GFLOP/s | % GEMM peak |",
+             "|---|--:|--:|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        t = r["times"]
+        for be in backends or [None]:
+            key = f"rnnfast[{be}]"
+            mine = t.get(key, {}).get("median_s")
+            ratio = r["ratios"].get(be, {})
+            gf = t.get(key, {}).get("gflops")
+            cells = [r["cell"], r["T"], r["B"], r["H"], r["dtype"], be or "—", fmt_ms(mine),
+                     fmt_ms(t.get("torch.nn", {}).get("median_s")), fmt_x(ratio.get("torch.nn")),
+                     fmt_ms(t.get("torch.compile", {}).get("median_s")),
+                     fmt_x(ratio.get("torch.compile")),
+                     fmt_ms(t.get("jax", {}).get("median_s")), fmt_x(ratio.get("jax")),
+                     f"{gf:.1f}" if gf else "—",
+                     f"{100 * gf / peak:.1f}" if gf and peak else "—"]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def md_floor(rows, backend):
+    if not rows:
+        return ""
+    lines = [f"### Speed floor (foundation issue): torch.nn time / rnnfast[{backend}] time, "
+             "T=100, I=H, float32",
+             "",
+             "| cell | B | H | fwd | fwd+bwd | floor (fwd+bwd) | |",
+             "|---|--:|--:|--:|--:|--:|---|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['B']} | {r['H']} | {fmt_x(r['fwd_ratio'])} | "
+                     f"{fmt_x(r['fwdbwd_ratio'])} | >= {r['target']:.2f}x | "
+                     f"{'met' if r['pass'] else '**NOT MET**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def md_fidelity(rows, results):
+    if not rows:
+        return ""
+    seeds = results[0]["seeds"] if results else 0
+    lines = [f"### Gradient fidelity: worst relative error over y, h_n(, c_n) and every "
+             f"gradient vs float64 torch.nn (RMS over {seeds} seeds, B={fidelity.FID_B}, "
+             f"H={fidelity.FID_H})",
+             "",
+             "| cell | T | backend | rnnfast f32 | torch.nn f32 | worst ratio (per tensor) "
+             "| worst tensor | rnnfast f64 | <= 1.5x |",
+             "|---|--:|---|--:|--:|--:|---|--:|---|"]
+    for r in rows:
+        f64 = f"{r['float64_max_err']:.1e}" if r["float64_max_err"] is not None else "—"
+        lines.append(f"| {r['cell']} | {r['T']} | {r['backend']} | {r['rnnfast_max_err']:.2e} | "
+                     f"{r['torch_max_err']:.2e} | {r['max_ratio']:.2f} | {r['worst_tensor']} | "
+                     f"{f64} | {'yes' if r['pass'] else '**NO**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def md_packed(results, backends):
+    if not results:
+        return ""
+    lines = ["### Packed sequences (fwd+bwd, lengths spread over [T/4, T]): "
+             "packed time / padded time",
+             "",
+             "| cell | T | B | H | impl | padded ms | packed ms | packed / padded | "
+             "packed: torch.nn / rnnfast |",
+             "|---|--:|--:|--:|---|--:|--:|--:|--:|"]
+    for r in results:
+        t = r["times"]
+        for impl in ["torch.nn"] + [f"rnnfast[{be}]" for be in backends]:
+            pad, pk = t[f"{impl} padded"]["median_s"], t[f"{impl} packed"]["median_s"]
+            sp = (fmt_x(t["torch.nn packed"]["median_s"] / pk)
+                  if impl != "torch.nn" else "")
+            lines.append(f"| {r['cell']} | {r['T']} | {r['B']} | {r['H']} | {impl} | "
+                         f"{fmt_ms(pad)} | {fmt_ms(pk)} | {fmt_x(pk / pad)} | {sp} |")
+    return "\n".join(lines) + "\n"
+
+
+def md_notes(report):
+    notes = []
+    for r in report.get("speed", []):
+        for impl, why in r["notes"].items():
+            notes.append(f"- {r['cell']} T{r['T']} B{r['B']} H{r['H']} {r['mode']}: "
+                         f"{impl} — {why}")
+    for n in report["config"].get("notes", []):
+        notes.append(f"- {n}")
+    return ("### Notes\n\n" + "\n".join(notes) + "\n") if notes else ""
+
+
+def markdown(report):
+    c = report["config"]
+    m = report["machine"]
+    g = report.get("gemm") or {}
+    be = c["backends"]
+    parts = [f"## rnnfast benchmark, {report['date']}", "",
+             f"Command: `{report['command']}` (wall time {report['wall_s']:.0f} s)", "",
+             f"Machine: {m['cpu']}, {m['cpu_count']} cores, device {m['device']}, "
+             f"torch {m['torch']} with {m['torch_threads']} threads, numpy {m['numpy']}"
+             + (f", numba {m['numba']}" if "numba" in m else "")
+             + (f", jax {m['jax']}" if "jax" in m else ", jax not installed") + ". "
+             f"Load average (1, 5, 15 min) at start {m.get('loadavg_start')}, at end "
+             f"{m.get('loadavg_end')}: timings are noisy while it exceeds the core count.", ""]
+    if "isa" in m:
+        i = m["isa"]
+        parts += [f"Instruction set: {i['requested']} (numba compiles for "
+                  f"{i['numba_cpu']}, widest vector extension {i['numba_widest']}; torch's "
+                  f"CPU capability {i['torch_cpu_capability']}, oneDNN limit "
+                  f"{i['onednn_max_cpu_isa']}).", ""]
+    if g:
+        parts += [f"GEMM rate ({'x'.join(map(str, g['shape']))} {g['dtype']}): torch "
+                  f"{g['torch_gflops']:.0f} GFLOP/s"
+                  + (f", numpy {g['numpy_gflops']:.0f} GFLOP/s" if "numpy_gflops" in g else "")
+                  + (f", rnnfast's tile {g['rnnfast_gflops']:.0f} GFLOP/s"
+                     if "rnnfast_gflops" in g else "")
+                  + f"; peak used for % = {g['peak_gflops']:.0f} GFLOP/s. GFLOP/s counts "
+                  "every GEMM of the layer (fwd 2TBG(I+H), fwd+bwd 3x that).", ""]
+    peak = g.get("peak_gflops")
+    for b in be:
+        parts.append(md_floor(report.get("floor", {}).get(b, []), b))
+    for mode in ("fwdbwd", "fwd"):
+        parts.append(md_speed(report.get("speed", []), be, mode, peak))
+    parts.append(md_fidelity(report.get("fidelity_summary", []), report.get("fidelity", [])))
+    parts.append(md_packed(report.get("packed", []), be))
+    parts.append(md_notes(report))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(p for p in parts if p is not None))
