@@ -2,7 +2,7 @@
 
 A plain per-step loop, differentiated by autograd. It implements the same contract as
 the kernels (``xp`` = input projection, ``lengths`` freezing finished rows, ``reverse``)
-and is itself checked once against torch.nn.RNN / torch.nn.LSTM in the tests. It is also
+and is itself checked once against torch.nn.RNN / LSTM / GRU in the tests. It is also
 the ``backend='torch'`` path of the modules.
 
 ``taps`` (optional float64 [T] tensor requiring grad) receives, as its gradient, the
@@ -91,6 +91,31 @@ def lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, taps=No
     return torch.stack(ys), h, c
 
 
+def gru_recurrence(xp, w_hh, b_hn, h0, lengths=None, reverse=False, probe=None):
+    """xp [T, B, 3H] (x W_ih^T + b_ih + [b_hr, b_hz, 0]), w_hh [3H, H], b_hn [H] or None,
+    h0 [B, H] -> y [T, B, H] (0 past each length), h_n [B, H]. Gate order r, z, n::
+
+        r = sigmoid(xp_r + h W_hr^T);  z = sigmoid(xp_z + h W_hz^T)
+        n = tanh(xp_n + r * (h W_hn^T + b_hn));  h' = (1 - z) * n + z * h
+    """
+    T, B = xp.shape[:2]
+    h = h0
+    ys = [None] * T
+    for t in _steps(T, reverse):
+        active = _active(lengths, t)
+        gh = h @ w_hh.t()
+        xr, xz, xn = xp[t].chunk(3, dim=1)
+        hr, hz, hn = gh.chunk(3, dim=1)
+        if b_hn is not None:
+            hn = hn + b_hn
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = _tap(_keep(active, (1 - z) * n + z * h, h), probe, t, active)
+        ys[t] = h if active is None else h * active
+    return torch.stack(ys) if T else xp.new_zeros((0, B, h0.shape[1])), h
+
+
 def input_projection(x, w_ih, b_ih, b_hh):
     """x [T, B, I] -> x @ W_ih^T + b_ih + b_hh, [T, B, G]."""
     xp = x @ w_ih.t()
@@ -111,3 +136,15 @@ def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths=None, reverse=Fa
     """One direction of one LSTM layer: -> (y [T, B, P], h_n [B, P], c_n [B, H])."""
     xp = input_projection(x, w_ih, b_ih, b_hh)
     return lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths, reverse, taps)
+
+
+def gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, probe=None):
+    """One direction of one GRU layer: x [T, B, I] -> (y [T, B, H], h_n [B, H]).
+    b_hr and b_hz fold into the input projection; b_hn stays in the recurrence."""
+    xp = x @ w_ih.t()
+    b_hn = None
+    if b_ih is not None:
+        H = w_hh.shape[1]
+        xp = xp + b_ih + torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
+        b_hn = b_hh[2 * H:]
+    return gru_recurrence(xp, w_hh, b_hn, h0, lengths, reverse, probe)
