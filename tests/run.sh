@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pytest -q tests "$@"
-TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py tests/test_diagnostics.py::test_triton_backend "$@"
+TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py tests/test_triton_gru.py tests/test_diagnostics.py::test_triton_backend "$@"

@@ -27,11 +27,12 @@ import torch
 from .._check import check_recurrence_args, full_lengths
 from . import config
 from .config import BLOCK_B, MAX_WIDTH, grid_size, pick, set_tf32, tf32_enabled
+from .gru import gru_bwd, gru_fwd
 from .lstm import lstm_bwd_kernel, lstm_fwd_kernel
 from .rnn import rnn_bwd_kernel, rnn_fwd_kernel
 
 DTYPES = config.DTYPES
-__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "DTYPES", "set_tf32",
+__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "DTYPES", "set_tf32",
            "tf32_enabled", "last_launch"]
 
 # How the last launcher call ran, for tests and benchmarks: {"kernel", "config",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-KERNELS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd")
+KERNELS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 BLOCK_B = 16  # batch rows per program: the smallest tensor-core tile
 MAX_WIDTH = 1024  # largest hidden_size / proj_size the kernels take
@@ -68,7 +68,7 @@ def width(n):
 class Config:
     kernel: str  # one of KERNELS
     dtype: torch.dtype
-    HP: int  # padded P (LSTM) or H (RNN): width of h
+    HP: int  # padded P (LSTM) or H (RNN, GRU): width of h
     HH: int  # padded H (LSTM cell width)
     BH: int  # cell units per program
     BP: int  # projected units per program (LSTM)
@@ -97,6 +97,10 @@ class Config:
         size = self.dtype.itemsize
         if self.kernel == "rnn_fwd" or self.kernel == "rnn_bwd":
             n = self.HP * self.BH
+        elif self.kernel == "gru_fwd":
+            n = self.HP * 4 * self.BH
+        elif self.kernel == "gru_bwd":
+            n = 3 * self.HP * self.BH
         elif self.kernel == "lstm_fwd":
             n = self.HP * 4 * self.BH + (self.HH * self.BP if self.PROJ else 0)
         else:
@@ -115,17 +119,25 @@ def _resident_shape(kernel, HP, HH, BH, BP, proj):
     """(weight elements kept on chip, reduction widths of the products) of a program."""
     if kernel.startswith("rnn"):
         return HP * BH, (HP,)
+    # GRU forward: the three gate rows of a unit padded to four (one [HP, 4BH] product);
+    # backward: one product per gate block of dgh, each over HP.
+    if kernel == "gru_fwd":
+        return HP * 4 * BH, (HP,)
+    if kernel == "gru_bwd":
+        return 3 * HP * BH, (HP, HP, HP)
     if kernel == "lstm_fwd":
         return HP * 4 * BH + (HH * BP if proj else 0), ((HP, HH) if proj else (HP,))
     return 4 * HH * BP + (HP * BH if proj else 0), ((4 * HH, HP) if proj else (4 * HH,))
 
 
 def pick(kernel, H, P, dtype, tf32=None):
-    """The configuration for a layer of H cell units, P = proj_size or H (RNN: P = H).
+    """The configuration for a layer of H cell units, P = proj_size or H (RNN, GRU: P = H).
 
     Tiles: an RNN program owns 16 units (the smallest tensor-core tile); an LSTM program
     4 cell units (16 gate rows) up to H = 256, then 8, so H = 768 uses 96 programs per
-    batch tile; the LSTM backward owns 16 projected units. The weight tile stays on chip
+    batch tile; the LSTM backward owns 16 projected units. A GRU forward program owns 4
+    (then 8) units, their three gate rows padded to four; the GRU backward owns 16 units
+    (columns of W_hh in all three gate blocks). The weight tile stays on chip
     when its shared-memory copy plus the staged operand fit SMEM_BUDGET and each thread
     holds at most BYTES_PER_THREAD of it; warps split its reduction into NK chunks."""
     if kernel not in KERNELS:
@@ -135,8 +147,11 @@ def pick(kernel, H, P, dtype, tf32=None):
     HP = width(P)
     HH = width(H)
     proj = kernel.startswith("lstm") and P != H
-    if kernel.startswith("rnn"):
+    if kernel.startswith("rnn") or kernel == "gru_bwd":
         BH = BP = 16
+        HH = HP
+    elif kernel == "gru_fwd":
+        BH = BP = 4 if HP <= 256 else 8
         HH = HP
     elif kernel == "lstm_fwd":
         BH = 4 if HH <= 256 else 8
@@ -148,7 +163,7 @@ def pick(kernel, H, P, dtype, tf32=None):
     smem = elems * dtype.itemsize + sum(BLOCK_B * k * state_bytes for k in widths)
     warps = 4
     per_warp = BYTES_PER_THREAD * 32
-    if kernel == "lstm_fwd" and dtype.itemsize >= 4:
+    if kernel in ("lstm_fwd", "gru_fwd") and dtype.itemsize >= 4:
         # The gate split and cell update keep more values live than the other kernels:
         # at 64 float32 weights per thread ptxas spills.
         per_warp //= 2
@@ -186,7 +201,7 @@ def all_configs():
 def grid_size(cfg, H, P, B):
     """(unit tiles, batch tiles) of a layer: programs along the unit axis, and the
     batch tiles the programs of one unit tile share."""
-    if cfg.kernel.startswith("rnn"):
+    if not cfg.kernel.startswith("lstm"):
         n = triton.cdiv(H, cfg.BH)
     else:
         n = max(triton.cdiv(H, cfg.BH), triton.cdiv(P, cfg.BP) if cfg.PROJ else 0)
