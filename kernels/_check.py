@@ -18,8 +18,11 @@ def _expect(cond, msg):
 
 
 def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
-                          negative_slope, dtypes, backend):
-    """Validate a forward launcher's arguments; returns (T, B, G)."""
+                          negative_slope, dtypes, backend, b_hn=None):
+    """Validate a forward launcher's arguments; returns (T, B, G).
+
+    cell: 'rnn' (G = H), 'lstm' (G = 4H; c0, optional w_hr) or 'gru' (G = 3H; b_hn [H]
+    or None); arguments a cell does not take are ignored."""
     where = f"{cell}_fwd[{backend}]"
     _expect(xp.dim() == 3, f"{where}: xp must be 3-D [T, B, G], got shape {tuple(xp.shape)}")
     T, B, G = xp.shape
@@ -28,6 +31,9 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
         _expect(G % 4 == 0, f"{where}: xp.size(2) must be 4*hidden_size, got {G}")
         H = G // 4
         P = w_hr.shape[0] if w_hr is not None else H
+    elif cell == "gru":
+        _expect(G % 3 == 0, f"{where}: xp.size(2) must be 3*hidden_size, got {G}")
+        H = P = G // 3
     else:
         H = P = G
         _expect(activation in ACTIVATIONS.values(),
@@ -40,6 +46,8 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
         named.append(("c0", c0, (B, H)))
         if w_hr is not None:
             named.append(("w_hr", w_hr, (P, H)))
+    if cell == "gru" and b_hn is not None:
+        named.append(("b_hn", b_hn, (H,)))
     for name, t, shape in named:
         _expect(tuple(t.shape) == shape,
                 f"{where}: {name} must have shape {shape}, got {tuple(t.shape)}")

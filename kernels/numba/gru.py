@@ -1,0 +1,287 @@
+"""GRU recurrence on the CPU (numba): forward and backprop through time.
+
+Equations, gate order r, z, n as torch.nn.GRU, for each step t in processing order::
+
+    gh_t = h_{t-1} @ W_hh^T                       xp = x @ W_ih^T + b_ih + [b_hr, b_hz, 0]
+    r = sigmoid(xp_r + gh_r);  z = sigmoid(xp_z + gh_z)
+    hn = gh_n + b_hn;  n = tanh(xp_n + r * hn)
+    h_t = (1 - z) * n + z * h_{t-1}  =  n + z * (h_{t-1} - n)
+
+b_hn cannot join the projection's biases: it is multiplied by r, so the kernels take it
+separately. Backward (g = dh_t, the total gradient reaching h_t: dy_t plus the recurrent
+term)::
+
+    dn = g * (1 - z) * (1 - n^2)          (gradient of n's pre-activation)
+    dz = g * (h_{t-1} - n) * z (1 - z);  dr = dn * hn * r (1 - r)
+    dxp_t = [dr, dz, dn]                  (gradient of xp_t)
+    dgh_t = [dr, dz, dn * r]              (of gh_t + [0, 0, b_hn]: for dW_hh and db_hh)
+    dh_{t-1} = dgh_t @ W_hh + g * z
+
+Dimensions: T steps, B rows, H hidden units, G = 3H gate columns of xp and W_hh.
+Saved for backward: gates [T, B, 4H] = (r, z, n, hn) and y (h_{t-1} of an active step
+is y at the previous processing step, or h0 at the row's first step). Sequence b is
+active at time t iff t < lengths[b]; an inactive row keeps its state, writes y = 0 and
+gates = 0, and passes its gradient through unchanged (dxp = dgh = 0 there).
+
+Rows of the batch never interact: the parallel drivers give each thread its own slice
+of rows for the whole time loop (as rnn.py and lstm.py). The per-step product is the
+register-tile GEMM of gemm.py against W_hh packed once per call; the pointwise step is
+one pass over the units on the vectors of vec.py.
+"""
+
+import math
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from .._check import check_backward_args, check_recurrence_args
+from . import _host
+from . import vec as V
+from .config import JIT, JIT_PARALLEL
+from .gemm import mm_into, panels
+
+
+@njit(**JIT)
+def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, b0, b1):
+    """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,H],
+    h_n [B,H] and gates [T,B,4H]. All arrays C-contiguous, b_hn [H] (zeros when the
+    layer has no bias); offsets flat."""
+    T, B, G = xp.shape
+    L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
+    H = G // 3
+    G4 = 4 * H
+    nb = b1 - b0
+    h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running h
+    h[:] = h0[b0:b1]
+    gh = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        mm_into(h, w_hh_t, gh)
+        for rr in range(nb):
+            b = b0 + rr
+            row = t * B + b  # flat row of [T, B, *]
+            if t < lengths[b]:
+                for j in range(0, H, L):
+                    n = min(L, H - j)
+                    xo = row * G + j
+                    zo = rr * G + j
+                    go = row * G4 + j
+                    ho = rr * H + j
+                    rg = V.sigmoid(V.load(xp, xo, n) + V.load(gh, zo, n))
+                    zg = V.sigmoid(V.load(xp, xo + H, n) + V.load(gh, zo + H, n))
+                    hn = V.load(gh, zo + 2 * H, n) + V.load(b_hn, j, n)
+                    ng = V.tanh(V.fma(rg, hn, V.load(xp, xo + 2 * H, n)))
+                    hv = V.fma(zg, V.load(h, ho, n) - ng, ng)
+                    V.store(gates, go, n, rg)
+                    V.store(gates, go + H, n, zg)
+                    V.store(gates, go + 2 * H, n, ng)
+                    V.store(gates, go + 3 * H, n, hn)
+                    V.store(h, ho, n, hv)
+                    V.store(y, row * H + j, n, hv)
+            else:
+                for k in range(G4):
+                    gates[t, b, k] = 0
+                for j in range(H):
+                    y[t, b, j] = 0
+    h_n[b0:b1] = h
+
+
+@njit(**JIT)
+def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
+                  dxp, dgh, dh0, sqsum, b0, b1):
+    """BPTT for rows [b0, b1): writes their slices of dxp, dgh [T,B,3H], dh0 [B,H] and
+    sqsum[t] = ||dL/dh_t||^2 over those rows (float64)."""
+    T, B, H = dy.shape
+    L = V.lanes(dy)
+    G = 3 * H
+    G4 = 4 * H
+    nb = b1 - b0
+    dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] total gradient reaching h_t
+    dh[:] = dh_n[b0:b1]
+    dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] this step's dgh rows
+    back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dgh @ W_hh
+    sq = np.empty(H, dtype=dy.dtype)  # [H] per-unit sums of squares (this step, my rows)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp = t + 1 if reverse else t - 1  # the step processed before t
+        sq[:] = 0.0
+        for rr in range(nb):
+            b = b0 + rr
+            row = t * B + b
+            if t < lengths[b]:
+                # h_{t-1} is h0 at the row's first step (t = 0 forward; t = T - 1 or
+                # lengths[b] - 1 reversed), else y at the previous processing step.
+                first = not 0 <= tp < lengths[b]
+                for j in range(0, H, L):
+                    n = min(L, H - j)
+                    ho = rr * H + j
+                    go = row * G4 + j
+                    g = V.load(dh, ho, n) + V.load(dy, row * H + j, n)
+                    V.store(sq, j, n, V.load(sq, j, n) + g * g)
+                    hp = V.load(h0, b * H + j, n) if first else \
+                        V.load(y, (tp * B + b) * H + j, n)
+                    rg = V.load(gates, go, n)
+                    zg = V.load(gates, go + H, n)
+                    ng = V.load(gates, go + 2 * H, n)
+                    hn = V.load(gates, go + 3 * H, n)
+                    dn = g * (1.0 - zg) * (1.0 - ng * ng)
+                    dzp = g * (hp - ng) * zg * (1.0 - zg)
+                    drp = dn * hn * rg * (1.0 - rg)
+                    dnh = dn * rg
+                    xo = row * G + j
+                    zo = rr * G + j
+                    V.store(dxp, xo, n, drp)
+                    V.store(dxp, xo + H, n, dzp)
+                    V.store(dxp, xo + 2 * H, n, dn)
+                    V.store(dgh, xo, n, drp)
+                    V.store(dgh, xo + H, n, dzp)
+                    V.store(dgh, xo + 2 * H, n, dnh)
+                    V.store(dz, zo, n, drp)
+                    V.store(dz, zo + H, n, dzp)
+                    V.store(dz, zo + 2 * H, n, dnh)
+                    # the direct path h_{t-1} -> h_t; the product's term is added below
+                    V.store(dh, ho, n, g * zg)
+            else:
+                for k in range(G):
+                    dz[rr, k] = 0
+                    dxp[t, b, k] = 0
+                    dgh[t, b, k] = 0
+        acc = 0.0
+        for p in range(H):
+            acc += np.float64(sq[p])
+        sqsum[t] = acc
+        mm_into(dz, w_hh, back)
+        for rr in range(nb):
+            if t < lengths[b0 + rr]:
+                for j in range(0, H, L):
+                    n = min(L, H - j)
+                    ho = rr * H + j
+                    V.store(dh, ho, n, V.load(dh, ho, n) + V.load(back, ho, n))
+    dh0[b0:b1] = dh
+
+
+@njit(**JIT)
+def gru_fwd_kernel(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates):
+    """Writes y [T,B,H], h_n [B,H], gates [T,B,4H] = (r, z, n, hn)."""
+    _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, 0, xp.shape[1])
+
+
+@njit(**JIT_PARALLEL)
+def gru_fwd_kernel_parallel(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates,
+                            nchunks):
+    """Batch-parallel forward: each chunk of rows runs the whole time loop."""
+    B = xp.shape[1]
+    for c in prange(nchunks):
+        _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates,
+                      c * B // nchunks, (c + 1) * B // nchunks)
+
+
+@njit(**JIT)
+def gru_bwd_kernel(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, dxp, dgh, dh0, norms):
+    """Writes dxp [T,B,3H], dgh [T,B,3H], dh0 [B,H] and norms [T] (float64)."""
+    _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, dxp, dgh, dh0, norms,
+                  0, dy.shape[1])
+    for t in range(norms.shape[0]):
+        norms[t] = math.sqrt(norms[t])
+
+
+@njit(**JIT_PARALLEL)
+def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
+                            dxp, dgh, dh0, norms, nchunks):
+    """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards
+    (deterministic)."""
+    T, B, _ = dy.shape
+    sq = np.zeros((nchunks, T), dtype=np.float64)
+    for c in prange(nchunks):
+        _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, dxp, dgh, dh0,
+                      sq[c], c * B // nchunks, (c + 1) * B // nchunks)
+    for t in range(T):
+        acc = 0.0
+        for c in range(nchunks):
+            acc += sq[c, t]
+        norms[t] = math.sqrt(acc)
+
+
+# ---------------------------------------------------------------- launchers
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
+    """Forward recurrence of a GRU (torch.nn.GRU's cell, gate order r, z, n).
+
+    Parameters
+    ----------
+    xp : Tensor [T, B, 3H]   input projection x @ W_ih^T + b_ih + [b_hr, b_hz, 0]
+    w_hh : Tensor [3H, H]
+    b_hn : Tensor [H] or None   the n gate's recurrent bias (inside r * (...)); None: 0
+    h0 : Tensor [B, H]
+    lengths : int64 Tensor [B] or None   sequence b is active for t < lengths[b]
+    reverse : bool          process t = T-1 .. 0
+    reuse_xp : bool         accepted for the common launcher signature; the GRU's gates
+                            (4H columns) do not fit in xp (3H), so they always get a
+                            fresh [T, B, 4H] buffer and xp is left untouched
+
+    All tensors share one dtype (float32 or float64) and live on the CPU.
+
+    Returns
+    -------
+    y : Tensor [T, B, H]  (0 where t >= lengths[b]),  h_n : Tensor [B, H],
+    gates : Tensor [T, B, 4H]  (r, z, n, hn = h_{t-1} W_hn^T + b_hn; 0 where inactive),
+    saved for :func:`gru_bwd`
+
+    Raises ValueError on a bad shape, dtype or device, or lengths outside [1, T]
+    (kernels._check).
+    """
+    T, B, G = check_recurrence_args("gru", xp, w_hh, h0, None, None, lengths,
+                                    0, 0.0, DTYPES, "numba", b_hn=b_hn)
+    H = G // 3
+    y = _host.empty(xp, (T, B, H))
+    h_n = torch.empty_like(h0)
+    gates = _host.empty(xp, (T, B, 4 * H))
+    xn = _host.as_numpy(xp)
+    b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
+    _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * H * G),
+                 xn, panels(w_hh, transpose=True), b_hn_np, _host.as_numpy(h0),
+                 _host.lengths_array(lengths, T, B), bool(reverse), y.numpy(), h_n.numpy(),
+                 gates.numpy())
+    return y, h_n, gates
+
+
+def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False):
+    """BPTT of a GRU.
+
+    Parameters
+    ----------
+    dy : Tensor [T, B, H]    gradient of y;  dh_n : Tensor [B, H]  gradient of h_n
+    y, gates : from :func:`gru_fwd`;  h0, w_hh, lengths, reverse: as in the forward
+
+    Returns
+    -------
+    dxp : Tensor [T, B, 3H]   gradient of xp
+    dgh : Tensor [T, B, 3H]   gradient of the recurrent product h_{t-1} W_hh^T + b_hh
+                              (= dxp in the r and z blocks, dxp_n * r in the n block;
+                              0 where inactive): pass it as ``layer_grads(dgh=...)``
+    dh0 : Tensor [B, H]
+    norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check).
+    """
+    T, B, H = y.shape
+    check_backward_args("gru_bwd[numba]", y,
+                        (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
+                         ("gates", gates, (T, B, 4 * H)), ("h0", h0, (B, H)),
+                         ("w_hh", w_hh, (3 * H, H))))
+    dxp = _host.empty(y, (T, B, 3 * H))
+    dgh = _host.empty(y, (T, B, 3 * H))
+    dh0 = torch.empty_like(dh_n)
+    norms = torch.empty(T, dtype=torch.float64)
+    _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * H * 3 * H),
+                 _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(y),
+                 _host.as_numpy(gates), _host.as_numpy(h0), panels(w_hh),
+                 _host.lengths_array(lengths, T, B), bool(reverse), dxp.numpy(),
+                 dgh.numpy(), dh0.numpy(), norms.numpy())
+    return dxp, dgh, dh0, norms
