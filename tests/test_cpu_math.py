@@ -1,8 +1,10 @@
-"""The numba backend's own arithmetic, tested directly: the AVX-512 GEMM tile and its
-drivers (kernels/numba/simd.py, gemm.py) and the 8-lane vector math (vec.py).
+"""The numba backend's own arithmetic, tested directly: the GEMM register tile and its
+drivers (kernels/numba/tile.py, gemm.py) and the vector math (vec.py, vmath.py), at the
+vector width and tile shape of the ISA numba compiles for (tests/test_isa.py runs this
+file again for the other x86 ISAs).
 
-The module tests reach these only through whole layers; here every tile shape (1-6
-rows, 1-4 vectors, masked tails), reduction lengths across the KC chunk and the
+The module tests reach these only through whole layers; here every tile shape (1-MR
+rows, 1-NV vectors, masked tails), reduction lengths across the KC chunk and the
 float64 block boundary, transposed operands, bias seeding, and the serial / parallel
 drivers are checked against float64 numpy, and that nothing is written outside C.
 """
@@ -77,11 +79,11 @@ def test_matmul_tn_serial_parallel(dt, N, G, K):
     a, b = _rand(rng, (N, G), dt), _rand(rng, (N, K), dt)
     ref = a.astype(np.float64).T @ b
     serial = np.full((G, K), np.nan, dtype=dt)
-    gemm.matmul_tn(a, b, serial)
+    gemm.matmul_tn_kernel(a, b, serial)
     _check("a^T b", serial, ref, dt, N)
     for parts in (2, 3):
         par = np.full((G, K), np.nan, dtype=dt)
-        gemm.matmul_tn_parallel(a, b, par, parts)
+        gemm.matmul_tn_kernel_parallel(a, b, par, parts)
         assert np.array_equal(par, serial), f"{parts} parts differ from the serial result"
 
 
@@ -92,7 +94,7 @@ def test_long_reduction_error_stays_small():
     a, b = _rand(rng, (40000, 8), np.float32), _rand(rng, (40000, 8), np.float32)
     ref = a.astype(np.float64).T @ b.astype(np.float64)
     out = np.empty((8, 8), np.float32)
-    gemm.matmul_tn(a, b, out)
+    gemm.matmul_tn_kernel(a, b, out)
     rel = np.abs(out - ref).max() / np.abs(ref).max()
     assert rel < 2e-6, rel
 
@@ -116,7 +118,7 @@ def test_project_and_layer_grads(dt, T, B, I, H):
     for reverse, lens in ((False, None), (True, None), (True, lengths)):
         if lens is not None:  # as the kernels leave them: y and dxp are 0 in the padding
             dxp, y = dxp.masked_fill(pad[..., None], 0), y.masked_fill(pad[..., None], 0)
-        dx, dw_ih, dw_hh, db = nk.layer_grads(dxp, x, y, h0, w_ih, lens, reverse)
+        dx, dw_ih, dw_hh, db, db_hh = nk.layer_grads(dxp, x, y, h0, w_ih, lens, reverse)
         d, yd = dxp.double(), y.double()
         if reverse:
             L = torch.full((B,), T) if lens is None else lens
@@ -128,22 +130,24 @@ def test_project_and_layer_grads(dt, T, B, I, H):
         assert_close("dW_hh", dw_hh, torch.einsum("tbg,tbp->gp", d, prev), tdt)
         assert_close("dW_ih", dw_ih, torch.einsum("tbg,tbi->gi", d, xd), tdt)
         assert_close("db", db, d.sum((0, 1)), tdt)
+        assert torch.equal(db_hh, db)
         assert_close("dx", dx, d @ w_ih.double(), tdt)
     # the parallel drivers, forced: identical bits
     N = T * B
-    args = (dxp.numpy().reshape(N, G), x.numpy().reshape(N, I), y.numpy().reshape(N, H),
+    dxp_n = dxp.numpy().reshape(N, G)
+    args = (dxp_n, dxp_n, x.numpy().reshape(N, I), y.numpy().reshape(N, H),
             h0.numpy(), dxp[0].numpy(), w_ih.numpy(), True)
-    outs = [[np.empty((G, I), dt), np.empty((G, H), dt), np.empty(G, dt), np.empty((N, I), dt)]
-            for _ in range(2)]
-    gemm.layer_grads(*args, *outs[0])
+    outs = [[np.empty((G, I), dt), np.empty((G, H), dt), np.empty(G, dt), np.empty(0, dt),
+             np.empty((N, I), dt)] for _ in range(2)]
+    gemm.layer_grads_kernel(*args, *outs[0])
     numba.set_num_threads(2)
-    gemm.layer_grads_parallel(*args, *outs[1], 2)
+    gemm.layer_grads_kernel_parallel(*args, *outs[1], 2)
     for s, p in zip(*outs):
         assert np.array_equal(s, p)
     xp_s, xp_p = np.empty((N, G), dt), np.empty((N, G), dt)
     wt = np.ascontiguousarray(w_ih.numpy().T)
-    gemm.project(x.numpy().reshape(N, I), wt, bias.numpy(), xp_s)
-    gemm.project_parallel(x.numpy().reshape(N, I), wt, bias.numpy(), xp_p, 2)
+    gemm.project_kernel(x.numpy().reshape(N, I), wt, bias.numpy(), xp_s)
+    gemm.project_kernel_parallel(x.numpy().reshape(N, I), wt, bias.numpy(), xp_p, 2)
     assert np.array_equal(xp_s, xp_p)
 
 

@@ -1,21 +1,99 @@
-"""Every numba flag used by rnnfast's CPU kernels, in one place.
+"""Every numba flag used by rnnfast's CPU kernels, and the instruction set they target.
 
 ``RNNFAST_NUMBA_CACHE=0`` disables the on-disk compile cache (on by default, so a
-second process starts without recompiling). numba keys a cached function on its own
-source file only: after editing vec.py, simd.py or gemm.py, the kernels in rnn.py and
-lstm.py that inline them still load their old machine code. Delete
-``kernels/numba/__pycache__`` (or set RNNFAST_NUMBA_CACHE=0) when working on those.
-``fastmath`` stays off: it lets LLVM
-reassociate the float sums, which would break bitwise determinism across shapes and
-the gradient-fidelity guarantee (no worse than torch's own float32 error).
+second process starts without recompiling). A cached kernel is keyed on the sources of
+the whole backend (every file it may inline) and on the target CPU: see :mod:`.cache`.
+``fastmath`` stays off: it lets LLVM reassociate the float sums, which would break
+bitwise determinism across shapes and the gradient-fidelity guarantee (no worse than
+torch's own float32 error).
+
+Instruction set (:data:`ISA`): the kernels' vector width and GEMM register tile are
+chosen at import from the CPU numba compiles for (numba's target machine: the host, or
+``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``), so that the tile's accumulators and the
+pointwise step's vectors fit the register file (a tile that does not fit spills to the
+stack and runs at half speed or worse). ``RNNFAST_ISA=avx512|avx2|sse2|neon`` overrides
+the choice (for tests: e.g. compiling the NEON shapes on x86 to cross-compile their IR);
+code built for a wider ISA than the CPU has stays correct, only slower.
 """
 
 import os
+from typing import NamedTuple
 
 CACHE = os.environ.get("RNNFAST_NUMBA_CACHE", "1") != "0"
 FASTMATH = False
 
-# Serial kernels: one thread runs the time loop (the per-step GEMM is simd.tile).
+
+class Isa(NamedTuple):
+    """A target instruction set, as the kernels see it."""
+    name: str
+    vector_bits: int  # one vector register
+    registers: int  # vector registers
+    fma: bool  # fused multiply-add instructions (else multiply, then add)
+    mr: int  # GEMM register tile: rows of A (broadcast scalars)
+    nv: int  # ... and vectors of B per row; mr * nv accumulators
+
+    def lanes(self, itemsize):
+        """Vector lanes for elements of ``itemsize`` bytes."""
+        return self.vector_bits // (8 * itemsize)
+
+
+# Register budget of each tile, k loop: mr * nv accumulators + nv vectors of B + one
+# broadcast of A (+ one product without FMA): 24 + 4 + 1 of 32 (AVX-512, NEON),
+# 12 + 2 + 1 of 16 (AVX2), 8 + 2 + 2 of 16 (SSE2: two-operand instructions, so the
+# broadcast is copied before each multiply).
+ISAS = {
+    "avx512": Isa("avx512", 512, 32, True, 6, 4),
+    "avx2": Isa("avx2", 256, 16, True, 6, 2),
+    "sse2": Isa("sse2", 128, 16, False, 4, 2),
+    "neon": Isa("neon", 128, 32, True, 6, 4),
+}
+
+_PROBE = """
+define void @probe(ptr %p) {
+  %v = load <16 x float>, ptr %p
+  %r = call <16 x float> @llvm.fma.v16f32(<16 x float> %v, <16 x float> %v, <16 x float> %v)
+  store <16 x float> %r, ptr %p
+  ret void
+}
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+"""
+
+
+def isa_of(target_machine):
+    """The :data:`ISAS` key for an llvmlite target machine, read off the code it emits
+    for a 16-lane float FMA (so every way of naming a CPU and its features agrees with
+    what LLVM will actually use): zmm registers -> avx512, ymm FMAs -> avx2, anything
+    else on x86 -> sse2 (AVX without FMA included); aarch64 -> neon."""
+    import llvmlite.binding as ll
+
+    triple = target_machine.triple
+    if triple.startswith(("aarch64", "arm64")):
+        return "neon"
+    if not triple.startswith(("x86_64", "i686", "i386")):
+        return "sse2"  # another architecture: 128-bit vectors, no FMA assumed
+    mod = ll.parse_assembly(_PROBE)
+    mod.triple = triple
+    asm = target_machine.emit_assembly(mod)
+    if "zmm" in asm:
+        return "avx512"
+    if "vfmadd" in asm and "ymm" in asm:
+        return "avx2"
+    return "sse2"
+
+
+def _detect():
+    forced = os.environ.get("RNNFAST_ISA")
+    if forced:
+        if forced not in ISAS:
+            raise ValueError(f"RNNFAST_ISA={forced!r}: expected one of {sorted(ISAS)}")
+        return ISAS[forced]
+    from numba.core.registry import cpu_target
+    return ISAS[isa_of(cpu_target.target_context.codegen()._tm)]
+
+
+ISA = _detect()
+
+# Serial kernels: one thread runs the time loop (the per-step GEMM is tile.tile).
 JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 
 # Small helpers inlined into their callers at numba IR level.

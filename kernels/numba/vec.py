@@ -1,24 +1,27 @@
-"""Vectors for the kernels' pointwise cell math: one AVX-512 register each, in the
-arrays' own precision (8 float64 lanes for float64 arrays, 16 float32 lanes for float32).
+"""Vectors for the kernels' pointwise cell math: one vector register each, in the
+arrays' own precision, as wide as the target instruction set's registers (config.ISA):
+16 float32 / 8 float64 lanes on AVX-512, 8 / 4 on AVX2, 4 / 2 on SSE2 and NEON.
 
 Why: LLVM's loop vectorizer gives up on a fused LSTM step (it reads and writes too
 many arrays to check them for aliasing at run time), and one small vectorizable loop
 per operation costs a pass over memory each: the split loops measured 7-14 ns per
 hidden unit per step, more than the step's GEMM. With an explicit vector type the step
 is one pass over its units, a register at a time, whatever LLVM's cost model thinks.
-float32 kernels compute in float32 (16 lanes), as torch.nn's float32 LSTM does: the
-8-lane float64 version of the LSTM step took 2.6 ns per unit, the 16-lane one 1.3.
+float32 kernels compute in float32, as torch.nn's float32 LSTM does: the float64
+version of the AVX-512 LSTM step took 2.6 ns per unit, the float32 one 1.3. A vector is
+never wider than a register: wider ones are split by LLVM into several, and the step's
+values then outnumber the registers and spill to the stack.
 
 API (all inlined into the caller; ``off`` is an element offset into a C-contiguous
 array, ``n`` the number of valid lanes, so any H works: lanes >= n load 0 and are not
 stored)::
 
-    lanes(arr) -> 8 or 16          load(arr, off, n) -> vector    store(arr, off, n, v)
+    lanes(arr) -> lanes of arr's dtype   load(arr, off, n) -> vector   store(arr, off, n, v)
     v + w, v - w, v * w, v / w, -v   (either side may be a Python/numba float)
-    fma(a, b, c) = a * b + c (one rounding)      clamp(v, lo, hi)  (NaN stays NaN)
+    fma(a, b, c) = a * b + c (one rounding where the ISA has FMA; else two)
+    clamp(v, lo, hi)  (NaN stays NaN)
     where_le0(v, a, b), where_gt0(v, a, b)       zero(v), one(v), full(v, x)
-    exp(v), sigmoid(v), tanh(v)   (njit functions on the above, accurate to a few ulp
-                                   of the vector's precision)
+    exp(v), expm1(v), sigmoid(v), tanh(v)   (from :mod:`.vmath`, re-exported here)
 """
 
 import operator
@@ -28,12 +31,14 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_model
 
+from .config import ISA
+
 _I1 = ir.IntType(1)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 
 
-class _VecType(types.Type):
+class VecType(types.Type):
     def __init__(self, dtype, lanes):
         self.dtype, self.lanes = dtype, lanes
         super().__init__(name=f"{dtype}x{lanes}")
@@ -55,12 +60,12 @@ class _VecType(types.Type):
         return f"v{self.lanes}{'f64' if self.dtype == types.float64 else 'f32'}"
 
 
-f64x8 = _VecType(types.float64, 8)
-f32x16 = _VecType(types.float32, 16)
-KINDS = {types.float64: f64x8, types.float32: f32x16}  # the vector kind of a dtype
+# The vector kind of each dtype: one register of the target ISA.
+KINDS = {types.float64: VecType(types.float64, ISA.lanes(8)),
+         types.float32: VecType(types.float32, ISA.lanes(4))}
 
 
-@register_model(_VecType)
+@register_model(VecType)
 class _VecModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
         super().__init__(dmm, fe_type, fe_type.ir_type)
@@ -69,6 +74,17 @@ class _VecModel(models.PrimitiveModel):
 def ir_decl(builder, name, ret, args):
     """The declaration of LLVM function ``name`` (an intrinsic) in the current module."""
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def ir_fma(builder, kind, a, b, c):
+    """a * b + c for vectors of ``kind``: llvm.fma (one rounding) where the ISA has FMA
+    instructions; a multiply and an add elsewhere (llvm.fma would become a libm call
+    per lane)."""
+    if ISA.fma:
+        vt = kind.ir_type
+        return builder.call(ir_decl(builder, f"llvm.fma.{kind.suffix}", vt, [vt] * 3),
+                            [a, b, c])
+    return builder.fadd(builder.fmul(a, b), c)
 
 
 def ir_splat(builder, x, vt):
@@ -173,7 +189,7 @@ def store(typingctx, arr, off, n, v):
 @intrinsic
 def full(typingctx, v, x):
     """A vector of v's kind with every lane x."""
-    if not isinstance(v, _VecType) or not isinstance(x, (types.Float, types.Integer)):
+    if not isinstance(v, VecType) or not isinstance(x, (types.Float, types.Integer)):
         return None
     sig = v(v, v.dtype)
 
@@ -196,7 +212,7 @@ def one(v):
 def _binary(op):
     @intrinsic
     def impl(typingctx, a, b):
-        if not (isinstance(a, _VecType) and a == b):
+        if not (isinstance(a, VecType) and a == b):
             return None
 
         def codegen(context, builder, sig, args):
@@ -210,11 +226,11 @@ def _binary(op):
 def _overload_binary(pyop, impl):
     @overload(pyop, inline="always")
     def _ov(a, b):
-        if isinstance(a, _VecType) and a == b:
+        if isinstance(a, VecType) and a == b:
             return lambda a, b: impl(a, b)
-        if isinstance(a, _VecType) and isinstance(b, (types.Float, types.Integer)):
+        if isinstance(a, VecType) and isinstance(b, (types.Float, types.Integer)):
             return lambda a, b: impl(a, full(a, b))
-        if isinstance(b, _VecType) and isinstance(a, (types.Float, types.Integer)):
+        if isinstance(b, VecType) and isinstance(a, (types.Float, types.Integer)):
             return lambda a, b: impl(full(b, a), b)
         return None
 
@@ -226,7 +242,7 @@ for _pyop, _name in ((operator.add, "fadd"), (operator.sub, "fsub"), (operator.m
 
 @intrinsic
 def _neg(typingctx, a):
-    if not isinstance(a, _VecType):
+    if not isinstance(a, VecType):
         return None
 
     def codegen(context, builder, sig, args):
@@ -237,19 +253,18 @@ def _neg(typingctx, a):
 
 @overload(operator.neg, inline="always")
 def _ov_neg(a):
-    if isinstance(a, _VecType):
+    if isinstance(a, VecType):
         return lambda a: _neg(a)
     return None
 
 
 @intrinsic
 def fma(typingctx, a, b, c):
-    if not (isinstance(a, _VecType) and a == b == c):
+    if not (isinstance(a, VecType) and a == b == c):
         return None
 
     def codegen(context, builder, sig, args):
-        vt = a.ir_type
-        return builder.call(ir_decl(builder, f"llvm.fma.{a.suffix}", vt, [vt] * 3), args)
+        return ir_fma(builder, a, *args)
 
     return a(a, a, a), codegen
 
@@ -257,7 +272,7 @@ def fma(typingctx, a, b, c):
 @intrinsic
 def clamp(typingctx, a, lo, hi):
     """min(max(a, lo), hi) lane-wise, written with ordered compares so NaN stays NaN."""
-    if not isinstance(a, _VecType):
+    if not isinstance(a, VecType):
         return None
     sig = a(a, a.dtype, a.dtype)
 
@@ -273,7 +288,7 @@ def clamp(typingctx, a, lo, hi):
 def _where(pred):
     @intrinsic
     def where(typingctx, v, a, b):
-        if not (isinstance(v, _VecType) and v == a == b):
+        if not (isinstance(v, VecType) and v == a == b):
             return None
 
         def codegen(context, builder, sig, args):
@@ -289,95 +304,6 @@ where_le0 = _where("<=")  # a where v <= 0, else b (a NaN in v picks b), lane-wi
 where_gt0 = _where(">")  # a where v > 0, else b (a NaN in v picks b), lane-wise
 
 
-@intrinsic
-def _pow2_of_rounded(typingctx, t):
-    """2 ** k for t = k + MAGIC (k integral and in the exponent range): the low bits of
-    t hold k, so (bits(t) + bias) << mantissa_bits are the bits of 2^k. Integer ops on
-    the bits (a float -> int conversion would be scalarized for 8 x float64)."""
-    if not isinstance(t, _VecType):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vi = ir.VectorType(t.ir_int, t.lanes)
-        bias, shift = (1023, 52) if t.dtype == types.float64 else (127, 23)
-        bits = builder.bitcast(args[0], vi)
-        bits = builder.shl(builder.add(bits, ir_splat(builder, t.ir_int(bias), vi)),
-                           ir_splat(builder, t.ir_int(shift), vi))
-        return builder.bitcast(bits, t.ir_type)
-
-    return t(t), codegen
-
-
-def _exp_parts(x):
-    pass
-
-
-@overload(_exp_parts, inline="always")
-def _exp_parts_impl(x):
-    """(s, m) with exp(x) = s + s * m and expm1(x) = (s - 1) + s * m, both without
-    cancellation: s = 2^k, k = round(x / ln 2) (the MAGIC trick: 1.5 * 2^52 or 2^23
-    added rounds to an integer held in the low bits), m = exp(r) - 1 = r * p(r) for
-    r = x - k ln 2 (ln 2 split in a part exact in k * hi and a correction, Cody-Waite),
-    |r| <= ln(2) / 2, p the Taylor series of (e^r - 1) / r evaluated by Estrin's scheme
-    (a tree, not a chain of dependent FMAs: the LSTM step is latency-bound). float64:
-    p of degree 11 (truncation < 2e-16), x clamped to [-700, 700]; float32: degree 6
-    (< 6e-9), x clamped to [-87, 88] (2^k stays normal). The clamps keep exp finite,
-    so sigmoid and tanh built on it saturate cleanly; NaN stays NaN."""
-    if x == f64x8:
-        def parts64(x):
-            x = clamp(x, -700.0, 700.0)
-            t = x * 1.4426950408889634 + 6755399441055744.0
-            k = t - 6755399441055744.0
-            r = (x - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10
-            r2 = r * r
-            r4 = r2 * r2
-            q0 = fma(r, full(r, 0.5), one(r))
-            q1 = fma(r, full(r, 4.16666666666666666667e-02), full(r, 1.66666666666666666667e-01))
-            q2 = fma(r, full(r, 1.38888888888888888889e-03), full(r, 8.33333333333333333333e-03))
-            q3 = fma(r, full(r, 2.48015873015873015873e-05), full(r, 1.98412698412698412698e-04))
-            q4 = fma(r, full(r, 2.75573192239858906526e-07), full(r, 2.75573192239858906526e-06))
-            q5 = fma(r, full(r, 2.08767569878680989792e-09), full(r, 2.50521083854417187751e-08))
-            u0 = fma(fma(q3, r2, q2), r4, fma(q1, r2, q0))
-            u1 = fma(q5, r2, q4)
-            return _pow2_of_rounded(t), r * fma(u1, r4 * r4, u0)
-        return parts64
-    if x == f32x16:
-        def parts32(x):
-            x = clamp(x, -87.0, 88.0)
-            t = x * 1.44269504 + 12582912.0
-            k = t - 12582912.0
-            r = (x - k * 0.693359375) + k * 2.12194440e-4
-            r2 = r * r
-            q0 = fma(r, full(r, 0.5), one(r))
-            q1 = fma(r, full(r, 4.16666667e-02), full(r, 1.66666667e-01))
-            q2 = fma(r, full(r, 1.38888889e-03), full(r, 8.33333333e-03))
-            q3 = full(r, 1.98412698e-04)
-            return _pow2_of_rounded(t), r * fma(fma(q3, r2, q2), r2 * r2, fma(q1, r2, q0))
-        return parts32
-    return None
-
-
-@njit(inline="always")
-def exp(x):
-    s, m = _exp_parts(x)
-    return fma(s, m, s)
-
-
-@njit(inline="always")
-def expm1(x):
-    s, m = _exp_parts(x)
-    return fma(s, m, s - 1.0)
-
-
-@njit(inline="always")
-def sigmoid(x):
-    return 1.0 / (1.0 + exp(-x))
-
-
-@njit(inline="always")
-def tanh(x):
-    """e / (e + 2) with e = expm1(2x): a few ulp everywhere, near 0 too (1 - 2 / (e^2x
-    + 1) loses tanh(1e-4) to cancellation: 6e-4 relative in float32), and exactly
-    +-1 when saturated."""
-    e = expm1(x + x)
-    return e / (e + 2.0)
+# The vector math lives in vmath.py (it builds on the API above); the kernels reach it
+# as vec.exp, vec.sigmoid, ... Imported last: vmath imports this module.
+from .vmath import exp, expm1, sigmoid, tanh  # noqa: E402,F401

@@ -1,29 +1,34 @@
-"""The CPU backend's matrix-product micro-kernel: AVX-512 register tiles written in LLVM IR.
+"""The CPU backend's matrix-product micro-kernel: register tiles written in LLVM IR,
+shaped for the target instruction set (config.ISA).
 
 Why not BLAS: the per-step product of a recurrence is small ([B, H] @ [H, 4H]) and runs
 T times in a row, so it lives or dies by the speed of one register tile. numba's np.dot
 goes to scipy's OpenBLAS, which this project's machines pin to its AVX2 kernels
 (OPENBLAS_CORETYPE=Haswell), 70-105 GFLOP/s per core at the recurrences' shapes; the same
-cores run AVX-512 FMAs at twice the width. LLVM (through numba) emits AVX-512 code for
-the host CPU, but numba has no vector type, and a tile of accumulators written as numpy
-arrays lives in memory, not registers. So the tile is written here, as IR, with one
-``<L x float>`` value per accumulator: measured 250-262 GFLOP/s per core in float32 at
-6..36 x 64..512 x 256..2048 (OpenBLAS: 73-104), i.e. about 2 x 16-lane FMAs per cycle.
+cores run AVX-512 FMAs at twice the width. LLVM (through numba) emits vector code for
+the target CPU, but numba has no vector type, and a tile of accumulators written as
+numpy arrays lives in memory, not registers. So the tile is written here, as IR, with
+one ``<L x float>`` value per accumulator, L = one register's lanes (vec.KINDS). On
+AVX-512 it measured 250-262 GFLOP/s per core in float32 at 6..36 x 64..512 x 256..2048
+(OpenBLAS: 73-104), i.e. about 2 x 16-lane FMAs per cycle.
 
 One intrinsic, :func:`tile`, covers every tile shape the drivers need::
 
     C[r, n : n + nn] (= or +=) sum_k A[r, k] * Bm[k, n : n + nn]    r < mr <= MR, k < K
 
 with element offsets and strides for each operand (so A may be read transposed, and
-operands may be views), nn = up to NV vectors of L lanes (L = 16 float32 / 8 float64;
-the last vector is masked, so any N works without padding). The k loop keeps mr * nv
-accumulators in registers (6 x 4 = 24 of the 32 zmm registers at the largest tile),
-loads nv vectors of Bm and broadcasts mr scalars of A per k, and multiplies with fused
-multiply-adds in a fixed order: results are bitwise reproducible and do not depend on how
-a caller splits rows across threads.
+operands may be views), nn = up to NV vectors of L lanes (the last one's lanes past
+nlast are neither loaded from C nor stored, so any N works; Bm is read in whole
+vectors: the caller pads it, as gemm.pack_b does, or passes nlast = L). The k loop
+keeps mr * nv accumulators in registers, loads nv vectors of Bm and broadcasts mr
+scalars of A per k, and multiplies with fused multiply-adds (a multiply and an add
+without FMA) in a fixed order: results are bitwise reproducible and do not depend on
+how a caller splits rows across threads.
 
-On a CPU without AVX-512, LLVM splits the vectors into what the CPU has; the code stays
-correct, only the register budget is exceeded (spills).
+The tile's shape is the ISA's (config.ISAS): MR x NV = 6 x 4 of 32 registers on
+AVX-512 and NEON, 6 x 2 of 16 on AVX2, 4 x 2 of 16 on SSE2: accumulators, B vectors
+and the broadcast fit the register file, so the k loop never touches the stack
+(tests/test_isa.py reads the assembly to check).
 """
 
 from llvmlite import ir
@@ -31,10 +36,11 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .vec import KINDS, ir_decl, ir_lane_mask, ir_splat
+from .config import ISA
+from .vec import KINDS, ir_decl, ir_fma, ir_lane_mask, ir_splat
 
-MR = 6  # rows of A per register tile (row broadcasts)
-NV = 4  # vectors of Bm per register tile (columns: NV * lanes)
+MR = ISA.mr  # rows of A per register tile (row broadcasts)
+NV = ISA.nv  # vectors of Bm per register tile (columns: NV * lanes)
 
 
 def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask,
@@ -46,7 +52,6 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
     vptr = vt.as_pointer()
     i32, i1 = ir.IntType(32), ir.IntType(1)
     align = i32(align)
-    fma = ir_decl(builder, f"llvm.fma.{kind.suffix}", vt, [vt, vt, vt])
     mload = ir_decl(builder, f"llvm.masked.load.{kind.suffix}.p0", vt,
                     [vptr, i32, ir.VectorType(i1, L), vt])
     mstore = ir_decl(builder, f"llvm.masked.store.{kind.suffix}.p0", ir.VoidType(),
@@ -73,13 +78,15 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
     with cgutils.for_range(builder, k_len) as loop:
         k = loop.index
         brow = builder.mul(k, ldb)
-        bv = [load(bm, builder.add(brow, intp(v * L)), v == nv - 1) for v in range(nv)]
+        # whole vectors: a masked load would cost a mask register (AVX2) or a
+        # branch per lane (SSE2) in the loop
+        bv = [load(bm, builder.add(brow, intp(v * L)), False) for v in range(nv)]
         acol = builder.mul(k, a_ks)
         for r in range(mr):
             s = builder.load(builder.gep(a, [builder.add(acol, builder.mul(intp(r), a_rs))]))
             splat = ir_splat(builder, s, vt)
             for v in range(nv):
-                builder.store(builder.call(fma, [splat, bv[v], builder.load(accs[r][v])]),
+                builder.store(ir_fma(builder, kind, splat, bv[v], builder.load(accs[r][v])),
                               accs[r][v])
     add_old = builder.icmp_signed("!=", beta, ir.Constant(beta.type, 0))
     for r in range(mr):
@@ -106,8 +113,9 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
     with the element offsets a_off, b_off, c_off and strides in elements: A[r, k] at
     a_off + r * a_rs + k * a_ks, Bm[k, j] at b_off + k * ldb + j, C[r, j] at
     c_off + r * ldc + j). 1 <= mr <= MR rows, 1 <= nv <= NV vectors, the last holding
-    nlast (1..lanes) valid columns; k_len >= 0 terms. Nothing is bounds-checked: the
-    drivers in gemm.py own the index arithmetic. bias: an array of the same dtype, read
+    nlast (1..lanes) valid columns of C; Bm's rows are read in nv whole vectors (pad
+    them). k_len >= 0 terms. Nothing is bounds-checked: the drivers in gemm.py own the
+    index arithmetic. bias: an array of the same dtype, read
     at bias_off + j for the tile's columns only when use_bias != 0 (else any array
     with nv vectors readable there: the loads are made, their values discarded).
     """
