@@ -1,9 +1,11 @@
-"""Compute kernels for rnnfast (importable as ``rnnfast.kernels``).
+"""Compute kernels for rnnfast (importable as ``rnnfast.kernels``; imports nothing from
+the rest of rnnfast).
 
-The contract (../shared/DESIGN.md): each backend exposes the same four launchers, with
-the same signatures, shapes and semantics, for the time recurrence of one layer
-direction; the large GEMMs over all time steps are done once, outside the time loop
-(:mod:`rnnfast.ops`)::
+The contract (../shared/DESIGN.md): each backend module (:mod:`.numba`, :mod:`.triton`)
+declares what it runs, ``unsupported(device, dtype, width) -> reason or None``, and
+exports the same launchers, with the same signatures, shapes and semantics, for the
+time recurrence of one layer direction, plus the same layer-GEMM entry points for the
+products over all time steps at once (done outside the time loop)::
 
     rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope, reuse_xp)
         -> (y, h_n)
@@ -13,14 +15,33 @@ direction; the large GEMMs over all time steps are done once, outside the time l
         -> (y, h_n, c_n, gates, cs)
     lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse)
         -> (dxp, dh0, dc0, dhs, norms)
+    gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp)
+        -> (y, h_n, gates)
+    gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse)
+        -> (dxp, dgh, dh0, norms)
 
-``reuse_xp=True`` lets a backend write y (RNN) or the gates (LSTM) over xp, a caller's
-temporary. The CPU backend also exports its layer GEMMs (``project``, ``layer_grads``,
-``matmul_tn``: its own AVX-512 GEMM, which ops uses on CPU tensors); on CUDA the
-GEMMs are torch's.
+    project(x, w_ih, bias) -> xp                                  x [T, B, I]
+    layer_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx, dgh=None)
+        -> (dx, dW_ih, dW_hh, db_ih, db_hh)
+    matmul_tn(a, b) -> a^T @ b                                    (dW_hr)
 
-Backends: :mod:`rnnfast.kernels.numba` (CPU) and :mod:`rnnfast.kernels.triton` (GPU,
-and CPU tensors under ``TRITON_INTERPRET=1``).
+Shapes: T steps, B rows, I inputs, H hidden units, P = proj_size (LSTM) or H, G the
+gate columns (H for the RNN, 4H for the LSTM, 3H for the GRU). ``xp`` is the input
+projection x W_ih^T + b_ih + b_hh (the GRU's n block takes b_ih only: b_hn is
+multiplied by r, so the GRU kernels take it separately). ``lengths`` (int64 [B] or
+None) freezes row b's state from step lengths[b] on (y = 0 there); ``reverse`` runs
+t = T-1 .. 0. ``norms`` (float64 [T]) is ||dL/dh_t|| per input position.
+``reuse_xp=True`` lets a backend write y (RNN) or the gates (LSTM, GRU) over xp.
+
+The GRU (torch.nn.GRU's cell, gate order r, z, n)::
+
+    r = sigmoid(xp_r + h W_hr^T);  z = sigmoid(xp_z + h W_hz^T)
+    hn = h W_hn^T + b_hn;  n = tanh(xp_n + r * hn);  h' = (1 - z) * n + z * h
+
+saves ``gates`` [T, B, 4H] = (r, z, n, hn) for backward, which returns dxp [T, B, 3H]
+(the gradient of xp) and dgh [T, B, 3H] (of the recurrent product h W_hh^T + b_hh:
+equal to dxp in the r and z blocks, dxp_n * r in the n block); then
+dW_hh = sum dgh^T h_{t-1}, db_hh = sum dgh (layer_grads' ``dgh``).
 """
 
 # Activation codes shared by every backend (a plain int crosses torch.library ops).

@@ -1,4 +1,8 @@
-"""Argument checks shared by every backend's launchers (one message style everywhere)."""
+"""Argument checks for every backend's launchers, in one place (one message style).
+
+A launcher calls :func:`check_recurrence_args` (forward) or :func:`check_backward_args`
+(BPTT) before it allocates anything; both raise ``ValueError`` naming the launcher, the
+argument, the expected and the actual value."""
 
 import torch
 
@@ -64,3 +68,14 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
             _expect(lo >= 1 and hi <= T,
                     f"{where}: lengths must lie in [1, {T}], got min {lo}, max {hi}")
     return T, B, G
+
+
+def check_backward_args(where, like, named):
+    """BPTT launcher arguments: each (name, tensor, shape) in ``named`` must have that
+    shape and ``like``'s dtype and device (``like``: a tensor saved by the forward)."""
+    for name, t, shape in named:
+        _expect(tuple(t.shape) == tuple(shape) and t.dtype == like.dtype,
+                f"{where}: {name} must be {like.dtype} of shape {tuple(shape)}, "
+                f"got {t.dtype} of shape {tuple(t.shape)}")
+        _expect(t.device == like.device,
+                f"{where}: {name} must be on {like.device}, got {t.device}")

@@ -1,18 +1,36 @@
-"""The one place a backend is chosen.
+"""The one place an implementation is chosen for a layer call.
 
-``backend='auto'`` resolves to Triton for CUDA tensors and numba for CPU tensors, unless
-the environment variable ``RNNFAST_BACKEND`` names a backend (``numba``, ``triton`` or
-``torch``), which then replaces ``auto``. An explicit backend argument always wins.
-``torch`` is the reference loop (``rnnfast.reference``), differentiated by autograd.
+Resolution order (first match wins), for a requested backend and the call's tensors:
+
+1. ``backend`` argument of the module, when not ``'auto'``;
+2. the environment variable ``RNNFAST_BACKEND`` (``numba``, ``triton`` or ``torch``),
+   which replaces ``'auto'``;
+3. ``'auto'``: Triton for CUDA tensors, numba for CPU tensors; where the chosen kernels
+   cannot run the call (a width past the Triton kernels' limit), the reference loop,
+   with a warning.
+
+Whatever was asked, two situations take the reference loop (``rnnfast.reference``,
+differentiated by autograd, so every autograd feature works): a call inside a
+``torch.func`` transform (grad, vjp, jacrev, vmap: the fused kernels have no batching
+rule), and ``backend='torch'``. An explicit backend that cannot run the call raises
+:class:`RNNArgumentError` saying why. Half-precision inputs (float16, bfloat16) on a
+backend whose kernels run only float32/float64 run in float32 (state and accumulation),
+with the results cast back, as the Triton kernels do on CUDA.
+
+Each kernel backend module (``rnnfast.kernels.numba``, ``rnnfast.kernels.triton``)
+declares what it runs through ``unsupported(device, dtype, width)``; nothing else in
+rnnfast looks at devices or backend names.
 """
 
-import importlib
 import os
+import warnings
+from typing import NamedTuple, Optional
 
 import torch
 
 BACKENDS = ("auto", "numba", "triton", "torch")
 ENV_VAR = "RNNFAST_BACKEND"
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class RNNArgumentError(ValueError, RuntimeError):
@@ -20,44 +38,95 @@ class RNNArgumentError(ValueError, RuntimeError):
     written against torch.nn (which raises either, depending on the check) still catches it."""
 
 
+class Backend(NamedTuple):
+    """A resolved implementation for one call.
+
+    name : 'numba' | 'triton' | 'torch'
+    kernels : the kernel backend module (None for the reference loop)
+    compute_dtype : the dtype the kernels run in (the input's, or float32 for half inputs
+        on a backend without half kernels)
+    reason : one line saying why this implementation was chosen
+    requested : the backend asked for ('auto', ...): a fused op resolves it again from
+        its tensors when it runs, so traced and exported programs follow their inputs
+    """
+    name: str
+    kernels: Optional[object]
+    compute_dtype: torch.dtype
+    reason: str
+    requested: str = "auto"
+
+
 def check_backend_name(backend, what="backend"):
     if backend not in BACKENDS:
         raise RNNArgumentError(f"{what} must be one of {BACKENDS}, got {backend!r}")
 
 
-def triton_interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def kernel_module(name):
+    """``rnnfast.kernels.<name>`` for 'numba' / 'triton' (imported on first use, so a
+    machine without Triton never imports it)."""
+    if name == "numba":
+        from .kernels import numba as mod
+    elif name == "triton":
+        from .kernels import triton as mod
+    else:
+        raise RNNArgumentError(f"no kernel module for backend {name!r}")
+    return mod
 
 
-def resolve(backend, device):
-    """Concrete backend name for tensors on ``device``; raises if it cannot run there."""
+def _requested(backend):
     check_backend_name(backend)
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "auto") or "auto"
         check_backend_name(env, f"environment variable {ENV_VAR}")
-        backend = env
-    if backend == "auto":
-        backend = "triton" if device.type == "cuda" else "numba"
-    if backend == "numba" and device.type != "cpu":
-        raise RNNArgumentError(f"backend 'numba' runs on CPU tensors, got device {device}")
-    if backend == "triton" and device.type != "cuda" and not (
-            device.type == "cpu" and triton_interpreting()):
-        raise RNNArgumentError(
-            f"backend 'triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
-            f"got device {device}")
-    return backend
+        return env, f"{ENV_VAR}={env}" if env != "auto" else "auto"
+    return backend, f"backend={backend!r}"
 
 
-def supported_dtypes(backend, device):
-    if backend == "torch":
-        return None  # whatever torch supports
-    if backend == "numba":
-        return (torch.float32, torch.float64)
-    if device.type == "cuda":
-        return (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-    return (torch.float32, torch.float64)  # the Triton interpreter runs on numpy
+def in_functorch_transform():
+    """True inside torch.func.grad / vjp / jacrev / jacfwd / vmap."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def kernels(backend):
-    """The kernel module of a concrete backend: ``rnnfast.kernels.<backend>``."""
-    return importlib.import_module(f"rnnfast.kernels.{backend}")
+def resolve(backend, device, dtype, width, warn=True):
+    """The implementation for a call with tensors on ``device`` of ``dtype`` and the
+    layer's widest state (max(hidden_size, proj_size)). Raises RNNArgumentError when an
+    explicitly requested backend cannot run it."""
+    return _resolve(backend, device, dtype, width, warn)._replace(requested=backend)
+
+
+def _resolve(backend, device, dtype, width, warn):
+    name, why = _requested(backend)
+    if in_functorch_transform():
+        return Backend("torch", None, dtype,
+                       "inside a torch.func transform: the reference loop (autograd)")
+    if name == "torch":
+        return Backend("torch", None, dtype, f"{why}: the reference loop (autograd)")
+    auto = name == "auto"
+    if auto:
+        name = "triton" if device.type == "cuda" else "numba"
+    try:
+        mod = kernel_module(name)
+    except ImportError as e:
+        if not auto:
+            raise RNNArgumentError(f"backend {name!r} cannot be imported: {e}") from e
+        return _fallback(f"backend {name!r} cannot be imported ({e})", dtype, warn)
+    compute = dtype
+    problem = mod.unsupported(device, dtype, width)
+    if problem is not None and dtype in HALF_DTYPES \
+            and mod.unsupported(device, torch.float32, width) is None:
+        compute, problem = torch.float32, None
+    if problem is not None:
+        if not auto:
+            raise RNNArgumentError(problem)
+        return _fallback(problem, dtype, warn)
+    what = f"{why}: {name} kernels on {device.type}"
+    if compute != dtype:
+        what += f", computing in {compute} for {dtype} inputs"
+    return Backend(name, mod, compute, what)
+
+
+def _fallback(problem, dtype, warn):
+    msg = f"rnnfast: {problem}; backend='auto' falls back to the torch reference loop"
+    if warn:
+        warnings.warn(msg, stacklevel=4)
+    return Backend("torch", None, dtype, msg)

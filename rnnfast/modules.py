@@ -1,33 +1,37 @@
-"""Drop-in ``rnnfast.RNN`` and ``rnnfast.LSTM``.
+"""Drop-in ``rnnfast.RNN``, ``rnnfast.LSTM`` and ``rnnfast.GRU``.
 
-They subclass ``torch.nn.RNNBase`` (not ``nn.RNN``/``nn.LSTM``), so parameter names,
-shapes, ``reset_parameters``, ``state_dict``, ``.to()`` and ``extra_repr`` are exactly
-torch's, while TorchDynamo traces them (it refuses to trace nn.RNN/nn.LSTM instances).
-The forward composes layers and directions in Python over one custom op per layer and
-direction (``rnnfast.ops``; in plain eager mode its autograd.Function twin, which runs
-the same code without the op's dispatch cost), or over the reference loop for
-``backend='torch'``.
+They subclass ``torch.nn.RNNBase`` (not ``nn.RNN``/``nn.LSTM``/``nn.GRU``, which
+TorchDynamo refuses to trace), so parameter names, shapes, ``reset_parameters``,
+``state_dict``, ``.to()`` and ``extra_repr`` are exactly torch's, and the forward follows
+torch.nn's own step by step (input forms, hidden-state checks with torch's messages,
+PackedSequence sorting), with torch.nn's fused call replaced by rnnfast's layers:
 
-From the module to a kernel: ``RNN.forward`` -> ``ops.rnn`` (``rnnfast::rnn_layer``) ->
-``kernels.<backend>.rnn_fwd`` (likewise ``lstm_*``).
+    module.forward -> _FusedRNNBase._layers -> dispatch.resolve (once per call)
+                   -> ops.<cell> per layer and direction -> kernels.<backend>.<cell>_fwd
+
+Under ``torch.onnx.export`` the module calls torch's own RNN operator instead (what
+torch.nn.<Cell> exports to: ONNX's RNN / LSTM / GRU operators); ``torch.jit.script``
+scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
-import warnings
+import contextlib
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops, reference
-from .dispatch import RNNArgumentError, check_backend_name, resolve, supported_dtypes
+from . import dispatch, ops
+from .dispatch import RNNArgumentError, check_backend_name
 from .kernels import ACTIVATIONS
 
 NONLINEARITIES = tuple(ACTIVATIONS)
 
-
-def _fail(msg):
-    raise RNNArgumentError(msg)
+# torch's autocast policy for its RNN operators ("lower_precision_fp": inputs and
+# weights cast to the autocast dtype), read off torch 2.13: on CPU aten::lstm and
+# aten::rnn_tanh / rnn_relu are in the list and aten::gru is not; on CUDA the cuDNN RNN
+# (every cell) is.
+AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 
 
 def _packed_index(batch_sizes, device):
@@ -40,7 +44,9 @@ def _packed_index(batch_sizes, device):
 
 
 class _FusedRNNBase(nn.RNNBase):
-    """Shared forward plumbing: input forms, hidden-state checks, layer composition."""
+    """Shared forward: torch.nn's input handling and checks, then the layer stack."""
+
+    _cell = None  # 'rnn' | 'lstm' | 'gru'
 
     def _init_extras(self, backend):
         check_backend_name(backend)
@@ -66,140 +72,233 @@ class _FusedRNNBase(nn.RNNBase):
             for _ in range(n)]
         return self._grad_norm_probes
 
-    # ------------------------------------------------------------ checks
+    # ------------------------------------------------------------ torch.nn's surface
     def _state_size(self):
         return self.proj_size if self.proj_size > 0 else self.hidden_size
 
-    def _check_tensor(self, name, t, expected_shape, ref):
-        if not isinstance(t, torch.Tensor):
-            _fail(f"{name} must be a Tensor, got {type(t).__name__}")
-        if tuple(t.shape) != tuple(expected_shape):
-            _fail(f"Expected {name} size {tuple(expected_shape)}, got {list(t.shape)}")
-        if t.dtype != ref.dtype:
-            _fail(f"{name} dtype must match input dtype {ref.dtype}, got {t.dtype}")
-        if t.device != ref.device:
-            _fail(f"{name} must be on the input's device {ref.device}, got {t.device}")
-
-    def _prepare_input(self, input):
-        """-> (x [T, B, I] time-major, lengths or None, (PackedSequence, its rows in the
-        padded batch) or None, is_batched)."""
-        name = type(self).__name__
-        if isinstance(input, PackedSequence):
-            data = input.data
-            if data.dim() != 2:
-                _fail(f"{name}: PackedSequence data must be 2-D [sum(lengths), input_size], "
-                      f"got {data.dim()}-D")
-            # One index_copy (and, in backward, one index_select) instead of
-            # pad_packed_sequence's per-time-step copies: T small ops forward and back
-            # made a packed batch ~1.8x the padded one at T=1000.
-            idx, lengths = _packed_index(input.batch_sizes, data.device)
-            T, B = len(input.batch_sizes), int(input.batch_sizes[0])
-            x = data.new_zeros((T * B, data.shape[1])).index_copy(0, idx, data)
-            x = x.view(T, B, -1)
-            if input.unsorted_indices is not None:
-                x = x.index_select(1, input.unsorted_indices)
-                lengths = lengths.index_select(0, input.unsorted_indices.cpu())
-            return x, lengths, (input, idx), True
-        if not isinstance(input, torch.Tensor):
-            _fail(f"{name}: input must be a Tensor or PackedSequence, got {type(input).__name__}")
-        if input.dim() not in (2, 3):
-            _fail(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
-        if input.dim() == 2:
-            return input.unsqueeze(1), None, None, False
-        return (input.transpose(0, 1) if self.batch_first else input), None, None, True
-
-    def _check_input(self, x):
-        w = self._flat_weights[0]
-        if x.size(-1) != self.input_size:
-            _fail(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
-                  f"got {x.size(-1)}")
-        if x.dtype != w.dtype:
-            _fail(f"input dtype ({x.dtype}) does not match weight dtype ({w.dtype}). "
-                  f"Convert input: input.to({w.dtype}), or convert model: model.to({x.dtype})")
-        if x.device != w.device:
-            _fail(f"input is on {x.device} but the weights are on {w.device}")
-        if x.shape[0] == 0:
-            _fail("input must have at least one time step, got sequence length 0")
-
-    def _auto_triton_or_reference(self):
-        from .kernels.triton.config import MAX_WIDTH
-        widest = max(self.hidden_size, self.proj_size)
-        if widest <= MAX_WIDTH:
-            return "triton"
-        warnings.warn(f"rnnfast: the Triton kernels run widths up to {MAX_WIDTH}, this "
-                      f"module has {widest}; backend='auto' falls back to the torch "
-                      f"reference loop", stacklevel=4)
-        return "torch"
-
-    def _resolve_backend(self, x):
-        backend = resolve(self.backend, x.device)
-        if backend == "triton" and self.backend == "auto":
-            backend = self._auto_triton_or_reference()
-        dtypes = supported_dtypes(backend, x.device)
-        if dtypes is not None and x.dtype not in dtypes:
-            _fail(f"backend '{backend}' on {x.device.type} supports dtypes "
-                  f"{[str(d) for d in dtypes]}, got {x.dtype}")
-        return backend
-
-    def _initial_state(self, name, hx, x, size, is_batched):
+    def _zeros_state(self, input, B):
         n = self.num_layers * (2 if self.bidirectional else 1)
-        B = x.shape[1]
-        if hx is None:
-            return x.new_zeros((n, B, size))
+        h = torch.zeros(n, B, self._state_size(), dtype=input.dtype, device=input.device)
+        if self._cell != "lstm":
+            return h
+        return h, torch.zeros(n, B, self.hidden_size, dtype=input.dtype, device=input.device)
+
+    def _check_hx_dims(self, hx, is_batched):
+        """torch.nn's dimension checks of a user's hx; returns hx with a batch axis."""
+        want, form = (3, "batched 3-D") if is_batched else (2, "unbatched 2-D")
+        if self._cell == "lstm":
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise RNNArgumentError(
+                    f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            if hx[0].dim() != want or hx[1].dim() != want:
+                raise RNNArgumentError(
+                    f"For {form} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            return tuple(hx) if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         if not isinstance(hx, torch.Tensor):
-            _fail(f"{name} must be a Tensor, got {type(hx).__name__}")
-        want = 3 if is_batched else 2
+            raise RNNArgumentError(f"hx must be a Tensor, got {type(hx).__name__}")
         if hx.dim() != want:
-            form = "batched 3-D" if is_batched else "unbatched 2-D"
-            _fail(f"For {form} input, {name} should also be {want}-D but got {hx.dim()}-D tensor")
-        if not is_batched:
-            hx = hx.unsqueeze(1)
-        self._check_tensor(name, hx, (n, B, size), x)
-        return hx
+            raise RNNArgumentError(
+                f"For {form} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
+        return hx if is_batched else hx.unsqueeze(1)
 
-    def _finish_output(self, y, packed, is_batched):
-        if packed is not None:
-            packed, idx = packed
-            # Back to the PackedSequence's own (sorted) batch order, reusing its indices.
-            if packed.sorted_indices is not None:
-                y = y.index_select(1, packed.sorted_indices)
+    def _check_devices_and_state_dtypes(self, input, hx):
+        w = self._flat_weights[0]
+        if input.device != w.device:
+            raise RNNArgumentError(
+                f"Input and parameter tensors are not at the same device, found input "
+                f"tensor at {input.device} and parameter tensor at {w.device}")
+        for i, h in enumerate(hx if isinstance(hx, tuple) else (hx,)):
+            if h.device != input.device:
+                raise RNNArgumentError(
+                    f"Input and hidden tensors are not at the same device, found input "
+                    f"tensor at {input.device} and hidden tensor at {h.device}")
+            if h.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
+                raise RNNArgumentError(
+                    f"{self._mode_name()} hidden dtype ({h.dtype}) does not match input "
+                    f"dtype ({input.dtype}) for hx[{i}]")
+
+    def _mode_name(self):
+        return {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[self._cell]
+
+    def forward(self, input, hx=None):
+        """torch.nn.<Cell>.forward's contract: input [T, B, I] ([B, T, I] with
+        batch_first), unbatched [T, I], or a PackedSequence; hx as torch.nn's (a tuple
+        (h_0, c_0) for the LSTM). Returns (output, h_n) or (output, (h_n, c_n)).
+
+        Raises torch.nn's errors, with its messages, for a wrong input dimension, size,
+        dtype, hidden-state shape, or an empty sequence."""
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched, B = True, int(batch_sizes[0])
+            if hx is not None:
+                hx = self.permute_hidden(self._check_hx_dims(hx, True), sorted_indices)
+        else:
+            if input.dim() not in (2, 3):
+                raise RNNArgumentError(f"{self._mode_name()}: Expected input to be 2D or "
+                                       f"3D, got {input.dim()}D instead")
+            batch_sizes = sorted_indices = unsorted_indices = None
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+            B = input.size(0) if self.batch_first else input.size(1)
+            if hx is not None:
+                hx = self._check_hx_dims(hx, is_batched)
+        if hx is None:
+            hx = self._zeros_state(input, B)
+        self.check_forward_args(input, hx, batch_sizes)
+        self._check_devices_and_state_dtypes(input, hx)
+        if (len(batch_sizes) if packed else input.size(1 if self.batch_first else 0)) == 0:
+            raise RNNArgumentError("Expected sequence length to be larger than 0 in RNN")
+
+        if torch.onnx.is_in_onnx_export():
+            output, state = self._torch_rnn_op(input, batch_sizes, hx)
+        else:
+            output, state = self._layers(input, batch_sizes, hx)
+
+        if packed:
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(state, unsorted_indices))
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            state = (tuple(s.squeeze(1) for s in state) if isinstance(state, tuple)
+                     else state.squeeze(1))
+        return output, state
+
+    # ------------------------------------------------------------ the layer stack
+    def _width(self):
+        return max(self.hidden_size, self.proj_size)
+
+    def _autocast_dtype(self, device_type):
+        if device_type in AUTOCAST_CELLS and torch.is_autocast_enabled(device_type) \
+                and self._cell in AUTOCAST_CELLS[device_type]:
+            return torch.get_autocast_dtype(device_type)
+        return None
+
+    def plan(self, input):
+        """The implementation a call with ``input`` (a Tensor or PackedSequence) runs:
+        a :class:`rnnfast.dispatch.Backend`."""
+        x = input.data if isinstance(input, PackedSequence) else input
+        dtype = self._autocast_dtype(x.device.type) or x.dtype
+        return dispatch.resolve(self.backend, x.device, dtype, self._width())
+
+    def _layers(self, input, batch_sizes, hx):
+        """input: [T, B, I] ([B, T, I] with batch_first) or packed data [N, I] with
+        batch_sizes; hx in the (sorted) batch order of input -> (output like input's
+        layout, state)."""
+        device_type = input.device.type
+        run_dtype = self._autocast_dtype(device_type) or input.dtype
+        be = dispatch.resolve(self.backend, input.device, run_dtype, self._width())
+        cdt = be.compute_dtype
+
+        def cast(t):
+            return t if t is None or t.dtype == cdt else t.to(cdt)
+
+        if batch_sizes is not None:
+            idx, lengths = _packed_index(batch_sizes, input.device)
+            T, B = len(batch_sizes), int(batch_sizes[0])
+            x = input.new_zeros((T * B, input.shape[1])).index_copy(0, idx, input)
+            x = x.view(T, B, -1)
+        else:
+            lengths = None
+            x = input.transpose(0, 1) if self.batch_first else input
+        h0, c0 = (hx if isinstance(hx, tuple) else (hx, None))
+        with torch.autocast(device_type, enabled=False) if device_type in AUTOCAST_CELLS \
+                and torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
+            y, h_n, c_n = self._stack(cast(x), cast(h0), cast(c0), lengths, be, cast)
+        if y.dtype != run_dtype:
+            y, h_n = y.to(run_dtype), h_n.to(run_dtype)
+            c_n = c_n.to(run_dtype) if c_n is not None else None
+        elif (be.kernels is not None and y.requires_grad and not self.bidirectional
+              and batch_sizes is None):
+            # The last layer's y is what its backward reads: hand the caller a copy,
+            # so an in-place op on the output cannot corrupt the gradient.
+            y = y.clone()
+        if batch_sizes is not None:
             T, B, P = y.shape
-            data = y.reshape(T * B, P).index_select(0, idx)
-            return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                                  packed.unsorted_indices)
-        if not is_batched:
-            return y.squeeze(1)
-        return y.transpose(0, 1) if self.batch_first else y
+            output = y.reshape(T * B, P).index_select(0, idx)
+        else:
+            output = y.transpose(0, 1) if self.batch_first else y
+        return output, ((h_n, c_n) if c_n is not None else h_n)
 
-    # ------------------------------------------------------------ composition
-    def _layer_weights(self, idx):
-        n = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
-        w = self._flat_weights[idx * n:(idx + 1) * n]
-        w_ih, w_hh = w[0], w[1]
-        b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-        w_hr = w[-1] if self.proj_size > 0 else None
-        return w_ih, w_hh, b_ih, b_hh, w_hr
-
-    def _run_layers(self, x, h0, c0, lengths, backend):
+    def _stack(self, x, h0, c0, lengths, be, cast):
         D = 2 if self.bidirectional else 1
         probes = self._new_probes(x.shape[0], x.device) if self.record_grad_norms else None
         if probes is None:
             self._grad_norm_probes = None
         h_n, c_n = [], []
+        per = len(self._flat_weights) // (self.num_layers * D)
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
-                idx = layer * D + d
-                probe = probes[idx] if probes is not None else None
-                y, h, c = self._direction(x, idx, h0[idx], None if c0 is None else c0[idx],
-                                          lengths, d == 1, backend, probe)
+                i = layer * D + d
+                w = [cast(t) for t in self._flat_weights[i * per:(i + 1) * per]]
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                w_hr = w[-1] if self.proj_size > 0 else None
+                probe = probes[i] if probes is not None else None
+                common = dict(lengths=lengths, reverse=d == 1, backend=be, probe=probe)
+                if self._cell == "lstm":
+                    y, h, c = ops.lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[i], c0[i],
+                                       **common)
+                    c_n.append(c)
+                elif self._cell == "gru":
+                    y, h = ops.gru(x, w_ih, w_hh, b_ih, b_hh, h0[i], **common)
+                else:
+                    y, h = ops.rnn(x, w_ih, w_hh, b_ih, b_hh, h0[i],
+                                   activation=ACTIVATIONS[self.nonlinearity],
+                                   negative_slope=self.negative_slope, **common)
                 outs.append(y)
                 h_n.append(h)
-                c_n.append(c)
             x = outs[0] if D == 1 else torch.cat(outs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        return x, torch.stack(h_n), (torch.stack(c_n) if c0 is not None else None)
+        return x, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+
+    # ------------------------------------------------------------ export, scripting
+    def _torch_rnn_op(self, input, batch_sizes, hx):
+        """torch.nn's own operator (aten::lstm, ...), which the ONNX exporters translate
+        to ONNX's RNN / LSTM / GRU operators."""
+        if self._cell == "rnn" and self.nonlinearity == "leaky_relu":
+            raise RNNArgumentError(
+                "rnnfast.RNN(nonlinearity='leaky_relu') cannot be exported to ONNX: torch's "
+                "ONNX exporters translate only tanh and relu RNNs")
+        op = {"lstm": _VF.lstm, "gru": _VF.gru}.get(self._cell) or (
+            _VF.rnn_tanh if self.nonlinearity == "tanh" else _VF.rnn_relu)
+        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                self.bidirectional)
+        if batch_sizes is None:
+            result = op(input, hx, *args, self.batch_first)
+        else:
+            result = op(input, batch_sizes, hx, *args)
+        return result[0], (tuple(result[1:]) if self._cell == "lstm" else result[1])
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts torch.nn's module of the same configuration, sharing
+        this module's parameters (TorchScript cannot compile rnnfast's Python layers):
+        the scripted model computes the same function with torch's kernels."""
+        if self._cell == "rnn" and self.nonlinearity == "leaky_relu":
+            raise RNNArgumentError(
+                "torch.jit.script of rnnfast.RNN(nonlinearity='leaky_relu') is not "
+                "supported: TorchScript scripts torch.nn.RNN, which has no leaky_relu")
+        kwargs = dict(num_layers=self.num_layers, bias=self.bias,
+                      batch_first=self.batch_first, dropout=self.dropout,
+                      bidirectional=self.bidirectional)
+        if self._cell == "lstm":
+            twin = nn.LSTM(self.input_size, self.hidden_size, proj_size=self.proj_size,
+                           **kwargs)
+        elif self._cell == "gru":
+            twin = nn.GRU(self.input_size, self.hidden_size, **kwargs)
+        else:
+            twin = nn.RNN(self.input_size, self.hidden_size,
+                          nonlinearity=self.nonlinearity, **kwargs)
+        for name in self._flat_weights_names:
+            setattr(twin, name, getattr(self, name))
+        twin._init_flat_weights()
+        twin.train(self.training)
+        return twin
 
 
 class RNN(_FusedRNNBase):
@@ -214,6 +313,8 @@ class RNN(_FusedRNNBase):
     PackedSequence. Returns (output, h_n) as torch.nn.RNN does.
     """
 
+    _cell = "rnn"
+
     def __init__(self, *args, negative_slope=0.01, backend="auto", **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
@@ -224,7 +325,7 @@ class RNN(_FusedRNNBase):
             nonlinearity = kwargs.pop("nonlinearity", "tanh")
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. "
-                             f"Select from {NONLINEARITIES}.")
+                             f"Select from 'tanh', 'relu' or 'leaky_relu'.")
         if nonlinearity == "leaky_relu" and not negative_slope >= 0:
             raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
         mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"
@@ -241,26 +342,6 @@ class RNN(_FusedRNNBase):
             s += f", negative_slope={self.negative_slope}"
         return s + (f", backend={self.backend}" if self.backend != "auto" else "")
 
-    def _direction(self, x, idx, h0, c0, lengths, reverse, backend, probe):
-        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(idx)
-        if backend == "torch":
-            y, h = reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
-                                       self.nonlinearity, self.negative_slope, probe)
-        else:
-            y, h = ops.rnn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
-                                 ACTIVATIONS[self.nonlinearity], self.negative_slope,
-                                 backend, probe)
-        return y, h, None
-
-    def forward(self, input, hx=None):
-        self._update_flat_weights()
-        x, lengths, packed, is_batched = self._prepare_input(input)
-        self._check_input(x)
-        backend = self._resolve_backend(x)
-        h0 = self._initial_state("hx", hx, x, self.hidden_size, is_batched)
-        y, h_n, _ = self._run_layers(x, h0, None, lengths, backend)
-        return self._finish_output(y, packed, is_batched), (h_n if is_batched else h_n.squeeze(1))
-
 
 class LSTM(_FusedRNNBase):
     r"""Drop-in for :class:`torch.nn.LSTM` (gate order i, f, g, o; optional ``proj_size``).
@@ -268,6 +349,11 @@ class LSTM(_FusedRNNBase):
     Same arguments, defaults, parameters and return values as torch.nn.LSTM, plus
     ``backend='auto' | 'numba' | 'triton' | 'torch'``. Returns (output, (h_n, c_n)).
     """
+
+    _cell = "lstm"
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -277,30 +363,29 @@ class LSTM(_FusedRNNBase):
         s = super().extra_repr()
         return s + (f", backend={self.backend}" if self.backend != "auto" else "")
 
-    def _direction(self, x, idx, h0, c0, lengths, reverse, backend, probe):
-        w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(idx)
-        if backend == "torch":
-            return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
-                                        reverse, probe)
-        y, h, c, _, _ = ops.lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
-                                       reverse, backend, probe)
-        return y, h, c
 
-    def forward(self, input, hx=None):
-        self._update_flat_weights()
-        x, lengths, packed, is_batched = self._prepare_input(input)
-        self._check_input(x)
-        backend = self._resolve_backend(x)
-        if hx is None:
-            h0 = c0 = None
-        elif not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            _fail(f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}"
-                  + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
-        else:
-            h0, c0 = hx
-        h0 = self._initial_state("hx[0]", h0, x, self._state_size(), is_batched)
-        c0 = self._initial_state("hx[1]", c0, x, self.hidden_size, is_batched)
-        y, h_n, c_n = self._run_layers(x, h0, c0, lengths, backend)
-        if not is_batched:
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._finish_output(y, packed, is_batched), (h_n, c_n)
+class GRU(_FusedRNNBase):
+    r"""Drop-in for :class:`torch.nn.GRU` (gate order r, z, n)::
+
+        r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+        z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+        n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+        h' = (1 - z) * n + z * h
+
+    (torch.nn.GRU's documented cell; Cho et al. 2014 with the reset gate applied after
+    the product, as cuDNN does). Same arguments, defaults, parameters and return values
+    as torch.nn.GRU, plus ``backend='auto' | 'numba' | 'triton' | 'torch'``. Returns
+    (output, h_n).
+    """
+
+    _cell = "gru"
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+        self._init_extras(backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", backend={self.backend}" if self.backend != "auto" else "")

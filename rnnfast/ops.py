@@ -1,116 +1,147 @@
-"""torch.library custom ops: one recurrent layer direction, forward and backward.
+"""Autograd glue: one recurrent layer direction as a torch.library custom op per cell.
 
-Each op runs the input projection GEMM, the kernel's recurrence, and (backward) the
-weight-gradient and input-gradient GEMMs, all over every time step at once::
+Each op runs the backend's input projection GEMM and recurrence kernel; its backward op
+runs the BPTT kernel and the weight-gradient and input-gradient GEMMs, all over every
+time step at once::
 
     forward:   xp = x @ W_ih^T + b_ih + b_hh;  y, h_n(, c_n) = <cell>_fwd(xp, ...)
     backward:  dxp, dh0(, dc0) = <cell>_bwd(...)
-               dW_hh = dxp^T h_prev;  dW_ih = dxp^T x;  db = sum dxp;  dx = dxp W_ih
+               dW_hh = dgh^T h_prev;  dW_ih = dxp^T x;  db = sum dxp;  dx = dxp W_ih
                (LSTM with proj_size: dW_hr = dh^T (o * tanh c))
 
-The GEMMs are opaque to autograd because they live inside the backward op. On the CPU
-they run on the numba backend's own AVX-512 GEMM (kernels/numba/gemm.py, the same
-register tile as the recurrences' per-step product), not torch.mm: MKL runs AVX2 code
-on this project's AMD EPYC (Zen 5) machines, 91-109 GFLOP/s per core on the layer GEMMs,
-against 240-260 for the tile.
+The op takes the *requested* backend name and resolves the kernels from its tensors
+when it runs (``dispatch.resolve``), so a traced or exported program runs on whatever
+device it is given. ``probe`` (float64 [T] or None) is the gradient-norm telemetry
+input: it does not affect the outputs, and its gradient is the kernel's per-step
+||dL/dh_t||.
 
-``probe`` (float64 [T] or None) is the gradient-norm telemetry hook: it does not affect
-the outputs, and its gradient is the kernel's per-step ||dL/dh_t||.
+Backward is exact to any order: the first-order backward runs the fused BPTT kernel;
+when autograd must differentiate the backward itself (``create_graph=True``, or batched
+gradients from ``is_grads_batched`` / torch.func), it recomputes the layer with the
+reference loop (:mod:`rnnfast.reference`) and returns autograd's gradients of that,
+which are themselves differentiable.
 
-Kernels are registered per device (``register_kernel('cpu')`` / ``('cuda')``), the
-``backend`` argument picks numba or Triton inside, and ``register_fake`` gives shapes
-to torch.compile, so ``torch.compile(fullgraph=True)`` traces through without a break.
+In plain eager mode the entry points (:func:`rnn`, :func:`lstm`, :func:`gru`) apply an
+``autograd.Function`` twin of each op (same implementation, setup and backward, without
+the op's Python dispatch cost); under torch.compile, torch.export, jit.trace or with
+tensor subclasses they call the op, so the graph records ``rnnfast::<cell>_layer``.
 """
 
 from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from .dispatch import kernels
+from . import dispatch, reference
+from .kernels import ACTIVATIONS
 
 _EMPTY = (0,)
+_ACTIVATION_NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 
-def _cpu_gemm(t):
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+def _kernels(backend, x, width):
+    """The kernel module for this call's tensors (run-time resolution inside the op)."""
+    be = dispatch.resolve(backend, x.device, x.dtype, width, warn=False)
+    if be.kernels is None:
+        raise dispatch.RNNArgumentError(
+            f"rnnfast: no fused kernels for {x.dtype} tensors on {x.device} "
+            f"(backend={backend!r}): {be.reason}")
+    return be.kernels
 
 
-def _mm_tn(a, b):
-    """a^T @ b for a [N, G], b [N, K]: a sum over N = T*B rows (the weight gradients),
-    in float64 across blocks of rows on the CPU (long float32 sums drift)."""
-    if _cpu_gemm(a):
-        from .kernels.numba import matmul_tn
-        return matmul_tn(a, b)
-    return a.t() @ b
+def _zeros_if_none(g, like):
+    return torch.zeros_like(like) if g is None else g.contiguous()
 
 
-def _projection(x, w_ih, b_ih, b_hh):
-    if _cpu_gemm(x):
-        from .kernels.numba import project
-        return project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
-    T, B, I = x.shape
-    xp = x.reshape(T * B, I) @ w_ih.t()
-    if b_ih is not None:
-        xp += b_ih + b_hh
-    return xp.view(T, B, -1)
+def _needs_differentiable_backward(grads):
+    """True when autograd will differentiate this backward (create_graph=True) or the
+    incoming gradients are batched / wrapped by torch.func."""
+    fx = torch._C._functorch
+    return torch.is_grad_enabled() or any(
+        g is not None and (fx.is_functorch_wrapped_tensor(g) or fx.is_legacy_batchedtensor(g))
+        for g in grads)
 
 
-def _recurrent_weight_grad(dxp, y, h0, lengths, reverse):
-    """(Non-CPU devices; the CPU's is kernels.numba.layer_grads.)
-    dW_hh = sum_t dxp_t^T h_{t-1}, without materialising h_{t-1}: y shifted by one step
-    is a contiguous view, and the steps whose previous state is h0 add one small GEMM.
-    Forward: h_{t-1} = y[t-1], and h0 at t = 0. Reverse: h_{t-1} = y[t+1], and h0 at each
-    row's first processed step t = lengths[b] - 1 (where y[t+1] is padding, i.e. 0)."""
-    T, B, G = dxp.shape
-    P = y.shape[2]
-    if reverse:
-        inner, outer = dxp[:-1], y[1:]
-        if lengths is None:
-            first = dxp[T - 1]
-        else:
-            idx = lengths.to(device=dxp.device, dtype=torch.int64) - 1
-            first = dxp[idx, torch.arange(B, device=dxp.device)]
-    else:
-        inner, outer, first = dxp[1:], y[:-1], dxp[0]
-    dw = first.t() @ h0
-    if T > 1:
-        dw += inner.reshape(-1, G).t() @ outer.reshape(-1, P)
-    return dw
+def _reference_backward(layer_fn, inputs, outputs_grads):
+    """Gradients of every tensor input by autograd through ``layer_fn(*inputs)`` (the
+    reference loop), differentiable when grad mode is on (create_graph)."""
+    wrt = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
+    with torch.enable_grad():
+        outs = layer_fn(*inputs)
+    pairs = [(o, g) for o, g in zip(outs, outputs_grads) if g is not None]
+    got = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wrt],
+                              [g for _, g in pairs], create_graph=torch.is_grad_enabled(),
+                              allow_unused=True)
+    grads = [None] * len(inputs)
+    for i, g in zip(wrt, got):
+        grads[i] = g
+    return tuple(grads)
 
 
-def _weight_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx):
-    if _cpu_gemm(dxp):  # all four in one numba call
-        from .kernels.numba import layer_grads
-        return layer_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx)
-    T, B, G = dxp.shape
-    d2 = dxp.reshape(T * B, G)
-    dw_hh = _recurrent_weight_grad(dxp, y, h0, lengths, reverse)
-    dw_ih = d2.t() @ x.reshape(T * B, -1)
-    db = d2.sum(0) if has_bias else dxp.new_empty(_EMPTY)
-    dx = (d2 @ w_ih).view(T, B, -1) if need_dx else dxp.new_empty(_EMPTY)
-    return dx, dw_ih, dw_hh, db
+def _plain(*tensors):
+    """True in plain eager execution: not under torch.compile / export / jit.trace, and
+    no tensor subclass (FakeTensor, FunctionalTensor, ...) among the arguments."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and all(
+        t is None or type(t) is torch.Tensor for t in tensors)
+
+
+def _backward_op(op, eager_impl, *tensors):
+    """The backward op, or its plain implementation in eager mode (no dispatch cost)."""
+    return eager_impl if _plain(*tensors) else op
+
+
+def _setup_context(ctx, inputs, output, saved_outputs):
+    """Save every tensor input (a differentiable backward recomputes from them) and the
+    outputs backward reads; the non-tensor inputs travel as plain values."""
+    ctx.inputs_config = [None if isinstance(t, Tensor) else t for t in inputs]
+    ctx.save_for_backward(*[t if isinstance(t, Tensor) else None for t in inputs],
+                          *[output[i] for i in saved_outputs])
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+
+
+def _saved(ctx):
+    """-> (the op's inputs, the saved outputs)."""
+    saved = ctx.saved_tensors
+    n = len(ctx.inputs_config)
+    inputs = tuple(t if c is None else c for c, t in zip(ctx.inputs_config, saved[:n]))
+    return inputs, saved[n:]
+
+
+def _bias_grads(has_bias, db_ih, db_hh):
+    return (db_ih, db_hh) if has_bias else (None, None)
 
 
 # ---------------------------------------------------------------- Elman RNN
 
-@torch.library.custom_op("rnnfast::rnn_layer", mutates_args=())
-def rnn_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+def _rnn_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               b_hh: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor],
               reverse: bool, activation: int, negative_slope: float, backend: str,
               probe: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """x [T, B, I] -> y [T, B, H], h_n [B, H]. ``activation``: rnnfast.kernels.TANH/..."""
-    raise NotImplementedError(f"rnnfast::rnn_layer has no kernel for device {x.device}")
+    kern = _kernels(backend, x, w_hh.shape[1])
+    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+    return kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
+                        reuse_xp=True)
 
 
-@rnn_layer.register_kernel("cpu")
-@rnn_layer.register_kernel("cuda")
-def _rnn_layer_impl(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation,
-                    negative_slope, backend, probe):
-    xp = _projection(x, w_ih, b_ih, b_hh)
-    return kernels(backend).rnn_fwd(xp, w_hh, h0, lengths, reverse, activation,
-                                    negative_slope, reuse_xp=True)
+def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
+                  h0: Tensor, y: Tensor, lengths: Optional[Tensor], reverse: bool,
+                  activation: int, negative_slope: float, backend: str, has_bias: bool,
+                  need_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                          Tensor]:
+    """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H],
+    norms [T] float64."""
+    kern = _kernels(backend, x, w_hh.shape[1])
+    dxp, dh0, norms = kern.rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation,
+                                   negative_slope)
+    dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(dxp, x, y, h0, w_ih, lengths,
+                                                      reverse, has_bias, need_dx)
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
+
+
+rnn_layer = torch.library.custom_op("rnnfast::rnn_layer", _rnn_impl, mutates_args=())
+rnn_layer_bwd = torch.library.custom_op("rnnfast::rnn_layer_bwd", _rnn_bwd_impl,
+                                        mutates_args=())
 
 
 @rnn_layer.register_fake
@@ -119,57 +150,45 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slop
     return x.new_empty((x.shape[0], x.shape[1], w_hh.shape[1])), torch.empty_like(h0)
 
 
-@torch.library.custom_op("rnnfast::rnn_layer_bwd", mutates_args=())
-def rnn_layer_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
-                  h0: Tensor, y: Tensor, lengths: Optional[Tensor], reverse: bool,
-                  activation: int, negative_slope: float, backend: str, has_bias: bool,
-                  need_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db [H] (or [0]), dh0 [B, H], norms [T] f64."""
-    raise NotImplementedError(f"rnnfast::rnn_layer_bwd has no kernel for device {x.device}")
-
-
-@rnn_layer_bwd.register_kernel("cpu")
-@rnn_layer_bwd.register_kernel("cuda")
-def _rnn_layer_bwd_impl(dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation,
-                        negative_slope, backend, has_bias, need_dx):
-    dxp, dh0, norms = kernels(backend).rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse,
-                                               activation, negative_slope)
-    dx, dw_ih, dw_hh, db = _weight_grads(dxp, x, y, h0, w_ih, lengths, reverse,
-                                         has_bias, need_dx)
-    return dx, dw_ih, dw_hh, db, dh0, norms
+def _fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx):
+    db = (w_hh.shape[0],) if has_bias else _EMPTY
+    return (torch.empty_like(x) if need_dx else x.new_empty(_EMPTY),
+            torch.empty_like(w_ih), torch.empty_like(w_hh), x.new_empty(db),
+            x.new_empty(db))
 
 
 @rnn_layer_bwd.register_fake
 def _(dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation, negative_slope,
       backend, has_bias, need_dx):
-    T, B, _ = x.shape
-    return (torch.empty_like(x) if need_dx else x.new_empty(_EMPTY),
-            torch.empty_like(w_ih), torch.empty_like(w_hh),
-            x.new_empty((w_hh.shape[0],) if has_bias else _EMPTY),
-            torch.empty_like(h0), x.new_empty((T,), dtype=torch.float64))
+    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), torch.empty_like(h0),
+            x.new_empty((x.shape[0],), dtype=torch.float64))
+
+
+def _rnn_reference(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation,
+                   negative_slope, backend, probe):
+    return reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
+                               _ACTIVATION_NAMES[activation], negative_slope, probe)
 
 
 def _rnn_setup_context(ctx, inputs, output):
-    (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
-     backend, probe) = inputs
-    ctx.save_for_backward(x, w_ih, w_hh, h0, output[0], lengths)
-    ctx.config = (reverse, activation, negative_slope, backend, b_ih is not None,
-                  probe is not None)
-    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+    _setup_context(ctx, inputs, output, (0,))
 
 
 def _rnn_backward(ctx, dy, dh_n):
-    x, w_ih, w_hh, h0, y, lengths = ctx.saved_tensors
-    reverse, activation, negative_slope, backend, has_bias, has_probe = ctx.config
-    dy = torch.zeros_like(y) if dy is None else dy.contiguous()
-    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
-    bwd = _rnn_layer_bwd_impl if _plain(dy, x) else rnn_layer_bwd
-    dx, dw_ih, dw_hh, db, dh0, norms = bwd(
+    inputs, (y,) = _saved(ctx)
+    if _needs_differentiable_backward((dy, dh_n)):
+        return _reference_backward(_rnn_reference, inputs, (dy, dh_n))
+    (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
+     backend, probe) = inputs
+    dy, dh_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0)
+    need_dx = ctx.needs_input_grad[0]
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = _backward_op(
+        rnn_layer_bwd, _rnn_bwd_impl, dy, x)(
         dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation, negative_slope,
-        backend, has_bias, ctx.needs_input_grad[0])
-    db_ih, db_hh = (db, db.clone()) if has_bias else (None, None)
-    return (dx if ctx.needs_input_grad[0] else None, dw_ih, dw_hh, db_ih, db_hh, dh0,
-            None, None, None, None, None, norms if has_probe else None)
+        backend, b_ih is not None, need_dx)
+    return (dx if need_dx else None, dw_ih, dw_hh,
+            *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None, None,
+            None, norms if probe is not None else None)
 
 
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
@@ -177,23 +196,42 @@ rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
 
 # ---------------------------------------------------------------- LSTM
 
-@torch.library.custom_op("rnnfast::lstm_layer", mutates_args=())
-def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+def _lstm_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                b_hh: Optional[Tensor], w_hr: Optional[Tensor], h0: Tensor, c0: Tensor,
                lengths: Optional[Tensor], reverse: bool, backend: str,
                probe: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """x [T, B, I] -> y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H], cs [T, B, H]
     (the last two are saved for backward)."""
-    raise NotImplementedError(f"rnnfast::lstm_layer has no kernel for device {x.device}")
+    kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
+    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+    return kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp=True)
 
 
-@lstm_layer.register_kernel("cpu")
-@lstm_layer.register_kernel("cuda")
-def _lstm_layer_impl(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend,
-                     probe):
-    xp = _projection(x, w_ih, b_ih, b_hh)
-    return kernels(backend).lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
-                                     reuse_xp=True)
+def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor,
+                   w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, y: Tensor,
+                   gates: Tensor, cs: Tensor, lengths: Optional[Tensor], reverse: bool,
+                   backend: str, has_bias: bool, need_dx: bool
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                              Tensor, Tensor]:
+    """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0, dc0,
+    norms [T] float64."""
+    kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
+    dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
+                                              lengths, reverse)
+    dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(dxp, x, y, h0, w_ih, lengths,
+                                                      reverse, has_bias, need_dx)
+    if w_hr is not None:
+        T, B, H = cs.shape
+        r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
+        dw_hr = kern.matmul_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
+    else:
+        dw_hr = x.new_empty(_EMPTY)
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, norms
+
+
+lstm_layer = torch.library.custom_op("rnnfast::lstm_layer", _lstm_impl, mutates_args=())
+lstm_layer_bwd = torch.library.custom_op("rnnfast::lstm_layer_bwd", _lstm_bwd_impl,
+                                         mutates_args=())
 
 
 @lstm_layer.register_fake
@@ -204,125 +242,185 @@ def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe)
             x.new_empty((T, B, G)), x.new_empty((T, B, G // 4)))
 
 
-@torch.library.custom_op("rnnfast::lstm_layer_bwd", mutates_args=())
-def lstm_layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor,
-                   w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, y: Tensor,
-                   gates: Tensor, cs: Tensor, lengths: Optional[Tensor], reverse: bool,
-                   backend: str, has_bias: bool, need_dx: bool
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> dx, dW_ih, dW_hh, db, dW_hr ([0] without projection), dh0, dc0, norms [T] f64."""
-    raise NotImplementedError(f"rnnfast::lstm_layer_bwd has no kernel for device {x.device}")
-
-
-@lstm_layer_bwd.register_kernel("cpu")
-@lstm_layer_bwd.register_kernel("cuda")
-def _lstm_layer_bwd_impl(dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs,
-                         lengths, reverse, backend, has_bias, need_dx):
-    dxp, dh0, dc0, dhs, norms = kernels(backend).lstm_bwd(
-        dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse)
-    dx, dw_ih, dw_hh, db = _weight_grads(dxp, x, y, h0, w_ih, lengths, reverse,
-                                         has_bias, need_dx)
-    if w_hr is not None:
-        T, B, H = cs.shape
-        r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
-        dw_hr = _mm_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
-    else:
-        dw_hr = x.new_empty(_EMPTY)
-    return dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0, norms
-
-
 @lstm_layer_bwd.register_fake
 def _(dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
       backend, has_bias, need_dx):
-    T = x.shape[0]
-    return (torch.empty_like(x) if need_dx else x.new_empty(_EMPTY),
-            torch.empty_like(w_ih), torch.empty_like(w_hh),
-            x.new_empty((w_hh.shape[0],) if has_bias else _EMPTY),
+    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx),
             torch.empty_like(w_hr) if w_hr is not None else x.new_empty(_EMPTY),
             torch.empty_like(h0), torch.empty_like(c0),
-            x.new_empty((T,), dtype=torch.float64))
+            x.new_empty((x.shape[0],), dtype=torch.float64))
+
+
+def _lstm_reference(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend,
+                    probe):
+    return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
+                                probe)
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe) = inputs
-    y, _, _, gates, cs = output
-    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths)
-    ctx.config = (reverse, backend, b_ih is not None, probe is not None)
-    # gates and cs are outputs only to be saved: without this, autograd fills a [T, B, 4H]
-    # and a [T, B, H] buffer with zeros for their gradients on every backward (1.7 ms of
-    # an 8 ms fwd+bwd at B=32, H=128).
-    ctx.set_materialize_grads(False)
+    # gates and cs are outputs only to be saved: their gradients arrive as None (no
+    # [T, B, 4H] zero fill on every backward).
+    _setup_context(ctx, inputs, output, (0, 3, 4))
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
-    x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths = ctx.saved_tensors
-    reverse, backend, has_bias, has_probe = ctx.config
-    dy = torch.zeros_like(y) if dy is None else dy.contiguous()
-    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n.contiguous()
-    dc_n = torch.zeros_like(c0) if dc_n is None else dc_n.contiguous()
-    bwd = _lstm_layer_bwd_impl if _plain(dy, x) else lstm_layer_bwd
-    dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0, norms = bwd(
+    inputs, (y, gates, cs) = _saved(ctx)
+    if _needs_differentiable_backward((dy, dh_n, dc_n)):
+        return _reference_backward(_lstm_reference, inputs, (dy, dh_n, dc_n))
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe = inputs
+    dy, dh_n, dc_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0)
+    need_dx = ctx.needs_input_grad[0]
+    dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, norms = _backward_op(
+        lstm_layer_bwd, _lstm_bwd_impl, dy, x)(
         dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
-        backend, has_bias, ctx.needs_input_grad[0])
-    db_ih, db_hh = (db, db.clone()) if has_bias else (None, None)
-    return (dx if ctx.needs_input_grad[0] else None, dw_ih, dw_hh, db_ih, db_hh,
+        backend, b_ih is not None, need_dx)
+    return (dx if need_dx else None, dw_ih, dw_hh,
+            *_bias_grads(b_ih is not None, db_ih, db_hh),
             dw_hr if w_hr is not None else None, dh0, dc0, None, None, None,
-            norms if has_probe else None)
+            norms if probe is not None else None)
 
 
 lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
 
 
-# ---------------------------------------------------------------- eager entry points
+# ---------------------------------------------------------------- GRU
 
-def _plain(*tensors):
-    """True in plain eager execution: not under torch.compile (Dynamo / AOTAutograd),
-    and no tensor subclass (FakeTensor, FunctionalTensor, ...) among the arguments."""
-    return not torch.compiler.is_compiling() and all(
-        t is None or type(t) is torch.Tensor for t in tensors)
+def _gru_bias(b_ih, b_hh):
+    """(the projection's bias b_ih + [b_hr, b_hz, 0], b_hn), or (None, None)."""
+    if b_ih is None:
+        return None, None
+    H = b_hh.shape[0] // 3
+    return torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]]), b_hh[2 * H:]
 
 
-class _EagerRNN(torch.autograd.Function):
-    """Eager twin of rnnfast::rnn_layer: the same implementation, setup and backward,
-    without the custom op's Python-side dispatch (which measured 35 us per layer
-    forward + backward, 9% of an LSTM step at B=1, H=32). Traced code keeps the op."""
+def _gru_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor],
+              reverse: bool, backend: str, probe: Optional[Tensor]
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """x [T, B, I] -> y [T, B, H], h_n [B, H], gates [T, B, 4H] (r, z, n, hn: saved for
+    backward)."""
+    kern = _kernels(backend, x, w_hh.shape[1])
+    bias, b_hn = _gru_bias(b_ih, b_hh)
+    xp = kern.project(x, w_ih, bias)
+    return kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True)
 
-    @staticmethod
+
+def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
+                  h0: Tensor, y: Tensor, gates: Tensor, lengths: Optional[Tensor],
+                  reverse: bool, backend: str, has_bias: bool, need_dx: bool
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H],
+    norms [T] float64."""
+    kern = _kernels(backend, x, w_hh.shape[1])
+    dxp, dgh, dh0, norms = kern.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse)
+    dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(dxp, x, y, h0, w_ih, lengths,
+                                                      reverse, has_bias, need_dx, dgh=dgh)
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
+
+
+gru_layer = torch.library.custom_op("rnnfast::gru_layer", _gru_impl, mutates_args=())
+gru_layer_bwd = torch.library.custom_op("rnnfast::gru_layer_bwd", _gru_bwd_impl,
+                                        mutates_args=())
+
+
+@gru_layer.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    return x.new_empty((T, B, H)), torch.empty_like(h0), x.new_empty((T, B, 4 * H))
+
+
+@gru_layer_bwd.register_fake
+def _(dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse, backend, has_bias,
+      need_dx):
+    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), torch.empty_like(h0),
+            x.new_empty((x.shape[0],), dtype=torch.float64))
+
+
+def _gru_reference(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe):
+    return reference.gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, probe)
+
+
+def _gru_setup_context(ctx, inputs, output):
+    _setup_context(ctx, inputs, output, (0, 2))
+
+
+def _gru_backward(ctx, dy, dh_n, _dgates):
+    inputs, (y, gates) = _saved(ctx)
+    if _needs_differentiable_backward((dy, dh_n)):
+        return _reference_backward(_gru_reference, inputs, (dy, dh_n))
+    x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe = inputs
+    dy, dh_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0)
+    need_dx = ctx.needs_input_grad[0]
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = _backward_op(
+        gru_layer_bwd, _gru_bwd_impl, dy, x)(
+        dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse, backend,
+        b_ih is not None, need_dx)
+    return (dx if need_dx else None, dw_ih, dw_hh,
+            *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None,
+            norms if probe is not None else None)
+
+
+gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
+
+
+# ---------------------------------------------------------------- eager twins
+
+def _eager_twin(name, impl, setup_context, backward, non_differentiable):
+    """An autograd.Function that runs ``impl`` with the op's setup and backward."""
+
     def forward(ctx, *inputs):
-        out = _rnn_layer_impl(*inputs)
-        _rnn_setup_context(ctx, inputs, out)
+        out = impl(*inputs)
+        setup_context(ctx, inputs, out)
+        if non_differentiable:
+            ctx.mark_non_differentiable(*[out[i] for i in non_differentiable])
         return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads):
-        return _rnn_backward(ctx, *grads)
+    return type(name, (torch.autograd.Function,), {
+        "__doc__": f"Eager twin of {impl.__name__[1:-5]} (see the module docstring).",
+        "forward": staticmethod(forward),
+        "backward": staticmethod(lambda ctx, *grads: backward(ctx, *grads))})
 
 
-class _EagerLSTM(torch.autograd.Function):
-    """Eager twin of rnnfast::lstm_layer (see :class:`_EagerRNN`)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        out = _lstm_layer_impl(*inputs)
-        _lstm_setup_context(ctx, inputs, out)
-        ctx.mark_non_differentiable(out[3], out[4])  # gates, cs: saved for backward only
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads):
-        return _lstm_backward(ctx, *grads)
+_EagerRNN = _eager_twin("_EagerRNN", _rnn_impl, _rnn_setup_context, _rnn_backward, ())
+_EagerLSTM = _eager_twin("_EagerLSTM", _lstm_impl, _lstm_setup_context, _lstm_backward,
+                         (3, 4))
+_EagerGRU = _eager_twin("_EagerGRU", _gru_impl, _gru_setup_context, _gru_backward, (2,))
 
 
-def rnn(*args):
-    """rnnfast::rnn_layer's arguments -> (y, h_n): the op, or its eager twin."""
-    x, h0, probe = args[0], args[5], args[11]
-    return (_EagerRNN.apply if _plain(x, h0, probe) else rnn_layer)(*args)
+# ---------------------------------------------------------------- entry points
+
+def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, activation, negative_slope,
+        backend, probe):
+    """One Elman RNN layer direction -> (y [T, B, H], h_n [B, H]).
+
+    ``backend`` is a resolved :class:`rnnfast.dispatch.Backend`: the reference loop when
+    it has no kernels, else the fused op (which re-resolves ``backend.requested`` from
+    its tensors when it runs)."""
+    if backend.kernels is None:
+        return reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
+                                   _ACTIVATION_NAMES[activation], negative_slope, probe)
+    fn = _EagerRNN.apply if _plain(x, h0, probe) else rnn_layer
+    return fn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
+              backend.requested, probe)
 
 
-def lstm(*args):
-    """rnnfast::lstm_layer's arguments -> (y, h_n, c_n, gates, cs): the op, or its eager
-    twin."""
-    x, h0, c0, probe = args[0], args[6], args[7], args[11]
-    return (_EagerLSTM.apply if _plain(x, h0, c0, probe) else lstm_layer)(*args)
+def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, probe):
+    """One LSTM layer direction -> (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    if backend.kernels is None:
+        return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
+                                    reverse, probe)
+    fn = _EagerLSTM.apply if _plain(x, h0, c0, probe) else lstm_layer
+    y, h_n, c_n, _, _ = fn(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
+                           backend.requested, probe)
+    return y, h_n, c_n
+
+
+def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe):
+    """One GRU layer direction -> (y [T, B, H], h_n [B, H])."""
+    if backend.kernels is None:
+        return reference.gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, probe)
+    fn = _EagerGRU.apply if _plain(x, h0, probe) else gru_layer
+    y, h_n, _ = fn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend.requested,
+                   probe)
+    return y, h_n

@@ -5,7 +5,7 @@ the kernels (``xp`` = input projection, ``lengths`` freezing finished rows, ``re
 and is itself checked once against torch.nn.RNN / LSTM / GRU in the tests. It is also
 the ``backend='torch'`` path of the modules.
 
-``taps`` (optional float64 [T] tensor requiring grad) receives, as its gradient, the
+``probe`` (optional float64 [T] tensor requiring grad) receives, as its gradient, the
 per-step norm ||dL/dh_t|| of the total gradient reaching h_t: the same telemetry the
 BPTT kernels produce, here from autograd.
 """
@@ -29,11 +29,11 @@ class _NormTap(torch.autograd.Function):
         return grad, torch.linalg.vector_norm(g).reshape(()), None
 
 
-def _tap(h, taps, t, active):
-    if taps is None:
+def _tap(h, probe, t, active):
+    if probe is None:
         return h
     mask = torch.ones_like(h[:, :1], dtype=torch.float64) if active is None else active.double()
-    return _NormTap.apply(h, taps[t], mask)
+    return _NormTap.apply(h, probe[t], mask)
 
 
 def _steps(T, reverse):
@@ -59,7 +59,7 @@ def activation_fn(nonlinearity, negative_slope=0.01):
 
 
 def rnn_recurrence(xp, w_hh, h0, lengths=None, reverse=False, nonlinearity="tanh",
-                   negative_slope=0.01, taps=None):
+                   negative_slope=0.01, probe=None):
     """xp [T, B, H], w_hh [H, H], h0 [B, H] -> y [T, B, H] (0 past each length), h_n [B, H]."""
     act = activation_fn(nonlinearity, negative_slope)
     T = xp.shape[0]
@@ -68,12 +68,12 @@ def rnn_recurrence(xp, w_hh, h0, lengths=None, reverse=False, nonlinearity="tanh
     for t in _steps(T, reverse):
         active = _active(lengths, t)
         h = _keep(active, act(xp[t] + h @ w_hh.t()), h)
-        h = _tap(h, taps, t, active)
+        h = _tap(h, probe, t, active)
         ys[t] = h if active is None else h * active
     return torch.stack(ys) if T else xp.new_zeros(xp.shape), h
 
 
-def lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, taps=None):
+def lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, probe=None):
     """xp [T, B, 4H], w_hh [4H, P], w_hr [P, H] or None, h0 [B, P], c0 [B, H]
     -> y [T, B, P], h_n [B, P], c_n [B, H]. Gate order i, f, g, o."""
     T = xp.shape[0]
@@ -86,7 +86,7 @@ def lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, taps=No
         r = torch.sigmoid(o) * torch.tanh(c_new)
         h_new = r @ w_hr.t() if w_hr is not None else r
         c = _keep(active, c_new, c)
-        h = _tap(_keep(active, h_new, h), taps, t, active)
+        h = _tap(_keep(active, h_new, h), probe, t, active)
         ys[t] = h if active is None else h * active
     return torch.stack(ys), h, c
 
@@ -125,17 +125,17 @@ def input_projection(x, w_ih, b_ih, b_hh):
 
 
 def rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
-              nonlinearity="tanh", negative_slope=0.01, taps=None):
+              nonlinearity="tanh", negative_slope=0.01, probe=None):
     """One direction of one layer: x [T, B, I] -> (y [T, B, H], h_n [B, H])."""
     xp = input_projection(x, w_ih, b_ih, b_hh)
-    return rnn_recurrence(xp, w_hh, h0, lengths, reverse, nonlinearity, negative_slope, taps)
+    return rnn_recurrence(xp, w_hh, h0, lengths, reverse, nonlinearity, negative_slope, probe)
 
 
 def lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths=None, reverse=False,
-               taps=None):
+               probe=None):
     """One direction of one LSTM layer: -> (y [T, B, P], h_n [B, P], c_n [B, H])."""
     xp = input_projection(x, w_ih, b_ih, b_hh)
-    return lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths, reverse, taps)
+    return lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths, reverse, probe)
 
 
 def gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False, probe=None):

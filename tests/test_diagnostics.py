@@ -19,27 +19,26 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 from rnnfast.diagnostics import hidden_grad_norms
 
+from .cases import CELLS as CASE_CELLS, module_backends, triton_interpreting
 from .tolerances import assert_close
 
 DT = torch.float64
 T, B, I, H, P = 7, 3, 4, 5, 3
-BACKENDS = ("numba", "torch")
 
-# (name, constructor kwargs) for every cell the issue names
-CELLS = {
-    "tanh": dict(kind="rnn", nonlinearity="tanh"),
-    "relu": dict(kind="rnn", nonlinearity="relu"),
-    "leaky_relu": dict(kind="rnn", nonlinearity="leaky_relu", negative_slope=0.3),
-    "lstm": dict(kind="lstm"),
-    "lstm_proj": dict(kind="lstm", proj_size=P),
-}
+# Every cell of the catalogue, as constructor kwargs plus its kind; the leaky slope and
+# projection width sized for this file's small problems.
+CELLS = {name: dict(kind=cls.lower(), **{k: (P if k == "proj_size" else v)
+                                        for k, v in opts.items()})
+         for name, (cls, opts) in CASE_CELLS.items()}
+CELLS["leaky_relu"]["negative_slope"] = 0.3
+BACKENDS = tuple(module_backends())
 
 
 def make_module(cell, num_layers, bidirectional, batch_first, backend, seed=0):
     spec = dict(CELLS[cell])
     kind = spec.pop("kind")
     torch.manual_seed(seed)
-    cls = rnnfast.LSTM if kind == "lstm" else rnnfast.RNN
+    cls = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU}.get(kind, rnnfast.RNN)
     m = cls(I, H, num_layers=num_layers, bidirectional=bidirectional,
             batch_first=batch_first, backend=backend, **spec).to(DT)
     if kind == "rnn" and spec["nonlinearity"] != "tanh":
@@ -70,6 +69,7 @@ def oracle(module, cell, x, lengths=None, hx=None):
     """
     spec = CELLS[cell]
     is_lstm = spec["kind"] == "lstm"
+    is_gru = spec["kind"] == "gru"
     L, D = module.num_layers, (2 if module.bidirectional else 1)
     S = module.proj_size if getattr(module, "proj_size", 0) else module.hidden_size
     Tn, Bn = x.shape[:2]
@@ -79,7 +79,7 @@ def oracle(module, cell, x, lengths=None, hx=None):
         c0s = torch.zeros(L * D, Bn, module.hidden_size, dtype=x.dtype)
     else:
         h0s, c0s = hx if is_lstm else (hx, None)
-    act = None if is_lstm else _act(spec)
+    act = None if is_lstm or is_gru else _act(spec)
     hs, h_n = [], []
     inp = x
     for layer in range(L):
@@ -89,7 +89,8 @@ def oracle(module, cell, x, lengths=None, hx=None):
             sfx = f"_l{layer}" + ("_reverse" if d else "")
             w_ih = getattr(module, "weight_ih" + sfx)
             w_hh = getattr(module, "weight_hh" + sfx)
-            b = getattr(module, "bias_ih" + sfx) + getattr(module, "bias_hh" + sfx)
+            b_ih = getattr(module, "bias_ih" + sfx)
+            b_hh = getattr(module, "bias_hh" + sfx)
             w_hr = getattr(module, "weight_hr" + sfx, None)
             h = h0s[idx]
             c = c0s[idx] if is_lstm else None
@@ -98,8 +99,13 @@ def oracle(module, cell, x, lengths=None, hx=None):
             order = range(Tn - 1, -1, -1) if d else range(Tn)
             for t in order:
                 active = (t < lengths).unsqueeze(1)
-                z = inp[t] @ w_ih.t() + b + h @ w_hh.t()
-                if is_lstm:
+                z = inp[t] @ w_ih.t() + b_ih + b_hh + h @ w_hh.t()
+                if is_gru:  # torch.nn.GRU's cell: r multiplies h W_hn^T + b_hn
+                    i_r, i_z, i_n = (inp[t] @ w_ih.t() + b_ih).chunk(3, dim=1)
+                    h_r, h_z, h_n_ = (h @ w_hh.t() + b_hh).chunk(3, dim=1)
+                    r, zg = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+                    h_new = (1 - zg) * torch.tanh(i_n + r * h_n_) + zg * h
+                elif is_lstm:
                     i, f, g, o = z.chunk(4, dim=1)
                     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                     h_new = torch.sigmoid(o) * torch.tanh(c_new)
@@ -262,12 +268,7 @@ def test_float32_module_returns_float64():
 
 # ---------------------------------------------------------------- Triton (interpreter)
 
-def _interpreting():
-    from rnnfast.dispatch import triton_interpreting
-    return triton_interpreting()
-
-
-@pytest.mark.skipif(not _interpreting(),
+@pytest.mark.skipif(not triton_interpreting(),
                     reason="Triton kernels on CPU tensors need TRITON_INTERPRET=1 "
                            "(tests/run.sh's interpreter process)")
 @pytest.mark.parametrize("cell", list(CELLS))

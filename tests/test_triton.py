@@ -13,7 +13,7 @@ import zlib
 import pytest
 import torch
 
-from rnnfast.dispatch import triton_interpreting
+from .cases import triton_interpreting
 
 INTERPRET = triton_interpreting()
 CUDA = torch.cuda.is_available() and not INTERPRET

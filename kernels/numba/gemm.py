@@ -1,11 +1,12 @@
-"""Matrix products of the CPU backend, on the register tile of :mod:`simd`.
+"""Matrix products of the CPU backend, on the register tile of :mod:`tile`.
 
 * :func:`mm_into` - C = A @ B for C-contiguous 2-D arrays: the kernels' per-step
   product ([rows, H] @ [H, 4H] forward, [rows, 4H] @ [4H, H] backward), and the serial
   core of the layer GEMMs.
-* :func:`project`, :func:`layer_grads`, :func:`matmul_tn` - a layer's GEMMs over all
-  time steps at once (the input projection; dW_ih, dW_hh, db and dx in one call; dW_hr),
-  with parallel variants that split the output rows across threads.
+* :func:`project`, :func:`layer_grads`, :func:`matmul_tn` - the backend's layer-GEMM
+  entry points (torch tensors in and out): a layer's GEMMs over all time steps at once
+  (the input projection; dW_ih, dW_hh, db and dx in one call; dW_hr). Their compiled
+  ``*_kernel`` / ``*_kernel_parallel`` bodies split the output rows across threads.
 
 Blocking: columns in panels of NV vectors, the reduction in chunks of KC terms (a
 [KC, 64] float32 panel of B is 64 KiB and stays in L2 while the row tiles pass over it),
@@ -15,10 +16,12 @@ the thread split, so results are bitwise reproducible across thread counts.
 """
 
 import numpy as np
+import torch
 from numba import njit, prange
 
+from . import _host
 from .config import JIT, JIT_PARALLEL
-from .simd import MR, NV, tile
+from .tile import MR, NV, tile
 from .vec import lanes
 
 KC = 256  # reduction chunk: terms summed in registers before C is updated
@@ -51,7 +54,7 @@ def pack_b(b):
 def _gemm(a, a_off, a_rs, a_ks, M, K, bp, N, c, c_off, ldc, beta, bias):
     """C[M, N] (= or, beta != 0, +=) A[M, K] @ B[K, N] (+ bias[N] when bias has N
     entries; else bias is empty): A and C given by array, element offset and strides
-    (see simd.tile), B as packed panels (:func:`pack_b`).
+    (see tile.tile), B as packed panels (:func:`pack_b`).
 
     Loops: row blocks of MC (A's block stays in L2 while every panel of B passes), column
     panels, KC-chunks (the [KC, W] slice of a panel stays in L1), row tiles of MR. The
@@ -107,23 +110,34 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
     """out[g0:g1] = sum over k < n of a[a0 + k, g0:g1]^T b[b0 + k, :] (a [*, G],
     b [*, K], out [G, K], C-contiguous). A^T is read in place down a's columns (each k
     one cache line of a's row a0 + k); b's [KC, K] chunk (row stride K) stays in L2
-    while the row tiles pass over it."""
+    while the row tiles pass over it. b is not padded, so the tile takes its whole
+    vectors of columns and the last K % lanes columns are summed here, in the same k
+    order."""
     G = a.shape[1]
     K = b.shape[1]
     L = lanes(out)
     W = NV * L
+    Kv = K - K % L  # columns the tile covers (whole vectors)
     flat_out = out.reshape(out.size)
     for k0 in range(0, n, KC):
         kk = min(KC, n - k0)
         add = 1 if k0 > 0 else 0
         for r0 in range(g0, g1, MR):
             mr = min(MR, g1 - r0)
-            for n0 in range(0, K, W):
-                nn = min(W, K - n0)
-                nv = (nn + L - 1) // L
+            for n0 in range(0, Kv, W):
+                nv = min(W, Kv - n0) // L
                 tile(a, (a0 + k0) * G + r0, 1, G, b, (b0 + k0) * K + n0, K,
-                     out, r0 * K + n0, K, kk, mr, nv, nn - (nv - 1) * L, add,
+                     out, r0 * K + n0, K, kk, mr, nv, L, add,
                      flat_out, r0 * K + n0, 0)
+        if Kv < K:
+            if not add:
+                out[g0:g1, Kv:] = 0
+            for k in range(a0 + k0, a0 + k0 + kk):
+                kb = k - a0 + b0
+                for g in range(g0, g1):
+                    s = a[k, g]
+                    for j in range(Kv, K):
+                        out[g, j] += s * b[kb, j]
     if n == 0:
         out[g0:g1] = 0
 
@@ -154,7 +168,7 @@ def _f64_acc(n, rows, cols):
 
 
 @njit(**JIT)
-def matmul_tn(a, b, out):
+def matmul_tn_kernel(a, b, out):
     """out [G, K] = a [N, G]^T @ b [N, K]: a sum over N rows (the weight gradients); all
     C-contiguous. Blocks of CHUNK_ROWS rows are summed in float64."""
     N, G = a.shape
@@ -162,8 +176,9 @@ def matmul_tn(a, b, out):
 
 
 @njit(**JIT_PARALLEL)
-def matmul_tn_parallel(a, b, out, nparts):
-    """:func:`matmul_tn` with the G rows of the result split into ``nparts`` threads."""
+def matmul_tn_kernel_parallel(a, b, out, nparts):
+    """:func:`matmul_tn_kernel` with the G rows of the result split into ``nparts``
+    threads."""
     N, G = a.shape
     acc = _f64_acc(N, G, b.shape[1])
     for p in prange(nparts):
@@ -183,45 +198,53 @@ def _project_part(x, wp, bias, xp, p, nparts):
 
 
 @njit(**JIT)
-def project(x, w_ih_t, bias, xp):
+def project_kernel(x, w_ih_t, bias, xp):
     """The input projection of a layer: xp [N, G] = x [N, I] @ w_ih_t [I, G] + bias
     (bias [G], or [0] for none), in the input dtype."""
     _project_part(x, pack_b(w_ih_t), bias, xp, 0, 1)
 
 
 @njit(**JIT_PARALLEL)
-def project_parallel(x, w_ih_t, bias, xp, nparts):
+def project_kernel_parallel(x, w_ih_t, bias, xp, nparts):
     wp = pack_b(w_ih_t)
     for p in prange(nparts):
         _project_part(x, wp, bias, xp, p, nparts)
 
 
 @njit(**_INLINE)
-def _layer_grads_part(dxp, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db, dx,
-                      acc_ih, acc_hh, tmp, p, nparts):
-    """Part p of :func:`layer_grads`: rows [g0, g1) of dW_ih, dW_hh and db, and rows
-    [r0, r1) of dx (skipped when dx has no rows)."""
+def _col_sums(a, out, g0, g1):
+    """out[g] = sum_n a[n, g] for g in [g0, g1), in float64."""
+    acc = np.zeros(g1 - g0, dtype=np.float64)
+    for n in range(a.shape[0]):
+        for g in range(g0, g1):
+            acc[g - g0] += a[n, g]
+    for g in range(g0, g1):
+        out[g] = acc[g - g0]
+
+
+@njit(**_INLINE)
+def _layer_grads_part(dxp, dgh, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db_ih,
+                      db_hh, dx, acc_ih, acc_hh, tmp, p, nparts):
+    """Part p of :func:`layer_grads_kernel`: rows [g0, g1) of dW_ih, dW_hh and the bias
+    gradients, and rows [r0, r1) of dx (skipped when dx has no rows)."""
     N, G = dxp.shape
     B = h0.shape[0]
     g0, g1 = _part(G, p, nparts)
     _tn_rows(dxp, 0, x, 0, N, dw_ih, acc_ih, g0, g1)
-    # dW_hh = sum_t dxp_t^T h_{t-1}: h_{t-1} is y one step back in processing order (a
+    # dW_hh = sum_t dgh_t^T h_{t-1}: h_{t-1} is y one step back in processing order (a
     # shift of B rows), except at each row's first step, whose h_{t-1} is h0.
     if forward:
-        _tn_rows(dxp, B, y, 0, N - B, dw_hh, acc_hh, g0, g1)
+        _tn_rows(dgh, B, y, 0, N - B, dw_hh, acc_hh, g0, g1)
     else:
-        _tn_rows(dxp, 0, y, B, N - B, dw_hh, acc_hh, g0, g1)
+        _tn_rows(dgh, 0, y, B, N - B, dw_hh, acc_hh, g0, g1)
     _gemm_tn(first, 0, h0, 0, B, tmp, g0, g1)
     for g in range(g0, g1):
         for k in range(h0.shape[1]):
             dw_hh[g, k] += tmp[g, k]
-    if db.shape[0] == G:  # column sums, in float64
-        acc = np.zeros(g1 - g0, dtype=np.float64)
-        for n in range(N):
-            for g in range(g0, g1):
-                acc[g - g0] += dxp[n, g]
-        for g in range(g0, g1):
-            db[g] = acc[g - g0]
+    if db_ih.shape[0] == G:
+        _col_sums(dxp, db_ih, g0, g1)
+    if db_hh.shape[0] == G:
+        _col_sums(dgh, db_hh, g0, g1)
     if dx.shape[0] == N:
         I = dx.shape[1]
         r0, r1 = _part(N, p, nparts)
@@ -230,28 +253,33 @@ def _layer_grads_part(dxp, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db, dx,
 
 
 @njit(**JIT)
-def layer_grads(dxp, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, db, dx):
-    """The weight and input gradients of one layer direction, from the kernel's dxp:
+def layer_grads_kernel(dxp, dgh, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, db_ih,
+                       db_hh, dx):
+    """The weight and input gradients of one layer direction, from the kernel's
+    gradients of the input projection (dxp) and of the recurrent product (dgh)::
 
-        dW_ih = sum_n dxp[n]^T x[n]      dW_hh = sum_t dxp_t^T h_{t-1}
-        db = sum_n dxp[n]                dx = dxp @ W_ih
+        dW_ih = sum_n dxp[n]^T x[n]      dW_hh = sum_t dgh_t^T h_{t-1}
+        db_ih = sum_n dxp[n]             db_hh = sum_n dgh[n]      dx = dxp @ W_ih
 
-    dxp [N, G], x [N, I], y [N, P] (N = T * B rows, time-major), h0 [B, P]; first [B, G]
-    holds each row's dxp at its first processed step (whose h_{t-1} is h0); forward:
-    time runs t = 0.. (else backwards). db is [G] or [0] (no bias), dx [N, I] or [0, 0]
-    (not needed). Long sums go through float64 as in :func:`matmul_tn`."""
+    dxp, dgh [N, G] (the same array for the RNN and the LSTM; the GRU's differ in the
+    n block), x [N, I], y [N, P] (N = T * B rows, time-major), h0 [B, P]; first [B, G]
+    holds each row's dgh at its first processed step (whose h_{t-1} is h0); forward:
+    time runs t = 0.. (else backwards). db_ih, db_hh are [G] or [0] (not computed),
+    dx [N, I] or [0, 0] (not needed). Long sums go through float64 as in
+    :func:`matmul_tn_kernel`."""
     N, G = dxp.shape
     P = h0.shape[1]
-    _layer_grads_part(dxp, x, y, h0, first, pack_b(w_ih), forward, dw_ih, dw_hh, db, dx,
-                      _f64_acc(N, G, x.shape[1]), _f64_acc(N - h0.shape[0], G, P),
-                      np.empty((G, P), dtype=dxp.dtype), 0, 1)
+    _layer_grads_part(dxp, dgh, x, y, h0, first, pack_b(w_ih), forward, dw_ih, dw_hh,
+                      db_ih, db_hh, dx, _f64_acc(N, G, x.shape[1]),
+                      _f64_acc(N - h0.shape[0], G, P), np.empty((G, P), dtype=dxp.dtype),
+                      0, 1)
 
 
 @njit(**JIT_PARALLEL)
-def layer_grads_parallel(dxp, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, db, dx,
-                         nparts):
-    """:func:`layer_grads`, each of ``nparts`` threads taking a share of the rows of
-    every result."""
+def layer_grads_kernel_parallel(dxp, dgh, x, y, h0, first, w_ih, forward, dw_ih, dw_hh,
+                                db_ih, db_hh, dx, nparts):
+    """:func:`layer_grads_kernel`, each of ``nparts`` threads taking a share of the rows
+    of every result."""
     N, G = dxp.shape
     P = h0.shape[1]
     w_p = pack_b(w_ih)
@@ -259,5 +287,79 @@ def layer_grads_parallel(dxp, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, db, 
     acc_hh = _f64_acc(N - h0.shape[0], G, P)
     tmp = np.empty((G, P), dtype=dxp.dtype)
     for p in prange(nparts):
-        _layer_grads_part(dxp, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db, dx,
-                          acc_ih, acc_hh, tmp, p, nparts)
+        _layer_grads_part(dxp, dgh, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db_ih,
+                          db_hh, dx, acc_ih, acc_hh, tmp, p, nparts)
+
+
+# ---------------------------------------------------------------- entry points (torch)
+
+def panels(w, transpose=False):
+    """A weight tensor as the tile reads it (:func:`pack_b`): w^T or w, in column panels."""
+    a = _host.as_numpy(w)
+    return pack_b(np.ascontiguousarray(a.T) if transpose else a)
+
+
+def matmul_tn(a, b):
+    """a^T @ b for 2-D CPU tensors a [N, G], b [N, K] -> new [G, K]: a sum over N rows
+    (float64 across blocks of rows), the G rows of the result split across threads."""
+    N, G = a.shape
+    out = _host.empty(a, (G, b.shape[1]))
+    _host.launch(matmul_tn_kernel, matmul_tn_kernel_parallel,
+                 _host.gemm_threads(G, N * G * b.shape[1]),
+                 _host.as_numpy(a), _host.as_numpy(b), out.numpy())
+    return out
+
+
+def project(x, w_ih, bias=None):
+    """A layer's input projection: x [T, B, I] @ w_ih^T [I, G] (+ bias [G]) -> [T, B, G]."""
+    T, B, I = x.shape
+    G = w_ih.shape[0]
+    xp = _host.empty(x, (T, B, G))
+    xn = _host.as_numpy(x)
+    _host.launch(project_kernel, project_kernel_parallel,
+                 _host.gemm_threads(T * B, T * B * I * G),
+                 xn.reshape(T * B, I), np.ascontiguousarray(_host.as_numpy(w_ih).T),
+                 _host.as_numpy(bias) if bias is not None else np.empty(0, dtype=xn.dtype),
+                 xp.numpy().reshape(T * B, G))
+    return xp
+
+
+def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
+                need_dx=True, dgh=None):
+    """One layer direction's weight and input gradients, in one call (see
+    :func:`layer_grads_kernel` for the sums).
+
+    dxp [T, B, G] (gradient of the input projection), dgh [T, B, G] (gradient of the
+    recurrent product h_{t-1} W_hh^T + b_hh; None: the same as dxp), x [T, B, I],
+    y [T, B, P] (the layer's output: h_{t-1} is y one step back in processing order, or
+    h0 [B, P] at a row's first step). Returns dx [T, B, I] (or [0] when not need_dx),
+    dW_ih [G, I], dW_hh [G, P], db_ih [G], db_hh [G] (both [0] without bias).
+    """
+    T, B, G = dxp.shape
+    I = x.shape[2]
+    P = y.shape[2]
+    same = dgh is None
+    dgh = dxp if same else dgh
+    if not reverse:
+        first = dgh[0]
+    elif lengths is None:
+        first = dgh[T - 1]
+    else:  # a reversed row starts at its own last step
+        first = dgh[lengths.to(torch.int64) - 1, torch.arange(B)]
+    dw_ih = _host.empty(dxp, (G, I))
+    dw_hh = _host.empty(dxp, (G, P))
+    db_ih = dxp.new_empty((G,) if has_bias else (0,))
+    db_hh = dxp.new_empty((G,) if has_bias and not same else (0,))
+    dx = _host.empty(dxp, (T, B, I)) if need_dx else dxp.new_empty((0,))
+    N = T * B
+    dxp_n = _host.as_numpy(dxp).reshape(N, G)
+    _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
+                 _host.gemm_threads(G, N * G * (I + P + (I if need_dx else 0))),
+                 dxp_n, dxp_n if same else _host.as_numpy(dgh).reshape(N, G),
+                 _host.as_numpy(x).reshape(N, I), _host.as_numpy(y).reshape(N, P),
+                 _host.as_numpy(h0), _host.as_numpy(first), _host.as_numpy(w_ih),
+                 not reverse, dw_ih.numpy(), dw_hh.numpy(), db_ih.numpy(), db_hh.numpy(),
+                 dx.numpy().reshape(N if need_dx else 0, I))
+    if has_bias and same:
+        db_hh = db_ih.clone()
+    return dx, dw_ih, dw_hh, db_ih, db_hh

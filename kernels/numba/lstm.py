@@ -24,11 +24,14 @@ any active step simply cs at the previous processing step (or c0), in both direc
 import math
 
 import numpy as np
+import torch
 from numba import njit, prange
 
+from .._check import check_backward_args, check_recurrence_args
+from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
-from .gemm import mm_into
+from .gemm import mm_into, panels
 
 
 @njit(**JIT)
@@ -234,3 +237,82 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
         for c in range(nchunks):
             acc += sq[c, t]
         norms[t] = math.sqrt(acc)
+
+
+# ---------------------------------------------------------------- launchers
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False):
+    """Forward recurrence of an LSTM (gate order i, f, g, o).
+
+    Parameters
+    ----------
+    xp : Tensor [T, B, 4H];  w_hh : Tensor [4H, P];  w_hr : Tensor [P, H] or None
+    h0 : Tensor [B, P];  c0 : Tensor [B, H];  lengths, reverse: as ``rnn_fwd``
+    (P = proj_size when w_hr is given, else H.)
+    reuse_xp : the gates may be written over xp (as ``rnn_fwd``'s y): saves a
+    [T, B, 4H] buffer and its first-touch page faults
+
+    Returns
+    -------
+    y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated), cs [T, B, H]
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check).
+    """
+    T, B, G = check_recurrence_args("lstm", xp, w_hh, h0, c0, w_hr, lengths,
+                                    0, 0.0, DTYPES, "numba")
+    H = G // 4
+    P = h0.shape[1]
+    y = _host.empty(xp, (T, B, P))
+    h_n = torch.empty_like(h0)
+    c_n = torch.empty_like(c0)
+    gates = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
+    cs = _host.empty(xp, (T, B, H))
+    w_hr_t = panels(w_hr, transpose=True) if w_hr is not None else _host.no_weight(xp)
+    _host.launch(lstm_fwd_kernel, lstm_fwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * P * G),
+                 _host.as_numpy(xp), panels(w_hh, transpose=True), w_hr_t,
+                 _host.as_numpy(h0), _host.as_numpy(c0), _host.lengths_array(lengths, T, B),
+                 bool(reverse), y.numpy(), h_n.numpy(), c_n.numpy(), gates.numpy(),
+                 cs.numpy())
+    return y, h_n, c_n, gates, cs
+
+
+def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False):
+    """BPTT of an LSTM.
+
+    Parameters: dy [T, B, P], dh_n [B, P], dc_n [B, H]; gates, cs from :func:`lstm_fwd`;
+    c0, w_hh, w_hr, lengths, reverse as in the forward.
+
+    Returns
+    -------
+    dxp [T, B, 4H], dh0 [B, P], dc0 [B, H],
+    dhs [T, B, P] (total gradient reaching h_t, for dW_hr; [0] without projection),
+    norms : float64 [T]
+    """
+    T, B, G = gates.shape
+    H = G // 4
+    P = dh_n.shape[1]
+    proj = w_hr is not None
+    named = [("dy", dy, (T, B, P)), ("dh_n", dh_n, (B, P)), ("dc_n", dc_n, (B, H)),
+             ("cs", cs, (T, B, H)), ("c0", c0, (B, H)), ("w_hh", w_hh, (G, P))]
+    if proj:
+        named.append(("w_hr", w_hr, (P, H)))
+    check_backward_args("lstm_bwd[numba]", gates, named)
+    dxp = _host.empty(gates, gates.shape)
+    dh0 = torch.empty_like(dh_n)
+    dc0 = torch.empty_like(dc_n)
+    dhs = _host.empty(gates, (T, B, P) if proj else (0,))
+    norms = torch.empty(T, dtype=torch.float64)
+    _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * P * G),
+                 _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(dc_n),
+                 _host.as_numpy(gates), _host.as_numpy(cs), _host.as_numpy(c0),
+                 panels(w_hh), panels(w_hr) if proj else _host.no_weight(gates),
+                 _host.lengths_array(lengths, T, B), bool(reverse), dxp.numpy(),
+                 dh0.numpy(), dc0.numpy(),
+                 dhs.numpy() if proj else np.empty((0, 0, 0), dtype=_host.as_numpy(gates).dtype),
+                 norms.numpy())
+    return dxp, dh0, dc0, dhs, norms

@@ -20,12 +20,15 @@ call; the pointwise step runs on the one-register vectors of vec.py.
 import math
 
 import numpy as np
+import torch
 from numba import njit, prange
 
 from .. import LEAKY_RELU, RELU
+from .._check import check_backward_args, check_recurrence_args
+from . import _host
 from . import vec as V
 from .config import INLINE, JIT, JIT_PARALLEL
-from .gemm import mm_into
+from .gemm import mm_into, panels
 
 
 @njit(**INLINE)
@@ -164,3 +167,69 @@ def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, reverse, activation, slo
         for c in range(nchunks):
             acc += sq[c, t]
         norms[t] = math.sqrt(acc)
+
+
+# ---------------------------------------------------------------- launchers
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01,
+            reuse_xp=False):
+    """Forward recurrence of an Elman RNN.
+
+    Parameters
+    ----------
+    xp : Tensor [T, B, H]   input projection x @ W_ih^T + b_ih + b_hh
+    w_hh : Tensor [H, H]
+    h0 : Tensor [B, H]
+    lengths : int64 Tensor [B] or None   sequence b is active for t < lengths[b]
+    reverse : bool          process t = T-1 .. 0
+    activation : int        kernels.TANH, RELU or LEAKY_RELU
+    negative_slope : float  >= 0, used by LEAKY_RELU
+    reuse_xp : bool         y may be written over xp (a caller's temporary): each step
+                            reads its xp before writing y in the same place
+
+    Returns
+    -------
+    y : Tensor [T, B, H]  (0 where t >= lengths[b]),  h_n : Tensor [B, H]
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check).
+    """
+    T, B, H = check_recurrence_args("rnn", xp, w_hh, h0, None, None, lengths,
+                                    activation, negative_slope, DTYPES, "numba")
+    y = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
+    h_n = torch.empty_like(h0)
+    _host.launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * H * H),
+                 _host.as_numpy(xp), panels(w_hh, transpose=True),
+                 _host.as_numpy(h0), _host.lengths_array(lengths, T, B), bool(reverse),
+                 int(activation), float(negative_slope), y.numpy(), h_n.numpy())
+    return y, h_n
+
+
+def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
+            negative_slope=0.01):
+    """BPTT of an Elman RNN.
+
+    Parameters: dy [T, B, H] (gradient of y), dh_n [B, H] (gradient of h_n), y [T, B, H]
+    (the forward output), the rest as :func:`rnn_fwd`.
+
+    Returns
+    -------
+    dxp : Tensor [T, B, H], dh0 : Tensor [B, H],
+    norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
+    """
+    T, B, H = y.shape
+    check_backward_args("rnn_bwd[numba]", y, (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
+                                              ("w_hh", w_hh, (H, H))))
+    dxp = _host.empty(y, y.shape)
+    dh0 = torch.empty_like(dh_n)
+    norms = torch.empty(T, dtype=torch.float64)
+    _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * H * H),
+                 _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(y),
+                 panels(w_hh), _host.lengths_array(lengths, T, B),
+                 bool(reverse), int(activation), float(negative_slope), dxp.numpy(),
+                 dh0.numpy(), norms.numpy())
+    return dxp, dh0, norms

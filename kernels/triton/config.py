@@ -55,6 +55,11 @@ def tf32_enabled():
     return os.environ.get("RNNFAST_TRITON_TF32", "0") not in ("", "0")
 
 
+def triton_interpreting():
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def persistent_enabled():
     return os.environ.get("RNNFAST_TRITON_PERSISTENT", "1") not in ("", "0")
 

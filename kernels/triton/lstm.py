@@ -34,10 +34,14 @@ Saved for backward, as on the CPU: activated gates [T, B, G] (0 where inactive) 
 cell states cs [T, B, H] (frozen where inactive).
 """
 
+import torch
 import triton
 import triton.language as tl
 
 from .common import STREAM_BK, grid_barrier, load_weights, resident_dot, sigmoid, step_time, streamed_dot, tanh
+from .._check import check_backward_args, check_recurrence_args, full_lengths
+from . import _host as host
+from .config import DTYPES, grid_size, pick
 
 
 @triton.jit
@@ -342,3 +346,103 @@ def lstm_bwd_kernel(
                                     RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * NBAR * n_grid)
+
+
+# ---------------------------------------------------------------- launchers
+
+def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False):
+    """Forward recurrence of an LSTM (gate order i, f, g, o).
+
+    Parameters
+    ----------
+    xp : Tensor [T, B, 4H];  w_hh : Tensor [4H, P];  w_hr : Tensor [P, H] or None
+    h0 : Tensor [B, P];  c0 : Tensor [B, H];  lengths, reverse, reuse_xp: as
+    :func:`rnn_fwd`
+
+    Returns
+    -------
+    y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated), cs [T, B, H]
+    """
+    T, B, G = check_recurrence_args("lstm", xp, w_hh, h0, c0, w_hr, lengths,
+                                    0, 0.0, DTYPES, "triton")
+    host.check_device("lstm_fwd[triton]", xp)
+    H = G // 4
+    P = h0.shape[1]
+    host.check_width("lstm_fwd[triton]", H, P)
+    proj = w_hr is not None
+    dev = xp.device
+    sdt = host.state_dtype(xp.dtype)
+    xp, w_hh = xp.contiguous(), w_hh.contiguous()
+    w_hr_c = w_hr.contiguous() if proj else w_hh
+    lens = full_lengths(lengths, T, B, dev)
+    y = xp.new_empty((T, B, P))
+    gates = torch.empty_like(xp)
+    cs = xp.new_empty((T, B, H))
+    hbuf = host.ping_pong(h0, (P,), sdt, dev, B)
+    hx = host.ping_pong(h0, (P,), xp.dtype, dev, B)
+    cbuf = host.ping_pong(c0, (H,), sdt, dev, B)
+    rbuf = torch.zeros((B, H) if proj else (1,), dtype=xp.dtype, device=dev)
+    if T > 0 and B > 0:
+        cfg = pick("lstm_fwd", H, P, xp.dtype)
+        grid, persistent = host.launch_grid(dev, *grid_size(cfg, H, P, B), T)
+        counter = host.counter(dev)
+        host.run(lstm_fwd_kernel, "lstm_fwd", cfg, grid, T,
+             lambda s0, s1, phases, sync: (
+                 xp, w_hh, w_hr_c, lens, y, gates, cs, hbuf, hx, cbuf, rbuf, counter,
+                 T, B, H, P, s0, s1, int(bool(reverse)), phases, sync),
+             proj, persistent, dev)
+    return (y, host.final(hbuf, T).to(xp.dtype), host.final(cbuf, T).to(xp.dtype), gates, cs)
+
+
+def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False):
+    """BPTT of an LSTM.
+
+    Parameters: dy [T, B, P], dh_n [B, P], dc_n [B, H]; gates, cs from :func:`lstm_fwd`;
+    c0, w_hh, w_hr, lengths, reverse as in the forward.
+
+    Returns
+    -------
+    dxp [T, B, 4H], dh0 [B, P], dc0 [B, H],
+    dhs [T, B, P] (total gradient reaching h_t, for dW_hr; [0] without projection),
+    norms : float64 [T]
+    """
+    T, B, G = gates.shape
+    H = G // 4
+    P = dh_n.shape[1]
+    proj = w_hr is not None
+    named = [("dy", dy, (T, B, P)), ("dh_n", dh_n, (B, P)), ("dc_n", dc_n, (B, H)),
+             ("cs", cs, (T, B, H)), ("c0", c0, (B, H)), ("w_hh", w_hh, (G, P))]
+    if proj:
+        named.append(("w_hr", w_hr, (P, H)))
+    check_backward_args("lstm_bwd[triton]", gates, named)
+    host.check_device("lstm_bwd[triton]", gates)
+    host.check_width("lstm_bwd[triton]", H, P)
+    dev = gates.device
+    sdt = host.state_dtype(gates.dtype)
+    dy, gates, cs, c0 = dy.contiguous(), gates.contiguous(), cs.contiguous(), c0.contiguous()
+    w_hh = w_hh.contiguous()
+    w_hr_c = w_hr.contiguous() if proj else w_hh
+    lens = full_lengths(lengths, T, B, dev)
+    dxp = torch.empty_like(gates)
+    dhs = gates.new_empty((T, B, P) if proj else (0,))
+    dzbuf = host.ping_pong(None, (G,), gates.dtype, dev, B)
+    dhbuf = host.ping_pong(dh_n, (P,), sdt, dev, B)
+    dcbuf = host.ping_pong(dc_n, (H,), sdt, dev, B)
+    gbuf = torch.zeros((B, P) if proj else (1,), dtype=gates.dtype, device=dev)
+    if T == 0 or B == 0:
+        return (dxp, dh_n.clone(), dc_n.clone(), dhs,
+                torch.zeros(T, dtype=torch.float64, device=dev))
+    cfg = pick("lstm_bwd", H, P, gates.dtype)
+    tiles = grid_size(cfg, H, P, B)
+    grid, persistent = host.launch_grid(dev, *tiles, T)
+    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
+    counter = host.counter(dev)
+    host.run(lstm_bwd_kernel, "lstm_bwd", cfg, grid, T,
+         lambda s0, s1, phases, sync: (
+             dy, gates, cs, c0, w_hh, w_hr_c, lens, dxp, dhs if proj else dxp, dzbuf, dhbuf,
+             dcbuf, gbuf, partial, counter, T, B, H, P, s0, s1, int(bool(reverse)), phases,
+             sync),
+         proj, persistent, dev)
+    dh0 = host.last_dh(dzbuf, dhbuf, w_hh, lens, T, reverse)
+    return (dxp, dh0.to(gates.dtype), host.final(dcbuf, T).to(gates.dtype), dhs,
+            host.norms_from_partials(partial))

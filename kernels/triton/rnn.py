@@ -22,6 +22,7 @@ Sequence b is active at t iff t < lengths[b]; an inactive row keeps its state, w
 y = 0, dxp = 0 and passes its gradient through unchanged.
 """
 
+import torch
 import triton
 import triton.language as tl
 
@@ -31,6 +32,9 @@ import triton.language as tl
 # serves every call and the compile check builds the binaries that run.
 
 from .common import STREAM_BK, load_weights, resident_dot, activate, activate_grad, grid_barrier, step_time, streamed_dot
+from .._check import check_backward_args, check_recurrence_args, full_lengths
+from . import _host as host
+from .config import DTYPES, grid_size, pick
 
 
 @triton.jit
@@ -173,3 +177,87 @@ def rnn_bwd_kernel(
                           activation, slope, BB, BH, HP, NK, PRECISION, RESIDENT)
         if sync:
             grid_barrier(counter, (s - s_begin + 1) * n_grid)
+
+
+# ---------------------------------------------------------------- launchers
+
+def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01,
+            reuse_xp=False):
+    """Forward recurrence of an Elman RNN.
+
+    Parameters
+    ----------
+    xp : Tensor [T, B, H]   input projection x @ W_ih^T + b_ih + b_hh
+    w_hh : Tensor [H, H];  h0 : Tensor [B, H]
+    lengths : int64 Tensor [B] or None   sequence b is active for t < lengths[b]
+    reverse : bool;  activation : int (kernels.TANH, RELU, LEAKY_RELU);  negative_slope
+    reuse_xp : accepted for the contract (the CPU backend writes y over xp); here y is
+    always a new buffer
+
+    Returns
+    -------
+    y : Tensor [T, B, H] (0 where t >= lengths[b]),  h_n : Tensor [B, H]
+    """
+    T, B, H = check_recurrence_args("rnn", xp, w_hh, h0, None, None, lengths,
+                                    activation, negative_slope, DTYPES, "triton")
+    host.check_device("rnn_fwd[triton]", xp)
+    host.check_width("rnn_fwd[triton]", H, H)
+    dev = xp.device
+    sdt = host.state_dtype(xp.dtype)
+    xp, w_hh = xp.contiguous(), w_hh.contiguous()
+    lens = full_lengths(lengths, T, B, dev)
+    y = torch.empty_like(xp)
+    hbuf = host.ping_pong(h0, (H,), sdt, dev, B)
+    hx = host.ping_pong(h0, (H,), xp.dtype, dev, B)
+    if T > 0 and B > 0:
+        cfg = pick("rnn_fwd", H, H, xp.dtype)
+        grid, persistent = host.launch_grid(dev, *grid_size(cfg, H, H, B), T)
+        counter = host.counter(dev)
+        slope = host.scalar(negative_slope, sdt, dev)
+        host.run(rnn_fwd_kernel, "rnn_fwd", cfg, grid, T,
+             lambda s0, s1, phases, sync: (
+                 xp, w_hh, lens, y, hbuf, hx, slope, counter, T, B, H, s0, s1,
+                 int(bool(reverse)), int(activation), sync),
+             False, persistent, dev)
+    return y, host.final(hbuf, T).to(xp.dtype)
+
+
+def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
+            negative_slope=0.01):
+    """BPTT of an Elman RNN.
+
+    Parameters: dy [T, B, H], dh_n [B, H], y [T, B, H] (the forward output), the rest
+    as :func:`rnn_fwd`.
+
+    Returns
+    -------
+    dxp : Tensor [T, B, H], dh0 : Tensor [B, H],
+    norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
+    """
+    T, B, H = y.shape
+    check_backward_args("rnn_bwd[triton]", y, (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
+                                               ("w_hh", w_hh, (H, H))))
+    host.check_device("rnn_bwd[triton]", y)
+    host.check_width("rnn_bwd[triton]", H, H)
+    dev = y.device
+    sdt = host.state_dtype(y.dtype)
+    dy, y, w_hh = dy.contiguous(), y.contiguous(), w_hh.contiguous()
+    lens = full_lengths(lengths, T, B, dev)
+    dxp = torch.empty_like(y)
+    dzbuf = host.ping_pong(None, (H,), y.dtype, dev, B)
+    dhbuf = host.ping_pong(dh_n, (H,), sdt, dev, B)
+    if T == 0 or B == 0:
+        return dxp, dh_n.clone(), torch.zeros(T, dtype=torch.float64, device=dev)
+    cfg = pick("rnn_bwd", H, H, y.dtype)
+    tiles = grid_size(cfg, H, H, B)
+    grid, persistent = host.launch_grid(dev, *tiles, T)
+    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
+    counter = host.counter(dev)
+    slope = host.scalar(negative_slope, sdt, dev)
+    host.run(rnn_bwd_kernel, "rnn_bwd", cfg, grid, T,
+         lambda s0, s1, phases, sync: (
+             dy, y, w_hh, lens, dxp, dzbuf, dhbuf, partial, slope, counter, T, B, H, s0, s1,
+             int(bool(reverse)), int(activation), sync),
+         False, persistent, dev)
+    dh0 = host.last_dh(dzbuf, dhbuf, w_hh, lens, T, reverse)
+    return dxp, dh0.to(y.dtype), host.norms_from_partials(partial)
