@@ -1,0 +1,47 @@
+"""``python -m bench.gpu --dry-run``: the GPU validation script end to end on the CPU
+(Triton's interpreter, a tiny grid, two tests over two shards), so it cannot rot while
+no GPU is here. Its timings mean nothing; what is checked is that every step ran and
+wrote what the GPU run writes, and that rnnfast agreed with torch.nn at every point."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_validation_dry_run(tmp_path):
+    # A generous deadline: CI machines are shared; the dry run itself is sized for < 1 min.
+    res = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--deadline", "400",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["dry_run"] and env["device"] == "cpu"
+
+    tests = json.loads((tmp_path / "tests" / "summary.json").read_text())
+    assert tests["tests"] == 2 and not tests["failures"] and not tests["errors"], tests
+    assert len(list((tmp_path / "tests").glob("shard*.xml"))) == 2
+
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    rows = bench["rows"]
+    # one compile job per (cell, H, dtype), whatever the number of points
+    assert bench["warm"].get("compiled") == len({(r["cell"], r["H"], r["dtype"]) for r in rows})
+    assert [r["headline"] for r in rows] == [True, False, False]
+    assert {r["cell"] for r in rows} == {"rnn_relu", "lstm"}
+    for r in rows:
+        assert "error" not in r and "skipped" not in r, r
+        for key in ("ours_fwd_ms", "ours_fwdbwd_ms", "torch_fwd_ms", "torch_fwdbwd_ms"):
+            assert r[key] > 0, (key, r)
+        assert r["max_rel_err"] < 1e-5, r
+        assert r["fwd_launch"]["config"] and r["bwd_launch"]["kernel"].endswith("bwd"), r
+        assert r["fwd_launch"]["persistent"] is False  # the interpreter: one step per launch
+    assert rows[0]["torch_fwd_ms_float64"] > 0 and rows[0]["torch_fwdbwd_ms_float64"] > 0
+    assert (tmp_path / "bench.csv").read_text().count("\n") == 1 + len(rows)
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "DRY RUN" in summary and "tests: 2 run, 0 failed" in summary
+    assert summary in res.stdout
