@@ -93,6 +93,11 @@ def _detect():
 
 ISA = _detect()
 
+# Before any kernel is defined: cache keys cover every source a kernel inlines.
+if CACHE:
+    from . import cache as _cache  # noqa: E402
+    _cache.install()
+
 # Serial kernels: one thread runs the time loop (the per-step GEMM is tile.tile).
 JIT = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
 

@@ -1,0 +1,259 @@
+"""The numba backend on every instruction set it targets: the ISA it detects, register
+tiles and vector steps that stay in registers (read off the generated assembly), and a
+compile cache that never loads stale code.
+
+Each x86 target is compiled here, in a subprocess, by pointing numba at another CPU
+(``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``, as a user's machine would): haswell
+without AVX-512 (AVX2 + FMA) and x86-64 (the SSE2 baseline), plus the host. aarch64
+(NEON) cannot be compiled by numba on x86, so its kernels are built with the NEON vector
+widths and tile (``RNNFAST_ISA=neon``) for the host, and their LLVM IR is compiled again
+by llvmlite for an aarch64 target. Spills are LLVM's own asm comments ("16-byte Spill",
+"8-byte Folded Reload"); loops are its loop comments, so "the inner loops" are exactly
+the innermost loops LLVM found.
+
+Run ``python tests/test_isa.py [isa]`` to print the report for one ISA.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# numba's target for each x86 ISA on an x86 host: CPU name, and the features to drop
+# from the host's (as tools/isa-env.sh does for the benchmarks).
+_X86 = {
+    "avx2": ("haswell", ("avx512", "amx", "avx10", "evex", "vaes", "vpclmulqdq", "gfni")),
+    "sse2": ("x86-64", ("avx", "fma", "f16c", "sse4", "ssse3", "amx", "evex", "vaes",
+                        "vpclmulqdq", "gfni")),
+}
+
+
+def _host_is_x86():
+    import platform
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def isa_env(isa):
+    """Environment variables that make numba compile for ``isa`` on this host."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NUMBA_CPU_", "RNNFAST_ISA"))}
+    if isa == "neon":
+        env["RNNFAST_ISA"] = "neon"
+    elif isa in _X86:
+        import llvmlite.binding as ll
+        cpu, drop = _X86[isa]
+        feats = ll.get_host_cpu_features().flatten().split(",")
+        env["NUMBA_CPU_NAME"] = cpu
+        env["NUMBA_CPU_FEATURES"] = ",".join(
+            "-" + f[1:] if f[1:].startswith(drop) else f for f in feats)
+    return env
+
+
+# ---------------------------------------------------------------- reading assembly
+
+_LABEL = re.compile(r"^(\.?L?BB\d+_\d+|[A-Za-z_$.][\w$.]*):")
+_INNER_HEADER = re.compile(r"This Inner Loop Header")
+_IN_LOOP = re.compile(r"in Loop: Header=(BB\d+_\d+)")
+_SPILL = re.compile(r"(\d+)-byte (Folded )?(Spill|Reload)")
+
+
+def inner_loop_spills(asm):
+    """Spill and reload instructions inside innermost loops: [(loop header, line)].
+
+    Each basic block is in the innermost loop named by its "in Loop: Header=BBx_y"
+    comment, or heads one ("This Inner Loop Header"); a loop is innermost when its header
+    says "Inner"."""
+    inner, spills = set(), []
+    block, header = None, None
+    for line in asm.splitlines():
+        m = _LABEL.match(line.strip())
+        if m and not line.startswith((" ", "\t")):
+            block, header = m.group(1).lstrip("."), None
+            if block.startswith("LBB"):
+                block = block[1:]
+        if _INNER_HEADER.search(line):
+            header = block
+            inner.add(block)
+            continue
+        m = _IN_LOOP.search(line)
+        if m:
+            header = m.group(1)
+            continue
+        if _SPILL.search(line) and header is not None:
+            spills.append((header, line.strip()))
+    return [(h, ln) for h, ln in spills if h in inner]
+
+
+def _retarget_aarch64(llvm_ir):
+    """x86 LLVM IR of a numba library -> aarch64 assembly (cpu neoverse-n1)."""
+    import llvmlite.binding as ll
+    ll.initialize_all_targets()
+    ll.initialize_all_asmprinters()
+    triple = "aarch64-unknown-linux-gnu"
+    tm = ll.Target.from_triple(triple).create_target_machine(cpu="neoverse-n1", opt=3)
+    text = re.sub(r'"target-(cpu|features)"="[^"]*"', "", llvm_ir)
+    text = re.sub(r"^target (datalayout|triple) = .*$", "", text, flags=re.M)
+    mod = ll.parse_assembly(text)
+    mod.triple = triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    return tm.emit_assembly(mod)
+
+
+def _worker(isa):
+    """Compile the kernels for the ISA of this process (float32, and float64 for the
+    GEMM) and print a JSON report: {kernel: [spill lines in innermost loops]}."""
+    import numpy as np
+    import torch
+    from rnnfast.kernels import numba as nk
+    from rnnfast.kernels.numba import config, gemm, lstm, rnn
+
+    report = {"isa": config.ISA.name, "kernels": {}}
+    for dt in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        T, B, H = 3, 7, 37
+
+        def r(*s):
+            return torch.randn(*s, generator=g, dtype=dt)
+
+        a = r(9, 40).numpy()
+        gemm.matmul_tn_kernel(a, r(9, 37).numpy(), np.empty((40, 37), dt and a.dtype))
+        if dt == torch.float64:
+            continue
+        w = r(H, H)
+        y, _ = nk.rnn_fwd(r(T, B, H), w, r(B, H), activation=1)
+        nk.rnn_bwd(r(T, B, H), r(B, H), y, w, activation=1)
+        G = 4 * H
+        whh = r(G, H)
+        out = nk.lstm_fwd(r(T, B, G), whh, None, r(B, H), r(B, H))
+        nk.lstm_bwd(r(T, B, H), r(B, H), r(B, H), out[3], out[4], r(B, H), whh, None)
+    for fn in (gemm.matmul_tn_kernel, rnn.rnn_fwd_kernel, rnn.rnn_bwd_kernel,
+               lstm.lstm_fwd_kernel, lstm.lstm_bwd_kernel):
+        for sig in fn.signatures:
+            name = f"{fn.py_func.__name__}[{sig[0].dtype}]"
+            if isa == "neon":
+                asm = _retarget_aarch64(fn.inspect_llvm(sig))
+            else:
+                asm = fn.inspect_asm(sig)
+            report["kernels"][name] = {
+                "spills": [f"{h}: {ln}" for h, ln in inner_loop_spills(asm)],
+                "wide": sorted(set(re.findall(r"%([xyz]mm)\d+", asm))),
+            }
+    print("REPORT " + json.dumps(report))
+
+
+def _run_worker(isa, timeout=1800):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), isa],
+                         env=isa_env(isa), cwd=REPO, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("REPORT ")][-1]
+    return json.loads(line[len("REPORT "):])
+
+
+# ---------------------------------------------------------------- tests
+
+def test_isa_tiles_fit_the_registers():
+    """Each ISA's tile: mr * nv accumulators + nv vectors of B + the broadcast (+ the
+    product, without FMA) fit its vector registers."""
+    from rnnfast.kernels.numba.config import ISAS
+    for isa in ISAS.values():
+        need = isa.mr * isa.nv + isa.nv + (1 if isa.fma else 2)
+        assert need <= isa.registers, (isa, need)
+
+
+@pytest.mark.skipif(not _host_is_x86(), reason="x86 targets are compiled on an x86 host")
+@pytest.mark.parametrize("isa", ["avx2", "sse2"])
+def test_isa_detected_from_numba_target(isa):
+    code = "from rnnfast.kernels.numba.config import ISA; print(ISA.name)"
+    out = subprocess.run([sys.executable, "-c", code], env=isa_env(isa), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == isa
+
+
+def test_inner_loop_spill_reader():
+    """The asm reader finds a spill in an innermost loop and ignores one outside."""
+    asm = textwrap.dedent("""\
+        f:
+        \tvmovups %zmm1, 64(%rsp)                # 64-byte Spill
+        .LBB0_1:                                # =>This Loop Header: Depth=1
+        \tmovq %rax, 8(%rsp)                      # 8-byte Spill
+        .LBB0_2:                                #   Parent Loop BB0_1 Depth=1
+                                                # =>  This Inner Loop Header: Depth=2
+        \tvfmadd231ps %zmm2, %zmm3, %zmm4
+        .LBB0_3:                                #   in Loop: Header=BB0_2 Depth=2
+        \tvmovups 64(%rsp), %zmm1                # 64-byte Reload
+        .LBB0_4:                                #   in Loop: Header=BB0_1 Depth=1
+        \tmovq 8(%rsp), %rax                      # 8-byte Reload
+        """)
+    assert inner_loop_spills(asm) == [("BB0_2", "vmovups 64(%rsp), %zmm1                # 64-byte Reload")]
+
+
+def _targets():
+    isas = ["neon"]
+    if _host_is_x86():
+        isas = ["host", "avx2", "sse2"] + isas
+    return isas
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", _targets())
+def test_no_spill_in_inner_loops(isa):
+    """The GEMM tile's k loop and the RNN / LSTM steps' unit loops (every innermost
+    loop of the kernels) keep their values in registers on each ISA; x86 code for
+    AVX2 / SSE2 uses no register wider than the ISA has."""
+    report = _run_worker(isa)
+    bad = {k: v["spills"] for k, v in report["kernels"].items() if v["spills"]}
+    assert not bad, f"{report['isa']}: spills in inner loops:\n" + json.dumps(bad, indent=1)
+    widest = {"avx2": {"xmm", "ymm"}, "sse2": {"xmm"}}.get(isa)
+    if widest is not None:
+        for name, v in report["kernels"].items():
+            assert set(v["wide"]) <= widest, (name, v["wide"])
+
+
+@pytest.mark.slow
+def test_cache_recompiles_when_an_inlined_helper_changes(tmp_path):
+    """Copy the kernel package, compile a kernel (cache miss), load it again (cache
+    hit), then change vec.py (which the kernel inlines, not its own file): the next
+    process must recompile and run the new code, not load the old machine code."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(os.path.join(REPO, "kernels"), pkg / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__", "triton"))
+    code = textwrap.dedent("""\
+        import numpy as np
+        from kernels.numba import gemm
+        out = gemm.pack_b(np.ones((3, 5), np.float32))
+        print(out.shape[2], sum(gemm.pack_b.stats.cache_hits.values()),
+              sum(gemm.pack_b.stats.cache_misses.values()))
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_NUMBA_CACHE"}
+    env.update(PYTHONPATH=str(pkg), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return [int(x) for x in out.stdout.split()]
+
+    width, hits, misses = run()
+    assert (hits, misses) == (0, 1)
+    assert run() == [width, 1, 0]  # unchanged sources: loaded from the cache
+    vec = pkg / "kernels" / "numba" / "vec.py"
+    src = vec.read_text()
+    edited = src.replace("    n = kind.lanes\n    return lambda arr: n",
+                         "    n = 2 * kind.lanes\n    return lambda arr: n")
+    assert edited != src
+    vec.write_text(edited)
+    assert run() == [2 * width, 0, 1]  # recompiled, with the new lanes
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1] if len(sys.argv) > 1 else "host")
