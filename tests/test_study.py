@@ -1,164 +1,248 @@
-"""Smoke tests of the study's pieces (``bench.study_tasks``, ``bench.study``) on tiny
-settings: task generators and their baselines, the gradient-lag instrument on cases with
-a known answer, reproducibility, and the whole pipeline end to end (seconds)."""
+"""The study's pieces (``bench.study``) on tiny settings: tasks and baselines, the
+solved / diverged classification, the gradient-lag instrument on a case with a known
+answer, the statistics and the prose on synthetic results, and the CLI end to end on
+the 'micro' mode (seconds)."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
 
-from bench import study, study_tasks as st
+import rnnfast
+from bench.study import cells, cli, prose, stats, tasks, telemetry, train
+from bench.study.config import mode_config
 
-from .tolerances import assert_close
+# ---------------------------------------------------------------- tasks
 
 
-def test_adding_generator_and_baseline():
-    g = torch.Generator().manual_seed(0)
+def test_adding_batch_and_baseline():
     T, B = 20, 40000
-    x, y = st.adding_batch(T, B, g)
+    x, y = tasks.adding_batch(T, B, torch.Generator().manual_seed(0))
     assert x.shape == (T, B, 2) and y.shape == (B,)
     marks = x[..., 1]
-    assert torch.equal(marks.sum(0), torch.full((B,), 2.0))
     assert torch.equal(marks[: T // 2].sum(0), torch.ones(B))  # one marker per half
+    assert torch.equal(marks[T // 2:].sum(0), torch.ones(B))
     assert torch.allclose((x[..., 0] * marks).sum(0), y)
-    assert ((x[..., 0] >= 0) & (x[..., 0] <= 1)).all()
-    # predict-the-mean baseline: Var(U1 + U2) = 1/6 (not 0.1767)
-    assert st.ADDING_BASELINE == pytest.approx(1 / 6)
-    mse = torch.mean((y - 1.0) ** 2).item()
-    assert abs(mse - 1 / 6) < 0.005, mse
-    assert abs(y.mean().item() - 1.0) < 0.01
+    assert abs(torch.mean((y - 1.0) ** 2).item() - 1 / 6) < 0.005  # the 1/6 baseline
+    with pytest.raises(ValueError, match="T >= 2"):
+        tasks.adding_batch(1, 4, torch.Generator())
 
 
-def test_copy_generator_and_baseline():
-    T, B = 7, 64
-    x, y = st.copy_batch(T, B, torch.Generator().manual_seed(1))
-    L = T + 20
-    assert x.shape == (L, B, st.COPY_CLASSES) and y.shape == (L, B)
+@pytest.mark.parametrize("T,n,K", [(1, 1, 2), (7, 3, 4), (20, 10, 8)])
+def test_copy_batch_and_baseline(T, n, K):
+    task = tasks.copy_task(n, K)
+    x, y = task.batch(T, 64, torch.Generator().manual_seed(1))
+    L = T + 2 * n
+    assert task.seq_len(T) == L and x.shape == (L, 64, K + 2) and y.shape == (L, 64)
     seq = x.argmax(-1)
-    assert torch.equal(x.sum(-1), torch.ones(L, B))  # one-hot
-    assert ((seq[:10] >= 1) & (seq[:10] <= 8)).all()
-    assert (seq[10:T + 9] == 0).all() and (seq[T + 9] == 9).all() and (seq[T + 10:] == 0).all()
-    assert (y[:T + 10] == 0).all() and torch.equal(y[-10:], seq[:10])
-    assert st.copy_baseline(T) == pytest.approx(10 * math.log(8) / (T + 20))
-    # the memoryless strategy (blanks right, uniform over the 8 symbols) scores exactly it
-    logits = torch.full((L, B, st.COPY_CLASSES), -1e9)
-    logits[:T + 10, :, 0] = 0.0
-    logits[T + 10:, :, 1:9] = 0.0
-    assert st.task_loss("copy", logits, y).item() == pytest.approx(st.copy_baseline(T), rel=1e-6)
+    assert torch.equal(x.sum(-1), torch.ones(L, 64))
+    assert ((seq[:n] >= 1) & (seq[:n] <= K)).all() and (seq[n + T - 1] == K + 1).all()
+    assert (y[:T + n] == 0).all() and torch.equal(y[-n:], seq[:n])
+    # the memoryless strategy (blanks right, symbols uniform) scores the baseline exactly
+    logits = torch.full((L, 64, K + 2), -1e9)
+    logits[:T + n, :, 0] = 0.0
+    logits[T + n:, :, 1:K + 1] = 0.0
+    assert task.loss(logits, y).item() == pytest.approx(task.baseline(T), rel=1e-6)
+    assert task.baseline(T) == pytest.approx(n * math.log(K) / L)
 
 
-def test_solved_thresholds():
-    assert st.solved("adding", 0.009, 150) and not st.solved("adding", 0.011, 150)
-    b = st.copy_baseline(50)
-    assert st.solved("copy", 0.09 * b, 50) and not st.solved("copy", 0.11 * b, 50)
-    assert not st.solved("adding", float("nan"), 50)
+def test_solved_and_diverged_classification():
+    add, cp = tasks.adding_task(), tasks.copy_task(3, 4)
+    assert tasks.is_solved(add, 0.0099, 50) and not tasks.is_solved(add, 0.0101, 50)
+    assert not tasks.is_solved(add, float("nan"), 50)
+    assert tasks.is_diverged(add, 10 / 6 + 1e-6, 50) and not tasks.is_diverged(add, 1.6, 50)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert tasks.is_diverged(add, bad, 50) and tasks.is_diverged(cp, bad, 50)
+    b = cp.baseline(20)
+    assert tasks.is_solved(cp, 0.099 * b, 20) and not tasks.is_solved(cp, 0.101 * b, 20)
+    # a run that starts above 10x the baseline diverges only at 10x its own start
+    assert tasks.is_diverged(cp, 1.8, 20) and not tasks.is_diverged(cp, 1.8, 20, initial=1.79)
+    assert tasks.is_diverged(cp, 17.91, 20, initial=1.79)
+    assert not tasks.is_diverged(add, 2.0, 50, initial=0.5)
+    with pytest.raises(ValueError, match="unknown task"):
+        tasks.make_task("parity")
 
 
-def test_cells_initialisation():
+# ---------------------------------------------------------------- cells, telemetry
+
+
+def test_cells():
+    assert ("gru" in cells.available_cells()) == hasattr(rnnfast, "GRU")
     torch.manual_seed(0)
-    irnn = st.make_recurrent("irnn", 2, 16)
-    assert torch.equal(irnn.weight_hh_l0, torch.eye(16))
+    irnn = cells.make_recurrent("irnn", 2, 16)
+    assert torch.equal(irnn.weight_hh_l0, torch.eye(16)) and irnn.nonlinearity == "relu"
     assert not irnn.bias_ih_l0.any() and not irnn.bias_hh_l0.any()
-    assert irnn.nonlinearity == "relu"
-    leaky = st.make_recurrent("leaky", 2, 16)
-    assert leaky.nonlinearity == "leaky_relu" and torch.equal(leaky.weight_hh_l0, torch.eye(16))
-    lstm = st.make_recurrent("lstm", 2, 16)
-    forget = lstm.bias_ih_l0[16:32] + lstm.bias_hh_l0[16:32]
-    assert torch.equal(forget, torch.ones(16))
-    assert st.make_recurrent("tanh", 2, 16).nonlinearity == "tanh"
-    assert st.make_recurrent("relu", 2, 16).nonlinearity == "relu"
-
-
-def test_recurrent_spectrum_known():
-    m = st.make_recurrent("relu", 2, 3)
-    with torch.no_grad():
-        m.weight_hh_l0.copy_(torch.tensor([[0.5, 2.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, -0.8]]))
-    s = st.recurrent_spectrum(m)
-    assert s["spectral_radius"] == pytest.approx(0.8)  # triangular: eigenvalues on the diagonal
-    assert s["sigma_max"] == pytest.approx(torch.linalg.svdvals(m.weight_hh_l0.double())[0].item())
-    lstm = st.make_recurrent("lstm", 2, 4)
-    s = st.recurrent_spectrum(lstm)
-    assert set(s["spectral_radius_per_gate"]) == set("ifgo")
-    assert s["spectral_radius"] == max(s["spectral_radius_per_gate"].values())
+    leaky = cells.make_recurrent("leaky", 2, 16)
+    assert leaky.nonlinearity == "leaky_relu" and leaky.negative_slope == cells.LEAKY_SLOPE
+    lstm = cells.make_recurrent("lstm", 2, 16)
+    assert torch.equal(lstm.bias_ih_l0[16:32] + lstm.bias_hh_l0[16:32], torch.ones(16))
+    assert cells.recurrent_spectrum(irnn)["spectral_radius"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown cell"):
+        cells.make_recurrent("elman", 2, 4)
 
 
 @pytest.mark.parametrize("a", [1.0, 0.9])
 def test_grad_profile_known_case(a):
-    """ReLU with W_hh = a I and every unit active: the gradient at lag k is a^k times
-    the one at h_T, exactly (also at lag T: the initial state)."""
+    """ReLU, W_hh = a I, every unit active: the ratio at lag k is exactly a^k."""
     T, H = 30, 6
     torch.manual_seed(0)
-    model = st.SeqModel("irnn", 2, H, 1, True)
+    model = cells.SeqModel("irnn", 2, H, 1, True)
     with torch.no_grad():
         model.rnn.weight_hh_l0.copy_(a * torch.eye(H))
         model.rnn.weight_ih_l0.fill_(0.1)
-        model.rnn.bias_ih_l0.fill_(0.5)  # every pre-activation positive
-    x, y = st.adding_batch(T, 4, torch.Generator().manual_seed(3))
-    prof = st.grad_profile(model, x, y)
-    assert prof.dtype == torch.float64 and prof.shape == (T + 1,)
-    a = torch.tensor(a, dtype=torch.float32).item()  # the model is built in float32
-    assert_close("a^k", prof, a ** torch.arange(T + 1, dtype=torch.float64))
-    summ = st.lag_summary(prof, [10, 100, T])
-    assert set(summ) == {"10", "T"}  # lag 100 does not exist at T = 30
-    assert summ["10"] == pytest.approx(a ** 10) and summ["T"] == pytest.approx(a ** T)
-    assert model.rnn.weight_hh_l0.grad is None  # the profile works on a copy
+        model.rnn.bias_ih_l0.fill_(0.5)
+    x, y = tasks.adding_batch(T, 4, torch.Generator().manual_seed(3))
+    prof = telemetry.grad_profile(model, tasks.adding_task(), x, y)
+    a32 = torch.tensor(a, dtype=torch.float32).item()
+    assert prof["lags"] == telemetry.stored_lags(T) and prof["lags"][-1] == T
+    for k, r in zip(prof["lags"], prof["ratio"]):
+        assert r == pytest.approx(a32 ** k, rel=1e-10), k
+    assert telemetry.ratio_at(prof, "T") == pytest.approx(a32 ** T, rel=1e-10)
+    assert telemetry.ratio_at(prof, 10 ** 6) is None
+    assert model.rnn.weight_hh_l0.grad is None
 
 
-def test_lag_ratios():
-    norms = torch.tensor([8.0, 4.0, 2.0, 1.0])  # positions 0..3, h_T = position 3
-    assert st.lag_ratios(norms, [0, 1, 3, 10]) == {0: 1.0, 1: 2.0, 3: 8.0}
-
-
-def test_grad_profile_vanishes_for_default_tanh():
-    torch.manual_seed(0)
-    model = st.SeqModel("tanh", 2, 32, 1, True)
-    x, y = st.adding_batch(120, 8, torch.Generator().manual_seed(0))
-    prof = st.grad_profile(model, x, y)
-    assert prof[100] < 1e-6 < prof[1]
-
-
-def test_train_run_reproducible():
-    kw = dict(task="adding", cell="relu", T=10, clip=True, seed=3, steps=6, batch=4, hidden=8,
-              lr=1e-3, eval_every=3, test_size=16, profile_steps=(0, 6))
-    a, b = st.train_run(**kw), st.train_run(**kw)
+def test_train_run_reproducible_and_classified():
+    kw = dict(task="adding", cell="relu", T=10, lr=1e-3, clip=True, seed=3, steps=6,
+              batch=4, hidden=8, eval_every=3, test_size=16)
+    a, b = train.train_run(**kw), train.train_run(**kw)
     assert a["curve"] == b["curve"] and a["profiles"] == b["profiles"]
-    assert [s for s, _ in a["curve"]] == [0, 3, 6]
-    assert [p["step"] for p in a["profiles"]] == [0, 6]
-    c = st.train_run(**dict(kw, seed=4))
-    assert c["curve"] != a["curve"]
-    copy = st.train_run(**dict(kw, task="copy", cell="lstm", T=3))
-    assert copy["baseline"] == pytest.approx(st.copy_baseline(3)) and copy["profiles"] == []
+    assert a["outcome"] == "unsolved" and [s for s, _ in a["curve"]] == [0, 3, 6]
+    assert a["id"] == "adding-T10-relu-lr0.001-clip-s3" and len(a["profiles"]) == 2
+    assert train.train_run(**dict(kw, seed=4))["curve"] != a["curve"]
+    # an absurd learning rate without clipping: stopped as diverged, not trained on
+    d = train.train_run(**dict(kw, lr=1e4, clip=False, steps=30))
+    assert d["outcome"] == "diverged" and d["stop_step"] < 30
+    s = train.train_run(**dict(kw, deadline=0.0))
+    assert s["outcome"] == "skipped"
 
 
-def test_study_pipeline_smoke(tmp_path):
+# ---------------------------------------------------------------- stats and prose
+
+
+def _run(task, cell, T, lr, clip, seed, outcome, stage="ladder", step=None, loss=None):
+    lags = telemetry.stored_lags(T)
+    prof = lambda s, q: {"step": s, "spectral_radius": q, "sigma_max": q,  # noqa: E731
+                         "lags": lags, "ratio": [q ** k for k in lags]}
+    stop = step or 100
+    return {"id": train.run_id(task, cell, T, lr, clip, seed), "task": task, "cell": cell,
+            "T": T, "lr": lr, "clip": clip, "seed": seed, "steps": 100, "stage": stage,
+            "outcome": outcome, "stop_step": stop,
+            "solved_step": stop if outcome == "solved" else None,
+            "final_loss": loss if loss is not None else (0.005 if outcome == "solved" else 0.16),
+            "profiles": [prof(0, 0.5), prof(stop, 0.99)], "seconds": 1.0}
+
+
+def _synthetic(horizons, diverge_noclip):
+    """Runs in which each cell solves adding and copy up to horizons[cell] and, in the
+    grid, diverges without clipping in diverge_noclip[cell] of its (lr, seed) runs."""
+    cfg = mode_config("micro")
+    cfg.update(lr_grid=(1e-3, 1e-2), grid_T=4, seeds=2, grid_steps=100,
+               ladders={"adding": dict(Ts=(4, 8, 16), steps={4: 100, 8: 100, 16: 100}),
+                        "copy": dict(Ts=(2, 4), steps={2: 100, 4: 100})})
+    runs = []
+    for cell, h in horizons.items():
+        k = 0
+        for lr in cfg["lr_grid"]:
+            for clip in (True, False):
+                for seed in range(2):
+                    if not clip and k < diverge_noclip[cell]:
+                        out, k = "diverged", k + 1
+                    else:
+                        out = "solved" if (lr == 1e-2 and h >= 4) else "unsolved"
+                    runs.append(_run("adding", cell, 4, lr, clip, seed, out, "grid", 50,
+                                     loss=0.1 if lr == 1e-2 and out == "unsolved" else None))
+        for task, Ts in (("adding", (8, 16)), ("copy", (2, 4))):
+            for T in Ts:
+                for seed in range(2):
+                    runs.append(_run(task, cell, T, 1e-2, True, seed,
+                                     "solved" if T <= h else "unsolved", step=70))
+                if T > h:
+                    break
+    profiles = {c: [{"seed": 0, "spectral_radius": 0.6, "sigma_max": 1.0,
+                     "lags": telemetry.stored_lags(12), "ratio": [0.5 ** k for k in
+                                                                  telemetry.stored_lags(12)]}]
+                for c in horizons}
+    return cfg, profiles, runs
+
+
+def test_proportion_and_choose_lr():
+    p = stats.proportion(3, 4)
+    assert p["share"] == 0.75 and 0 < p["ci"][0] < 0.75 < p["ci"][1] < 1
+    assert stats.proportion(0, 0)["ci"] is None
+    runs = [_run("adding", "relu", 4, 1e-3, True, s, "solved", step=90) for s in range(2)]
+    runs += [_run("adding", "relu", 4, 1e-2, True, s, "solved", step=40) for s in range(2)]
+    assert stats.choose_lr(runs, (1e-3, 1e-2))[0] == 1e-2  # same count, fewer steps
+    runs[2]["outcome"] = "diverged"
+    assert stats.choose_lr(runs, (1e-3, 1e-2))[0] == 1e-3  # more runs solved
+
+
+def test_ladder_horizon_and_robustness():
+    cfg, profiles, runs = _synthetic({"relu": 8, "lstm": 16, "tanh": 0, "irnn": 4},
+                                     {"relu": 3, "lstm": 0, "tanh": 1, "irnn": 4})
+    s = stats.summarize(cfg, ("tanh", "relu", "irnn", "lstm"), profiles, runs)
+    h = s["horizons"]["adding"]
+    assert h["relu"]["T"] == 8 and h["relu"]["first_fail"] == 16 and not h["relu"]["censored"]
+    assert h["lstm"]["T"] == 16 and h["lstm"]["censored"]
+    assert h["tanh"]["T"] is None and h["tanh"]["first_fail"] == 4
+    assert h["irnn"]["T"] == 4 and h["irnn"]["first_fail"] == 8
+    lad = {r["T"]: r for r in s["ladders"]["adding"]["irnn"]}
+    assert lad[16]["status"] == "not run: no seed solved T = 8"
+    rb = s["robustness"]["relu"]
+    assert rb["noclip"]["diverged"]["k"] == 3 and rb["noclip"]["diverged"]["n"] == 4
+    assert rb["clip"]["diverged"]["k"] == 0 and rb["clip"]["solved"]["k"] == 2
+    assert s["lrs"]["relu"] == 1e-2 and s["horizon_mechanism"]["lstm"]["T"] == 16
+
+
+def test_prose_follows_the_results():
+    kw = dict(diverge_noclip={"relu": 3, "lstm": 0, "tanh": 1, "irnn": 4})
+    cfg, profiles, runs = _synthetic({"relu": 8, "lstm": 16, "tanh": 0, "irnn": 4}, **kw)
+    s = stats.summarize(cfg, ("tanh", "relu", "irnn", "lstm"), profiles, runs)
+    meta = {"mode": "micro"}
+    answer = prose.short_answer(cfg, s, meta)
+    assert 1 <= len(answer) <= 5
+    for sentence in answer:  # each claim carries its runs
+        assert re.search(r"`(adding|copy)-T\d+-", sentence) or \
+            "[the runs cited above]" in sentence, sentence
+    text = " ".join(answer)
+    assert "LSTM (forget bias 1) >= 16" in text and "ReLU-RNN (default init) 8" in text
+    assert "tanh-RNN < 4" in text and "tanh-RNN < 2" in text
+    assert "gated cells reached further" in text and "diverged in 7/8 grid runs against 0/4" in text
+    assert "`adding-T8-relu-lr0.01-clip-s0..1`" in text
+    # other results, other words: the text is generated, not written
+    cfg2, profiles2, runs2 = _synthetic({"relu": 16, "lstm": 8, "tanh": 0, "irnn": 4}, **kw)
+    s2 = stats.summarize(cfg2, ("tanh", "relu", "irnn", "lstm"), profiles2, runs2)
+    text2 = " ".join(prose.short_answer(cfg2, s2, meta))
+    assert "best ReLU cell reached further" in text2 and "not what the practitioners" in text2
+    # the literature: the IRNN failing at T = 8 disagrees with Le et al.'s T = 150
+    lit = {e["key"]: e for e in prose.literature(cfg, s)}
+    assert lit["le2015"]["agrees"] == [False] and "**disagrees**" in lit["le2015"]["ours"]
+    assert lit["li2018"]["agrees"] == [True, None] or lit["li2018"]["agrees"][0] is True
+    assert prose.cite(["a-s0", "a-s1", "a-s2", "b-s1"]) == "`a-s0..2`, `b-s1`"
+    assert re.fullmatch(r"\d\.\d+e-\d+", prose.num(1.234e-25))
+
+
+def test_cli_micro_end_to_end(tmp_path):
     out = tmp_path / "study"
-    assert study.main(["--preset", "smoke", "--workers", "1", "--out", str(out)]) == 0
-    for name in ("report.md", "results.json", "grad_vs_lag_init.png",
-                 "grad_vs_lag_training.png", "learning_curves_adding.png",
-                 "learning_curves_copy.png"):
+    argv = ["--mode", "micro", "--workers", "1", "--cells", "relu,lstm", "--out", str(out)]
+    assert cli.main(argv) == 0
+    for name in ("report.md", "results.json", "horizon.png", "gradients.png"):
         assert (out / name).exists(), name
     data = json.loads((out / "results.json").read_text())
-    assert set(data["init_profiles"]) == set(st.CELLS)
-    assert not data["summary"]["errors"]
-    assert len(data["runs"]) == 2 * 5 * 2 * 2  # tasks x cells x clip x seeds
+    assert data["cells"] == ["relu", "lstm"] and not data["summary"]["errors"]
+    grid = [r for r in data["runs"] if r["stage"] == "grid"]
+    assert len(grid) == 2 * 2 * 2 * 1  # cells x lrs x clip x seeds
     report = (out / "report.md").read_text()
-    for heading in ("Gradient norm vs lag at initialization", "adding: solved rate",
-                    "copy: solved rate", "What the numbers say", "The literature",
-                    "rnnfast vs torch.nn while training"):
+    for heading in ("## Short answer", "![solved fraction vs T](horizon.png)",
+                    "## Horizon: adding", "## Horizon: copy", "## Robustness",
+                    "## Mechanism", "## Beside the literature", "## Where the time went"):
         assert heading in report, heading
-    # the report can be rebuilt from the JSON alone
+    assert report.index("## Short answer") < report.index("horizon.png") < report.index("## Setup")
+    short = report.split("## Setup")[0]
     (out / "report.md").unlink()
-    assert study.main(["--report-only", str(out)]) == 0
-    assert (out / "report.md").read_text() == report
-
-
-def test_time_budget_skips_and_truncates():
-    """A spent time budget: the run is recorded as skipped, not as a 0-step result."""
-    import time
-    r = st.train_run("adding", "relu", 10, True, 0, 5, 4, 8, 1e-3, 5, 16,
-                     deadline=time.time() - 1)
-    assert "skipped" in r
-    rows = __import__("bench.study_report", fromlist=["x"]).summarize(
-        [r], {c: [] for c in st.CELLS}, dict(adding_T=(10,), copy_T=()))
-    assert rows["skipped_runs"] == 1
+    assert cli.main(["--report-only", str(out)]) == 0
+    assert (out / "report.md").read_text().split("## Setup")[0] == short
+    with pytest.raises(SystemExit):
+        cli.main(["--mode", "micro", "--cells", "elman", "--out", str(out)])

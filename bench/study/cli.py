@@ -48,6 +48,8 @@ def parse(argv):
     ap.add_argument("--out", default=None, help="report folder (default out/study-MODE)")
     ap.add_argument("--workers", type=int, default=None, help="training processes")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--cells", default=None,
+                    help="comma-separated subset of the cells (default: all available)")
     ap.add_argument("--no-time-budget", action="store_true",
                     help="never stop runs at the mode's time budget")
     ap.add_argument("--report-only", metavar="DIR", default=None,
@@ -88,7 +90,13 @@ def main(argv=None):
     t_start = time.time()
     cfg = mode_config(args.mode)
     cells = available_cells()
-    if "gru" not in cells:
+    if args.cells:
+        wanted = tuple(c.strip() for c in args.cells.split(","))
+        unknown = [c for c in wanted if c not in cells]
+        if unknown:
+            raise SystemExit(f"unknown or unavailable cell(s) {unknown}; available: {cells}")
+        cells = wanted
+    elif "gru" not in cells:
         print("note: rnnfast has no GRU yet; the study runs without the 'gru' cell",
               file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

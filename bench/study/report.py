@@ -40,7 +40,8 @@ def render(cfg, meta, summary, figures):
              f"MSE < 0.01, baseline 1/6; copy ({COPY['n_symbols']} symbols of "
              f"{COPY['alphabet']}, length T + {2 * COPY['n_symbols']}): test cross-entropy "
              "below 10% of the memoryless baseline n ln K / (T + 2n)) or diverged (loss NaN/inf, "
-             "or test loss above 10x the baseline for adding, 10x ln(classes) for copy).")
+             "or test loss above 10x the larger of the baseline and the run's step-0 test "
+             "loss).")
     L.append(f"* Learning-rate grid (fixed in advance, the same for every cell): "
              f"{', '.join(num(v) for v in cfg['lr_grid'])}, at T = {cfg['grid_T']} with "
              f"{cfg['grid_steps']:,} steps, clipping (global norm {CLIP_NORM:g}) on and off, "

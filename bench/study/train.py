@@ -2,7 +2,7 @@
 
 A run stops at the first evaluation whose test loss is below the task's threshold
 (outcome 'solved'), at the first non-finite training loss or gradient, or test loss
-above ten times the divergence reference ('diverged'), at its step budget ('unsolved'),
+above ten times max(baseline, its step-0 test loss) ('diverged'), at its step budget ('unsolved'),
 or at the study's deadline ('truncated'). It records the test-loss curve, the gradient
 norm vs lag (float64, through the kernels' telemetry) at initialization and at its
 last step, and the float32 training-time telemetry at every evaluation.
@@ -104,7 +104,7 @@ def train_run(task, cell, T, lr, clip, seed, steps, batch, hidden, eval_every, t
             if is_solved(spec, test, T):
                 outcome, stop_step = "solved", step
                 break
-            if is_diverged(spec, test, T):
+            if is_diverged(spec, test, T, initial=curve[0][1]):
                 outcome, stop_step = "diverged", step
                 break
     if progress:
