@@ -82,7 +82,15 @@ def parse_args(argv=None):
                    help="rnnfast dtypes in the fidelity table (default float32,float64)")
     p.add_argument("--seeds", type=int, default=None,
                    help="fidelity seeds per (cell, T) (default 3; 2 with --quick)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    for name, given, known in (("--cells", a.cells, CELLS), ("--only", a.only, SECTIONS),
+                               ("--skip", a.skip, SECTIONS), ("--modes", a.modes, common.MODES),
+                               ("--dtype", a.dtype, common.DTYPES),
+                               ("--fidelity-dtypes", a.fidelity_dtypes, common.DTYPES)):
+        bad = [v for v in given or () if v not in known]
+        if bad:
+            p.error(f"{name}: unknown {', '.join(bad)} (choose from {', '.join(known)})")
+    return a
 
 
 # ---------------------------------------------------------------- grid
