@@ -13,8 +13,6 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from . import common
 from .common import DTYPES
 
-PACKED_LIMIT = 1.25  # rnnfast packed / padded
-
 
 def spread_lengths(T, B, seed=2):
     """B lengths spread evenly over [T/4, T] (shuffled; the maximum is T)."""

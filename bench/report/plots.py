@@ -70,7 +70,7 @@ def time_vs_T(results, path):
         ax.set_yscale("log")
         ax.set_xlabel("T")
         ax.set_ylabel("ms")
-        ax.set_title(f"{cell} B{B} H{H} {mode}", fontsize=9)
+        ax.set_title(f"{cell} B{B} H{H} {dtype} {mode}", fontsize=9)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
