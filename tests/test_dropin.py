@@ -1,0 +1,831 @@
+"""rnnfast as a drop-in for torch.nn beyond first-order training (issue 10).
+
+One group per kind of use, each run for every cell (RNN tanh / relu / leaky_relu, LSTM
+with and without proj_size, GRU) and backend (numba, torch; triton under
+TRITON_INTERPRET=1), and compared with the twin: torch.nn's module with the same
+state_dict (rnnfast's backend='torch' for leaky_relu, which torch.nn lacks).
+
+1. second-order gradients (create_graph, gradgradcheck)    6. in-place ops on outputs
+2. torch.func (grad, jacrev, vmap, hessian, batched grads) 7. torch.nn's exact errors
+3. bfloat16 / float16 modules on the CPU                   8. ONNX export + onnxruntime
+4. autocast (CPU, bfloat16 and float16)                    9. whole-model weights_only load
+5. TorchScript (script, trace, save/load) and torch.export 10. what traced / exported
+                                                               programs record
+"""
+
+import copy
+import functools
+import os
+import re
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+
+from .tolerances import assert_close, tolerance
+from .twins import (BACKENDS, CELLS, INTERPRET, B, H, I, T, as_list, as_state, backend_params,
+                    cell_params, initial_state, layout_kwargs, leaves, make_pair, options,
+                    problem, run, state_size, torch_class, upstream)
+
+F64 = torch.float64
+STATE_NAMES = ("h0", "c0")
+
+
+def _names(module, n_state):
+    return ["input", *STATE_NAMES[:n_state], *(n for n, _ in module.named_parameters())]
+
+
+def _compare_lists(what, names, ours, twin, dtype=F64):
+    assert len(ours) == len(twin), f"{what}: {len(ours)} tensors != torch.nn's {len(twin)}"
+    for name, a, b in zip(names, ours, twin):
+        if b is None:
+            assert a is None, f"{what} {name}: rnnfast gives a tensor where torch.nn gives None"
+            continue
+        assert a is not None, f"{what} {name}: rnnfast gives None where torch.nn gives a tensor"
+        assert a.dtype == b.dtype, f"{what} {name}: dtype {a.dtype} != torch.nn's {b.dtype}"
+        assert_close(f"{what} {name}", a, b, dtype)
+
+
+# ============================================================ 1. second-order gradients
+
+# (module options, layout): one layer; two bidirectional layers; a packed batch.
+SECOND_ORDER = {
+    "1layer": ({}, "time_major"),
+    "2layer-bidir": (dict(num_layers=2, bidirectional=True), "time_major"),
+    "packed-bidir": (dict(bidirectional=True), "packed"),
+    "batch_first": (dict(batch_first=True), "batch_first"),
+}
+
+
+def _first_order(module, x, state, layout):
+    """Outputs, and first-order gradients of a loss with create_graph=True w.r.t. input,
+    initial state and every parameter (in _names order), plus those leaves."""
+    xs = leaves([x] + state)
+    outs = run(module, xs[0], xs[1:], layout)
+    loss = sum((o * u).sum() for o, u in zip(outs, upstream(outs)))
+    wrt = xs + list(module.parameters())
+    return outs, torch.autograd.grad(loss, wrt, create_graph=True, allow_unused=True), wrt
+
+
+def _penalty_backward(grads, wrt, mask):
+    """A WGAN-GP-shaped penalty on the first-order gradients selected by ``mask``, then
+    backward; returns the second-order gradients of every leaf."""
+    g = torch.Generator().manual_seed(3)
+    penalty = sum((gr * torch.randn(gr.shape, generator=g, dtype=gr.dtype)).sum()
+                  + gr.pow(2).sum() for gr, m in zip(grads, mask) if m)
+    penalty.backward()
+    return [t.grad for t in wrt]
+
+
+@pytest.mark.parametrize("config", list(SECOND_ORDER))
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_double_backward_matches_torch(cell, backend, config):
+    """create_graph=True gradients, a penalty on them, backward (a gradient penalty
+    through a recurrent critic): outputs, first-order and second-order gradients of
+    input, h0/c0 and every parameter equal torch.nn's in float64."""
+    kwargs, layout = SECOND_ORDER[config]
+    ours, twin = make_pair(cell, backend, **kwargs)
+    x, state = problem(cell, twin)
+    names = _names(twin, len(state))
+    out_a, g1_a, wrt_a = _first_order(ours, x, state, layout)
+    out_b, g1_b, wrt_b = _first_order(twin, x, state, layout)
+    _compare_lists("output", ["output", "h_n", "c_n"], out_a, out_b)
+    _compare_lists("first-order grad", names, g1_a, g1_b)
+    mask = [b is not None and b.requires_grad for b in g1_b]
+    for name, a, m in zip(names, g1_a, mask):
+        assert not m or a.requires_grad, (
+            f"first-order grad of {name} does not require grad (torch.nn's does): "
+            f"a penalty on it would silently drop out of the loss")
+    g2_a = _penalty_backward(g1_a, wrt_a, mask)
+    g2_b = _penalty_backward(g1_b, wrt_b, mask)
+    _compare_lists("second-order grad", names, g2_a, g2_b)
+
+
+def _functional(module, cell):
+    """f(params dict, x, state list) -> [output, h_n(, c_n)] through functional_call."""
+    def f(params, x, state):
+        y, hn = functional_call(module, params, (x, as_state(list(state), cell)))
+        return [y] + as_list(hn)
+    return f
+
+
+@pytest.mark.parametrize("config", ["1layer", "2layer-bidir"])
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_gradgradcheck(cell, backend, config):
+    """torch.autograd.gradgradcheck in float64 over input, h0/c0 and every weight, on a
+    tiny problem (T=2, B=2, I=2, H=2), in fast mode (a random projection of the
+    Jacobians). The weights enter as one flat vector: fast mode's cost grows with the
+    number of input tensors, not their size."""
+    kwargs, _ = SECOND_ORDER[config]
+    ours, _ = make_pair(cell, backend, input_size=2, hidden_size=2, **kwargs)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 2, 2, dtype=F64, generator=g)
+    state = as_list(initial_state(cell, ours, 2, F64, g))
+    names = [n for n, _ in ours.named_parameters()]
+    shapes = [p.shape for p in ours.parameters()]
+    f = _functional(ours, cell)
+    n_state = len(state)
+
+    def fn(x, *rest):
+        split = rest[n_state].split([s.numel() for s in shapes])
+        params = {n: t.view(s) for n, t, s in zip(names, split, shapes)}
+        return tuple(f(params, x, rest[:n_state]))
+
+    flat = torch.cat([p.detach().reshape(-1) for p in ours.parameters()])
+    inputs = tuple(leaves([x] + state + [flat]))
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
+
+
+# ============================================================ 2. torch.func
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def _scalar_loss(f, u):
+    def loss(params, x, state):
+        return sum((o * w).sum() for o, w in zip(f(params, x, state), u))
+    return loss
+
+
+def _func_setup(cell, backend, **kwargs):
+    ours, twin = make_pair(cell, backend, **kwargs)
+    x, state = problem(cell, twin)
+    with torch.no_grad():
+        u = upstream(run(twin, x, state))
+    return ours, twin, x, state, u
+
+
+def _flat(tree):
+    leaves_, _ = torch.utils._pytree.tree_flatten(tree)
+    return leaves_
+
+
+def _tree_names(tree):
+    paths, _ = torch.utils._pytree.tree_flatten_with_path(tree)
+    return [torch.utils._pytree.keystr(p) for p, _ in paths]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_func_grad(cell, backend):
+    ours, twin, x, state, u = _func_setup(cell, backend, num_layers=2)
+    res = [torch.func.grad(_scalar_loss(_functional(m, cell), u), argnums=(0, 1, 2))(
+        _params(m), x, state) for m in (ours, twin)]
+    _compare_lists("torch.func.grad", _tree_names(res[1]), _flat(res[0]), _flat(res[1]))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_func_jacrev(cell, backend):
+    """jacrev of the output w.r.t. every parameter and the input, via functional_call."""
+    ours, twin, x, state, _ = _func_setup(cell, backend)
+    res = []
+    for m in (ours, twin):
+        f = _functional(m, cell)
+        res.append(torch.func.jacrev(lambda p, x: f(p, x, state)[0], argnums=(0, 1))(_params(m), x))
+    _compare_lists("jacrev", _tree_names(res[1]), _flat(res[0]), _flat(res[1]))
+
+
+@pytest.mark.parametrize("layout", ["time_major", "unbatched"])
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_func_vmap_over_inputs(cell, backend, layout):
+    """vmap over a batch of N inputs (and states) equals torch.nn run on each one
+    (torch.nn.LSTM itself has no batching rule, so the twin runs in a loop)."""
+    ours, twin = make_pair(cell, backend)
+    problems = [problem(cell, twin, seed=s) for s in range(3)]
+    xs = torch.stack([p[0] for p in problems])
+    states = [torch.stack(s) for s in zip(*(p[1] for p in problems))]
+    got = torch.func.vmap(lambda x, *s: tuple(run(ours, x, list(s), layout)))(xs, *states)
+    with torch.no_grad():
+        want = [torch.stack(o) for o in zip(*(run(twin, x, s, layout) for x, s in problems))]
+    _compare_lists("vmap", ["output", "h_n", "c_n"], list(got), want)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_func_per_sample_grads(cell, backend):
+    """vmap(grad(loss)) over samples: the per-sample parameter gradients (Opacus-style)
+    equal torch.nn's, one autograd backward per sample."""
+    ours, twin = make_pair(cell, backend)
+    problems = [problem(cell, twin, seed=s) for s in range(3)]
+    xs = torch.stack([p[0] for p in problems])
+    states = [torch.stack(s) for s in zip(*(p[1] for p in problems))]
+    with torch.no_grad():
+        u = upstream(run(twin, *problems[0]))
+    loss = _scalar_loss(_functional(ours, cell), u)
+    got = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(_params(ours), xs, states)
+    want = {n: [] for n, _ in twin.named_parameters()}
+    for x, s in problems:
+        twin.zero_grad(set_to_none=True)
+        sum((o * w).sum() for o, w in zip(run(twin, x, s), u)).backward()
+        for n, p in twin.named_parameters():
+            want[n].append(p.grad)
+    for n in want:
+        assert_close(f"per-sample grad {n}", got[n], torch.stack(want[n]), F64)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_func_hessian(cell, backend):
+    """torch.func.hessian (forward-over-reverse) w.r.t. a tiny input (T=2, B=1, I=2)
+    and w.r.t. weight_hh_l0."""
+    ours, twin = make_pair(cell, backend, input_size=2, hidden_size=2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 2, dtype=F64, generator=g)
+    state = as_list(initial_state(cell, twin, 1, F64, g))
+    with torch.no_grad():
+        u = upstream(run(twin, x, state))
+    res = []
+    for m in (ours, twin):
+        loss = _scalar_loss(_functional(m, cell), u)
+        p = _params(m)
+        hx = torch.func.hessian(lambda x: loss(p, x, state))(x)
+        hw = torch.func.hessian(lambda w: loss({**p, "weight_hh_l0": w}, x, state))(
+            p["weight_hh_l0"])
+        res.append([hx, hw])
+    _compare_lists("hessian", ["w.r.t. input", "w.r.t. weight_hh_l0"], res[0], res[1])
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_autograd_grad_is_grads_batched(cell, backend):
+    """torch.autograd.grad(outputs, inputs, v, is_grads_batched=True): N=3 upstream
+    gradients at once, w.r.t. input, initial state and every parameter."""
+    ours, twin = make_pair(cell, backend)
+    x, state = problem(cell, twin)
+    res = []
+    for m in (ours, twin):
+        xs = leaves([x] + state)
+        outs = run(m, xs[0], xs[1:])
+        g = torch.Generator().manual_seed(6)
+        vs = [torch.randn((3, *o.shape), generator=g, dtype=o.dtype) for o in outs]
+        res.append(list(torch.autograd.grad(outs, xs + list(m.parameters()), vs,
+                                            is_grads_batched=True)))
+    _compare_lists("batched grad", _names(twin, len(state)), res[0], res[1])
+
+
+# ============================================================ 3. bfloat16 / float16 modules
+
+LOW = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
+
+
+def _forward_backward(module, x, state, u, layout="time_major", autocast=None):
+    """Outputs and [input, state..., params...] grads; the loss is formed in float32."""
+    module.zero_grad(set_to_none=True)
+    xs = leaves([x] + state)
+    if autocast is None:
+        outs = run(module, xs[0], xs[1:], layout)
+    else:
+        with torch.autocast("cpu", dtype=autocast):
+            outs = run(module, xs[0], xs[1:], layout)
+    sum((o.float() * w.float()).sum() for o, w in zip(outs, u)).backward()
+    return outs, [t.grad for t in xs] + [p.grad for p in module.parameters()]
+
+
+def _assert_as_accurate(what, got, want, truth, dtype):
+    """got within the table's tolerance for ``dtype`` of torch.nn's own accuracy:
+    |got - truth| <= |want - truth| + atol + rtol |truth| elementwise, truth being the
+    float64 run. Implied by |got - want| <= atol + rtol |truth|, but it does not fail a
+    backend for being closer to float64 than torch.nn (two low-precision
+    implementations round differently where a gradient sums terms that cancel)."""
+    atol, rtol = tolerance(dtype)
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    e_got = (got.detach().double() - truth).abs()
+    e_want = (want.detach().double() - truth).abs()
+    bad = ~(e_got <= e_want + atol + rtol * truth.abs())
+    if bad.any():
+        k = int(torch.argmax((e_got - e_want).masked_fill(~bad, -1).flatten()))
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(k), got.shape))
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{bad.numel()} elements less accurate than torch.nn "
+            f"beyond atol={atol}, rtol={rtol} ({dtype}); worst at {idx}: rnnfast "
+            f"{got[idx].item():.6g}, torch.nn {want[idx].item():.6g}, float64 "
+            f"{truth[idx].item():.9g}")
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_low_precision_module(cell, backend, dtype):
+    """module.to(bfloat16 / float16) on the CPU runs, forward and backward, with torch.nn's
+    output and gradient dtypes, and values as close to float64 as torch.nn's in the same
+    dtype, to the table's tolerance for that dtype (see _assert_as_accurate)."""
+    ours, twin = make_pair(cell, backend, dtype=dtype, num_layers=2, bidirectional=True)
+    x, state = problem(cell, twin, dtype=dtype)
+    u = upstream(run(twin, x, state))
+    out_a, g_a = _forward_backward(ours, x, state, u)
+    out_b, g_b = _forward_backward(twin, x, state, u)
+    exact = copy.deepcopy(twin).double()
+    out_t, g_t = _forward_backward(exact, x.double(), [s.double() for s in state],
+                                   [w.double() for w in u])
+    names = ["output", "h_n", "c_n"] + _names(twin, len(state))
+    for name, a, b, t in zip(names, out_a + g_a, out_b + g_b, out_t + g_t):
+        assert a.dtype == b.dtype, f"{dtype} {name}: dtype {a.dtype} != torch.nn's {b.dtype}"
+        _assert_as_accurate(f"{dtype} {name}", a, b, t, dtype)
+
+
+# ============================================================ 4. autocast
+
+def _policy_dtypes(cell, x, state, dtype):
+    """Output dtypes torch.nn gives under autocast for the cell's torch.nn class (the
+    policy leaky_relu follows, having no torch.nn module of its own)."""
+    kind, opts = options(cell)
+    opts.pop("negative_slope", None)
+    if opts.get("nonlinearity") == "leaky_relu":
+        opts["nonlinearity"] = "relu"
+    probe = getattr(nn, kind)(I, H, **opts)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        return [o.dtype for o in run(probe, x, state)]
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_autocast(cell, backend, dtype):
+    """A float32 module inside torch.autocast('cpu', dtype), backward outside it: output
+    and gradient dtypes follow torch.nn's (on torch 2.13: RNN/LSTM give the autocast
+    dtype, GRU float32), values as close to float64 as torch.nn's under the same autocast
+    (see _assert_as_accurate). Where torch.nn itself fails (oneDNN has no float16 LSTM
+    without projection) rnnfast may raise too, or return the autocast dtype within the
+    table's tolerance of float64."""
+    ours, twin = make_pair(cell, backend, dtype=torch.float32)
+    x, state = problem(cell, twin, dtype=torch.float32)
+    u = upstream(run(twin, x, state))
+    exact = copy.deepcopy(twin).double()
+    out_t, g_t = _forward_backward(exact, x.double(), [s.double() for s in state],
+                                   [w.double() for w in u])
+    names = ["output", "h_n", "c_n"] + _names(twin, len(state))
+    try:
+        expected_dtypes = _policy_dtypes(cell, x, state, dtype)
+        out_b, g_b = _forward_backward(twin, x, state, u, autocast=dtype)
+    except RuntimeError as exc:
+        try:
+            out_a, g_a = _forward_backward(ours, x, state, u, autocast=dtype)
+        except RuntimeError:
+            return
+        assert [o.dtype for o in out_a[:2]] == [dtype, dtype], (
+            f"torch.nn raises under autocast ({exc}); rnnfast runs but returns "
+            f"{[o.dtype for o in out_a]}")
+        for name, a, t in zip(names, out_a + g_a, out_t + g_t):
+            _assert_as_accurate(f"autocast {name}", a, t.to(a.dtype), t, dtype)
+        return
+    out_a, g_a = _forward_backward(ours, x, state, u, autocast=dtype)
+    assert [o.dtype for o in out_a] == expected_dtypes, (
+        f"autocast output dtypes {[o.dtype for o in out_a]} != torch.nn's {expected_dtypes}")
+    for name, a, b, t in zip(names, out_a + g_a, out_b + g_b, out_t + g_t):
+        assert a.dtype == b.dtype, f"autocast {name}: dtype {a.dtype} != torch.nn's {b.dtype}"
+        _assert_as_accurate(f"autocast {name}", a, b, t, dtype)
+
+
+# ============================================================ 5. TorchScript, torch.export
+
+class Head(nn.Module):
+    """A small model around a recurrent submodule: what TorchScript and tracing see."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+        width = rnn.proj_size if rnn.proj_size > 0 else rnn.hidden_size
+        self.fc = nn.Linear(width * (2 if rnn.bidirectional else 1), 2)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.fc(y)
+
+
+def _head(cell, backend, seed=0):
+    ours, _ = make_pair(cell, backend, dtype=torch.float32, seed=seed)
+    torch.manual_seed(seed)
+    return Head(ours).eval()
+
+
+def _inputs(*shapes, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def _grads_of(model, x):
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = model(x)
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return [y, x.grad] + [p.grad for p in model.parameters()]
+
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_jit_script(cell, backend):
+    """torch.jit.script of a model that calls an rnnfast submodule runs and matches eager,
+    forward and backward."""
+    model = _head(cell, backend)
+    scripted = torch.jit.script(model)
+    x, = _inputs((T, B, I))
+    names = ["output", "input grad"] + [n for n, _ in model.named_parameters()]
+    _compare_lists("scripted", names, _grads_of(scripted, x), _grads_of(model, x), torch.float32)
+
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_jit_trace_and_save_load(cell, backend, tmp_path):
+    """torch.jit.trace runs and matches eager on new values and on a new (T, B) (as a
+    traced torch.nn module does), and survives torch.jit.save / torch.jit.load."""
+    model = _head(cell, backend)
+    x, x_new, x_shape = _inputs((T, B, I), (T, B, I), (T - 1, B - 1, I))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, x)
+    path = tmp_path / "traced.pt"
+    torch.jit.save(traced, str(path))
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        for name, prog in (("traced", traced), ("loaded", loaded)):
+            for xi in (x_new, x_shape):
+                assert_close(f"{name} T={xi.shape[0]} B={xi.shape[1]}", prog(xi), model(xi))
+    names = ["output", "input grad"] + [n for n, _ in model.named_parameters()]
+    _compare_lists("traced", names, _grads_of(traced, x_new), _grads_of(model, x_new),
+                   torch.float32)
+
+
+class WordLM(nn.Module):
+    """PyTorch's example word-level language model (examples/word_language_model):
+    embedding, a two-layer recurrent stack with dropout, linear decoder, log-softmax."""
+
+    def __init__(self, rnn, ntoken=11):
+        super().__init__()
+        self.ntoken = ntoken
+        self.drop = nn.Dropout(0.2)
+        self.encoder = nn.Embedding(ntoken, rnn.input_size)
+        self.rnn = rnn
+        width = rnn.proj_size if rnn.proj_size > 0 else rnn.hidden_size
+        self.decoder = nn.Linear(width, ntoken)
+
+    def forward(self, input, hidden):
+        emb = self.drop(self.encoder(input))
+        output, hidden = self.rnn(emb, hidden)
+        decoded = self.decoder(self.drop(output)).view(-1, self.ntoken)
+        return F.log_softmax(decoded, dim=1), hidden
+
+
+def _word_lm(cell, backend, seed=0):
+    ours, _ = make_pair(cell, backend, dtype=torch.float32, input_size=4, seed=seed,
+                        num_layers=2, dropout=0.2)
+    torch.manual_seed(seed)
+    return WordLM(ours).eval()
+
+
+def _lm_inputs(cell, model, seed):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.ntoken, (T, B), generator=g)
+    return tokens, as_state(as_list(initial_state(cell, model.rnn, B, torch.float32, g)), cell)
+
+
+# torch.export: "auto" is what a user gets (numba on the CPU, resolved at run time);
+# each export takes seconds, so the explicit backends are left to the eager tests.
+EXPORT_BACKENDS = ["auto"] + (["triton"] if INTERPRET else [])
+
+
+@functools.lru_cache(maxsize=None)
+def _exported(cell, backend):
+    model = _word_lm(cell, backend)
+    ep = torch.export.export(model, _lm_inputs(cell, model, seed=8))
+    return model, ep
+
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("backend", backend_params(EXPORT_BACKENDS))
+@pytest.mark.parametrize("cell", cell_params())
+def test_torch_export(cell, backend):
+    """torch.export.export of the word LM runs and matches eager on new inputs."""
+    model, ep = _exported(cell, backend)
+    tokens, hidden = _lm_inputs(cell, model, seed=9)
+    with torch.no_grad():
+        got = _flat(ep.module()(tokens, hidden))
+        want = _flat(model(tokens, hidden))
+    _compare_lists("exported", ["log_softmax", "h_n", "c_n"], got, want, torch.float32)
+
+
+# ============================================================ 6. in-place ops on outputs
+
+# name -> (layout, module options, output index, in-place op). Output 0 is y (a
+# PackedSequence's data for "packed"), 1 is h_n, 2 is c_n.
+INPLACE = {
+    "output-relu_": ("time_major", {}, 0, lambda t: t.relu_()),
+    "h_n-mul_": ("time_major", {}, 1, lambda t: t.mul_(2)),
+    "c_n-mul_": ("time_major", {}, 2, lambda t: t.mul_(2)),
+    "2layer-bidir-output-sigmoid_": ("time_major", dict(num_layers=2, bidirectional=True), 0,
+                                     lambda t: t.sigmoid_()),
+    "batch_first-output-relu_": ("batch_first", {}, 0, lambda t: t.relu_()),
+    "batch_first-h_n-add_": ("batch_first", {}, 1, lambda t: t.add_(1)),
+    "packed-output-relu_": ("packed", {}, 0, lambda t: t.relu_()),
+    "unbatched-output-mul_": ("unbatched", {}, 0, lambda t: t.mul_(3)),
+    "output-slice-zero_": ("time_major", {}, 0, lambda t: t[0].zero_()),
+}
+
+
+@pytest.mark.parametrize("case", list(INPLACE))
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_inplace_on_outputs(cell, backend, case):
+    """An in-place op on a returned tensor, then backward: works, and every gradient
+    equals torch.nn's doing the same (no returned tensor is one backward reads)."""
+    layout, kwargs, index, op = INPLACE[case]
+    if index == 2 and CELLS[cell][0] != "LSTM":
+        pytest.skip("c_n exists for LSTM only")
+    ours, twin = make_pair(cell, backend, **kwargs, **layout_kwargs(layout))
+    x, state = problem(cell, twin)
+    res = []
+    for m in (ours, twin):
+        xs = leaves([x] + state)
+        outs = run(m, xs[0], xs[1:], layout)
+        op(outs[index])
+        sum((o * w).sum() for o, w in zip(outs, upstream(outs))).backward()
+        res.append((outs, [t.grad for t in xs] + [p.grad for p in m.parameters()]))
+    _compare_lists("output", ["output", "h_n", "c_n"], res[0][0], res[1][0])
+    _compare_lists("grad", _names(twin, len(state)), res[0][1], res[1][1])
+
+
+# ============================================================ 7. torch.nn's exact errors
+
+def _hx(cell, n, batch, hsize, csize, dims=3):
+    """A state of given sizes: h [n, batch, hsize] (and c [n, batch, csize] for LSTM);
+    dims=2 drops the batch dimension."""
+    shape = (lambda s: (n, batch, s)) if dims == 3 else (lambda s: (n, s))
+    h = torch.zeros(shape(hsize))
+    return (h, torch.zeros(shape(csize))) if CELLS[cell][0] == "LSTM" else h
+
+
+# name -> (module options, cells it applies to or None for all, builder(cell) -> (input, hx)).
+# Each is a check torch.nn makes before any computation; the test asserts torch.nn raises.
+_x = functools.partial(torch.zeros, T, B, I)
+ERRORS = {
+    "input-dtype": ({}, None, lambda c: (_x(dtype=F64), None)),
+    "input-size": ({}, None, lambda c: (torch.zeros(T, B, I + 1), None)),
+    "input-4d": ({}, None, lambda c: (torch.zeros(T, B, I, 1), None)),
+    "input-1d": ({}, None, lambda c: (torch.zeros(I), None)),
+    "zero-length": ({}, None, lambda c: (torch.zeros(0, B, I), None)),
+    "zero-length-float64": ({}, None, lambda c: (torch.zeros(0, B, I, dtype=F64), None)),
+    "hidden-size": ({}, None, lambda c: (_x(), _hx(c, 1, B, state_size(c) + 1, H))),
+    "hidden-batch": ({}, None, lambda c: (_x(), _hx(c, 1, B + 1, state_size(c), H))),
+    "hidden-layers": ({}, None, lambda c: (_x(), _hx(c, 2, B, state_size(c), H))),
+    "hidden-layers-2layer": (dict(num_layers=2), None,
+                             lambda c: (_x(), _hx(c, 1, B, state_size(c), H))),
+    "hidden-directions": (dict(bidirectional=True), None,
+                          lambda c: (_x(), _hx(c, 1, B, state_size(c), H))),
+    "cell-size": ({}, ["lstm", "lstm_proj"], lambda c: (_x(), _hx(c, 1, B, state_size(c), H + 1))),
+    "cell-batch": ({}, ["lstm", "lstm_proj"], lambda c: (
+        _x(), (torch.zeros(1, B, state_size(c)), torch.zeros(1, B + 1, H)))),
+    "proj-hidden-of-hidden-size": ({}, ["lstm_proj"], lambda c: (_x(), _hx(c, 1, B, H, H))),
+    "unbatched-cell-size": ({}, ["lstm", "lstm_proj"],
+                            lambda c: (_x()[:, 0], _hx(c, 1, B, state_size(c), H + 1, dims=2))),
+    "batched-input-2d-hidden": ({}, None, lambda c: (_x(), _hx(c, 1, B, state_size(c), H, dims=2))),
+    "unbatched-input-3d-hidden": ({}, None,
+                                  lambda c: (_x()[:, 0], _hx(c, 1, 1, state_size(c), H))),
+    "packed-hidden-size": ({}, None, lambda c: (
+        pack_padded_sequence(_x(), torch.tensor([3, 2])), _hx(c, 1, B, state_size(c) + 1, H))),
+}
+
+
+def _error_params():
+    out = []
+    for name, (_, cells, _) in ERRORS.items():
+        for p in cell_params(cells):
+            out.append(pytest.param(p.values[0], name, id=f"{p.id}-{name}", marks=p.marks))
+    return out
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell,case", _error_params())
+def test_error_matches_torch(cell, case, backend):
+    """The same bad input raises torch.nn's exception class with torch.nn's message
+    (rnnfast may add text around it, e.g. the module name in front as torch does)."""
+    kwargs, _, build = ERRORS[case]
+    kind, opts = options(cell, **kwargs)
+    torch_opts = {k: v for k, v in opts.items() if k != "negative_slope"}
+    if torch_opts.get("nonlinearity") == "leaky_relu":
+        torch_opts["nonlinearity"] = "relu"
+    ours = getattr(rnnfast, kind)(I, H, backend=backend, **opts)
+    twin = torch_class(cell)(I, H, **torch_opts)
+    x, hx = build(cell)
+    with pytest.raises(Exception) as caught:
+        twin(x, hx)
+    torch_exc = caught.value
+    with pytest.raises(type(torch_exc), match=re.escape(str(torch_exc))):
+        ours(x, hx)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_hidden_dtype_mismatch_raises_like_torch(cell, backend):
+    """h0 in float64 for a float32 module: torch.nn raises a RuntimeError (from its
+    matmul, so its wording is not a check to copy); rnnfast must raise the same class."""
+    ours, twin = make_pair(cell, backend, dtype=torch.float32)
+    x = torch.zeros(T, B, I)
+    hx = as_state([t.double() for t in as_list(initial_state(cell, twin, B, torch.float32))], cell)
+    with pytest.raises(Exception) as caught:
+        twin(x, hx)
+    with pytest.raises(type(caught.value)):
+        ours(x, hx)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_empty_batch_matches_torch(cell, backend):
+    """B=0 is not an error in torch.nn: the outputs are empty tensors of the right shape."""
+    ours, twin = make_pair(cell, backend)
+    x = torch.zeros(T, 0, I, dtype=F64)
+    with torch.no_grad():
+        got, want = run(ours, x, []), run(twin, x, [])
+    _compare_lists("empty batch", ["output", "h_n", "c_n"], got, want)
+
+
+# ============================================================ 8. ONNX export
+
+def _exception_text(exc):
+    parts = []
+    while exc is not None:
+        parts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+def _raised_by_rnnfast(exc):
+    """Whether an exception in the chain is rnnfast's own (its class is defined in
+    rnnfast, or it was raised by code in rnnfast's package): a deliberate, clear
+    refusal, unlike an exporter's internal failure that only mentions an rnnfast op."""
+    package = os.path.dirname(os.path.dirname(rnnfast.__file__))
+    roots = tuple(os.path.join(package, d) + os.sep for d in ("rnnfast", "kernels"))
+    while exc is not None:
+        if type(exc).__module__.split(".")[0] == "rnnfast":
+            return True
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and os.path.realpath(tb.tb_frame.f_code.co_filename).startswith(roots):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+ONNX_CELLS = ["lstm", "relu", "tanh", "gru", "leaky_relu", "lstm_proj"]
+# The dynamo exporter takes seconds per model: the four cells of PyTorch's example.
+DYNAMO_ONNX_CELLS = ["lstm", "relu", "tanh", "gru"]
+
+
+def _onnx_params():
+    out = []
+    for p in cell_params(ONNX_CELLS):
+        for backend in BACKENDS:
+            out.append(pytest.param(p.values[0], backend, False, marks=p.marks,
+                                    id=f"{p.id}-{backend}-legacy"))
+        if p.values[0] in DYNAMO_ONNX_CELLS:
+            for backend in EXPORT_BACKENDS:
+                out.append(pytest.param(p.values[0], backend, True, marks=p.marks,
+                                        id=f"{p.id}-{backend}-dynamo"))
+    return out
+
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("cell,backend,dynamo", _onnx_params())
+def test_onnx_export_matches_onnxruntime(cell, backend, dynamo, tmp_path):
+    """torch.onnx.export of the word LM (default exporter: dynamo=True; legacy:
+    dynamo=False) either gives a model onnxruntime loads and runs to the float32
+    tolerance on a DIFFERENT input than the export's (so a traced output baked in as a
+    constant fails), or raises an error that names rnnfast. Never a wrong model."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        model, program = _exported(cell, backend)
+    else:
+        model = program = _word_lm(cell, backend)
+    path = tmp_path / "lm.onnx"
+    example = _lm_inputs(cell, model, seed=8)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(program, example, str(path), dynamo=dynamo)
+    except Exception as exc:
+        assert _raised_by_rnnfast(exc), (
+            f"ONNX export failed, but not with an error of rnnfast's:\n{_exception_text(exc)}")
+        return
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tokens, hidden = _lm_inputs(cell, model, seed=9)
+    feeds = _flat((tokens, hidden))
+    names = [i.name for i in session.get_inputs()]
+    assert len(names) == len(feeds), f"ONNX inputs {names} for {len(feeds)} tensors"
+    got = session.run(None, {n: t.numpy() for n, t in zip(names, feeds)})
+    with torch.no_grad():
+        want = _flat(model(tokens, hidden))
+    assert len(got) == len(want), f"ONNX gives {len(got)} outputs, eager {len(want)}"
+    for name, a, b in zip(["log_softmax", "h_n", "c_n"], got, want):
+        assert_close(f"onnxruntime {name}", torch.from_numpy(a), b)
+
+
+# ============================================================ 9. checkpoints
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_weights_only_load_of_whole_module(cell, backend, tmp_path):
+    """torch.save(an rnnfast module) loads with torch.load(weights_only=True) and no
+    allowlist: same class, backend, state and outputs."""
+    ours, _ = make_pair(cell, backend, dtype=torch.float32, num_layers=2, bidirectional=True)
+    path = tmp_path / "rnn.pt"
+    torch.save(ours, path)
+    loaded = torch.load(path, weights_only=True)
+    assert type(loaded) is type(ours)
+    assert loaded.backend == ours.backend
+    assert repr(loaded) == repr(ours)
+    x, state = problem(cell, ours, dtype=torch.float32)
+    with torch.no_grad():
+        _compare_lists("reloaded", ["output", "h_n", "c_n"], run(loaded, x, state),
+                       run(ours, x, state), torch.float32)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_weights_only_load_of_word_lm(cell, backend, tmp_path):
+    """PyTorch's example saves the whole language model and reloads it with
+    weights_only=True, allowlisting its own class and the torch.nn classes it uses; the
+    rnnfast submodule must need no entry of its own."""
+    model = _word_lm(cell, backend)
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    with torch.serialization.safe_globals([WordLM, nn.Dropout, nn.Embedding, nn.Linear]):
+        loaded = torch.load(path, weights_only=True)
+    assert type(loaded.rnn) is type(model.rnn)
+    tokens, hidden = _lm_inputs(cell, model, seed=9)
+    with torch.no_grad():
+        _compare_lists("reloaded", ["log_softmax", "h_n", "c_n"], _flat(loaded(tokens, hidden)),
+                       _flat(model(tokens, hidden)), torch.float32)
+
+
+# ============================================================ 10. traced / exported programs
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("backend", backend_params([b for b in BACKENDS if b != "torch"]))
+@pytest.mark.parametrize("cell", cell_params())
+def test_trace_records_custom_op(cell, backend, tmp_path):
+    """torch.jit.trace records rnnfast's custom op (rnnfast::...), not a Python
+    autograd.Function (prim::PythonOp, which torch.jit.save cannot export)."""
+    model = _head(cell, backend)
+    x, = _inputs((T, B, I))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, x)
+    graph = str(traced.inlined_graph)
+    assert "rnnfast::" in graph, f"no rnnfast op in the traced graph:\n{graph}"
+    assert "prim::PythonOp" not in graph, f"a Python function in the traced graph:\n{graph}"
+    torch.jit.save(traced, str(tmp_path / "traced.pt"))
+
+
+def _rnnfast_nodes(ep):
+    return [n for n in ep.graph.nodes if n.op == "call_function"
+            and str(n.target).startswith("rnnfast.")]
+
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("cell", cell_params())
+def test_exported_program_resolves_backend_at_run_time(cell, monkeypatch):
+    """A torch.export'ed program of a backend='auto' model does not fix the backend
+    chosen at export time. Checked two ways: (a) no rnnfast op in the graph has a
+    concrete backend name ('numba', 'triton') among its arguments; (b) at run time the
+    program consults the dispatcher: with RNNFAST_BACKEND set to an invalid name (which
+    backend='auto' reads on every call) the program raises the dispatcher's error instead
+    of running a backend baked in at export time."""
+    model, ep = _exported(cell, "auto")
+    nodes = _rnnfast_nodes(ep)
+    assert nodes, f"no rnnfast op in the exported graph:\n{ep.graph}"
+    for node in nodes:
+        args = list(node.args) + list(node.kwargs.values())
+        baked = [a for a in args if isinstance(a, str) and a in ("numba", "triton")]
+        assert not baked, f"{node.target} has the backend {baked} fixed in the graph"
+    tokens, hidden = _lm_inputs(cell, model, seed=9)
+    monkeypatch.setenv("RNNFAST_BACKEND", "no-such-backend")
+    with pytest.raises(Exception, match="RNNFAST_BACKEND"):
+        ep.module()(tokens, hidden)
+
+
+@pytest.mark.no_poison
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cell", cell_params())
+def test_exported_program_runs_on_cuda(cell):
+    """Exported on CPU tensors, the program runs on CUDA tensors (Triton there)."""
+    model, ep = _exported(cell, "auto")
+    tokens, hidden = _lm_inputs(cell, model, seed=9)
+    with torch.no_grad():
+        want = _flat(model(tokens, hidden))
+        gm = ep.module().to("cuda")
+        got = _flat(gm(tokens.cuda(), as_state([h.cuda() for h in as_list(hidden)], cell)))
+    _compare_lists("exported on cuda", ["log_softmax", "h_n", "c_n"], got, want, torch.float32)
