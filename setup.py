@@ -15,7 +15,7 @@ setup(
     install_requires=["torch>=2.4", "numba>=0.68", "numpy", "tqdm"],
     extras_require={
         "test": ["pytest", "pytest-benchmark"],
-        "bench": ["matplotlib", "pytest-benchmark"],
+        "bench": ["matplotlib", "pytest-benchmark", "scipy"],
         "triton": ["triton>=3.6"],
         "jax": ["jax"],
     },

@@ -7,9 +7,9 @@ import statistics
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .cells import LABELS  # noqa: E402
+from .cells import LABELS
 
 COLORS = {"tanh": "tab:blue", "relu": "tab:orange", "irnn": "tab:green",
           "leaky": "tab:purple", "lstm": "tab:red", "gru": "tab:brown"}

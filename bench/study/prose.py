@@ -9,6 +9,7 @@ import math
 import re
 
 from .cells import GATED, LABELS, RELU_FAMILY
+from .config import COPY
 
 
 def num(x, digits=2):
@@ -94,7 +95,6 @@ def _horizon_sentence(cfg, summary, task, lead):
 def short_answer(cfg, summary, meta):
     """At most five sentences answering the seed question, each claim with its number
     and its runs."""
-    cells = summary["cells"]
     init = summary["init"]
     out = []
     P = cfg["profile_T"]
@@ -105,17 +105,19 @@ def short_answer(cfg, summary, meta):
             f"ReLU-RNN (W_hh's spectral radius {num(init['relu']['spectral_radius'])}: "
             f"repeated multiplication by W_hh, not the derivative, decides) and "
             f"{num(init['tanh']['lag_100'])} for tanh, against {num(init['irnn']['lag_100'])} "
-            f"for the IRNN and {num(init['lstm']['lag_100'])} for the LSTM [init profiles, "
+            f"for the IRNN and {num(init['lstm']['lag_100'])} for the LSTM"
+            + (f" ({num(init['gru']['lag_100'])} for the GRU)" if "gru" in init else "")
+            + f" [init profiles, "
             f"adding loss, T = {P}, median of {cfg['profile_seeds']} seeds: "
             f"`results.json` init_profiles].")
     if "adding" in summary["horizons"]:
-        s, hs_add = _horizon_sentence(cfg, summary, "adding",
+        s, _ = _horizon_sentence(cfg, summary, "adding",
                                       "On the adding problem (solved: test MSE < 0.01)")
         out.append(s)
     if "copy" in summary["horizons"]:
-        s, hs_copy = _horizon_sentence(cfg, summary, "copy",
-                                       "On copy memory (3 symbols of 4; solved: cross-entropy "
-                                       "below 10% of the memoryless baseline)")
+        s, _ = _horizon_sentence(
+            cfg, summary, "copy", f"On copy memory ({COPY['n_symbols']} symbols of "
+            f"{COPY['alphabet']}; solved: cross-entropy below 10% of the memoryless baseline)")
         out.append(s)
     rob = summary["robustness"]
     key = [c for c in ("relu", "irnn", "leaky", "lstm", "gru") if c in rob]
@@ -236,8 +238,9 @@ def literature(cfg, summary):
     copy_h = summary["horizons"].get("copy", {}).get("lstm")
     if copy_h is not None:
         cts = cfg["ladders"]["copy"]["Ts"]
-        out[1]["ours"] += (f"; copy memory (3 symbols of 4, an easier task than theirs): the "
-                           f"LSTM's horizon here is {horizon_text(copy_h, cts)}")
+        out[1]["ours"] += (f"; copy memory ({COPY['n_symbols']} symbols of {COPY['alphabet']}, "
+                           f"an easier task than theirs): the LSTM's horizon here is "
+                           f"{horizon_text(copy_h, cts)}")
     return out
 
 
@@ -263,3 +266,23 @@ def _compare(lit, cell, h, Ts, cfg):
         return (f"agrees: the {name} failed from T = {h['first_fail']} on (horizon "
                 f"{horizon_text(h, Ts)})"), True
     return f"not tested: this mode's ladder stops below T = {T0}", None
+
+
+def mechanism_sentences(summary):
+    """What changed in the gradient profile of the runs at each cell's horizon: one
+    sentence per cell that has both its step-0 and last-step profiles."""
+    out = []
+    for cell, e in summary.get("horizon_mechanism", {}).items():
+        parts = []
+        for name in ("solved", "unsolved"):
+            g = e.get(name)
+            if g:
+                parts.append(
+                    f"in its {g['n']} {name} run(s) the ratio at lag T/2 went from "
+                    f"{num(g['init']['lag_T/2'])} at step 0 to {num(g['end']['lag_T/2'])} at "
+                    f"step {num(g['end']['step'])} and W_hh's spectral radius from "
+                    f"{num(g['init']['spectral_radius'])} to {num(g['end']['spectral_radius'])} "
+                    f"[{cite(g['runs'])}]")
+        if parts:
+            out.append(f"{LABELS[cell]} at T = {e['T']} ({e['why']}): " + "; ".join(parts) + ".")
+    return out

@@ -5,7 +5,15 @@ import os
 
 from .cells import IRNN_INPUT_STD, LABELS, LEAKY_SLOPE
 from .config import CLIP_NORM, COPY
-from .prose import cite, horizon_text, literature, num, pct, short_answer
+from .prose import (
+    cite,
+    horizon_text,
+    literature,
+    mechanism_sentences,
+    num,
+    pct,
+    short_answer,
+)
 
 HORIZON_PNG = "horizon.png"
 GRADIENT_PNG = "gradients.png"
@@ -14,6 +22,10 @@ GRADIENT_PNG = "gradients.png"
 def _table(header, rows):
     line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
     return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows])
+
+
+def _range(r):
+    return f" [{num(r[0])}, {num(r[1])}]" if r else ""
 
 
 def render(cfg, meta, summary, figures):
@@ -98,16 +110,15 @@ def render(cfg, meta, summary, figures):
                     + [f"lr {num(v)}" for v in cfg["lr_grid"]], rows))
     L.append("")
 
-    L.append(f"## Mechanism: gradient norm vs lag (adding loss, float64, BPTT telemetry)\n")
+    L.append("## Mechanism: gradient norm vs lag (adding loss, float64, BPTT telemetry)\n")
     L.append(f"At initialization, T = {cfg['profile_T']}: ratio ||dL/dh_(T-k)|| / ||dL/dh_T||, "
              f"median [min, max] over {cfg['profile_seeds']} seeds; lag T is the initial "
              "state.\n")
     rows = []
     for cell, e in summary["init"].items():
-        rng = lambda k: (f" [{num(e[k + '_range'][0])}, {num(e[k + '_range'][1])}]"  # noqa: E731
-                         if e.get(k + "_range") else "")
         rows.append([LABELS[cell], num(e["spectral_radius"]), num(e["sigma_max"])]
-                    + [num(e[f"lag_{k}"]) + rng(f"lag_{k}") for k in (10, 100, "T")])
+                    + [num(e[f"lag_{k}"]) + _range(e.get(f"lag_{k}_range"))
+                       for k in (10, 100, "T")])
     L.append(_table(["cell", "rho(W_hh)", "sigma_max(W_hh)", "lag 10", "lag 100", "lag T"],
                     rows))
     L.append("")
@@ -131,6 +142,8 @@ def render(cfg, meta, summary, figures):
                              num(f["step"]), cite(g["runs"])])
         L.append(_table(["cell", "T", "runs", "lag T/2: step 0 -> last", "lag T",
                          "rho(W_hh)", "last step", "run ids"], rows))
+        L.append("")
+        L += [f"* {s}" for s in mechanism_sentences(summary)]
         L.append("")
     if GRADIENT_PNG in figures:
         L.append(f"![gradient vs lag]({GRADIENT_PNG})\n")

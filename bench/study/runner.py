@@ -125,8 +125,8 @@ def _run(job):
     try:
         return train_run(**job) | {"stage": stage}
     except Exception as exc:  # a failed run is recorded; the study goes on
-        from .train import run_id
         from .tasks import make_task
+        from .train import run_id
         name = make_task(job["task"]).name
         return {"id": run_id(name, job["cell"], job["T"], job["lr"], job["clip"], job["seed"]),
                 "task": name, "cell": job["cell"], "T": job["T"], "lr": job["lr"],

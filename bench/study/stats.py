@@ -150,7 +150,7 @@ def horizon_mechanism(runs, ladders, horizons, lrs, task="adding"):
     initial state, and W_hh's spectral radius, at step 0 and at the run's last step,
     medians over the solved and the unsolved runs separately."""
     out = {}
-    for cell, rows in ladders.items():
+    for cell in ladders:
         h = horizons[cell]
         T = h["T"] if h["T"] is not None else h["first_fail"]
         if T is None:
