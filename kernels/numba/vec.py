@@ -27,9 +27,11 @@ stored)::
 import operator
 
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba.core.imputils import lower_builtin
+from numba.core.typing.templates import AbstractTemplate, infer_global, signature
+from numba.extending import intrinsic, models, register_model
 
 from .config import ISA
 
@@ -94,6 +96,60 @@ def ir_splat(builder, x, vt):
                                   ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
 
 
+class IRVec:
+    """A vector value while emitting IR, with Python arithmetic: ``a * b + 1.0`` emits
+    fmul and fadd (a float operand becomes a constant vector). For IR-level math
+    (vmath.py), so a long formula costs one intrinsic, not a function per operator."""
+
+    def __init__(self, builder, kind, value):
+        self.b, self.kind, self.v = builder, kind, value
+
+    def _ir(self, x):
+        if isinstance(x, IRVec):
+            return x.v
+        return ir.Constant(self.kind.ir_type, [float(x)] * self.kind.lanes)
+
+    def _new(self, value):
+        return IRVec(self.b, self.kind, value)
+
+    def __add__(self, x):
+        return self._new(self.b.fadd(self.v, self._ir(x)))
+
+    def __radd__(self, x):
+        return self._new(self.b.fadd(self._ir(x), self.v))
+
+    def __sub__(self, x):
+        return self._new(self.b.fsub(self.v, self._ir(x)))
+
+    def __rsub__(self, x):
+        return self._new(self.b.fsub(self._ir(x), self.v))
+
+    def __mul__(self, x):
+        return self._new(self.b.fmul(self.v, self._ir(x)))
+
+    def __rmul__(self, x):
+        return self._new(self.b.fmul(self._ir(x), self.v))
+
+    def __truediv__(self, x):
+        return self._new(self.b.fdiv(self.v, self._ir(x)))
+
+    def __rtruediv__(self, x):
+        return self._new(self.b.fdiv(self._ir(x), self.v))
+
+    def __neg__(self):
+        return self._new(self.b.fneg(self.v))
+
+    def fma(self, x, y):
+        """self * x + y (one rounding where the ISA has FMA)."""
+        return self._new(ir_fma(self.b, self.kind, self.v, self._ir(x), self._ir(y)))
+
+    def clamp(self, lo, hi):
+        """min(max(self, lo), hi) with ordered compares: NaN stays NaN."""
+        lo, hi = self._ir(lo), self._ir(hi)
+        v = self.b.select(self.b.fcmp_ordered(">", self.v, hi), hi, self.v)
+        return self._new(self.b.select(self.b.fcmp_ordered("<", v, lo), lo, v))
+
+
 def _kind_of_array(arr):
     if isinstance(arr, types.Array) and arr.dtype in KINDS:
         return KINDS[arr.dtype]
@@ -120,17 +176,18 @@ def _access(context, builder, aryty, args, kind):
     return vt, ptr, align, builder.icmp_signed(">=", args[2], _I64(kind.lanes))
 
 
-def lanes(arr):
-    pass
-
-
-@overload(lanes, inline="always")
-def _lanes_impl(arr):
+@intrinsic
+def lanes(typingctx, arr):
+    """Lanes of one vector of arr's dtype (a compile-time constant)."""
     kind = _kind_of_array(arr)
     if kind is None:
         return None
     n = kind.lanes
-    return lambda arr: n
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+
+    return types.intp(arr), codegen
 
 
 @intrinsic
@@ -199,63 +256,81 @@ def full(typingctx, v, x):
     return sig, codegen
 
 
-@njit(inline="always")
-def zero(v):
-    return full(v, 0.0)
-
-
-@njit(inline="always")
-def one(v):
-    return full(v, 1.0)
-
-
-def _binary(op):
+def _constant(x):
     @intrinsic
-    def impl(typingctx, a, b):
-        if not (isinstance(a, VecType) and a == b):
+    def const(typingctx, v):
+        if not isinstance(v, VecType):
             return None
 
         def codegen(context, builder, sig, args):
-            return getattr(builder, op)(*args)
+            return ir.Constant(v.ir_type, [x] * v.lanes)
 
-        return a(a, a), codegen
+        return v(v), codegen
 
-    return impl
+    return const
 
 
-def _overload_binary(pyop, impl):
-    @overload(pyop, inline="always")
-    def _ov(a, b):
-        if isinstance(a, VecType) and a == b:
-            return lambda a, b: impl(a, b)
-        if isinstance(a, VecType) and isinstance(b, (types.Float, types.Integer)):
-            return lambda a, b: impl(a, full(a, b))
-        if isinstance(b, VecType) and isinstance(a, (types.Float, types.Integer)):
-            return lambda a, b: impl(full(b, a), b)
-        return None
+zero = _constant(0.0)  # zero(v): a vector of v's kind, every lane 0
+one = _constant(1.0)  # one(v): every lane 1
+
+
+def _vec_of(a, b):
+    """The vector type of a binary operation on types a and b (a vector and a vector
+    of its kind, or a vector and a scalar), else None."""
+    scalar = (types.Float, types.Integer)
+    if isinstance(a, VecType) and (a == b or isinstance(b, scalar)):
+        return a
+    if isinstance(b, VecType) and isinstance(a, scalar):
+        return b
+    return None
+
+
+def _as_vec(context, builder, val, ty, v):
+    """A value of type ty (v itself, or a scalar) as a vector of kind v."""
+    if ty == v:
+        return val
+    return ir_splat(builder, context.cast(builder, val, ty, v.dtype), v.ir_type)
+
+
+def _register_binary(pyop, name):
+    """v op w lane-wise, lowered straight to one LLVM instruction: typed by a template
+    and lowered in place, never inlined as a function (numba-level inlining of every
+    arithmetic operator was most of the kernels' compile time)."""
+
+    @infer_global(pyop)
+    class _Typing(AbstractTemplate):
+        def generic(self, args, kws):
+            if len(args) == 2 and not kws:
+                v = _vec_of(*args)
+                if v is not None:
+                    return signature(v, *args)
+            return None
+
+    def lower(context, builder, sig, args):
+        v = sig.return_type
+        a, b = (_as_vec(context, builder, x, t, v) for x, t in zip(args, sig.args))
+        return getattr(builder, name)(a, b)
+
+    for tys in ((VecType, VecType), (VecType, types.Number), (types.Number, VecType)):
+        lower_builtin(pyop, *tys)(lower)
 
 
 for _pyop, _name in ((operator.add, "fadd"), (operator.sub, "fsub"), (operator.mul, "fmul"),
                      (operator.truediv, "fdiv")):
-    _overload_binary(_pyop, _binary(_name))
+    _register_binary(_pyop, _name)
 
 
-@intrinsic
-def _neg(typingctx, a):
-    if not isinstance(a, VecType):
+@infer_global(operator.neg)
+class _NegTyping(AbstractTemplate):
+    def generic(self, args, kws):
+        if len(args) == 1 and not kws and isinstance(args[0], VecType):
+            return signature(args[0], args[0])
         return None
 
-    def codegen(context, builder, sig, args):
-        return builder.fneg(args[0])
 
-    return a(a), codegen
-
-
-@overload(operator.neg, inline="always")
-def _ov_neg(a):
-    if isinstance(a, VecType):
-        return lambda a: _neg(a)
-    return None
+@lower_builtin(operator.neg, VecType)
+def _lower_neg(context, builder, sig, args):
+    return builder.fneg(args[0])
 
 
 @intrinsic
