@@ -13,7 +13,7 @@ import torch
 from . import stats
 from .cells import SeqModel, recurrent_spectrum
 from .config import CLIP_NORM, TASK_SPECS
-from .tasks import adding_task
+from .tasks import adding_task, make_task
 from .telemetry import grad_profile
 from .train import stable_seed, train_run
 
@@ -37,6 +37,19 @@ def init_profiles(cfg, cells, device):
                          **grad_profile(model, task, x.to(device), y.to(device))})
         out[cell] = rows
     return out
+
+
+def warm_up(cfg, cells, device):
+    """One float32 training step per cell in this process, so that the kernels are
+    compiled (and cached on disk) once, before the workers start, rather than by every
+    worker at the same time."""
+    task = adding_task()
+    for cell in cells:
+        torch.manual_seed(0)
+        model = SeqModel(cell, task.input_size, cfg["hidden"], 1, True).to(device)
+        model.rnn.record_grad_norms = True
+        x, y = task.batch(5, 2, torch.Generator().manual_seed(0))
+        task.loss(model(x.to(device)), y.to(device)).backward()
 
 
 class Plan:
@@ -70,10 +83,10 @@ class Plan:
         self.runs.append(run)
         cell = run["cell"]
         if run["stage"] == "grid" and cell not in self.lr:
-            grid = [r for r in self.runs if r["stage"] == "grid" and r["cell"] == cell]
-            if len(grid) == len(self.cfg["lr_grid"]) * 2 * self.cfg["seeds"]:
-                self.lr[cell], self.lr_tables[cell] = stats.choose_lr(
-                    [r for r in grid if r["clip"]], self.cfg["lr_grid"])
+            grid = [r for r in self.runs if r["stage"] == "grid" and r["cell"] == cell
+                    and r["clip"]]
+            if len(grid) == len(self.cfg["lr_grid"]) * self.cfg["seeds"]:
+                self.lr[cell], self.lr_tables[cell] = stats.choose_lr(grid, self.cfg["lr_grid"])
                 for task in self.cfg["ladders"]:
                     self._start_rung(task, cell, 0)
         elif run["stage"] == "ladder":
@@ -112,8 +125,18 @@ class Plan:
             self.rung[task, cell] = None  # longer T are not run: see stats.ladder
 
     def next_job(self):
-        """The next job: grid runs first, then ladder rungs in the order released."""
-        return self.queue.pop(0) if self.queue else None
+        """The next job: clipped grid runs first (they decide each cell's ladder lr), then
+        the shortest sequences among the unclipped grid runs and the released ladder
+        rungs, so that a time budget cuts the longest runs, not the ladders' first rungs."""
+        if not self.queue:
+            return None
+
+        def key(job):
+            first = job["stage"] == "grid" and job["clip"]
+            return (0 if first else 1, make_task(job["task"]).seq_len(job["T"]))
+
+        i = min(range(len(self.queue)), key=lambda k: key(self.queue[k]))
+        return self.queue.pop(i)
 
 
 def _init_worker():
