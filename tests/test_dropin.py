@@ -328,7 +328,7 @@ def test_low_precision_module(cell, backend, dtype):
     exact = copy.deepcopy(twin).double()
     out_t, g_t = _forward_backward(exact, x.double(), [s.double() for s in state],
                                    [w.double() for w in u])
-    names = ["output", "h_n", "c_n"] + _names(twin, len(state))
+    names = ["output", "h_n", "c_n"][:len(u)] + _names(twin, len(state))
     for name, a, b, t in zip(names, out_a + g_a, out_b + g_b, out_t + g_t):
         assert a.dtype == b.dtype, f"{dtype} {name}: dtype {a.dtype} != torch.nn's {b.dtype}"
         _assert_as_accurate(f"{dtype} {name}", a, b, t, dtype)
@@ -364,7 +364,7 @@ def test_autocast(cell, backend, dtype):
     exact = copy.deepcopy(twin).double()
     out_t, g_t = _forward_backward(exact, x.double(), [s.double() for s in state],
                                    [w.double() for w in u])
-    names = ["output", "h_n", "c_n"] + _names(twin, len(state))
+    names = ["output", "h_n", "c_n"][:len(u)] + _names(twin, len(state))
     try:
         expected_dtypes = _policy_dtypes(cell, x, state, dtype)
         out_b, g_b = _forward_backward(twin, x, state, u, autocast=dtype)
@@ -439,8 +439,9 @@ def test_jit_script(cell, backend):
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
 def test_jit_trace_and_save_load(cell, backend, tmp_path):
-    """torch.jit.trace runs and matches eager on new values and on a new (T, B) (as a
-    traced torch.nn module does), and survives torch.jit.save / torch.jit.load."""
+    """torch.jit.trace runs and matches eager on new values, and on a new (T, B) as a
+    traced torch.nn module does (not for backend='torch': its reference loop is Python
+    over T, which a trace unrolls), and survives torch.jit.save / torch.jit.load."""
     model = _head(cell, backend)
     x, x_new, x_shape = _inputs((T, B, I), (T, B, I), (T - 1, B - 1, I))
     with warnings.catch_warnings():
@@ -451,7 +452,7 @@ def test_jit_trace_and_save_load(cell, backend, tmp_path):
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
         for name, prog in (("traced", traced), ("loaded", loaded)):
-            for xi in (x_new, x_shape):
+            for xi in (x_new, x_shape) if backend != "torch" else (x_new,):
                 assert_close(f"{name} T={xi.shape[0]} B={xi.shape[1]}", prog(xi), model(xi))
     names = ["output", "input grad"] + [n for n, _ in model.named_parameters()]
     _compare_lists("traced", names, _grads_of(traced, x_new), _grads_of(model, x_new),
@@ -660,14 +661,18 @@ def _exception_text(exc):
     return "\n".join(parts)
 
 
-def _raised_by_rnnfast(exc):
-    """Whether an exception in the chain is rnnfast's own (its class is defined in
-    rnnfast, or it was raised by code in rnnfast's package): a deliberate, clear
-    refusal, unlike an exporter's internal failure that only mentions an rnnfast op."""
+def _clear_refusal(exc):
+    """Whether an exception in the chain is a deliberate refusal: rnnfast's own (its
+    class is defined in rnnfast, or code in rnnfast's package raised it), or torch.onnx's
+    "Unsupported: ONNX export of operator ..." (what torch.nn.LSTM with proj_size gets).
+    An exporter's internal failure that merely mentions an rnnfast op is not one."""
     package = os.path.dirname(os.path.dirname(rnnfast.__file__))
     roots = tuple(os.path.join(package, d) + os.sep for d in ("rnnfast", "kernels"))
     while exc is not None:
         if type(exc).__module__.split(".")[0] == "rnnfast":
+            return True
+        if (type(exc).__module__.startswith("torch.onnx")
+                and str(exc).startswith("Unsupported: ONNX export of operator")):
             return True
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
@@ -702,7 +707,8 @@ def test_onnx_export_matches_onnxruntime(cell, backend, dynamo, tmp_path):
     """torch.onnx.export of the word LM (default exporter: dynamo=True; legacy:
     dynamo=False) either gives a model onnxruntime loads and runs to the float32
     tolerance on a DIFFERENT input than the export's (so a traced output baked in as a
-    constant fails), or raises an error that names rnnfast. Never a wrong model."""
+    constant fails), or raises a clear refusal (see _clear_refusal). Never a wrong or
+    unloadable model."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     if dynamo:
@@ -717,14 +723,16 @@ def test_onnx_export_matches_onnxruntime(cell, backend, dynamo, tmp_path):
             warnings.simplefilter("ignore")
             torch.onnx.export(program, example, str(path), dynamo=dynamo)
     except Exception as exc:
-        assert _raised_by_rnnfast(exc), (
-            f"ONNX export failed, but not with an error of rnnfast's:\n{_exception_text(exc)}")
+        assert _clear_refusal(exc), (
+            f"ONNX export failed without a clear refusal:\n{_exception_text(exc)}")
         return
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     tokens, hidden = _lm_inputs(cell, model, seed=9)
     feeds = _flat((tokens, hidden))
     names = [i.name for i in session.get_inputs()]
-    assert len(names) == len(feeds), f"ONNX inputs {names} for {len(feeds)} tensors"
+    assert len(names) == len(feeds), (
+        f"the ONNX model takes inputs {names}, the model {len(feeds)} tensors (tokens, "
+        f"hidden state): an input it ignores means an eager result baked in as a constant")
     got = session.run(None, {n: t.numpy() for n, t in zip(names, feeds)})
     with torch.no_grad():
         want = _flat(model(tokens, hidden))
