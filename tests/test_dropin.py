@@ -29,9 +29,29 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 
 from .tolerances import assert_close, tolerance
-from .twins import (BACKENDS, CELLS, INTERPRET, B, H, I, T, as_list, as_state, backend_params,
-                    cell_params, initial_state, layout_kwargs, leaves, make_pair, options,
-                    problem, run, state_size, torch_class, upstream)
+from .twins import (
+    BACKENDS,
+    CELLS,
+    INTERPRET,
+    B,
+    H,
+    I,
+    T,
+    as_list,
+    as_state,
+    backend_params,
+    cell_params,
+    initial_state,
+    layout_kwargs,
+    leaves,
+    make_pair,
+    options,
+    problem,
+    run,
+    state_size,
+    torch_class,
+    upstream,
+)
 
 F64 = torch.float64
 STATE_NAMES = ("h0", "c0")

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
+
 from .cases import triton_interpreting
 
 HAS_GRU = hasattr(rnnfast, "GRU")
