@@ -16,7 +16,7 @@ def explain(module, input):
     PackedSequence)."""
     be = module.plan(input)
     isa = getattr(getattr(be.kernels, "config", None), "ISA", None)
-    where = f" [{isa}]" if isa else ""
+    where = f" [{getattr(isa, 'name', isa)}]" if isa else ""
     return f"{type(module).__name__}: backend={be.name}{where}: {be.reason}"
 
 
