@@ -275,9 +275,11 @@ def run_bench(points, device, timing, deadline):
 
 
 def write_bench(out, rows, warm):
+    # Whether anything on the Triton path imported numba (it should not on CUDA; on CPU
+    # tensors the layer GEMMs are numba's).
     with open(os.path.join(out, "bench.json"), "w") as f:
-        json.dump(dict(rows=rows, warm=warm, headline_published=HEADLINE_PUBLISHED), f,
-                  indent=1)
+        json.dump(dict(rows=rows, warm=warm, headline_published=HEADLINE_PUBLISHED,
+                       numba_imported="numba" in sys.modules), f, indent=1)
     flat = [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
             for r in rows]
     keys = sorted({k for r in flat for k in r})

@@ -8,9 +8,10 @@ Definitions used everywhere in ``bench/``:
   ``loss = (y * g).sum() + (h_n * gh).sum()`` with fixed random ``g``, ``gh``;
   ``torch.autograd.grad`` of the loss w.r.t. ``x`` and every parameter.
 * **relative error** of a tensor: ``||a - ref||_F / ||ref||_F``.
-* **GEMM flops** of one layer and direction (G = H gates for an RNN, 4H for an LSTM):
-  forward ``2 T B G (I + H)`` (input projection + recurrent products); backward twice
-  that (``dh = dz W_hh``, ``dW_hh``, ``dW_ih``, ``dx``), so fwd+bwd = ``6 T B G (I + H)``.
+* **GEMM flops** of one layer and direction (G gate columns: H for an RNN, 4H for an
+  LSTM, 3H for a GRU): forward ``2 T B G (I + H)`` (input projection + recurrent
+  products); backward twice that (``dh = dz W_hh``, ``dW_hh``, ``dW_ih``, ``dx``), so
+  fwd+bwd = ``6 T B G (I + H)``.
 
 Dimensions: T time steps, B batch rows, I input size, H hidden size, G gate columns.
 """
@@ -30,13 +31,15 @@ import torch
 import rnnfast
 from rnnfast import reference
 
-# name -> (kind, nonlinearity)
+# name -> (kind, nonlinearity); kind names the torch.nn / rnnfast module (RNN, LSTM, GRU)
 CELLS = {
     "rnn_relu": ("rnn", "relu"),
     "rnn_tanh": ("rnn", "tanh"),
     "rnn_leaky_relu": ("rnn", "leaky_relu"),
     "lstm": ("lstm", None),
+    "gru": ("gru", None),
 }
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODES = ("fwd", "fwdbwd")
@@ -119,15 +122,18 @@ def machine_info(device):
 # ---------------------------------------------------------------- models and inputs
 
 def gates(cell, H):
-    return 4 * H if CELLS[cell][0] == "lstm" else H
+    """Gate columns G of the recurrent product: H (RNN), 4H (LSTM), 3H (GRU)."""
+    return _GATES[CELLS[cell][0]] * H
 
 
 def make_torch(cell, I, H, dtype, device, seed=0):
-    """torch.nn.RNN / torch.nn.LSTM with default init drawn from ``seed``."""
+    """torch.nn.RNN / LSTM / GRU with default init drawn from ``seed``."""
     kind, nl = CELLS[cell]
     torch.manual_seed(seed)
     if kind == "lstm":
         m = torch.nn.LSTM(I, H)
+    elif kind == "gru":
+        m = torch.nn.GRU(I, H)
     elif nl == "leaky_relu":
         # torch.nn has no leaky-ReLU RNN: its stand-in is the ReLU RNN (same cost).
         m = torch.nn.RNN(I, H, nonlinearity="relu")
@@ -141,6 +147,8 @@ def make_rnnfast(cell, I, H, dtype, device, backend, like=None):
     kind, nl = CELLS[cell]
     if kind == "lstm":
         m = rnnfast.LSTM(I, H, backend=backend)
+    elif kind == "gru":
+        m = rnnfast.GRU(I, H, backend=backend)
     else:
         m = rnnfast.RNN(I, H, nonlinearity=nl, backend=backend)
     m = m.to(device=device, dtype=dtype)
@@ -195,6 +203,9 @@ def reference_fn(cell):
         def f(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
             y, h, _ = reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, None, h0, c0)
             return y, h
+    elif kind == "gru":
+        def f(x, w_ih, w_hh, b_ih, b_hh, h0):
+            return reference.gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0)
     else:
         def f(x, w_ih, w_hh, b_ih, b_hh, h0):
             return reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity=nl)

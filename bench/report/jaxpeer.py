@@ -18,6 +18,8 @@ def _np(t):
 
 def _layer(cell):
     kind, nl = CELLS[cell]
+    if kind not in ("rnn", "lstm"):
+        raise ValueError(f"no JAX peer for the {kind} cell")
     act = {"relu": jax.nn.relu, "tanh": jnp.tanh,
            "leaky_relu": lambda z: jax.nn.leaky_relu(z, 0.01)}.get(nl)
 
