@@ -64,6 +64,7 @@ def finish(out, data):
     cfg, meta = data["config"], data["meta"]
     t0 = time.time()
     summary = stats.summarize(cfg, data["cells"], data["init_profiles"], data["runs"])
+    meta["time"]["run_seconds"] = stats.time_breakdown(data["runs"])
     figures = []
     try:
         plots.horizon_figure(os.path.join(out, report.HORIZON_PNG), summary, cfg)
@@ -100,7 +101,7 @@ def main(argv=None):
         print("note: rnnfast has no GRU yet; the study runs without the 'gru' cell",
               file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    workers = args.workers or (1 if device == "cuda" else cfg["workers"])
+    workers = args.workers or cfg["workers"]
     out = args.out or os.path.join("out", f"study-{args.mode}")
     os.makedirs(out, exist_ok=True)
     budget = None if args.no_time_budget else cfg["time_budget_s"]
@@ -134,7 +135,6 @@ def main(argv=None):
     }
     data = {"meta": meta, "config": cfg, "cells": list(cells), "init_profiles": profiles,
             "runs": runs}
-    meta["time"]["run_seconds"] = stats.time_breakdown(runs, {})["run_seconds"]
     meta["wall_seconds"] = time.time() - t_start  # before the report; updated below
     load1 = _load()
     if load0 is not None:
@@ -147,8 +147,10 @@ def main(argv=None):
     for k, v in stages.items():
         print(f"  {k:58s} {v:7.0f} s", file=sys.stderr)
     for e in meta["time"]["run_seconds"]:
-        print(f"  run-seconds {e['stage']:6s} {e['cell']:6s} {e['seconds']:7.0f} s",
-              file=sys.stderr)
+        print(f"  {e['stage']:6s} {e['cell']:6s} {e['runs']:3d} runs {e['seconds']:7.0f} "
+              f"run-seconds {e['cpu_seconds']:7.0f} CPU-seconds", file=sys.stderr)
+    if meta.get("load"):
+        print(f"  load average at start / end: {meta['load']}", file=sys.stderr)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -86,10 +86,18 @@ def _horizon_sentence(cfg, summary, task, lead):
     for c in order:
         parts.append(f"{LABELS[c]} {horizon_text(hs[c], Ts)}")
         ids += hs[c]["runs"]
+    cut = sum(r["cut"] for rows in summary["ladders"][task].values() for r in rows)
     return (f"{lead}, with at most {_ladder_steps(cfg, task)} steps per run, T in "
             f"{{{', '.join(map(str, Ts))}}} and {cfg['seeds']} seed(s), the longest T solved "
             f"by at least half the seeds is: " + "; ".join(parts)
+            + (f" ({cut} run(s) of this ladder were cut by the time budget, so a '>=' may "
+               "hide a longer horizon)" if cut else "")
             + (f" [runs {cite(ids)}]." if ids else " [no run solved].")), hs
+
+
+def fmt_steps(x):
+    """A step count: '1,250'."""
+    return "n/a" if x is None else f"{x:,.0f}"
 
 
 def short_answer(cfg, summary, meta):
@@ -128,9 +136,11 @@ def short_answer(cfg, summary, meta):
             f"Over one learning-rate grid fixed in advance ({grid}, Adam) at T = {T}, the "
             "share of (lr, seed) runs that solved / diverged was "
             + "; ".join(f"{c}: {_share(rob[c]['clip']['solved'])} / "
-                        f"{_share(rob[c]['clip']['diverged'])} with clipping, "
-                        f"{_share(rob[c]['noclip']['solved'])} / "
-                        f"{_share(rob[c]['noclip']['diverged'])} without"
+                        f"{_share(rob[c]['clip']['diverged'])} with clipping"
+                        + (f", {_share(rob[c]['noclip']['solved'])} / "
+                           f"{_share(rob[c]['noclip']['diverged'])} without"
+                           if rob[c]["noclip"]["solved"]["n"] else
+                           ", not measured without (time budget)")
                         for c in key)
             + f" [runs {cite_grid('adding', T, key)}].")
     out.append(_verdict(cfg, summary))
@@ -280,7 +290,7 @@ def mechanism_sentences(summary):
                 parts.append(
                     f"in its {g['n']} {name} run(s) the ratio at lag T/2 went from "
                     f"{num(g['init']['lag_T/2'])} at step 0 to {num(g['end']['lag_T/2'])} at "
-                    f"step {num(g['end']['step'])} and W_hh's spectral radius from "
+                    f"step {fmt_steps(g['end']['step'])} and W_hh's spectral radius from "
                     f"{num(g['init']['spectral_radius'])} to {num(g['end']['spectral_radius'])} "
                     f"[{cite(g['runs'])}]")
         if parts:

@@ -7,6 +7,7 @@ from .cells import IRNN_INPUT_STD, LABELS, LEAKY_SLOPE
 from .config import CLIP_NORM, COPY
 from .prose import (
     cite,
+    fmt_steps,
     horizon_text,
     literature,
     mechanism_sentences,
@@ -84,7 +85,7 @@ def render(cfg, meta, summary, figures):
                     row.append("-" if r["status"].startswith("not run") else "budget")
                 else:
                     s = r["solved"]
-                    row.append(f"{s['k']}/{s['n']}" + (f" ({num(r['median_steps'])})"
+                    row.append(f"{s['k']}/{s['n']}" + (f" ({fmt_steps(r['median_steps'])})"
                                                        if r["median_steps"] else ""))
             row.append(horizon_text(summary["horizons"][task][cell], Ts))
             rows.append(row)
@@ -139,7 +140,7 @@ def render(cfg, meta, summary, figures):
                              f"{num(i['lag_T/2'])} -> {num(f['lag_T/2'])}",
                              f"{num(i['lag_T'])} -> {num(f['lag_T'])}",
                              f"{num(i['spectral_radius'])} -> {num(f['spectral_radius'])}",
-                             num(f["step"]), cite(g["runs"])])
+                             fmt_steps(f["step"]), cite(g["runs"])])
         L.append(_table(["cell", "T", "runs", "lag T/2: step 0 -> last", "lag T",
                          "rho(W_hh)", "last step", "run ids"], rows))
         L.append("")
@@ -162,9 +163,11 @@ def render(cfg, meta, summary, figures):
     L.append(_table(["part", "wall seconds"],
                     [[k, f"{v:.0f}"] for k, v in tb["stages"].items()]))
     L.append("")
-    L.append("Training run-seconds (summed over runs; workers run in parallel):\n")
-    L.append(_table(["stage", "cell", "run-seconds"],
-                    [[e["stage"], e["cell"], f"{e['seconds']:.0f}"] for e in tb["run_seconds"]]))
+    L.append("Training, summed over runs (workers run in parallel): wall seconds and the "
+             "CPU seconds the runs got (their ratio shows how loaded the machine was):\n")
+    L.append(_table(["stage", "cell", "runs", "run-seconds", "CPU-seconds"],
+                    [[e["stage"], e["cell"], e.get("runs", ""), f"{e['seconds']:.0f}",
+                      f"{e.get('cpu_seconds', 0):.0f}"] for e in tb["run_seconds"]]))
     L.append("")
     if meta.get("load"):
         L.append(f"Machine load average at start / end: {meta['load']}.\n")

@@ -126,14 +126,14 @@ class Plan:
 
     def next_job(self):
         """The next job: clipped grid runs first (they decide each cell's ladder lr), then
-        the shortest sequences among the unclipped grid runs and the released ladder
-        rungs, so that a time budget cuts the longest runs, not the ladders' first rungs."""
+        the unclipped ones (the clipping contrast), then the released ladder rungs,
+        shortest sequences first, so that a time budget cuts the longest runs."""
         if not self.queue:
             return None
 
         def key(job):
-            first = job["stage"] == "grid" and job["clip"]
-            return (0 if first else 1, make_task(job["task"]).seq_len(job["T"]))
+            order = (0 if job["clip"] else 1) if job["stage"] == "grid" else 2
+            return (order, make_task(job["task"]).seq_len(job["T"]))
 
         i = min(range(len(self.queue)), key=lambda k: key(self.queue[k]))
         return self.queue.pop(i)

@@ -175,16 +175,19 @@ def horizon_mechanism(runs, ladders, horizons, lrs, task="adding"):
     return out
 
 
-def time_breakdown(runs, stage_seconds):
-    """Where the time went: wall seconds per stage, and per (stage, cell) the summed
-    run seconds (several workers run at once, so these add up to more than wall time)."""
+def time_breakdown(runs):
+    """Per (stage, cell): runs started, summed wall seconds and CPU seconds of the runs
+    (several workers run at once, so wall seconds add up to more than the wall time)."""
     by = {}
     for r in runs:
-        key = (r.get("stage", "?"), r["cell"])
-        by[key] = by.get(key, 0.0) + r.get("seconds", 0.0)
-    return {"stages": stage_seconds,
-            "run_seconds": [{"stage": s, "cell": c, "seconds": v}
-                            for (s, c), v in sorted(by.items())]}
+        if r["outcome"] == "skipped":
+            continue
+        e = by.setdefault((r.get("stage", "?"), r["cell"]), [0, 0.0, 0.0])
+        e[0] += 1
+        e[1] += r.get("seconds", 0.0)
+        e[2] += r.get("cpu_seconds", 0.0)
+    return [{"stage": s, "cell": c, "runs": n, "seconds": w, "cpu_seconds": cpu}
+            for (s, c), (n, w, cpu) in sorted(by.items())]
 
 
 def outcome_counts(runs):

@@ -21,22 +21,22 @@ def stored_lags(T, n_log=40):
 
 def grad_profile(model, task, x, y):
     """Gradient norm vs lag of ``task``'s loss for ``model`` on (x [T, B, I], y), in
-    float64 on a copy of the model (the model's own ``.grad`` is untouched).
+    float64 on a CPU copy of the model (the model's own ``.grad`` is untouched; on the
+    CPU so that the profile never depends on a GPU backend's float64 support).
 
     Returns {'lags': [k...], 'ratio': [||dL/dh at lag k|| / ||dL/dh_{T-1}||...]} at
     :func:`stored_lags`. For a task read out at every step (copy) the last state also
     receives the loss of the last output only through the readout; ratios are still
     relative to it."""
-    m = copy.deepcopy(model).double()
-    x, y = x.double(), (y.double() if y.is_floating_point() else y)
+    m = copy.deepcopy(model).double().cpu()
+    x, y = x.double().cpu(), (y.double() if y.is_floating_point() else y).cpu()
     T, B = x.shape[:2]
-    h0 = torch.zeros(1, B, m.rnn.hidden_size, dtype=torch.float64, device=x.device,
-                     requires_grad=True)
+    h0 = torch.zeros(1, B, m.rnn.hidden_size, dtype=torch.float64, requires_grad=True)
     m.rnn.record_grad_norms = True
     with torch.enable_grad():
         task.loss(m(x, m.initial_state(h0)), y).backward()
-    norms = m.rnn.last_grad_norms[0].double().cpu()  # positions 0..T-1
-    by_lag = torch.cat([norms.flip(0), h0.grad.norm().reshape(1).cpu()])
+    norms = m.rnn.last_grad_norms[0].double()  # positions 0..T-1
+    by_lag = torch.cat([norms.flip(0), h0.grad.norm().reshape(1)])
     ref = float(by_lag[0])
     lags = stored_lags(T)
     ratio = [float(by_lag[k]) / ref if ref > 0 else float("nan") for k in lags]
