@@ -7,15 +7,16 @@ exports the same launchers, with the same signatures, shapes and semantics, for 
 time recurrence of one layer direction, plus the same layer-GEMM entry points for the
 products over all time steps at once (done outside the time loop)::
 
-    rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope, reuse_xp)
+    rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope, reuse_xp,
+            train=True)
         -> (y, h_n)
     rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation, negative_slope)
         -> (dxp, dh0, norms)
-    lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp)
+    lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp, train=True)
         -> (y, h_n, c_n, gates, cs)
     lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse)
         -> (dxp, dh0, dc0, dhs, norms)
-    gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp)
+    gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp, train=True)
         -> (y, h_n, gates)
     gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse)
         -> (dxp, dgh, dh0, norms)
@@ -32,6 +33,13 @@ multiplied by r, so the GRU kernels take it separately). ``lengths`` (int64 [B] 
 None) freezes row b's state from step lengths[b] on (y = 0 there); ``reverse`` runs
 t = T-1 .. 0. ``norms`` (float64 [T]) is ||dL/dh_t|| per input position.
 ``reuse_xp=True`` lets a backend write y (RNN) or the gates (LSTM, GRU) over xp.
+``train=False`` is a forward that will not be differentiated: what only backward reads
+(the LSTM's gates and cs, the GRU's gates) comes back as empty [0] tensors of xp's
+dtype, and a backend need not compute or store it; y, h_n (, c_n) are bitwise the same
+as with ``train=True``. For the RNN, whose backward reads only y, it changes nothing.
+With ``lengths`` non-increasing (a PackedSequence's order) the rows active at step t
+are a prefix of the batch, and a backend may run each step on that prefix only (numba
+does, per thread's rows, with results bitwise the same as for the rows in any order).
 
 The GRU (torch.nn.GRU's cell, gate order r, z, n)::
 

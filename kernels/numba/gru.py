@@ -25,8 +25,10 @@ gates = 0, and passes its gradient through unchanged (dxp = dgh = 0 there).
 
 Rows of the batch never interact: the parallel drivers give each thread its own slice
 of rows for the whole time loop (as rnn.py and lstm.py). The per-step product is the
-register-tile GEMM of gemm.py against W_hh packed once per call; the pointwise step is
-one pass over the units on the vectors of vec.py.
+register-tile GEMM of gemm.py against W_hh packed once per call, on the active rows only
+when a thread's rows are sorted by length (packed.py); the pointwise step is one pass
+over the units on the vectors of vec.py. A forward that will not be differentiated
+(``train=False``) does not save the gates.
 """
 
 import math
@@ -40,13 +42,15 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import mm_into, panels
+from .packed import active_rows, chunk_bounds, is_sorted
 
 
 @njit(**JIT)
-def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, b0, b1):
+def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save, b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,H],
-    h_n [B,H] and gates [T,B,4H]. All arrays C-contiguous, b_hn [H] (zeros when the
-    layer has no bias); offsets flat."""
+    h_n [B,H] and, when ``save``, gates [T,B,4H] (else it may be empty and is not
+    touched). All arrays C-contiguous, b_hn [H] (zeros when the layer has no bias);
+    offsets flat."""
     T, B, G = xp.shape
     L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     H = G // 3
@@ -55,9 +59,11 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, b0, b1)
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running h
     h[:] = h0[b0:b1]
     gh = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
+    prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        mm_into(h, w_hh_t, gh)
+        na = active_rows(lengths, b0, b1, t, prefix)
+        mm_into(h[:na], w_hh_t, gh[:na])
         for rr in range(nb):
             b = b0 + rr
             row = t * B + b  # flat row of [T, B, *]
@@ -73,15 +79,17 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, b0, b1)
                     hn = V.load(gh, zo + 2 * H, n) + V.load(b_hn, j, n)
                     ng = V.tanh(V.fma(rg, hn, V.load(xp, xo + 2 * H, n)))
                     hv = V.fma(zg, V.load(h, ho, n) - ng, ng)
-                    V.store(gates, go, n, rg)
-                    V.store(gates, go + H, n, zg)
-                    V.store(gates, go + 2 * H, n, ng)
-                    V.store(gates, go + 3 * H, n, hn)
+                    if save:
+                        V.store(gates, go, n, rg)
+                        V.store(gates, go + H, n, zg)
+                        V.store(gates, go + 2 * H, n, ng)
+                        V.store(gates, go + 3 * H, n, hn)
                     V.store(h, ho, n, hv)
                     V.store(y, row * H + j, n, hv)
             else:
-                for k in range(G4):
-                    gates[t, b, k] = 0
+                if save:
+                    for k in range(G4):
+                        gates[t, b, k] = 0
                 for j in range(H):
                     y[t, b, j] = 0
     h_n[b0:b1] = h
@@ -102,9 +110,11 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] this step's dgh rows
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dgh @ W_hh
     sq = np.empty(H, dtype=dy.dtype)  # [H] per-unit sums of squares (this step, my rows)
+    prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1  # the step processed before t
+        na = active_rows(lengths, b0, b1, t, prefix)
         sq[:] = 0.0
         for rr in range(nb):
             b = b0 + rr
@@ -151,8 +161,8 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
         for p in range(H):
             acc += np.float64(sq[p])
         sqsum[t] = acc
-        mm_into(dz, w_hh, back)
-        for rr in range(nb):
+        mm_into(dz[:na], w_hh, back[:na])
+        for rr in range(na):
             if t < lengths[b0 + rr]:
                 for j in range(0, H, L):
                     n = min(L, H - j)
@@ -162,19 +172,21 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
 
 
 @njit(**JIT)
-def gru_fwd_kernel(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates):
-    """Writes y [T,B,H], h_n [B,H], gates [T,B,4H] = (r, z, n, hn)."""
-    _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, 0, xp.shape[1])
+def gru_fwd_kernel(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save):
+    """Writes y [T,B,H], h_n [B,H] and, when ``save``, gates [T,B,4H] = (r, z, n, hn)."""
+    _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save,
+                  0, xp.shape[1])
 
 
 @njit(**JIT_PARALLEL)
 def gru_fwd_kernel_parallel(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates,
-                            nchunks):
-    """Batch-parallel forward: each chunk of rows runs the whole time loop."""
-    B = xp.shape[1]
+                            save, nchunks):
+    """Batch-parallel forward: each chunk of rows (packed.chunk_bounds) runs the whole
+    time loop."""
+    bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
-        _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates,
-                      c * B // nchunks, (c + 1) * B // nchunks)
+        _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save,
+                      bounds[c], bounds[c + 1])
 
 
 @njit(**JIT)
@@ -191,11 +203,12 @@ def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
                             dxp, dgh, dh0, norms, nchunks):
     """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards
     (deterministic)."""
-    T, B, _ = dy.shape
+    T = dy.shape[0]
+    bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
         _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, dxp, dgh, dh0,
-                      sq[c], c * B // nchunks, (c + 1) * B // nchunks)
+                      sq[c], bounds[c], bounds[c + 1])
     for t in range(T):
         acc = 0.0
         for c in range(nchunks):
@@ -208,7 +221,7 @@ def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
 DTYPES = (torch.float32, torch.float64)
 
 
-def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
+def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, train=True):
     """Forward recurrence of a GRU (torch.nn.GRU's cell, gate order r, z, n).
 
     Parameters
@@ -222,6 +235,9 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
     reuse_xp : bool         accepted for the common launcher signature; the GRU's gates
                             (4H columns) do not fit in xp (3H), so they always get a
                             fresh [T, B, 4H] buffer and xp is left untouched
+    train : bool            False for a forward that will not be differentiated: the
+                            gates (read only by :func:`gru_bwd`) are neither allocated
+                            nor written
 
     All tensors share one dtype (float32 or float64) and live on the CPU.
 
@@ -229,7 +245,7 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
     -------
     y : Tensor [T, B, H]  (0 where t >= lengths[b]),  h_n : Tensor [B, H],
     gates : Tensor [T, B, 4H]  (r, z, n, hn = h_{t-1} W_hn^T + b_hn; 0 where inactive),
-    saved for :func:`gru_bwd`
+    saved for :func:`gru_bwd`; with train=False an empty [0] tensor of xp's dtype
 
     Raises ValueError on a bad shape, dtype or device, or lengths outside [1, T]
     (kernels._check).
@@ -239,14 +255,19 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
     H = G // 3
     y = _host.empty(xp, (T, B, H))
     h_n = torch.empty_like(h0)
-    gates = _host.empty(xp, (T, B, 4 * H))
     xn = _host.as_numpy(xp)
+    if train:
+        gates = _host.empty(xp, (T, B, 4 * H))
+        gates_np = gates.numpy()
+    else:
+        gates = xp.new_empty((0,))
+        gates_np = np.empty((0, 0, 0), dtype=xn.dtype)
     b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
     _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * G),
                  xn, panels(w_hh, transpose=True), b_hn_np, _host.as_numpy(h0),
                  _host.lengths_array(lengths, T, B), bool(reverse), y.numpy(), h_n.numpy(),
-                 gates.numpy())
+                 gates_np, bool(train))
     return y, h_n, gates
 
 

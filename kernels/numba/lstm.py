@@ -19,6 +19,11 @@ Saved for backward: the activated gates [T, B, G] and the cell states cs [T, B, 
 cs[t] holds the state after step t; an inactive row (t >= lengths[b]) keeps its state,
 so cs at an inactive step is the frozen state. That makes "the previous cell state" of
 any active step simply cs at the previous processing step (or c0), in both directions.
+A forward that will not be differentiated (``train=False``) saves neither.
+
+Rows never interact: the parallel drivers give each thread its own slice of rows for
+the whole time loop, and a thread whose rows are sorted by length runs each step's
+products on its active rows only (packed.py).
 """
 
 import math
@@ -32,14 +37,16 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import mm_into, panels
+from .packed import active_rows, chunk_bounds, is_sorted
 
 
 @njit(**JIT)
 def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
-                   y, h_n, c_n, gates, cs, b0, b1):
+                   y, h_n, c_n, gates, cs, save, b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,P],
-    h_n [B,P], c_n [B,H], gates [T,B,G] and cs [T,B,H]. All arrays C-contiguous; the
-    pointwise step runs on one-register vectors (kernels/numba/vec.py), offsets flat."""
+    h_n [B,P], c_n [B,H] and, when ``save``, gates [T,B,G] and cs [T,B,H] (else both
+    may be empty and are not touched). All arrays C-contiguous; the pointwise step runs
+    on one-register vectors (kernels/numba/vec.py), offsets flat."""
     T, B, G = xp.shape
     L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     H = G // 4
@@ -53,9 +60,11 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
     z = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
     r = np.zeros((nb, H), dtype=xp.dtype)  # [nb, H] o * tanh(c)
     hp = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] r @ W_hr^T
+    prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        mm_into(h, w_hh_t, z)
+        na = active_rows(lengths, b0, b1, t, prefix)
+        mm_into(h[:na], w_hh_t, z[:na])
         for rr in range(nb):
             b = b0 + rr
             row = t * B + b  # flat row of [T, B, *]
@@ -68,14 +77,15 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                     fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
                     gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
                     og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
-                    V.store(gates, xo, n, ig)
-                    V.store(gates, xo + H, n, fg)
-                    V.store(gates, xo + 2 * H, n, gg)
-                    V.store(gates, xo + 3 * H, n, og)
                     co = rr * H + j
                     cn = fg * V.load(c, co, n) + ig * gg
                     V.store(c, co, n, cn)
-                    V.store(cs, row * H + j, n, cn)
+                    if save:
+                        V.store(gates, xo, n, ig)
+                        V.store(gates, xo + H, n, fg)
+                        V.store(gates, xo + 2 * H, n, gg)
+                        V.store(gates, xo + 3 * H, n, og)
+                        V.store(cs, row * H + j, n, cn)
                     rv = og * V.tanh(cn)
                     if proj:
                         V.store(r, co, n, rv)
@@ -83,15 +93,16 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                         V.store(h, co, n, rv)
                         V.store(y, row * H + j, n, rv)
             else:
-                for k in range(G):
-                    gates[t, b, k] = 0
-                for j in range(H):
-                    cs[t, b, j] = c[rr, j]
+                if save:
+                    for k in range(G):
+                        gates[t, b, k] = 0
+                    for j in range(H):
+                        cs[t, b, j] = c[rr, j]
                 if not proj:
                     for p in range(P):
                         y[t, b, p] = 0
         if proj:  # h_t = r_t @ W_hr^T
-            mm_into(r, w_hr_t, hp)
+            mm_into(r[:na], w_hr_t, hp[:na])
             for rr in range(nb):
                 b = b0 + rr
                 if t < lengths[b]:
@@ -125,9 +136,11 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] pre-activation gate gradients
     back = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] dz @ W_hh
     sq = np.empty(P, dtype=dy.dtype)  # [P] per-unit sums of squares (this step, my rows)
+    prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1  # the step processed before t
+        na = active_rows(lengths, b0, b1, t, prefix)
         sq[:] = 0.0
         for rr in range(nb):
             b = b0 + rr
@@ -149,7 +162,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             acc += np.float64(sq[p])
         sqsum[t] = acc
         if proj:
-            mm_into(dh, w_hr, dr)
+            mm_into(dh[:na], w_hr, dr[:na])
         for rr in range(nb):
             b = b0 + rr
             row = t * B + b
@@ -185,8 +198,8 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                 for k in range(G):
                     dz[rr, k] = 0
                     dxp[t, b, k] = 0
-        mm_into(dz, w_hh, back)
-        for rr in range(nb):
+        mm_into(dz[:na], w_hh, back[:na])
+        for rr in range(na):
             if t < lengths[b0 + rr]:
                 for p in range(P):
                     dh[rr, p] = back[rr, p]
@@ -196,20 +209,22 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
 
 @njit(**JIT)
 def lstm_fwd_kernel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
-                    y, h_n, c_n, gates, cs):
-    """Writes y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,G], cs [T,B,H]."""
+                    y, h_n, c_n, gates, cs, save):
+    """Writes y [T,B,P], h_n [B,P], c_n [B,H] and, when ``save``, gates [T,B,G] and
+    cs [T,B,H]."""
     _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse, y, h_n, c_n, gates, cs,
-                   0, xp.shape[1])
+                   save, 0, xp.shape[1])
 
 
 @njit(**JIT_PARALLEL)
 def lstm_fwd_kernel_parallel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
-                             y, h_n, c_n, gates, cs, nchunks):
-    """Batch-parallel forward: each chunk of rows runs the whole time loop."""
-    B = xp.shape[1]
+                             y, h_n, c_n, gates, cs, save, nchunks):
+    """Batch-parallel forward: each chunk of rows (packed.chunk_bounds) runs the whole
+    time loop."""
+    bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse, y, h_n, c_n, gates,
-                       cs, c * B // nchunks, (c + 1) * B // nchunks)
+                       cs, save, bounds[c], bounds[c + 1])
 
 
 @njit(**JIT)
@@ -227,11 +242,12 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
 def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                              dxp, dh0, dc0, dhs, norms, nchunks):
     """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards."""
-    T, B, _ = dy.shape
+    T = dy.shape[0]
+    bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
         _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
-                       dxp, dh0, dc0, dhs, sq[c], c * B // nchunks, (c + 1) * B // nchunks)
+                       dxp, dh0, dc0, dhs, sq[c], bounds[c], bounds[c + 1])
     for t in range(T):
         acc = 0.0
         for c in range(nchunks):
@@ -244,7 +260,8 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
 DTYPES = (torch.float32, torch.float64)
 
 
-def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False):
+def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False,
+             train=True):
     """Forward recurrence of an LSTM (gate order i, f, g, o).
 
     Parameters
@@ -254,10 +271,13 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     (P = proj_size when w_hr is given, else H.)
     reuse_xp : the gates may be written over xp (as ``rnn_fwd``'s y): saves a
     [T, B, 4H] buffer and its first-touch page faults
+    train : False for a forward that will not be differentiated: gates and cs (read
+    only by :func:`lstm_bwd`) are neither allocated nor written
 
     Returns
     -------
-    y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated), cs [T, B, H]
+    y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated), cs [T, B, H];
+    with train=False gates and cs are empty [0] tensors of xp's dtype
 
     Raises ValueError on a bad shape, dtype or device (kernels._check).
     """
@@ -268,15 +288,21 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     y = _host.empty(xp, (T, B, P))
     h_n = torch.empty_like(h0)
     c_n = torch.empty_like(c0)
-    gates = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
-    cs = _host.empty(xp, (T, B, H))
+    xn = _host.as_numpy(xp)
+    if train:
+        gates = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
+        cs = _host.empty(xp, (T, B, H))
+        gates_np, cs_np = gates.numpy(), cs.numpy()
+    else:
+        gates, cs = xp.new_empty((0,)), xp.new_empty((0,))
+        gates_np = cs_np = np.empty((0, 0, 0), dtype=xn.dtype)
     w_hr_t = panels(w_hr, transpose=True) if w_hr is not None else _host.no_weight(xp)
     _host.launch(lstm_fwd_kernel, lstm_fwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * P * G),
-                 _host.as_numpy(xp), panels(w_hh, transpose=True), w_hr_t,
+                 xn, panels(w_hh, transpose=True), w_hr_t,
                  _host.as_numpy(h0), _host.as_numpy(c0), _host.lengths_array(lengths, T, B),
-                 bool(reverse), y.numpy(), h_n.numpy(), c_n.numpy(), gates.numpy(),
-                 cs.numpy())
+                 bool(reverse), y.numpy(), h_n.numpy(), c_n.numpy(), gates_np, cs_np,
+                 bool(train))
     return y, h_n, c_n, gates, cs
 
 

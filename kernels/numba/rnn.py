@@ -14,7 +14,8 @@ both time directions).
 Rows of the batch never interact, so the parallel drivers give each thread its own
 slice of rows for the whole time loop: no barrier per step, no shared writes. The
 per-step product is the register-tile GEMM of gemm.py against W_hh packed once per
-call; the pointwise step runs on the one-register vectors of vec.py.
+call, on the active rows only when a thread's rows are sorted by length (packed.py);
+the pointwise step runs on the one-register vectors of vec.py.
 """
 
 import math
@@ -29,6 +30,7 @@ from . import _host
 from . import vec as V
 from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import mm_into, panels
+from .packed import active_rows, chunk_bounds, is_sorted
 
 
 @njit(**INLINE)
@@ -63,9 +65,11 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
     z = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] h_{t-1} @ W_hh^T
     h[:] = h0[b0:b1]
+    prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        mm_into(h, w_hh_t, z)
+        na = active_rows(lengths, b0, b1, t, prefix)
+        mm_into(h[:na], w_hh_t, z[:na])
         for r in range(nb):
             b = b0 + r
             row = t * B + b  # flat row of [T, B, H]
@@ -96,8 +100,10 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
     # Per-unit sums of squares keep the norm's inner loop free of a serial reduction.
     sq = np.empty(H, dtype=dy.dtype)  # [H] (per step: a sum over this thread's rows)
     dh[:] = dh_n[b0:b1]
+    prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = s if reverse else T - 1 - s
+        na = active_rows(lengths, b0, b1, t, prefix)
         sq[:] = 0.0
         for r in range(nb):
             b = b0 + r
@@ -118,8 +124,8 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
         for p in range(sq.shape[0]):
             acc += np.float64(sq[p])
         sqsum[t] = acc
-        mm_into(dz, w_hh, back)
-        for r in range(nb):
+        mm_into(dz[:na], w_hh, back[:na])
+        for r in range(na):
             if t < lengths[b0 + r]:
                 for j in range(H):
                     dh[r, j] = back[r, j]
@@ -144,12 +150,12 @@ def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
 @njit(**JIT_PARALLEL)
 def rnn_fwd_kernel_parallel(xp, w_hh_t, h0, lengths, reverse, activation, slope,
                             y, h_n, nchunks):
-    """Batch-parallel forward: chunk c of the rows runs the whole time loop on its own
-    thread (rows never interact; single-threaded BLAS inside, set by the launcher)."""
-    B = xp.shape[1]
+    """Batch-parallel forward: chunk c of the rows (packed.chunk_bounds) runs the whole
+    time loop on its own thread (rows never interact)."""
+    bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n,
-                      c * B // nchunks, (c + 1) * B // nchunks)
+                      bounds[c], bounds[c + 1])
 
 
 @njit(**JIT_PARALLEL)
@@ -157,11 +163,12 @@ def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, reverse, activation, slo
                             dxp, dh0, norms, nchunks):
     """Batch-parallel BPTT; each chunk's squared norms land in its own row of a
     [nchunks, T] buffer, summed afterwards in chunk order (deterministic)."""
-    T, B, _ = dy.shape
+    T = dy.shape[0]
+    bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
         _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
-                      dxp, dh0, sq[c], c * B // nchunks, (c + 1) * B // nchunks)
+                      dxp, dh0, sq[c], bounds[c], bounds[c + 1])
     for t in range(T):
         acc = 0.0
         for c in range(nchunks):
@@ -175,7 +182,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01,
-            reuse_xp=False):
+            reuse_xp=False, train=True):
     """Forward recurrence of an Elman RNN.
 
     Parameters
@@ -189,6 +196,8 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     negative_slope : float  >= 0, used by LEAKY_RELU
     reuse_xp : bool         y may be written over xp (a caller's temporary): each step
                             reads its xp before writing y in the same place
+    train : bool            accepted for the common launcher signature: y is all the
+                            RNN's backward reads, so it is the same either way
 
     Returns
     -------
