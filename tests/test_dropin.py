@@ -618,6 +618,12 @@ ERRORS = {
 }
 
 
+# (case, class) where torch.nn raises from deep inside its computation rather than from a
+# check of its own (for a packed LSTM it never compares the hidden size): the wording is
+# not one to copy, so only the exception class must match.
+INCIDENTAL = {("packed-hidden-size", "LSTM")}
+
+
 def _error_params():
     out = []
     for name, (_, cells, _) in ERRORS.items():
@@ -630,7 +636,8 @@ def _error_params():
 @pytest.mark.parametrize("cell,case", _error_params())
 def test_error_matches_torch(cell, case, backend):
     """The same bad input raises torch.nn's exception class with torch.nn's message
-    (rnnfast may add text around it, e.g. the module name in front as torch does)."""
+    (rnnfast may add text around it, e.g. the module name in front as torch does), except
+    where torch.nn's message is incidental (INCIDENTAL): then the class alone."""
     kwargs, _, build = ERRORS[case]
     kind, opts = options(cell, **kwargs)
     torch_opts = {k: v for k, v in opts.items() if k != "negative_slope"}
@@ -642,7 +649,8 @@ def test_error_matches_torch(cell, case, backend):
     with pytest.raises(Exception) as caught:
         twin(x, hx)
     torch_exc = caught.value
-    with pytest.raises(type(torch_exc), match=re.escape(str(torch_exc))):
+    message = None if (case, kind) in INCIDENTAL else re.escape(str(torch_exc))
+    with pytest.raises(type(torch_exc), match=message):
         ours(x, hx)
 
 
