@@ -16,7 +16,9 @@ import torch
 from numba import njit
 
 from rnnfast.kernels import numba as nk
-from rnnfast.kernels.numba import gemm, vec as V
+from rnnfast.kernels.numba import gemm
+from rnnfast.kernels.numba import vec as V
+
 from .tolerances import assert_close
 
 DTYPES = (np.float32, np.float64)
@@ -107,9 +109,11 @@ def test_project_and_layer_grads(dt, T, B, I, H):
     G = 4 * H
     tdt = TORCH[dt]
     g = torch.Generator().manual_seed(T * B + I)
-    x, w_ih = torch.randn(T, B, I, generator=g, dtype=tdt), torch.randn(G, I, generator=g, dtype=tdt)
+    x = torch.randn(T, B, I, generator=g, dtype=tdt)
+    w_ih = torch.randn(G, I, generator=g, dtype=tdt)
     bias = torch.randn(G, generator=g, dtype=tdt)
-    dxp, y = torch.randn(T, B, G, generator=g, dtype=tdt), torch.randn(T, B, H, generator=g, dtype=tdt)
+    dxp = torch.randn(T, B, G, generator=g, dtype=tdt)
+    y = torch.randn(T, B, H, generator=g, dtype=tdt)
     h0 = torch.randn(B, H, generator=g, dtype=tdt)
     xd = x.double()
     assert_close("xp", nk.project(x, w_ih, bias), xd @ w_ih.double().t() + bias.double(), tdt)

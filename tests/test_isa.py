@@ -44,6 +44,7 @@ def isa_env(isa):
     """Environment variables that make numba compile for ``isa`` on this host."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("NUMBA_CPU_", "RNNFAST_ISA"))}
+    env["RNNFAST_NUMBA_CACHE"] = "0"  # compiled here, so that its IR and asm exist
     if isa == "neon":
         env["RNNFAST_ISA"] = "neon"
     elif isa in _X86:
@@ -91,6 +92,22 @@ def inner_loop_spills(asm):
     return [(h, ln) for h, ln in spills if h in inner]
 
 
+# x86's optimizer turns NRT's "decrement and test for zero" into an x86 intrinsic.
+_X86_ATOMIC = re.compile(r"(%[\w.\"]+) = (?:tail )?call i8 @llvm\.x86\.atomic\.sub\.cc\.i64"
+                         r"\(ptr (?:nonnull )?(%[\w.\"]+), i64 (\d+), i32 4\)")
+_ATOMIC_COUNT = [0]
+
+
+def _generic_atomic(m):
+    """The same operation in target-independent IR: cc 4 (equal) = the result is 0."""
+    res, ptr, n = m.groups()
+    _ATOMIC_COUNT[0] += 1
+    k = _ATOMIC_COUNT[0]
+    return (f"%x86old.{k} = atomicrmw sub ptr {ptr}, i64 {n} seq_cst\n"
+            f"  %x86zero.{k} = icmp eq i64 %x86old.{k}, {n}\n"
+            f"  {res} = zext i1 %x86zero.{k} to i8")
+
+
 def _retarget_aarch64(llvm_ir):
     """x86 LLVM IR of a numba library -> aarch64 assembly (cpu neoverse-n1)."""
     import llvmlite.binding as ll
@@ -100,6 +117,8 @@ def _retarget_aarch64(llvm_ir):
     tm = ll.Target.from_triple(triple).create_target_machine(cpu="neoverse-n1", opt=3)
     text = re.sub(r'"target-(cpu|features)"="[^"]*"', "", llvm_ir)
     text = re.sub(r"^target (datalayout|triple) = .*$", "", text, flags=re.M)
+    text = _X86_ATOMIC.sub(_generic_atomic, text)
+    text = re.sub(r"^declare .*@llvm\.x86\.atomic\..*$", "", text, flags=re.M)
     mod = ll.parse_assembly(text)
     mod.triple = triple
     mod.data_layout = str(tm.target_data)
@@ -112,10 +131,22 @@ def _worker(isa):
     GEMM) and print a JSON report: {kernel: [spill lines in innermost loops]}."""
     import numpy as np
     import torch
+
     from rnnfast.kernels import numba as nk
     from rnnfast.kernels.numba import config, gemm, lstm, rnn
 
     report = {"isa": config.ISA.name, "kernels": {}}
+    # Each library's IR after optimization and before x86 code generation (which
+    # rewrites some IR in place, e.g. into x86 atomic intrinsics).
+    from numba.core import codegen
+    final_ir = {}
+    optimize = codegen.CPUCodeLibrary._optimize_final_module
+
+    def keep_ir(self):
+        optimize(self)
+        final_ir[self.name] = str(self._final_module)
+
+    codegen.CPUCodeLibrary._optimize_final_module = keep_ir
     for dt in (torch.float32, torch.float64):
         g = torch.Generator().manual_seed(0)
         T, B, H = 3, 3, 37  # B * G * H under PARALLEL_MIN_MACS: the serial kernels
@@ -139,7 +170,7 @@ def _worker(isa):
         for sig in fn.signatures:
             name = f"{fn.py_func.__name__}[{sig[0].dtype}]"
             if isa == "neon":
-                asm = _retarget_aarch64(fn.inspect_llvm(sig))
+                asm = _retarget_aarch64(final_ir[fn.overloads[sig].library.name])
             else:
                 asm = fn.inspect_asm(sig)
             report["kernels"][name] = {
@@ -194,7 +225,7 @@ def test_inner_loop_spill_reader():
         .LBB0_4:                                #   in Loop: Header=BB0_1 Depth=1
         \tmovq 8(%rsp), %rax                      # 8-byte Reload
         """)
-    assert inner_loop_spills(asm) == [("BB0_2", "vmovups 64(%rsp), %zmm1                # 64-byte Reload")]
+    assert [(h, ln.split()[0]) for h, ln in inner_loop_spills(asm)] == [("BB0_2", "vmovups")]
 
 
 def _targets():
@@ -217,6 +248,20 @@ def test_no_spill_in_inner_loops(isa):
     if widest is not None:
         for name, v in report["kernels"].items():
             assert set(v["wide"]) <= widest, (name, v["wide"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _host_is_x86(), reason="x86 targets are compiled on an x86 host")
+@pytest.mark.parametrize("isa", ["avx2", "sse2"])
+def test_cpu_math_on_isa(isa):
+    """tests/test_cpu_math.py (every tile shape, the layer GEMMs, the vector math)
+    compiled for AVX2 and for SSE2 (no FMA, 4 float32 lanes), in a subprocess."""
+    env = isa_env(isa)
+    env.pop("RNNFAST_NUMBA_CACHE")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          os.path.join("tests", "test_cpu_math.py")],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -3,13 +3,14 @@ by huge pages, and the serial / batch-parallel launch rule. Nothing here is comp
 
 import os
 import sys
+import threading
 
 import numba
 import numpy as np
 import torch
 
 from . import tile as _tile
-from .config import PARALLEL_GEMM_MIN_MACS, PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
+from .config import CACHE, ISA, PARALLEL_GEMM_MIN_MACS, PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
 
 
 def as_numpy(t):
@@ -72,12 +73,38 @@ def gemm_threads(rows, macs):
     return threads(rows // (4 * _tile.MR))
 
 
+# A kernel whose first call in this process takes longer than this is compiling: the
+# user is told what, on stderr, once.
+COMPILE_NOTICE_S = 1.0
+_called = set()  # (kernel, dtype) already called once in this process
+
+
+def _notice(kernel, dtype):
+    after = "cached afterwards" if CACHE else "RNNFAST_NUMBA_CACHE=0: not cached"
+    print(f"rnnfast: compiling {kernel.py_func.__name__} for {dtype}/{ISA.name} "
+          f"(first use; {after})", file=sys.stderr, flush=True)
+
+
 def launch(serial, parallel, nchunks, *args):
-    """Run the serial kernel, or the parallel one on ``nchunks`` threads."""
-    if nchunks == 1:
-        return serial(*args)
-    numba.set_num_threads(nchunks)
-    return parallel(*args, nchunks)
+    """Run the serial kernel, or the parallel one on ``nchunks`` threads. The first
+    call of a kernel for a dtype may compile it: past COMPILE_NOTICE_S a one-line
+    notice goes to stderr."""
+    kernel = serial if nchunks == 1 else parallel
+    if nchunks != 1:
+        numba.set_num_threads(nchunks)
+        args = args + (nchunks,)
+    dtype = getattr(args[0], "dtype", None)
+    key = (kernel, dtype)
+    if key in _called:
+        return kernel(*args)
+    timer = threading.Timer(COMPILE_NOTICE_S, _notice, (kernel, dtype))
+    timer.daemon = True
+    timer.start()
+    try:
+        return kernel(*args)
+    finally:
+        timer.cancel()
+        _called.add(key)
 
 
 def lengths_array(lengths, T, B):

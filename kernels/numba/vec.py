@@ -208,8 +208,9 @@ def load(typingctx, arr, off, n):
                 bb_full = builder.block
             with otherwise:
                 fn = ir_decl(builder, f"llvm.masked.load.{kind.suffix}.p0", vt,
-                           [vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes), vt])
-                v_tail = builder.call(fn, [ptr, _I32(align), ir_lane_mask(builder, args[2], kind.lanes),
+                             [vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes), vt])
+                mask = ir_lane_mask(builder, args[2], kind.lanes)
+                v_tail = builder.call(fn, [ptr, _I32(align), mask,
                                            ir.Constant(vt, [0.0] * kind.lanes)])
                 bb_tail = builder.block
         v = builder.phi(vt)
@@ -235,7 +236,7 @@ def store(typingctx, arr, off, n, v):
                 builder.store(args[3], ptr, align=align)
             with otherwise:
                 fn = ir_decl(builder, f"llvm.masked.store.{kind.suffix}.p0", ir.VoidType(),
-                           [vt, vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes)])
+                             [vt, vt.as_pointer(), _I32, ir.VectorType(_I1, kind.lanes)])
                 builder.call(fn, [args[3], ptr, _I32(align),
                                   ir_lane_mask(builder, args[2], kind.lanes)])
         return context.get_dummy_value()

@@ -30,13 +30,15 @@ if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
 fi
 
 if [ ! -f "$SITE/.done" ]; then
-  # --no-deps: pip evaluates the wheels' markers for this (x86) host, which would pull
-  # x86-only dependencies; torch's pure-Python dependencies are listed instead.
+  # torch 2.9.1: a CPU-only aarch64 build on PyPI (2.14's is a CUDA build that needs
+  # the nvidia libraries). --no-deps: pip evaluates the wheels' markers for this (x86)
+  # host, which would pull x86-only dependencies; torch's pure-Python dependencies are
+  # listed instead.
   pip install --quiet --target "$SITE" --no-deps --only-binary=:all: \
     --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
     --platform manylinux_2_17_aarch64 --python-version 3.11 --implementation cp \
     --abi cp311 --abi abi3 --abi none \
-    torch "numba>=0.68" llvmlite numpy pytest iniconfig pluggy packaging \
+    torch==2.9.1 "numba>=0.68" llvmlite numpy pytest iniconfig pluggy packaging \
     typing_extensions sympy mpmath networkx jinja2 markupsafe fsspec filelock
   touch "$SITE/.done"
 fi
