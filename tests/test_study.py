@@ -246,3 +246,20 @@ def test_cli_micro_end_to_end(tmp_path):
     assert (out / "report.md").read_text().split("## Setup")[0] == short
     with pytest.raises(SystemExit):
         cli.main(["--mode", "micro", "--cells", "elman", "--out", str(out)])
+
+
+@pytest.mark.parametrize("mode", ["micro", "quick", "standard", "full"])
+def test_modes_are_consistent(mode):
+    """Every mode plans: the adding ladder's rung at grid_T is the grid itself, every
+    ladder T has a step budget, and the first jobs are the clipped grid runs."""
+    from bench.study.runner import Plan
+    cfg = mode_config(mode)
+    plan = Plan(cfg, cells.available_cells(), "cpu", None)
+    n = len(cells.available_cells()) * len(cfg["lr_grid"]) * 2 * cfg["seeds"]
+    assert len(plan.queue) == n
+    assert all(set(lad["Ts"]) == set(lad["steps"]) for lad in cfg["ladders"].values())
+    first = [plan.next_job() for _ in range(n // 2)]
+    assert all(j["stage"] == "grid" and j["clip"] for j in first)
+    assert all(j["stage"] == "grid" and not j["clip"] for j in iter(plan.next_job, None))
+    with pytest.raises(KeyError, match="unknown mode"):
+        mode_config("huge")

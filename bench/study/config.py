@@ -37,11 +37,11 @@ MODES = {
     # enough to tell the LSTM from the identity-initialised ReLU cells.
     "standard": dict(
         hidden=64, batch=32, test_size=256, eval_every=50,
-        lr_grid=(1e-3, 3e-3, 1e-2), grid_T=50, seeds=3, grid_steps=3000,
+        lr_grid=(1e-3, 3e-3, 1e-2), grid_T=50, seeds=3, grid_steps=2000,
         ladders={"adding": dict(Ts=(25, 50, 100, 200, 400),
-                                steps={25: 3000, 50: 3000, 100: 4000, 200: 5000, 400: 5000}),
+                                steps={25: 2000, 50: 2000, 100: 3000, 200: 4000, 400: 4000}),
                  "copy": dict(Ts=(5, 10, 20, 40, 80),
-                              steps={5: 3000, 10: 3000, 20: 3000, 40: 4000, 80: 5000})},
+                              steps={5: 2000, 10: 2000, 20: 2000, 40: 3000, 80: 4000})},
         profile_T=200, profile_seeds=3, time_budget_s=3300, workers=2,
     ),
     # Sized for a GPU: the literature's lengths (T >= 1000) and budgets closer to theirs.

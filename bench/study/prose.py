@@ -268,14 +268,14 @@ def _compare(lit, cell, h, Ts, cfg):
                     f"{T0} and longer, with far more training)"), False
         if h["T"] is not None and h["T"] >= T0:
             return f"agrees: the {name} solved T = {h['T']}", True
-        return (f"not tested: the {name} solved every T it ran (up to "
-                f"{horizon_text(h, Ts)}); this mode's ladder stops below T = {T0}"), None
+        return (f"{name}: not tested, it solved every T it ran (horizon "
+                f"{horizon_text(h, Ts)}) and this mode's ladder stops below T = {T0}"), None
     if h["T"] is not None and h["T"] >= T0:
         return f"**disagrees**: the {name} solved T = {h['T']}", False
     if h["first_fail"] is not None and h["first_fail"] <= T0:
         return (f"agrees: the {name} failed from T = {h['first_fail']} on (horizon "
                 f"{horizon_text(h, Ts)})"), True
-    return f"not tested: this mode's ladder stops below T = {T0}", None
+    return f"{name}: not tested, this mode's ladder stops below T = {T0}", None
 
 
 def mechanism_sentences(summary):

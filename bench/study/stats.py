@@ -101,11 +101,8 @@ def horizon(rows):
                 best, runs = r["T"], r["runs"]
         elif fail is None:
             fail = r["T"]
-    untested_above = any(r["status"] != "run" and (best is None or r["T"] > best)
-                         and not r["status"].startswith("not run: no seed") for r in rows)
     censored = best is not None and fail is None
-    return {"T": best, "censored": censored, "first_fail": fail, "runs": runs,
-            "budget_cut": untested_above}
+    return {"T": best, "censored": censored, "first_fail": fail, "runs": runs}
 
 
 def robustness(runs, cells, lr_grid, T):
