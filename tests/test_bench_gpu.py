@@ -15,10 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_validation_dry_run(tmp_path):
-    # A generous deadline: CI machines are shared; the dry run itself is sized for < 1 min.
-    res = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--deadline", "400",
+    # A generous deadline: the dry run needs about a minute of CPU time over all its
+    # processes (measured: 59 s), but took 3-7 minutes of wall time on a shared 2-core
+    # machine at load average 11-13; this test checks that every step ran, not how fast.
+    res = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--deadline", "1500",
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     env = json.loads((tmp_path / "env.json").read_text())
     assert env["dry_run"] and env["device"] == "cpu"
