@@ -69,7 +69,7 @@ TIMING = dict(min_reps=3, max_reps=20, budget_s=0.25, settle_s=0.0)
 
 # --dry-run: the same steps, sized for a CPU and Triton's interpreter.
 DRY = dict(Ts=(3,), Bs=(17,), Hs=(16,), dtypes=("float32",), jobs=2, warm_jobs=1, tests=2,
-           deadline=50.0, headline=dict(cell="lstm", T=3, B=2, H=16, dtype="float32",
+           deadline=120.0, headline=dict(cell="lstm", T=3, B=2, H=16, dtype="float32",
                                         peer_dtypes=("float32", "float64")),
            timing=dict(min_reps=1, max_reps=1, budget_s=0.0, settle_s=0.0))
 
