@@ -12,7 +12,7 @@ Resolution order (first match wins), for a requested backend and the call's tens
 Whatever was asked, two situations take the reference loop (``rnnfast.reference``,
 differentiated by autograd, so every autograd feature works): a call inside a
 ``torch.func`` transform (grad, vjp, jacrev, vmap: the fused kernels have no batching
-rule), and ``backend='torch'``. An explicit backend that cannot run the call raises
+rule), and ``backend='torch'``; half inputs run it in float32. An explicit backend that cannot run the call raises
 :class:`RNNArgumentError` saying why. Half-precision inputs (float16, bfloat16) on a
 backend whose kernels run only float32/float64 run in float32 (state and accumulation),
 with the results cast back, as the Triton kernels do on CUDA.
@@ -97,10 +97,10 @@ def resolve(backend, device, dtype, width, warn=True):
 def _resolve(backend, device, dtype, width, warn):
     name, why = _requested(backend)
     if in_functorch_transform():
-        return Backend("torch", None, dtype,
-                       "inside a torch.func transform: the reference loop (autograd)")
+        return _reference(dtype, "inside a torch.func transform: the reference loop "
+                                 "(autograd)")
     if name == "torch":
-        return Backend("torch", None, dtype, f"{why}: the reference loop (autograd)")
+        return _reference(dtype, f"{why}: the reference loop (autograd)")
     auto = name == "auto"
     if auto:
         name = "triton" if device.type == "cuda" else "numba"
@@ -125,8 +125,17 @@ def _resolve(backend, device, dtype, width, warn):
     return Backend(name, mod, compute, what)
 
 
+def _reference(dtype, reason):
+    """The reference loop; half inputs run it in float32 (state and sums), as the kernels
+    do, and as torch.nn's CPU kernels do."""
+    if dtype in HALF_DTYPES:
+        return Backend("torch", None, torch.float32, f"{reason}, computing in float32 "
+                                                     f"for {dtype} inputs")
+    return Backend("torch", None, dtype, reason)
+
+
 def _fallback(problem, dtype, warn):
     msg = f"rnnfast: {problem}; backend='auto' falls back to the torch reference loop"
     if warn:
         warnings.warn(msg, stacklevel=4)
-    return Backend("torch", None, dtype, msg)
+    return _reference(dtype, msg)

@@ -137,8 +137,9 @@ class _FusedRNNBase(nn.RNNBase):
                 hx = self.permute_hidden(self._check_hx_dims(hx, True), sorted_indices)
         else:
             if input.dim() not in (2, 3):
+                noun = " tensor" if self._cell == "rnn" else ""  # torch.nn's wording
                 raise RNNArgumentError(f"{self._mode_name()}: Expected input to be 2D or "
-                                       f"3D, got {input.dim()}D instead")
+                                       f"3D, got {input.dim()}D{noun} instead")
             batch_sizes = sorted_indices = unsorted_indices = None
             is_batched = input.dim() == 3
             if not is_batched:
@@ -150,7 +151,8 @@ class _FusedRNNBase(nn.RNNBase):
             hx = self._zeros_state(input, B)
         self.check_forward_args(input, hx, batch_sizes)
         self._check_devices_and_state_dtypes(input, hx)
-        if (len(batch_sizes) if packed else input.size(1 if self.batch_first else 0)) == 0:
+        T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]
+        if not torch.jit.is_tracing() and T == 0:
             raise RNNArgumentError("Expected sequence length to be larger than 0 in RNN")
 
         if torch.onnx.is_in_onnx_export():
@@ -211,10 +213,14 @@ class _FusedRNNBase(nn.RNNBase):
         if y.dtype != run_dtype:
             y, h_n = y.to(run_dtype), h_n.to(run_dtype)
             c_n = c_n.to(run_dtype) if c_n is not None else None
-        elif (be.kernels is not None and y.requires_grad and not self.bidirectional
-              and batch_sizes is None):
+        if c_n is not None and self.proj_size > 0 and run_dtype != input.dtype:
+            # torch.nn under CPU autocast returns a projected LSTM's c_n in c_0's dtype
+            c_n = c_n.to(hx[1].dtype)
+        elif (be.kernels is not None and not self.bidirectional and batch_sizes is None
+              and (y.requires_grad or torch.jit.is_tracing())):
             # The last layer's y is what its backward reads: hand the caller a copy,
-            # so an in-place op on the output cannot corrupt the gradient.
+            # so an in-place op on the output cannot corrupt the gradient (a traced
+            # graph keeps the copy whatever the grad mode of the trace's check run).
             y = y.clone()
         if batch_sizes is not None:
             T, B, P = y.shape

@@ -21,12 +21,14 @@ gradients from ``is_grads_batched`` / torch.func), it recomputes the layer with 
 reference loop (:mod:`rnnfast.reference`) and returns autograd's gradients of that,
 which are themselves differentiable.
 
-In plain eager mode the entry points (:func:`rnn`, :func:`lstm`, :func:`gru`) apply an
-``autograd.Function`` twin of each op (same implementation, setup and backward, without
+In plain eager mode the entry points (:func:`rnn`, :func:`lstm`, :func:`gru`) run the
+forward alone when no graph will be built (no grad mode, or nothing requires grad: it
+then keeps nothing for backward), else apply an ``autograd.Function`` twin of each op (same implementation, setup and backward, without
 the op's Python dispatch cost); under torch.compile, torch.export, jit.trace or with
 tensor subclasses they call the op, so the graph records ``rnnfast::<cell>_layer``.
 """
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -78,6 +80,13 @@ def _reference_backward(layer_fn, inputs, outputs_grads):
     return tuple(grads)
 
 
+def _inference(args):
+    """True when no graph will be built: grad mode is off or no tensor requires grad (the
+    forward then keeps nothing for backward)."""
+    return not torch.is_grad_enabled() or not any(
+        isinstance(t, Tensor) and t.requires_grad for t in args)
+
+
 def _plain(*tensors):
     """True in plain eager execution: not under torch.compile / export / jit.trace, and
     no tensor subclass (FakeTensor, FunctionalTensor, ...) among the arguments."""
@@ -113,15 +122,22 @@ def _bias_grads(has_bias, db_ih, db_hh):
 
 # ---------------------------------------------------------------- Elman RNN
 
+def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
+             backend, probe, train):
+    """The forward of one Elman RNN layer direction (``train=False``: nothing kept)."""
+    kern = _kernels(backend, x, w_hh.shape[1])
+    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+    return kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
+                        reuse_xp=True, train=train)
+
+
 def _rnn_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               b_hh: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor],
               reverse: bool, activation: int, negative_slope: float, backend: str,
               probe: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """x [T, B, I] -> y [T, B, H], h_n [B, H]. ``activation``: rnnfast.kernels.TANH/..."""
-    kern = _kernels(backend, x, w_hh.shape[1])
-    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
-    return kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
-                        reuse_xp=True)
+    return _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation,
+                    negative_slope, backend, probe, True)
 
 
 def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -196,15 +212,23 @@ rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
 
 # ---------------------------------------------------------------- LSTM
 
+def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe,
+              train):
+    """The forward of one LSTM layer direction (``train=False``: gates, cs empty)."""
+    kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
+    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+    return kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp=True,
+                         train=train)
+
+
 def _lstm_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                b_hh: Optional[Tensor], w_hr: Optional[Tensor], h0: Tensor, c0: Tensor,
                lengths: Optional[Tensor], reverse: bool, backend: str,
                probe: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """x [T, B, I] -> y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H], cs [T, B, H]
     (the last two are saved for backward)."""
-    kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
-    return kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp=True)
+    return _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend,
+                     probe, True)
 
 
 def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor,
@@ -293,16 +317,21 @@ def _gru_bias(b_ih, b_hh):
     return torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]]), b_hh[2 * H:]
 
 
+def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, train):
+    """The forward of one GRU layer direction (``train=False``: gates empty)."""
+    kern = _kernels(backend, x, w_hh.shape[1])
+    bias, b_hn = _gru_bias(b_ih, b_hh)
+    xp = kern.project(x, w_ih, bias)
+    return kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True, train=train)
+
+
 def _gru_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               b_hh: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor],
               reverse: bool, backend: str, probe: Optional[Tensor]
               ) -> tuple[Tensor, Tensor, Tensor]:
     """x [T, B, I] -> y [T, B, H], h_n [B, H], gates [T, B, 4H] (r, z, n, hn: saved for
     backward)."""
-    kern = _kernels(backend, x, w_hh.shape[1])
-    bias, b_hn = _gru_bias(b_ih, b_hh)
-    xp = kern.project(x, w_ih, bias)
-    return kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True)
+    return _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, True)
 
 
 def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -400,9 +429,11 @@ def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, activation, negative
     if backend.kernels is None:
         return reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
                                    _ACTIVATION_NAMES[activation], negative_slope, probe)
-    fn = _EagerRNN.apply if _plain(x, h0, probe) else rnn_layer
-    return fn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
-              backend.requested, probe)
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
+            backend.requested, probe)
+    if not _plain(x, h0, probe):
+        return rnn_layer(*args)
+    return _rnn_run(*args, False) if _inference(args) else _EagerRNN.apply(*args)
 
 
 def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, probe):
@@ -410,9 +441,13 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, 
     if backend.kernels is None:
         return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
                                     reverse, probe)
-    fn = _EagerLSTM.apply if _plain(x, h0, c0, probe) else lstm_layer
-    y, h_n, c_n, _, _ = fn(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
-                           backend.requested, probe)
+    args = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend.requested,
+            probe)
+    if not _plain(x, h0, c0, probe):
+        fn = lstm_layer
+    else:
+        fn = partial(_lstm_run, train=False) if _inference(args) else _EagerLSTM.apply
+    y, h_n, c_n, _, _ = fn(*args)
     return y, h_n, c_n
 
 
@@ -420,7 +455,10 @@ def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe):
     """One GRU layer direction -> (y [T, B, H], h_n [B, H])."""
     if backend.kernels is None:
         return reference.gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, probe)
-    fn = _EagerGRU.apply if _plain(x, h0, probe) else gru_layer
-    y, h_n, _ = fn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend.requested,
-                   probe)
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend.requested, probe)
+    if not _plain(x, h0, probe):
+        fn = gru_layer
+    else:
+        fn = partial(_gru_run, train=False) if _inference(args) else _EagerGRU.apply
+    y, h_n, _ = fn(*args)
     return y, h_n

@@ -25,7 +25,7 @@ X = torch.randn(4, 3, 5)
 # torch.nn's own messages where torch.nn makes the same check (its regexes match them).
 BAD_CALLS = [
     ("rank", _rnn, lambda: (torch.randn(4, 3, 5, 1), None),
-     r"^RNN: Expected input to be 2D or 3D, got 4D instead$"),
+     r"^RNN: Expected input to be 2D or 3D, got 4D tensor instead$"),
     ("feature", _rnn, lambda: (torch.randn(4, 3, 6), None),
      r"^input.size\(-1\) must be equal to input_size. Expected 5, got 6$"),
     ("hx-shape", _rnn, lambda: (X, torch.randn(1, 2, 7)),
