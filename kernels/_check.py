@@ -41,7 +41,8 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
     else:
         H = P = G
         _expect(activation in ACTIVATIONS.values(),
-                f"{where}: activation must be one of {sorted(ACTIVATIONS.values())}, got {activation}")
+                f"{where}: activation must be one of {sorted(ACTIVATIONS.values())}, "
+                f"got {activation}")
         if activation == LEAKY_RELU:
             _expect(negative_slope >= 0,
                     f"{where}: negative_slope must be >= 0, got {negative_slope}")

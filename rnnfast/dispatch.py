@@ -12,10 +12,10 @@ Resolution order (first match wins), for a requested backend and the call's tens
 Whatever was asked, two situations take the reference loop (``rnnfast.reference``,
 differentiated by autograd, so every autograd feature works): a call inside a
 ``torch.func`` transform (grad, vjp, jacrev, vmap: the fused kernels have no batching
-rule), and ``backend='torch'``; half inputs run it in float32. An explicit backend that cannot run the call raises
-:class:`RNNArgumentError` saying why. Half-precision inputs (float16, bfloat16) on a
-backend whose kernels run only float32/float64 run in float32 (state and accumulation),
-with the results cast back, as the Triton kernels do on CUDA.
+rule), and ``backend='torch'``; half inputs run it in float32. An explicit backend that
+cannot run the call raises :class:`RNNArgumentError` saying why. Half-precision inputs
+(float16, bfloat16) on a backend whose kernels run only float32/float64 run in float32
+(state and accumulation), with the results cast back, as the Triton kernels do on CUDA.
 
 Each kernel backend module (``rnnfast.kernels.numba``, ``rnnfast.kernels.triton``)
 declares what it runs through ``unsupported(device, dtype, width)``; nothing else in

@@ -23,9 +23,10 @@ which are themselves differentiable.
 
 In plain eager mode the entry points (:func:`rnn`, :func:`lstm`, :func:`gru`) run the
 forward alone when no graph will be built (no grad mode, or nothing requires grad: it
-then keeps nothing for backward), else apply an ``autograd.Function`` twin of each op (same implementation, setup and backward, without
-the op's Python dispatch cost); under torch.compile, torch.export, jit.trace or with
-tensor subclasses they call the op, so the graph records ``rnnfast::<cell>_layer``.
+then keeps nothing for backward), else apply an ``autograd.Function`` twin of each op
+(same implementation, setup and backward, without the op's Python dispatch cost); under
+torch.compile, torch.export, jit.trace or with tensor subclasses they call the op, so
+the graph records ``rnnfast::<cell>_layer``.
 """
 
 from functools import partial

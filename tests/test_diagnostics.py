@@ -19,7 +19,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 from rnnfast.diagnostics import hidden_grad_norms
 
-from .cases import CELLS as CASE_CELLS, module_backends, triton_interpreting
+from .cases import CELLS as CASE_CELLS
+from .cases import module_backends, triton_interpreting
 from .tolerances import assert_close
 
 DT = torch.float64
@@ -144,7 +145,8 @@ def rel_check(name, actual, expected):
     """The issue's criterion (max relative difference < 1e-5, relative to the largest
     norm of the row so that exact zeros compare) plus the tolerance table."""
     assert actual.dtype == torch.float64, f"{name}: dtype {actual.dtype}"
-    assert actual.shape == expected.shape, f"{name}: {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    assert actual.shape == expected.shape, \
+        f"{name}: {tuple(actual.shape)} vs {tuple(expected.shape)}"
     scale = expected.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
     rel = ((actual - expected).abs() / scale).max().item()
     assert rel < 1e-5, f"{name}: max relative difference {rel:.3g}"

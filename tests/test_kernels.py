@@ -9,8 +9,7 @@ import torch
 
 from rnnfast import dispatch, reference
 
-from .cases import CELLS, LEAKY_SLOPE, activation_code, kernel_backends, kernel_problem, \
-    shapes_for
+from .cases import CELLS, LEAKY_SLOPE, activation_code, kernel_backends, kernel_problem, shapes_for
 from .tolerances import assert_close
 
 CASES = [(be, cell, B, T, H, dt, rev, lk)

@@ -20,10 +20,9 @@ CUDA = torch.cuda.is_available() and not INTERPRET
 if not (INTERPRET or CUDA):
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-import rnnfast  # noqa: E402
+from rnnfast.kernels import LEAKY_RELU, RELU, TANH  # noqa: E402
 from rnnfast.kernels import numba as nb  # noqa: E402
 from rnnfast.kernels import triton as tr  # noqa: E402
-from rnnfast.kernels import LEAKY_RELU, RELU, TANH  # noqa: E402
 from rnnfast.kernels.triton import config  # noqa: E402
 
 from .cases import make_pair  # noqa: E402

@@ -26,14 +26,16 @@ def assert_close(name, actual, expected, dtype=None, kind="kernel"):
     dtype = dtype or expected.dtype
     atol, rtol = tolerance(dtype, kind)
     if actual.shape != expected.shape:
-        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+        raise AssertionError(
+            f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
     a = actual.detach().double().cpu()
     e = expected.detach().double().cpu()
     nan_a, nan_e = ~torch.isfinite(a), ~torch.isfinite(e)
     if (nan_a != nan_e).any():
         idx = (nan_a != nan_e).nonzero()[0].tolist()
-        raise AssertionError(f"{name}: non-finite mismatch at {idx}: actual {a[tuple(idx)].item()}, "
-                             f"expected {e[tuple(idx)].item()} ({int((nan_a != nan_e).sum())} such)")
+        raise AssertionError(
+            f"{name}: non-finite mismatch at {idx}: actual {a[tuple(idx)].item()}, "
+            f"expected {e[tuple(idx)].item()} ({int((nan_a != nan_e).sum())} such)")
     err = (a - e).abs().masked_fill(nan_e, 0)
     bad = err > atol + rtol * e.abs().masked_fill(nan_e, 0)
     if bad.any():

@@ -37,7 +37,8 @@ def _load():
 
 def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m bench.study", description=__import__(
-        "bench.study", fromlist=["x"]).__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "bench.study", fromlist=["x"]).__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", dest="mode", const="quick",
                       help="<= 10 minutes on 2 CPU cores")

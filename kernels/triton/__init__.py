@@ -57,6 +57,7 @@ def unsupported(device, dtype, width):
     return None
 
 
-__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "project", "layer_grads",
+__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "project",
+           "layer_grads",
            "matmul_tn", "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "unsupported",
            "config", "last_launch", "set_tf32", "tf32_enabled"]

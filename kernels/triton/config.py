@@ -117,7 +117,8 @@ class Config:
         w = "res" if self.RESIDENT else "l2"
         return (f"{_TRITON_DTYPES[self.dtype]}{'-tf32' if self.PRECISION == 'tf32' else ''}"
                 f"-H{self.HH if self.kernel.startswith('lstm') else self.HP}{p}"
-                f"-BH{self.BH}{f'-BP{self.BP}' if self.PROJ else ''}-w{self.num_warps}-k{self.NK}-{w}")
+                f"-BH{self.BH}{f'-BP{self.BP}' if self.PROJ else ''}-w{self.num_warps}"
+                f"-k{self.NK}-{w}")
 
 
 def _resident_shape(kernel, HP, HH, BH, BP, proj):
