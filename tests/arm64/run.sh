@@ -29,7 +29,10 @@ if [ ! -x "$ROOT/usr/bin/python3.11" ]; then
   for deb in "$ROOT"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$ROOT"; done
 fi
 
-if [ ! -f "$SITE/.done" ]; then
+PKGS='torch==2.9.1 numba>=0.68 llvmlite numpy pytest pygments iniconfig pluggy packaging
+  typing_extensions sympy mpmath networkx jinja2 markupsafe fsspec filelock'
+DONE=$SITE/.done-$(echo "$PKGS" | md5sum | cut -c1-8)
+if [ ! -f "$DONE" ]; then
   # torch 2.9.1: a CPU-only aarch64 build on PyPI (2.14's is a CUDA build that needs
   # the nvidia libraries). --no-deps: pip evaluates the wheels' markers for this (x86)
   # host, which would pull x86-only dependencies; torch's pure-Python dependencies are
@@ -37,10 +40,8 @@ if [ ! -f "$SITE/.done" ]; then
   pip install --quiet --target "$SITE" --no-deps --only-binary=:all: \
     --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
     --platform manylinux_2_17_aarch64 --python-version 3.11 --implementation cp \
-    --abi cp311 --abi abi3 --abi none \
-    torch==2.9.1 "numba>=0.68" llvmlite numpy pytest iniconfig pluggy packaging \
-    typing_extensions sympy mpmath networkx jinja2 markupsafe fsspec filelock
-  touch "$SITE/.done"
+    --abi cp311 --abi abi3 --abi none --upgrade $PKGS
+  touch "$DONE"
 fi
 
 # the repository as an installed package: rnnfast/ plus kernels/ as rnnfast.kernels
@@ -48,9 +49,11 @@ PKG=$DIR/pkg
 rm -rf "$PKG" && mkdir -p "$PKG"
 cp -r "$REPO/rnnfast" "$PKG/rnnfast"
 cp -r "$REPO/kernels" "$PKG/rnnfast/kernels"
+cp -r "$REPO/tests" "$PKG/tests"
 find "$PKG" -name __pycache__ -prune -exec rm -rf {} +
 
-cd "$REPO"
+# from the copy: in the repository, ./rnnfast (without kernels/) would shadow it
+cd "$PKG"
 [ $# -gt 0 ] || set -- -q tests/test_cpu_math.py tests/test_kernels.py -k "not triton" -p no:cacheprovider
 echo "arm64 run: $(date -u +%Y-%m-%dT%H:%MZ), $(qemu-aarch64-static --version | head -n 1)"
 exec env -i PATH=/usr/bin:/bin HOME=/tmp LANG=C.UTF-8 \
