@@ -14,7 +14,8 @@ setup(
     package_dir={"rnnfast": "rnnfast", "rnnfast.kernels": "kernels"},
     install_requires=["torch>=2.4", "numba>=0.68", "numpy", "tqdm"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "ruff", "onnx", "onnxruntime", "onnxscript"],
+        "test": ["pytest", "pytest-benchmark", "ruff", "onnx", "onnxruntime", "onnxscript",
+                 "expecttest"],
         "bench": ["matplotlib", "pytest-benchmark", "scipy"],
         "triton": ["triton>=3.6"],
         "jax": ["jax"],
