@@ -519,7 +519,7 @@ def _lm_inputs(cell, model, seed):
 
 # torch.export: "auto" is what a user gets (numba on the CPU, resolved at run time);
 # each export takes seconds, so the explicit backends are left to the eager tests.
-EXPORT_BACKENDS = ["auto"] + (["triton"] if INTERPRET else [])
+EXPORT_BACKENDS = ["triton"] if INTERPRET else ["auto"]
 
 
 @functools.lru_cache(maxsize=None)
