@@ -244,7 +244,7 @@ def gru_bwd_kernel(
 
 # ---------------------------------------------------------------- launchers
 
-def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
+def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, train=True):
     """Forward recurrence of a GRU (torch.nn.GRU's cell, gate order r, z, n).
 
     Parameters
@@ -257,6 +257,9 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
     reverse : bool          process t = T-1 .. 0
     reuse_xp : bool         accepted for the common launcher signature; the gates (4H
                             columns) do not fit in xp (3H): xp is never written
+    train : bool            False for a forward that will not be differentiated: the
+                            gates come back empty (the kernel still writes them to a
+                            scratch buffer)
 
     All tensors share one dtype: float32, float64, float16 or bfloat16 on CUDA (state in
     float32, float64 for float64), float32 or float64 on the CPU under TRITON_INTERPRET=1.
@@ -266,7 +269,7 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
     -------
     y : Tensor [T, B, H]  (0 where t >= lengths[b]),  h_n : Tensor [B, H],
     gates : Tensor [T, B, 4H]  (r, z, n, hn = h_{t-1} W_hn^T + b_hn; 0 where inactive),
-    saved for :func:`gru_bwd`
+    saved for :func:`gru_bwd`; with train=False an empty [0] tensor of xp's dtype
 
     Raises ValueError on a bad shape, dtype, device or width, or lengths outside [1, T].
     """
@@ -293,6 +296,8 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False):
                      xp, w_hh, b_hn, lens, y, gates, hbuf, hx, counter, T, B, H, s0, s1,
                      int(bool(reverse)), sync),
                  False, persistent, dev)
+    if not train:
+        gates = xp.new_empty((0,))
     return y, host.final(hbuf, T).to(xp.dtype), gates
 
 

@@ -350,7 +350,8 @@ def lstm_bwd_kernel(
 
 # ---------------------------------------------------------------- launchers
 
-def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False):
+def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False,
+             train=True):
     """Forward recurrence of an LSTM (gate order i, f, g, o).
 
     Parameters
@@ -358,10 +359,13 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     xp : Tensor [T, B, 4H];  w_hh : Tensor [4H, P];  w_hr : Tensor [P, H] or None
     h0 : Tensor [B, P];  c0 : Tensor [B, H];  lengths, reverse, reuse_xp: as
     :func:`rnn_fwd`
+    train : False for a forward that will not be differentiated: gates and cs come
+    back empty (the kernel still writes them to scratch buffers)
 
     Returns
     -------
-    y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated), cs [T, B, H]
+    y [T, B, P], h_n [B, P], c_n [B, H], gates [T, B, 4H] (activated), cs [T, B, H];
+    with train=False gates and cs are empty [0] tensors of xp's dtype
     """
     T, B, G = check_recurrence_args("lstm", xp, w_hh, h0, c0, w_hr, lengths,
                                     0, 0.0, DTYPES, "triton")
@@ -391,6 +395,8 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
                  xp, w_hh, w_hr_c, lens, y, gates, cs, hbuf, hx, cbuf, rbuf, counter,
                  T, B, H, P, s0, s1, int(bool(reverse)), phases, sync),
              proj, persistent, dev)
+    if not train:
+        gates, cs = xp.new_empty((0,)), xp.new_empty((0,))
     return (y, host.final(hbuf, T).to(xp.dtype), host.final(cbuf, T).to(xp.dtype), gates, cs)
 
 

@@ -182,7 +182,7 @@ def rnn_bwd_kernel(
 # ---------------------------------------------------------------- launchers
 
 def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01,
-            reuse_xp=False):
+            reuse_xp=False, train=True):
     """Forward recurrence of an Elman RNN.
 
     Parameters
@@ -193,6 +193,7 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     reverse : bool;  activation : int (kernels.TANH, RELU, LEAKY_RELU);  negative_slope
     reuse_xp : accepted for the contract (the CPU backend writes y over xp); here y is
     always a new buffer
+    train : accepted for the contract: y is all the RNN's backward reads
 
     Returns
     -------
