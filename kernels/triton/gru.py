@@ -40,9 +40,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import STREAM_BK, grid_barrier, load_weights, resident_dot, sigmoid, step_time, streamed_dot, tanh
 from .._check import check_backward_args, check_recurrence_args, full_lengths
 from . import _host as host
+from .common import (
+    STREAM_BK,
+    grid_barrier,
+    load_weights,
+    resident_dot,
+    sigmoid,
+    step_time,
+    streamed_dot,
+    tanh,
+)
 from .config import DTYPES, grid_size, pick
 
 

@@ -26,14 +26,23 @@ import torch
 import triton
 import triton.language as tl
 
+from .._check import check_backward_args, check_recurrence_args, full_lengths
+from . import _host as host
+
 # do_not_specialize: the kernels' runtime arguments are never specialized on their value
 # (Triton would otherwise build a separate binary for a value of 1 or a multiple of 16):
 # sizes that change per call, the step range of a launch and the switches, so one binary
 # serves every call and the compile check builds the binaries that run.
-
-from .common import STREAM_BK, load_weights, resident_dot, activate, activate_grad, grid_barrier, step_time, streamed_dot
-from .._check import check_backward_args, check_recurrence_args, full_lengths
-from . import _host as host
+from .common import (
+    STREAM_BK,
+    activate,
+    activate_grad,
+    grid_barrier,
+    load_weights,
+    resident_dot,
+    step_time,
+    streamed_dot,
+)
 from .config import DTYPES, grid_size, pick
 
 
@@ -112,7 +121,8 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
                   PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
     """One BPTT step: reads dz of the previous BPTT step (all units) from dzbuf[s % 2]
     and the carried dh (own units) from dhbuf[s % 2]; writes dxp_t, this program's
-    partial sum of squares of dh_t to norms[t, i_prog] (one slot per tile pair), and dz_t, dh to the next buffers."""
+    partial sum of squares of dh_t to norms[t, i_prog] (one slot per tile pair), and
+    dz_t, dh to the next buffers."""
     t = step_time(s, T, reverse, True).to(tl.int64)
     tp = t + 1  # the step processed just before t
     if reverse:
