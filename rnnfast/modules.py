@@ -149,7 +149,10 @@ class _FusedRNNBase(nn.RNNBase):
                 hx = self._check_hx_dims(hx, is_batched)
         if hx is None:
             hx = self._zeros_state(input, B)
-        self.check_forward_args(input, hx, batch_sizes)
+        try:  # torch.nn's own checks and messages, raised as both ValueError and RuntimeError
+            self.check_forward_args(input, hx, batch_sizes)
+        except (ValueError, RuntimeError) as e:
+            raise RNNArgumentError(str(e)) from None
         self._check_devices_and_state_dtypes(input, hx)
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]
         if not torch.jit.is_tracing() and T == 0:

@@ -127,11 +127,12 @@ def _job(args):
     return compile_one(cfg, arch)
 
 
-def run(archs=ARCHS, jobs=None, only=None):
-    """Result rows of every configuration (whose ``kernel-label`` contains ``only``, when
-    given) for every target in ``archs``, compiled in ``jobs`` processes (default: one
-    per core)."""
-    cfgs = [c for c in config.all_configs() if not only or only in f"{c.kernel}-{c.label()}"]
+def run(archs=ARCHS, jobs=None, only=None, configs=None):
+    """Result rows of every configuration (or of ``configs``; those whose
+    ``kernel-label`` contains ``only``, when given) for every target in ``archs``,
+    compiled in ``jobs`` processes (default: one per core)."""
+    cfgs = [c for c in (config.all_configs() if configs is None else configs)
+            if not only or only in f"{c.kernel}-{c.label()}"]
     work = [(c, a) for c in cfgs for a in archs]
     jobs = jobs or os.cpu_count() or 1
     if jobs == 1:
