@@ -24,7 +24,6 @@ import torch  # noqa: E402
 
 from rnnfast.kernels.triton import config  # noqa: E402
 
-
 # The configurations pick() chooses at these widths, in every dtype: every kernel, the
 # resident and streamed weight paths, projection or not. The whole set (about 980
 # binaries, an hour on 2 cold cores) is `python -m bench.compile`'s job.
