@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call
 
 import rnnfast
-from rnnfast import ops
+from rnnfast import dispatch, ops
 from rnnfast.kernels import ACTIVATIONS
 
 from .cases import CELLS, make_pair
@@ -150,12 +150,25 @@ def test_torch_compile_inductor():
     assert_close("loss", compiled(x), model(x))
 
 
+def _eager_rnn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, act, slope, be, probe):
+    """ops.rnn (keyword API, resolved backend) called with the op's positional arguments."""
+    backend = dispatch.resolve(be, x.device, x.dtype, h0.shape[-1])
+    return ops.rnn(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=lengths, reverse=reverse,
+                   activation=act, negative_slope=slope, backend=backend, probe=probe)
+
+
+def _eager_lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, be, probe):
+    backend = dispatch.resolve(be, x.device, x.dtype, max(h0.shape[-1], c0.shape[-1]))
+    return ops.lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths=lengths,
+                    reverse=reverse, backend=backend, probe=probe)
+
+
 EAGER_CASES = {
-    "rnn": (ops.rnn, ops.rnn_layer, _rnn_args(torch.float32)),
-    "rnn-relu-reverse-lengths": (ops.rnn, ops.rnn_layer, _rnn_args(
+    "rnn": (_eager_rnn, ops.rnn_layer, _rnn_args(torch.float32)),
+    "rnn-relu-reverse-lengths": (_eager_rnn, ops.rnn_layer, _rnn_args(
         torch.float32, lengths=torch.tensor([4, 2, 3]), reverse=True, act="relu")),
-    "lstm": (ops.lstm, ops.lstm_layer, _lstm_args(torch.float32)),
-    "lstm-proj-reverse-lengths": (ops.lstm, ops.lstm_layer, _lstm_args(
+    "lstm": (_eager_lstm, ops.lstm_layer, _lstm_args(torch.float32)),
+    "lstm-proj-reverse-lengths": (_eager_lstm, ops.lstm_layer, _lstm_args(
         torch.float32, lengths=torch.tensor([1, 4, 2]), reverse=True, proj=2)),
 }
 
@@ -174,11 +187,12 @@ def test_eager_twin_matches_the_op(name):
         g = torch.Generator().manual_seed(0)
         loss = (y * torch.randn(y.shape, generator=g)).sum() + \
             (h * torch.randn(h.shape, generator=g)).sum()
-        if len(out) == 5:  # LSTM: c_n too
+        lstm = len(out) >= 3  # ops.lstm gives (y, h_n, c_n); lstm_layer adds saved state
+        if lstm:
             loss = loss + (out[2] * torch.randn(out[2].shape, generator=g)).sum()
         loss.backward()
         grads = [a.grad for a in inputs if torch.is_tensor(a) and a.requires_grad]
-        results.append([t.detach() for t in out[:3 if len(out) == 5 else 2]] + grads)
+        results.append([t.detach() for t in out[:3 if lstm else 2]] + grads)
     assert type(eager(*args)[0].grad_fn).__name__.startswith("_Eager")
     for a, b in zip(*results):
         assert torch.equal(a, b)
