@@ -1,14 +1,17 @@
 """The Triton GRU kernels (kernels/triton/gru.py) against torch autograd on the reference
-recurrence (rnnfast.reference.gru_recurrence).
+recurrence (rnnfast.reference.gru_recurrence), and rnnfast.GRU(backend='triton') against
+torch.nn.GRU with the same weights.
 
-Runs in Triton's CPU interpreter only (``TRITON_INTERPRET=1 python -m pytest
-tests/test_triton_gru.py``; tests/run.sh's interpreter pass): the one-step-per-launch
-path, several hidden-dimension programs (H=5: 2 forward programs; H=17: 5 forward and
-2 backward programs), float32 and float64, weights on chip and streamed. Every output
-buffer is NaN-poisoned (tests/conftest.py), so an element a kernel never wrote fails.
-The persistent all-steps launch is CUDA only; the compile check
-(``python -m rnnfast.kernels.triton.compile_check --only gru``) builds it for sm_80 and
-sm_90.
+Runs where Triton can: CUDA tensors on a GPU (compiled kernels; ``python -m bench.gpu``
+runs this file), or CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1 python -m
+pytest tests/test_triton_gru.py``): the one-step-per-launch path, several
+hidden-dimension programs (H=5: 2 forward programs; H=17: 5 forward and 2 backward
+programs), float32 and float64, weights on chip and streamed. On CUDA it also covers
+float16 / bfloat16 (against the reference in float32 on the same rounded inputs), the
+persistent all-steps launch against one step per launch, and torch.nn.GRU on cuDNN
+(TF32 off). Every output buffer is NaN-poisoned (tests/conftest.py), so an element a
+kernel never wrote fails. The compile check (``python -m
+rnnfast.kernels.triton.compile_check --only gru``) builds the kernels for sm_80 and sm_90.
 """
 
 import zlib
@@ -16,23 +19,38 @@ import zlib
 import pytest
 import torch
 
-from rnnfast.kernels.triton.config import triton_interpreting
+from .cases import triton_interpreting
 
-if not triton_interpreting():
-    pytest.skip("the Triton GRU tests run under TRITON_INTERPRET=1", allow_module_level=True)
+INTERPRET = triton_interpreting()
+CUDA = torch.cuda.is_available() and not INTERPRET
+if not (INTERPRET or CUDA):
+    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
 from rnnfast import reference  # noqa: E402
 from rnnfast.kernels import triton as tr  # noqa: E402
 from rnnfast.kernels.triton import config  # noqa: E402
 
+from .cases import make_pair  # noqa: E402
 from .tolerances import assert_close  # noqa: E402
 
+DEVICE = torch.device("cuda" if CUDA else "cpu")
 # (B, T, H): 2 forward programs of 4 units; one unit, one step, one row; 4 forward
 # programs and a width that is a tile multiple; 2 backward programs of 16 units.
 SHAPES = [(3, 4, 5), (1, 1, 1), (2, 3, 16), (2, 3, 17)]
 DIRS = [("fwd", False, False), ("rev", True, False), ("len", False, True),
         ("revlen", True, True)]
-DTYPES = [torch.float32, torch.float64]
+DTYPES = [torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if CUDA else [])
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    if CUDA:
+        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        yield
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    else:
+        yield
 
 
 def _dname(dtype):
@@ -41,6 +59,15 @@ def _dname(dtype):
 
 def _shape_id(s):
     return "B{}-T{}-H{}".format(*s)
+
+
+def _ref_dtype(dtype):
+    """The reference runs in float32 for the half types (from the same rounded inputs)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _dev(t):
+    return None if t is None else t.to(DEVICE)
 
 
 @pytest.fixture(params=["resident", "streamed"])
@@ -117,17 +144,22 @@ def _expected(p, lengths, reverse):
 
 
 def _check(p, lengths, reverse, dtype):
+    """The kernels on DEVICE against autograd on the reference (on the CPU, in float32
+    for the half types)."""
     H = p["h0"].shape[1]
-    e = _expected(p, lengths, reverse)
-    y, h_n, gates = tr.gru_fwd(p["xp"], p["w_hh"], p["b_hn"], p["h0"], lengths, reverse)
+    e = _expected({k: None if v is None else v.to(_ref_dtype(dtype)) for k, v in p.items()},
+                  lengths, reverse)
+    d = {k: _dev(v) for k, v in p.items()}
+    lens = _dev(lengths)
+    y, h_n, gates = tr.gru_fwd(d["xp"], d["w_hh"], d["b_hn"], d["h0"], lens, reverse)
     assert tr.last_launch["kernel"] == "gru_fwd"
     tiles = -(-p["h0"].shape[0] // config.BLOCK_B)
     assert tr.last_launch["grid"] == (-(-H // config.pick("gru_fwd", H, H, dtype).BH),
                                       min(tiles, config.MAX_BATCH_PROGRAMS or tiles))
     for name, out in (("y", y), ("h_n", h_n), ("gates", gates)):
         assert_close(name, out, e[name], dtype=dtype)
-    dxp, dgh, dh0, norms = tr.gru_bwd(p["dy"], p["dh_n"], y, gates, p["h0"], p["w_hh"],
-                                      lengths, reverse)
+    dxp, dgh, dh0, norms = tr.gru_bwd(d["dy"], d["dh_n"], y, gates, d["h0"], d["w_hh"],
+                                      lens, reverse)
     assert norms.dtype == torch.float64 and norms.shape == (p["xp"].shape[0],)
     assert_close("dxp", dxp, e["dxp"], dtype=dtype)
     assert_close("dh0", dh0, e["dh0"], dtype=dtype)
@@ -135,11 +167,12 @@ def _check(p, lengths, reverse, dtype):
     # dgh: dxp in the r and z blocks, dxp_n * r in the n block; and what the layer GEMMs
     # make of it: dW_hh = sum_t dgh_t^T h_{t-1}, db_hn = sum dgh_n.
     assert torch.equal(dgh[..., :2 * H], dxp[..., :2 * H])
-    assert_close("dgh_n", dgh[..., 2 * H:], dxp[..., 2 * H:] * gates[..., :H], dtype=dtype)
-    dw = torch.einsum("tbg,tbh->gh", dgh.double(), e["hp"].double())
+    assert_close("dgh_n", dgh[..., 2 * H:],
+                 dxp[..., 2 * H:].double() * gates[..., :H].double(), dtype=dtype)
+    dw = torch.einsum("tbg,tbh->gh", dgh.double().cpu(), e["hp"].double())
     assert_close("dW_hh", dw, e["dw_hh"].double(), dtype=dtype)
     if e["db_hn"] is not None:
-        assert_close("db_hn", dgh[..., 2 * H:].sum((0, 1)), e["db_hn"], dtype=dtype)
+        assert_close("db_hn", dgh[..., 2 * H:].double().sum((0, 1)), e["db_hn"], dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dname)
@@ -187,7 +220,7 @@ def test_gru_programs_loop_over_batch_tiles(reverse, monkeypatch):
 
 def test_gru_deterministic():
     """Same inputs, same bits (the norms' partial sums are added in a fixed order)."""
-    p = _problem(3, 3, 17, torch.float32, 3)
+    p = {k: _dev(v) for k, v in _problem(3, 3, 17, torch.float32, 3).items()}
     y, _, gates = tr.gru_fwd(p["xp"], p["w_hh"], p["b_hn"], p["h0"])
     a = tr.gru_bwd(p["dy"], p["dh_n"], y, gates, p["h0"], p["w_hh"])
     b = tr.gru_bwd(p["dy"], p["dh_n"], y, gates, p["h0"], p["w_hh"])
@@ -197,7 +230,7 @@ def test_gru_deterministic():
 
 def test_gru_empty():
     """T = 0 or B = 0: nothing launched; h_n = h0, dh0 = dh_n, no norms."""
-    p = _problem(2, 1, 3, torch.float32, 1)
+    p = {k: _dev(v) for k, v in _problem(2, 1, 3, torch.float32, 1).items()}
     y, h_n, gates = tr.gru_fwd(p["xp"][:0], p["w_hh"], p["b_hn"], p["h0"])
     assert y.shape == (0, 2, 3) and gates.shape == (0, 2, 12) and torch.equal(h_n, p["h0"])
     dxp, dgh, dh0, norms = tr.gru_bwd(p["dy"][:0], p["dh_n"], y, gates, p["h0"], p["w_hh"])
@@ -206,7 +239,7 @@ def test_gru_empty():
 
 
 def test_gru_errors():
-    p = _problem(2, 3, 4, torch.float32, 2)
+    p = {k: _dev(v) for k, v in _problem(2, 3, 4, torch.float32, 2).items()}
     with pytest.raises(ValueError, match=r"gru_fwd\[triton\]: w_hh must have shape"):
         tr.gru_fwd(p["xp"], p["w_hh"][:, :3], p["b_hn"], p["h0"])
     with pytest.raises(ValueError, match="b_hn must have shape"):
@@ -215,13 +248,107 @@ def test_gru_errors():
         tr.gru_fwd(p["xp"][..., :-1], p["w_hh"], p["b_hn"], p["h0"])
     with pytest.raises(ValueError, match="lengths must lie in"):
         tr.gru_fwd(p["xp"], p["w_hh"], p["b_hn"], p["h0"], torch.tensor([4, 1]))
-    with pytest.raises(ValueError, match="interpreter runs float32 and float64"):
-        tr.gru_fwd(*(p[k].half() for k in ("xp", "w_hh", "b_hn", "h0")))
+    if INTERPRET:
+        with pytest.raises(ValueError, match="interpreter runs float32 and float64"):
+            tr.gru_fwd(*(p[k].half() for k in ("xp", "w_hh", "b_hn", "h0")))
+    else:
+        with pytest.raises(ValueError, match="need CUDA tensors"):
+            tr.gru_fwd(*(p[k].cpu() for k in ("xp", "w_hh", "b_hn", "h0")))
     with pytest.raises(ValueError, match="<= 1024"):
-        tr.gru_fwd(torch.zeros(1, 1, 3 * 1025), torch.zeros(3 * 1025, 1025), None,
-                   torch.zeros(1, 1025))
+        tr.gru_fwd(*(torch.zeros(*s, device=DEVICE) for s in ((1, 1, 3 * 1025),
+                                                             (3 * 1025, 1025))),
+                   None, torch.zeros(1, 1025, device=DEVICE))
     y, _, gates = tr.gru_fwd(p["xp"], p["w_hh"], p["b_hn"], p["h0"])
     with pytest.raises(ValueError, match=r"gru_bwd\[triton\]: gates must be"):
         tr.gru_bwd(p["dy"], p["dh_n"], y, gates[..., :-1], p["h0"], p["w_hh"])
     with pytest.raises(ValueError, match="dy must be torch.float32"):
         tr.gru_bwd(p["dy"].double(), p["dh_n"], y, gates, p["h0"], p["w_hh"])
+
+
+# ---------------------------------------------------------------- module vs torch.nn.GRU
+
+MODULE_CASES = [dict(), dict(num_layers=2, bidirectional=True, batch_first=True)]
+
+
+def _opts_id(o):
+    return "-".join(f"{k}{v}" for k, v in o.items()) or "default"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64] if INTERPRET else DTYPES,
+                         ids=_dname)
+@pytest.mark.parametrize("opts", MODULE_CASES, ids=_opts_id)
+def test_gru_module_vs_torch(opts, dtype):
+    """rnnfast.GRU(backend='triton') against torch.nn.GRU (cuDNN on CUDA) with the same
+    state_dict: output, h_n, and the gradients of the input and every weight (for the
+    half types torch.nn.GRU runs in float32 on the same, exactly upcast, weights)."""
+    B, T, I, H = 3, 4, 5, 19
+    ours, twin = make_pair("gru", I, H, dtype, "triton", **opts)
+    ref_dtype = _ref_dtype(dtype)
+    ours, twin = ours.to(DEVICE), twin.to(DEVICE).to(ref_dtype)
+    g = torch.Generator().manual_seed(7)
+    shape = (B, T, I) if opts.get("batch_first") else (T, B, I)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(DEVICE)
+    xa, xb = x.clone().requires_grad_(), x.to(ref_dtype).requires_grad_()
+    out_a, h_a = ours(xa)
+    out_b, h_b = twin(xb)
+    assert tr.last_launch["kernel"] == "gru_fwd"
+    assert_close("output", out_a.to(ref_dtype), out_b, dtype=dtype)
+    assert_close("h_n", h_a.to(ref_dtype), h_b, dtype=dtype)
+    gy = torch.randn(out_a.shape, generator=g, dtype=torch.float64).to(dtype).to(DEVICE)
+    gh = torch.randn(h_a.shape, generator=g, dtype=torch.float64).to(dtype).to(DEVICE)
+    ((out_a * gy).sum() + (h_a * gh).sum()).backward()
+    ((out_b * gy.to(ref_dtype)).sum() + (h_b * gh.to(ref_dtype)).sum()).backward()
+    assert tr.last_launch["kernel"] == "gru_bwd"
+    assert_close("dx", xa.grad.to(ref_dtype), xb.grad, dtype=dtype)
+    pb = dict(twin.named_parameters())
+    for name, p in ours.named_parameters():
+        assert_close(f"d{name}", p.grad.to(ref_dtype), pb[name].grad, dtype=dtype)
+
+
+# ---------------------------------------------------------------- CUDA only
+
+cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+@cuda_only
+@pytest.mark.parametrize("H", [64, 768])
+def test_gru_persistent_equals_per_step(H, monkeypatch):
+    """The all-steps launch (grid barrier) gives the same bits as one step per launch,
+    forward and backward."""
+    p = {k: v.cuda() for k, v in _problem(8, 50, H, torch.float32, H).items()}
+
+    def run():
+        y, h_n, gates = tr.gru_fwd(p["xp"], p["w_hh"], p["b_hn"], p["h0"])
+        persistent = tr.last_launch["persistent"]
+        back = tr.gru_bwd(p["dy"], p["dh_n"], y, gates, p["h0"], p["w_hh"])
+        assert tr.last_launch["persistent"] == persistent
+        return persistent, (y, h_n, gates) + back
+
+    persistent, a = run()
+    assert persistent
+    monkeypatch.setenv("RNNFAST_TRITON_PERSISTENT", "0")
+    persistent, b = run()
+    assert not persistent
+    for x, z in zip(a, b):
+        assert torch.equal(x, z)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dname)
+@pytest.mark.parametrize("H", [128, 768])
+def test_gru_cuda_module_vs_cudnn_large(H, dtype):
+    """Widths that use the resident and the streamed configurations, T=64, against
+    torch.nn.GRU on cuDNN (in float32 on the same weights for the half types)."""
+    T, B, I = 64, 16, 32
+    ours, twin = make_pair("gru", I, H, dtype, "triton")
+    ref_dtype = _ref_dtype(dtype)
+    ours, twin = ours.cuda(), twin.cuda().to(ref_dtype)
+    x = torch.randn(T, B, I, device="cuda", dtype=torch.float64).to(dtype)
+    xa, xb = x.clone().requires_grad_(), x.to(ref_dtype).requires_grad_()
+    ya, _ = ours(xa)
+    yb, _ = twin(xb)
+    kind = "long" if dtype == torch.float32 else "kernel"
+    assert_close("y", ya.to(ref_dtype), yb, dtype=dtype, kind=kind)
+    ya.to(ref_dtype).square().sum().backward()
+    yb.square().sum().backward()
+    assert_close("dx", xa.grad.to(ref_dtype), xb.grad, dtype=dtype, kind=kind)
