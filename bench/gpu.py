@@ -17,20 +17,25 @@ kernels against the numba ones.)
 In one call, within ``--deadline`` seconds (default 450: 7.5 minutes, Triton compiles
 included):
 
-1. the CUDA tests (``--tests``, default ``tests/test_triton.py``: every cell and dtype
-   against the numba kernels and against torch.nn on cuDNN, TF32 off, the persistent
-   launch against one step per launch), sharded over ``--jobs`` pytest processes so
-   Triton's compiles run in parallel; shards still running at half the deadline are
-   stopped and reported;
+1. the CUDA tests (``--tests``, default ``tests/test_triton.py`` and
+   ``tests/test_triton_gru.py``: every cell and dtype against the numba kernels or
+   autograd on the reference recurrence, and against torch.nn on cuDNN, TF32 off, the
+   persistent launch against one step per launch), sharded over ``--jobs`` pytest
+   processes so Triton's compiles run in parallel; shards still running at half the
+   deadline are stopped and reported;
 2. meanwhile, the Triton binaries the benchmark needs are compiled into Triton's disk
    cache by a pool of ``--jobs`` processes;
 3. the benchmark: rnnfast (backend='triton') against torch.nn on cuDNN with the same
    weights and inputs (the report's model pairs and interleaved timer,
-   :mod:`bench.report.common`), forward and forward+backward, ReLU-RNN and LSTM,
-   T in {100, 1000}, B in {1, 8, 64, 256}, H in {64, 128, 256, 512, 768}, per dtype,
-   headline point first (LSTM B=16 T=1024 H=768 bfloat16; cuDNN in bfloat16 and float16).
-   Each point also records rnnfast's largest relative error against cuDNN over the
-   output, h_n and every gradient. Points that would start past the deadline are listed
+   :mod:`bench.report.common`), forward and forward+backward, ReLU-RNN, LSTM and GRU,
+   T in {100, 1000}, B in {1, 8, 64, 256}, H in {64, 128, 256, 512, 768}, per dtype
+   (240 points with the default dtypes). Each point also records rnnfast's largest
+   relative error against cuDNN over the output, h_n and every gradient. The headline
+   point runs first (LSTM B=16 T=1024 H=768 bfloat16; cuDNN in bfloat16 and float16),
+   then the grid coarse to fine (:func:`grid`): the ``--quick`` widths at T=100, then at
+   T=1000, then the other widths; within each tier B ascending, then H, with the dtypes
+   and the three cells interleaved innermost, so a run cut at the deadline has the same
+   spread of points for every cell. Points that would start past the deadline are listed
    as skipped.
 
 Writes under ``--out`` (default ``$OUT``, else ``out/gpu``): ``env.json``, ``tests/``
@@ -38,10 +43,11 @@ Writes under ``--out`` (default ``$OUT``, else ``out/gpu``): ``env.json``, ``tes
 ``summary.txt``; prints the summary last. Exit status 1 if a test failed or errored.
 
 ``--dry-run`` runs every step of the same script on a CPU-only machine: Triton's
-interpreter (``TRITON_INTERPRET=1``) on CPU tensors, torch.nn on the CPU as the peer, the
-first two test ids of the collection over two shards, and a tiny grid (T=3, B=17: two
-batch tiles, H=16, float32). CI runs it (``tests/test_bench_gpu.py``) so the script cannot
-rot while no GPU is here; its timings mean nothing.
+interpreter (``TRITON_INTERPRET=1``) on CPU tensors, torch.nn on the CPU as the peer, one
+test per test file (its first module-vs-torch.nn test) over two shards, and a tiny grid
+(T=3, B=17: two batch tiles, H=16, float32; one point per cell). CI runs it
+(``tests/test_bench_gpu.py``) so the script cannot rot while no GPU is here; its timings
+mean nothing.
 """
 
 import argparse
@@ -56,10 +62,12 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-CELLS = ("rnn_relu", "lstm")
+CELLS = ("rnn_relu", "lstm", "gru")
 TS = (100, 1000)
 BS = (1, 8, 64, 256)
 HS = (64, 128, 256, 512, 768)
+QUICK_HS = (64, 256, 768)  # --quick's widths: the grid's first tiers
+TESTS = ("tests/test_triton.py", "tests/test_triton_gru.py")
 HEADLINE = dict(cell="lstm", T=1024, B=16, H=768, dtype="bfloat16",
                 peer_dtypes=("bfloat16", "float16"))
 # cuDNN fp16 and FlashRNN's fused CUDA kernel at the headline point, H100 SXM (ms):
@@ -229,25 +237,41 @@ def _warm_worker(items, dry_run):
 def start_warm(points, jobs, dry_run):
     """Start compiling the binaries of ``points`` in ``jobs`` spawned processes; returns
     (pool, async result)."""
-    keys = sorted({(p["cell"], p["H"], p["dtype"]) for p in points})
+    keys = list(dict.fromkeys((p["cell"], p["H"], p["dtype"]) for p in points))  # run order
     shards = [keys[i::jobs] for i in range(min(jobs, len(keys)))]
     pool = mp.get_context("spawn").Pool(len(shards))
     return pool, pool.starmap_async(_warm_worker, [(s, dry_run) for s in shards])
 
 
 def grid(a):
-    """The benchmark's points, headline first, then T=100 before T=1000 (so a run that
-    meets the deadline loses the longest points)."""
+    """The benchmark's points in the order they run: the headline first, then coarse to
+    fine, so that a run cut at the deadline still holds a spread of points for every
+    cell and dtype. Tiers: the ``--quick`` widths (:data:`QUICK_HS`) at the shortest T,
+    the same widths at the longer T, then the other widths in the same T order. Within
+    a tier: B ascending (the latency-bound small batches, the fused recurrence's reason
+    to exist, and the cheapest points), then H ascending, then dtype, then cell: the
+    three cells at one (T, B, H, dtype) run back to back, so a cut removes the same
+    (largest) points from every cell."""
     if a.dry_run:
         Ts, Bs, Hs, dtypes, head = DRY["Ts"], DRY["Bs"], DRY["Hs"], DRY["dtypes"], DRY["headline"]
     else:
         Ts = (100,) if a.quick else TS
-        Hs = (64, 256, 768) if a.quick else HS
+        Hs = QUICK_HS if a.quick else HS
         Bs, dtypes, head = BS, a.dtypes.split(","), HEADLINE
-    points = [dict(head, headline=True)]
-    points += [dict(cell=c, T=T, B=B, H=H, dtype=d) for T in Ts for d in dtypes
-               for c in CELLS for B in Bs for H in Hs]
-    return points
+    points = [dict(cell=c, T=T, B=B, H=H, dtype=d) for T in Ts for B in Bs for H in Hs
+              for d in dtypes for c in CELLS]
+    points.sort(key=lambda p: (p["H"] not in QUICK_HS, Ts.index(p["T"])))  # stable
+    return [dict(head, headline=True)] + points
+
+
+def dry_run_ids(ids, n):
+    """The dry run's tests: the first module-vs-torch.nn test of each test file (the
+    first ``n`` ids if none has one), at most ``n``."""
+    first = {}
+    for i in ids:
+        if "module_vs_torch" in i:
+            first.setdefault(i.split("::")[0], i)
+    return (list(first.values()) or ids)[:n]
 
 
 def run_bench(points, device, timing, deadline):
@@ -362,9 +386,9 @@ def parse_args(argv=None):
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--tests", nargs="*", default=None,
-                    help="test paths or ids (default: tests/test_triton.py)")
+                    help=f"test paths or ids (default: {' '.join(TESTS)})")
     ap.add_argument("--dry-run", action="store_true",
-                    help="CPU only: Triton's interpreter, a tiny grid, two tests")
+                    help="CPU only: Triton's interpreter, a tiny grid, one test per file")
     return ap.parse_args(argv)
 
 
@@ -399,11 +423,11 @@ def main(argv=None):
                                 a.dry_run)
     tests = None
     if not a.skip_tests:
-        paths = a.tests or ["tests/test_triton.py"]
+        paths = a.tests or list(TESTS)
         t0 = time.perf_counter()
         ids = collect(paths, a.dry_run)
         if a.dry_run:
-            ids = ([i for i in ids if "module_vs_torch" in i] or ids)[:DRY["tests"]]
+            ids = dry_run_ids(ids, DRY["tests"])
         phases["collect"] = time.perf_counter() - t0
         tests = run_tests(out, a.jobs, ids, t_start + a.deadline / 2, a.dry_run)
         phases["tests"] = tests["seconds"]
