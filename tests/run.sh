@@ -11,5 +11,5 @@ if ! python -c "import rnnfast, pytest, triton" 2>/dev/null; then
     python -m pip install --quiet -e ".[test,triton]"
 fi
 python -m pytest -q tests "$@"
-TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py tests/test_kernels.py tests/test_dropin.py \
-    tests/test_modules.py tests/test_diagnostics.py "$@"
+TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py tests/test_triton_gru.py \
+    tests/test_kernels.py tests/test_dropin.py tests/test_modules.py tests/test_diagnostics.py "$@"

@@ -131,15 +131,19 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
                      flat_out, r0 * K + n0, 0)
         if Kv < K:
             if not add:
-                out[g0:g1, Kv:] = 0
+                for g in range(g0, g1):
+                    for j in range(Kv, K):
+                        out[g, j] = 0
             for k in range(a0 + k0, a0 + k0 + kk):
                 kb = k - a0 + b0
                 for g in range(g0, g1):
                     s = a[k, g]
                     for j in range(Kv, K):
                         out[g, j] += s * b[kb, j]
-    if n == 0:
-        out[g0:g1] = 0
+    if n == 0:  # explicit loops: numba's slice fill costs ~1 s of compile per process
+        for g in range(g0, g1):
+            for j in range(K):
+                out[g, j] = 0
 
 
 @njit(**_INLINE)

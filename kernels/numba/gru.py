@@ -42,7 +42,7 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import mm_into, panels
-from .packed import active_rows, chunk_bounds, is_sorted
+from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
 @njit(**JIT)
@@ -57,7 +57,7 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save, b
     G4 = 4 * H
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running h
-    h[:] = h0[b0:b1]
+    copy_rows(h, 0, h0, b0, b1 - b0)
     gh = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
@@ -92,7 +92,7 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save, b
                         gates[t, b, k] = 0
                 for j in range(H):
                     y[t, b, j] = 0
-    h_n[b0:b1] = h
+    copy_rows(h_n, b0, h, 0, b1 - b0)
 
 
 @njit(**JIT)
@@ -106,7 +106,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
     G4 = 4 * H
     nb = b1 - b0
     dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] total gradient reaching h_t
-    dh[:] = dh_n[b0:b1]
+    copy_rows(dh, 0, dh_n, b0, b1 - b0)
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] this step's dgh rows
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dgh @ W_hh
     sq = np.empty(H, dtype=dy.dtype)  # [H] per-unit sums of squares (this step, my rows)
@@ -168,7 +168,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
                     n = min(L, H - j)
                     ho = rr * H + j
                     V.store(dh, ho, n, V.load(dh, ho, n) + V.load(back, ho, n))
-    dh0[b0:b1] = dh
+    copy_rows(dh0, b0, dh, 0, b1 - b0)
 
 
 @njit(**JIT)

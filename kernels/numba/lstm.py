@@ -37,7 +37,7 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import mm_into, panels
-from .packed import active_rows, chunk_bounds, is_sorted
+from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
 @njit(**JIT)
@@ -55,8 +55,8 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
     nb = b1 - b0
     h = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] running h
     c = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running c
-    h[:] = h0[b0:b1]
-    c[:] = c0[b0:b1]
+    copy_rows(h, 0, h0, b0, b1 - b0)
+    copy_rows(c, 0, c0, b0, b1 - b0)
     z = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
     r = np.zeros((nb, H), dtype=xp.dtype)  # [nb, H] o * tanh(c)
     hp = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] r @ W_hr^T
@@ -112,8 +112,8 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                 else:
                     for p in range(P):
                         y[t, b, p] = 0
-    h_n[b0:b1] = h
-    c_n[b0:b1] = c
+    copy_rows(h_n, b0, h, 0, b1 - b0)
+    copy_rows(c_n, b0, c, 0, b1 - b0)
 
 
 @njit(**JIT)
@@ -129,8 +129,8 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     nb = b1 - b0
     dh = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] total gradient reaching h_t
     dc = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient carried along c
-    dh[:] = dh_n[b0:b1]
-    dc[:] = dc_n[b0:b1]
+    copy_rows(dh, 0, dh_n, b0, b1 - b0)
+    copy_rows(dc, 0, dc_n, b0, b1 - b0)
     # [nb, H] the gradient reaching r_t = o * tanh(c_t): dh @ W_hr, or dh itself
     dr = np.empty((nb, H), dtype=dy.dtype) if proj else dh
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] pre-activation gate gradients
@@ -203,8 +203,8 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             if t < lengths[b0 + rr]:
                 for p in range(P):
                     dh[rr, p] = back[rr, p]
-    dh0[b0:b1] = dh
-    dc0[b0:b1] = dc
+    copy_rows(dh0, b0, dh, 0, b1 - b0)
+    copy_rows(dc0, b0, dc, 0, b1 - b0)
 
 
 @njit(**JIT)

@@ -64,3 +64,15 @@ def chunk_bounds(lengths, nchunks):
             b += 1
         bounds[c] = min(max(b, bounds[c - 1] + 1), B - (nchunks - c))
     return bounds
+
+
+@njit(**INLINE)
+def copy_rows(dst, d0, src, s0, n):
+    """dst[d0 + r, :] = src[s0 + r, :] for r < n (2-D arrays of the same width).
+
+    An explicit loop, not ``dst[d0:d0 + n] = src[s0:s0 + n]``: numba's slice assignment
+    brings its broadcasting checks and their error-message formatting, ~8 s of compile on
+    a cold cache, paid once per process by the first kernel that uses it."""
+    for r in range(n):
+        for j in range(dst.shape[1]):
+            dst[d0 + r, j] = src[s0 + r, j]

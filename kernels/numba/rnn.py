@@ -30,7 +30,7 @@ from . import _host
 from . import vec as V
 from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import mm_into, panels
-from .packed import active_rows, chunk_bounds, is_sorted
+from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
 @njit(**INLINE)
@@ -64,7 +64,7 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
     z = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] h_{t-1} @ W_hh^T
-    h[:] = h0[b0:b1]
+    copy_rows(h, 0, h0, b0, b1 - b0)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -83,7 +83,7 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
             else:
                 for j in range(H):
                     y[t, b, j] = 0
-    h_n[b0:b1] = h
+    copy_rows(h_n, b0, h, 0, b1 - b0)
 
 
 @njit(**JIT)
@@ -99,7 +99,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dz @ W_hh
     # Per-unit sums of squares keep the norm's inner loop free of a serial reduction.
     sq = np.empty(H, dtype=dy.dtype)  # [H] (per step: a sum over this thread's rows)
-    dh[:] = dh_n[b0:b1]
+    copy_rows(dh, 0, dh_n, b0, b1 - b0)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -129,7 +129,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
             if t < lengths[b0 + r]:
                 for j in range(H):
                     dh[r, j] = back[r, j]
-    dh0[b0:b1] = dh
+    copy_rows(dh0, b0, dh, 0, b1 - b0)
 
 
 @njit(**JIT)
