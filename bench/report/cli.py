@@ -6,7 +6,14 @@ Runs on the default device (CUDA when present, else CPU) and, in one process:
 2. speed: rnnfast vs torch.nn, a torch.compile'd reference loop and JAX (when
    installed), fwd and fwd+bwd, over a grid narrowed by ``--cells --T --B --H ...``;
 3. gradient fidelity: relative errors vs a float64 torch.nn run as T grows;
-4. packed sequences: PackedSequence vs padded batch.
+4. packed sequences: PackedSequence vs padded batch, for realistic length distributions;
+5. end-to-end (``e2e``): training steps of PyTorch's example word-level language model
+   with torch.nn's recurrent stack and with rnnfast's, and the recurrent layers' share.
+
+``--check`` adds the floor check (:mod:`.check`: each floor of issue 13 and the ReLU-RNN
+floors with its measured value, met / not met / not measured) to the output and exits
+with status 1 when one is not met; ``--check-report FILE`` checks an existing
+``report.json`` without measuring.
 
 It prints markdown tables and writes ``report.json``, ``report.md`` and PNG plots to
 ``--out`` (default ``out/bench``). ``--quick`` is the CI smoke test (< 2 min on 2 cores).
@@ -17,9 +24,13 @@ Examples::
     python -m bench --cells lstm --B 32 --H 256 --modes fwdbwd --no-jax
     python -m bench --only fidelity --long          # adds T = 10000
     python -m bench --isa avx2 --only speed --no-compile --no-jax   # as on an AVX2 CPU
+    python -m bench --only e2e,packed --no-compile --no-jax
+    python -m bench --check                        # every section the floors need
+    python -m bench --check-report out/bench/report.json
 """
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -32,11 +43,11 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from . import common, fidelity, isa, packed, speed
+from . import check, common, e2e, fidelity, isa, packed, speed
 from .common import CELLS
 from .markdown import markdown
 
-SECTIONS = ("speed", "fidelity", "packed")
+SECTIONS = ("speed", "fidelity", "packed", "e2e")
 
 
 def _csv(type_=str):
@@ -82,11 +93,22 @@ def parse_args(argv=None):
                    help="rnnfast dtypes in the fidelity table (default float32,float64)")
     p.add_argument("--seeds", type=int, default=None,
                    help="fidelity seeds per (cell, T) (default 3; 2 with --quick)")
+    p.add_argument("--dists", type=_csv(), default=None,
+                   help=f"packed length distributions from {list(packed.DISTRIBUTIONS)}")
+    p.add_argument("--e2e-steps", type=int, default=None,
+                   help="timed word-LM steps per model after warm-up (default "
+                        f"{e2e.FULL.steps}; {e2e.QUICK.steps} with --quick)")
+    p.add_argument("--check", action="store_true",
+                   help="add the floor check and exit 1 when a floor is not met")
+    p.add_argument("--check-report", metavar="FILE", default=None,
+                   help="print the floor check of an existing report.json (no measuring); "
+                        "exit 1 when a floor is not met")
     a = p.parse_args(argv)
     for name, given, known in (("--cells", a.cells, CELLS), ("--only", a.only, SECTIONS),
                                ("--skip", a.skip, SECTIONS), ("--modes", a.modes, common.MODES),
                                ("--dtype", a.dtype, common.DTYPES),
-                               ("--fidelity-dtypes", a.fidelity_dtypes, common.DTYPES)):
+                               ("--fidelity-dtypes", a.fidelity_dtypes, common.DTYPES),
+                               ("--dists", a.dists, packed.DISTRIBUTIONS)):
         bad = [v for v in given or () if v not in known]
         if bad:
             p.error(f"{name}: unknown {', '.join(bad)} (choose from {', '.join(known)})")
@@ -135,10 +157,22 @@ def packed_grid(a):
     cases = packed.default_cases(a.quick)
     if a.cells:
         cases = [c for c in cases if c[0] in a.cells] or [
-            (c, 100, 16, 64) for c in a.cells]
+            (c, 100, 32, 128, "uniform") for c in a.cells]
     if a.T:
-        cases = list(dict.fromkeys((c, T, B, H) for (c, _, B, H) in cases for T in a.T))
-    return cases
+        cases = [(c, T, B, H, d) for (c, _, B, H, d) in cases for T in a.T]
+    if a.dists:
+        cases = [(c, T, B, H, d) for (c, T, B, H, _) in cases for d in a.dists]
+    return list(dict.fromkeys(cases))
+
+
+def e2e_grid(a):
+    """(cells, config) of the end-to-end section; ``--cells`` picks among the cells the
+    example offers (torch.nn has no leaky-ReLU RNN)."""
+    cfg = e2e.default_config(a.quick)
+    if a.e2e_steps:
+        cfg = dataclasses.replace(cfg, steps=a.e2e_steps)
+    cells = [c for c in (a.cells or e2e.default_cells(a.quick)) if c in e2e.E2E_CELLS]
+    return cells, cfg
 
 
 # ---------------------------------------------------------------- main
@@ -157,14 +191,20 @@ def main(argv=None):
     """Run the report; returns the exit status (a ``--isa`` re-run's own)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     a = parse_args(argv)
+    if a.check_report:
+        with open(a.check_report) as f:
+            report = json.load(f)
+        rows = check.rows(report)
+        print(check.markdown(rows, report))
+        return 1 if check.missed(rows) else 0
     if not isa.in_child(a.isa):
         try:
             return isa.rerun(a.isa, argv)
         except ValueError as e:
             print(f"python -m bench: {e}", file=sys.stderr)
             return 2
-    run(a, "python -m bench" + ("" if not argv else " " + shlex.join(argv)))
-    return 0
+    report = run(a, "python -m bench" + ("" if not argv else " " + shlex.join(argv)))
+    return 1 if a.check and check.missed(report["check"]) else 0
 
 
 def run(a, command):
@@ -201,6 +241,7 @@ def run(a, command):
     sgrid = speed_grid(a) if "speed" in sections else []
     fgrid = fidelity_grid(a) if "fidelity" in sections and backends else []
     pgrid = packed_grid(a) if "packed" in sections and backends else []
+    ecells, ecfg = e2e_grid(a) if "e2e" in sections and backends else ([], None)
     fdtypes = a.fidelity_dtypes or ["float32", "float64"]
     report = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -208,9 +249,10 @@ def run(a, command):
         "machine": machine,
         "config": {"backends": backends, "sections": sections, "quick": a.quick,
                    "timing": timing, "compile_cap_s": a.compile_cap, "jax": use_jax,
-                   "fidelity_dtypes": fdtypes, "notes": notes},
+                   "fidelity_dtypes": fdtypes, "notes": notes,
+                   "e2e": None if ecfg is None else dataclasses.asdict(ecfg)},
     }
-    bar = tqdm(total=1 + len(sgrid) + len(fgrid) + len(pgrid), desc="bench",
+    bar = tqdm(total=1 + len(sgrid) + len(fgrid) + len(pgrid) + len(ecells), desc="bench",
                file=sys.stderr, dynamic_ncols=True)
 
     bar.set_postfix_str("GEMM rate")
@@ -244,16 +286,28 @@ def run(a, command):
     walls["fidelity"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report["packed"] = []
-    for cell, T, B, H in pgrid:
-        bar.set_postfix_str(f"packed {cell} T{T} B{B} H{H}")
-        report["packed"].append(packed.run_case(cell, T, B, H, device, backends, timing))
+    for cell, T, B, H, dist in pgrid:
+        bar.set_postfix_str(f"packed {cell} T{T} B{B} H{H} {dist}")
+        report["packed"].append(packed.run_case(cell, T, B, H, device, backends, timing,
+                                                dist=dist))
+        bar.update()
+    walls["packed"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report["e2e"] = []
+    for cell in ecells:
+        bar.set_postfix_str(f"e2e word LM {cell}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report["e2e"].append(e2e.run_case(cell, ecfg, device, backends))
         bar.update()
     bar.close()
-    walls["packed"] = time.perf_counter() - t0
+    walls["e2e"] = time.perf_counter() - t0
     report["machine"]["loadavg_end"] = _loadavg()
 
     report["plots"] = _try_plots(report, a.out, notes)
     report["wall_s"] = time.perf_counter() - t_start
+    if a.check:
+        report["check"] = check.rows(report)
     md = markdown(report)
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(_clean(report), f, indent=1)

@@ -2,7 +2,7 @@
 
 import re
 
-from . import fidelity
+from . import check, e2e, fidelity
 from .common import fmt_ms, fmt_x
 
 
@@ -71,20 +71,59 @@ def md_fidelity(rows, results):
 def md_packed(results, backends):
     if not results:
         return ""
-    lines = ["### Packed sequences (fwd+bwd, lengths spread over [T/4, T]): "
-             "packed time / padded time",
+    lines = ["### Packed sequences (fwd+bwd): packed time / padded time, next to the token "
+             "fraction sum(lengths) / (T B)",
              "",
-             "| cell | T | B | H | impl | padded ms | packed ms | packed / padded | "
-             "packed: torch.nn / rnnfast |",
-             "|---|--:|--:|--:|---|--:|--:|--:|--:|"]
+             "Lengths: uniform in [1, T]; longtail T min(1, LogNormal(log 1/8, 1)); spread "
+             "evenly over [T/4, T]; the longest is T in each. Last two columns: torch.nn "
+             "time / rnnfast time on the packed batch and on the padded batch.",
+             "",
+             "| cell | lengths | T | B | H | tokens | impl | padded ms | packed ms | "
+             "packed / padded | packed: torch.nn / rnnfast | padded: torch.nn / rnnfast |",
+             "|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|"]
     for r in results:
         t = r["times"]
+        frac = r.get("token_fraction")
         for impl in ["torch.nn"] + [f"rnnfast[{be}]" for be in backends]:
             pad, pk = t[f"{impl} padded"]["median_s"], t[f"{impl} packed"]["median_s"]
-            sp = (fmt_x(t["torch.nn packed"]["median_s"] / pk)
-                  if impl != "torch.nn" else "")
-            lines.append(f"| {r['cell']} | {r['T']} | {r['B']} | {r['H']} | {impl} | "
-                         f"{fmt_ms(pad)} | {fmt_ms(pk)} | {fmt_x(pk / pad)} | {sp} |")
+            sp, sd = "", ""
+            if impl != "torch.nn":
+                sp = fmt_x(t["torch.nn packed"]["median_s"] / pk)
+                sd = fmt_x(t["torch.nn padded"]["median_s"] / pad)
+            lines.append(f"| {r['cell']} | {r.get('dist', 'spread')} | {r['T']} | {r['B']} | "
+                         f"{r['H']} | {'—' if frac is None else f'{frac:.2f}'} | {impl} | "
+                         f"{fmt_ms(pad)} | {fmt_ms(pk)} | {fmt_x(pk / pad)} | {sp} | {sd} |")
+    return "\n".join(lines) + "\n"
+
+
+def md_e2e(results):
+    if not results:
+        return ""
+    cfg = e2e.Config(**results[0]["config"])
+    lines = [f"### End-to-end: PyTorch's example word-level language model, one training "
+             f"step ({cfg.label()}, dropout {cfg.dropout}, SGD lr {cfg.lr:g}, clip "
+             f"{cfg.clip}; median of {cfg.steps} interleaved steps after {cfg.warmup} "
+             "warm-up)",
+             "",
+             "Synthetic token ids (uniform, fixed seed). The recurrent stack's forward and "
+             "backward are timed inside the step by module and autograd hooks (forward "
+             "pre-/post-hooks; backward from the gradient reaching its output to the last of "
+             "its input gradient and its parameters' gradient accumulations). Ratios: "
+             "torch.nn / rnnfast; *allowed*: the step ratio the recurrent ratio gives if the "
+             "rest of the step costs what torch.nn's does (Amdahl on torch.nn's share).",
+             "",
+             "| cell | impl | step ms | recurrent fwd ms | recurrent bwd ms | "
+             "recurrent share | rest ms | mean loss | step ratio | recurrent ratio | "
+             "allowed |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in results:
+        for impl, m in r["impls"].items():
+            q = r["ratios"].get(impl[len("rnnfast["):-1], {}) if impl != "torch.nn" else {}
+            lines.append(f"| {r['cell']} | {impl} | {fmt_ms(m['step_s'])} | "
+                         f"{fmt_ms(m['rnn_fwd_s'])} | {fmt_ms(m['rnn_bwd_s'])} | "
+                         f"{m['rnn_share']:.0%} | {fmt_ms(m['rest_s'])} | {m['loss']:.4f} | "
+                         f"{fmt_x(q.get('step_ratio'))} | {fmt_x(q.get('rnn_ratio'))} | "
+                         f"{fmt_x(q.get('step_allowed'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,5 +172,8 @@ def markdown(report):
         parts.append(md_speed(report.get("speed", []), be, mode, peak))
     parts.append(md_fidelity(report.get("fidelity_summary", []), report.get("fidelity", [])))
     parts.append(md_packed(report.get("packed", []), be))
+    parts.append(md_e2e(report.get("e2e", [])))
+    if "check" in report:
+        parts.append(check.markdown(report["check"], report))
     parts.append(md_notes(report))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(p for p in parts if p is not None))

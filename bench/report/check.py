@@ -1,0 +1,190 @@
+"""``--check``: issue 13's floors (and the foundation issue's ReLU-RNN floors and the
+fidelity floor they must not cost), each with its measured value, the floor, and met /
+NOT MET / not measured, computed from a report dict (``report.json``).
+
+A report, not a test: the numbers are the run's medians, under whatever load the
+machine had (``machine.loadavg_*`` in the report). A floor whose data the run did not
+produce (a section left out by ``--only``, a point outside the grid, JAX not installed)
+is "not measured" and does not fail the check.
+
+Ratios are peer time / rnnfast time in the same run (> 1: rnnfast faster); the speed
+floors read the speed section at T = 100, I = H, float32.
+"""
+
+from . import e2e as e2e_mod
+from . import fidelity, speed
+
+MET, MISSED, ABSENT = "met", "NOT MET", "not measured"
+
+# issue 13: forward-only floor at all five points, LSTM fwd+bwd floors
+FWD_FLOOR = 1.2
+LSTM_FWDBWD_FLOOR = {(16, 64): 1.3, (32, 128): 1.3, (32, 256): 1.3, (64, 512): 1.15}
+# issue 13: packed batches (uniform lengths) at B = 32, H = 128
+PACKED_B, PACKED_H, PACKED_TS = 32, 128, (100, 1000)
+PACKED_OVER_PADDED = 0.65
+SMALL_POINT = (1, 32)
+# issue 13: the recurrent layers' fwd+bwd inside the word-LM step
+E2E_RNN_FLOOR = {"rnn_relu": 2.0, "lstm": 1.3}
+FLOOR_CELLS = ("rnn_relu", "lstm")
+
+
+def _row(issue, floor, measured, target, ok, detail=""):
+    """One check row; ``ok`` None means not measured."""
+    status = ABSENT if ok is None else (MET if ok else MISSED)
+    return {"issue": issue, "floor": floor, "measured": measured, "target": target,
+            "status": status, "detail": detail}
+
+
+def _x(v):
+    return f"{v:.2f}x"
+
+
+def _speed_point(report, cell, B, H, mode, backend):
+    for r in report.get("speed") or []:
+        if ((r["cell"], r["T"], r["B"], r["H"], r["I"], r["dtype"], r["mode"])
+                == (cell, speed.FLOOR_T, B, H, H, "float32", mode)
+                and backend in r["ratios"]):
+            return r
+    return None
+
+
+def _why_absent(report, section):
+    if section not in report["config"].get("sections", []):
+        return f"{section} section not run"
+    return "not in this run's grid"
+
+
+def _ratio_floor(report, issue, cell, B, H, mode, peer, target, be):
+    name = f"{cell} B={B} H={H} {'fwd' if mode == 'fwd' else 'fwd+bwd'}: {peer} / rnnfast"
+    r = _speed_point(report, cell, B, H, mode, be)
+    if r is None:
+        return _row(issue, name, None, f">= {_x(target)}", None, _why_absent(report, "speed"))
+    v = r["ratios"][be].get(peer)
+    if v is None:
+        why = r.get("notes", {}).get(peer) or f"no {peer} column"
+        if peer == "jax" and not report["config"].get("jax"):
+            why = "JAX not installed or disabled"
+        return _row(issue, name, None, f">= {_x(target)}", None, why)
+    return _row(issue, name, _x(v), f">= {_x(target)}", v >= target)
+
+
+def speed_rows(report, be):
+    rows = []
+    for cell in FLOOR_CELLS:
+        for mode in ("fwd", "fwdbwd"):
+            rows.append(_ratio_floor(report, "13", cell, *SMALL_POINT, mode, "jax", 1.0, be))
+    for cell in FLOOR_CELLS:
+        for B, H in speed.FLOOR_POINTS:
+            rows.append(_ratio_floor(report, "13", cell, B, H, "fwd", "torch.nn", FWD_FLOOR,
+                                     be))
+    for (B, H), target in LSTM_FWDBWD_FLOOR.items():
+        rows.append(_ratio_floor(report, "13", "lstm", B, H, "fwdbwd", "torch.nn", target, be))
+    for B, H in speed.FLOOR_POINTS:
+        rows.append(_ratio_floor(report, "2", "rnn_relu", B, H, "fwdbwd", "torch.nn",
+                                 speed.floor_target("rnn_relu", B, H), be))
+    return rows
+
+
+def packed_rows(report, be):
+    rows = []
+    for cell in FLOOR_CELLS:
+        for T in PACKED_TS:
+            r = next((q for q in report.get("packed") or []
+                      if (q["cell"], q["T"], q["B"], q["H"], q.get("dist")) ==
+                      (cell, T, PACKED_B, PACKED_H, "uniform")
+                      and f"{be}_packed_over_padded" in q), None)
+            where = f"{cell} packed, uniform lengths, T={T} B={PACKED_B} H={PACKED_H}"
+            f1 = f"{where}: rnnfast packed / padded"
+            f2 = f"{where}: torch.nn / rnnfast, packed vs padded batch"
+            if r is None:
+                why = _why_absent(report, "packed")
+                rows += [_row("13", f1, None, f"<= {PACKED_OVER_PADDED}", None, why),
+                         _row("13", f2, None, ">= the padded ratio", None, why)]
+                continue
+            v = r[f"{be}_packed_over_padded"]
+            rows.append(_row("13", f1, f"{v:.2f}", f"<= {PACKED_OVER_PADDED}",
+                             v <= PACKED_OVER_PADDED,
+                             f"token fraction {r['token_fraction']:.2f}"))
+            pk, pad = r[f"{be}_speedup_packed"], r[f"{be}_speedup_padded"]
+            rows.append(_row("13", f2, _x(pk), f">= {_x(pad)} (padded)", pk >= pad))
+    return rows
+
+
+def e2e_rows(report, be):
+    rows = []
+    for cell, target in E2E_RNN_FLOOR.items():
+        r = next((q for q in report.get("e2e") or []
+                  if q["cell"] == cell and be in q["ratios"]), None)
+        f1 = f"word LM {cell}: recurrent fwd+bwd in the step, torch.nn / rnnfast"
+        f2 = f"word LM {cell}: whole step, torch.nn / rnnfast"
+        if r is None:
+            why = _why_absent(report, "e2e")
+            rows += [_row("13", f1, None, f">= {_x(target)}", None, why),
+                     _row("13", f2, None, "what the share allows", None, why)]
+            continue
+        cfg = e2e_mod.Config(**r["config"])
+        note = "" if cfg == e2e_mod.FULL else f"quick config ({cfg.label()})"
+        q = r["ratios"][be]
+        rows.append(_row("13", f1, _x(q["rnn_ratio"]), f">= {_x(target)}",
+                         q["rnn_ratio"] >= target, note))
+        # The step must gain what the recurrent floor would give it with the rest of the
+        # step unchanged (Amdahl, torch.nn's recurrent share s of its own step).
+        s = r["impls"]["torch.nn"]["rnn_share"]
+        allowed = 1.0 / (1.0 - s + s / target)
+        rows.append(_row("13", f2, _x(q["step_ratio"]), f">= {_x(allowed)}",
+                         q["step_ratio"] >= allowed,
+                         "; ".join(v for v in (f"torch.nn recurrent share {s:.0%}", note)
+                                   if v)))
+    return rows
+
+
+def fidelity_rows(report, be):
+    rows = []
+    summary = [r for r in report.get("fidelity_summary") or [] if r["backend"] == be]
+    target = f"<= {fidelity.RATIO_LIMIT}x torch.nn's"
+    for cell in dict.fromkeys(r["cell"] for r in summary) or ("all cells",):
+        mine = [r for r in summary if r["cell"] == cell]
+        name = f"fidelity {cell}: worst float32 error ratio rnnfast / torch.nn"
+        if not mine:
+            rows.append(_row("13", name, None, target, None, _why_absent(report, "fidelity")))
+            continue
+        worst = max(mine, key=lambda r: r["max_ratio"])
+        rows.append(_row("13", name, f"{worst['max_ratio']:.2f}", target,
+                         all(r["pass"] for r in mine),
+                         f"T={worst['T']} {worst['worst_tensor']}"))
+    return rows
+
+
+def rows(report):
+    """Every floor's row, per rnnfast backend in the report."""
+    out = []
+    for be in report["config"]["backends"]:
+        for r in (speed_rows(report, be) + packed_rows(report, be) + e2e_rows(report, be)
+                  + fidelity_rows(report, be)):
+            r["backend"] = be
+            out.append(r)
+    return out
+
+
+def missed(check_rows):
+    return [r for r in check_rows if r["status"] == MISSED]
+
+
+def markdown(check_rows, report):
+    if not check_rows:
+        return "### Floor check\n\nno rnnfast backend ran: nothing to check\n"
+    n = {s: sum(r["status"] == s for r in check_rows) for s in (MET, MISSED, ABSENT)}
+    lines = [f"### Floor check ({report['date']}; {n[MET]} met, {n[MISSED]} not met, "
+             f"{n[ABSENT]} not measured)",
+             "",
+             "Ratios: peer time / rnnfast time in the same run (> 1: rnnfast faster). "
+             "Issue 2: the foundation floors; issue 13: packed, small, inference, LSTM, "
+             "end-to-end.",
+             "",
+             "| issue | backend | floor | measured | target | | detail |",
+             "|---|---|---|--:|---|---|---|"]
+    for r in check_rows:
+        status = r["status"] if r["status"] != MISSED else f"**{MISSED}**"
+        lines.append(f"| {r['issue']} | {r['backend']} | {r['floor']} | "
+                     f"{r['measured'] or '—'} | {r['target']} | {status} | {r['detail']} |")
+    return "\n".join(lines) + "\n"
