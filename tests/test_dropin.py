@@ -11,10 +11,12 @@ state_dict (rnnfast's backend='torch' for leaky_relu, which torch.nn lacks).
 4. autocast (CPU, bfloat16 and float16)                    9. whole-model weights_only load
 5. TorchScript (script, trace, save/load) and torch.export 10. what traced / exported
                                                                programs record
+11. scenarios of torch's own RNN tests: reparametrized weights, pickling, dropout set later
 """
 
 import copy
 import functools
+import io
 import os
 import re
 import warnings
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.utils import parametrizations, prune
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
@@ -870,3 +873,90 @@ def test_exported_program_runs_on_cuda(cell):
         gm = ep.module().to("cuda")
         got = _flat(gm(tokens.cuda(), as_state([h.cuda() for h in as_list(hidden)], cell)))
     _compare_lists("exported on cuda", ["log_softmax", "h_n", "c_n"], got, want, torch.float32)
+
+
+# ============================================================ 11. torch.nn's own RNN tests
+
+# Scenarios of PyTorch's test_nn.py / test_pruning.py (test_rnn_weight_norm,
+# test_rnn_pruning, test_save_lstm_compatibility, test_RNN_dropout_state,
+# test_RNN_change_dropout) that the groups above do not reach, run side by side with the
+# twin: a reparametrized weight is a plain tensor recomputed before every forward.
+REPARAMETRIZATIONS = {
+    "weight_norm": lambda m: parametrizations.weight_norm(m, "weight_hh_l0"),
+    "prune": lambda m: prune.l1_unstructured(m, "weight_ih_l0", 0.5),
+}
+
+
+@pytest.mark.parametrize("how", list(REPARAMETRIZATIONS))
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_reparametrized_weight_matches_torch(cell, backend, how):
+    """weight_norm / pruning of one weight: the same values and gradients (w.r.t. the
+    input and every parameter, the reparametrization's own included) as the twin, the
+    same count of Parameters in _flat_weights, and removal restores the Parameter."""
+    ours, twin = make_pair(cell, backend)
+    for m in (ours, twin):
+        REPARAMETRIZATIONS[how](m)
+    assert sum(isinstance(p, nn.Parameter) for p in ours._flat_weights) == \
+        sum(isinstance(p, nn.Parameter) for p in twin._flat_weights)
+    x, state = problem(cell, twin)
+    results = []
+    for m in (ours, twin):
+        xs = leaves([x] + state)
+        outs = run(m, xs[0], xs[1:])
+        sum((o * u).sum() for o, u in zip(outs, upstream(outs))).backward()
+        results.append(outs + [t.grad for t in xs + list(m.parameters())])
+    _compare_lists(how, ["output", "h_n", "c_n"][:len(state) + 1] + _names(ours, len(state)),
+                   *results)
+    if how == "prune":
+        prune.remove(ours, "weight_ih_l0")
+        assert isinstance(ours._parameters["weight_ih_l0"], nn.Parameter)
+        assert sum(isinstance(p, nn.Parameter) for p in ours._flat_weights) == \
+            len(ours._flat_weights)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_pickled_module_and_old_checkpoint_state_match_torch(cell, backend):
+    """A whole module pickled and loaded (weights_only=False, then flatten_parameters)
+    and a module restored by __setstate__ from a pre-1.8 LSTM's __dict__ (no proj_size)
+    compute what the original computes."""
+    ours, _ = make_pair(cell, backend, num_layers=2)
+    x, state = problem(cell, ours)
+    with torch.no_grad():
+        want = run(ours, x, state)
+        buf = io.BytesIO()
+        torch.save(ours, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        loaded.flatten_parameters()
+        _compare_lists("pickled", ["output", "h_n", "c_n"], run(loaded, x, state), want)
+        if CELLS[cell][0] == "LSTM" and not ours.proj_size:
+            old = dict(ours.__dict__)
+            del old["proj_size"]
+            restored = rnnfast.LSTM(I, H, backend=backend)
+            restored.__setstate__(old)
+            assert restored.proj_size == 0
+            _compare_lists("__setstate__", ["output", "h_n", "c_n"], run(restored, x, state),
+                           want)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_dropout_changed_after_construction(cell, backend):
+    """``module.dropout = p`` after construction takes effect as in torch.nn: p=1 in
+    training zeroes the second layer's input (the twin's output, exactly), p=0.5 draws a
+    new mask per call, and eval mode ignores it."""
+    ours, twin = make_pair(cell, backend, num_layers=2)
+    x, state = problem(cell, ours)
+    with torch.no_grad():
+        plain = run(ours, x, state)
+        for m in (ours, twin):
+            m.dropout = 1.0
+        _compare_lists("dropout=1", ["output", "h_n", "c_n"], run(ours, x, state),
+                       run(twin, x, state))
+        ours.dropout = 0.5
+        first, second = run(ours, x, state), run(ours, x, state)
+        assert not torch.equal(first[0], second[0]), "dropout=0.5 set later had no effect"
+        ours.eval()
+        _compare_lists("eval", ["output", "h_n", "c_n"], run(ours, x, state), plain)
