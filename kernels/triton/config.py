@@ -136,8 +136,10 @@ def _resident_shape(kernel, HP, HH, BH, BP, proj):
     return 4 * HH * BP + (HP * BH if proj else 0), ((4 * HH, HP) if proj else (4 * HH,))
 
 
-def pick(kernel, H, P, dtype, tf32=None):
+def pick(kernel, H, P, dtype, tf32=None, proj=None):
     """The configuration for a layer of H cell units, P = proj_size or H (RNN, GRU: P = H).
+    ``proj``: the LSTM has a projection W_hr (default: P != H; the kernel contract also
+    allows a projection with P == H, which torch.nn never builds).
 
     Tiles: an RNN program owns 16 units (the smallest tensor-core tile); an LSTM program
     4 cell units (16 gate rows) up to H = 256, then 8, so H = 768 uses 96 programs per
@@ -152,7 +154,7 @@ def pick(kernel, H, P, dtype, tf32=None):
     precision = "tf32" if (tf32 and dtype == torch.float32) else "ieee"
     HP = width(P)
     HH = width(H)
-    proj = kernel.startswith("lstm") and P != H
+    proj = kernel.startswith("lstm") and (P != H if proj is None else bool(proj))
     if kernel.startswith("rnn") or kernel == "gru_bwd":
         BH = BP = 16
         HH = HP

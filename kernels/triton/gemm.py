@@ -16,7 +16,7 @@ def project(x, w_ih, bias=None):
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
     xp = torch.addmm(bias, x2, w_ih.t()) if bias is not None else x2 @ w_ih.t()
-    return xp.view(T, B, -1)
+    return xp.view(T, B, w_ih.shape[0])  # not -1: B or T may be 0
 
 
 def _recurrent_weight_grad(dgh, y, h0, lengths, reverse):
@@ -54,5 +54,5 @@ def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
     empty = dxp.new_empty((0,))
     db_ih = d2.sum(0) if has_bias else empty
     db_hh = (db_ih.clone() if same else dgh.reshape(T * B, G).sum(0)) if has_bias else empty
-    dx = (d2 @ w_ih).view(T, B, -1) if need_dx else empty
+    dx = (d2 @ w_ih).view(T, B, w_ih.shape[1]) if need_dx else empty
     return dx, dw_ih, dw_hh, db_ih, db_hh

@@ -396,7 +396,7 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     cbuf = host.ping_pong(c0, (H,), sdt, dev, B)
     rbuf = torch.zeros((B, H) if proj else (1,), dtype=xp.dtype, device=dev)
     if T > 0 and B > 0:
-        cfg = pick("lstm_fwd", H, P, xp.dtype)
+        cfg = pick("lstm_fwd", H, P, xp.dtype, proj=proj)
         grid, persistent = host.launch_grid(dev, *grid_size(cfg, H, P, B), T)
         counter = host.counter(dev)
         host.run(lstm_fwd_kernel, "lstm_fwd", cfg, grid, T,
@@ -447,7 +447,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     if T == 0 or B == 0:
         return (dxp, dh_n.clone(), dc_n.clone(), dhs,
                 torch.zeros(T, dtype=torch.float64, device=dev))
-    cfg = pick("lstm_bwd", H, P, gates.dtype)
+    cfg = pick("lstm_bwd", H, P, gates.dtype, proj=proj)
     tiles = grid_size(cfg, H, P, B)
     grid, persistent = host.launch_grid(dev, *tiles, T)
     partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
