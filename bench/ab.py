@@ -1,0 +1,86 @@
+"""torch.nn time / rnnfast time at the speed-floor points, one cell after another, for
+comparing checkouts of rnnfast on the same machine in the same minutes.
+
+    python -m bench.ab [--cells rnn_relu,lstm,gru] [--points 1x32,16x64,...] [--mode fwdbwd|fwd]
+                       [--T 100] [--reps 15] [--budget 4] [--tag LABEL]
+
+Each point builds a torch.nn module and the rnnfast twin (backend='numba') with the same
+state_dict, input x [T, B, H] (I = H, float32, torch's default threads), warms both, then
+alternates them (torch.nn, rnnfast, torch.nn, ...) for up to ``--reps`` rounds (at least
+5, stopping after ``--budget`` seconds) and prints the two medians (ms) and their ratio
+(> 1: rnnfast faster), then one JSON line of every ratio. fwdbwd: ``y, _ = m(x);
+y.sum().backward()`` (x needs no grad); fwd: ``m(x)`` under ``torch.no_grad()``.
+Run it once per checkout (each with its own install or import path) to compare commits;
+``python -m bench`` is the full report.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import rnnfast
+
+
+def pair(cell, H):
+    """(torch.nn module, rnnfast module with the same weights) for a cell name."""
+    if cell == "lstm":
+        ref, m = torch.nn.LSTM(H, H), rnnfast.LSTM(H, H, backend="numba")
+    elif cell == "gru":
+        ref, m = torch.nn.GRU(H, H), rnnfast.GRU(H, H, backend="numba")
+    else:
+        nl = cell.split("_", 1)[1]
+        ref = torch.nn.RNN(H, H, nonlinearity=nl)
+        m = rnnfast.RNN(H, H, nonlinearity=nl, backend="numba")
+    m.load_state_dict(ref.state_dict())
+    return ref, m
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", default="rnn_relu,lstm")
+    ap.add_argument("--points", default="1x32,16x64,32x128,32x256,64x512", help="BxH list")
+    ap.add_argument("--mode", default="fwdbwd", choices=("fwdbwd", "fwd"))
+    ap.add_argument("--T", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds per point")
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    ratios = {}
+    for cell in a.cells.split(","):
+        for point in a.points.split(","):
+            B, H = map(int, point.split("x"))
+            ref, m = pair(cell, H)
+            x = torch.randn(a.T, B, H)
+
+            def run(mod):
+                if a.mode == "fwd":
+                    with torch.no_grad():
+                        mod(x)
+                    return
+                y, _ = mod(x)
+                y.sum().backward()
+
+            for mod in (ref, m, ref, m):
+                run(mod)
+            times = ([], [])
+            end = time.perf_counter() + a.budget
+            for i in range(a.reps):
+                for mod, acc in zip((ref, m), times):
+                    t0 = time.perf_counter()
+                    run(mod)
+                    acc.append(time.perf_counter() - t0)
+                if i >= 4 and time.perf_counter() > end:
+                    break
+            t_ref, t_m = (statistics.median(t) for t in times)
+            ratios[f"{cell} {point}"] = t_ref / t_m
+            print(f"{a.tag} {cell:9s} B={B:3d} H={H:4d} {a.mode}: torch.nn {t_ref * 1e3:8.2f} ms"
+                  f"  rnnfast {t_m * 1e3:8.2f} ms  ratio {t_ref / t_m:5.2f}x", flush=True)
+    print(json.dumps(ratios))
+
+
+if __name__ == "__main__":
+    main()
