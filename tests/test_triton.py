@@ -320,7 +320,7 @@ def test_persistent_equals_per_step(kernel, H, monkeypatch):
 
 @cuda_only
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dname)
-@pytest.mark.parametrize("cell", ["tanh", "relu", "lstm", "lstm_proj"])
+@pytest.mark.parametrize("cell", ["tanh", "relu", "lstm", "lstm_proj", "gru"])
 @pytest.mark.parametrize("H", [128, 768])
 def test_cuda_module_vs_cudnn_large(cell, H, dtype):
     """Widths that use the streamed and the 16-warp resident configurations, T=64,

@@ -331,24 +331,3 @@ def test_gru_persistent_equals_per_step(H, monkeypatch):
     assert not persistent
     for x, z in zip(a, b):
         assert torch.equal(x, z)
-
-
-@cuda_only
-@pytest.mark.parametrize("dtype", DTYPES, ids=_dname)
-@pytest.mark.parametrize("H", [128, 768])
-def test_gru_cuda_module_vs_cudnn_large(H, dtype):
-    """Widths that use the resident and the streamed configurations, T=64, against
-    torch.nn.GRU on cuDNN (in float32 on the same weights for the half types)."""
-    T, B, I = 64, 16, 32
-    ours, twin = make_pair("gru", I, H, dtype, "triton")
-    ref_dtype = _ref_dtype(dtype)
-    ours, twin = ours.cuda(), twin.cuda().to(ref_dtype)
-    x = torch.randn(T, B, I, device="cuda", dtype=torch.float64).to(dtype)
-    xa, xb = x.clone().requires_grad_(), x.to(ref_dtype).requires_grad_()
-    ya, _ = ours(xa)
-    yb, _ = twin(xb)
-    kind = "long" if dtype == torch.float32 else "kernel"
-    assert_close("y", ya.to(ref_dtype), yb, dtype=dtype, kind=kind)
-    ya.to(ref_dtype).square().sum().backward()
-    yb.square().sum().backward()
-    assert_close("dx", xa.grad.to(ref_dtype), xb.grad, dtype=dtype, kind=kind)
