@@ -87,18 +87,32 @@ def in_functorch_transform():
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
+_RESOLVED = {}  # (backend, RNNFAST_BACKEND, device, dtype, width) -> a kernel Backend
+
+
 def resolve(backend, device, dtype, width, warn=True):
     """The implementation for a call with tensors on ``device`` of ``dtype`` and the
     layer's widest state (max(hidden_size, proj_size)). Raises RNNArgumentError when an
-    explicitly requested backend cannot run it."""
-    return _resolve(backend, device, dtype, width, warn)._replace(requested=backend)
+    explicitly requested backend cannot run it.
+
+    A layer call resolves up to three times (module, op, backward): a choice of fused
+    kernels is remembered per (backend, RNNFAST_BACKEND, device, dtype, width); the
+    reference loop, errors and fallback warnings are worked out on every call."""
+    if in_functorch_transform():
+        _requested(backend)  # a bad name raises here too
+        return _reference(dtype, "inside a torch.func transform: the reference loop "
+                                 "(autograd)")._replace(requested=backend)
+    key = (backend, os.environ.get(ENV_VAR), device, dtype, width)
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _resolve(backend, device, dtype, width, warn)._replace(requested=backend)
+        if hit.kernels is not None:
+            _RESOLVED[key] = hit
+    return hit
 
 
 def _resolve(backend, device, dtype, width, warn):
     name, why = _requested(backend)
-    if in_functorch_transform():
-        return _reference(dtype, "inside a torch.func transform: the reference loop "
-                                 "(autograd)")
     if name == "torch":
         return _reference(dtype, f"{why}: the reference loop (autograd)")
     auto = name == "auto"

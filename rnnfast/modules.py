@@ -158,7 +158,8 @@ class _FusedRNNBase(nn.RNNBase):
         if not torch.jit.is_tracing() and T == 0:
             raise RNNArgumentError("Expected sequence length to be larger than 0 in RNN")
 
-        if torch.onnx.is_in_onnx_export():
+        if (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
+                and torch.onnx.is_in_onnx_export():  # both ONNX exporters trace
             output, state = self._torch_rnn_op(input, batch_sizes, hx)
         else:
             output, state = self._layers(input, batch_sizes, hx)
@@ -235,8 +236,8 @@ class _FusedRNNBase(nn.RNNBase):
     def _stack(self, x, h0, c0, lengths, be, cast):
         D = 2 if self.bidirectional else 1
         probes = self._new_probes(x.shape[0], x.device) if self.record_grad_norms else None
-        if probes is None:
-            self._grad_norm_probes = None
+        if probes is None and self._grad_norm_probes is not None:
+            self._grad_norm_probes = None  # nn.Module.__setattr__: ~10 us, so only on change
         h_n, c_n = [], []
         per = len(self._flat_weights) // (self.num_layers * D)
         for layer in range(self.num_layers):
@@ -264,6 +265,10 @@ class _FusedRNNBase(nn.RNNBase):
             x = outs[0] if D == 1 else torch.cat(outs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
+        if len(h_n) == 1 and be.kernels is not None:
+            # one layer, one direction: no copy (a fused op's h_n, c_n are outputs that
+            # its backward does not read; the reference loop's are saved by autograd)
+            return x, h_n[0].unsqueeze(0), (c_n[0].unsqueeze(0) if c_n else None)
         return x, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
 
     # ------------------------------------------------------------ export, scripting

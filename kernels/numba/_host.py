@@ -15,6 +15,8 @@ from .config import CACHE, ISA, PARALLEL_GEMM_MIN_MACS, PARALLEL_MIN_MACS, PARAL
 
 def as_numpy(t):
     """A contiguous numpy view of a CPU tensor (a copy only when it is not contiguous)."""
+    if not t.requires_grad and t.is_contiguous():
+        return t.numpy()
     return t.detach().contiguous().numpy()
 
 
@@ -107,13 +109,27 @@ def launch(serial, parallel, nchunks, *args):
         _called.add(key)
 
 
+_FULL_LENGTHS = {}  # (T, B) -> int64 [B] all-T (read by the kernels, never written)
+
+
 def lengths_array(lengths, T, B):
     """int64 [B] numpy lengths (all T when None)."""
     if lengths is None:
-        return np.full(B, T, dtype=np.int64)
+        full = _FULL_LENGTHS.get((T, B))
+        if full is None:
+            if len(_FULL_LENGTHS) > 64:
+                _FULL_LENGTHS.clear()
+            full = _FULL_LENGTHS[(T, B)] = np.full(B, T, dtype=np.int64)
+        return full
     return as_numpy(lengths.to(torch.int64))
 
 
+_NO_WEIGHT = {}  # torch dtype -> empty [0, 0, 0] numpy array (read-only by use)
+
+
 def no_weight(like):
-    """Stands for an absent weight (no projection): zero panels."""
-    return np.zeros((0, 0, 0), dtype=as_numpy(like).dtype)
+    """Stands for an absent weight (no projection): zero panels of ``like``'s dtype."""
+    w = _NO_WEIGHT.get(like.dtype)
+    if w is None:
+        w = _NO_WEIGHT[like.dtype] = np.zeros((0, 0, 0), dtype=as_numpy(like[:0]).dtype)
+    return w

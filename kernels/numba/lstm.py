@@ -339,6 +339,6 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
                  panels(w_hh), panels(w_hr) if proj else _host.no_weight(gates),
                  _host.lengths_array(lengths, T, B), bool(reverse), dxp.numpy(),
                  dh0.numpy(), dc0.numpy(),
-                 dhs.numpy() if proj else np.empty((0, 0, 0), dtype=_host.as_numpy(gates).dtype),
+                 dhs.numpy() if proj else _host.no_weight(gates),
                  norms.numpy())
     return dxp, dh0, dc0, dhs, norms
