@@ -55,6 +55,20 @@ def empty(like, shape, dtype=None):
     return t
 
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def scratch(like, shape, dtype=None):
+    """(tensor, its numpy array) of ``shape`` for a buffer that only rnnfast reads (the
+    forward's saved cell states and gates, BPTT's gradients of the gates, the gradient
+    norms): allocated by numpy and shared with torch. np.empty costs 0.8 us against 7 us
+    for torch's new_empty on a 2 GHz Xeon (a layer's fwd+bwd makes up to 5 of these),
+    and numpy backs big buffers by huge pages itself. Never for a returned output: a
+    tensor on numpy memory cannot be resized."""
+    a = np.empty(shape, dtype=_NUMPY_DTYPES[dtype or like.dtype])
+    return torch.from_numpy(a), a
+
+
 def threads(parts):
     """Threads for ``parts`` independent pieces of work: torch's thread count rules."""
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, parts))

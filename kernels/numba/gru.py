@@ -257,8 +257,7 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, tra
     h_n = torch.empty_like(h0)
     xn = _host.as_numpy(xp)
     if train:
-        gates = _host.empty(xp, (T, B, 4 * H))
-        gates_np = gates.numpy()
+        gates, gates_np = _host.scratch(xp, (T, B, 4 * H))
     else:
         gates = xp.new_empty((0,))
         gates_np = np.empty((0, 0, 0), dtype=xn.dtype)
@@ -295,14 +294,14 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False):
                         (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
                          ("gates", gates, (T, B, 4 * H)), ("h0", h0, (B, H)),
                          ("w_hh", w_hh, (3 * H, H))))
-    dxp = _host.empty(y, (T, B, 3 * H))
-    dgh = _host.empty(y, (T, B, 3 * H))
+    dxp, dxp_np = _host.scratch(y, (T, B, 3 * H))
+    dgh, dgh_np = _host.scratch(y, (T, B, 3 * H))
     dh0 = torch.empty_like(dh_n)
-    norms = torch.empty(T, dtype=torch.float64)
+    norms, norms_np = _host.scratch(y, (T,), torch.float64)
     _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * 3 * H),
                  _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(y),
                  _host.as_numpy(gates), _host.as_numpy(h0), panels(w_hh),
-                 _host.lengths_array(lengths, T, B), bool(reverse), dxp.numpy(),
-                 dgh.numpy(), dh0.numpy(), norms.numpy())
+                 _host.lengths_array(lengths, T, B), bool(reverse), dxp_np,
+                 dgh_np, dh0.numpy(), norms_np)
     return dxp, dgh, dh0, norms

@@ -291,8 +291,8 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     xn = _host.as_numpy(xp)
     if train:
         gates = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
-        cs = _host.empty(xp, (T, B, H))
-        gates_np, cs_np = gates.numpy(), cs.numpy()
+        cs, cs_np = _host.scratch(xp, (T, B, H))
+        gates_np = gates.numpy()
     else:
         gates, cs = xp.new_empty((0,)), xp.new_empty((0,))
         gates_np = cs_np = np.empty((0, 0, 0), dtype=xn.dtype)
@@ -327,18 +327,19 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     if proj:
         named.append(("w_hr", w_hr, (P, H)))
     check_backward_args("lstm_bwd[numba]", gates, named)
-    dxp = _host.empty(gates, gates.shape)
+    dxp, dxp_np = _host.scratch(gates, gates.shape)
     dh0 = torch.empty_like(dh_n)
     dc0 = torch.empty_like(dc_n)
-    dhs = _host.empty(gates, (T, B, P) if proj else (0,))
-    norms = torch.empty(T, dtype=torch.float64)
+    if proj:
+        dhs, dhs_np = _host.scratch(gates, (T, B, P))
+    else:
+        dhs, dhs_np = gates.new_empty((0,)), _host.no_weight(gates)
+    norms, norms_np = _host.scratch(gates, (T,), torch.float64)
     _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * P * G),
                  _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(dc_n),
                  _host.as_numpy(gates), _host.as_numpy(cs), _host.as_numpy(c0),
                  panels(w_hh), panels(w_hr) if proj else _host.no_weight(gates),
-                 _host.lengths_array(lengths, T, B), bool(reverse), dxp.numpy(),
-                 dh0.numpy(), dc0.numpy(),
-                 dhs.numpy() if proj else _host.no_weight(gates),
-                 norms.numpy())
+                 _host.lengths_array(lengths, T, B), bool(reverse), dxp_np,
+                 dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
     return dxp, dh0, dc0, dhs, norms

@@ -232,13 +232,13 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     T, B, H = y.shape
     check_backward_args("rnn_bwd[numba]", y, (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
                                               ("w_hh", w_hh, (H, H))))
-    dxp = _host.empty(y, y.shape)
+    dxp, dxp_np = _host.scratch(y, y.shape)
     dh0 = torch.empty_like(dh_n)
-    norms = torch.empty(T, dtype=torch.float64)
+    norms, norms_np = _host.scratch(y, (T,), torch.float64)
     _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * H),
                  _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(y),
                  panels(w_hh), _host.lengths_array(lengths, T, B),
-                 bool(reverse), int(activation), float(negative_slope), dxp.numpy(),
-                 dh0.numpy(), norms.numpy())
+                 bool(reverse), int(activation), float(negative_slope), dxp_np,
+                 dh0.numpy(), norms_np)
     return dxp, dh0, norms
