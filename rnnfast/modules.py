@@ -43,6 +43,9 @@ def _packed_index(batch_sizes, device):
     return idx, mask.sum(0)
 
 
+_MISSING = object()  # a name absent from __dict__ / _parameters
+
+
 class _FusedRNNBase(nn.RNNBase):
     """Shared forward: torch.nn's input handling and checks, then the layer stack."""
 
@@ -120,6 +123,23 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _mode_name(self):
         return {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[self._cell]
+
+    def _update_flat_weights(self):
+        """torch.nn's RNNBase._update_flat_weights (re-read the weights when one was
+        replaced, e.g. by torch.func.functional_call, weight_norm or pruning) without its
+        getattr / hasattr per weight (~50 us per forward here): a weight that is an
+        instance attribute or a registered parameter is compared directly; any other
+        kind (a parametrization's property, a buffer) takes torch.nn's own check."""
+        d, params = self.__dict__, self._parameters
+        for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
+            w = d.get(name, _MISSING)
+            if w is _MISSING:
+                w = params.get(name, _MISSING)
+                if w is _MISSING:
+                    return super()._update_flat_weights()
+            if ref is not None and w is not None and ref() is not w:
+                self._init_flat_weights()
+                return
 
     def forward(self, input, hx=None):
         """torch.nn.<Cell>.forward's contract: input [T, B, I] ([B, T, I] with
