@@ -57,6 +57,14 @@ def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("N,K", [(1, 1), (37, 5), (64, 64), (200, 129), (800, 200)])
+def test_pack_bt_is_pack_b_of_the_transpose(dt, N, K):
+    """pack_bt(w) reads w [N, K] in place and makes exactly pack_b(w.T)'s panels."""
+    w = _rand(np.random.default_rng(N + K), (N, K), dt)
+    assert np.array_equal(gemm.pack_bt(w), gemm.pack_b(np.ascontiguousarray(w.T)))
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 def test_gemm_beta_and_bias(dt):
     rng = np.random.default_rng(1)
     M, K, N = 9, 70, 77
@@ -149,9 +157,9 @@ def test_project_and_layer_grads(dt, T, B, I, H):
     for s, p in zip(*outs):
         assert np.array_equal(s, p)
     xp_s, xp_p = np.empty((N, G), dt), np.empty((N, G), dt)
-    wt = np.ascontiguousarray(w_ih.numpy().T)
-    gemm.project_kernel(x.numpy().reshape(N, I), wt, bias.numpy(), xp_s)
-    gemm.project_kernel_parallel(x.numpy().reshape(N, I), wt, bias.numpy(), xp_p, 2)
+    w = w_ih.numpy()
+    gemm.project_kernel(x.numpy().reshape(N, I), w, bias.numpy(), xp_s)
+    gemm.project_kernel_parallel(x.numpy().reshape(N, I), w, bias.numpy(), xp_p, 2)
     assert np.array_equal(xp_s, xp_p)
 
 
