@@ -54,15 +54,26 @@ def pack_b(b):
 def pack_bt(w):
     """w [N, K] -> pack_b(w.T), read from w in place: a weight [G, I] used as W^T needs
     no transposed copy first (np.ascontiguousarray(w.T) took 0.3 ms for an LSTM's
-    [800, 200] W_ih here, about as long as the packing itself)."""
+    [800, 200] W_ih here, 5.7 ms for [2048, 512]). Blocks of 16 k: the panel's rows
+    are written whole (vector stores) while the W rows of w being read stay in L1, one
+    cache line each: 0.24 ms at [800, 200], 2.0 ms at [2048, 512] (copy + pack_b: 0.41,
+    8.9 ms)."""
     N, K = w.shape
     W = NV * lanes(w)
-    out = np.zeros(((N + W - 1) // W, K, W), dtype=w.dtype)
-    for p in range(out.shape[0]):
+    P = (N + W - 1) // W
+    out = np.empty((P, K, W), dtype=w.dtype)
+    for p in range(P):
         n0 = p * W
-        for j in range(min(W, N - n0)):
+        nn = min(W, N - n0)
+        for k0 in range(0, K, 16):
+            k1 = min(k0 + 16, K)
+            for k in range(k0, k1):
+                for j in range(nn):
+                    out[p, k, j] = w[n0 + j, k]
+        if nn < W:  # the last panel's padding columns
             for k in range(K):
-                out[p, k, j] = w[n0 + j, k]
+                for j in range(nn, W):
+                    out[p, k, j] = 0
     return out
 
 
