@@ -1,4 +1,5 @@
-"""Shared fixtures. Fresh buffers are poisoned with NaN for the whole test session, so
+"""Shared fixtures. Fresh buffers (torch's empty / empty_like / new_empty and the numba
+launchers' numpy scratch buffers) are poisoned with NaN for the whole test session, so
 any output element a kernel never wrote shows up as a NaN mismatch."""
 
 import pytest
@@ -26,7 +27,18 @@ def poison_empty(request, monkeypatch):
     for name, fn in _REAL_EMPTY.items():
         monkeypatch.setattr(torch, name, _poisoned(fn))
     monkeypatch.setattr(torch.Tensor, "new_empty", _poisoned(_REAL_NEW_EMPTY))
+    # the numba launchers' numpy-allocated buffers (kernels/numba/_host.scratch)
+    from rnnfast.kernels.numba import _host
+    monkeypatch.setattr(_host, "scratch", _poisoned_scratch(_host.scratch))
     yield
+
+
+def _poisoned_scratch(fn):
+    def wrapper(*args, **kwargs):
+        t, a = fn(*args, **kwargs)
+        a.fill(float("nan"))
+        return t, a
+    return wrapper
 
 
 def pytest_configure(config):
