@@ -285,10 +285,6 @@ class _FusedRNNBase(nn.RNNBase):
             x = outs[0] if D == 1 else torch.cat(outs, dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        if len(h_n) == 1 and be.kernels is not None:
-            # one layer, one direction: no copy (a fused op's h_n, c_n are outputs that
-            # its backward does not read; the reference loop's are saved by autograd)
-            return x, h_n[0].unsqueeze(0), (c_n[0].unsqueeze(0) if c_n else None)
         return x, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
 
     # ------------------------------------------------------------ export, scripting
