@@ -109,11 +109,14 @@ def test_long_reduction_error_stays_small():
     assert rel < 2e-6, rel
 
 
+@pytest.mark.parametrize("provider", ["numba", "torch"])
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (5, 3, 37, 9), (40, 8, 64, 64)])
-def test_project_and_layer_grads(dt, T, B, I, H):
-    """The layer GEMMs against torch float64, forward and reversed (with lengths), and
-    the parallel drivers bitwise equal to the serial ones."""
+def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
+    """The layer GEMMs against torch float64, forward and reversed (with lengths), by
+    either provider of the gradient GEMMs (gemm.layer_gemm_provider), and the parallel
+    drivers bitwise equal to the serial ones."""
+    monkeypatch.setenv(gemm.LAYER_GEMM_ENV, provider)
     G = 4 * H
     tdt = TORCH[dt]
     g = torch.Generator().manual_seed(T * B + I)
@@ -161,6 +164,24 @@ def test_project_and_layer_grads(dt, T, B, I, H):
     gemm.project_kernel(x.numpy().reshape(N, I), w, bias.numpy(), xp_s)
     gemm.project_kernel_parallel(x.numpy().reshape(N, I), w, bias.numpy(), xp_p, 2)
     assert np.array_equal(xp_s, xp_p)
+
+
+def test_layer_gemm_provider_choice(monkeypatch):
+    """auto: small calls stay in the compiled launch; the first big one times both
+    providers once per dtype and keeps the faster; a bad RNNFAST_LAYER_GEMM is refused
+    by name."""
+    monkeypatch.delenv(gemm.LAYER_GEMM_ENV, raising=False)
+    monkeypatch.setattr(gemm, "_CHOICE", {})
+    assert gemm.layer_gemm_provider(torch.float32, gemm.TORCH_GEMM_MIN_MACS - 1) == "numba"
+    assert gemm.layer_gemm_choice(torch.float32) is None
+    got = gemm.layer_gemm_provider(torch.float32, gemm.TORCH_GEMM_MIN_MACS)
+    provider, times = gemm.layer_gemm_choice(torch.float32)
+    assert got == provider == min(times, key=times.get)
+    assert set(times) == {"numba", "torch"} and all(t > 0 for t in times.values())
+    assert gemm.layer_gemm_choice(torch.float64) is None
+    monkeypatch.setenv(gemm.LAYER_GEMM_ENV, "blas")
+    with pytest.raises(ValueError, match="RNNFAST_LAYER_GEMM must be one of .*got 'blas'"):
+        gemm.layer_gemm_provider(torch.float32, 1)
 
 
 # ---------------------------------------------------------------- vector math

@@ -70,6 +70,22 @@ def test_packed_sequence(cell, backend, enforce_sorted):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
+def test_torch_gemm_provider(cell, monkeypatch):
+    """The numba backend with its layer-gradient GEMMs on torch.mm (what ``auto`` picks
+    for big layers where torch's BLAS is faster): two layers, both directions, packed
+    unsorted lengths, float64, against torch.nn."""
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", "torch")
+    B, T, I, H = 4, 9, 3, 5
+    dtype = torch.float64
+    ours, twin = make_pair(cell, I, H, dtype, "numba", num_layers=2, bidirectional=True)
+    lengths = torch.tensor([3, 9, 1, 6])
+    x = torch.randn(T, B, I, dtype=dtype)
+    packer = lambda xx: pack_padded_sequence(xx, lengths, enforce_sorted=False)  # noqa: E731
+    compare_modules(ours, twin, x, _hx(ours, B, dtype), packer=packer)
+    compare_modules(ours, twin, torch.randn(T, B, I, dtype=dtype), _hx(ours, B, dtype))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_unbatched_input(cell):
     T, I, H = 6, 3, 4
     ours, twin = make_pair(cell, I, H, torch.float64, "numba", num_layers=2, bidirectional=True)

@@ -15,6 +15,9 @@ in registers by fused multiply-adds in k order: a fixed order that does not depe
 the thread split, so results are bitwise reproducible across thread counts.
 """
 
+import os
+import time
+
 import numpy as np
 import torch
 from numba import njit, prange
@@ -393,6 +396,21 @@ def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
         first = dgh[T - 1]
     else:  # a reversed row starts at its own last step
         first = dgh[lengths.to(torch.int64) - 1, torch.arange(B)]
+    macs = T * B * G * (I + P + (I if need_dx else 0))
+    if layer_gemm_provider(dxp.dtype, macs) == "torch":
+        with torch.no_grad():
+            return _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse,
+                                      has_bias, need_dx, same)
+    return _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias,
+                              need_dx, same)
+
+
+def _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_dx,
+                       same):
+    """:func:`layer_grads` in one launch of :func:`layer_grads_kernel`."""
+    T, B, G = dxp.shape
+    I = x.shape[2]
+    P = y.shape[2]
     dw_ih = _host.empty(dxp, (G, I))
     dw_hh = _host.empty(dxp, (G, P))
     db_ih = dxp.new_empty((G,) if has_bias else (0,))
@@ -409,4 +427,98 @@ def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
                  dx.numpy().reshape(N if need_dx else 0, I))
     if has_bias and same:
         db_hh = db_ih.clone()
+    return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
+# ---------------------------------------------------------------- who runs the big layer GEMMs
+
+LAYER_GEMM_ENV = "RNNFAST_LAYER_GEMM"
+LAYER_GEMM_MODES = ("auto", "numba", "torch")
+# Below this many multiply-adds a layer's gradient GEMMs stay in one compiled launch:
+# torch's five ops cost ~5 us each on the host, more than the whole sum at (1, 32).
+TORCH_GEMM_MIN_MACS = 1 << 22
+_CHOICE = {}  # torch dtype -> (provider, {provider: seconds}) measured in this process
+
+
+def layer_gemm_provider(dtype, macs):
+    """Who computes a layer's weight and input gradients (dW_ih, dW_hh, db, dx): "numba"
+    (:func:`layer_grads_kernel`, the register tile) or "torch" (torch.mm: oneDNN / MKL /
+    OpenBLAS, the library torch.nn's own backward uses).
+
+    These GEMMs run once per layer, outside the time loop, so they are plain BLAS work:
+    whichever library is faster on this CPU should do them. Which one is, is a fact of
+    the machine: on a 2 GHz Xeon (AVX-512) torch.mm ran [6400 x 1536]^T [6400 x 512]
+    at 107-112 GFLOP/s against the tile's 75; held to AVX2, 63-85 against 50-53; an
+    earlier AMD EPYC (Zen 4) ran the tile at 2x torch.mm. So ``auto`` (the default)
+    times both once per process and dtype, on the first call of at least
+    TORCH_GEMM_MIN_MACS multiply-adds, and keeps the faster; smaller calls stay in one
+    compiled launch. ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
+
+    Raises ValueError for any other value of RNNFAST_LAYER_GEMM."""
+    mode = os.environ.get(LAYER_GEMM_ENV, "auto")
+    if mode != "auto":
+        if mode not in LAYER_GEMM_MODES:
+            raise ValueError(f"{LAYER_GEMM_ENV} must be one of {LAYER_GEMM_MODES}, "
+                             f"got {mode!r}")
+        return mode
+    if macs < TORCH_GEMM_MIN_MACS:
+        return "numba"
+    choice = _CHOICE.get(dtype)
+    if choice is None:
+        choice = _CHOICE[dtype] = _calibrate(dtype)
+    return choice[0]
+
+
+def layer_gemm_choice(dtype):
+    """(provider, {provider: seconds per call}) as measured by ``auto`` in this process
+    for dtype, or None when no call has needed the choice yet."""
+    return _CHOICE.get(dtype)
+
+
+def _calibrate(dtype, N=1024, G=512, K=128, reps=3):
+    """Time both providers on one layer's gradients of a mid-size shape (N rows, G gate
+    columns, I = P = K): the best of ``reps`` warm calls each, ~0.4 GFLOP per call."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    T, B = N // 16, 16
+    dxp, x, y, h0, w = r(T, B, G), r(T, B, K), r(T, B, K), r(B, K), r(G, K)
+    times = {}
+    for name in ("numba", "torch"):
+        best = float("inf")
+        for i in range(reps + 1):  # the first call warms (and may compile)
+            t0 = time.perf_counter()
+            fn = _layer_grads_numba if name == "numba" else _layer_grads_torch
+            fn(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        times[name] = best
+    return min(times, key=times.get), times
+
+
+def _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_dx,
+                       same):
+    """:func:`layer_grads` through torch.mm: the same sums, in the same grouping (the
+    h_{t-1} of a row's first step is h0; past a row's length dgh is 0 and y is 0)."""
+    T, B, G = dxp.shape
+    I = x.shape[2]
+    P = y.shape[2]
+    N = T * B
+    d = dxp.reshape(N, G)
+    dg = dgh.reshape(N, G)
+    dw_ih = torch.mm(d.t(), x.reshape(N, I))
+    dw_hh = torch.mm(first.t(), h0)
+    if T > 1:
+        if reverse:
+            dw_hh.addmm_(dg[:N - B].t(), y.reshape(N, P)[B:])
+        else:
+            dw_hh.addmm_(dg[B:].t(), y.reshape(N, P)[:N - B])
+    if has_bias:
+        db_ih = d.sum(0)
+        db_hh = db_ih.clone() if same else dg.sum(0)
+    else:
+        db_ih = db_hh = dxp.new_empty((0,))
+    dx = torch.mm(d, w_ih).view(T, B, I) if need_dx else dxp.new_empty((0,))
     return dx, dw_ih, dw_hh, db_ih, db_hh
