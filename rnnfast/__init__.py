@@ -1,6 +1,8 @@
 """rnnfast: fused recurrent kernels (numba on CPU, Triton on GPU) behind drop-in
 ``torch.nn.RNN`` / ``torch.nn.LSTM`` / ``torch.nn.GRU`` modules."""
 
+import os
+
 from . import diagnostics, dispatch, reference
 from .dispatch import BACKENDS, RNNArgumentError
 from .modules import GRU, LSTM, RNN
@@ -17,7 +19,38 @@ def explain(module, input):
     be = module.plan(input)
     isa = getattr(getattr(be.kernels, "config", None), "ISA", None)
     where = f" [{getattr(isa, 'name', isa)}]" if isa else ""
-    return f"{type(module).__name__}: backend={be.name}{where}: {be.reason}"
+    line = f"{type(module).__name__}: backend={be.name}{where}: {be.reason}"
+    if be.name == "numba":
+        line += "; " + _layer_gemm_note(module, input, be.compute_dtype)
+    return line
+
+
+def _layer_gemm_note(module, input, dtype):
+    """Which library the numba backend's first layer gives its gradient GEMMs
+    (kernels/numba/gemm.py: layer_gemm_provider), and the times behind the choice."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    from .kernels.numba import gemm
+    if isinstance(input, PackedSequence):
+        T, B = len(input.batch_sizes), int(input.batch_sizes[0])
+    elif input.dim() == 2:
+        T, B = input.shape[0], 1
+    else:
+        T, B = input.shape[:2]
+        if module.batch_first:
+            T, B = B, T
+    G = {"LSTM": 4, "GRU": 3}.get(module.mode, 1) * module.hidden_size
+    P = getattr(module, "proj_size", 0) or module.hidden_size
+    macs = T * B * G * (2 * module.input_size + P)
+    provider = gemm.layer_gemm_provider(dtype, macs)
+    choice = gemm.layer_gemm_choice(dtype)
+    if provider == "numba" and macs < gemm.TORCH_GEMM_MIN_MACS:
+        why = f"{macs} multiply-adds, under {gemm.TORCH_GEMM_MIN_MACS}: one compiled launch"
+    elif choice is not None and os.environ.get(gemm.LAYER_GEMM_ENV, "auto") == "auto":
+        why = "timed " + " vs ".join(f"{k} {v * 1e3:.2f} ms" for k, v in choice[1].items())
+    else:
+        why = f"{gemm.LAYER_GEMM_ENV}={provider}"
+    return f"layer-gradient GEMMs: {provider} ({why})"
 
 
 def set_triton_tf32(enabled):

@@ -193,3 +193,20 @@ def test_backend_environment_override(monkeypatch):
     monkeypatch.setenv("RNNFAST_BACKEND", "bogus")
     with pytest.raises(ValueError, match="RNNFAST_BACKEND"):
         m(x)
+
+
+def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
+    """rnnfast.explain: one line with the backend, the ISA and, for numba, who runs the
+    layer-gradient GEMMs and why."""
+    from rnnfast.kernels.numba import config
+    m = rnnfast.LSTM(3, 4, backend="numba")
+    line = rnnfast.explain(m, torch.randn(5, 2, 3))
+    assert "\n" not in line
+    assert line.startswith(f"LSTM: backend=numba [{config.ISA.name}]: ")
+    assert "layer-gradient GEMMs: numba (" in line and "one compiled launch" in line
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", "torch")
+    assert line.split("; layer")[0] in rnnfast.explain(m, torch.randn(5, 2, 3))
+    assert rnnfast.explain(m, torch.randn(5, 2, 3)).endswith(
+        "layer-gradient GEMMs: torch (RNNFAST_LAYER_GEMM=torch)")
+    assert "GEMMs" not in rnnfast.explain(rnnfast.GRU(3, 4, backend="torch"),
+                                          torch.randn(5, 3))
