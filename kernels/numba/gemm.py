@@ -364,6 +364,11 @@ def project(x, w_ih, bias=None):
     """A layer's input projection: x [T, B, I] @ w_ih^T [I, G] (+ bias [G]) -> [T, B, G]."""
     T, B, I = x.shape
     G = w_ih.shape[0]
+    if layer_gemm_provider(x.dtype, T * B * I * G) == "torch":
+        with torch.no_grad():
+            x2 = x.reshape(T * B, I)
+            xp = torch.mm(x2, w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
+        return xp.view(T, B, G)
     xp = _host.empty(x, (T, B, G))
     xn = _host.as_numpy(x)
     _host.launch(project_kernel, project_kernel_parallel,
@@ -441,9 +446,11 @@ _CHOICE = {}  # torch dtype -> (provider, {provider: seconds}) measured in this 
 
 
 def layer_gemm_provider(dtype, macs):
-    """Who computes a layer's weight and input gradients (dW_ih, dW_hh, db, dx): "numba"
-    (:func:`layer_grads_kernel`, the register tile) or "torch" (torch.mm: oneDNN / MKL /
-    OpenBLAS, the library torch.nn's own backward uses).
+    """Who computes a layer's GEMMs over all time steps, the input projection
+    (:func:`project`) and the weight and input gradients (:func:`layer_grads`: dW_ih,
+    dW_hh, db, dx): "numba" (``*_kernel``, the register tile) or "torch" (torch.mm:
+    oneDNN / MKL / OpenBLAS, the library torch.nn itself uses). The per-step products
+    inside the time loops are always the tile's.
 
     These GEMMs run once per layer, outside the time loop, so they are plain BLAS work:
     whichever library is faster on this CPU should do them. Which one is, is a fact of
@@ -476,8 +483,9 @@ def layer_gemm_choice(dtype):
 
 
 def _calibrate(dtype, N=1024, G=512, K=128, reps=3):
-    """Time both providers on one layer's gradients of a mid-size shape (N rows, G gate
-    columns, I = P = K): the best of ``reps`` warm calls each, ~0.4 GFLOP per call."""
+    """Time both providers on one layer's projection and gradients at a mid-size shape
+    (N rows, G gate columns, I = P = K): the best of ``reps`` warm calls each, ~0.5
+    GFLOP per call."""
     g = torch.Generator().manual_seed(0)
 
     def r(*shape):
@@ -485,13 +493,20 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=3):
 
     T, B = N // 16, 16
     dxp, x, y, h0, w = r(T, B, G), r(T, B, K), r(T, B, K), r(B, K), r(G, K)
+    xp_n = np.empty((N, G), dtype=x.numpy().dtype)
     times = {}
     for name in ("numba", "torch"):
         best = float("inf")
         for i in range(reps + 1):  # the first call warms (and may compile)
             t0 = time.perf_counter()
-            fn = _layer_grads_numba if name == "numba" else _layer_grads_torch
-            fn(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
+            if name == "numba":
+                _host.launch(project_kernel, project_kernel_parallel,
+                             _host.gemm_threads(N, N * K * G), x.numpy().reshape(N, K),
+                             w.numpy(), w.numpy()[:, 0].copy(), xp_n)
+                _layer_grads_numba(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
+            else:
+                torch.addmm(w[:, 0], x.view(N, K), w.t())
+                _layer_grads_torch(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
             if i:
                 best = min(best, time.perf_counter() - t0)
         times[name] = best
