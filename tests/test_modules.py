@@ -138,8 +138,12 @@ def test_dropout_between_layers(cell):
     compare_modules(one, twin_one, x)
 
 
+@pytest.mark.parametrize("provider", ["numba", "torch"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_bitwise_deterministic_backward(cell):
+def test_bitwise_deterministic_backward(cell, provider, monkeypatch):
+    """Two identical backward passes give identical bits, with the layer GEMMs on either
+    provider (kernels/numba/gemm.py: layer_gemm_provider)."""
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", provider)
     ours, _ = make_pair(cell, 7, 33, torch.float32, "numba", num_layers=2, bidirectional=True)
     x = torch.randn(20, 5, 7)
     grads = []
