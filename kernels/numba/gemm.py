@@ -442,6 +442,8 @@ LAYER_GEMM_MODES = ("auto", "numba", "torch")
 # Below this many multiply-adds a layer's gradient GEMMs stay in one compiled launch:
 # torch's five ops cost ~5 us each on the host, more than the whole sum at (1, 32).
 TORCH_GEMM_MIN_MACS = 1 << 22
+# Rows per torch.mm block of the weight-gradient sums (see _mm_tn_blocked).
+TORCH_BLOCK_ROWS = 1024
 _CHOICE = {}  # torch dtype -> (provider, {provider: seconds}) measured in this process
 
 
@@ -513,6 +515,27 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=3):
     return min(times, key=times.get), times
 
 
+def _mm_tn_blocked(a, b, a0=None, b0=None):
+    """a^T b (+ a0^T b0) for float32 / float64 [N, *] operands: torch.mm over blocks of
+    TORCH_BLOCK_ROWS rows, the blocks' products added in float64 (a float32 sum over
+    thousands of rows drifts past torch.nn's error, whose autograd adds T per-step
+    products). ``RNNFAST_LAYER_GEMM=torch python -m bench --only fidelity --cells
+    gru,rnn_tanh`` (T = 100, B = 16, H = 64, 2026-12-01): dW_hh's float32 error was
+    1.44-1.46x torch.nn's with one torch.mm, 1.30x with 1024-row blocks (1.26x with
+    512, 1.27-1.28x on the numba tile). The float64 adds cost [6400 x 1536]^T
+    [6400 x 512] 85 -> 99 ms at 1024 rows (108 ms at 512)."""
+    N = a.shape[0]
+    out = torch.mm(a0.t(), b0) if a0 is not None else None
+    if N <= TORCH_BLOCK_ROWS and out is None:
+        return torch.mm(a.t(), b)
+    acc = torch.zeros((a.shape[1], b.shape[1]), dtype=torch.float64)
+    if out is not None:
+        acc += out
+    for r in range(0, N, TORCH_BLOCK_ROWS):
+        acc += torch.mm(a[r:r + TORCH_BLOCK_ROWS].t(), b[r:r + TORCH_BLOCK_ROWS])
+    return acc.to(a.dtype)
+
+
 def _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_dx,
                        same):
     """:func:`layer_grads` through torch.mm: the same sums, in the same grouping (the
@@ -523,13 +546,13 @@ def _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_
     N = T * B
     d = dxp.reshape(N, G)
     dg = dgh.reshape(N, G)
-    dw_ih = torch.mm(d.t(), x.reshape(N, I))
-    dw_hh = torch.mm(first.t(), h0)
-    if T > 1:
-        if reverse:
-            dw_hh.addmm_(dg[:N - B].t(), y.reshape(N, P)[B:])
-        else:
-            dw_hh.addmm_(dg[B:].t(), y.reshape(N, P)[:N - B])
+    dw_ih = _mm_tn_blocked(d, x.reshape(N, I))
+    if T == 1:
+        dw_hh = torch.mm(first.t(), h0)
+    elif reverse:
+        dw_hh = _mm_tn_blocked(dg[:N - B], y.reshape(N, P)[B:], first, h0)
+    else:
+        dw_hh = _mm_tn_blocked(dg[B:], y.reshape(N, P)[:N - B], first, h0)
     if has_bias:
         db_ih = d.sum(0)
         db_hh = db_ih.clone() if same else dg.sum(0)
