@@ -214,3 +214,21 @@ def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
         "layer-gradient GEMMs: torch (RNNFAST_LAYER_GEMM=torch)")
     assert "GEMMs" not in rnnfast.explain(rnnfast.GRU(3, 4, backend="torch"),
                                           torch.randn(5, 3))
+
+
+def test_torch_gemm_provider_ignores_autocast(monkeypatch):
+    """A backward called inside torch.autocast('cpu') must not run the torch provider's
+    weight-gradient GEMMs in bfloat16: the gradients equal those of a plain backward."""
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", "torch")
+    m = rnnfast.LSTM(8, 16, backend="numba")
+    x = torch.randn(5, 3, 8)
+    grads = []
+    for cast in (False, True):
+        m.zero_grad()
+        y, _ = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
+            y.square().sum().backward()
+            assert torch.is_autocast_enabled("cpu") == cast
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert a.dtype == torch.float32 and torch.equal(a, b)

@@ -7,12 +7,16 @@
   entry points (torch tensors in and out): a layer's GEMMs over all time steps at once
   (the input projection; dW_ih, dW_hh, db and dx in one call; dW_hr). Their compiled
   ``*_kernel`` / ``*_kernel_parallel`` bodies split the output rows across threads.
+  :func:`project` and :func:`layer_grads` hand big problems to torch.mm instead where
+  it measures faster on this CPU (:func:`layer_gemm_provider`).
 
 Blocking: columns in panels of NV vectors, the reduction in chunks of KC terms (a
 [KC, 64] float32 panel of B is 64 KiB and stays in L2 while the row tiles pass over it),
 rows in tiles of MR. Each output element is the sum of its KC-chunks, each chunk summed
 in registers by fused multiply-adds in k order: a fixed order that does not depend on
-the thread split, so results are bitwise reproducible across thread counts.
+the thread split, so results are bitwise reproducible across thread counts. (On the
+torch provider, repeated calls with the same thread count give the same bits; across
+thread counts that is up to torch's BLAS.)
 """
 
 import os
@@ -365,7 +369,7 @@ def project(x, w_ih, bias=None):
     T, B, I = x.shape
     G = w_ih.shape[0]
     if layer_gemm_provider(x.dtype, T * B * I * G) == "torch":
-        with torch.no_grad():
+        with _plain_torch():
             x2 = x.reshape(T * B, I)
             xp = torch.mm(x2, w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
         return xp.view(T, B, G)
@@ -403,7 +407,7 @@ def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
         first = dgh[lengths.to(torch.int64) - 1, torch.arange(B)]
     macs = T * B * G * (I + P + (I if need_dx else 0))
     if layer_gemm_provider(dxp.dtype, macs) == "torch":
-        with torch.no_grad():
+        with _plain_torch():
             return _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse,
                                       has_bias, need_dx, same)
     return _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias,
@@ -474,7 +478,8 @@ def layer_gemm_provider(dtype, macs):
         return "numba"
     choice = _CHOICE.get(dtype)
     if choice is None:
-        choice = _CHOICE[dtype] = _calibrate(dtype)
+        with _plain_torch():
+            choice = _CHOICE[dtype] = _calibrate(dtype)
     return choice[0]
 
 
@@ -513,6 +518,28 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=3):
                 best = min(best, time.perf_counter() - t0)
         times[name] = best
     return min(times, key=times.get), times
+
+
+def _plain_torch():
+    """The torch provider's ops run without autograd and without autocast: a backward
+    called inside ``torch.autocast("cpu")`` must not turn these GEMMs to bfloat16."""
+    return _PlainTorch()
+
+
+class _PlainTorch:
+    __slots__ = ("_grad", "_cast")
+
+    def __enter__(self):
+        self._grad = torch.is_grad_enabled()
+        self._cast = torch.is_autocast_enabled("cpu")
+        torch.set_grad_enabled(False)
+        if self._cast:
+            torch.set_autocast_enabled("cpu", False)
+
+    def __exit__(self, *exc):
+        torch.set_grad_enabled(self._grad)
+        if self._cast:
+            torch.set_autocast_enabled("cpu", True)
 
 
 def _mm_tn_blocked(a, b, a0=None, b0=None):
