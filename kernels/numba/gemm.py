@@ -489,10 +489,11 @@ def layer_gemm_choice(dtype):
     return _CHOICE.get(dtype)
 
 
-def _calibrate(dtype, N=1024, G=512, K=128, reps=3):
+def _calibrate(dtype, N=1024, G=512, K=128, reps=4):
     """Time both providers on one layer's projection and gradients at a mid-size shape
-    (N rows, G gate columns, I = P = K): the best of ``reps`` warm calls each, ~0.5
-    GFLOP per call."""
+    (N rows, G gate columns, I = P = K; ~0.5 GFLOP per call): after one warm-up call
+    each (which may compile), ``reps`` rounds alternating the two, the best call of
+    each, so that a burst of load on a shared machine hits both alike."""
     g = torch.Generator().manual_seed(0)
 
     def r(*shape):
@@ -501,22 +502,26 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=3):
     T, B = N // 16, 16
     dxp, x, y, h0, w = r(T, B, G), r(T, B, K), r(T, B, K), r(B, K), r(G, K)
     xp_n = np.empty((N, G), dtype=x.numpy().dtype)
-    times = {}
-    for name in ("numba", "torch"):
-        best = float("inf")
-        for i in range(reps + 1):  # the first call warms (and may compile)
+
+    def numba_():
+        _host.launch(project_kernel, project_kernel_parallel,
+                     _host.gemm_threads(N, N * K * G), x.numpy().reshape(N, K),
+                     w.numpy(), w.numpy()[:, 0].copy(), xp_n)
+        _layer_grads_numba(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
+
+    def torch_():
+        torch.addmm(w[:, 0], x.view(N, K), w.t())
+        _layer_grads_torch(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
+
+    calls = {"numba": numba_, "torch": torch_}
+    for fn in calls.values():
+        fn()
+    times = dict.fromkeys(calls, float("inf"))
+    for _ in range(reps):
+        for name, fn in calls.items():
             t0 = time.perf_counter()
-            if name == "numba":
-                _host.launch(project_kernel, project_kernel_parallel,
-                             _host.gemm_threads(N, N * K * G), x.numpy().reshape(N, K),
-                             w.numpy(), w.numpy()[:, 0].copy(), xp_n)
-                _layer_grads_numba(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
-            else:
-                torch.addmm(w[:, 0], x.view(N, K), w.t())
-                _layer_grads_torch(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
-            if i:
-                best = min(best, time.perf_counter() - t0)
-        times[name] = best
+            fn()
+            times[name] = min(times[name], time.perf_counter() - t0)
     return min(times, key=times.get), times
 
 
