@@ -41,7 +41,7 @@ def _layer_gemm_note(module, input, dtype):
             T, B = B, T
     G = {"LSTM": 4, "GRU": 3}.get(module.mode, 1) * module.hidden_size
     P = getattr(module, "proj_size", 0) or module.hidden_size
-    macs = T * B * G * (2 * module.input_size + P)
+    macs = gemm.layer_grads_macs(T, B, G, module.input_size, P)
     provider = gemm.layer_gemm_provider(dtype, macs)
     choice = gemm.layer_gemm_choice(dtype)
     if provider == "numba" and macs < gemm.TORCH_GEMM_MIN_MACS:

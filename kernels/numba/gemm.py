@@ -19,6 +19,7 @@ torch provider, repeated calls with the same thread count give the same bits; ac
 thread counts that is up to torch's BLAS.)
 """
 
+import contextlib
 import os
 import time
 
@@ -405,13 +406,17 @@ def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
         first = dgh[T - 1]
     else:  # a reversed row starts at its own last step
         first = dgh[lengths.to(torch.int64) - 1, torch.arange(B)]
-    macs = T * B * G * (I + P + (I if need_dx else 0))
-    if layer_gemm_provider(dxp.dtype, macs) == "torch":
+    if layer_gemm_provider(dxp.dtype, layer_grads_macs(T, B, G, I, P, need_dx)) == "torch":
         with _plain_torch():
             return _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse,
                                       has_bias, need_dx, same)
     return _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias,
                               need_dx, same)
+
+
+def layer_grads_macs(T, B, G, I, P, need_dx=True):
+    """Multiply-adds of :func:`layer_grads`: dW_ih, dW_hh (and dx) over T * B rows."""
+    return T * B * G * (I + P + (I if need_dx else 0))
 
 
 def _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_dx,
@@ -428,7 +433,7 @@ def _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_
     N = T * B
     dxp_n = _host.as_numpy(dxp).reshape(N, G)
     _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
-                 _host.gemm_threads(G, N * G * (I + P + (I if need_dx else 0))),
+                 _host.gemm_threads(G, layer_grads_macs(T, B, G, I, P, need_dx)),
                  dxp_n, dxp_n if same else _host.as_numpy(dgh).reshape(N, G),
                  _host.as_numpy(x).reshape(N, I), _host.as_numpy(y).reshape(N, P),
                  _host.as_numpy(h0), _host.as_numpy(first), _host.as_numpy(w_ih),
@@ -528,23 +533,10 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=4):
 def _plain_torch():
     """The torch provider's ops run without autograd and without autocast: a backward
     called inside ``torch.autocast("cpu")`` must not turn these GEMMs to bfloat16."""
-    return _PlainTorch()
-
-
-class _PlainTorch:
-    __slots__ = ("_grad", "_cast")
-
-    def __enter__(self):
-        self._grad = torch.is_grad_enabled()
-        self._cast = torch.is_autocast_enabled("cpu")
-        torch.set_grad_enabled(False)
-        if self._cast:
-            torch.set_autocast_enabled("cpu", False)
-
-    def __exit__(self, *exc):
-        torch.set_grad_enabled(self._grad)
-        if self._cast:
-            torch.set_autocast_enabled("cpu", True)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.no_grad())
+    stack.enter_context(torch.autocast("cpu", enabled=False))
+    return stack
 
 
 def _mm_tn_blocked(a, b, a0=None, b0=None):
@@ -579,9 +571,7 @@ def _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_
     d = dxp.reshape(N, G)
     dg = dgh.reshape(N, G)
     dw_ih = _mm_tn_blocked(d, x.reshape(N, I))
-    if T == 1:
-        dw_hh = torch.mm(first.t(), h0)
-    elif reverse:
+    if reverse:
         dw_hh = _mm_tn_blocked(dg[:N - B], y.reshape(N, P)[B:], first, h0)
     else:
         dw_hh = _mm_tn_blocked(dg[B:], y.reshape(N, P)[:N - B], first, h0)
