@@ -7,3 +7,10 @@
 ``python -m bench.study``    the gradient telemetry study
 ``pytest bench/``            pytest-benchmark versions of the report's speed cases
 """
+
+import os
+
+# The benchmarks time rnnfast's kernels: a cold first call compiles them in this process
+# (warm-up, untimed) instead of running torch.nn's operator while a background process
+# compiles (rnnfast.warmup).
+os.environ.setdefault("RNNFAST_COMPILE", "sync")

@@ -9,6 +9,11 @@ Resolution order (first match wins), for a requested backend and the call's tens
    cannot run the call (a width past the Triton kernels' limit), the reference loop,
    with a warning.
 
+While a cell's numba kernels are not compiled yet on this machine, ``'auto'`` (with
+``RNNFAST_BACKEND`` unset) runs torch.nn's own operator for that cell's calls (``'torch.nn'``;
+the reference loop where torch.nn has none) and compiles them in a background process
+(:mod:`rnnfast.warmup`); a module passes its ``cell`` for that.
+
 Whatever was asked, two situations take the reference loop (``rnnfast.reference``,
 differentiated by autograd, so every autograd feature works): a call inside a
 ``torch.func`` transform (grad, vjp, jacrev, vmap: the fused kernels have no batching
@@ -41,8 +46,9 @@ class RNNArgumentError(ValueError, RuntimeError):
 class Backend(NamedTuple):
     """A resolved implementation for one call.
 
-    name : 'numba' | 'triton' | 'torch'
-    kernels : the kernel backend module (None for the reference loop)
+    name : 'numba' | 'triton' | 'torch' (the reference loop) | 'torch.nn' (torch.nn's own
+        fused operator, while the numba kernels compile in the background)
+    kernels : the kernel backend module (None for the reference loop and torch.nn)
     compute_dtype : the dtype the kernels run in (the input's, or float32 for half inputs
         on a backend without half kernels)
     reason : one line saying why this implementation was chosen
@@ -90,10 +96,16 @@ def in_functorch_transform():
 _RESOLVED = {}  # (backend, RNNFAST_BACKEND, device, dtype, width) -> a kernel Backend
 
 
-def resolve(backend, device, dtype, width, warn=True):
+def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
+            start=True):
     """The implementation for a call with tensors on ``device`` of ``dtype`` and the
     layer's widest state (max(hidden_size, proj_size)). Raises RNNArgumentError when an
     explicitly requested backend cannot run it.
+
+    ``cell`` ('rnn', 'lstm', 'gru'; a module's call) lets ``'auto'`` step aside while that
+    cell's numba kernels compile in the background: to torch.nn's operator when the
+    caller can run it (``torch_op``), else to the reference loop; ``start=False`` only
+    reports (rnnfast.explain).
 
     A layer call resolves up to three times (module, op, backward): a choice of fused
     kernels is remembered per (backend, RNNFAST_BACKEND, device, dtype, width); the
@@ -108,7 +120,28 @@ def resolve(backend, device, dtype, width, warn=True):
         hit = _resolve(backend, device, dtype, width, warn)._replace(requested=backend)
         if hit.kernels is not None:
             _RESOLVED[key] = hit
+    if cell is not None and hit.name == "numba":
+        hit = _while_compiling(hit, cell, torch_op, start)
     return hit
+
+
+def _while_compiling(be, cell, torch_op, start):
+    """``be`` (numba kernels), or what runs instead while they compile in the background
+    (rnnfast.warmup.kernels_status). Only for 'auto' with RNNFAST_BACKEND unset, and
+    never while torch.compile or the JIT traces (a traced graph would keep the
+    stand-in for good)."""
+    if _requested(be.requested)[0] != "auto" or torch.compiler.is_compiling() \
+            or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return be
+    from . import warmup
+    why = warmup.kernels_status(cell, be.compute_dtype, start=start)
+    if why is None:
+        return be
+    if torch_op:
+        return Backend("torch.nn", None, be.compute_dtype,
+                       f"auto: {why}; meanwhile torch.nn's own operator", be.requested)
+    return _reference(be.compute_dtype, f"auto: {why}; meanwhile the reference loop "
+                                        f"(autograd)")._replace(requested=be.requested)
 
 
 def _resolve(backend, device, dtype, width, warn):

@@ -208,7 +208,17 @@ class _FusedRNNBase(nn.RNNBase):
         a :class:`rnnfast.dispatch.Backend`."""
         x = input.data if isinstance(input, PackedSequence) else input
         dtype = self._autocast_dtype(x.device.type) or x.dtype
-        return dispatch.resolve(self.backend, x.device, dtype, self._width())
+        return dispatch.resolve(self.backend, x.device, dtype, self._width(),
+                                cell=self._cell, torch_op=self._can_run_torch_op(x, dtype),
+                                start=False)
+
+    def _can_run_torch_op(self, x, run_dtype):
+        """Whether torch.nn's own operator computes this call as rnnfast would (what
+        backend='auto' runs while the numba kernels compile): not for leaky-ReLU (torch.nn
+        has none), per-step gradient norms, autocast or half inputs."""
+        return (run_dtype == x.dtype and x.dtype in (torch.float32, torch.float64)
+                and not self.record_grad_norms
+                and not (self._cell == "rnn" and self.nonlinearity == "leaky_relu"))
 
     def _layers(self, input, batch_sizes, hx):
         """input: [T, B, I] ([B, T, I] with batch_first) or packed data [N, I] with
@@ -216,7 +226,11 @@ class _FusedRNNBase(nn.RNNBase):
         layout, state)."""
         device_type = input.device.type
         run_dtype = self._autocast_dtype(device_type) or input.dtype
-        be = dispatch.resolve(self.backend, input.device, run_dtype, self._width())
+        be = dispatch.resolve(self.backend, input.device, run_dtype, self._width(),
+                              cell=self._cell,
+                              torch_op=self._can_run_torch_op(input, run_dtype))
+        if be.name == "torch.nn":  # while the numba kernels compile (rnnfast.warmup)
+            return self._torch_rnn_op(input, batch_sizes, hx)
         cdt = be.compute_dtype
 
         def cast(t):

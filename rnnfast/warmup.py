@@ -1,19 +1,41 @@
-"""Compile every numba CPU kernel ahead of time: ``python -m rnnfast.warmup``.
+"""Compile the numba CPU kernels ahead of time (``python -m rnnfast.warmup``), or in a
+background process while the first calls run torch.nn's own kernels.
 
 A fresh install compiles each kernel on its first call (seconds to tens of seconds per
-kernel, for each dtype and for the serial and the batch-parallel variant). This runs
-every launcher of the numba backend once on tiny inputs, for each dtype, serial and
-parallel, so the compiled code lands in numba's on-disk cache (keyed on the CPU; see
-``rnnfast.kernels.numba.cache``) and later processes load it in well under a second.
-It prints each kernel and how long it took (a kernel already cached takes ~0.1 s).
+kernel, for each dtype and for the serial and the batch-parallel variant: 25-50 CPU-s
+per cell). ``python -m rnnfast.warmup`` runs every launcher of the numba backend once on
+tiny inputs, for each dtype, serial and parallel, so the compiled code lands in numba's
+on-disk cache (keyed on the CPU; see ``rnnfast.kernels.numba.cache``) and later
+processes load it in about a second. It prints each kernel and how long it took (a
+kernel already cached takes ~0.1 s), and leaves a *ready marker* per (cell, dtype) next
+to the cache files.
 
-Options: ``--dtype float32`` (repeatable; default both), ``--serial`` (skip the
-parallel variants).
+Options: ``--dtype float32`` (repeatable; default both), ``--cell lstm`` (repeatable:
+rnn, lstm, gru; default all), ``--serial`` (skip the parallel variants; writes no
+marker), ``--quiet``, ``--background`` (lower this process's priority; what the
+background compile below runs).
+
+Background compile (``backend='auto'`` on a CPU, the default ``RNNFAST_COMPILE=background``):
+the first call of a cell whose numba kernels have no ready marker starts this module
+for that cell and dtype in a child process (one at a time, at lower priority) and
+returns at once; until the marker appears, that cell's calls run torch.nn's own fused
+operator (``torch._VF.lstm`` & co., the same code torch.nn.LSTM runs; the reference
+loop where torch.nn has none: leaky-ReLU, ``record_grad_norms``, half inputs). One line
+on stderr says so when the compile starts and when its kernels take over. Results
+agree to float rounding, not bitwise, across the switch. ``RNNFAST_COMPILE=sync``
+compiles in the calling process instead, on the first call (what ``backend='numba'``,
+``RNNFAST_BACKEND=numba``, ``torch.compile`` and tracing always do); so does a process
+whose cache is off (``RNNFAST_NUMBA_CACHE=0``) or whose background compile failed.
 """
 
 import argparse
 import contextlib
+import functools
+import hashlib
+import os
+import subprocess
 import sys
+import threading
 import time
 from unittest import mock
 
@@ -25,9 +47,18 @@ from .kernels import numba as nk
 from .kernels.numba import _host
 from .kernels.numba.config import CACHE, ISA
 
+CELLS = ("rnn", "lstm", "gru")
+# The launchers each cell's layer calls (rnnfast/ops.py); matmul_tn is the projected
+# LSTM's dW_hr.
+CELL_LAUNCHERS = {
+    "rnn": ("project", "layer_grads", "rnn_fwd", "rnn_bwd"),
+    "lstm": ("project", "layer_grads", "matmul_tn", "lstm_fwd", "lstm_bwd"),
+    "gru": ("project", "layer_grads", "gru_fwd", "gru_bwd"),
+}
 
-def _calls(dt):
-    """(name, thunk) for every launcher, on inputs of dtype ``dt``."""
+
+def _calls(dt, cells=CELLS):
+    """(name, thunk) for every launcher the ``cells`` use, on inputs of dtype ``dt``."""
     g = torch.Generator().manual_seed(0)
     T, B, H = 3, 4, 5
 
@@ -56,7 +87,8 @@ def _calls(dt):
             ("gru_bwd", lambda: nk.gru_bwd(r(T, B, H), r(B, H), y, r(T, B, G).sigmoid(),
                                            r(B, H), w3)),
         ]
-    return calls
+    wanted = {n for c in cells for n in CELL_LAUNCHERS[c]}
+    return [(n, f) for n, f in calls if n in wanted]
 
 
 @contextlib.contextmanager
@@ -67,9 +99,11 @@ def _chunks(n):
         yield
 
 
-def warmup(dtypes=(torch.float32, torch.float64), parallel=True, out=sys.stdout):
-    """Compile (or load from the cache) every kernel; returns [(name, dtype, variant,
-    seconds)]."""
+def warmup(dtypes=(torch.float32, torch.float64), parallel=True, out=sys.stdout,
+           cells=CELLS):
+    """Compile (or load from the cache) every kernel ``cells`` use; returns [(name,
+    dtype, variant, seconds)]. With ``parallel`` and the cache on, writes each (cell,
+    dtype)'s ready marker once all its kernels are in."""
     variants = [("serial", 1)]
     if parallel and numba.config.NUMBA_NUM_THREADS >= 2:
         variants.append(("parallel", 2))
@@ -81,13 +115,16 @@ def warmup(dtypes=(torch.float32, torch.float64), parallel=True, out=sys.stdout)
     for dt in dtypes:
         for variant, n in variants:
             with _chunks(n):
-                for name, call in _calls(dt):
+                for name, call in _calls(dt, cells):
                     t = time.perf_counter()
                     call()
                     s = time.perf_counter() - t
                     done.append((name, str(dt).replace("torch.", ""), variant, s))
                     print(f"  {name:12s} {done[-1][1]:8s} {variant:8s} {s:7.1f} s",
                           file=out, flush=True)
+        if parallel and CACHE:
+            for cell in cells:
+                _write_marker(cell, dt)
     print(f"done in {time.perf_counter() - t_all:.1f} s", file=out, flush=True)
     return done
 
@@ -95,10 +132,183 @@ def warmup(dtypes=(torch.float32, torch.float64), parallel=True, out=sys.stdout)
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m rnnfast.warmup", description=__doc__.split("\n")[0])
     p.add_argument("--dtype", action="append", choices=["float32", "float64"])
+    p.add_argument("--cell", action="append", choices=list(CELLS))
     p.add_argument("--serial", action="store_true", help="skip the parallel variants")
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    p.add_argument("--background", action="store_true",
+                   help="run at lower CPU priority (the background compile)")
     a = p.parse_args(argv)
+    if a.background and hasattr(os, "nice"):
+        os.nice(10)
     dtypes = [getattr(torch, d) for d in (a.dtype or ["float32", "float64"])]
-    warmup(dtypes, parallel=not a.serial)
+    out = open(os.devnull, "w") if a.quiet else sys.stdout
+    warmup(dtypes, parallel=not a.serial, out=out, cells=tuple(a.cell or CELLS))
+
+
+# ------------------------------------------------------------ background compile
+
+COMPILE_ENV = "RNNFAST_COMPILE"
+COMPILE_MODES = ("background", "sync")
+
+
+def compile_mode():
+    """``RNNFAST_COMPILE`` ('background', the default, or 'sync'); any other value
+    raises ValueError naming the variable."""
+    mode = os.environ.get(COMPILE_ENV, "background") or "background"
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"environment variable {COMPILE_ENV} must be one of "
+                         f"{COMPILE_MODES}, got {mode!r}")
+    return mode
+
+
+def _dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def _marker_dir():
+    """Where numba writes this package's cache files (its own choice: NUMBA_CACHE_DIR,
+    the package's __pycache__, or the user-wide cache)."""
+    from .kernels.numba import rnn
+    return rnn.rnn_fwd_kernel._cache._cache_path
+
+
+@functools.lru_cache(maxsize=None)
+def marker_path(cell, dtype):
+    """The ready marker of (cell, dtype): named by the kernels' source hash, the ISA,
+    the CPU numba compiles for and whether parallel variants exist, so a marker never
+    outlives the cache entries it vouches for."""
+    from llvmlite import binding
+
+    from .kernels.numba import cache
+    cpu = "|".join([os.environ.get("NUMBA_CPU_NAME") or binding.get_host_cpu_name(),
+                    os.environ.get("NUMBA_CPU_FEATURES", ""),
+                    str(numba.config.NUMBA_NUM_THREADS >= 2)])
+    key = hashlib.sha256(f"{cache.source_hash()}|{cpu}".encode()).hexdigest()[:16]
+    return os.path.join(_marker_dir(),
+                        f"rnnfast-ready-{cell}-{_dtype_name(dtype)}-{ISA.name}-{key}")
+
+
+def _write_marker(cell, dtype):
+    path = marker_path(cell, dtype)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
+
+class _Job:
+    def __init__(self, key):
+        self.key, self.proc, self.started, self.log = key, None, None, None
+
+
+_LOCK = threading.Lock()
+_READY = set()    # (cell, dtype) whose kernels this process may call without compiling
+_SYNC = set()     # (cell, dtype) compiled in this process (background off or failed)
+_JOBS = {}        # (cell, dtype) -> _Job, queued or running
+_RUNNING = []     # at most one _Job whose process runs
+
+
+def _command(cell, dtype):
+    """The background compile of (cell, dtype): this module, in a child process."""
+    return [sys.executable, "-m", "rnnfast.warmup", "--background", "--cell", cell,
+            "--dtype", _dtype_name(dtype)]
+
+
+def _spawn(job):
+    cell, dtype = job.key
+    os.makedirs(_marker_dir(), exist_ok=True)
+    job.log = marker_path(cell, dtype) + ".log"
+    with open(job.log, "w") as log:
+        job.proc = subprocess.Popen(_command(cell, dtype), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+    job.started = time.monotonic()
+    _RUNNING.append(job)
+
+
+def _poll():
+    """Retire a finished background process and start the next queued one."""
+    for job in list(_RUNNING):
+        rc = job.proc.poll()
+        if rc is None:
+            continue
+        _RUNNING.remove(job)
+        del _JOBS[job.key]
+        cell, dtype = job.key
+        took = time.monotonic() - job.started
+        if rc == 0 and os.path.exists(marker_path(cell, dtype)):
+            _READY.add(job.key)
+            print(f"rnnfast: the numba {cell.upper()} kernels for {_dtype_name(dtype)}/"
+                  f"{ISA.name} are compiled ({took:.0f} s in the background); "
+                  f"backend='auto' runs them from now on", file=sys.stderr, flush=True)
+        else:
+            _SYNC.add(job.key)
+            print(f"rnnfast: the background compile of the numba {cell.upper()} kernels "
+                  f"failed (exit {rc}; log: {job.log}); compiling them in this process "
+                  f"on the next call", file=sys.stderr, flush=True)
+    if not _RUNNING:
+        queued = [j for j in _JOBS.values() if j.proc is None]
+        if queued:
+            _spawn(queued[0])
+
+
+def kernels_status(cell, dtype, start=True):
+    """None when the numba kernels of ``cell`` ('rnn', 'lstm', 'gru') for ``dtype`` may
+    be called now (compiled, cached with a ready marker, or to be compiled in this
+    process); else one line saying they are compiling in a background process, which
+    this call starts (``start``) when none is running or queued for them."""
+    key = (cell, dtype)
+    if key in _READY or key in _SYNC:
+        return None
+    mode = compile_mode()
+    with _LOCK:
+        _poll()
+        if key in _READY or key in _SYNC:
+            return None
+        if os.path.exists(marker_path(cell, dtype)):
+            _READY.add(key)
+            return None
+        if not CACHE or mode == "sync":
+            _SYNC.add(key)
+            return None
+        job = _JOBS.get(key)
+        if job is None:
+            if not start:
+                return (f"the numba {cell.upper()} kernels for {_dtype_name(dtype)} are "
+                        f"not compiled yet: the first call compiles them in a background "
+                        f"process")
+            job = _JOBS[key] = _Job(key)
+            try:
+                _poll()  # starts it when nothing else runs
+            except OSError as e:
+                del _JOBS[key]
+                _SYNC.add(key)
+                print(f"rnnfast: cannot start a background compile ({e}); compiling in "
+                      f"this process", file=sys.stderr, flush=True)
+                return None
+            where = "started" if job.proc is not None else "queued behind another cell"
+            print(f"rnnfast: compiling the numba {cell.upper()} kernels for "
+                  f"{_dtype_name(dtype)}/{ISA.name} in a background process ({where}; "
+                  f"1-2 minutes, once per machine); until then backend='auto' runs "
+                  f"torch.nn's kernels. `python -m rnnfast.warmup` compiles ahead of time, "
+                  f"RNNFAST_COMPILE=sync waits instead", file=sys.stderr, flush=True)
+        since = "" if job.proc is None else \
+            f", {time.monotonic() - job.started:.0f} s so far"
+        return (f"the numba {cell.upper()} kernels for {_dtype_name(dtype)} are compiling "
+                f"in a background process (pid "
+                f"{job.proc.pid if job.proc else 'queued'}{since})")
+
+
+def wait(timeout=None):
+    """Block until every background compile of this process has ended (or ``timeout``
+    seconds); True when none is left."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with _LOCK:
+            _poll()
+            if not _JOBS:
+                return True
+        if end is not None and time.monotonic() > end:
+            return False
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

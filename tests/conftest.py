@@ -1,9 +1,17 @@
 """Shared fixtures. Fresh buffers (torch's empty / empty_like / new_empty and the numba
 launchers' numpy scratch buffers) are poisoned with NaN for the whole test session, so
-any output element a kernel never wrote shows up as a NaN mismatch."""
+any output element a kernel never wrote shows up as a NaN mismatch.
 
-import pytest
-import torch
+The tests compare rnnfast's kernels: a cold first call compiles them in the test process
+(RNNFAST_COMPILE=sync) rather than running torch.nn's operator while a background
+process compiles; tests/test_background_compile.py covers that path."""
+
+import os
+
+os.environ.setdefault("RNNFAST_COMPILE", "sync")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 _REAL_EMPTY = {name: getattr(torch, name) for name in ("empty", "empty_like")}
 _REAL_NEW_EMPTY = torch.Tensor.new_empty

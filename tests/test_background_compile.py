@@ -1,0 +1,197 @@
+"""backend='auto' while a cell's numba kernels compile in a background process
+(rnnfast.warmup): torch.nn's own operator runs the calls meanwhile, then the kernels.
+
+The fast tests replace the background compile with a stand-in child process that only
+writes the ready marker, so they check the switching, not numba; the slow test runs the
+real compile of one cell into an empty cache in a subprocess."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from rnnfast import warmup
+
+from .cases import make_pair
+from .checks import compare_modules
+
+
+@pytest.fixture
+def background(tmp_path, monkeypatch):
+    """Background mode with fresh bookkeeping, markers in tmp_path and a stand-in
+    compile that waits for ``release()``, then writes the ready marker and exits with
+    ``rc`` (no marker when rc != 0)."""
+    monkeypatch.setenv(warmup.COMPILE_ENV, "background")
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    for name in ("_READY", "_SYNC"):
+        monkeypatch.setattr(warmup, name, set())
+    monkeypatch.setattr(warmup, "_JOBS", {})
+    monkeypatch.setattr(warmup, "_RUNNING", [])
+    monkeypatch.setattr(warmup, "_marker_dir", lambda: str(tmp_path))
+    warmup.marker_path.cache_clear()
+    gate = tmp_path / "go"
+    stand_in = {"rc": 0, "commands": [], "release": gate.touch}
+
+    def command(cell, dtype):
+        stand_in["commands"].append((cell, dtype))
+        code = ("import os, sys, time\n"
+                "while not os.path.exists(sys.argv[1]): time.sleep(0.02)\n"
+                "rc = int(sys.argv[3])\n"
+                "rc or open(sys.argv[2], 'w').write('ok')\n"
+                "sys.exit(rc)")
+        return [sys.executable, "-c", code, str(gate), warmup.marker_path(cell, dtype),
+                str(stand_in["rc"])]
+
+    monkeypatch.setattr(warmup, "_command", command)
+    yield stand_in
+    gate.touch()
+    assert warmup.wait(timeout=60)
+    warmup.marker_path.cache_clear()
+
+
+def _x(T, B, I, dtype=torch.float32, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(T, B, I, generator=g, dtype=dtype)
+
+
+@pytest.mark.parametrize("cell", ["relu", "tanh", "lstm", "lstm_proj", "gru"])
+def test_torch_nn_runs_while_compiling_then_kernels(cell, background, capfd):
+    ours, twin = make_pair(cell, 5, 7, torch.float64, "auto", num_layers=2,
+                           bidirectional=True)
+    x = _x(6, 3, 5, torch.float64)
+    assert "backend=torch.nn" in rnnfast.explain(ours, x)
+    compare_modules(ours, twin, x)
+    err = capfd.readouterr().err
+    assert err.count("in a background process") == 1, err
+    assert "backend=torch.nn" in rnnfast.explain(ours, x)
+    assert len(background["commands"]) == 1
+    # torch.nn's own operator: bitwise torch.nn's forward
+    with torch.no_grad():
+        for a, b in zip(ours(x), twin(x)):
+            a, b = (a, b) if isinstance(a, torch.Tensor) else (a[0], b[0])
+            assert torch.equal(a, b)
+    # the compile lands: the kernels take over, with the same results
+    background["release"]()
+    assert warmup.wait(timeout=60)
+    compare_modules(ours, twin, x)
+    assert "backend=numba" in rnnfast.explain(ours, x)
+    assert "are compiled" in capfd.readouterr().err
+
+
+def test_packed_and_batch_first_while_compiling(background):
+    ours, twin = make_pair("lstm", 4, 6, torch.float64, "auto", batch_first=True)
+    lengths = torch.tensor([2, 5, 3])
+    x = _x(3, 5, 4, torch.float64)  # [B, T, I]
+
+    def packer(t):
+        return pack_padded_sequence(t, lengths, batch_first=True, enforce_sorted=False)
+
+    compare_modules(ours, twin, x, packer=packer)
+    compare_modules(ours, twin, x)
+    assert "backend=torch.nn" in rnnfast.explain(ours, packer(x))
+
+
+def test_reference_loop_where_torch_nn_has_no_operator(background):
+    ours, twin = make_pair("leaky_relu", 4, 6, torch.float64, "auto")
+    x = _x(5, 2, 4, torch.float64)
+    assert "backend=torch:" in rnnfast.explain(ours, x)
+    compare_modules(ours, twin, x)
+    gru, _ = make_pair("gru", 4, 6, torch.float64, "auto")
+    gru.record_grad_norms = True
+    assert "backend=torch:" in rnnfast.explain(gru, x)
+    gru(x)[0].sum().backward()
+    assert gru.last_grad_norms is not None and gru.last_grad_norms.shape == (1, 5)
+
+
+def test_explicit_backend_and_sync_mode_compile_in_process(background, monkeypatch):
+    ours, _ = make_pair("gru", 4, 6, torch.float32, "numba")
+    x = _x(5, 2, 4)
+    assert "backend=numba" in rnnfast.explain(ours, x)
+    monkeypatch.setenv("RNNFAST_BACKEND", "numba")
+    auto, _ = make_pair("gru", 4, 6, torch.float32, "auto")
+    assert "backend=numba" in rnnfast.explain(auto, x)
+    monkeypatch.delenv("RNNFAST_BACKEND")
+    monkeypatch.setenv(warmup.COMPILE_ENV, "sync")
+    assert "backend=numba" in rnnfast.explain(auto, x)
+    auto(x)
+    assert background["commands"] == []
+
+
+def test_one_background_process_at_a_time(background, capfd):
+    x = _x(5, 2, 4)
+    for cell in ("relu", "lstm", "gru"):
+        m, _ = make_pair(cell, 4, 6, torch.float32, "auto")
+        m(x)
+    err = capfd.readouterr().err
+    assert err.count("(started;") == 1 and err.count("queued behind another cell") == 2, err
+    background["release"]()
+    assert warmup.wait(timeout=60)
+    assert [c for c, _ in background["commands"]] == ["rnn", "lstm", "gru"]
+    for cell in ("relu", "lstm", "gru"):
+        m, _ = make_pair(cell, 4, 6, torch.float32, "auto")
+        assert "backend=numba" in rnnfast.explain(m, x)
+
+
+def test_failed_background_compile_compiles_in_process(background, capfd):
+    background["rc"] = 3
+    m, twin = make_pair("relu", 4, 6, torch.float64, "auto")
+    x = _x(5, 2, 4, torch.float64)
+    m(x)
+    background["release"]()
+    assert warmup.wait(timeout=60)
+    assert "failed (exit 3" in capfd.readouterr().err
+    assert "backend=numba" in rnnfast.explain(m, x)
+    compare_modules(m, twin, x)
+
+
+def test_compile_environment_variable_checked(background, monkeypatch):
+    monkeypatch.setenv(warmup.COMPILE_ENV, "later")
+    m, _ = make_pair("relu", 4, 6, torch.float32, "auto")
+    with pytest.raises(ValueError, match=r"environment variable RNNFAST_COMPILE must be "
+                                         r"one of \('background', 'sync'\), got 'later'"):
+        m(_x(5, 2, 4))
+
+
+def test_jit_trace_records_the_kernels_not_the_stand_in(background):
+    m, _ = make_pair("relu", 4, 6, torch.float32, "auto")
+    x = _x(5, 2, 4)
+    assert "backend=torch.nn" in rnnfast.explain(m, x)
+    traced = torch.jit.trace(m, (x,), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "aten::rnn_relu" not in graph
+
+
+@pytest.mark.slow
+def test_real_background_compile_into_an_empty_cache(tmp_path):
+    """A fresh cache: the first call runs torch.nn's operator while `python -m
+    rnnfast.warmup` compiles the ReLU-RNN's float64 kernels in a child process; then the
+    kernels run, from the cache the child wrote."""
+    script = textwrap.dedent("""
+        import torch, rnnfast
+        from rnnfast import warmup
+        torch.manual_seed(0)
+        m = rnnfast.RNN(4, 6, nonlinearity="relu").double()
+        x = torch.randn(5, 2, 4, dtype=torch.float64)
+        first = rnnfast.explain(m, x)
+        y0 = m(x)[0]
+        assert "backend=torch.nn" in rnnfast.explain(m, x), first
+        assert warmup.wait(timeout=900)
+        y1 = m(x)[0]
+        assert "backend=numba" in rnnfast.explain(m, x), rnnfast.explain(m, x)
+        torch.testing.assert_close(y1, y0, atol=1e-12, rtol=1e-10)
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="1",
+               RNNFAST_COMPILE="background")
+    env.pop("RNNFAST_BACKEND", None)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+    assert "in a background process" in r.stderr and "are compiled" in r.stderr, r.stderr
+    assert any(p.startswith("rnnfast-ready-rnn-float64") and not p.endswith(".log")
+               for p in os.listdir(next(tmp_path.iterdir())))
