@@ -127,11 +127,13 @@ def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
 
 def _while_compiling(be, cell, torch_op, start):
     """``be`` (numba kernels), or what runs instead while they compile in the background
-    (rnnfast.warmup.kernels_status). Only for 'auto' with RNNFAST_BACKEND unset, and
-    never while torch.compile or the JIT traces (a traced graph would keep the
-    stand-in for good)."""
+    (rnnfast.warmup.kernels_status). Only for 'auto' with RNNFAST_BACKEND unset; never
+    while torch.compile or the JIT traces (a traced graph would keep the stand-in for
+    good), nor under torch.use_deterministic_algorithms(True) (a run that switches
+    implementations part-way is not reproducible bit for bit)."""
     if _requested(be.requested)[0] != "auto" or torch.compiler.is_compiling() \
-            or torch.jit.is_tracing() or torch.jit.is_scripting():
+            or torch.jit.is_tracing() or torch.jit.is_scripting() \
+            or torch.are_deterministic_algorithms_enabled():
         return be
     from . import warmup
     why = warmup.kernels_status(cell, be.compute_dtype, start=start)

@@ -24,8 +24,9 @@ loop where torch.nn has none: leaky-ReLU, ``record_grad_norms``, half inputs). O
 on stderr says so when the compile starts and when its kernels take over. Results
 agree to float rounding, not bitwise, across the switch. ``RNNFAST_COMPILE=sync``
 compiles in the calling process instead, on the first call (what ``backend='numba'``,
-``RNNFAST_BACKEND=numba``, ``torch.compile`` and tracing always do); so does a process
-whose cache is off (``RNNFAST_NUMBA_CACHE=0``) or whose background compile failed.
+``RNNFAST_BACKEND=numba``, ``torch.compile``, tracing and
+``torch.use_deterministic_algorithms(True)`` always do); so does a process whose cache
+is off (``RNNFAST_NUMBA_CACHE=0``) or whose background compile failed.
 """
 
 import argparse

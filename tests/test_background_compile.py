@@ -116,6 +116,13 @@ def test_explicit_backend_and_sync_mode_compile_in_process(background, monkeypat
     auto, _ = make_pair("gru", 4, 6, torch.float32, "auto")
     assert "backend=numba" in rnnfast.explain(auto, x)
     monkeypatch.delenv("RNNFAST_BACKEND")
+    assert "backend=torch.nn" in rnnfast.explain(auto, x)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert "backend=numba" in rnnfast.explain(auto, x)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     monkeypatch.setenv(warmup.COMPILE_ENV, "sync")
     assert "backend=numba" in rnnfast.explain(auto, x)
     auto(x)
