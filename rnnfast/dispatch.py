@@ -121,8 +121,21 @@ def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
         if hit.kernels is not None:
             _RESOLVED[key] = hit
     if cell is not None and hit.name == "numba":
-        hit = _while_compiling(hit, cell, torch_op, start)
+        w = _WARMUP or _import_warmup()
+        key = (cell, hit.compute_dtype)
+        if key not in w._READY and key not in w._SYNC:  # the common case costs ~0.2 us
+            hit = _while_compiling(hit, cell, torch_op, start)
     return hit
+
+
+_WARMUP = None  # rnnfast.warmup, imported on the first call that needs it (numba's)
+
+
+def _import_warmup():
+    global _WARMUP
+    from . import warmup
+    _WARMUP = warmup
+    return warmup
 
 
 def _while_compiling(be, cell, torch_op, start):
@@ -135,8 +148,7 @@ def _while_compiling(be, cell, torch_op, start):
             or torch.jit.is_tracing() or torch.jit.is_scripting() \
             or torch.are_deterministic_algorithms_enabled():
         return be
-    from . import warmup
-    why = warmup.kernels_status(cell, be.compute_dtype, start=start)
+    why = _WARMUP.kernels_status(cell, be.compute_dtype, start=start)
     if why is None:
         return be
     if torch_op:
