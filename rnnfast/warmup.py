@@ -264,10 +264,13 @@ def kernels_status(cell, dtype, start=True):
         _poll()
         if key in _READY or key in _SYNC:
             return None
+        if not CACHE:
+            _SYNC.add(key)
+            return None
         if os.path.exists(marker_path(cell, dtype)):
             _READY.add(key)
             return None
-        if not CACHE or mode == "sync":
+        if mode == "sync":
             _SYNC.add(key)
             return None
         job = _JOBS.get(key)

@@ -126,6 +126,10 @@ def test_explicit_backend_and_sync_mode_compile_in_process(background, monkeypat
     monkeypatch.setenv(warmup.COMPILE_ENV, "sync")
     assert "backend=numba" in rnnfast.explain(auto, x)
     auto(x)
+    monkeypatch.setenv(warmup.COMPILE_ENV, "background")
+    monkeypatch.setattr(warmup, "CACHE", False)  # RNNFAST_NUMBA_CACHE=0: nothing to share
+    lstm, _ = make_pair("lstm", 4, 6, torch.float32, "auto")
+    assert "backend=numba" in rnnfast.explain(lstm, x)
     assert background["commands"] == []
 
 
