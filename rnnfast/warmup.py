@@ -139,11 +139,28 @@ def main(argv=None):
     p.add_argument("--background", action="store_true",
                    help="run at lower CPU priority (the background compile)")
     a = p.parse_args(argv)
-    if a.background and hasattr(os, "nice"):
-        os.nice(10)
     dtypes = [getattr(torch, d) for d in (a.dtype or ["float32", "float64"])]
     out = open(os.devnull, "w") if a.quiet else sys.stdout
-    warmup(dtypes, parallel=not a.serial, out=out, cells=tuple(a.cell or CELLS))
+    with _background() if a.background else contextlib.nullcontext():
+        warmup(dtypes, parallel=not a.serial, out=out, cells=tuple(a.cell or CELLS))
+
+
+@contextlib.contextmanager
+def _background():
+    """Lower priority, and one background compile at a time per cache directory across
+    processes (the ranks of a DDP job all start one; the later ones then load what the
+    first compiled)."""
+    if hasattr(os, "nice"):
+        os.nice(10)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock
+        yield
+        return
+    os.makedirs(_marker_dir(), exist_ok=True)
+    with open(os.path.join(_marker_dir(), "rnnfast-compile.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # ------------------------------------------------------------ background compile
@@ -199,6 +216,7 @@ def _write_marker(cell, dtype):
 class _Job:
     def __init__(self, key):
         self.key, self.proc, self.started, self.log = key, None, None, None
+        self.owner = os.getpid()  # a forked process inherits the job, not the child
 
 
 _LOCK = threading.Lock()
@@ -217,35 +235,46 @@ def _command(cell, dtype):
 def _spawn(job):
     cell, dtype = job.key
     os.makedirs(_marker_dir(), exist_ok=True)
-    job.log = marker_path(cell, dtype) + ".log"
+    job.log = f"{marker_path(cell, dtype)}.{os.getpid()}.log"
     with open(job.log, "w") as log:
         job.proc = subprocess.Popen(_command(cell, dtype), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
     job.started = time.monotonic()
+    job.owner = os.getpid()
     _RUNNING.append(job)
 
 
-def _poll():
-    """Retire a finished background process and start the next queued one."""
+def _retire(job, ok, rc=None):
+    _RUNNING.remove(job)
+    del _JOBS[job.key]
+    cell, dtype = job.key
+    if ok:
+        _READY.add(job.key)
+        print(f"rnnfast: the numba {cell.upper()} kernels for {_dtype_name(dtype)}/"
+              f"{ISA.name} are compiled ({time.monotonic() - job.started:.0f} s in the "
+              f"background); backend='auto' runs them from now on", file=sys.stderr,
+              flush=True)
+    else:
+        _SYNC.add(job.key)
+        print(f"rnnfast: the background compile of the numba {cell.upper()} kernels "
+              f"failed (exit {rc}; log: {job.log}); compiling them in this process "
+              f"on the next call", file=sys.stderr, flush=True)
+
+
+def _poll(start=True):
+    """Retire a finished background process and (``start``) start the next queued one.
+    A process forked from the one that started a compile cannot wait for that child: it
+    watches for the ready marker instead."""
     for job in list(_RUNNING):
-        rc = job.proc.poll()
-        if rc is None:
+        marker = os.path.exists(marker_path(*job.key))
+        if job.owner != os.getpid():
+            if marker:
+                _retire(job, True)
             continue
-        _RUNNING.remove(job)
-        del _JOBS[job.key]
-        cell, dtype = job.key
-        took = time.monotonic() - job.started
-        if rc == 0 and os.path.exists(marker_path(cell, dtype)):
-            _READY.add(job.key)
-            print(f"rnnfast: the numba {cell.upper()} kernels for {_dtype_name(dtype)}/"
-                  f"{ISA.name} are compiled ({took:.0f} s in the background); "
-                  f"backend='auto' runs them from now on", file=sys.stderr, flush=True)
-        else:
-            _SYNC.add(job.key)
-            print(f"rnnfast: the background compile of the numba {cell.upper()} kernels "
-                  f"failed (exit {rc}; log: {job.log}); compiling them in this process "
-                  f"on the next call", file=sys.stderr, flush=True)
-    if not _RUNNING:
+        rc = job.proc.poll()
+        if rc is not None:
+            _retire(job, rc == 0 and marker, rc)
+    if start and not _RUNNING:
         queued = [j for j in _JOBS.values() if j.proc is None]
         if queued:
             _spawn(queued[0])
@@ -261,7 +290,7 @@ def kernels_status(cell, dtype, start=True):
         return None
     mode = compile_mode()
     with _LOCK:
-        _poll()
+        _poll(start)
         if key in _READY or key in _SYNC:
             return None
         if not CACHE:

@@ -108,6 +108,44 @@ def test_reference_loop_where_torch_nn_has_no_operator(background):
     assert gru.last_grad_norms is not None and gru.last_grad_norms.shape == (1, 5)
 
 
+def test_autocast_runs_the_reference_loop_while_compiling(background):
+    """Under CPU autocast torch's GRU operator would multiply in bfloat16 (GRU is not on
+    CPU autocast's list, yet its products are); the kernels, and so the stand-in, keep
+    float32: the reference loop with autocast off, as backend='torch' computes."""
+    x = _x(5, 2, 4)
+    for cell in ("gru", "lstm"):
+        ours, _ = make_pair(cell, 4, 6, torch.float32, "auto")
+        ref, _ = make_pair(cell, 4, 6, torch.float32, "torch")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert "backend=torch:" in rnnfast.explain(ours, x)
+            a, b = ours(x)[0], ref(x)[0]
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_process_waits_for_the_parents_compile(background):
+    m, _ = make_pair("relu", 4, 6, torch.float32, "auto")
+    x = _x(5, 2, 4)
+    assert "backend=torch.nn" in rnnfast.explain(m, x)
+    m(x)  # starts the (stand-in) compile
+    pid = os.fork()
+    if pid == 0:  # the child: never a failure, never a second compile; the marker decides
+        code = 1
+        try:
+            why = warmup.kernels_status("rnn", torch.float32)
+            if why and "compiling" in why and not warmup._SYNC:
+                background["release"]()
+                if warmup.wait(timeout=60) and ("rnn", torch.float32) in warmup._READY \
+                        and len(background["commands"]) == 1:
+                    code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert warmup.wait(timeout=60)
+    assert "backend=numba" in rnnfast.explain(m, x)
+
+
 def test_explicit_backend_and_sync_mode_compile_in_process(background, monkeypatch):
     ours, _ = make_pair("gru", 4, 6, torch.float32, "numba")
     x = _x(5, 2, 4)
@@ -206,3 +244,27 @@ def test_real_background_compile_into_an_empty_cache(tmp_path):
     assert "in a background process" in r.stderr and "are compiled" in r.stderr, r.stderr
     assert any(p.startswith("rnnfast-ready-rnn-float64") and not p.endswith(".log")
                for p in os.listdir(next(tmp_path.iterdir())))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the cross-process lock is POSIX's flock")
+def test_background_compiles_take_turns_across_processes(tmp_path):
+    """Cold processes each start a background compile (DDP ranks, a rerun); those
+    children hold one lock per cache directory, so the later ones wait and then load
+    what the first compiled instead of compiling it again alongside."""
+    import fcntl
+    lock_path = os.path.join(warmup._marker_dir(), "rnnfast-compile.lock")
+    out = tmp_path / "child.out"
+    env = dict(os.environ)
+    env.pop("RNNFAST_BACKEND", None)
+    with open(lock_path, "w") as lock, open(out, "w") as f:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-m", "rnnfast.warmup", "--background",
+                                  "--cell", "rnn", "--dtype", "float64", "--serial"],
+                                 stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            child.wait(timeout=15)  # time to import; its first line comes after the lock
+        except subprocess.TimeoutExpired:
+            pass
+        assert child.poll() is None and out.read_text() == "", out.read_text()
+    assert child.wait(timeout=900) == 0, out.read_text()
+    assert "done in" in out.read_text()

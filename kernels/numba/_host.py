@@ -96,9 +96,16 @@ _called = set()  # (kernel, dtype) already called once in this process
 
 
 def _notice(kernel, dtype):
+    name = f"{kernel.py_func.__name__} for {dtype}/{ISA.name}"
+    index = getattr(getattr(getattr(kernel, "_cache", None), "_cache_file", None),
+                    "_index_path", None)
+    if CACHE and index and os.path.exists(index):  # numba's index of cached versions
+        print(f"rnnfast: loading {name} from the compile cache (first use in this "
+              f"process; compiling it if the cache holds no match)", file=sys.stderr,
+              flush=True)
+        return
     after = "cached afterwards" if CACHE else "RNNFAST_NUMBA_CACHE=0: not cached"
-    print(f"rnnfast: compiling {kernel.py_func.__name__} for {dtype}/{ISA.name} "
-          f"(first use; {after})", file=sys.stderr, flush=True)
+    print(f"rnnfast: compiling {name} (first use; {after})", file=sys.stderr, flush=True)
 
 
 def launch(serial, parallel, nchunks, *args):
