@@ -97,7 +97,7 @@ _RESOLVED = {}  # (backend, RNNFAST_BACKEND, device, dtype, width) -> a kernel B
 
 
 def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
-            start=True):
+            start=True, torch_op_wins=None):
     """The implementation for a call with tensors on ``device`` of ``dtype`` and the
     layer's widest state (max(hidden_size, proj_size)). Raises RNNArgumentError when an
     explicitly requested backend cannot run it.
@@ -105,7 +105,9 @@ def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
     ``cell`` ('rnn', 'lstm', 'gru'; a module's call) lets ``'auto'`` step aside while that
     cell's numba kernels compile in the background: to torch.nn's operator when the
     caller can run it (``torch_op``), else to the reference loop; ``start=False`` only
-    reports (rnnfast.explain).
+    reports (rnnfast.explain). ``torch_op_wins`` (a reason, from the module) says that at
+    this call's shape torch.nn's own operator measured faster than the numba kernels:
+    ``'auto'`` then runs it.
 
     A layer call resolves up to three times (module, op, backward): a choice of fused
     kernels is remembered per (backend, RNNFAST_BACKEND, device, dtype, width); the
@@ -125,6 +127,9 @@ def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
         key = (cell, hit.compute_dtype)
         if key not in w._READY and key not in w._SYNC:  # the common case costs ~0.2 us
             hit = _while_compiling(hit, cell, torch_op, start)
+    if torch_op_wins is not None and hit.name == "numba" and _auto_may_step_aside(hit):
+        hit = Backend("torch.nn", None, hit.compute_dtype, f"auto: {torch_op_wins}",
+                      hit.requested)
     return hit
 
 
@@ -138,15 +143,20 @@ def _import_warmup():
     return warmup
 
 
+def _auto_may_step_aside(be):
+    """True when ``be`` answers a plain 'auto' (RNNFAST_BACKEND unset) outside
+    torch.compile and the JIT, so another implementation may run the call."""
+    return _requested(be.requested)[0] == "auto" and not (
+        torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
 def _while_compiling(be, cell, torch_op, start):
     """``be`` (numba kernels), or what runs instead while they compile in the background
     (rnnfast.warmup.kernels_status). Only for 'auto' with RNNFAST_BACKEND unset; never
     while torch.compile or the JIT traces (a traced graph would keep the stand-in for
     good), nor under torch.use_deterministic_algorithms(True) (a run that switches
     implementations part-way is not reproducible bit for bit)."""
-    if _requested(be.requested)[0] != "auto" or torch.compiler.is_compiling() \
-            or torch.jit.is_tracing() or torch.jit.is_scripting() \
-            or torch.are_deterministic_algorithms_enabled():
+    if not _auto_may_step_aside(be) or torch.are_deterministic_algorithms_enabled():
         return be
     why = _WARMUP.kernels_status(cell, be.compute_dtype, start=start)
     if why is None:

@@ -33,6 +33,13 @@ NONLINEARITIES = tuple(ACTIVATIONS)
 # (every cell) is.
 AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 
+# Where torch.nn's own operator beats the numba kernels, backend='auto' runs it (and
+# rnnfast.explain says so): forward-only float32 LSTM (no projection, not packed) with
+# batch x hidden >= this, where torch runs oneDNN's fused LSTM. Measured rnnfast / torch.nn
+# there: 0.97-0.98x on the Intel Xeon (2026-12-01, (32, 256) and (64, 512), T = 100) and
+# 0.80-0.95x on the AMD EPYC (2026-11-25); from (16, 64) down rnnfast wins (1.22-1.32x).
+TORCH_OP_LSTM_INFERENCE_MIN_BH = 8192
+
 
 def _packed_index(batch_sizes, device):
     """Rows of a [T * B] time-major padded batch (sorted batch order) that a
@@ -208,9 +215,32 @@ class _FusedRNNBase(nn.RNNBase):
         a :class:`rnnfast.dispatch.Backend`."""
         x = input.data if isinstance(input, PackedSequence) else input
         dtype = self._autocast_dtype(x.device.type) or x.dtype
+        torch_op = self._can_run_torch_op(x, dtype)
+        packed = isinstance(input, PackedSequence)
         return dispatch.resolve(self.backend, x.device, dtype, self._width(),
-                                cell=self._cell, torch_op=self._can_run_torch_op(x, dtype),
-                                start=False)
+                                cell=self._cell, torch_op=torch_op, start=False,
+                                torch_op_wins=self._torch_op_wins(
+                                    x, input.batch_sizes if packed else None, None, torch_op))
+
+    def _torch_op_wins(self, x, batch_sizes, hx, torch_op):
+        """Why torch.nn's operator is faster than the numba kernels for this call, or
+        None (TORCH_OP_LSTM_INFERENCE_MIN_BH)."""
+        if not torch_op or self._cell != "lstm" or self.proj_size > 0 \
+                or batch_sizes is not None or x.dtype != torch.float32 \
+                or x.device.type != "cpu" or not torch.backends.mkldnn.is_available() \
+                or not torch.backends.mkldnn.enabled:
+            return None
+        if torch.is_grad_enabled() and (
+                x.requires_grad or any(w.requires_grad for w in self._flat_weights)
+                or any(h.requires_grad for h in (hx or ()))):
+            return None
+        B = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1
+        bh = B * self.hidden_size
+        if bh < TORCH_OP_LSTM_INFERENCE_MIN_BH:
+            return None
+        return (f"forward-only float32 LSTM at batch x hidden = {bh} >= "
+                f"{TORCH_OP_LSTM_INFERENCE_MIN_BH}: torch.nn's operator (oneDNN's fused "
+                f"LSTM) measured faster than the numba kernels there")
 
     def _can_run_torch_op(self, x, run_dtype):
         """Whether torch.nn's own operator computes this call as rnnfast would (what
@@ -229,10 +259,12 @@ class _FusedRNNBase(nn.RNNBase):
         layout, state)."""
         device_type = input.device.type
         run_dtype = self._autocast_dtype(device_type) or input.dtype
+        torch_op = self._can_run_torch_op(input, run_dtype)
         be = dispatch.resolve(self.backend, input.device, run_dtype, self._width(),
-                              cell=self._cell,
-                              torch_op=self._can_run_torch_op(input, run_dtype))
-        if be.name == "torch.nn":  # while the numba kernels compile (rnnfast.warmup)
+                              cell=self._cell, torch_op=torch_op,
+                              torch_op_wins=self._torch_op_wins(input, batch_sizes, hx,
+                                                                torch_op))
+        if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)
         cdt = be.compute_dtype
 

@@ -216,6 +216,38 @@ def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
                                           torch.randn(5, 3))
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
+def test_auto_runs_torch_nn_where_it_is_faster(monkeypatch):
+    """Forward-only float32 LSTM at batch x hidden >= TORCH_OP_LSTM_INFERENCE_MIN_BH:
+    backend='auto' runs torch.nn's operator (oneDNN) and explain says why; training,
+    float64, a projection, packed input, a small batch x hidden and an explicit backend
+    keep the kernels."""
+    from rnnfast.modules import TORCH_OP_LSTM_INFERENCE_MIN_BH as MIN_BH
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    H, B = 64, MIN_BH // 64
+    ours, twin = make_pair("lstm", 8, H, torch.float32, "auto")
+    x = torch.randn(3, B, 8)
+    with torch.no_grad():
+        line = rnnfast.explain(ours, x)
+        assert "backend=torch.nn" in line and f"batch x hidden = {B * H}" in line, line
+        (y, (h, c)), (y2, (h2, c2)) = ours(x), twin(x)
+        for a, b in ((y, y2), (h, h2), (c, c2)):  # torch.nn's own operator: bitwise
+            assert torch.equal(a, b)
+        assert "backend=numba" in rnnfast.explain(ours, x[:, :B - 1])
+        assert "backend=numba" in rnnfast.explain(ours.double(), x.double())
+        ours.float()
+        packed = pack_padded_sequence(x, torch.full((B,), 3), enforce_sorted=True)
+        assert "backend=numba" in rnnfast.explain(ours, packed)
+        proj, _ = make_pair("lstm", 8, H, torch.float32, "auto", proj_size=16)
+        assert "backend=numba" in rnnfast.explain(proj, x)
+        explicit, _ = make_pair("lstm", 8, H, torch.float32, "numba")
+        assert "backend=numba" in rnnfast.explain(explicit, x)
+    assert "backend=numba" in rnnfast.explain(ours, x)  # training: the kernels
+    monkeypatch.setenv("RNNFAST_BACKEND", "numba")
+    with torch.no_grad():
+        assert "backend=numba" in rnnfast.explain(ours, x)
+
+
 def test_torch_gemm_provider_ignores_autocast(monkeypatch):
     """A backward called inside torch.autocast('cpu') must not run the torch provider's
     weight-gradient GEMMs in bfloat16: the gradients equal those of a plain backward."""
