@@ -12,7 +12,9 @@ Resolution order (first match wins), for a requested backend and the call's tens
 While a cell's numba kernels are not compiled yet on this machine, ``'auto'`` (with
 ``RNNFAST_BACKEND`` unset) runs torch.nn's own operator for that cell's calls (``'torch.nn'``;
 the reference loop where torch.nn has none) and compiles them in a background process
-(:mod:`rnnfast.warmup`); a module passes its ``cell`` for that.
+(:mod:`rnnfast.warmup`); a module passes its ``cell`` for that. Where torch.nn's operator
+measured faster than the numba kernels at a call's shape (the module says so:
+``torch_op_wins``; rnnfast.modules.TORCH_OP_LSTM_INFERENCE_MIN_BH), ``'auto'`` runs it too.
 
 Whatever was asked, two situations take the reference loop (``rnnfast.reference``,
 differentiated by autograd, so every autograd feature works): a call inside a
