@@ -16,10 +16,11 @@ the reference loop where torch.nn has none) and compiles them in a background pr
 measured faster than the numba kernels at a call's shape (the module says so:
 ``torch_op_wins``; rnnfast.modules.TORCH_OP_LSTM_INFERENCE_MIN_BH), ``'auto'`` runs it too.
 
-Whatever was asked, two situations take the reference loop (``rnnfast.reference``,
+Whatever was asked, three situations take the reference loop (``rnnfast.reference``,
 differentiated by autograd, so every autograd feature works): a call inside a
 ``torch.func`` transform (grad, vjp, jacrev, vmap: the fused kernels have no batching
-rule), and ``backend='torch'``; half inputs run it in float32. An explicit backend that
+rule), a call inside ``torch.autograd.forward_ad.dual_level()`` (no jvp rule), and
+``backend='torch'``; half inputs run it in float32. An explicit backend that
 cannot run the call raises :class:`RNNArgumentError` saying why. Half-precision inputs
 (float16, bfloat16) on a backend whose kernels run only float32/float64 run in float32
 (state and accumulation), with the results cast back, as the Triton kernels do on CUDA.
@@ -95,6 +96,12 @@ def in_functorch_transform():
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
+def in_forward_ad():
+    """True inside ``torch.autograd.forward_ad.dual_level()``: dual tensors may reach the
+    layer, and the fused kernels have no forward-mode (jvp) rule."""
+    return torch.autograd.forward_ad._current_level >= 0
+
+
 _RESOLVED = {}  # (backend, RNNFAST_BACKEND, device, dtype, width) -> a kernel Backend
 
 
@@ -118,6 +125,10 @@ def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
         _requested(backend)  # a bad name raises here too
         return _reference(dtype, "inside a torch.func transform: the reference loop "
                                  "(autograd)")._replace(requested=backend)
+    if in_forward_ad():
+        _requested(backend)
+        return _reference(dtype, "inside torch.autograd.forward_ad.dual_level(): the "
+                                 "reference loop (autograd)")._replace(requested=backend)
     key = (backend, os.environ.get(ENV_VAR), device, dtype, width)
     hit = _RESOLVED.get(key)
     if hit is None:

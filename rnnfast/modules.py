@@ -39,6 +39,7 @@ AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 # there: 0.97-0.98x on the Intel Xeon (2026-12-01, (32, 256) and (64, 512), T = 100) and
 # 0.80-0.95x on the AMD EPYC (2026-11-25); from (16, 64) down rnnfast wins (1.22-1.32x).
 TORCH_OP_LSTM_INFERENCE_MIN_BH = 8192
+_ONEDNN = torch.backends.mkldnn.is_available()
 
 
 def _packed_index(batch_sizes, device):
@@ -212,7 +213,8 @@ class _FusedRNNBase(nn.RNNBase):
 
     def plan(self, input):
         """The implementation a call with ``input`` (a Tensor or PackedSequence) runs:
-        a :class:`rnnfast.dispatch.Backend`."""
+        a :class:`rnnfast.dispatch.Backend`. It cannot see the call's hx: a forward-only
+        call judged by input and weights alone takes the kernels when hx requires grad."""
         x = input.data if isinstance(input, PackedSequence) else input
         dtype = self._autocast_dtype(x.device.type) or x.dtype
         torch_op = self._can_run_torch_op(x, dtype)
@@ -225,12 +227,12 @@ class _FusedRNNBase(nn.RNNBase):
     def _torch_op_wins(self, x, batch_sizes, hx, torch_op):
         """Why torch.nn's operator is faster than the numba kernels for this call, or
         None (TORCH_OP_LSTM_INFERENCE_MIN_BH)."""
-        if not torch_op or self._cell != "lstm" or self.proj_size > 0 \
-                or batch_sizes is not None or x.dtype != torch.float32 \
-                or x.device.type != "cpu" or not torch.backends.mkldnn.is_available() \
-                or not torch.backends.mkldnn.enabled:
+        if not torch_op or self.backend != "auto" or self._cell != "lstm" \
+                or self.proj_size > 0 or batch_sizes is not None \
+                or x.dtype != torch.float32 or x.device.type != "cpu" \
+                or not _ONEDNN or not torch.backends.mkldnn.enabled:
             return None
-        if torch.is_grad_enabled() and (
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and (
                 x.requires_grad or any(w.requires_grad for w in self._flat_weights)
                 or any(h.requires_grad for h in (hx or ()))):
             return None
@@ -259,11 +261,15 @@ class _FusedRNNBase(nn.RNNBase):
         layout, state)."""
         device_type = input.device.type
         run_dtype = self._autocast_dtype(device_type) or input.dtype
-        torch_op = self._can_run_torch_op(input, run_dtype)
-        be = dispatch.resolve(self.backend, input.device, run_dtype, self._width(),
-                              cell=self._cell, torch_op=torch_op,
-                              torch_op_wins=self._torch_op_wins(input, batch_sizes, hx,
-                                                                torch_op))
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            # a traced graph holds rnnfast's ops, never a stand-in chosen at trace time
+            be = dispatch.resolve(self.backend, input.device, run_dtype, self._width())
+        else:
+            torch_op = self._can_run_torch_op(input, run_dtype)
+            be = dispatch.resolve(self.backend, input.device, run_dtype, self._width(),
+                                  cell=self._cell, torch_op=torch_op,
+                                  torch_op_wins=self._torch_op_wins(input, batch_sizes, hx,
+                                                                    torch_op))
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)
         cdt = be.compute_dtype

@@ -82,9 +82,9 @@ def _reference_backward(layer_fn, inputs, outputs_grads):
 
 
 def _inference(args):
-    """True when no graph will be built: grad mode is off or no tensor requires grad (the
-    forward then keeps nothing for backward)."""
-    return not torch.is_grad_enabled() or not any(
+    """True when no graph will be built: grad mode is off, inference mode is on, or no
+    tensor requires grad (the forward then keeps nothing for backward)."""
+    return not torch.is_grad_enabled() or torch.is_inference_mode_enabled() or not any(
         isinstance(t, Tensor) and t.requires_grad for t in args)
 
 

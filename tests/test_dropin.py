@@ -197,6 +197,48 @@ def _tree_names(tree):
     return [torch.utils._pytree.keystr(p) for p, _ in paths]
 
 
+@pytest.mark.parametrize("grad_mode", ["no_grad", "grad"])
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_forward_ad_dual_tensors(cell, backend, grad_mode):
+    """torch.autograd.forward_ad: the tangent of every output for a dual input and a
+    dual initial state, as torch.nn computes it (oneDNN off: its LSTM has no forward AD
+    rule), in and out of grad mode: never a missing tangent."""
+    import torch.autograd.forward_ad as fwAD
+    ours, twin = make_pair(cell, backend)
+    x, state = problem(cell, ours)
+    g = torch.Generator().manual_seed(5)
+    tx, ts = torch.randn(x.shape, generator=g, dtype=F64), \
+        [torch.randn(s.shape, generator=g, dtype=F64) for s in state]
+    res = []
+    for m in (ours, twin):
+        with fwAD.dual_level(), torch.backends.mkldnn.flags(enabled=False), \
+                (torch.no_grad() if grad_mode == "no_grad" else torch.enable_grad()):
+            outs = run(m, fwAD.make_dual(x, tx), [fwAD.make_dual(s, t)
+                                                  for s, t in zip(state, ts)])
+            res.append([fwAD.unpack_dual(o) for o in outs])
+    for (p, t), (p2, t2), name in zip(*res, ("output", "h_n", "c_n")):
+        assert_close(f"primal {name}", p, p2, F64)
+        assert t is not None and t2 is not None, f"tangent of {name} missing"
+        assert_close(f"tangent {name}", t, t2, F64)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_inference_mode_with_grad_enabled(cell, backend):
+    """torch.inference_mode() with torch.enable_grad() inside: torch.nn returns outputs
+    that require no grad; so does rnnfast (nothing to save for backward)."""
+    ours, twin = make_pair(cell, backend, torch.float32)
+    x, state = problem(cell, ours, dtype=torch.float32)
+    res = []
+    for m in (ours, twin):
+        with torch.inference_mode(), torch.enable_grad():
+            res.append(run(m, x, state))
+    for a, b, name in zip(*res, ("output", "h_n", "c_n")):
+        assert not a.requires_grad and not b.requires_grad
+        assert_close(name, a, b, torch.float32)
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
 def test_func_grad(cell, backend):
