@@ -246,12 +246,13 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _can_run_torch_op(self, x, run_dtype):
         """Whether torch.nn's own operator computes this call as rnnfast would (what
-        backend='auto' runs while the numba kernels compile): not for leaky-ReLU (torch.nn
-        has none), per-step gradient norms, autocast (on for the device, even for a cell it
-        does not cast: torch's GRU would then run its products in bfloat16, the kernels
-        in float32) or half inputs."""
-        return (run_dtype == x.dtype and x.dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled(x.device.type)
+        backend='auto' runs while the numba kernels compile; CPU tensors only): not for
+        leaky-ReLU (torch.nn has none), per-step gradient norms, CPU autocast (even for a
+        cell it does not cast: torch's GRU would then run its products in bfloat16, the
+        kernels in float32) or half inputs."""
+        return (x.device.type == "cpu" and run_dtype == x.dtype
+                and x.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu")
                 and not self.record_grad_norms
                 and not (self._cell == "rnn" and self.nonlinearity == "leaky_relu"))
 
