@@ -217,24 +217,32 @@ class _FusedRNNBase(nn.RNNBase):
         call judged by input and weights alone takes the kernels when hx requires grad."""
         x = input.data if isinstance(input, PackedSequence) else input
         dtype = self._autocast_dtype(x.device.type) or x.dtype
-        torch_op = self._can_run_torch_op(x, dtype)
-        packed = isinstance(input, PackedSequence)
-        return dispatch.resolve(self.backend, x.device, dtype, self._width(),
-                                cell=self._cell, torch_op=torch_op, start=False,
-                                torch_op_wins=self._torch_op_wins(
-                                    x, input.batch_sizes if packed else None, None, torch_op))
+        return self._resolve(x, input.batch_sizes if isinstance(input, PackedSequence)
+                             else None, None, dtype, start=False)
+
+    def _resolve(self, x, batch_sizes, hx, run_dtype, start=True):
+        """dispatch.resolve for this call: the kernels, or torch.nn's operator where it
+        is faster or the kernels are still compiling (``start``: may start that compile).
+        Under torch.compile and the JIT neither is considered: a traced graph holds
+        rnnfast's ops, never a stand-in chosen at trace time."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return dispatch.resolve(self.backend, x.device, run_dtype, self._width())
+        torch_op = self._can_run_torch_op(x, run_dtype)
+        return dispatch.resolve(self.backend, x.device, run_dtype, self._width(),
+                                cell=self._cell, torch_op=torch_op, start=start,
+                                torch_op_wins=self._torch_op_wins(x, batch_sizes, hx,
+                                                                  torch_op))
 
     def _torch_op_wins(self, x, batch_sizes, hx, torch_op):
         """Why torch.nn's operator is faster than the numba kernels for this call, or
         None (TORCH_OP_LSTM_INFERENCE_MIN_BH)."""
         if not torch_op or self.backend != "auto" or self._cell != "lstm" \
                 or self.proj_size > 0 or batch_sizes is not None \
-                or x.dtype != torch.float32 or x.device.type != "cpu" \
-                or not _ONEDNN or not torch.backends.mkldnn.enabled:
+                or x.dtype != torch.float32 or not _ONEDNN \
+                or not torch.backends.mkldnn.enabled:  # torch_op: CPU tensors only
             return None
-        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and (
-                x.requires_grad or any(w.requires_grad for w in self._flat_weights)
-                or any(h.requires_grad for h in (hx or ()))):
+        state = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
+        if not ops.is_inference((x, *self._flat_weights, *state)):
             return None
         B = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1
         bh = B * self.hidden_size
@@ -262,15 +270,7 @@ class _FusedRNNBase(nn.RNNBase):
         layout, state)."""
         device_type = input.device.type
         run_dtype = self._autocast_dtype(device_type) or input.dtype
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            # a traced graph holds rnnfast's ops, never a stand-in chosen at trace time
-            be = dispatch.resolve(self.backend, input.device, run_dtype, self._width())
-        else:
-            torch_op = self._can_run_torch_op(input, run_dtype)
-            be = dispatch.resolve(self.backend, input.device, run_dtype, self._width(),
-                                  cell=self._cell, torch_op=torch_op,
-                                  torch_op_wins=self._torch_op_wins(input, batch_sizes, hx,
-                                                                    torch_op))
+        be = self._resolve(input, batch_sizes, hx, run_dtype)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)
         cdt = be.compute_dtype

@@ -81,7 +81,7 @@ def _reference_backward(layer_fn, inputs, outputs_grads):
     return tuple(grads)
 
 
-def _inference(args):
+def is_inference(args):
     """True when no graph will be built: grad mode is off, inference mode is on, or no
     tensor requires grad (the forward then keeps nothing for backward)."""
     return not torch.is_grad_enabled() or torch.is_inference_mode_enabled() or not any(
@@ -434,7 +434,7 @@ def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, activation, negative
             backend.requested, probe)
     if not _plain(x, h0, probe):
         return rnn_layer(*args)
-    return _rnn_run(*args, False) if _inference(args) else _EagerRNN.apply(*args)
+    return _rnn_run(*args, False) if is_inference(args) else _EagerRNN.apply(*args)
 
 
 def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, probe):
@@ -447,7 +447,7 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, 
     if not _plain(x, h0, c0, probe):
         fn = lstm_layer
     else:
-        fn = partial(_lstm_run, train=False) if _inference(args) else _EagerLSTM.apply
+        fn = partial(_lstm_run, train=False) if is_inference(args) else _EagerLSTM.apply
     y, h_n, c_n, _, _ = fn(*args)
     return y, h_n, c_n
 
@@ -460,6 +460,6 @@ def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe):
     if not _plain(x, h0, probe):
         fn = gru_layer
     else:
-        fn = partial(_gru_run, train=False) if _inference(args) else _EagerGRU.apply
+        fn = partial(_gru_run, train=False) if is_inference(args) else _EagerGRU.apply
     y, h_n, _ = fn(*args)
     return y, h_n

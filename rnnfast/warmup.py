@@ -120,7 +120,7 @@ def warmup(dtypes=(torch.float32, torch.float64), parallel=True, out=sys.stdout,
                     t = time.perf_counter()
                     call()
                     s = time.perf_counter() - t
-                    done.append((name, str(dt).replace("torch.", ""), variant, s))
+                    done.append((name, _dtype_name(dt), variant, s))
                     print(f"  {name:12s} {done[-1][1]:8s} {variant:8s} {s:7.1f} s",
                           file=out, flush=True)
         if parallel and CACHE:
@@ -216,7 +216,8 @@ def _write_marker(cell, dtype):
 class _Job:
     def __init__(self, key):
         self.key, self.proc, self.started, self.log = key, None, None, None
-        self.owner = os.getpid()  # a forked process inherits the job, not the child
+        self.owner = None  # the pid that spawned it: a forked process inherits the job,
+        # not the child
 
 
 _LOCK = threading.Lock()
