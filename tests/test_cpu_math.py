@@ -48,12 +48,49 @@ def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
     a, b = _rand(rng, (M, K), dt), _rand(rng, (K, N), dt)
     big = np.full((M + 2, N + 19), np.nan, dtype=dt)
     c_off, ldc = 1 * big.shape[1] + 3, big.shape[1]
-    gemm._gemm(a, 0, K, 1, M, K, gemm.pack_b(b), N, big, c_off, ldc, 0, big.reshape(-1)[:0])
+    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, big, c_off, ldc, 0, big.reshape(-1)[:0])
     ref = a.astype(np.float64) @ b.astype(np.float64)
     _check("C", big[1:M + 1, 3:N + 3], ref, dt, K)
     outside = np.ones(big.shape, dtype=bool)
     outside[1:M + 1, 3:N + 3] = False
     assert np.isnan(big[outside]).all(), "the tile wrote outside C"
+
+
+@njit
+def _mm_into(a, bp, c, ap):
+    gemm.mm_into(a, bp, c, ap)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("M,K,N", [(1, 7, 33), (6, 64, 64), (24, 37, 148), (37, 300, 17),
+                                   (61, 257, 130), (200, 40, 20)])
+def test_packed_a_is_bitwise_the_plain_product(dt, M, K, N):
+    """A packed tile-major (pack_a, read with a_ts = K) gives bitwise the product of A
+    read in place, for every row-tile remainder; mm_into with a scratch made for more
+    rows than it gets (the active prefix of a packed batch) does too, and where the
+    ISA does not pack (PACK_A off, or too few rows) it leaves the scratch alone."""
+    from rnnfast.kernels.numba.tile import MR
+    rng = np.random.default_rng(M + K + N)
+    a, b = _rand(rng, (M, K), dt), _rand(rng, (K, N), dt)
+    bp = gemm.pack_b(b)
+    plain = np.full((M, N), np.nan, dtype=dt)
+    gemm._gemm(a, 0, K, 1, K, M, K, bp, N, plain, 0, N, 0, plain.reshape(-1)[:0])
+    ap = np.full((M + MR - 1) // MR * MR * K, np.nan, dtype=dt)
+    gemm.pack_a(a, ap)
+    packed = np.full((M, N), np.nan, dtype=dt)
+    gemm._gemm(ap, 0, 1, MR, K, M, K, bp, N, packed, 0, N, 0, packed.reshape(-1)[:0])
+    assert np.array_equal(plain, packed)
+    _check("C", packed, a.astype(np.float64) @ b, dt, K)
+    big = np.vstack([a, a[:5]])  # scratch sized for more rows than the product gets
+    scratch = gemm.a_scratch(big)
+    assert scratch.shape[0] == ((M + 5 + MR - 1) // MR * MR * K
+                                if gemm.PACK_A and M + 5 >= gemm.PACK_A_MIN_ROWS else 0)
+    scratch[:] = np.nan
+    c = np.full((M, N), np.nan, dtype=dt)
+    _mm_into(a, bp, c, scratch)
+    assert np.array_equal(plain, c)
+    if not (gemm.PACK_A and M >= gemm.PACK_A_MIN_ROWS):
+        assert np.isnan(scratch).all()
 
 
 @pytest.mark.parametrize("dt", DTYPES)
@@ -72,10 +109,10 @@ def test_gemm_beta_and_bias(dt):
     bias, c0 = _rand(rng, (N,), dt), _rand(rng, (M, N), dt)
     ref = a.astype(np.float64) @ b
     c = c0.copy()
-    gemm._gemm(a, 0, K, 1, M, K, gemm.pack_b(b), N, c, 0, N, 1, c.reshape(-1)[:0])
+    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, c, 0, N, 1, c.reshape(-1)[:0])
     _check("C += A @ B", c, c0.astype(np.float64) + ref, dt, K)
     c = np.full((M, N), np.nan, dtype=dt)
-    gemm._gemm(a, 0, K, 1, M, K, gemm.pack_b(b), N, c, 0, N, 0, bias)
+    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, c, 0, N, 0, bias)
     _check("C = A @ B + bias", c, ref + bias, dt, K)
 
 

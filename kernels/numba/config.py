@@ -31,6 +31,7 @@ class Isa(NamedTuple):
     fma: bool  # fused multiply-add instructions (else multiply, then add)
     mr: int  # GEMM register tile: rows of A (broadcast scalars)
     nv: int  # ... and vectors of B per row; mr * nv accumulators
+    pack_a: bool  # the per-step product copies A into tile-major panels first (gemm.py)
 
     def lanes(self, itemsize):
         """Vector lanes for elements of ``itemsize`` bytes."""
@@ -41,11 +42,17 @@ class Isa(NamedTuple):
 # broadcast of A (+ one product without FMA): 24 + 4 + 1 of 32 (AVX-512, NEON),
 # 12 + 2 + 1 of 16 (AVX2), 8 + 2 + 2 of 16 (SSE2: two-operand instructions, so the
 # broadcast is copied before each multiply).
+#
+# pack_a: whether the per-step product packs A (gemm.mm_into). Measured on the 2 GHz Xeon
+# (Skylake-SP), one thread, [32 x 512] @ [512 x 1536] and [32 x 1536] @ [1536 x 512]
+# float32, both drivers in one process: AVX2 +12-25%, SSE2 +7-10%, AVX-512 -3 to -9%
+# (its 6 broadcasts per 4 vectors of B are no bottleneck). NEON: not measured; it
+# follows the AVX-512 shape.
 ISAS = {
-    "avx512": Isa("avx512", 512, 32, True, 6, 4),
-    "avx2": Isa("avx2", 256, 16, True, 6, 2),
-    "sse2": Isa("sse2", 128, 16, False, 4, 2),
-    "neon": Isa("neon", 128, 32, True, 6, 4),
+    "avx512": Isa("avx512", 512, 32, True, 6, 4, False),
+    "avx2": Isa("avx2", 256, 16, True, 6, 2, True),
+    "sse2": Isa("sse2", 128, 16, False, 4, 2, True),
+    "neon": Isa("neon", 128, 32, True, 6, 4, False),
 }
 
 _PROBE = """

@@ -41,7 +41,7 @@ from .._check import check_backward_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
-from .gemm import mm_into, panels
+from .gemm import a_scratch, mm_into, panels
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
@@ -57,13 +57,14 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save, b
     G4 = 4 * H
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running h
+    h_pk = a_scratch(h)  # h packed for the product (gemm.mm_into)
     copy_rows(h, 0, h0, b0, b1 - b0)
     gh = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = T - 1 - s if reverse else s
         na = active_rows(lengths, b0, b1, t, prefix)
-        mm_into(h[:na], w_hh_t, gh[:na])
+        mm_into(h[:na], w_hh_t, gh[:na], h_pk)
         for rr in range(nb):
             b = b0 + rr
             row = t * B + b  # flat row of [T, B, *]
@@ -108,6 +109,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
     dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] total gradient reaching h_t
     copy_rows(dh, 0, dh_n, b0, b1 - b0)
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] this step's dgh rows
+    dz_pk = a_scratch(dz)
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dgh @ W_hh
     sq = np.empty(H, dtype=dy.dtype)  # [H] per-unit sums of squares (this step, my rows)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
@@ -161,7 +163,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
         for p in range(H):
             acc += np.float64(sq[p])
         sqsum[t] = acc
-        mm_into(dz[:na], w_hh, back[:na])
+        mm_into(dz[:na], w_hh, back[:na], dz_pk)
         for rr in range(na):
             if t < lengths[b0 + rr]:
                 for j in range(0, H, L):

@@ -36,7 +36,7 @@ from .._check import check_backward_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
-from .gemm import mm_into, panels
+from .gemm import a_scratch, mm_into, panels
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
@@ -54,17 +54,19 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
     proj = w_hr_t.shape[0] > 0
     nb = b1 - b0
     h = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] running h
+    h_pk = a_scratch(h)  # h packed for the product (gemm.mm_into)
     c = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running c
     copy_rows(h, 0, h0, b0, b1 - b0)
     copy_rows(c, 0, c0, b0, b1 - b0)
     z = np.empty((nb, G), dtype=xp.dtype)  # [nb, G] h_{t-1} @ W_hh^T
     r = np.zeros((nb, H), dtype=xp.dtype)  # [nb, H] o * tanh(c)
+    r_pk = a_scratch(r if proj else r[:0])
     hp = np.empty((nb, P), dtype=xp.dtype)  # [nb, P] r @ W_hr^T
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = T - 1 - s if reverse else s
         na = active_rows(lengths, b0, b1, t, prefix)
-        mm_into(h[:na], w_hh_t, z[:na])
+        mm_into(h[:na], w_hh_t, z[:na], h_pk)
         for rr in range(nb):
             b = b0 + rr
             row = t * B + b  # flat row of [T, B, *]
@@ -102,7 +104,7 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                     for p in range(P):
                         y[t, b, p] = 0
         if proj:  # h_t = r_t @ W_hr^T
-            mm_into(r[:na], w_hr_t, hp[:na])
+            mm_into(r[:na], w_hr_t, hp[:na], r_pk)
             for rr in range(nb):
                 b = b0 + rr
                 if t < lengths[b]:
@@ -134,6 +136,8 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
     # [nb, H] the gradient reaching r_t = o * tanh(c_t): dh @ W_hr, or dh itself
     dr = np.empty((nb, H), dtype=dy.dtype) if proj else dh
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] pre-activation gate gradients
+    dz_pk = a_scratch(dz)  # packed for the products (gemm.mm_into)
+    dh_pk = a_scratch(dh if proj else dh[:0])
     back = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] dz @ W_hh
     sq = np.empty(P, dtype=dy.dtype)  # [P] per-unit sums of squares (this step, my rows)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
@@ -162,7 +166,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             acc += np.float64(sq[p])
         sqsum[t] = acc
         if proj:
-            mm_into(dh[:na], w_hr, dr[:na])
+            mm_into(dh[:na], w_hr, dr[:na], dh_pk)
         for rr in range(nb):
             b = b0 + rr
             row = t * B + b
@@ -198,7 +202,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                 for k in range(G):
                     dz[rr, k] = 0
                     dxp[t, b, k] = 0
-        mm_into(dz[:na], w_hh, back[:na])
+        mm_into(dz[:na], w_hh, back[:na], dz_pk)
         for rr in range(na):
             if t < lengths[b0 + rr]:
                 for p in range(P):

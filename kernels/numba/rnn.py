@@ -29,7 +29,7 @@ from .._check import check_backward_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import INLINE, JIT, JIT_PARALLEL
-from .gemm import mm_into, panels
+from .gemm import a_scratch, mm_into, panels
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
@@ -63,13 +63,14 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
     L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
+    h_pk = a_scratch(h)  # h packed for the product (gemm.mm_into)
     z = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] h_{t-1} @ W_hh^T
     copy_rows(h, 0, h0, b0, b1 - b0)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = T - 1 - s if reverse else s
         na = active_rows(lengths, b0, b1, t, prefix)
-        mm_into(h[:na], w_hh_t, z[:na])
+        mm_into(h[:na], w_hh_t, z[:na], h_pk)
         for r in range(nb):
             b = b0 + r
             row = t * B + b  # flat row of [T, B, H]
@@ -96,6 +97,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
     nb = b1 - b0
     dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient reaching h_t
     dz = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient of the pre-activation
+    dz_pk = a_scratch(dz)
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dz @ W_hh
     # Per-unit sums of squares keep the norm's inner loop free of a serial reduction.
     sq = np.empty(H, dtype=dy.dtype)  # [H] (per step: a sum over this thread's rows)
@@ -124,7 +126,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
         for p in range(sq.shape[0]):
             acc += np.float64(sq[p])
         sqsum[t] = acc
-        mm_into(dz[:na], w_hh, back[:na])
+        mm_into(dz[:na], w_hh, back[:na], dz_pk)
         for r in range(na):
             if t < lengths[b0 + r]:
                 for j in range(H):
