@@ -10,8 +10,13 @@ alternates them (torch.nn, rnnfast, torch.nn, ...) for up to ``--reps`` rounds (
 5, stopping after ``--budget`` seconds) and prints the two medians (ms) and their ratio
 (> 1: rnnfast faster), then one JSON line of every ratio. fwdbwd: ``y, _ = m(x);
 y.sum().backward()`` (x needs no grad); fwd: ``m(x)`` under ``torch.no_grad()``.
-Run it once per checkout (each with its own install or import path) to compare commits;
-``python -m bench`` is the full report.
+Run it once per checkout to compare commits; ``python -m bench`` is the full report.
+Each checkout needs its own install: with another checkout installed in editable mode,
+running from a copy's directory imports that copy's ``rnnfast`` but the installed
+checkout's ``rnnfast.kernels`` (setuptools' editable finder maps the package there), so
+both runs would time the same kernels. ``ln -s ../kernels rnnfast/kernels`` in the copy
+(not in the repository) makes the copy import its own kernels. The first line printed
+says where both came from, and the run stops when they are from different checkouts.
 """
 
 import argparse
@@ -48,6 +53,16 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per point")
     ap.add_argument("--tag", default="")
     a = ap.parse_args(argv)
+    import os
+
+    import rnnfast.kernels
+    here = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.__file__)))
+    kern = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.kernels.__file__)))
+    print(f"{a.tag} rnnfast from {here}, kernels from {kern}", flush=True)
+    if here != kern:
+        raise SystemExit("bench.ab: rnnfast and rnnfast.kernels come from different "
+                         "checkouts (an editable install elsewhere?): install this one, "
+                         "or link its rnnfast/kernels to ../kernels")
     torch.manual_seed(0)
     ratios = {}
     for cell in a.cells.split(","):
