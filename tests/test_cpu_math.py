@@ -75,7 +75,7 @@ def test_packed_a_is_bitwise_the_plain_product(dt, M, K, N):
     bp = gemm.pack_b(b)
     plain = np.full((M, N), np.nan, dtype=dt)
     gemm._gemm(a, 0, K, 1, K, M, K, bp, N, plain, 0, N, 0, plain.reshape(-1)[:0])
-    ap = np.full((M + MR - 1) // MR * MR * K, np.nan, dtype=dt)
+    ap = np.full(((M + MR - 1) // MR * MR, K), np.nan, dtype=dt)
     gemm.pack_a(a, ap)
     packed = np.full((M, N), np.nan, dtype=dt)
     gemm._gemm(ap, 0, 1, MR, K, M, K, bp, N, packed, 0, N, 0, packed.reshape(-1)[:0])
@@ -83,8 +83,8 @@ def test_packed_a_is_bitwise_the_plain_product(dt, M, K, N):
     _check("C", packed, a.astype(np.float64) @ b, dt, K)
     big = np.vstack([a, a[:5]])  # scratch sized for more rows than the product gets
     scratch = gemm.a_scratch(big)
-    assert scratch.shape[0] == ((M + 5 + MR - 1) // MR * MR * K
-                                if gemm.PACK_A and M + 5 >= gemm.PACK_A_MIN_ROWS else 0)
+    assert scratch.shape == ((M + 5 + MR - 1) // MR * MR
+                             if gemm.PACK_A and M + 5 >= gemm.PACK_A_MIN_ROWS else 0, K)
     scratch[:] = np.nan
     c = np.full((M, N), np.nan, dtype=dt)
     _mm_into(a, bp, c, scratch)

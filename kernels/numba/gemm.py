@@ -128,27 +128,39 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
 
 
 @njit(**_INLINE)
+def _plain_ints(n):
+    """0 and 1 typed as plain integers: a literal 0 or 1 in a call makes numba compile
+    the callee once more for that literal, and _gemm (with its tile) is the costliest
+    function to compile; its callers pass these so they share one specialisation."""
+    zero = n - n
+    return zero, zero + 1
+
+
+@njit(**_INLINE)
 def a_scratch(a):
     """The buffer :func:`mm_into` packs a [M, K] (or any first M rows of it) into:
-    [ceil(M / MR) * MR * K] of a's dtype where the ISA packs and M is large enough,
-    else empty. Allocate it once, outside the time loop."""
+    [ceil(M / MR) * MR, K] of a's dtype where the ISA packs and M is large enough, else
+    [0, K]. Allocate it once, outside the time loop. (2-D like a, so that the packed
+    product compiles the same _gemm specialisation as the plain one.)"""
     M, K = a.shape
-    n = (M + MR - 1) // MR * MR * K if PACK_A and M >= PACK_A_MIN_ROWS else 0
-    return np.empty(n, dtype=a.dtype)
+    rows = (M + MR - 1) // MR * MR if PACK_A and M >= PACK_A_MIN_ROWS else 0
+    return np.empty((rows, K), dtype=a.dtype)
 
 
 @njit(**_INLINE)
 def pack_a(a, ap):
-    """a [M, K] -> ap, tile-major: rows r0 .. r0 + MR - 1 (r0 = t * MR) as [K, MR] at
-    ap[r0 * K:], so A[r, k] is at (r - r % MR) * K + k * MR + r % MR. The last tile's
-    rows past M are not written (the tile reads only its mr rows)."""
+    """a [M, K] -> ap (C-contiguous, >= ceil(M / MR) * MR * K elements), tile-major:
+    rows r0 .. r0 + MR - 1 (r0 = t * MR) as [K, MR] from flat offset r0 * K, so A[r, k]
+    is at (r - r % MR) * K + k * MR + r % MR. The last tile's rows past M are not
+    written (the tile reads only its mr rows)."""
     M, K = a.shape
+    flat = ap.reshape(ap.size)
     for r0 in range(0, M, MR):
         mr = min(MR, M - r0)
         base = r0 * K
         for k in range(K):
             for r in range(mr):
-                ap[base + k * MR + r] = a[r0 + r, k]
+                flat[base + k * MR + r] = a[r0 + r, k]
 
 
 @njit(**_INLINE)
@@ -159,11 +171,17 @@ def mm_into(a, bp, c, ap):
     order either way: bitwise the same c."""
     M, K = a.shape
     N = c.shape[1]
-    if PACK_A and M >= PACK_A_MIN_ROWS and K > 0 and ap.shape[0] >= (M + MR - 1) // MR * MR * K:
-        pack_a(a, ap)
-        _gemm(ap, 0, 1, MR, K, M, K, bp, N, c, 0, N, 0, c.reshape(c.size)[:0])
+    zero, one = _plain_ints(M)
+    packed = False
+    if PACK_A:  # a constant: pruned where the ISA does not pack
+        packed = M >= PACK_A_MIN_ROWS and K > 0 and ap.shape[0] * ap.shape[1] >= \
+            (M + MR - 1) // MR * MR * K
+        if packed:
+            pack_a(a, ap)
+    if packed:
+        _gemm(ap, zero, one, one * MR, K, M, K, bp, N, c, zero, N, zero, c.reshape(c.size)[:0])
     else:
-        _gemm(a, 0, K, 1, K, M, K, bp, N, c, 0, N, 0, c.reshape(c.size)[:0])
+        _gemm(a, zero, K, one, K, M, K, bp, N, c, zero, N, zero, c.reshape(c.size)[:0])
 
 
 @njit(**_INLINE)
@@ -288,7 +306,8 @@ def _project_part(x, wp, bias, xp, p, nparts):
     N, I = x.shape
     G = xp.shape[1]
     r0, r1 = _part(N, p, nparts)
-    _gemm(x, r0 * I, I, 1, I, r1 - r0, I, wp, G, xp, r0 * G, G, 0, bias)
+    zero, one = _plain_ints(N)
+    _gemm(x, r0 * I, I, one, I, r1 - r0, I, wp, G, xp, r0 * G, G, zero, bias)
 
 
 @njit(**JIT)
@@ -342,7 +361,8 @@ def _layer_grads_part(dxp, dgh, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db_
     if dx.shape[0] == N:
         I = dx.shape[1]
         r0, r1 = _part(N, p, nparts)
-        _gemm(dxp, r0 * G, G, 1, G, r1 - r0, G, w_p, I, dx, r0 * I, I, 0,
+        zero, one = _plain_ints(N)
+        _gemm(dxp, r0 * G, G, one, G, r1 - r0, G, w_p, I, dx, r0 * I, I, zero,
               dx.reshape(dx.size)[:0])
 
 

@@ -17,13 +17,22 @@ One intrinsic, :func:`tile`, covers every tile shape the drivers need::
     C[r, n : n + nn] (= or +=) sum_k A[r, k] * Bm[k, n : n + nn]    r < mr <= MR, k < K
 
 with element offsets and strides for each operand (so A may be read transposed, and
-operands may be views), nn = up to NV vectors of L lanes (the last one's lanes past
-nlast are neither loaded from C nor stored, so any N works; Bm is read in whole
-vectors: the caller pads it, as gemm.pack_b does, or passes nlast = L). The k loop
-keeps mr * nv accumulators in registers, loads nv vectors of Bm and broadcasts mr
-scalars of A per k, and multiplies with fused multiply-adds (a multiply and an add
-without FMA) in a fixed order: results are bitwise reproducible and do not depend on
-how a caller splits rows across threads.
+operands may be views), nn = up to NV vectors of L lanes (C's columns past nn are
+neither loaded nor stored, so any N works). The k loop keeps mr * nv accumulators in
+registers, loads nv whole vectors of Bm and broadcasts mr scalars of A per k, and
+multiplies with fused multiply-adds (a multiply and an add without FMA) in a fixed
+order: results are bitwise reproducible and do not depend on how a caller splits rows
+across threads.
+
+Arms: the intrinsic is a switch over compiled tile shapes, and every kernel that links
+it compiles every arm again, so the arms are a compile-time budget. There is one arm
+per row count at the full NV vectors, and one per vector count at the full MR rows:
+MR + NV - 1 arms (9 on AVX-512, 7 on AVX2), not MR x NV (24, 12). A tile that is short
+in both (a row remainder in a narrow last panel) runs the NV-vector arm of its rows on
+the padding columns too and discards them. That is why Bm is read in NV whole vectors
+and its panels must be padded to NV * L columns, as gemm.pack_b, pack_bt and the
+weight-gradient packing do. Measured: the ReLU-RNN cell's cold compile went from 41-42
+to 29-31 CPU-s with one arm per row count (the corner rule adds three arms back).
 
 The tile's shape is the ISA's (config.ISAS): MR x NV = 6 x 4 of 32 registers on
 AVX-512 and NEON, 6 x 2 of 16 on AVX2, 4 x 2 of 16 on SSE2: accumulators, B vectors
@@ -43,11 +52,13 @@ MR = ISA.mr  # rows of A per register tile (row broadcasts)
 NV = ISA.nv  # vectors of Bm per register tile (columns: NV * lanes)
 
 
-def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, mask,
+def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, nn,
                beta, bias, use_bias):
-    """IR for one mr x nv tile of vector kind ``kind`` (vec.KINDS); a, bm, c, bias are
-    element pointers at the tile's origin. The accumulators start at zero, or at the
-    bias row when use_bias != 0."""
+    """IR for one mr x nv tile of vector kind ``kind`` (vec.KINDS) whose first nn
+    columns (1..nv * lanes) are C's; a, bm, c, bias are element pointers at the tile's
+    origin. The accumulators start at zero, or at the bias row when use_bias != 0.
+    The k loop runs all nv vectors on whole vectors of Bm; C and the bias are read and
+    written only in their nn columns (masked where nn < nv * lanes)."""
     vt, L = kind.ir_type, kind.lanes
     vptr = vt.as_pointer()
     i32, i1 = ir.IntType(32), ir.IntType(1)
@@ -58,18 +69,15 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
                      [vt, vptr, i32, ir.VectorType(i1, L)])
     zero = ir.Constant(vt, [0.0] * L)
     intp = a_rs.type
+    # lanes of vector v that are C's: column v * L + lane < nn
+    masks = [ir_lane_mask(builder, builder.sub(nn, intp(v * L)), L) for v in range(nv)]
 
     def vec_ptr(base, off):
         return builder.bitcast(builder.gep(base, [off]), vptr)
 
-    def load(base, off, last):
-        p = vec_ptr(base, off)
-        if last:
-            return builder.call(mload, [p, align, mask, zero])
-        return builder.load(p, align=align.constant)
-
     with_bias = builder.icmp_signed("!=", use_bias, ir.Constant(use_bias.type, 0))
-    init = [builder.select(with_bias, load(bias, intp(v * L), v == nv - 1), zero)
+    init = [builder.select(with_bias, builder.call(mload, [vec_ptr(bias, intp(v * L)), align,
+                                                           masks[v], zero]), zero)
             for v in range(nv)]
     accs = [[cgutils.alloca_once(builder, vt) for _ in range(nv)] for _ in range(mr)]
     for r in range(mr):
@@ -80,7 +88,8 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
         brow = builder.mul(k, ldb)
         # whole vectors: a masked load would cost a mask register (AVX2) or a
         # branch per lane (SSE2) in the loop
-        bv = [load(bm, builder.add(brow, intp(v * L)), False) for v in range(nv)]
+        bv = [builder.load(vec_ptr(bm, builder.add(brow, intp(v * L))), align=align.constant)
+              for v in range(nv)]
         acol = builder.mul(k, a_ks)
         for r in range(mr):
             s = builder.load(builder.gep(a, [builder.add(acol, builder.mul(intp(r), a_rs))]))
@@ -89,18 +98,26 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
                 builder.store(ir_fma(builder, kind, splat, bv[v], builder.load(accs[r][v])),
                               accs[r][v])
     add_old = builder.icmp_signed("!=", beta, ir.Constant(beta.type, 0))
-    for r in range(mr):
-        crow = builder.mul(intp(r), ldc)
-        for v in range(nv):
-            off = builder.add(crow, intp(v * L))
-            acc = builder.load(accs[r][v])
-            old = load(c, off, v == nv - 1)
-            val = builder.select(add_old, builder.fadd(acc, old), acc)
-            p = vec_ptr(c, off)
-            if v == nv - 1:
-                builder.call(mstore, [val, p, align, mask])
-            else:
-                builder.store(val, p, align=align.constant)
+    full = builder.icmp_signed("==", nn, intp(nv * L))
+    with builder.if_else(full) as (whole, part):
+        with whole:  # every column is C's: plain loads and stores
+            for r in range(mr):
+                crow = builder.mul(intp(r), ldc)
+                for v in range(nv):
+                    p = vec_ptr(c, builder.add(crow, intp(v * L)))
+                    acc = builder.load(accs[r][v])
+                    old = builder.load(p, align=align.constant)
+                    builder.store(builder.select(add_old, builder.fadd(acc, old), acc), p,
+                                  align=align.constant)
+        with part:  # C's last columns: masked loads and stores
+            for r in range(mr):
+                crow = builder.mul(intp(r), ldc)
+                for v in range(nv):
+                    p = vec_ptr(c, builder.add(crow, intp(v * L)))
+                    acc = builder.load(accs[r][v])
+                    old = builder.call(mload, [p, align, masks[v], zero])
+                    builder.call(mstore, [builder.select(add_old, builder.fadd(acc, old), acc),
+                                          p, align, masks[v]])
 
 
 @intrinsic
@@ -113,11 +130,11 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
     with the element offsets a_off, b_off, c_off and strides in elements: A[r, k] at
     a_off + r * a_rs + k * a_ks, Bm[k, j] at b_off + k * ldb + j, C[r, j] at
     c_off + r * ldc + j). 1 <= mr <= MR rows, 1 <= nv <= NV vectors, the last holding
-    nlast (1..lanes) valid columns of C; Bm's rows are read in nv whole vectors (pad
-    them). k_len >= 0 terms. Nothing is bounds-checked: the drivers in gemm.py own the
-    index arithmetic. bias: an array of the same dtype, read
-    at bias_off + j for the tile's columns only when use_bias != 0 (else any array
-    with nv vectors readable there: the loads are made, their values discarded).
+    nlast (1..lanes) valid columns of C: nn = (nv - 1) * lanes + nlast columns. Bm's
+    rows are read in up to NV whole vectors (pad its panels to NV * lanes). k_len >= 0
+    terms. Nothing is bounds-checked: the drivers in gemm.py own the index arithmetic.
+    bias: an array of the same dtype, read (masked) at bias_off + j for the tile's nn
+    columns, and used only when use_bias != 0.
     """
     dt = a.dtype
     if not all(isinstance(x, types.Array) and x.dtype == dt for x in (a, bm, c, bias)) or \
@@ -143,20 +160,21 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
         pb = data(b_arr, sig.args[4], b_off)
         pc = data(c_arr, sig.args[7], c_off)
         pbias = data(bias_arr, sig.args[15], bias_off)
-        mask = ir_lane_mask(builder, nlast, kind.lanes)
+        nn = builder.add(builder.mul(builder.sub(nv, intp(1)), intp(kind.lanes)), nlast)
         align = kind.ir_elem.get_abi_size(context.target_data)
-        # One case per (mr, nv): a switch on mr * 8 + nv, each arm a complete tile.
+        # The arms (see the module docstring): (m, NV) for every m, run on the first nn
+        # columns; and (MR, n) for n < NV, the full rows of a narrow last panel.
+        nv_arm = builder.select(builder.icmp_signed("==", mr, intp(MR)), nv, intp(NV))
         end = builder.append_basic_block("tile.end")
-        sel = builder.add(builder.mul(mr, intp(8)), nv)
-        sw = builder.switch(sel, end)
-        for m in range(1, MR + 1):
-            for n in range(1, NV + 1):
-                bb = builder.append_basic_block(f"tile.{m}x{n}")
-                sw.add_case(intp(m * 8 + n), bb)
-                builder.position_at_end(bb)
-                _emit_tile(builder, kind, align, m, n, pa, a_rs, a_ks, pb, ldb, pc, ldc,
-                           k_len, mask, beta, pbias, use_bias)
-                builder.branch(end)
+        sw = builder.switch(builder.add(builder.mul(mr, intp(8)), nv_arm), end)
+        arms = [(m, NV) for m in range(1, MR + 1)] + [(MR, n) for n in range(1, NV)]
+        for m, n in arms:
+            bb = builder.append_basic_block(f"tile.{m}x{n}")
+            sw.add_case(intp(m * 8 + n), bb)
+            builder.position_at_end(bb)
+            _emit_tile(builder, kind, align, m, n, pa, a_rs, a_ks, pb, ldb, pc, ldc,
+                       k_len, nn, beta, pbias, use_bias)
+            builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
 
