@@ -98,26 +98,28 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
                 builder.store(ir_fma(builder, kind, splat, bv[v], builder.load(accs[r][v])),
                               accs[r][v])
     add_old = builder.icmp_signed("!=", beta, ir.Constant(beta.type, 0))
+
+    def update_c(masked):
+        """C (+)= the accumulators: every vector whole, or each under its lane mask."""
+        for r in range(mr):
+            crow = builder.mul(intp(r), ldc)
+            for v in range(nv):
+                p = vec_ptr(c, builder.add(crow, intp(v * L)))
+                acc = builder.load(accs[r][v])
+                old = builder.call(mload, [p, align, masks[v], zero]) if masked else \
+                    builder.load(p, align=align.constant)
+                val = builder.select(add_old, builder.fadd(acc, old), acc)
+                if masked:
+                    builder.call(mstore, [val, p, align, masks[v]])
+                else:
+                    builder.store(val, p, align=align.constant)
+
     full = builder.icmp_signed("==", nn, intp(nv * L))
     with builder.if_else(full) as (whole, part):
         with whole:  # every column is C's: plain loads and stores
-            for r in range(mr):
-                crow = builder.mul(intp(r), ldc)
-                for v in range(nv):
-                    p = vec_ptr(c, builder.add(crow, intp(v * L)))
-                    acc = builder.load(accs[r][v])
-                    old = builder.load(p, align=align.constant)
-                    builder.store(builder.select(add_old, builder.fadd(acc, old), acc), p,
-                                  align=align.constant)
+            update_c(False)
         with part:  # C's last columns: masked loads and stores
-            for r in range(mr):
-                crow = builder.mul(intp(r), ldc)
-                for v in range(nv):
-                    p = vec_ptr(c, builder.add(crow, intp(v * L)))
-                    acc = builder.load(accs[r][v])
-                    old = builder.call(mload, [p, align, masks[v], zero])
-                    builder.call(mstore, [builder.select(add_old, builder.fadd(acc, old), acc),
-                                          p, align, masks[v]])
+            update_c(True)
 
 
 @intrinsic
