@@ -21,6 +21,7 @@ says where both came from, and the run stops when they are from different checko
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -53,8 +54,6 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per point")
     ap.add_argument("--tag", default="")
     a = ap.parse_args(argv)
-    import os
-
     import rnnfast.kernels
     here = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.__file__)))
     kern = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.kernels.__file__)))
