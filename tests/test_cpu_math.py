@@ -149,7 +149,7 @@ def test_long_reduction_error_stays_small():
 @pytest.mark.parametrize("provider", ["numba", "torch"])
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (5, 3, 37, 9), (40, 8, 64, 64),
-                                     (150, 8, 5, 3)])  # torch: 1200 rows, two blocks
+                                     (300, 7, 5, 3)])  # torch: 2100 rows, three blocks
 def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
     """The layer GEMMs against torch float64, forward and reversed (with lengths), by
     either provider of the gradient GEMMs (gemm.layer_gemm_provider), and the parallel

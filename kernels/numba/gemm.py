@@ -600,26 +600,39 @@ def _plain_torch():
 
 def _mm_tn_blocked(a, b, a0=None, b0=None):
     """a^T b (+ a0^T b0) for float32 / float64 [N, *] operands: torch.mm over blocks of
-    TORCH_BLOCK_ROWS rows, the blocks' products added in float64 (a float32 sum over
-    thousands of rows drifts past torch.nn's error, whose autograd adds T per-step
-    products). ``RNNFAST_LAYER_GEMM=torch python -m bench --only fidelity --cells
-    gru,rnn_tanh`` (T = 100, B = 16, H = 64, 2026-12-01): dW_hh's float32 error was
-    1.44-1.46x torch.nn's with one torch.mm, 1.30x with 1024-row blocks (1.26x with
-    512, 1.27-1.28x on the numba tile). The float64 adds cost [6400 x 1536]^T
-    [6400 x 512] 85 -> 99 ms at 1024 rows (108 ms at 512). Up to TORCH_BLOCK_ROWS rows
-    the sum is one block in the operands' dtype, the a0^T b0 term added by addmm_: the
-    float64 accumulator, its zeros and its casts had cost an LSTM layer's gradients at
-    T = 35, B = 20, H = 200 (680 rows) 12 ms against 7.4 ms without (2 GHz Xeon)."""
+    TORCH_BLOCK_ROWS rows, the blocks' products added pairwise (a float32 sum over
+    thousands of rows in one torch.mm drifts past torch.nn's error, whose autograd adds
+    T per-step products). ``RNNFAST_LAYER_GEMM=torch python -m bench --only fidelity
+    --cells gru,rnn_tanh`` (T = 100, B = 16, H = 64, 2026-12-01): dW_hh's float32 error
+    was 1.44-1.46x torch.nn's with one torch.mm, 1.30x with 1024-row blocks added in
+    float64 (1.26x with 512, 1.27-1.28x on the numba tile).
+
+    The blocks' products are added in the operands' dtype, pairwise (a binary counter:
+    at most log2(blocks) partial sums alive), which adds log2(blocks) roundings to each
+    entry where the float64 sum added one: on [6400 x 1536]^T [6400 x 512] the
+    relative error (against float64) went 3.385e-7 -> 3.416e-7 (one torch.mm: 3.561e-7),
+    and the call 235 -> 197 ms; [64000 x 256]^T [64000 x 64] 2.83e-7 -> 2.91e-7 and
+    172 -> 100 ms (/tmp/tb/pair.py, 2 GHz Xeon, 2026-12-01): torch's float32 + float64
+    adds, the float64 zeros and the cast back were the cost. Up to TORCH_BLOCK_ROWS rows
+    the sum is one torch.mm (the a0^T b0 term added by addmm_): an LSTM layer's
+    gradients at T = 35, B = 20, H = 200 (680 rows) took 12 ms with the float64
+    accumulator and 7.4 ms without."""
     N = a.shape[0]
     out = torch.mm(a0.t(), b0) if a0 is not None else None
-    if N <= TORCH_BLOCK_ROWS:  # one block: no float64 accumulator, its zeros and casts
+    if N <= TORCH_BLOCK_ROWS:
         return torch.mm(a.t(), b) if out is None else out.addmm_(a.t(), b)
-    acc = torch.zeros((a.shape[1], b.shape[1]), dtype=torch.float64)
-    if out is not None:
-        acc += out
+    partial = []  # (level, the sum of 2^level consecutive blocks' products)
     for r in range(0, N, TORCH_BLOCK_ROWS):
-        acc += torch.mm(a[r:r + TORCH_BLOCK_ROWS].t(), b[r:r + TORCH_BLOCK_ROWS])
-    return acc.to(a.dtype)
+        s = torch.mm(a[r:r + TORCH_BLOCK_ROWS].t(), b[r:r + TORCH_BLOCK_ROWS])
+        level = 0
+        while partial and partial[-1][0] == level:
+            s = partial.pop()[1].add_(s)
+            level += 1
+        partial.append((level, s))
+    s = partial.pop()[1]
+    while partial:
+        s = partial.pop()[1].add_(s)
+    return s if out is None else s.add_(out)
 
 
 def _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_dx,
