@@ -281,7 +281,7 @@ class _FusedRNNBase(nn.RNNBase):
         if batch_sizes is not None:
             idx, lengths = _packed_index(batch_sizes, input.device)
             T, B = len(batch_sizes), int(batch_sizes[0])
-            x = input.new_zeros((T * B, input.shape[1])).index_copy(0, idx, input)
+            x = input.new_zeros((T * B, input.shape[1])).index_copy_(0, idx, input)
             x = x.view(T, B, -1)
         else:
             lengths = None

@@ -121,13 +121,120 @@ def _bias_grads(has_bias, db_ih, db_hh):
     return (db_ih, db_hh) if has_bias else (None, None)
 
 
+# ---------------------------------------------------------------- packed batches' rows
+
+# The layer GEMMs of a packed batch run over its active rows only when they are at most
+# this fraction of the padded T * B rows. Each gathered row costs a copy of its x, xp /
+# dxp and h_{t-1} (~11 KB for an LSTM at H = 128) against the ~0.4 MFLOP of GEMM work
+# it saves, ~5x the copy's time here: below ~0.85 the gather pays.
+PACKED_ROWS_MAX_FRACTION = 0.85
+# What the inactive rows of an uninitialised projection buffer hold (None: whatever
+# torch.empty gives). The tests set NaN to prove the numba kernels never read them.
+UNREAD_ROWS_FILL = None
+
+
+class _ActiveRows:
+    """The rows of a [T, B] time-major padded batch that a packed batch holds (t <
+    lengths[b]), for running the layer GEMMs over them alone (issue 13: a packed batch
+    costs its tokens). The recurrence kernels read and write only these rows (an
+    inactive row's y and dxp are written as 0, its xp is never read), so the projection
+    can scatter into an uninitialised buffer on the numba backend.
+
+    idx [M]: the active flat rows in time-major order. prev [M]: the flat row of y that
+    holds each row's h_{t-1} in processing order (t - 1 forward, t + 1 reversed); at a
+    row's first processing step (t = 0, or t = lengths[b] - 1 reversed) h_{t-1} is h0[b]
+    instead: ``first_pos`` [B] are those positions in idx and ``first_b`` [B] their
+    batch rows."""
+
+    def __init__(self, lengths, T, B, reverse, device):
+        t = torch.arange(T).unsqueeze(1)
+        mask = t < lengths.unsqueeze(0)  # [T, B]
+        idx = mask.flatten().nonzero().squeeze(1)
+        tt, bb = idx // B, idx % B
+        first = tt == (lengths[bb] - 1 if reverse else 0)
+        prev = torch.where(first, idx, idx + B if reverse else idx - B)
+        self.first_pos = first.nonzero().squeeze(1)
+        self.first_b = bb[self.first_pos]
+        self.idx, self.prev = idx.to(device), prev.to(device)
+        self.first_pos, self.first_b = self.first_pos.to(device), self.first_b.to(device)
+        self.M, self.T, self.B = idx.shape[0], T, B
+
+    @staticmethod
+    def of(lengths, T, B, reverse, device):
+        """The active rows, or None when the batch is not packed or too full to pay."""
+        if lengths is None or T * B == 0:
+            return None
+        if int(lengths.sum()) > PACKED_ROWS_MAX_FRACTION * T * B:
+            return None
+        return _ActiveRows(lengths, T, B, reverse, device)
+
+    def gather(self, t):
+        """[T, B, *] -> its active rows [M, *] (a copy)."""
+        return t.reshape(self.T * self.B, -1).index_select(0, self.idx)
+
+    def scatter(self, rows, zero):
+        """[M, K] -> [T, B, K]: the rows in place, the inactive rows 0 (or left
+        uninitialised, when not ``zero``)."""
+        K = rows.shape[1]
+        if zero:
+            out = rows.new_zeros((self.T * self.B, K))
+        else:
+            out = rows.new_empty((self.T * self.B, K))
+            if UNREAD_ROWS_FILL is not None:
+                out.fill_(UNREAD_ROWS_FILL)
+        return out.index_copy_(0, self.idx, rows).view(self.T, self.B, K)
+
+    def h_prev(self, y, h0):
+        """[M + 1, P]: row m is h_{t-1} of active row m (from y [T, B, P] or h0 [B, P]);
+        the last row is 0 and never summed (see :func:`_layer_grads`)."""
+        P = y.shape[2]
+        out = y.new_empty((self.M + 1, P))
+        torch.index_select(y.reshape(-1, P), 0, self.prev, out=out[:self.M])
+        out[:self.M].index_copy_(0, self.first_pos, h0.index_select(0, self.first_b))
+        out[self.M].zero_()
+        return out
+
+
+def _project(kern, x, w_ih, bias, lengths, reverse):
+    """The input projection x [T, B, I] @ w_ih^T + bias -> xp [T, B, G], over a packed
+    batch's active rows only when that pays (:class:`_ActiveRows`)."""
+    rows = _ActiveRows.of(lengths, x.shape[0], x.shape[1], reverse, x.device)
+    if rows is None:
+        return kern.project(x, w_ih, bias)
+    xp = kern.project(rows.gather(x).unsqueeze(1), w_ih, bias)  # [M, 1, G]
+    return rows.scatter(xp.squeeze(1), zero=kern.NAME != "numba")
+
+
+def _layer_grads(kern, dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx, dgh=None):
+    """kern.layer_grads, over a packed batch's active rows only when that pays.
+
+    The gathered rows go through the backend's own layer_grads as a batch of one row
+    (T = M, B = 1, forward): its dW_hh pairs dgh row m with y row m - 1 and dgh row 0
+    with h0, so y = h_prev[1:] and h0 = h_prev[:1] make that sum dgh^T h_prev exactly,
+    in the backend's own GEMM (and summation order over the rows)."""
+    T, B = dxp.shape[0], dxp.shape[1]
+    rows = _ActiveRows.of(lengths, T, B, reverse, dxp.device)
+    if rows is None:
+        return kern.layer_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx,
+                                dgh=dgh)
+    hp = rows.h_prev(y, h0)
+    dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(
+        rows.gather(dxp).unsqueeze(1), rows.gather(x).unsqueeze(1), hp[1:].unsqueeze(1),
+        hp[:1], w_ih, None, False, has_bias, need_dx,
+        dgh=rows.gather(dgh).unsqueeze(1) if dgh is not None else None)
+    if need_dx:
+        dx = rows.scatter(dx.squeeze(1), zero=True)
+    return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
 # ---------------------------------------------------------------- Elman RNN
 
 def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
              backend, probe, train):
     """The forward of one Elman RNN layer direction (``train=False``: nothing kept)."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, lengths,
+                  reverse)
     return kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
                         reuse_xp=True, train=train)
 
@@ -151,8 +258,8 @@ def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     kern = _kernels(backend, x, w_hh.shape[1])
     dxp, dh0, norms = kern.rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation,
                                    negative_slope)
-    dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(dxp, x, y, h0, w_ih, lengths,
-                                                      reverse, has_bias, need_dx)
+    dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
+                                                  reverse, has_bias, need_dx)
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
 
 
@@ -217,7 +324,8 @@ def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
               train):
     """The forward of one LSTM layer direction (``train=False``: gates, cs empty)."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    xp = kern.project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, lengths,
+                  reverse)
     return kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp=True,
                          train=train)
 
@@ -243,12 +351,17 @@ def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tens
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
     dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
                                               lengths, reverse)
-    dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(dxp, x, y, h0, w_ih, lengths,
-                                                      reverse, has_bias, need_dx)
+    dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
+                                                  reverse, has_bias, need_dx)
     if w_hr is not None:
         T, B, H = cs.shape
-        r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
-        dw_hr = kern.matmul_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
+        rows = _ActiveRows.of(lengths, T, B, reverse, x.device)
+        if rows is None:
+            r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
+            dw_hr = kern.matmul_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
+        else:  # the active rows alone (an inactive row adds nothing)
+            r = rows.gather(gates[..., 3 * H:]) * torch.tanh(rows.gather(cs))
+            dw_hr = kern.matmul_tn(rows.gather(dhs), r)
     else:
         dw_hr = x.new_empty(_EMPTY)
     return dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, norms
@@ -322,7 +435,7 @@ def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, tr
     """The forward of one GRU layer direction (``train=False``: gates empty)."""
     kern = _kernels(backend, x, w_hh.shape[1])
     bias, b_hn = _gru_bias(b_ih, b_hh)
-    xp = kern.project(x, w_ih, bias)
+    xp = _project(kern, x, w_ih, bias, lengths, reverse)
     return kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True, train=train)
 
 
@@ -343,8 +456,8 @@ def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
     dxp, dgh, dh0, norms = kern.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse)
-    dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(dxp, x, y, h0, w_ih, lengths,
-                                                      reverse, has_bias, need_dx, dgh=dgh)
+    dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
+                                                  reverse, has_bias, need_dx, dgh=dgh)
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
 
 

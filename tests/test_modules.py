@@ -69,6 +69,39 @@ def test_packed_sequence(cell, backend, enforce_sorted):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
+@pytest.mark.parametrize("provider", ["numba", "torch"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_packed_rows_gemms(cell, provider, monkeypatch):
+    """A packed batch's projection and layer-gradient GEMMs over its active rows alone
+    (rnnfast.ops._ActiveRows) give torch.nn's outputs and gradients, in both directions,
+    with either GEMM provider; the inactive rows of the projection buffer are left
+    uninitialised on the numba backend, here filled with NaN: a kernel that read one
+    would turn the result NaN. Also checks the path is taken (fewer GEMM rows)."""
+    from rnnfast import ops
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", provider)
+    monkeypatch.setattr(ops, "UNREAD_ROWS_FILL", float("nan"))
+    B, T, I, H = 5, 11, 3, 7
+    dtype = torch.float64
+    ours, twin = make_pair(cell, I, H, dtype, "numba", num_layers=2, bidirectional=True)
+    lengths = torch.tensor([2, 11, 1, 6, 3])  # 23 of 55 rows
+    rows = []
+    real = ops._ActiveRows.__init__
+
+    def spy(self, *args):
+        real(self, *args)
+        rows.append(self.M)
+
+    monkeypatch.setattr(ops._ActiveRows, "__init__", spy)
+    x = torch.randn(T, B, I, dtype=dtype)
+    packer = lambda xx: pack_padded_sequence(xx, lengths, enforce_sorted=False)  # noqa: E731
+    compare_modules(ours, twin, x, _hx(ours, B, dtype), packer=packer)
+    assert rows and set(rows) == {23}
+    rows.clear()
+    monkeypatch.setattr(ops, "PACKED_ROWS_MAX_FRACTION", 0.3)  # 23 / 55 > 0.3: padded
+    compare_modules(ours, twin, x, _hx(ours, B, dtype), packer=packer)
+    assert not rows
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_torch_gemm_provider(cell, monkeypatch):
     """The numba backend with its layer-gradient GEMMs on torch.mm (what ``auto`` picks
