@@ -124,10 +124,13 @@ def _bias_grads(has_bias, db_ih, db_hh):
 # ---------------------------------------------------------------- packed batches' rows
 
 # The layer GEMMs of a packed batch run over its active rows only when they are at most
-# this fraction of the padded T * B rows. Each gathered row costs a copy of its x, xp /
-# dxp and h_{t-1} (~11 KB for an LSTM at H = 128) against the ~0.4 MFLOP of GEMM work
-# it saves, ~5x the copy's time here: below ~0.85 the gather pays.
-PACKED_ROWS_MAX_FRACTION = 0.85
+# this fraction of the padded T * B rows: each gathered row costs copies of its x, xp /
+# dxp and h_{t-1}, against the GEMM work on the padding rows it saves. Packed / padded
+# fwd+bwd time, gathered vs padded GEMMs, B = 32, H = 128, T = 100, float32 (AMD EPYC
+# Zen 2, 2 threads, 2026-12-01): tokens ~0.5: LSTM 0.90 -> 0.71, GRU 0.95 -> 0.78,
+# ReLU-RNN 0.95 -> 0.94; tokens ~0.7-0.8: LSTM 1.00 -> 0.94, GRU 0.95 -> 0.97,
+# ReLU-RNN 1.04 -> 1.08 (the ReLU layer's GEMMs are a quarter of the LSTM's per row).
+PACKED_ROWS_MAX_FRACTION = 0.6
 # What the inactive rows of an uninitialised projection buffer hold (None: whatever
 # torch.empty gives). The tests set NaN to prove the numba kernels never read them.
 UNREAD_ROWS_FILL = None

@@ -69,20 +69,27 @@ def test_packed_sequence(cell, backend, enforce_sorted):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
-@pytest.mark.parametrize("provider", ["numba", "torch"])
+ROWS_CASES = [(be, p) for be in BACKENDS if be != "torch"
+              for p in (["numba", "torch"] if be == "numba" else [None])]
+
+
+@pytest.mark.parametrize("backend,provider", ROWS_CASES,
+                         ids=[f"{b}-{p}" if p else b for b, p in ROWS_CASES])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_packed_rows_gemms(cell, provider, monkeypatch):
+def test_packed_rows_gemms(cell, backend, provider, monkeypatch):
     """A packed batch's projection and layer-gradient GEMMs over its active rows alone
     (rnnfast.ops._ActiveRows) give torch.nn's outputs and gradients, in both directions,
-    with either GEMM provider; the inactive rows of the projection buffer are left
-    uninitialised on the numba backend, here filled with NaN: a kernel that read one
-    would turn the result NaN. Also checks the path is taken (fewer GEMM rows)."""
+    on each kernel backend and (numba) with either GEMM provider; the inactive rows of
+    the projection buffer are left uninitialised on the numba backend, here filled with
+    NaN: a kernel that read one would turn the result NaN. Also checks the path is taken
+    (fewer GEMM rows) and that a fuller batch keeps the padded GEMMs."""
     from rnnfast import ops
-    monkeypatch.setenv("RNNFAST_LAYER_GEMM", provider)
+    if provider is not None:
+        monkeypatch.setenv("RNNFAST_LAYER_GEMM", provider)
     monkeypatch.setattr(ops, "UNREAD_ROWS_FILL", float("nan"))
     B, T, I, H = 5, 11, 3, 7
     dtype = torch.float64
-    ours, twin = make_pair(cell, I, H, dtype, "numba", num_layers=2, bidirectional=True)
+    ours, twin = make_pair(cell, I, H, dtype, backend, num_layers=2, bidirectional=True)
     lengths = torch.tensor([2, 11, 1, 6, 3])  # 23 of 55 rows
     rows = []
     real = ops._ActiveRows.__init__
