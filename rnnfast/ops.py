@@ -150,8 +150,8 @@ class _ActiveRows:
     batch rows."""
 
     def __init__(self, lengths, T, B, reverse, device):
-        t = torch.arange(T).unsqueeze(1)
-        mask = t < lengths.unsqueeze(0)  # [T, B]
+        lengths = lengths.to("cpu", torch.int64)
+        mask = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
         idx = mask.flatten().nonzero().squeeze(1)
         tt, bb = idx // B, idx % B
         first = tt == (lengths[bb] - 1 if reverse else 0)
