@@ -42,12 +42,13 @@ TORCH_OP_LSTM_INFERENCE_MIN_BH = 8192
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def _packed_index(batch_sizes, device):
+def _packed_index(batch_sizes, device, rows=True):
     """Rows of a [T * B] time-major padded batch (sorted batch order) that a
-    PackedSequence's data holds, in its order, and the sorted lengths [B] (CPU int64)."""
+    PackedSequence's data holds, in its order (None when not ``rows``), and the sorted
+    lengths [B] (CPU int64)."""
     B = int(batch_sizes[0])
     mask = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)  # [T, B]
-    idx = mask.flatten().nonzero().squeeze(1).to(device)
+    idx = mask.flatten().nonzero().squeeze(1).to(device) if rows else None
     return idx, mask.sum(0)
 
 
@@ -278,40 +279,54 @@ class _FusedRNNBase(nn.RNNBase):
         def cast(t):
             return t if t is None or t.dtype == cdt else t.to(cdt)
 
-        if batch_sizes is not None:
+        h0, c0 = (hx if isinstance(hx, tuple) else (hx, None))
+        # A PackedSequence's data goes to the layers as it is (packed rows: each layer
+        # pads only what its recurrence kernel reads), except where the layer ops must
+        # see padded tensors (torch.compile, export, tracing; the reference loop).
+        rows = batch_sizes is not None and be.kernels is not None and \
+            ops.packed_rows_ok(input, h0, c0)
+        T = len(batch_sizes) if batch_sizes is not None else None
+        if rows:
+            idx, lengths = _packed_index(batch_sizes, input.device, rows=False)
+            x = input
+        elif batch_sizes is not None:
             idx, lengths = _packed_index(batch_sizes, input.device)
-            T, B = len(batch_sizes), int(batch_sizes[0])
+            B = int(batch_sizes[0])
             x = input.new_zeros((T * B, input.shape[1])).index_copy_(0, idx, input)
             x = x.view(T, B, -1)
         else:
             lengths = None
             x = input.transpose(0, 1) if self.batch_first else input
-        h0, c0 = (hx if isinstance(hx, tuple) else (hx, None))
+            T = x.shape[0]
         with torch.autocast(device_type, enabled=False) if device_type in AUTOCAST_CELLS \
                 and torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
-            y, h_n, c_n = self._stack(cast(x), cast(h0), cast(c0), lengths, be, cast)
+            y, h_n, c_n = self._stack(cast(x), T, cast(h0), cast(c0), lengths, be, cast)
         if y.dtype != run_dtype:
             y, h_n = y.to(run_dtype), h_n.to(run_dtype)
             c_n = c_n.to(run_dtype) if c_n is not None else None
         if c_n is not None and self.proj_size > 0 and run_dtype != input.dtype:
             # torch.nn under CPU autocast returns a projected LSTM's c_n in c_0's dtype
             c_n = c_n.to(hx[1].dtype)
-        elif (be.kernels is not None and not self.bidirectional and batch_sizes is None
+        elif (be.kernels is not None and not self.bidirectional
+              and (batch_sizes is None or rows)
               and (y.requires_grad or torch.jit.is_tracing())):
             # The last layer's y is what its backward reads: hand the caller a copy,
             # so an in-place op on the output cannot corrupt the gradient (a traced
             # graph keeps the copy whatever the grad mode of the trace's check run).
             y = y.clone()
-        if batch_sizes is not None:
+        if rows:
+            output = y
+        elif batch_sizes is not None:
             T, B, P = y.shape
             output = y.reshape(T * B, P).index_select(0, idx)
         else:
             output = y.transpose(0, 1) if self.batch_first else y
         return output, ((h_n, c_n) if c_n is not None else h_n)
 
-    def _stack(self, x, h0, c0, lengths, be, cast):
+    def _stack(self, x, T, h0, c0, lengths, be, cast):
+        """x [T, B, I], or packed rows [M, I] with lengths [B] -> (y like x, h_n, c_n)."""
         D = 2 if self.bidirectional else 1
-        probes = self._new_probes(x.shape[0], x.device) if self.record_grad_norms else None
+        probes = self._new_probes(T, x.device) if self.record_grad_norms else None
         if probes is None and self._grad_norm_probes is not None:
             self._grad_norm_probes = None  # nn.Module.__setattr__: ~10 us, so only on change
         h_n, c_n = [], []
@@ -338,7 +353,7 @@ class _FusedRNNBase(nn.RNNBase):
                                    negative_slope=self.negative_slope, **common)
                 outs.append(y)
                 h_n.append(h)
-            x = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         return x, torch.stack(h_n), (torch.stack(c_n) if c_n else None)

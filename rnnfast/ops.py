@@ -158,54 +158,93 @@ class _ActiveRows:
         prev = torch.where(first, idx, idx + B if reverse else idx - B)
         self.first_pos = first.nonzero().squeeze(1)
         self.first_b = bb[self.first_pos]
+        # src [T * B]: the active row each padded row is copied from by scatter (an
+        # inactive row: row 0, never read); prev_packed: h_{t-1} rows as active rows.
+        inv = torch.zeros(T * B, dtype=torch.int64)
+        inv[idx] = torch.arange(idx.shape[0])
+        self.prev_packed, self.src = inv[prev].to(device), inv.to(device)
         self.idx, self.prev = idx.to(device), prev.to(device)
         self.first_pos, self.first_b = self.first_pos.to(device), self.first_b.to(device)
         self.M, self.T, self.B = idx.shape[0], T, B
 
     @staticmethod
-    def of(lengths, T, B, reverse, device):
-        """The active rows, or None when the batch is not packed or too full to pay."""
+    def of(lengths, T, B, reverse, device, always=False):
+        """The active rows, or None when the batch is not packed or too full to pay
+        (``always``: whatever the fraction, for a layer given packed rows). Built once
+        per lengths tensor, direction and device (every layer of a stack and its
+        backward share them)."""
         if lengths is None or T * B == 0:
             return None
-        if int(lengths.sum()) > PACKED_ROWS_MAX_FRACTION * T * B:
+        if not always and int(lengths.sum()) > PACKED_ROWS_MAX_FRACTION * T * B:
             return None
-        return _ActiveRows(lengths, T, B, reverse, device)
+        cache = lengths.__dict__.setdefault("_rnnfast_active_rows", {})
+        key = (T, B, bool(reverse), device)
+        if key not in cache:
+            cache[key] = _ActiveRows(lengths, T, B, reverse, device)
+        return cache[key]
+
+    @staticmethod
+    def of_packed(x, lengths, reverse):
+        """The rows of a layer given packed rows x [M, *] (a PackedSequence's data, in
+        its order, with its sorted lengths [B]): T = lengths[0]."""
+        return _ActiveRows.of(lengths, int(lengths[0]), lengths.shape[0], reverse,
+                              x.device, always=True)
 
     def gather(self, t):
         """[T, B, *] -> its active rows [M, *] (a copy)."""
         return t.reshape(self.T * self.B, -1).index_select(0, self.idx)
 
     def scatter(self, rows, zero):
-        """[M, K] -> [T, B, K]: the rows in place, the inactive rows 0 (or left
-        uninitialised, when not ``zero``)."""
+        """[M, K] -> [T, B, K]: the rows in place, the inactive rows 0 (or, when not
+        ``zero``, any values: copies of row 0, which a gather writes 4x faster than
+        index_copy_ scatters, or UNREAD_ROWS_FILL)."""
         K = rows.shape[1]
+        if not zero and UNREAD_ROWS_FILL is None and rows.shape[0] > 0:
+            out = rows.new_empty((self.T * self.B, K))
+            return torch.index_select(rows, 0, self.src, out=out).view(self.T, self.B, K)
         if zero:
             out = rows.new_zeros((self.T * self.B, K))
         else:
-            out = rows.new_empty((self.T * self.B, K))
-            if UNREAD_ROWS_FILL is not None:
-                out.fill_(UNREAD_ROWS_FILL)
+            out = rows.new_empty((self.T * self.B, K)).fill_(UNREAD_ROWS_FILL)
         return out.index_copy_(0, self.idx, rows).view(self.T, self.B, K)
 
     def h_prev(self, y, h0):
-        """[M + 1, P]: row m is h_{t-1} of active row m (from y [T, B, P] or h0 [B, P]);
-        the last row is 0 and never summed (see :func:`_layer_grads`)."""
-        P = y.shape[2]
+        """[M + 1, P]: row m is h_{t-1} of active row m (from y, padded [T, B, P] or
+        packed [M, P], or from h0 [B, P]); the last row is 0 and never summed (see
+        :func:`_layer_grads`)."""
+        P = y.shape[-1]
         out = y.new_empty((self.M + 1, P))
-        torch.index_select(y.reshape(-1, P), 0, self.prev, out=out[:self.M])
+        torch.index_select(y.reshape(-1, P), 0, self.prev if y.dim() == 3
+                           else self.prev_packed, out=out[:self.M])
         out[:self.M].index_copy_(0, self.first_pos, h0.index_select(0, self.first_b))
         out[self.M].zero_()
         return out
 
 
-def _project(kern, x, w_ih, bias, lengths, reverse):
-    """The input projection x [T, B, I] @ w_ih^T + bias -> xp [T, B, G], over a packed
-    batch's active rows only when that pays (:class:`_ActiveRows`)."""
-    rows = _ActiveRows.of(lengths, x.shape[0], x.shape[1], reverse, x.device)
+def _rows(x, lengths, reverse):
+    """The active rows of this layer's batch: always for packed rows x [M, I], for a
+    padded x [T, B, I] with lengths when gathering them pays, else None."""
+    if x.dim() == 2:
+        return _ActiveRows.of_packed(x, lengths, reverse)
+    return _ActiveRows.of(lengths, x.shape[0], x.shape[1], reverse, x.device)
+
+
+def _padded(kern, rows, t):
+    """Packed rows t [M, K] -> [T, B, K] for a recurrence kernel, which reads only the
+    active rows: the rest stay uninitialised on the numba backend (its kernels never
+    read them) and are 0 elsewhere (the Triton kernels' reads were not audited)."""
+    return rows.scatter(t, zero=kern.NAME != "numba")
+
+
+def _project(kern, x, w_ih, bias, rows):
+    """The input projection x @ w_ih^T + bias -> xp [T, B, G]: one GEMM over x's rows,
+    x [T, B, I] padded, or packed rows [M, I] (then scattered to [T, B, G]), or the
+    active rows gathered from a padded x (``rows`` from :func:`_rows`)."""
     if rows is None:
         return kern.project(x, w_ih, bias)
-    xp = kern.project(rows.gather(x).unsqueeze(1), w_ih, bias)  # [M, 1, G]
-    return rows.scatter(xp.squeeze(1), zero=kern.NAME != "numba")
+    xr = x if x.dim() == 2 else rows.gather(x)
+    xp = kern.project(xr.unsqueeze(1), w_ih, bias)  # [M, 1, G]
+    return _padded(kern, rows, xp.squeeze(1))
 
 
 def _layer_grads(kern, dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx, dgh=None):
@@ -215,18 +254,18 @@ def _layer_grads(kern, dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx,
     (T = M, B = 1, forward): its dW_hh pairs dgh row m with y row m - 1 and dgh row 0
     with h0, so y = h_prev[1:] and h0 = h_prev[:1] make that sum dgh^T h_prev exactly,
     in the backend's own GEMM (and summation order over the rows)."""
-    T, B = dxp.shape[0], dxp.shape[1]
-    rows = _ActiveRows.of(lengths, T, B, reverse, dxp.device)
+    packed = x.dim() == 2  # packed rows x [M, I], y [M, P]: dx [M, I]
+    rows = _rows(x, lengths, reverse)
     if rows is None:
         return kern.layer_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx,
                                 dgh=dgh)
     hp = rows.h_prev(y, h0)
     dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(
-        rows.gather(dxp).unsqueeze(1), rows.gather(x).unsqueeze(1), hp[1:].unsqueeze(1),
-        hp[:1], w_ih, None, False, has_bias, need_dx,
+        rows.gather(dxp).unsqueeze(1), (x if packed else rows.gather(x)).unsqueeze(1),
+        hp[1:].unsqueeze(1), hp[:1], w_ih, None, False, has_bias, need_dx,
         dgh=rows.gather(dgh).unsqueeze(1) if dgh is not None else None)
     if need_dx:
-        dx = rows.scatter(dx.squeeze(1), zero=True)
+        dx = dx.squeeze(1) if packed else rows.scatter(dx.squeeze(1), zero=True)
     return dx, dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -236,17 +275,21 @@ def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negati
              backend, probe, train):
     """The forward of one Elman RNN layer direction (``train=False``: nothing kept)."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, lengths,
-                  reverse)
-    return kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
-                        reuse_xp=True, train=train)
+    rows = _rows(x, lengths, reverse)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
+    y, h_n = kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
+                          reuse_xp=True, train=train)
+    return (rows.gather(y) if x.dim() == 2 else y), h_n
 
 
 def _rnn_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               b_hh: Optional[Tensor], h0: Tensor, lengths: Optional[Tensor],
               reverse: bool, activation: int, negative_slope: float, backend: str,
               probe: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """x [T, B, I] -> y [T, B, H], h_n [B, H]. ``activation``: rnnfast.kernels.TANH/..."""
+    """x [T, B, I] -> y [T, B, H], h_n [B, H]. ``activation``: rnnfast.kernels.TANH/...
+
+    Packed rows (eager only, see :func:`rnn`): x [M, I] in a PackedSequence's data
+    order with its sorted lengths [B] -> y [M, H] in the same order."""
     return _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation,
                     negative_slope, backend, probe, True)
 
@@ -259,8 +302,14 @@ def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    dxp, dh0, norms = kern.rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation,
-                                   negative_slope)
+    if x.dim() == 2:  # packed rows: the kernel reads dy and y padded
+        rows = _rows(x, lengths, reverse)
+        dxp, dh0, norms = kern.rnn_bwd(_padded(kern, rows, dy), dh_n,
+                                       _padded(kern, rows, y), w_hh, lengths, reverse,
+                                       activation, negative_slope)
+    else:
+        dxp, dh0, norms = kern.rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation,
+                                       negative_slope)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx)
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
@@ -291,10 +340,22 @@ def _(dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation, negative_slo
             x.new_empty((x.shape[0],), dtype=torch.float64))
 
 
+def _reference_layer(layer_fn, x, lengths, reverse, *args):
+    """``layer_fn(x, ...)`` (a reference layer) for x padded [T, B, I], or for packed
+    rows x [M, I]: padded (differentiably) for the reference loop, y back to rows."""
+    if x.dim() == 3:
+        return layer_fn(x, *args)
+    rows = _rows(x, lengths, reverse)
+    xpad = x.new_zeros((rows.T * rows.B, x.shape[1])).index_copy(0, rows.idx, x)
+    y, *rest = layer_fn(xpad.view(rows.T, rows.B, -1), *args)
+    return (y.reshape(rows.T * rows.B, -1).index_select(0, rows.idx), *rest)
+
+
 def _rnn_reference(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation,
                    negative_slope, backend, probe):
-    return reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
-                               _ACTIVATION_NAMES[activation], negative_slope, probe)
+    return _reference_layer(reference.rnn_layer, x, lengths, reverse, w_ih, w_hh, b_ih,
+                            b_hh, h0, lengths, reverse, _ACTIVATION_NAMES[activation],
+                            negative_slope, probe)
 
 
 def _rnn_setup_context(ctx, inputs, output):
@@ -327,10 +388,11 @@ def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
               train):
     """The forward of one LSTM layer direction (``train=False``: gates, cs empty)."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, lengths,
-                  reverse)
-    return kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp=True,
-                         train=train)
+    rows = _rows(x, lengths, reverse)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
+    y, h_n, c_n, gates, cs = kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
+                                           reuse_xp=True, train=train)
+    return (rows.gather(y) if x.dim() == 2 else y), h_n, c_n, gates, cs
 
 
 def _lstm_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -352,13 +414,15 @@ def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tens
     """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0, dc0,
     norms [T] float64."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
+    if x.dim() == 2:  # packed rows: the kernel reads dy padded
+        dy = _padded(kern, _rows(x, lengths, reverse), dy)
     dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
                                               lengths, reverse)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx)
     if w_hr is not None:
         T, B, H = cs.shape
-        rows = _ActiveRows.of(lengths, T, B, reverse, x.device)
+        rows = _rows(x, lengths, reverse)
         if rows is None:
             r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
             dw_hr = kern.matmul_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
@@ -394,8 +458,8 @@ def _(dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths, revers
 
 def _lstm_reference(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend,
                     probe):
-    return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
-                                probe)
+    return _reference_layer(reference.lstm_layer, x, lengths, reverse, w_ih, w_hh, b_ih,
+                            b_hh, w_hr, h0, c0, lengths, reverse, probe)
 
 
 def _lstm_setup_context(ctx, inputs, output):
@@ -438,8 +502,11 @@ def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, tr
     """The forward of one GRU layer direction (``train=False``: gates empty)."""
     kern = _kernels(backend, x, w_hh.shape[1])
     bias, b_hn = _gru_bias(b_ih, b_hh)
-    xp = _project(kern, x, w_ih, bias, lengths, reverse)
-    return kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True, train=train)
+    rows = _rows(x, lengths, reverse)
+    xp = _project(kern, x, w_ih, bias, rows)
+    y, h_n, gates = kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True,
+                                 train=train)
+    return (rows.gather(y) if x.dim() == 2 else y), h_n, gates
 
 
 def _gru_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -458,7 +525,14 @@ def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    dxp, dgh, dh0, norms = kern.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse)
+    if x.dim() == 2:  # packed rows: the kernel reads dy and y padded
+        rows = _rows(x, lengths, reverse)
+        dxp, dgh, dh0, norms = kern.gru_bwd(_padded(kern, rows, dy), dh_n,
+                                            _padded(kern, rows, y), gates, h0, w_hh,
+                                            lengths, reverse)
+    else:
+        dxp, dgh, dh0, norms = kern.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths,
+                                            reverse)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx, dgh=dgh)
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
@@ -484,7 +558,8 @@ def _(dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse, backend, has_bias
 
 
 def _gru_reference(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe):
-    return reference.gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, probe)
+    return _reference_layer(reference.gru_layer, x, lengths, reverse, w_ih, w_hh, b_ih,
+                            b_hh, h0, lengths, reverse, probe)
 
 
 def _gru_setup_context(ctx, inputs, output):
@@ -536,31 +611,52 @@ _EagerGRU = _eager_twin("_EagerGRU", _gru_impl, _gru_setup_context, _gru_backwar
 
 # ---------------------------------------------------------------- entry points
 
+def packed_rows_ok(*tensors):
+    """Whether a layer may be given a PackedSequence's data as packed rows: in plain
+    eager execution only (the custom ops' shapes under torch.compile / export / tracing
+    are those of padded [T, B, *] tensors)."""
+    return _plain(*tensors)
+
+
+def _check_padded(x):
+    if x.dim() != 3:
+        raise RuntimeError("rnnfast internal error: packed rows [M, I] reached a layer "
+                           "op outside plain eager mode (see ops.packed_rows_ok)")
+
+
 def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, activation, negative_slope,
         backend, probe):
     """One Elman RNN layer direction -> (y [T, B, H], h_n [B, H]).
 
     ``backend`` is a resolved :class:`rnnfast.dispatch.Backend`: the reference loop when
     it has no kernels, else the fused op (which re-resolves ``backend.requested`` from
-    its tensors when it runs)."""
+    its tensors when it runs).
+
+    x may also be a PackedSequence's data [M, I] with its sorted ``lengths`` [B] (y is
+    then [M, H], in the same order) in plain eager mode (:func:`packed_rows_ok`): the
+    layer runs its GEMMs on those rows and pads only what the recurrence kernel reads."""
     if backend.kernels is None:
-        return reference.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse,
-                                   _ACTIVATION_NAMES[activation], negative_slope, probe)
+        return _reference_layer(reference.rnn_layer, x, lengths, reverse, w_ih, w_hh,
+                                b_ih, b_hh, h0, lengths, reverse,
+                                _ACTIVATION_NAMES[activation], negative_slope, probe)
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
             backend.requested, probe)
     if not _plain(x, h0, probe):
+        _check_padded(x)
         return rnn_layer(*args)
     return _rnn_run(*args, False) if is_inference(args) else _EagerRNN.apply(*args)
 
 
 def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, probe):
-    """One LSTM layer direction -> (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    """One LSTM layer direction -> (y [T, B, P], h_n [B, P], c_n [B, H]); packed rows
+    as :func:`rnn`."""
     if backend.kernels is None:
-        return reference.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths,
-                                    reverse, probe)
+        return _reference_layer(reference.lstm_layer, x, lengths, reverse, w_ih, w_hh,
+                                b_ih, b_hh, w_hr, h0, c0, lengths, reverse, probe)
     args = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend.requested,
             probe)
     if not _plain(x, h0, c0, probe):
+        _check_padded(x)
         fn = lstm_layer
     else:
         fn = partial(_lstm_run, train=False) if is_inference(args) else _EagerLSTM.apply
@@ -569,11 +665,13 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, 
 
 
 def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe):
-    """One GRU layer direction -> (y [T, B, H], h_n [B, H])."""
+    """One GRU layer direction -> (y [T, B, H], h_n [B, H]); packed rows as :func:`rnn`."""
     if backend.kernels is None:
-        return reference.gru_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, probe)
+        return _reference_layer(reference.gru_layer, x, lengths, reverse, w_ih, w_hh,
+                                b_ih, b_hh, h0, lengths, reverse, probe)
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend.requested, probe)
     if not _plain(x, h0, probe):
+        _check_padded(x)
         fn = gru_layer
     else:
         fn = partial(_gru_run, train=False) if is_inference(args) else _EagerGRU.apply

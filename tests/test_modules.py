@@ -79,10 +79,12 @@ ROWS_CASES = [(be, p) for be in BACKENDS if be != "torch"
 def test_packed_rows_gemms(cell, backend, provider, monkeypatch):
     """A packed batch's projection and layer-gradient GEMMs over its active rows alone
     (rnnfast.ops._ActiveRows) give torch.nn's outputs and gradients, in both directions,
-    on each kernel backend and (numba) with either GEMM provider; the inactive rows of
-    the projection buffer are left uninitialised on the numba backend, here filled with
-    NaN: a kernel that read one would turn the result NaN. Also checks the path is taken
-    (fewer GEMM rows) and that a fuller batch keeps the padded GEMMs."""
+    on each kernel backend and (numba) with either GEMM provider. Both routes: the
+    PackedSequence's data handed to the layers as packed rows (eager), and a padded
+    batch with lengths (what torch.compile traces), which gathers the rows only below
+    PACKED_ROWS_MAX_FRACTION. The rows the recurrence kernels must not read (padding of
+    xp, y, dy) are left uninitialised on the numba backend, here filled with NaN: a
+    kernel that read one would turn the result NaN. Also checks each route is taken."""
     from rnnfast import ops
     if provider is not None:
         monkeypatch.setenv("RNNFAST_LAYER_GEMM", provider)
@@ -91,18 +93,29 @@ def test_packed_rows_gemms(cell, backend, provider, monkeypatch):
     dtype = torch.float64
     ours, twin = make_pair(cell, I, H, dtype, backend, num_layers=2, bidirectional=True)
     lengths = torch.tensor([2, 11, 1, 6, 3])  # 23 of 55 rows
-    rows = []
-    real = ops._ActiveRows.__init__
+    rows, layer_x = [], []
+    real, real_project = ops._ActiveRows.__init__, ops._project
 
     def spy(self, *args):
         real(self, *args)
         rows.append(self.M)
 
+    def spy_project(kern, x, *args):
+        layer_x.append(x.dim())
+        return real_project(kern, x, *args)
+
     monkeypatch.setattr(ops._ActiveRows, "__init__", spy)
+    monkeypatch.setattr(ops, "_project", spy_project)
     x = torch.randn(T, B, I, dtype=dtype)
     packer = lambda xx: pack_padded_sequence(xx, lengths, enforce_sorted=False)  # noqa: E731
+    monkeypatch.setattr(ops, "PACKED_ROWS_MAX_FRACTION", 0.0)  # packed rows: always
     compare_modules(ours, twin, x, _hx(ours, B, dtype), packer=packer)
-    assert rows and set(rows) == {23}
+    assert set(rows) == {23} and set(layer_x) == {2}
+    rows.clear(), layer_x.clear()
+    monkeypatch.setattr(ops, "packed_rows_ok", lambda *t: False)  # padded with lengths
+    monkeypatch.setattr(ops, "PACKED_ROWS_MAX_FRACTION", 0.6)
+    compare_modules(ours, twin, x, _hx(ours, B, dtype), packer=packer)
+    assert set(rows) == {23} and set(layer_x) == {3}
     rows.clear()
     monkeypatch.setattr(ops, "PACKED_ROWS_MAX_FRACTION", 0.3)  # 23 / 55 > 0.3: padded
     compare_modules(ours, twin, x, _hx(ours, B, dtype), packer=packer)
