@@ -41,6 +41,12 @@ With ``lengths`` non-increasing (a PackedSequence's order) the rows active at st
 are a prefix of the batch, and a backend may run each step on that prefix only (numba
 does, per thread's rows, with results bitwise the same as for the rows in any order).
 
+``PACKED_ROWS`` (bool): whether the recurrence launchers also take a PackedSequence's
+rows as they are, with ``offsets=`` (int64 [T], the rows before step t, and the sorted
+lengths): xp, y, gates, cs, dy, dxp, dgh, dhs are then [M, *] (M = sum of lengths; step
+t of row b is row offsets[t] + b) and no padded tensor exists (numba: True). Where it
+is False, rnnfast.ops scatters what a kernel reads to [T, B, *] and gathers back.
+
 The GRU (torch.nn.GRU's cell, gate order r, z, n)::
 
     r = sigmoid(xp_r + h W_hr^T);  z = sigmoid(xp_z + h W_hz^T)

@@ -25,15 +25,25 @@ def _expect(cond, msg):
 
 
 def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
-                          negative_slope, dtypes, backend, b_hn=None):
+                          negative_slope, dtypes, backend, b_hn=None, offsets=None):
     """Validate a forward launcher's arguments; returns (T, B, G).
 
     cell: 'rnn' (G = H), 'lstm' (G = 4H; c0, optional w_hr) or 'gru' (G = 3H; b_hn [H]
-    or None); arguments a cell does not take are ignored."""
+    or None); arguments a cell does not take are ignored. With ``offsets`` (int64 [T]:
+    the rows before each step) xp is a PackedSequence's rows [M, G], lengths [B] its
+    sorted lengths (required): see :func:`check_packed_rows`."""
     where = f"{cell}_fwd[{backend}]"
-    _expect(xp.dim() == 3,
-            lambda: f"{where}: xp must be 3-D [T, B, G], got shape {tuple(xp.shape)}")
-    T, B, G = xp.shape
+    if offsets is None:
+        _expect(xp.dim() == 3,
+                lambda: f"{where}: xp must be 3-D [T, B, G], got shape {tuple(xp.shape)}")
+        T, B, G = xp.shape
+    else:
+        _expect(xp.dim() == 2,
+                lambda: f"{where}: packed xp must be 2-D [M, G], got shape "
+                        f"{tuple(xp.shape)}")
+        _expect(lengths is not None, lambda: f"{where}: packed rows need lengths")
+        T, B, G = offsets.shape[0], lengths.shape[0], xp.shape[1]
+        check_packed_rows(where, xp.shape[0], lengths, offsets)
     _expect(xp.dtype in dtypes,
             lambda: f"{where}: xp dtype must be one of {dtypes}, got {xp.dtype}")
     if cell == "lstm":
@@ -76,6 +86,40 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
             _expect(lo >= 1 and hi <= T,
                     lambda: f"{where}: lengths must lie in [1, {T}], got min {lo}, max {hi}")
     return T, B, G
+
+
+def check_packed_rows(where, M, lengths, offsets):
+    """Packed rows: lengths [B] non-increasing in [1, T] summing to M, and offsets [T]
+    the exclusive running sum of the batch sizes (rows active at each step)."""
+    T = offsets.shape[0]
+    _expect(offsets.dim() == 1 and not offsets.is_floating_point(),
+            lambda: f"{where}: offsets must be a 1-D integer tensor, got "
+                    f"{offsets.dtype} of shape {tuple(offsets.shape)}")
+    _expect(lengths.dim() == 1 and lengths.shape[0] > 0
+            and bool((lengths[1:] <= lengths[:-1]).all()) and int(lengths[0]) == T
+            and int(lengths[-1]) >= 1,
+            lambda: f"{where}: packed rows need lengths sorted non-increasing in [1, {T}] "
+                    f"with lengths[0] = {T}, got {lengths.tolist()}")
+    bs = (lengths.unsqueeze(0) > torch.arange(T, device=lengths.device).unsqueeze(1)).sum(1)
+    want = torch.cumsum(bs, 0) - bs
+    _expect(int(bs.sum()) == M and torch.equal(offsets.to(want), want),
+            lambda: f"{where}: packed rows: {M} rows and offsets {offsets.tolist()} do not "
+                    f"match lengths {lengths.tolist()} ({int(bs.sum())} rows, offsets "
+                    f"{want.tolist()})")
+
+
+def backward_dims(where, y, dh_n, lengths, offsets):
+    """(T, B, lead) for a BPTT launcher: y padded [T, B, P] (lead = (T, B)) or, with
+    ``offsets``, packed rows [M, P] (lead = (M,); checked as check_packed_rows)."""
+    if offsets is None:
+        _expect(y.dim() == 3, lambda: f"{where}: y must be 3-D [T, B, P], got shape "
+                                      f"{tuple(y.shape)}")
+        return y.shape[0], y.shape[1], tuple(y.shape[:2])
+    _expect(y.dim() == 2 and lengths is not None,
+            lambda: f"{where}: packed rows need y [M, P] and lengths, got y of shape "
+                    f"{tuple(y.shape)}")
+    check_packed_rows(where, y.shape[0], lengths, offsets)
+    return offsets.shape[0], lengths.shape[0], (y.shape[0],)
 
 
 def check_backward_args(where, like, named):

@@ -21,6 +21,13 @@ gradients from ``is_grads_batched`` / torch.func), it recomputes the layer with 
 reference loop (:mod:`rnnfast.reference`) and returns autograd's gradients of that,
 which are themselves differentiable.
 
+A PackedSequence reaches the layers as its rows (x [M, I], its sorted lengths; y [M, H])
+in plain eager mode (:func:`packed_rows_ok`): the projection and layer-gradient GEMMs run
+over those M rows, and a backend whose launchers take packed rows (``PACKED_ROWS``:
+numba) runs its recurrence on them as they are; for the others the layer scatters to
+[T, B, *] what the kernels read and gathers back what they write (:class:`_ActiveRows`).
+Under torch.compile / export / tracing the ops see a padded batch with lengths.
+
 In plain eager mode the entry points (:func:`rnn`, :func:`lstm`, :func:`gru`) run the
 forward alone when no graph will be built (no grad mode, or nothing requires grad: it
 then keeps nothing for backward), else apply an ``autograd.Function`` twin of each op
@@ -32,6 +39,7 @@ the graph records ``rnnfast::<cell>_layer``.
 from functools import partial
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -123,16 +131,19 @@ def _bias_grads(has_bias, db_ih, db_hh):
 
 # ---------------------------------------------------------------- packed batches' rows
 
-# The layer GEMMs of a packed batch run over its active rows only when they are at most
-# this fraction of the padded T * B rows: each gathered row costs copies of its x, xp /
+# A padded batch with lengths (what a PackedSequence becomes under torch.compile, export
+# and tracing; in eager mode the layers get its rows as they are) runs its layer GEMMs
+# over the active rows only when they are at most this fraction of the padded T * B
+# rows: each gathered row costs copies of its x, xp /
 # dxp and h_{t-1}, against the GEMM work on the padding rows it saves. Packed / padded
 # fwd+bwd time, gathered vs padded GEMMs, B = 32, H = 128, T = 100, float32 (AMD EPYC
 # Zen 2, 2 threads, 2026-12-01): tokens ~0.5: LSTM 0.90 -> 0.71, GRU 0.95 -> 0.78,
 # ReLU-RNN 0.95 -> 0.94; tokens ~0.7-0.8: LSTM 1.00 -> 0.94, GRU 0.95 -> 0.97,
 # ReLU-RNN 1.04 -> 1.08 (the ReLU layer's GEMMs are a quarter of the LSTM's per row).
 PACKED_ROWS_MAX_FRACTION = 0.6
-# What the inactive rows of an uninitialised projection buffer hold (None: whatever
-# torch.empty gives). The tests set NaN to prove the numba kernels never read them.
+# What the inactive rows of a padded buffer that the kernels only read at active rows
+# hold (None: copies of row 0, the cheapest scatter). The tests set NaN to prove the
+# numba kernels never read them.
 UNREAD_ROWS_FILL = None
 
 
@@ -150,22 +161,32 @@ class _ActiveRows:
     batch rows."""
 
     def __init__(self, lengths, T, B, reverse, device):
-        lengths = lengths.to("cpu", torch.int64)
-        mask = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
-        idx = mask.flatten().nonzero().squeeze(1)
-        tt, bb = idx // B, idx % B
-        first = tt == (lengths[bb] - 1 if reverse else 0)
-        prev = torch.where(first, idx, idx + B if reverse else idx - B)
-        self.first_pos = first.nonzero().squeeze(1)
-        self.first_b = bb[self.first_pos]
+        # numpy: these are small index arrays, where each torch op's fixed cost
+        # dominated (~200 us for T = 100, B = 32 in torch against ~40 us here).
+        L = lengths.to("cpu", torch.int64).numpy()
+        mask = np.arange(T)[:, None] < L[None, :]  # [T, B]
+        idx = np.flatnonzero(mask)
+        tt, bb = np.divmod(idx, B)
+        first = tt == (L[bb] - 1 if reverse else 0)
+        prev = np.where(first, idx, idx + B if reverse else idx - B)
+        first_pos = np.flatnonzero(first)
         # src [T * B]: the active row each padded row is copied from by scatter (an
         # inactive row: row 0, never read); prev_packed: h_{t-1} rows as active rows.
-        inv = torch.zeros(T * B, dtype=torch.int64)
-        inv[idx] = torch.arange(idx.shape[0])
-        self.prev_packed, self.src = inv[prev].to(device), inv.to(device)
-        self.idx, self.prev = idx.to(device), prev.to(device)
-        self.first_pos, self.first_b = self.first_pos.to(device), self.first_b.to(device)
+        inv = np.zeros(T * B, dtype=np.int64)
+        inv[idx] = np.arange(idx.shape[0])
+        bs = mask.sum(1)
+
+        def dev(a):
+            t = torch.from_numpy(a)
+            return t if device.type == "cpu" else t.to(device)
+
+        self.idx, self.prev, self.src, self.prev_packed = (
+            dev(idx), dev(prev), dev(inv), dev(inv[prev]))
+        self.first_pos, self.first_b = dev(first_pos), dev(bb[first_pos])
         self.M, self.T, self.B = idx.shape[0], T, B
+        # offsets [T] (CPU): the active rows before step t (a PackedSequence's layout,
+        # which a PACKED_ROWS backend's launchers take as ``offsets=``)
+        self.offsets = torch.from_numpy(np.cumsum(bs) - bs)
 
     @staticmethod
     def of(lengths, T, B, reverse, device, always=False):
@@ -191,7 +212,9 @@ class _ActiveRows:
                               x.device, always=True)
 
     def gather(self, t):
-        """[T, B, *] -> its active rows [M, *] (a copy)."""
+        """[T, B, *] -> its active rows [M, *] (a copy); packed rows [M, *] as they are."""
+        if t.dim() == 2:
+            return t
         return t.reshape(self.T * self.B, -1).index_select(0, self.idx)
 
     def scatter(self, rows, zero):
@@ -229,6 +252,13 @@ def _rows(x, lengths, reverse):
     return _ActiveRows.of(lengths, x.shape[0], x.shape[1], reverse, x.device)
 
 
+def _direct(kern, x):
+    """True when this layer's recurrence kernels run on packed rows x [M, I] as they
+    are (a PACKED_ROWS backend: launchers with ``offsets=``); else the layer pads for
+    them what they read (:func:`_padded`)."""
+    return x.dim() == 2 and kern.PACKED_ROWS
+
+
 def _padded(kern, rows, t):
     """Packed rows t [M, K] -> [T, B, K] for a recurrence kernel, which reads only the
     active rows: the rest stay uninitialised on the numba backend (its kernels never
@@ -237,14 +267,14 @@ def _padded(kern, rows, t):
 
 
 def _project(kern, x, w_ih, bias, rows):
-    """The input projection x @ w_ih^T + bias -> xp [T, B, G]: one GEMM over x's rows,
-    x [T, B, I] padded, or packed rows [M, I] (then scattered to [T, B, G]), or the
-    active rows gathered from a padded x (``rows`` from :func:`_rows`)."""
+    """The input projection x @ w_ih^T + bias -> xp: one GEMM over x's rows. x padded
+    [T, B, I] -> [T, B, G]; packed rows [M, I] -> [M, G] for a PACKED_ROWS backend,
+    else scattered to [T, B, G]; or the active rows gathered from a padded x (``rows``
+    from :func:`_rows`) and scattered back."""
     if rows is None:
         return kern.project(x, w_ih, bias)
-    xr = x if x.dim() == 2 else rows.gather(x)
-    xp = kern.project(xr.unsqueeze(1), w_ih, bias)  # [M, 1, G]
-    return _padded(kern, rows, xp.squeeze(1))
+    xp = kern.project(rows.gather(x).unsqueeze(1), w_ih, bias).squeeze(1)  # [M, G]
+    return xp if _direct(kern, x) else _padded(kern, rows, xp)
 
 
 def _layer_grads(kern, dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx, dgh=None):
@@ -261,7 +291,7 @@ def _layer_grads(kern, dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx,
                                 dgh=dgh)
     hp = rows.h_prev(y, h0)
     dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(
-        rows.gather(dxp).unsqueeze(1), (x if packed else rows.gather(x)).unsqueeze(1),
+        rows.gather(dxp).unsqueeze(1), rows.gather(x).unsqueeze(1),
         hp[1:].unsqueeze(1), hp[:1], w_ih, None, False, has_bias, need_dx,
         dgh=rows.gather(dgh).unsqueeze(1) if dgh is not None else None)
     if need_dx:
@@ -277,6 +307,9 @@ def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negati
     kern = _kernels(backend, x, w_hh.shape[1])
     rows = _rows(x, lengths, reverse)
     xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
+    if _direct(kern, x):
+        return kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
+                            reuse_xp=True, train=train, offsets=rows.offsets)
     y, h_n = kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
                           reuse_xp=True, train=train)
     return (rows.gather(y) if x.dim() == 2 else y), h_n
@@ -302,7 +335,11 @@ def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    if x.dim() == 2:  # packed rows: the kernel reads dy and y padded
+    if _direct(kern, x):
+        dxp, dh0, norms = kern.rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation,
+                                       negative_slope,
+                                       offsets=_rows(x, lengths, reverse).offsets)
+    elif x.dim() == 2:  # packed rows: the kernel reads dy and y padded
         rows = _rows(x, lengths, reverse)
         dxp, dh0, norms = kern.rnn_bwd(_padded(kern, rows, dy), dh_n,
                                        _padded(kern, rows, y), w_hh, lengths, reverse,
@@ -390,6 +427,9 @@ def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
     rows = _rows(x, lengths, reverse)
     xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
+    if _direct(kern, x):
+        return kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp=True,
+                             train=train, offsets=rows.offsets)
     y, h_n, c_n, gates, cs = kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
                                            reuse_xp=True, train=train)
     return (rows.gather(y) if x.dim() == 2 else y), h_n, c_n, gates, cs
@@ -414,19 +454,24 @@ def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tens
     """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0, dc0,
     norms [T] float64."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    if x.dim() == 2:  # packed rows: the kernel reads dy padded
+    packed = {}  # the launcher's offsets= for packed rows it takes as they are
+    if _direct(kern, x):
+        packed = dict(offsets=_rows(x, lengths, reverse).offsets)
+    elif x.dim() == 2:  # packed rows: the kernel reads dy padded
         dy = _padded(kern, _rows(x, lengths, reverse), dy)
     dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
-                                              lengths, reverse)
+                                              lengths, reverse, **packed)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx)
     if w_hr is not None:
-        T, B, H = cs.shape
+        H = cs.shape[-1]
         rows = _rows(x, lengths, reverse)
         if rows is None:
+            T, B = cs.shape[0], cs.shape[1]
             r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
             dw_hr = kern.matmul_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
-        else:  # the active rows alone (an inactive row adds nothing)
+        else:  # the active rows alone (an inactive row adds nothing; gather: a copy
+            # of padded [T, B, *], packed rows [M, *] as they are)
             r = rows.gather(gates[..., 3 * H:]) * torch.tanh(rows.gather(cs))
             dw_hr = kern.matmul_tn(rows.gather(dhs), r)
     else:
@@ -504,6 +549,9 @@ def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, tr
     bias, b_hn = _gru_bias(b_ih, b_hh)
     rows = _rows(x, lengths, reverse)
     xp = _project(kern, x, w_ih, bias, rows)
+    if _direct(kern, x):
+        return kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True,
+                            train=train, offsets=rows.offsets)
     y, h_n, gates = kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True,
                                  train=train)
     return (rows.gather(y) if x.dim() == 2 else y), h_n, gates
@@ -525,7 +573,10 @@ def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    if x.dim() == 2:  # packed rows: the kernel reads dy and y padded
+    if _direct(kern, x):
+        dxp, dgh, dh0, norms = kern.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
+                                            offsets=_rows(x, lengths, reverse).offsets)
+    elif x.dim() == 2:  # packed rows: the kernel reads dy and y padded
         rows = _rows(x, lengths, reverse)
         dxp, dgh, dh0, norms = kern.gru_bwd(_padded(kern, rows, dy), dh_n,
                                             _padded(kern, rows, y), gates, h0, w_hh,

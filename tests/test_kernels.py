@@ -103,3 +103,83 @@ def test_contract(backend, cell, B, T, H, dtype, reverse, lengths_kind):
     assert_close("dh0", dh0, ref_grads["h0"])
     assert norms.dtype == torch.float64 and norms.shape == (T,)
     assert_close("norms", norms, ref_norms, dtype)
+
+
+PACKED_CASES = [(be, cell, B, T, H, dt, rev)
+                for be in kernel_backends() if dispatch.kernel_module(be).PACKED_ROWS
+                for cell in CELLS for (B, T, H) in ((1, 1, 1), (5, 9, 37), (33, 40, 100))
+                for dt in (torch.float32, torch.float64) for rev in (False, True)]
+
+
+@pytest.mark.parametrize("backend,cell,B,T,H,dtype,reverse", PACKED_CASES,
+                         ids=[_id((*c, "packed")) for c in PACKED_CASES])
+def test_packed_rows_launchers(backend, cell, B, T, H, dtype, reverse):
+    """A PACKED_ROWS backend's launchers on a PackedSequence's rows (``offsets=``) give,
+    bitwise, the active rows of what they give on the padded batch with the same
+    (sorted) lengths: every output of the forward and the BPTT, and the norms."""
+    k = dispatch.kernel_module(backend)
+    p = kernel_problem(cell, B, T, H, dtype, "ragged", seed=B * 5 + T + H)
+    lengths = p["lengths"].sort(descending=True).values
+    mask = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)  # [T, B]
+    bs = mask.sum(1)
+    offsets = torch.cumsum(bs, 0) - bs
+
+    def rows(t):
+        return t[mask]
+
+    g = torch.Generator().manual_seed(7)
+    dy = torch.randn(T, B, p["h0"].shape[1], generator=g, dtype=dtype)
+    dh_n = torch.randn(p["h0"].shape, generator=g, dtype=dtype)
+    outs = []
+    for packed in (False, True):
+        kw = dict(offsets=offsets) if packed else {}
+        xp = rows(p["xp"]) if packed else p["xp"]
+        d = rows(dy) if packed else dy
+        if cell.startswith("lstm"):
+            dc_n = torch.ones_like(p["c0"])
+            y, h_n, c_n, gates, cs = k.lstm_fwd(xp, p["w_hh"], p["w_hr"], p["h0"], p["c0"],
+                                                lengths, reverse, **kw)
+            bwd = k.lstm_bwd(d, dh_n, dc_n, gates, cs, p["c0"], p["w_hh"], p["w_hr"],
+                             lengths, reverse, **kw)
+            res = [y, gates, cs, bwd[0], bwd[3]], [h_n, c_n, *bwd[1:3], bwd[4]]
+        elif cell == "gru":
+            y, h_n, gates = k.gru_fwd(xp, p["w_hh"], p["b_hn"], p["h0"], lengths, reverse,
+                                      **kw)
+            bwd = k.gru_bwd(d, dh_n, y, gates, p["h0"], p["w_hh"], lengths, reverse, **kw)
+            res = [y, gates, bwd[0], bwd[1]], [h_n, bwd[2], bwd[3]]
+        else:
+            y, h_n = k.rnn_fwd(xp, p["w_hh"], p["h0"], lengths, reverse,
+                               activation_code(cell), LEAKY_SLOPE, **kw)
+            bwd = k.rnn_bwd(d, dh_n, y, p["w_hh"], lengths, reverse, activation_code(cell),
+                            LEAKY_SLOPE, **kw)
+            res = [y, bwd[0]], [h_n, *bwd[1:]]
+        row_outs, other = res
+        if not packed:
+            row_outs = [rows(t) if t.numel() else t for t in row_outs]
+        outs.append(row_outs + other)
+    for i, (a, b) in enumerate(zip(*outs)):
+        assert a.shape == b.shape and torch.equal(a, b), f"output {i} of {cell}"
+
+
+@pytest.mark.parametrize("backend", [b for b in kernel_backends()
+                                     if dispatch.kernel_module(b).PACKED_ROWS])
+def test_packed_rows_launcher_errors(backend):
+    """Packed rows that do not match their lengths and offsets raise ValueError naming
+    the launcher and the expected values, before any kernel runs."""
+    k = dispatch.kernel_module(backend)
+    H = 3
+    w, h0 = torch.randn(H, H), torch.zeros(2, H)
+    lengths = torch.tensor([3, 1])
+    good = torch.tensor([0, 2, 3])
+    with pytest.raises(ValueError, match=r"rnn_fwd\[numba\]: packed rows: 3 rows and "
+                                         r"offsets \[0, 2, 3\] do not match lengths "
+                                         r"\[3, 1\] \(4 rows"):
+        k.rnn_fwd(torch.randn(3, H), w, h0, lengths, offsets=good)
+    with pytest.raises(ValueError, match=r"offsets \[0, 1, 3\] do not match"):
+        k.rnn_fwd(torch.randn(4, H), w, h0, lengths, offsets=torch.tensor([0, 1, 3]))
+    with pytest.raises(ValueError, match=r"lengths sorted non-increasing"):
+        k.rnn_fwd(torch.randn(4, H), w, h0, torch.tensor([1, 3]), offsets=good)
+    with pytest.raises(ValueError, match=r"rnn_bwd\[numba\]: packed rows"):
+        k.rnn_bwd(torch.randn(3, H), h0, torch.randn(3, H), w, lengths, offsets=good)
+    y, _ = k.rnn_fwd(torch.randn(4, H), w, h0, lengths, offsets=good)
+    assert y.shape == (4, H)

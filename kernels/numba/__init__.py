@@ -1,8 +1,9 @@
 """numba CPU backend (see ``kernels/__init__`` for the contract).
 
 What it runs: CPU tensors, float32 and float64, any width. Each launcher takes and
-returns CPU torch tensors ([T, B, *] time-major) that share memory with numpy, so no
-copy is made beyond making an input contiguous. The kernels and their launchers live
+returns CPU torch tensors ([T, B, *] time-major, or a PackedSequence's rows [M, *] with
+``offsets=``: PACKED_ROWS) that share memory with numpy, so no copy is made beyond making
+an input contiguous. The kernels and their launchers live
 together: :mod:`.rnn`, :mod:`.lstm` (recurrences), :mod:`.gemm` (the layer GEMMs, on the
 register tile of :mod:`.tile`).
 """
@@ -18,6 +19,9 @@ NAME = "numba"
 DEVICE_TYPES = ("cpu",)
 DTYPES = (torch.float32, torch.float64)
 MAX_WIDTH = None  # any hidden_size / proj_size
+# The recurrence launchers take a PackedSequence's rows [M, *] (``offsets=``) as well as
+# padded [T, B, *] tensors, and read only the active rows of either.
+PACKED_ROWS = True
 
 
 def unsupported(device, dtype, width):
@@ -31,4 +35,5 @@ def unsupported(device, dtype, width):
 
 
 __all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "project",
-           "layer_grads", "matmul_tn", "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "unsupported"]
+           "layer_grads", "matmul_tn", "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "PACKED_ROWS",
+           "unsupported"]

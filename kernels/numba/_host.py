@@ -145,6 +145,30 @@ def lengths_array(lengths, T, B):
     return as_numpy(lengths.to(torch.int64))
 
 
+_DENSE_OFF = {}  # (T, B) -> int64 [T] t * B (read by the kernels, never written)
+
+
+def row_layout(offsets, T, B):
+    """(off, dense) for the kernels' row arrays [R, K], where step t of batch row b is
+    row off[t] + b: a padded [T, B, K] tensor (``offsets`` None: off[t] = t * B, dense)
+    or a PackedSequence's rows (off = ``offsets``, the rows before step t; only the
+    active (t, b) have a row)."""
+    if offsets is not None:
+        return lengths_array(offsets, T, B), False
+    off = _DENSE_OFF.get((T, B))
+    if off is None:
+        if len(_DENSE_OFF) > 64:
+            _DENSE_OFF.clear()
+        off = _DENSE_OFF[(T, B)] = np.arange(T, dtype=np.int64) * B
+    return off, True
+
+
+def rows(t):
+    """The 2-D numpy view [R, K] of a row tensor ([T, B, K] padded or [M, K] packed)."""
+    a = as_numpy(t)
+    return a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
+
+
 _NO_WEIGHT = {}  # torch dtype -> empty [0, 0, 0] numpy array (read-only by use)
 
 

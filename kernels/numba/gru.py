@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .._check import check_backward_args, check_recurrence_args
+from .._check import backward_dims, check_backward_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
@@ -46,12 +46,15 @@ from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
 @njit(**JIT)
-def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save, b0, b1):
-    """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,H],
-    h_n [B,H] and, when ``save``, gates [T,B,4H] (else it may be empty and is not
-    touched). All arrays C-contiguous, b_hn [H] (zeros when the layer has no bias);
-    offsets flat."""
-    T, B, G = xp.shape
+def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
+                  save, b0, b1):
+    """Forward recurrence for batch rows [b0, b1): writes their rows of y [R,H], h_n
+    [B,H] and, when ``save``, gates [R,4H] (else it may be empty and is not touched).
+    Row arrays [R, *]: step t of batch row b is row off[t] + b; ``dense``: every (t, b)
+    has a row (padded: an inactive one gets y = 0, gates = 0), else only the active ones
+    (packed rows). All arrays C-contiguous, b_hn [H] (zeros when the layer has no
+    bias); offsets flat."""
+    T, G = off.shape[0], xp.shape[1]
     L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     H = G // 3
     G4 = 4 * H
@@ -67,7 +70,7 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save, b
         mm_into(h[:na], w_hh_t, gh[:na], h_pk)
         for rr in range(nb):
             b = b0 + rr
-            row = t * B + b  # flat row of [T, B, *]
+            row = off[t] + b
             if t < lengths[b]:
                 for j in range(0, H, L):
                     n = min(L, H - j)
@@ -87,21 +90,22 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save, b
                         V.store(gates, go + 3 * H, n, hn)
                     V.store(h, ho, n, hv)
                     V.store(y, row * H + j, n, hv)
-            else:
+            elif dense:
                 if save:
                     for k in range(G4):
-                        gates[t, b, k] = 0
+                        gates[row, k] = 0
                 for j in range(H):
-                    y[t, b, j] = 0
+                    y[row, j] = 0
     copy_rows(h_n, b0, h, 0, b1 - b0)
 
 
 @njit(**JIT)
-def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
+def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
                   dxp, dgh, dh0, sqsum, b0, b1):
-    """BPTT for rows [b0, b1): writes their slices of dxp, dgh [T,B,3H], dh0 [B,H] and
-    sqsum[t] = ||dL/dh_t||^2 over those rows (float64)."""
-    T, B, H = dy.shape
+    """BPTT for rows [b0, b1): writes their rows of dxp, dgh [R,3H] (row arrays as
+    :func:`_gru_fwd_rows`), dh0 [B,H] and sqsum[t] = ||dL/dh_t||^2 over those rows
+    (float64)."""
+    T, H = off.shape[0], dy.shape[1]
     L = V.lanes(dy)
     G = 3 * H
     G4 = 4 * H
@@ -120,7 +124,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
         sq[:] = 0.0
         for rr in range(nb):
             b = b0 + rr
-            row = t * B + b
+            row = off[t] + b
             if t < lengths[b]:
                 # h_{t-1} is h0 at the row's first step (t = 0 forward; t = T - 1 or
                 # lengths[b] - 1 reversed), else y at the previous processing step.
@@ -132,7 +136,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
                     g = V.load(dh, ho, n) + V.load(dy, row * H + j, n)
                     V.store(sq, j, n, V.load(sq, j, n) + g * g)
                     hp = V.load(h0, b * H + j, n) if first else \
-                        V.load(y, (tp * B + b) * H + j, n)
+                        V.load(y, (off[tp] + b) * H + j, n)
                     rg = V.load(gates, go, n)
                     zg = V.load(gates, go + H, n)
                     ng = V.load(gates, go + 2 * H, n)
@@ -157,8 +161,10 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
             else:
                 for k in range(G):
                     dz[rr, k] = 0
-                    dxp[t, b, k] = 0
-                    dgh[t, b, k] = 0
+                if dense:
+                    for k in range(G):
+                        dxp[row, k] = 0
+                        dgh[row, k] = 0
         acc = 0.0
         for p in range(H):
             acc += np.float64(sq[p])
@@ -174,43 +180,45 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
 
 
 @njit(**JIT)
-def gru_fwd_kernel(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save):
-    """Writes y [T,B,H], h_n [B,H] and, when ``save``, gates [T,B,4H] = (r, z, n, hn)."""
-    _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save,
-                  0, xp.shape[1])
+def gru_fwd_kernel(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
+                   save):
+    """Writes y [R,H], h_n [B,H] and, when ``save``, gates [R,4H] = (r, z, n, hn)."""
+    _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates, save,
+                  0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
-def gru_fwd_kernel_parallel(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates,
-                            save, nchunks):
+def gru_fwd_kernel_parallel(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n,
+                            gates, save, nchunks):
     """Batch-parallel forward: each chunk of rows (packed.chunk_bounds) runs the whole
     time loop."""
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
-        _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, reverse, y, h_n, gates, save,
-                      bounds[c], bounds[c + 1])
+        _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
+                      save, bounds[c], bounds[c + 1])
 
 
 @njit(**JIT)
-def gru_bwd_kernel(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, dxp, dgh, dh0, norms):
-    """Writes dxp [T,B,3H], dgh [T,B,3H], dh0 [B,H] and norms [T] (float64)."""
-    _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, dxp, dgh, dh0, norms,
-                  0, dy.shape[1])
+def gru_bwd_kernel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, dxp, dgh,
+                   dh0, norms):
+    """Writes dxp [R,3H], dgh [R,3H], dh0 [B,H] and norms [T] (float64)."""
+    _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, dxp, dgh,
+                  dh0, norms, 0, dh_n.shape[0])
     for t in range(norms.shape[0]):
         norms[t] = math.sqrt(norms[t])
 
 
 @njit(**JIT_PARALLEL)
-def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
+def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
                             dxp, dgh, dh0, norms, nchunks):
     """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards
     (deterministic)."""
-    T = dy.shape[0]
+    T = off.shape[0]
     bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
-        _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, dxp, dgh, dh0,
-                      sq[c], bounds[c], bounds[c + 1])
+        _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, dxp, dgh,
+                      dh0, sq[c], bounds[c], bounds[c + 1])
     for t in range(T):
         acc = 0.0
         for c in range(nchunks):
@@ -223,7 +231,8 @@ def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
 DTYPES = (torch.float32, torch.float64)
 
 
-def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, train=True):
+def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, train=True,
+            offsets=None):
     """Forward recurrence of a GRU (torch.nn.GRU's cell, gate order r, z, n).
 
     Parameters
@@ -240,6 +249,8 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, tra
     train : bool            False for a forward that will not be differentiated: the
                             gates (read only by :func:`gru_bwd`) are neither allocated
                             nor written
+    offsets : int64 Tensor [T] or None   packed rows, as ``rnn_fwd``: xp [M, 3H]; y
+                            [M, H] and gates [M, 4H] are then packed rows too
 
     All tensors share one dtype (float32 or float64) and live on the CPU.
 
@@ -253,32 +264,36 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, tra
     (kernels._check).
     """
     T, B, G = check_recurrence_args("gru", xp, w_hh, h0, None, None, lengths,
-                                    0, 0.0, DTYPES, "numba", b_hn=b_hn)
+                                    0, 0.0, DTYPES, "numba", b_hn=b_hn, offsets=offsets)
     H = G // 3
-    y = _host.empty(xp, (T, B, H))
+    lead = tuple(xp.shape[:-1])  # (T, B) padded, (M,) packed
+    y = _host.empty(xp, (*lead, H))
     h_n = torch.empty_like(h0)
-    xn = _host.as_numpy(xp)
+    xn = _host.rows(xp)
     if train:
-        gates, gates_np = _host.scratch(xp, (T, B, 4 * H))
+        gates, gates_np = _host.scratch(xp, (*lead, 4 * H))
+        gates_np = gates_np.reshape(-1, 4 * H)
     else:
         gates = xp.new_empty((0,))
-        gates_np = np.empty((0, 0, 0), dtype=xn.dtype)
+        gates_np = np.empty((0, 0), dtype=xn.dtype)
     b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
+    off, dense = _host.row_layout(offsets, T, B)
     _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * G),
                  xn, panels(w_hh, transpose=True), b_hn_np, _host.as_numpy(h0),
-                 _host.lengths_array(lengths, T, B), bool(reverse), y.numpy(), h_n.numpy(),
-                 gates_np, bool(train))
+                 _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
+                 _host.rows(y), h_n.numpy(), gates_np, bool(train))
     return y, h_n, gates
 
 
-def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False):
+def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, offsets=None):
     """BPTT of a GRU.
 
     Parameters
     ----------
     dy : Tensor [T, B, H]    gradient of y;  dh_n : Tensor [B, H]  gradient of h_n
-    y, gates : from :func:`gru_fwd`;  h0, w_hh, lengths, reverse: as in the forward
+    y, gates : from :func:`gru_fwd`;  h0, w_hh, lengths, reverse, offsets: as in the
+    forward (packed rows: dy, y, gates, dxp and dgh are [M, *])
 
     Returns
     -------
@@ -291,19 +306,22 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False):
 
     Raises ValueError on a bad shape, dtype or device (kernels._check).
     """
-    T, B, H = y.shape
+    T, B, lead = backward_dims("gru_bwd[numba]", y, dh_n, lengths, offsets)
+    H = y.shape[-1]
     check_backward_args("gru_bwd[numba]", y,
-                        (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
-                         ("gates", gates, (T, B, 4 * H)), ("h0", h0, (B, H)),
+                        (("dy", dy, (*lead, H)), ("dh_n", dh_n, (B, H)),
+                         ("gates", gates, (*lead, 4 * H)), ("h0", h0, (B, H)),
                          ("w_hh", w_hh, (3 * H, H))))
-    dxp, dxp_np = _host.scratch(y, (T, B, 3 * H))
-    dgh, dgh_np = _host.scratch(y, (T, B, 3 * H))
+    dxp, dxp_np = _host.scratch(y, (*lead, 3 * H))
+    dgh, dgh_np = _host.scratch(y, (*lead, 3 * H))
     dh0 = torch.empty_like(dh_n)
     norms, norms_np = _host.scratch(y, (T,), torch.float64)
+    off, dense = _host.row_layout(offsets, T, B)
     _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * 3 * H),
-                 _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(y),
-                 _host.as_numpy(gates), _host.as_numpy(h0), panels(w_hh),
-                 _host.lengths_array(lengths, T, B), bool(reverse), dxp_np,
-                 dgh_np, dh0.numpy(), norms_np)
+                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y),
+                 _host.rows(gates), _host.as_numpy(h0), panels(w_hh),
+                 _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
+                 dxp_np.reshape(-1, 3 * H), dgh_np.reshape(-1, 3 * H), dh0.numpy(),
+                 norms_np)
     return dxp, dgh, dh0, norms

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .._check import check_backward_args, check_recurrence_args
+from .._check import backward_dims, check_backward_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
@@ -41,13 +41,16 @@ from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
 @njit(**JIT)
-def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse,
                    y, h_n, c_n, gates, cs, save, b0, b1):
-    """Forward recurrence for batch rows [b0, b1): writes their slices of y [T,B,P],
-    h_n [B,P], c_n [B,H] and, when ``save``, gates [T,B,G] and cs [T,B,H] (else both
-    may be empty and are not touched). All arrays C-contiguous; the pointwise step runs
-    on one-register vectors (kernels/numba/vec.py), offsets flat."""
-    T, B, G = xp.shape
+    """Forward recurrence for batch rows [b0, b1): writes their rows of y [R,P], h_n
+    [B,P], c_n [B,H] and, when ``save``, gates [R,G] and cs [R,H] (else both may be
+    empty and are not touched). Row arrays [R, *]: step t of batch row b is row
+    off[t] + b; ``dense``: every (t, b) has a row (padded: an inactive one gets y = 0,
+    gates = 0, cs = the carried c), else only the active ones (packed rows). All arrays
+    C-contiguous; the pointwise step runs on one-register vectors (vec.py), offsets
+    flat."""
+    T, G = off.shape[0], xp.shape[1]
     L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     H = G // 4
     P = h0.shape[1]
@@ -69,7 +72,7 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
         mm_into(h[:na], w_hh_t, z[:na], h_pk)
         for rr in range(nb):
             b = b0 + rr
-            row = t * B + b  # flat row of [T, B, *]
+            row = off[t] + b
             if t < lengths[b]:
                 for j in range(0, H, L):
                     n = min(L, H - j)
@@ -94,36 +97,38 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
                     else:  # h_t = r_t
                         V.store(h, co, n, rv)
                         V.store(y, row * H + j, n, rv)
-            else:
+            elif dense:
                 if save:
                     for k in range(G):
-                        gates[t, b, k] = 0
+                        gates[row, k] = 0
                     for j in range(H):
-                        cs[t, b, j] = c[rr, j]
+                        cs[row, j] = c[rr, j]
                 if not proj:
                     for p in range(P):
-                        y[t, b, p] = 0
+                        y[row, p] = 0
         if proj:  # h_t = r_t @ W_hr^T
             mm_into(r[:na], w_hr_t, hp[:na], r_pk)
             for rr in range(nb):
                 b = b0 + rr
+                row = off[t] + b
                 if t < lengths[b]:
                     for p in range(P):
                         h[rr, p] = hp[rr, p]
-                        y[t, b, p] = hp[rr, p]
-                else:
+                        y[row, p] = hp[rr, p]
+                elif dense:
                     for p in range(P):
-                        y[t, b, p] = 0
+                        y[row, p] = 0
     copy_rows(h_n, b0, h, 0, b1 - b0)
     copy_rows(c_n, b0, c, 0, b1 - b0)
 
 
 @njit(**JIT)
-def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
-                   dxp, dh0, dc0, dhs, sqsum, b0, b1):
-    """BPTT for rows [b0, b1): writes their slices of dxp, dh0, dc0, dhs (when
-    projecting) and sqsum[t] = ||dL/dh_t||^2 over those rows (float64)."""
-    T, B, G = gates.shape
+def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
+                   reverse, dxp, dh0, dc0, dhs, sqsum, b0, b1):
+    """BPTT for rows [b0, b1): writes their rows of dxp, dhs (when projecting; row
+    arrays as :func:`_lstm_fwd_rows`), dh0, dc0 and sqsum[t] = ||dL/dh_t||^2 over those
+    rows (float64)."""
+    T, G = off.shape[0], gates.shape[1]
     L = V.lanes(gates)
     H = G // 4
     P = dh_n.shape[1]
@@ -148,7 +153,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
         sq[:] = 0.0
         for rr in range(nb):
             b = b0 + rr
-            row = t * B + b
+            row = off[t] + b
             if t < lengths[b]:
                 for p in range(0, P, L):
                     n = min(L, P - p)
@@ -157,10 +162,10 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                     V.store(sq, p, n, V.load(sq, p, n) + g * g)
                 if proj:
                     for p in range(P):
-                        dhs[t, b, p] = dh[rr, p]
-            elif proj:
+                        dhs[row, p] = dh[rr, p]
+            elif proj and dense:
                 for p in range(P):
-                    dhs[t, b, p] = 0
+                    dhs[row, p] = 0
         acc = 0.0
         for p in range(sq.shape[0]):
             acc += np.float64(sq[p])
@@ -169,9 +174,11 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             mm_into(dh[:na], w_hr, dr[:na], dh_pk)
         for rr in range(nb):
             b = b0 + rr
-            row = t * B + b
+            row = off[t] + b
             if t < lengths[b]:
-                first = not 0 <= tp < T  # c_{t-1} is c0
+                # c_{t-1} is c0 at the row's first step (t = 0 forward; t = T - 1 or
+                # lengths[b] - 1 reversed), else cs at the previous processing step.
+                first = not 0 <= tp < lengths[b]
                 for j in range(0, H, L):
                     n = min(L, H - j)
                     go = row * G + j
@@ -180,7 +187,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
                     gg = V.load(gates, go + 2 * H, n)
                     og = V.load(gates, go + 3 * H, n)
                     cp = V.load(c0, b * H + j, n) if first else \
-                        V.load(cs, (tp * B + b) * H + j, n)
+                        V.load(cs, (off[tp] + b) * H + j, n)
                     tc = V.tanh(V.load(cs, row * H + j, n))
                     d_r = V.load(dr, rr * H + j, n)
                     dcc = V.load(dc, rr * H + j, n) + d_r * og * (1.0 - tc * tc)
@@ -201,7 +208,9 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
             else:
                 for k in range(G):
                     dz[rr, k] = 0
-                    dxp[t, b, k] = 0
+                if dense:
+                    for k in range(G):
+                        dxp[row, k] = 0
         mm_into(dz[:na], w_hh, back[:na], dz_pk)
         for rr in range(na):
             if t < lengths[b0 + rr]:
@@ -212,46 +221,46 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
 
 
 @njit(**JIT)
-def lstm_fwd_kernel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+def lstm_fwd_kernel(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse,
                     y, h_n, c_n, gates, cs, save):
-    """Writes y [T,B,P], h_n [B,P], c_n [B,H] and, when ``save``, gates [T,B,G] and
-    cs [T,B,H]."""
-    _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse, y, h_n, c_n, gates, cs,
-                   save, 0, xp.shape[1])
+    """Writes y [R,P], h_n [B,P], c_n [B,H] and, when ``save``, gates [R,G] and
+    cs [R,H] (row arrays: :func:`_lstm_fwd_rows`)."""
+    _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse, y, h_n, c_n,
+                   gates, cs, save, 0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
-def lstm_fwd_kernel_parallel(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse,
+def lstm_fwd_kernel_parallel(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse,
                              y, h_n, c_n, gates, cs, save, nchunks):
     """Batch-parallel forward: each chunk of rows (packed.chunk_bounds) runs the whole
     time loop."""
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
-        _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, reverse, y, h_n, c_n, gates,
-                       cs, save, bounds[c], bounds[c + 1])
+        _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse, y, h_n,
+                       c_n, gates, cs, save, bounds[c], bounds[c + 1])
 
 
 @njit(**JIT)
-def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
-                    dxp, dh0, dc0, dhs, norms):
-    """Writes dxp [T,B,G], dh0 [B,P], dc0 [B,H], norms [T] (float64) and, when
-    projecting, dhs [T,B,P] = the total gradient reaching h_t (for dW_hr)."""
-    _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
-                   dxp, dh0, dc0, dhs, norms, 0, dy.shape[1])
+def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
+                    reverse, dxp, dh0, dc0, dhs, norms):
+    """Writes dxp [R,G], dh0 [B,P], dc0 [B,H], norms [T] (float64) and, when
+    projecting, dhs [R,P] = the total gradient reaching h_t (for dW_hr)."""
+    _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
+                   reverse, dxp, dh0, dc0, dhs, norms, 0, dh_n.shape[0])
     for t in range(norms.shape[0]):
         norms[t] = math.sqrt(norms[t])
 
 
 @njit(**JIT_PARALLEL)
-def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
-                             dxp, dh0, dc0, dhs, norms, nchunks):
+def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off,
+                             dense, reverse, dxp, dh0, dc0, dhs, norms, nchunks):
     """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards."""
-    T = dy.shape[0]
+    T = off.shape[0]
     bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
-        _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse,
-                       dxp, dh0, dc0, dhs, sq[c], bounds[c], bounds[c + 1])
+        _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
+                       reverse, dxp, dh0, dc0, dhs, sq[c], bounds[c], bounds[c + 1])
     for t in range(T):
         acc = 0.0
         for c in range(nchunks):
@@ -265,7 +274,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False,
-             train=True):
+             train=True, offsets=None):
     """Forward recurrence of an LSTM (gate order i, f, g, o).
 
     Parameters
@@ -277,6 +286,8 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     [T, B, 4H] buffer and its first-touch page faults
     train : False for a forward that will not be differentiated: gates and cs (read
     only by :func:`lstm_bwd`) are neither allocated nor written
+    offsets : packed rows, as ``rnn_fwd``: xp [M, 4H]; y [M, P], gates [M, 4H] and
+    cs [M, H] are then packed rows too
 
     Returns
     -------
@@ -286,35 +297,39 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     Raises ValueError on a bad shape, dtype or device (kernels._check).
     """
     T, B, G = check_recurrence_args("lstm", xp, w_hh, h0, c0, w_hr, lengths,
-                                    0, 0.0, DTYPES, "numba")
+                                    0, 0.0, DTYPES, "numba", offsets=offsets)
     H = G // 4
     P = h0.shape[1]
-    y = _host.empty(xp, (T, B, P))
+    lead = tuple(xp.shape[:-1])  # (T, B) padded, (M,) packed
+    y = _host.empty(xp, (*lead, P))
     h_n = torch.empty_like(h0)
     c_n = torch.empty_like(c0)
-    xn = _host.as_numpy(xp)
+    xn = _host.rows(xp)
     if train:
         gates = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
-        cs, cs_np = _host.scratch(xp, (T, B, H))
-        gates_np = gates.numpy()
+        cs, cs_np = _host.scratch(xp, (*lead, H))
+        gates_np, cs_np = _host.rows(gates), cs_np.reshape(-1, H)
     else:
         gates, cs = xp.new_empty((0,)), xp.new_empty((0,))
-        gates_np = cs_np = np.empty((0, 0, 0), dtype=xn.dtype)
+        gates_np = cs_np = np.empty((0, 0), dtype=xn.dtype)
+    off, dense = _host.row_layout(offsets, T, B)
     w_hr_t = panels(w_hr, transpose=True) if w_hr is not None else _host.no_weight(xp)
     _host.launch(lstm_fwd_kernel, lstm_fwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * P * G),
                  xn, panels(w_hh, transpose=True), w_hr_t,
                  _host.as_numpy(h0), _host.as_numpy(c0), _host.lengths_array(lengths, T, B),
-                 bool(reverse), y.numpy(), h_n.numpy(), c_n.numpy(), gates_np, cs_np,
-                 bool(train))
+                 off, dense, bool(reverse), _host.rows(y), h_n.numpy(), c_n.numpy(),
+                 gates_np, cs_np, bool(train))
     return y, h_n, c_n, gates, cs
 
 
-def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False):
+def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False,
+             offsets=None):
     """BPTT of an LSTM.
 
     Parameters: dy [T, B, P], dh_n [B, P], dc_n [B, H]; gates, cs from :func:`lstm_fwd`;
-    c0, w_hh, w_hr, lengths, reverse as in the forward.
+    c0, w_hh, w_hr, lengths, reverse, offsets as in the forward (packed rows: dy [M, P],
+    gates [M, 4H], cs [M, H], and so are dxp and dhs).
 
     Returns
     -------
@@ -322,12 +337,13 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     dhs [T, B, P] (total gradient reaching h_t, for dW_hr; [0] without projection),
     norms : float64 [T]
     """
-    T, B, G = gates.shape
+    T, B, lead = backward_dims("lstm_bwd[numba]", gates, dh_n, lengths, offsets)
+    G = gates.shape[-1]
     H = G // 4
     P = dh_n.shape[1]
     proj = w_hr is not None
-    named = [("dy", dy, (T, B, P)), ("dh_n", dh_n, (B, P)), ("dc_n", dc_n, (B, H)),
-             ("cs", cs, (T, B, H)), ("c0", c0, (B, H)), ("w_hh", w_hh, (G, P))]
+    named = [("dy", dy, (*lead, P)), ("dh_n", dh_n, (B, P)), ("dc_n", dc_n, (B, H)),
+             ("cs", cs, (*lead, H)), ("c0", c0, (B, H)), ("w_hh", w_hh, (G, P))]
     if proj:
         named.append(("w_hr", w_hr, (P, H)))
     check_backward_args("lstm_bwd[numba]", gates, named)
@@ -335,15 +351,17 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     dh0 = torch.empty_like(dh_n)
     dc0 = torch.empty_like(dc_n)
     if proj:
-        dhs, dhs_np = _host.scratch(gates, (T, B, P))
+        dhs, dhs_np = _host.scratch(gates, (*lead, P))
+        dhs_np = dhs_np.reshape(-1, P)
     else:
-        dhs, dhs_np = gates.new_empty((0,)), _host.no_weight(gates)
+        dhs, dhs_np = gates.new_empty((0,)), np.empty((0, 0), dtype=dxp_np.dtype)
     norms, norms_np = _host.scratch(gates, (T,), torch.float64)
+    off, dense = _host.row_layout(offsets, T, B)
     _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * P * G),
-                 _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(dc_n),
-                 _host.as_numpy(gates), _host.as_numpy(cs), _host.as_numpy(c0),
+                 _host.rows(dy), _host.as_numpy(dh_n), _host.as_numpy(dc_n),
+                 _host.rows(gates), _host.rows(cs), _host.as_numpy(c0),
                  panels(w_hh), panels(w_hr) if proj else _host.no_weight(gates),
-                 _host.lengths_array(lengths, T, B), bool(reverse), dxp_np,
-                 dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
+                 _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
+                 dxp_np.reshape(-1, G), dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
     return dxp, dh0, dc0, dhs, norms

@@ -25,7 +25,7 @@ import torch
 from numba import njit, prange
 
 from .. import LEAKY_RELU, RELU
-from .._check import check_backward_args, check_recurrence_args
+from .._check import backward_dims, check_backward_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import INLINE, JIT, JIT_PARALLEL
@@ -56,10 +56,14 @@ def _activate_grad(h, activation, slope):
 
 
 @njit(**JIT)
-def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b0, b1):
-    """Forward recurrence for batch rows [b0, b1): writes y[:, b0:b1] and h_n[b0:b1].
-    All arrays C-contiguous; the pointwise step runs on one-register vectors."""
-    T, B, H = xp.shape
+def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope, y, h_n,
+                  b0, b1):
+    """Forward recurrence for batch rows [b0, b1): writes their rows of y and h_n[b0:b1].
+    xp and y are row arrays [R, H] (row off[t] + b holds step t of batch row b; see
+    packed.py); ``dense``: every (t, b) has a row (a padded batch: an inactive one gets
+    y = 0), else only the active ones (packed rows). All arrays C-contiguous; the
+    pointwise step runs on one-register vectors."""
+    T, H = off.shape[0], xp.shape[1]
     L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     nb = b1 - b0
     h = np.empty((nb, H), dtype=xp.dtype)  # [nb, H] running state
@@ -73,7 +77,7 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
         mm_into(h[:na], w_hh_t, z[:na], h_pk)
         for r in range(nb):
             b = b0 + r
-            row = t * B + b  # flat row of [T, B, H]
+            row = off[t] + b
             if t < lengths[b]:
                 for j in range(0, H, L):
                     n = min(L, H - j)
@@ -81,18 +85,19 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n, b
                                   activation, slope)
                     V.store(h, r * H + j, n, v)
                     V.store(y, row * H + j, n, v)
-            else:
+            elif dense:
                 for j in range(H):
-                    y[t, b, j] = 0
+                    y[row, j] = 0
     copy_rows(h_n, b0, h, 0, b1 - b0)
 
 
 @njit(**JIT)
-def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
                   dxp, dh0, sqsum, b0, b1):
-    """BPTT for rows [b0, b1): writes dxp[:, b0:b1], dh0[b0:b1] and sqsum[t] =
-    ||dL/dh_t||^2 over those rows (float64; the total gradient reaching h_t)."""
-    T, B, H = dy.shape
+    """BPTT for rows [b0, b1): writes their rows of dxp (row arrays as
+    :func:`_rnn_fwd_rows`), dh0[b0:b1] and sqsum[t] = ||dL/dh_t||^2 over those rows
+    (float64; the total gradient reaching h_t)."""
+    T, H = off.shape[0], dy.shape[1]
     L = V.lanes(dy)
     nb = b1 - b0
     dh = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] gradient reaching h_t
@@ -109,7 +114,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
         sq[:] = 0.0
         for r in range(nb):
             b = b0 + r
-            row = t * B + b
+            row = off[t] + b
             if t < lengths[b]:
                 for j in range(0, H, L):
                     n = min(L, H - j)
@@ -121,7 +126,9 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
             else:
                 for j in range(H):
                     dz[r, j] = 0
-                    dxp[t, b, j] = 0
+                if dense:
+                    for j in range(H):
+                        dxp[row, j] = 0
         acc = 0.0
         for p in range(sq.shape[0]):
             acc += np.float64(sq[p])
@@ -135,41 +142,42 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
 
 
 @njit(**JIT)
-def rnn_fwd_kernel(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n):
-    _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n,
-                  0, xp.shape[1])
+def rnn_fwd_kernel(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope, y,
+                   h_n):
+    _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope, y, h_n,
+                  0, h0.shape[0])
 
 
 @njit(**JIT)
-def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
                    dxp, dh0, norms):
-    _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
-                  dxp, dh0, norms, 0, dy.shape[1])
+    _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
+                  dxp, dh0, norms, 0, dh_n.shape[0])
     for t in range(norms.shape[0]):
         norms[t] = math.sqrt(norms[t])
 
 
 @njit(**JIT_PARALLEL)
-def rnn_fwd_kernel_parallel(xp, w_hh_t, h0, lengths, reverse, activation, slope,
-                            y, h_n, nchunks):
+def rnn_fwd_kernel_parallel(xp, w_hh_t, h0, lengths, off, dense, reverse, activation,
+                            slope, y, h_n, nchunks):
     """Batch-parallel forward: chunk c of the rows (packed.chunk_bounds) runs the whole
     time loop on its own thread (rows never interact)."""
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
-        _rnn_fwd_rows(xp, w_hh_t, h0, lengths, reverse, activation, slope, y, h_n,
-                      bounds[c], bounds[c + 1])
+        _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope,
+                      y, h_n, bounds[c], bounds[c + 1])
 
 
 @njit(**JIT_PARALLEL)
-def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
-                            dxp, dh0, norms, nchunks):
+def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation,
+                            slope, dxp, dh0, norms, nchunks):
     """Batch-parallel BPTT; each chunk's squared norms land in its own row of a
     [nchunks, T] buffer, summed afterwards in chunk order (deterministic)."""
-    T = dy.shape[0]
+    T = off.shape[0]
     bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
-        _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, reverse, activation, slope,
+        _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
                       dxp, dh0, sq[c], bounds[c], bounds[c + 1])
     for t in range(T):
         acc = 0.0
@@ -184,7 +192,7 @@ DTYPES = (torch.float32, torch.float64)
 
 
 def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_slope=0.01,
-            reuse_xp=False, train=True):
+            reuse_xp=False, train=True, offsets=None):
     """Forward recurrence of an Elman RNN.
 
     Parameters
@@ -200,6 +208,9 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
                             reads its xp before writing y in the same place
     train : bool            accepted for the common launcher signature: y is all the
                             RNN's backward reads, so it is the same either way
+    offsets : int64 Tensor [T] or None   packed rows: xp is a PackedSequence's data
+                            [M, H] (step t's rows start at offsets[t]) with its sorted
+                            lengths; y is then [M, H] too (kernels._check.check_packed_rows)
 
     Returns
     -------
@@ -208,39 +219,45 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     Raises ValueError on a bad shape, dtype or device (kernels._check).
     """
     T, B, H = check_recurrence_args("rnn", xp, w_hh, h0, None, None, lengths,
-                                    activation, negative_slope, DTYPES, "numba")
+                                    activation, negative_slope, DTYPES, "numba",
+                                    offsets=offsets)
     y = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
     h_n = torch.empty_like(h0)
+    off, dense = _host.row_layout(offsets, T, B)
     _host.launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * H),
-                 _host.as_numpy(xp), panels(w_hh, transpose=True),
-                 _host.as_numpy(h0), _host.lengths_array(lengths, T, B), bool(reverse),
-                 int(activation), float(negative_slope), y.numpy(), h_n.numpy())
+                 _host.rows(xp), panels(w_hh, transpose=True),
+                 _host.as_numpy(h0), _host.lengths_array(lengths, T, B), off, dense,
+                 bool(reverse), int(activation), float(negative_slope), _host.rows(y),
+                 h_n.numpy())
     return y, h_n
 
 
 def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
-            negative_slope=0.01):
+            negative_slope=0.01, offsets=None):
     """BPTT of an Elman RNN.
 
     Parameters: dy [T, B, H] (gradient of y), dh_n [B, H] (gradient of h_n), y [T, B, H]
-    (the forward output), the rest as :func:`rnn_fwd`.
+    (the forward output), the rest as :func:`rnn_fwd` (with ``offsets``: dy, y and dxp
+    are packed rows [M, H]).
 
     Returns
     -------
     dxp : Tensor [T, B, H], dh0 : Tensor [B, H],
     norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
     """
-    T, B, H = y.shape
-    check_backward_args("rnn_bwd[numba]", y, (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
+    T, B, lead = backward_dims("rnn_bwd[numba]", y, dh_n, lengths, offsets)
+    H = y.shape[-1]
+    check_backward_args("rnn_bwd[numba]", y, (("dy", dy, (*lead, H)), ("dh_n", dh_n, (B, H)),
                                               ("w_hh", w_hh, (H, H))))
     dxp, dxp_np = _host.scratch(y, y.shape)
     dh0 = torch.empty_like(dh_n)
     norms, norms_np = _host.scratch(y, (T,), torch.float64)
+    off, dense = _host.row_layout(offsets, T, B)
     _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * H),
-                 _host.as_numpy(dy), _host.as_numpy(dh_n), _host.as_numpy(y),
-                 panels(w_hh), _host.lengths_array(lengths, T, B),
-                 bool(reverse), int(activation), float(negative_slope), dxp_np,
-                 dh0.numpy(), norms_np)
+                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y),
+                 panels(w_hh), _host.lengths_array(lengths, T, B), off, dense,
+                 bool(reverse), int(activation), float(negative_slope),
+                 dxp_np.reshape(-1, H), dh0.numpy(), norms_np)
     return dxp, dh0, norms

@@ -35,6 +35,9 @@ from .lstm import lstm_bwd, lstm_fwd
 from .rnn import rnn_bwd, rnn_fwd
 
 NAME = "triton"
+# The recurrence launchers take padded [T, B, *] tensors only (rnnfast.ops pads a
+# PackedSequence's rows for them).
+PACKED_ROWS = False
 DEVICE_TYPES = ("cuda",)
 INTERPRETER_DTYPES = (torch.float32, torch.float64)
 
@@ -59,5 +62,5 @@ def unsupported(device, dtype, width):
 
 __all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "project",
            "layer_grads",
-           "matmul_tn", "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "unsupported",
+           "matmul_tn", "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "PACKED_ROWS", "unsupported",
            "config", "last_launch", "set_tf32", "tf32_enabled"]
