@@ -4,6 +4,9 @@ A launcher calls :func:`check_recurrence_args` (forward) or :func:`check_backwar
 (BPTT) before it allocates anything; both raise ``ValueError`` naming the launcher, the
 argument, the expected and the actual value."""
 
+import weakref
+
+import numpy as np
 import torch
 
 from . import ACTIVATIONS, LEAKY_RELU
@@ -90,22 +93,33 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
 
 def check_packed_rows(where, M, lengths, offsets):
     """Packed rows: lengths [B] non-increasing in [1, T] summing to M, and offsets [T]
-    the exclusive running sum of the batch sizes (rows active at each step)."""
+    the exclusive running sum of the batch sizes (rows active at each step). A wrong
+    offset would send a kernel's loads and stores outside its arrays, so this runs on
+    every packed launch, except where these very tensors, unmodified since (their
+    ``_version``), passed it before (a layer's backward after its forward): ~50 us in
+    numpy on a 2-core EPYC, ~2 us when remembered."""
+    seen = offsets.__dict__.get("_rnnfast_rows_ok")
+    if seen is not None and seen[0]() is lengths and seen[1:] == (
+            lengths._version, offsets._version, M):
+        return
     T = offsets.shape[0]
     _expect(offsets.dim() == 1 and not offsets.is_floating_point(),
             lambda: f"{where}: offsets must be a 1-D integer tensor, got "
                     f"{offsets.dtype} of shape {tuple(offsets.shape)}")
-    _expect(lengths.dim() == 1 and lengths.shape[0] > 0
-            and bool((lengths[1:] <= lengths[:-1]).all()) and int(lengths[0]) == T
-            and int(lengths[-1]) >= 1,
+    L = lengths.detach().to("cpu", torch.int64).numpy()
+    _expect(L.ndim == 1 and L.shape[0] > 0 and bool((L[1:] <= L[:-1]).all())
+            and int(L[0]) == T and int(L[-1]) >= 1,
             lambda: f"{where}: packed rows need lengths sorted non-increasing in [1, {T}] "
-                    f"with lengths[0] = {T}, got {lengths.tolist()}")
-    bs = (lengths.unsqueeze(0) > torch.arange(T, device=lengths.device).unsqueeze(1)).sum(1)
-    want = torch.cumsum(bs, 0) - bs
-    _expect(int(bs.sum()) == M and torch.equal(offsets.to(want), want),
-            lambda: f"{where}: packed rows: {M} rows and offsets {offsets.tolist()} do not "
-                    f"match lengths {lengths.tolist()} ({int(bs.sum())} rows, offsets "
+                    f"with lengths[0] = {T}, got {L.tolist()}")
+    bs = L.shape[0] - np.cumsum(np.bincount(L, minlength=T + 1))[:T]
+    want = np.cumsum(bs) - bs
+    got = offsets.detach().to("cpu", torch.int64).numpy()
+    _expect(int(bs.sum()) == M and np.array_equal(got, want),
+            lambda: f"{where}: packed rows: {M} rows and offsets {got.tolist()} do not "
+                    f"match lengths {L.tolist()} ({int(bs.sum())} rows, offsets "
                     f"{want.tolist()})")
+    offsets.__dict__["_rnnfast_rows_ok"] = (weakref.ref(lengths), lengths._version,
+                                            offsets._version, M)
 
 
 def backward_dims(where, y, dh_n, lengths, offsets):

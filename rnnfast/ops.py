@@ -162,31 +162,62 @@ class _ActiveRows:
 
     def __init__(self, lengths, T, B, reverse, device):
         # numpy: these are small index arrays, where each torch op's fixed cost
-        # dominated (~200 us for T = 100, B = 32 in torch against ~40 us here).
+        # dominated (~200 us for T = 100, B = 32 in torch against ~40 us here). What
+        # only a padded layout uses (idx, prev, src) is built on first use.
         L = lengths.to("cpu", torch.int64).numpy()
+        self.M, self.T, self.B = int(L.sum()), T, B
+        self._L, self._reverse, self._device = L, bool(reverse), device
+        if B > 1 and not (L[1:] <= L[:-1]).all():  # unsorted (a padded batch only)
+            self._from_flat()
+            return
+        # Sorted: bs[t] rows active at step t, the first bs[t] of the batch.
+        bs = B - np.cumsum(np.bincount(L, minlength=T + 1))[:T]
+        off = np.cumsum(bs) - bs
+        m = np.arange(self.M)
+        if reverse:  # h_{t-1} is row b of step t + 1 (row m + bs[t]) while b < bs[t + 1]
+            b_of = m - np.repeat(off, bs)
+            first = b_of >= np.repeat(np.append(bs[1:], 0), bs)
+            self.prev_packed = self._dev(np.where(first, m, m + np.repeat(bs, bs)))
+            first_pos = np.flatnonzero(first)
+            first_b = b_of[first_pos]
+        else:  # row b of step t - 1 (row m - bs[t - 1]); h0 at t = 0 (the first B rows)
+            self.prev_packed = self._dev(m - np.repeat(np.append(0, bs[:-1]), bs))
+            first_pos = first_b = np.arange(B)
+        self.first_pos, self.first_b = self._dev(first_pos), self._dev(first_b)
+        # offsets [T] (CPU): the active rows before step t (a PackedSequence's layout,
+        # which a PACKED_ROWS backend's launchers take as ``offsets=``)
+        self.offsets = torch.from_numpy(off)
+
+    def _dev(self, a):
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+        return t if self._device.type == "cpu" else t.to(self._device)
+
+    def _from_flat(self):
+        """Any lengths: the padded layout's indices (and packed ones, in its order)."""
+        T, B, L = self.T, self.B, self._L
         mask = np.arange(T)[:, None] < L[None, :]  # [T, B]
         idx = np.flatnonzero(mask)
         tt, bb = np.divmod(idx, B)
-        first = tt == (L[bb] - 1 if reverse else 0)
-        prev = np.where(first, idx, idx + B if reverse else idx - B)
+        first = tt == (L[bb] - 1 if self._reverse else 0)
+        prev = np.where(first, idx, idx + B if self._reverse else idx - B)
         first_pos = np.flatnonzero(first)
         # src [T * B]: the active row each padded row is copied from by scatter (an
         # inactive row: row 0, never read); prev_packed: h_{t-1} rows as active rows.
         inv = np.zeros(T * B, dtype=np.int64)
         inv[idx] = np.arange(idx.shape[0])
+        self.__dict__.update(idx=self._dev(idx), prev=self._dev(prev), src=self._dev(inv),
+                             prev_packed=self._dev(inv[prev]))
+        self.first_pos, self.first_b = self._dev(first_pos), self._dev(bb[first_pos])
         bs = mask.sum(1)
-
-        def dev(a):
-            t = torch.from_numpy(a)
-            return t if device.type == "cpu" else t.to(device)
-
-        self.idx, self.prev, self.src, self.prev_packed = (
-            dev(idx), dev(prev), dev(inv), dev(inv[prev]))
-        self.first_pos, self.first_b = dev(first_pos), dev(bb[first_pos])
-        self.M, self.T, self.B = idx.shape[0], T, B
-        # offsets [T] (CPU): the active rows before step t (a PackedSequence's layout,
-        # which a PACKED_ROWS backend's launchers take as ``offsets=``)
         self.offsets = torch.from_numpy(np.cumsum(bs) - bs)
+
+    def __getattr__(self, name):  # idx, prev, src: built on first use
+        if name in ("idx", "prev", "src"):
+            first_pos, first_b, offsets = self.first_pos, self.first_b, self.offsets
+            self._from_flat()
+            self.first_pos, self.first_b, self.offsets = first_pos, first_b, offsets
+            return self.__dict__[name]
+        raise AttributeError(name)
 
     @staticmethod
     def of(lengths, T, B, reverse, device, always=False):

@@ -183,3 +183,6 @@ def test_packed_rows_launcher_errors(backend):
         k.rnn_bwd(torch.randn(3, H), h0, torch.randn(3, H), w, lengths, offsets=good)
     y, _ = k.rnn_fwd(torch.randn(4, H), w, h0, lengths, offsets=good)
     assert y.shape == (4, H)
+    good[1] = 1  # modified in place after passing: checked again, not remembered
+    with pytest.raises(ValueError, match=r"offsets \[0, 1, 3\] do not match"):
+        k.rnn_bwd(torch.randn(4, H), h0, y, w, lengths, offsets=good)
