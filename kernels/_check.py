@@ -91,6 +91,14 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
     return T, B, G
 
 
+def packed_offsets(L, T):
+    """(batch sizes [T], offsets [T]) of sorted lengths L (int64 numpy [B], each in
+    [1, T]): bs[t] = #rows with L > t, offsets the exclusive running sum of bs (the
+    packed rows before step t)."""
+    bs = L.shape[0] - np.cumsum(np.bincount(L, minlength=T + 1))[:T]
+    return bs, np.cumsum(bs) - bs
+
+
 def check_packed_rows(where, M, lengths, offsets):
     """Packed rows: lengths [B] non-increasing in [1, T] summing to M, and offsets [T]
     the exclusive running sum of the batch sizes (rows active at each step). A wrong
@@ -111,8 +119,7 @@ def check_packed_rows(where, M, lengths, offsets):
             and int(L[0]) == T and int(L[-1]) >= 1,
             lambda: f"{where}: packed rows need lengths sorted non-increasing in [1, {T}] "
                     f"with lengths[0] = {T}, got {L.tolist()}")
-    bs = L.shape[0] - np.cumsum(np.bincount(L, minlength=T + 1))[:T]
-    want = np.cumsum(bs) - bs
+    bs, want = packed_offsets(L, T)
     got = offsets.detach().to("cpu", torch.int64).numpy()
     _expect(int(bs.sum()) == M and np.array_equal(got, want),
             lambda: f"{where}: packed rows: {M} rows and offsets {got.tolist()} do not "

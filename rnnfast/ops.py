@@ -36,6 +36,7 @@ torch.compile, torch.export, jit.trace or with tensor subclasses they call the o
 the graph records ``rnnfast::<cell>_layer``.
 """
 
+import functools
 from functools import partial
 from typing import Optional
 
@@ -45,6 +46,7 @@ from torch import Tensor
 
 from . import dispatch, reference
 from .kernels import ACTIVATIONS
+from .kernels._check import packed_offsets
 
 _EMPTY = (0,)
 _ACTIVATION_NAMES = {code: name for name, code in ACTIVATIONS.items()}
@@ -162,17 +164,18 @@ class _ActiveRows:
 
     def __init__(self, lengths, T, B, reverse, device):
         # numpy: these are small index arrays, where each torch op's fixed cost
-        # dominated (~200 us for T = 100, B = 32 in torch against ~40 us here). What
-        # only a padded layout uses (idx, prev, src) is built on first use.
+        # dominated (~200 us for T = 100, B = 32 in torch against ~60 us here). What
+        # only a padded layout uses (idx, prev, src) is built on first use (_flat).
         L = lengths.to("cpu", torch.int64).numpy()
         self.M, self.T, self.B = int(L.sum()), T, B
         self._L, self._reverse, self._device = L, bool(reverse), device
         if B > 1 and not (L[1:] <= L[:-1]).all():  # unsorted (a padded batch only)
-            self._from_flat()
+            f = self._flat
+            self.prev_packed, self.first_pos, self.first_b, self.offsets = (
+                f["prev_packed"], f["first_pos"], f["first_b"], f["offsets"])
             return
         # Sorted: bs[t] rows active at step t, the first bs[t] of the batch.
-        bs = B - np.cumsum(np.bincount(L, minlength=T + 1))[:T]
-        off = np.cumsum(bs) - bs
+        bs, off = packed_offsets(L, T)
         m = np.arange(self.M)
         if reverse:  # h_{t-1} is row b of step t + 1 (row m + bs[t]) while b < bs[t + 1]
             b_of = m - np.repeat(off, bs)
@@ -192,8 +195,10 @@ class _ActiveRows:
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
         return t if self._device.type == "cpu" else t.to(self._device)
 
-    def _from_flat(self):
-        """Any lengths: the padded layout's indices (and packed ones, in its order)."""
+    @functools.cached_property
+    def _flat(self):
+        """The padded layout's indices, for any lengths (sorted or not), and the packed
+        ones in its order."""
         T, B, L = self.T, self.B, self._L
         mask = np.arange(T)[:, None] < L[None, :]  # [T, B]
         idx = np.flatnonzero(mask)
@@ -205,19 +210,15 @@ class _ActiveRows:
         # inactive row: row 0, never read); prev_packed: h_{t-1} rows as active rows.
         inv = np.zeros(T * B, dtype=np.int64)
         inv[idx] = np.arange(idx.shape[0])
-        self.__dict__.update(idx=self._dev(idx), prev=self._dev(prev), src=self._dev(inv),
-                             prev_packed=self._dev(inv[prev]))
-        self.first_pos, self.first_b = self._dev(first_pos), self._dev(bb[first_pos])
         bs = mask.sum(1)
-        self.offsets = torch.from_numpy(np.cumsum(bs) - bs)
+        return dict(idx=self._dev(idx), prev=self._dev(prev), src=self._dev(inv),
+                    prev_packed=self._dev(inv[prev]), first_pos=self._dev(first_pos),
+                    first_b=self._dev(bb[first_pos]),
+                    offsets=torch.from_numpy(np.cumsum(bs) - bs))
 
-    def __getattr__(self, name):  # idx, prev, src: built on first use
-        if name in ("idx", "prev", "src"):
-            first_pos, first_b, offsets = self.first_pos, self.first_b, self.offsets
-            self._from_flat()
-            self.first_pos, self.first_b, self.offsets = first_pos, first_b, offsets
-            return self.__dict__[name]
-        raise AttributeError(name)
+    idx = property(lambda self: self._flat["idx"])  # [M] active flat rows
+    prev = property(lambda self: self._flat["prev"])  # [M] flat row of h_{t-1}
+    src = property(lambda self: self._flat["src"])  # [T * B] scatter's source rows
 
     @staticmethod
     def of(lengths, T, B, reverse, device, always=False):
@@ -283,18 +284,31 @@ def _rows(x, lengths, reverse):
     return _ActiveRows.of(lengths, x.shape[0], x.shape[1], reverse, x.device)
 
 
-def _direct(kern, x):
-    """True when this layer's recurrence kernels run on packed rows x [M, I] as they
-    are (a PACKED_ROWS backend: launchers with ``offsets=``); else the layer pads for
-    them what they read (:func:`_padded`)."""
-    return x.dim() == 2 and kern.PACKED_ROWS
-
-
 def _padded(kern, rows, t):
     """Packed rows t [M, K] -> [T, B, K] for a recurrence kernel, which reads only the
-    active rows: the rest stay uninitialised on the numba backend (its kernels never
-    read them) and are 0 elsewhere (the Triton kernels' reads were not audited)."""
+    active rows: the rest hold any values on the numba backend (its kernels never read
+    them; see _ActiveRows.scatter) and are 0 elsewhere (the Triton kernels' reads were
+    not audited)."""
     return rows.scatter(t, zero=kern.NAME != "numba")
+
+
+def _kernel_rows(kern, x, lengths, reverse, *ts):
+    """What a recurrence launcher gets for this layer's row tensors ``ts`` (xp, dy, y:
+    laid out like x), and its extra keyword arguments: as they are for a padded x (no
+    extra); for packed rows x [M, I] as they are with ``offsets=`` on a PACKED_ROWS
+    backend, else padded to [T, B, *] (:func:`_padded`)."""
+    if x.dim() == 3:
+        return ts, {}
+    rows = _rows(x, lengths, reverse)
+    if kern.PACKED_ROWS:
+        return ts, {"offsets": rows.offsets}
+    return tuple(_padded(kern, rows, t) for t in ts), {}
+
+
+def _from_kernel_rows(x, lengths, reverse, y):
+    """A forward launcher's y as the layer returns it: packed rows [M, P] for packed
+    rows x (gathered from [T, B, P], or as they are), else y itself."""
+    return _rows(x, lengths, reverse).gather(y) if x.dim() == 2 else y
 
 
 def _project(kern, x, w_ih, bias, rows):
@@ -305,7 +319,7 @@ def _project(kern, x, w_ih, bias, rows):
     if rows is None:
         return kern.project(x, w_ih, bias)
     xp = kern.project(rows.gather(x).unsqueeze(1), w_ih, bias).squeeze(1)  # [M, G]
-    return xp if _direct(kern, x) else _padded(kern, rows, xp)
+    return xp if x.dim() == 2 and kern.PACKED_ROWS else _padded(kern, rows, xp)
 
 
 def _layer_grads(kern, dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx, dgh=None):
@@ -336,14 +350,12 @@ def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negati
              backend, probe, train):
     """The forward of one Elman RNN layer direction (``train=False``: nothing kept)."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    rows = _rows(x, lengths, reverse)
-    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
-    if _direct(kern, x):
-        return kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
-                            reuse_xp=True, train=train, offsets=rows.offsets)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None,
+                  _rows(x, lengths, reverse))
+    _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n = kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
-                          reuse_xp=True, train=train)
-    return (rows.gather(y) if x.dim() == 2 else y), h_n
+                          reuse_xp=True, train=train, **packed)
+    return _from_kernel_rows(x, lengths, reverse, y), h_n
 
 
 def _rnn_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -366,18 +378,9 @@ def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    if _direct(kern, x):
-        dxp, dh0, norms = kern.rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation,
-                                       negative_slope,
-                                       offsets=_rows(x, lengths, reverse).offsets)
-    elif x.dim() == 2:  # packed rows: the kernel reads dy and y padded
-        rows = _rows(x, lengths, reverse)
-        dxp, dh0, norms = kern.rnn_bwd(_padded(kern, rows, dy), dh_n,
-                                       _padded(kern, rows, y), w_hh, lengths, reverse,
-                                       activation, negative_slope)
-    else:
-        dxp, dh0, norms = kern.rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation,
-                                       negative_slope)
+    (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
+    dxp, dh0, norms = kern.rnn_bwd(dy_k, dh_n, y_k, w_hh, lengths, reverse, activation,
+                                   negative_slope, **packed)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx)
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
@@ -456,14 +459,12 @@ def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
               train):
     """The forward of one LSTM layer direction (``train=False``: gates, cs empty)."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    rows = _rows(x, lengths, reverse)
-    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
-    if _direct(kern, x):
-        return kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp=True,
-                             train=train, offsets=rows.offsets)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None,
+                  _rows(x, lengths, reverse))
+    _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n, c_n, gates, cs = kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
-                                           reuse_xp=True, train=train)
-    return (rows.gather(y) if x.dim() == 2 else y), h_n, c_n, gates, cs
+                                           reuse_xp=True, train=train, **packed)
+    return _from_kernel_rows(x, lengths, reverse, y), h_n, c_n, gates, cs
 
 
 def _lstm_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -485,12 +486,8 @@ def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tens
     """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0, dc0,
     norms [T] float64."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    packed = {}  # the launcher's offsets= for packed rows it takes as they are
-    if _direct(kern, x):
-        packed = dict(offsets=_rows(x, lengths, reverse).offsets)
-    elif x.dim() == 2:  # packed rows: the kernel reads dy padded
-        dy = _padded(kern, _rows(x, lengths, reverse), dy)
-    dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
+    (dy_k,), packed = _kernel_rows(kern, x, lengths, reverse, dy)
+    dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy_k, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
                                               lengths, reverse, **packed)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx)
@@ -578,14 +575,11 @@ def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, tr
     """The forward of one GRU layer direction (``train=False``: gates empty)."""
     kern = _kernels(backend, x, w_hh.shape[1])
     bias, b_hn = _gru_bias(b_ih, b_hh)
-    rows = _rows(x, lengths, reverse)
-    xp = _project(kern, x, w_ih, bias, rows)
-    if _direct(kern, x):
-        return kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True,
-                            train=train, offsets=rows.offsets)
+    xp = _project(kern, x, w_ih, bias, _rows(x, lengths, reverse))
+    _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n, gates = kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True,
-                                 train=train)
-    return (rows.gather(y) if x.dim() == 2 else y), h_n, gates
+                                 train=train, **packed)
+    return _from_kernel_rows(x, lengths, reverse, y), h_n, gates
 
 
 def _gru_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -604,17 +598,9 @@ def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    if _direct(kern, x):
-        dxp, dgh, dh0, norms = kern.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse,
-                                            offsets=_rows(x, lengths, reverse).offsets)
-    elif x.dim() == 2:  # packed rows: the kernel reads dy and y padded
-        rows = _rows(x, lengths, reverse)
-        dxp, dgh, dh0, norms = kern.gru_bwd(_padded(kern, rows, dy), dh_n,
-                                            _padded(kern, rows, y), gates, h0, w_hh,
-                                            lengths, reverse)
-    else:
-        dxp, dgh, dh0, norms = kern.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths,
-                                            reverse)
+    (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
+    dxp, dgh, dh0, norms = kern.gru_bwd(dy_k, dh_n, y_k, gates, h0, w_hh, lengths,
+                                        reverse, **packed)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx, dgh=dgh)
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms

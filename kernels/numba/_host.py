@@ -154,7 +154,7 @@ def row_layout(offsets, T, B):
     or a PackedSequence's rows (off = ``offsets``, the rows before step t; only the
     active (t, b) have a row)."""
     if offsets is not None:
-        return lengths_array(offsets, T, B), False
+        return as_numpy(offsets.to(torch.int64)), False
     off = _DENSE_OFF.get((T, B))
     if off is None:
         if len(_DENSE_OFF) > 64:

@@ -60,9 +60,9 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slop
                   b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their rows of y and h_n[b0:b1].
     xp and y are row arrays [R, H] (row off[t] + b holds step t of batch row b; see
-    packed.py); ``dense``: every (t, b) has a row (a padded batch: an inactive one gets
-    y = 0), else only the active ones (packed rows). All arrays C-contiguous; the
-    pointwise step runs on one-register vectors."""
+    PACKED_ROWS in kernels/__init__.py); ``dense``: every (t, b) has a row (a padded
+    batch: an inactive one gets y = 0), else only the active ones (packed rows). All
+    arrays C-contiguous; the pointwise step runs on one-register vectors."""
     T, H = off.shape[0], xp.shape[1]
     L = V.lanes(xp)  # vector lanes: 16 float32 / 8 float64
     nb = b1 - b0
