@@ -42,6 +42,36 @@ TORCH_OP_LSTM_INFERENCE_MIN_BH = 8192
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
+def _stack_states(states, fresh):
+    """torch.stack(states) (h_n of each layer and direction -> [L * D, B, H]). One state
+    that is ``fresh`` (a kernel's own output, which no backward reads) is unsqueezed
+    instead: a view, ~2 against ~8 us on the host. The reference loop's h_n is saved by
+    autograd (the last step's activation): the caller gets a copy of it, so that an
+    in-place op on h_n cannot corrupt the backward."""
+    return states[0].unsqueeze(0) if fresh and len(states) == 1 else torch.stack(states)
+
+
+_ZEROS = {}  # (shape, dtype, device, inference mode) -> a zero state, never written
+
+
+def _zeros(like, shape):
+    """A zero initial state of ``shape`` in like's dtype and device. In plain eager mode
+    one tensor per shape is kept and reused (torch.zeros costs ~5 us on the host, twice
+    per LSTM call): the layers only read h0 / c0, and nothing hands it to the caller.
+    Kept apart per inference mode (an inference tensor cannot be saved for backward);
+    under torch.compile, tracing, or for a tensor subclass (fake tensors) a fresh one."""
+    if type(like) is not torch.Tensor or torch.compiler.is_compiling() \
+            or torch.jit.is_tracing():
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    key = (shape, like.dtype, like.device, torch.is_inference_mode_enabled())
+    z = _ZEROS.get(key)
+    if z is None:
+        if len(_ZEROS) > 64:
+            _ZEROS.clear()
+        z = _ZEROS[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    return z
+
+
 def _packed_index(batch_sizes, device, rows=True):
     """Rows of a [T * B] time-major padded batch (sorted batch order) that a
     PackedSequence's data holds, in its order (None when not ``rows``), and the sorted
@@ -90,10 +120,10 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _zeros_state(self, input, B):
         n = self.num_layers * (2 if self.bidirectional else 1)
-        h = torch.zeros(n, B, self._state_size(), dtype=input.dtype, device=input.device)
+        h = _zeros(input, (n, B, self._state_size()))
         if self._cell != "lstm":
             return h
-        return h, torch.zeros(n, B, self.hidden_size, dtype=input.dtype, device=input.device)
+        return h, _zeros(input, (n, B, self.hidden_size))
 
     def _check_hx_dims(self, hx, is_batched):
         """torch.nn's dimension checks of a user's hx; returns hx with a batch axis."""
@@ -356,7 +386,8 @@ class _FusedRNNBase(nn.RNNBase):
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        return x, torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+        fresh = be.kernels is not None
+        return x, _stack_states(h_n, fresh), (_stack_states(c_n, fresh) if c_n else None)
 
     # ------------------------------------------------------------ export, scripting
     def _torch_rnn_op(self, input, batch_sizes, hx):

@@ -53,7 +53,11 @@ _ACTIVATION_NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 
 def _kernels(backend, x, width):
-    """The kernel module for this call's tensors (run-time resolution inside the op)."""
+    """The kernel module for this call's tensors: run-time resolution inside the op
+    (``backend`` the requested name), or the module's own resolution in plain eager
+    mode (``backend`` a resolved :class:`rnnfast.dispatch.Backend`, with kernels)."""
+    if type(backend) is dispatch.Backend:
+        return backend.kernels
     be = dispatch.resolve(backend, x.device, x.dtype, width, warn=False)
     if be.kernels is None:
         raise dispatch.RNNArgumentError(
@@ -105,9 +109,11 @@ def _plain(*tensors):
         t is None or type(t) is torch.Tensor for t in tensors)
 
 
-def _backward_op(op, eager_impl, *tensors):
-    """The backward op, or its plain implementation in eager mode (no dispatch cost)."""
-    return eager_impl if _plain(*tensors) else op
+def _backend_arg(backend, plain):
+    """What a layer op gets as its backend: the resolved Backend in plain eager mode (no
+    second resolution), else the requested name (the op's schema: a string, resolved
+    again from its tensors when it runs, so traced programs follow their inputs)."""
+    return backend if plain or type(backend) is not dispatch.Backend else backend.requested
 
 
 def _setup_context(ctx, inputs, output, saved_outputs):
@@ -441,10 +447,10 @@ def _rnn_backward(ctx, dy, dh_n):
      backend, probe) = inputs
     dy, dh_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0)
     need_dx = ctx.needs_input_grad[0]
-    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = _backward_op(
-        rnn_layer_bwd, _rnn_bwd_impl, dy, x)(
+    plain = _plain(dy, x)
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = (_rnn_bwd_impl if plain else rnn_layer_bwd)(
         dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation, negative_slope,
-        backend, b_ih is not None, need_dx)
+        _backend_arg(backend, plain), b_ih is not None, need_dx)
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None, None,
             None, norms if probe is not None else None)
@@ -548,10 +554,11 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe = inputs
     dy, dh_n, dc_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0)
     need_dx = ctx.needs_input_grad[0]
-    dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, norms = _backward_op(
-        lstm_layer_bwd, _lstm_bwd_impl, dy, x)(
+    plain = _plain(dy, x)
+    dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, norms = (
+        _lstm_bwd_impl if plain else lstm_layer_bwd)(
         dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
-        backend, b_ih is not None, need_dx)
+        _backend_arg(backend, plain), b_ih is not None, need_dx)
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh),
             dw_hr if w_hr is not None else None, dh0, dc0, None, None, None,
@@ -641,10 +648,10 @@ def _gru_backward(ctx, dy, dh_n, _dgates):
     x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe = inputs
     dy, dh_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0)
     need_dx = ctx.needs_input_grad[0]
-    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = _backward_op(
-        gru_layer_bwd, _gru_bwd_impl, dy, x)(
-        dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse, backend,
-        b_ih is not None, need_dx)
+    plain = _plain(dy, x)
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = (_gru_bwd_impl if plain else gru_layer_bwd)(
+        dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse,
+        _backend_arg(backend, plain), b_ih is not None, need_dx)
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None,
             norms if probe is not None else None)
@@ -707,9 +714,10 @@ def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, activation, negative
         return _reference_layer(reference.rnn_layer, x, lengths, reverse, w_ih, w_hh,
                                 b_ih, b_hh, h0, lengths, reverse,
                                 _ACTIVATION_NAMES[activation], negative_slope, probe)
+    plain = _plain(x, h0, probe)
     args = (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
-            backend.requested, probe)
-    if not _plain(x, h0, probe):
+            _backend_arg(backend, plain), probe)
+    if not plain:
         _check_padded(x)
         return rnn_layer(*args)
     return _rnn_run(*args, False) if is_inference(args) else _EagerRNN.apply(*args)
@@ -721,9 +729,10 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, 
     if backend.kernels is None:
         return _reference_layer(reference.lstm_layer, x, lengths, reverse, w_ih, w_hh,
                                 b_ih, b_hh, w_hr, h0, c0, lengths, reverse, probe)
-    args = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend.requested,
-            probe)
-    if not _plain(x, h0, c0, probe):
+    plain = _plain(x, h0, c0, probe)
+    args = (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse,
+            _backend_arg(backend, plain), probe)
+    if not plain:
         _check_padded(x)
         fn = lstm_layer
     else:
@@ -737,8 +746,10 @@ def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe):
     if backend.kernels is None:
         return _reference_layer(reference.gru_layer, x, lengths, reverse, w_ih, w_hh,
                                 b_ih, b_hh, h0, lengths, reverse, probe)
-    args = (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend.requested, probe)
-    if not _plain(x, h0, probe):
+    plain = _plain(x, h0, probe)
+    args = (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, _backend_arg(backend, plain),
+            probe)
+    if not plain:
         _check_padded(x)
         fn = gru_layer
     else:

@@ -589,9 +589,14 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=4):
     return min(times, key=times.get), times
 
 
+_NULL_CONTEXT = contextlib.nullcontext()
+
+
 def _plain_torch():
     """The torch provider's ops run without autograd and without autocast: a backward
     called inside ``torch.autocast("cpu")`` must not turn these GEMMs to bfloat16."""
+    if not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
+        return _NULL_CONTEXT  # the common case (a backward): no context to enter
     stack = contextlib.ExitStack()
     stack.enter_context(torch.no_grad())
     stack.enter_context(torch.autocast("cpu", enabled=False))
