@@ -40,7 +40,8 @@ def _check(name, got, ref, dt, k):
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 32, 128), (6, 64, 64), (7, 37, 148),
-                                   (13, 300, 17), (5, 0, 33), (12, 257, 130), (3, 5, 200)])
+                                   (13, 300, 17), (5, 0, 33), (12, 257, 130), (3, 5, 200),
+                                   (1, 300, 200), (1, 37, 77), (1, 0, 100)])
 def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
     """C = A @ B through _gemm for every tile shape and masked tail; C lives inside a
     wider NaN-filled buffer: the columns past N and the rows around stay NaN."""
@@ -54,6 +55,26 @@ def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
     outside = np.ones(big.shape, dtype=bool)
     outside[1:M + 1, 3:N + 3] = False
     assert np.isnan(big[outside]).all(), "the tile wrote outside C"
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("K,N", [(32, 128), (300, 200), (37, 77), (5, 1000)])
+def test_row_arm_is_bitwise_the_tile(dt, K, N):
+    """A single row (the row arm: several panels of B at once, tile.py) gives bitwise
+    the same row of a multi-row product (the plain tiles, split as evenly as the rows
+    allow), with and without bias and beta: a recurrence's result does not depend on
+    how its rows are split across threads."""
+    rng = np.random.default_rng(K + N)
+    a, b = _rand(rng, (13, K), dt), _rand(rng, (K, N), dt)
+    bias, c0 = _rand(rng, (N,), dt), _rand(rng, (13, N), dt)
+    bp = gemm.pack_b(b)
+    for beta, bs in ((0, bias[:0]), (0, bias), (1, bias[:0])):
+        for m in (1, 2, 7, 8, 13):  # 8 and 13 rows: tiles of 4 + 4 and 5 + 4 + 4 (AVX2)
+            many = c0.copy()
+            gemm._gemm(a, 0, K, 1, K, m, K, bp, N, many, 0, N, beta, bs)
+            one = c0[m - 1:m].copy()
+            gemm._gemm(a, (m - 1) * K, K, 1, K, 1, K, bp, N, one, 0, N, beta, bs)
+            assert np.array_equal(one[0], many[m - 1]), (beta, bs.shape, m)
 
 
 @njit
@@ -114,6 +135,12 @@ def test_gemm_beta_and_bias(dt):
     c = np.full((M, N), np.nan, dtype=dt)
     gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, c, 0, N, 0, bias)
     _check("C = A @ B + bias", c, ref + bias, dt, K)
+    c = c0[:1].copy()  # one row: the row arm
+    gemm._gemm(a, 0, K, 1, K, 1, K, gemm.pack_b(b), N, c, 0, N, 1, c.reshape(-1)[:0])
+    _check("c += a @ B", c, c0[:1].astype(np.float64) + ref[:1], dt, K)
+    c = np.full((1, N), np.nan, dtype=dt)
+    gemm._gemm(a, 0, K, 1, K, 1, K, gemm.pack_b(b), N, c, 0, N, 0, bias)
+    _check("c = a @ B + bias", c, ref[:1] + bias, dt, K)
 
 
 @pytest.mark.parametrize("dt", DTYPES)

@@ -193,11 +193,16 @@ def _run_worker(isa, timeout=1800):
 
 def test_isa_tiles_fit_the_registers():
     """Each ISA's tile: mr * nv accumulators + nv vectors of B + the broadcast (+ the
-    product, without FMA) fit its vector registers."""
+    product, without FMA) fit its vector registers; the row arm's row_panels * nv
+    accumulators with the broadcast and one vector of B at a time (each is used by one
+    FMA only; test_no_spill_in_inner_loops reads the code) too, and it has at least the
+    8 accumulators that hide the FMA latency on two pipes."""
     from rnnfast.kernels.numba.config import ISAS
     for isa in ISAS.values():
         need = isa.mr * isa.nv + isa.nv + (1 if isa.fma else 2)
         assert need <= isa.registers, (isa, need)
+        row = isa.row_panels * isa.nv
+        assert row >= 8 and row + 1 + (1 if isa.fma else 2) <= isa.registers, (isa, row)
 
 
 @pytest.mark.skipif(not _host_is_x86(), reason="x86 targets are compiled on an x86 host")

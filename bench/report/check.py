@@ -12,7 +12,7 @@ floors read the speed section at T = 100, I = H, float32.
 """
 
 from . import e2e as e2e_mod
-from . import fidelity, speed
+from . import fidelity, host, speed
 
 MET, MISSED, ABSENT = "met", "NOT MET", "not measured"
 
@@ -155,12 +155,32 @@ def fidelity_rows(report, be):
     return rows
 
 
+def host_rows(report, be):
+    """Issue 13's lean host path: per fwd+bwd of one layer at most 50 us outside the
+    compiled kernels (numba backend, CPU; the host section)."""
+    if be != "numba":
+        return []
+    rows = []
+    for r in report.get("host") or []:
+        m = r["modes"].get("fwdbwd")
+        if m is None:
+            continue
+        rows.append(_row("13", f"{r['cell']} B={r['B']} H={r['H']} fwd+bwd: host time "
+                               "per layer call (total - compiled kernels)",
+                         f"{m['host_s'] * 1e6:.0f} us",
+                         f"<= {host.HOST_FLOOR_S * 1e6:.0f} us",
+                         m["host_s"] <= host.HOST_FLOOR_S,
+                         f"total {m['total_s'] * 1e6:.0f} us, kernels "
+                         f"{m['kernel_s'] * 1e6:.0f} us"))
+    return rows
+
+
 def rows(report):
     """Every floor's row, per rnnfast backend in the report."""
     out = []
     for be in report["config"]["backends"]:
         for r in (speed_rows(report, be) + packed_rows(report, be) + e2e_rows(report, be)
-                  + fidelity_rows(report, be)):
+                  + host_rows(report, be) + fidelity_rows(report, be)):
             r["backend"] = be
             out.append(r)
     return out

@@ -8,7 +8,9 @@ Runs on the default device (CUDA when present, else CPU) and, in one process:
 3. gradient fidelity: relative errors vs a float64 torch.nn run as T grows;
 4. packed sequences: PackedSequence vs padded batch, for realistic length distributions;
 5. end-to-end (``e2e``): training steps of PyTorch's example word-level language model
-   with torch.nn's recurrent stack and with rnnfast's, and the recurrent layers' share.
+   with torch.nn's recurrent stack and with rnnfast's, and the recurrent layers' share;
+6. host overhead (``host``, CPU): one layer's call at (B, H) = (1, 32) minus the time
+   inside its compiled kernels (:mod:`.host`).
 
 ``--check`` adds the floor check (:mod:`.check`: each floor of issue 13 and the ReLU-RNN
 floors with its measured value, met / not met / not measured) to the output and exits
@@ -43,11 +45,11 @@ import warnings
 import torch
 from tqdm import tqdm
 
-from . import check, common, e2e, fidelity, isa, packed, speed
+from . import check, common, e2e, fidelity, host, isa, packed, speed
 from .common import CELLS
 from .markdown import markdown
 
-SECTIONS = ("speed", "fidelity", "packed", "e2e")
+SECTIONS = ("speed", "fidelity", "packed", "e2e", "host")
 
 
 def _csv(type_=str):
@@ -165,6 +167,11 @@ def packed_grid(a):
     return list(dict.fromkeys(cases))
 
 
+def host_grid(a):
+    """Cells of the host section (numba kernels; leaky-ReLU is the ReLU kernel's)."""
+    return [c for c in (a.cells or host.default_cells(a.quick)) if c != "rnn_leaky_relu"]
+
+
 def e2e_grid(a):
     """(cells, config) of the end-to-end section; ``--cells`` picks among the cells the
     example offers (torch.nn has no leaky-ReLU RNN)."""
@@ -242,6 +249,8 @@ def run(a, command):
     fgrid = fidelity_grid(a) if "fidelity" in sections and backends else []
     pgrid = packed_grid(a) if "packed" in sections and backends else []
     ecells, ecfg = e2e_grid(a) if "e2e" in sections and backends else ([], None)
+    hcells = host_grid(a) if "host" in sections and "numba" in backends \
+        and device.type == "cpu" else []
     fdtypes = a.fidelity_dtypes or ["float32", "float64"]
     report = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -252,7 +261,8 @@ def run(a, command):
                    "fidelity_dtypes": fdtypes, "notes": notes,
                    "e2e": None if ecfg is None else dataclasses.asdict(ecfg)},
     }
-    bar = tqdm(total=1 + len(sgrid) + len(fgrid) + len(pgrid) + len(ecells), desc="bench",
+    bar = tqdm(total=1 + len(sgrid) + len(fgrid) + len(pgrid) + len(ecells) + len(hcells),
+               desc="bench",
                file=sys.stderr, dynamic_ncols=True)
 
     bar.set_postfix_str("GEMM rate")
@@ -300,8 +310,15 @@ def run(a, command):
             warnings.simplefilter("ignore")
             report["e2e"].append(e2e.run_case(cell, ecfg, device, backends))
         bar.update()
-    bar.close()
     walls["e2e"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report["host"] = []
+    for cell in hcells:
+        bar.set_postfix_str(f"host {cell}")
+        report["host"].append(host.run_case(cell, device, quick=a.quick))
+        bar.update()
+    walls["host"] = time.perf_counter() - t0
+    bar.close()
     report["machine"]["loadavg_end"] = _loadavg()
 
     report["plots"] = _try_plots(report, a.out, notes)

@@ -2,7 +2,7 @@
 
 import re
 
-from . import check, e2e, fidelity
+from . import check, e2e, fidelity, host
 from .common import fmt_ms, fmt_x
 
 
@@ -173,6 +173,7 @@ def markdown(report):
     parts.append(md_fidelity(report.get("fidelity_summary", []), report.get("fidelity", [])))
     parts.append(md_packed(report.get("packed", []), be))
     parts.append(md_e2e(report.get("e2e", [])))
+    parts.append(host.markdown(report.get("host", [])))
     if "check" in report:
         parts.append(check.markdown(report["check"], report))
     parts.append(md_notes(report))

@@ -32,6 +32,7 @@ class Isa(NamedTuple):
     mr: int  # GEMM register tile: rows of A (broadcast scalars)
     nv: int  # ... and vectors of B per row; mr * nv accumulators
     pack_a: bool  # the per-step product copies A into tile-major panels first (gemm.py)
+    row_panels: int  # panels of B a single row of A runs at once (tile.py: the row arm)
 
     def lanes(self, itemsize):
         """Vector lanes for elements of ``itemsize`` bytes."""
@@ -48,11 +49,16 @@ class Isa(NamedTuple):
 # float32, both drivers in one process: AVX2 +12-25%, SSE2 +7-10%, AVX-512 -3 to -9%
 # (its 6 broadcasts per 4 vectors of B are no bottleneck). NEON: not measured; it
 # follows the AVX-512 shape.
+#
+# row_panels: a product with one row of A (a batch of one, the per-step h_{t-1} @ W_hh^T
+# of B = 1) has only nv accumulators in the plain tile, nv dependent FMA chains: 2 on
+# AVX2, a third of what hides the FMA latency (4-5 cycles, 2 pipes). Its row arm runs
+# row_panels panels of B at once: 8 accumulators on every ISA.
 ISAS = {
-    "avx512": Isa("avx512", 512, 32, True, 6, 4, False),
-    "avx2": Isa("avx2", 256, 16, True, 6, 2, True),
-    "sse2": Isa("sse2", 128, 16, False, 4, 2, True),
-    "neon": Isa("neon", 128, 32, True, 6, 4, False),
+    "avx512": Isa("avx512", 512, 32, True, 6, 4, False, 2),
+    "avx2": Isa("avx2", 256, 16, True, 6, 2, True, 4),
+    "sse2": Isa("sse2", 128, 16, False, 4, 2, True, 4),
+    "neon": Isa("neon", 128, 32, True, 6, 4, False, 2),
 }
 
 _PROBE = """

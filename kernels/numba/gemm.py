@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from . import _host
 from .config import ISA, JIT, JIT_PARALLEL
-from .tile import MR, NV, tile
+from .tile import MR, NV, RP, tile
 from .vec import lanes
 
 KC = 256  # reduction chunk: terms summed in registers before C is updated
@@ -97,16 +97,29 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     :func:`pack_a`, whose rows within a tile are 1 apart and terms MR apart).
 
     Loops: row blocks of MC (A's block stays in L2 while every panel of B passes), column
-    panels, KC-chunks (the [KC, W] slice of a panel stays in L1), row tiles of MR. The
-    bias starts the accumulators of each tile's first chunk: no pass of its own over C."""
+    panels (up to RP at once for a single row: tile.py's row arm), KC-chunks (the
+    [KC, W] slice of a panel stays in L1), row tiles of up to MR. The bias starts the
+    accumulators of each tile's first chunk: no pass of its own over C. Every element
+    of C is its k-sum in the same order whatever the tile: bitwise the same C for any
+    split of the rows."""
     L = lanes(c)
     W = NV * L
     has_bias = bias.shape[0] == N and N > 0
+    packed = a_ts != a_rs  # A packed by pack_a (for K = 1 both layouts are the same)
     flat_c = c.reshape(c.size)
     for m0 in range(0, max(M, 1), MC):
         m1 = min(m0 + MC, M)
-        for n0 in range(0, N, W):
-            nn = min(W, N - n0)
+        # a single row runs up to RP panels at once (tile.py: the row arm) where at
+        # least two remain
+        group = RP * W if RP > 1 and m1 - m0 == 1 else W
+        # Row tiles: MR rows each where A is packed (its tiles are MR rows apart), else
+        # as even as they split: 8 rows are 4 + 4 (8 accumulators each), not 6 + 2
+        # (the 2-row tile's 4 dependent chains take as long per k as the 6-row tile)
+        nt = (m1 - m0 + MR - 1) // MR
+        n0 = 0
+        while n0 < N:
+            step = group if n0 + W < N else W
+            nn = min(step, N - n0)
             nv = (nn + L - 1) // L
             nlast = nn - (nv - 1) * L
             b_off = (n0 // W) * K * W
@@ -115,16 +128,19 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
                     break
                 kk = min(KC, K - k0)  # K == 0, beta == 0: one empty sum (zeros + bias)
                 add = 1 if beta != 0 or k0 > 0 else 0
-                for r0 in range(m0, m1, MR):
+                for t in range(nt):
+                    r0 = m0 + t * MR if packed else m0 + t * (m1 - m0) // nt
+                    r1 = min(r0 + MR, m1) if packed else m0 + (t + 1) * (m1 - m0) // nt
                     co = c_off + r0 * ldc + n0
                     # The bias seeds the accumulators of each tile's first chunk. Without
                     # one, the tile is pointed at its own C region (valid memory; the
                     # values it loads there are discarded).
                     use = 1 if has_bias and k0 == 0 else 0
                     tile(a, a_off + r0 * a_ts + k0 * a_ks, a_rs, a_ks,
-                         bp, b_off + k0 * W, W,
-                         c, co, ldc, kk, min(MR, m1 - r0), nv, nlast, add,
+                         bp, b_off + k0 * W, W, K * W,
+                         c, co, ldc, kk, r1 - r0, nv, nlast, add,
                          bias if use else flat_c, n0 if use else co, use)
+            n0 += step
 
 
 @njit(**_INLINE)
@@ -245,7 +261,7 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
                 c0 = p * W
                 cn = min(W, K - c0)
                 nv = (cn + L - 1) // L
-                tile(ap, t * KC * MR, 1, MR, bp, p * KC * W, W,
+                tile(ap, t * KC * MR, 1, MR, bp, p * KC * W, W, KC * W,
                      out, (g0 + t * MR) * K + c0, K, kk, mr, nv, cn - (nv - 1) * L, add,
                      flat_out, 0, 0)
     if n == 0:  # explicit loops: numba's slice fill costs ~1 s of compile per process

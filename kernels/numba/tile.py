@@ -27,12 +27,21 @@ across threads.
 Arms: the intrinsic is a switch over compiled tile shapes, and every kernel that links
 it compiles every arm again, so the arms are a compile-time budget. There is one arm
 per row count at the full NV vectors, and one per vector count at the full MR rows:
-MR + NV - 1 arms (9 on AVX-512, 7 on AVX2), not MR x NV (24, 12). A tile that is short
-in both (a row remainder in a narrow last panel) runs the NV-vector arm of its rows on
-the padding columns too and discards them. That is why Bm is read in NV whole vectors
-and its panels must be padded to NV * L columns, as gemm.pack_b, pack_bt and the
-weight-gradient packing do. Measured: the ReLU-RNN cell's cold compile went from 41-42
-to 29-31 CPU-s with one arm per row count (the corner rule adds three arms back).
+MR + NV - 1 arms (9 on AVX-512, 7 on AVX2), not MR x NV (24, 12), and the row arm
+below. A tile that is short in both (a row remainder in a narrow last panel) runs the
+NV-vector arm of its rows on the padding columns too and discards them. That is why Bm
+is read in NV whole vectors and its panels must be padded to NV * L columns, as
+gemm.pack_b, pack_bt and the weight-gradient packing do. Measured: the ReLU-RNN cell's
+cold compile went from 41-42 to 29-31 CPU-s with one arm per row count (the corner rule
+adds three arms back).
+
+The row arm: a single row of A (a batch of one) would keep only NV accumulators, NV
+dependent FMA chains over k, a fraction of what hides the FMA latency. It runs
+RP = ISA.row_panels panels of Bm at once instead (1 x RP * NV accumulators; 8 on every
+ISA), each output still summed over k in the same order: bitwise the plain tile's.
+Where fewer than RP panels remain (N = 32 columns is 2 panels on AVX2) the missing
+panels' accumulators run on the first panel and are discarded: the FMAs are spare
+while the chains' latency bounds the loop.
 
 The tile's shape is the ISA's (config.ISAS): MR x NV = 6 x 4 of 32 registers on
 AVX-512 and NEON, 6 x 2 of 16 on AVX2, 4 x 2 of 16 on SSE2: accumulators, B vectors
@@ -50,15 +59,20 @@ from .vec import KINDS, ir_decl, ir_fma, ir_lane_mask, ir_splat
 
 MR = ISA.mr  # rows of A per register tile (row broadcasts)
 NV = ISA.nv  # vectors of Bm per register tile (columns: NV * lanes)
+RP = ISA.row_panels  # panels of Bm per single-row tile (the row arm)
 
 
-def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_len, nn,
-               beta, bias, use_bias):
+def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, b_ps, c, ldc, k_len,
+               nn, beta, bias, use_bias):
     """IR for one mr x nv tile of vector kind ``kind`` (vec.KINDS) whose first nn
     columns (1..nv * lanes) are C's; a, bm, c, bias are element pointers at the tile's
     origin. The accumulators start at zero, or at the bias row when use_bias != 0.
     The k loop runs all nv vectors on whole vectors of Bm; C and the bias are read and
-    written only in their nn columns (masked where nn < nv * lanes)."""
+    written only in their nn columns (masked where nn < nv * lanes). Past NV vectors
+    (the row arm) vector v of Bm is vector v % NV of the panel v // NV, b_ps elements
+    after the previous one; C's and the bias's columns run on across the panels. A
+    panel with none of C's columns (q * NV * lanes >= nn) may not exist: its vectors
+    read the first panel instead, and their sums are discarded."""
     vt, L = kind.ir_type, kind.lanes
     vptr = vt.as_pointer()
     i32, i1 = ir.IntType(32), ir.IntType(1)
@@ -75,6 +89,10 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
     def vec_ptr(base, off):
         return builder.bitcast(builder.gep(base, [off]), vptr)
 
+    # panel q's offset in Bm (the row arm), the first panel's where q has no C column
+    pofs = [intp(0)] + [builder.select(builder.icmp_signed(">", nn, intp(q * NV * L)),
+                                       builder.mul(intp(q), b_ps), intp(0))
+                        for q in range(1, (nv + NV - 1) // NV)]
     with_bias = builder.icmp_signed("!=", use_bias, ir.Constant(use_bias.type, 0))
     init = [builder.select(with_bias, builder.call(mload, [vec_ptr(bias, intp(v * L)), align,
                                                            masks[v], zero]), zero)
@@ -88,8 +106,9 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
         brow = builder.mul(k, ldb)
         # whole vectors: a masked load would cost a mask register (AVX2) or a
         # branch per lane (SSE2) in the loop
-        bv = [builder.load(vec_ptr(bm, builder.add(brow, intp(v * L))), align=align.constant)
-              for v in range(nv)]
+        bv = [builder.load(vec_ptr(bm, builder.add(brow, builder.add(
+            pofs[v // NV], intp(v % NV * L)))), align=align.constant)
+            for v in range(nv)]
         acol = builder.mul(k, a_ks)
         for r in range(mr):
             s = builder.load(builder.gep(a, [builder.add(acol, builder.mul(intp(r), a_rs))]))
@@ -123,10 +142,13 @@ def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, c, ldc, k_l
 
 
 @intrinsic
-def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
+def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, b_ps, c, c_off, ldc, k_len,
          mr, nv, nlast, beta, bias, bias_off, use_bias):
     """C tile (= or, when beta != 0, +=) A tile @ Bm panel (+ the bias row when
-    use_bias != 0); see the module docstring.
+    use_bias != 0); see the module docstring. A single row (mr = 1) may span up to
+    RP = ISA.row_panels consecutive panels of Bm (nv up to RP * NV; b_ps: elements from
+    one panel to the next; only the panels holding C's nn columns are read), the row
+    arm.
 
     a, bm, c: arrays of one float dtype (any shape; only their data pointer is used,
     with the element offsets a_off, b_off, c_off and strides in elements: A[r, k] at
@@ -142,15 +164,16 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
     if not all(isinstance(x, types.Array) and x.dtype == dt for x in (a, bm, c, bias)) or \
             dt not in KINDS:
         return None
-    ints = (a_off, a_rs, a_ks, b_off, ldb, c_off, ldc, k_len, mr, nv, nlast, beta,
+    ints = (a_off, a_rs, a_ks, b_off, ldb, b_ps, c_off, ldc, k_len, mr, nv, nlast, beta,
             bias_off, use_bias)
     if not all(isinstance(x, types.Integer) for x in ints):
         return None
     ip = types.intp
-    sig = types.void(a, ip, ip, ip, bm, ip, ip, c, ip, ip, ip, ip, ip, ip, ip, bias, ip, ip)
+    sig = types.void(a, ip, ip, ip, bm, ip, ip, ip, c, ip, ip, ip, ip, ip, ip, ip, bias, ip,
+                     ip)
 
     def codegen(context, builder, sig, args):
-        (a_arr, a_off, a_rs, a_ks, b_arr, b_off, ldb, c_arr, c_off, ldc, k_len,
+        (a_arr, a_off, a_rs, a_ks, b_arr, b_off, ldb, b_ps, c_arr, c_off, ldc, k_len,
          mr, nv, nlast, beta, bias_arr, bias_off, use_bias) = args
         kind = KINDS[dt]
         intp = context.get_value_type(types.intp)
@@ -160,21 +183,27 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, c, c_off, ldc, k_len,
 
         pa = data(a_arr, sig.args[0], a_off)
         pb = data(b_arr, sig.args[4], b_off)
-        pc = data(c_arr, sig.args[7], c_off)
-        pbias = data(bias_arr, sig.args[15], bias_off)
+        pc = data(c_arr, sig.args[8], c_off)
+        pbias = data(bias_arr, sig.args[16], bias_off)
         nn = builder.add(builder.mul(builder.sub(nv, intp(1)), intp(kind.lanes)), nlast)
         align = kind.ir_elem.get_abi_size(context.target_data)
         # The arms (see the module docstring): (m, NV) for every m, run on the first nn
-        # columns; and (MR, n) for n < NV, the full rows of a narrow last panel.
+        # columns; (MR, n) for n < NV, the full rows of a narrow last panel; and the
+        # row arm (1, RP * NV) for one row over RP panels.
         nv_arm = builder.select(builder.icmp_signed("==", mr, intp(MR)), nv, intp(NV))
-        end = builder.append_basic_block("tile.end")
-        sw = builder.switch(builder.add(builder.mul(mr, intp(8)), nv_arm), end)
         arms = [(m, NV) for m in range(1, MR + 1)] + [(MR, n) for n in range(1, NV)]
+        if RP > 1:
+            wide = builder.and_(builder.icmp_signed("==", mr, intp(1)),
+                                builder.icmp_signed(">", nv, intp(NV)))
+            nv_arm = builder.select(wide, intp(RP * NV), nv_arm)
+            arms.append((1, RP * NV))
+        end = builder.append_basic_block("tile.end")
+        sw = builder.switch(builder.add(builder.mul(mr, intp(64)), nv_arm), end)
         for m, n in arms:
             bb = builder.append_basic_block(f"tile.{m}x{n}")
-            sw.add_case(intp(m * 8 + n), bb)
+            sw.add_case(intp(m * 64 + n), bb)
             builder.position_at_end(bb)
-            _emit_tile(builder, kind, align, m, n, pa, a_rs, a_ks, pb, ldb, pc, ldc,
+            _emit_tile(builder, kind, align, m, n, pa, a_rs, a_ks, pb, ldb, b_ps, pc, ldc,
                        k_len, nn, beta, pbias, use_bias)
             builder.branch(end)
         builder.position_at_end(end)

@@ -1,0 +1,112 @@
+"""``host``: rnnfast's host overhead per layer call, as issue 13 defines it: the call's
+time minus the time inside the compiled kernels (its floor: at most 50 us per fwd+bwd of
+one layer on the CPU).
+
+For each cell, a one-layer rnnfast module on the numba backend at (B, H) = (1, 32),
+T = 100, I = H, float32 (where the kernels' own work is smallest), the calls of
+:func:`common.fwd_fn` and :func:`common.fwdbwd_fn` (the speed section's definitions):
+
+* ``total_s``: the call's time, median over rounds of ``calls`` back-to-back calls;
+* ``kernel_s``: in rounds of the same calls with ``rnnfast.kernels.numba._host.launch``
+  (every compiled-kernel call of the launchers: projection, recurrence, BPTT, layer
+  GEMMs, numba's own dispatch included) wrapped by a timer, the time inside it;
+* ``host_s``: that round's total minus ``kernel_s``: the module, the checks, the
+  launchers' Python, allocation, autograd and the loss (fwd+bwd). The weights' panel
+  packing (``gemm.panels``, a compiled call outside ``launch``) counts as host.
+
+The timer adds two ``perf_counter`` calls per launch (< 1 us), charged to the kernels.
+CPU only (a CUDA call's host time is the launch latency: ``bench.gpu``).
+"""
+
+import statistics
+import time
+
+import torch
+
+from . import common
+
+POINT = (1, 32)  # (B, H)
+T = 100
+HOST_FLOOR_S = 50e-6  # issue 13: per fwd+bwd of one layer
+
+
+def default_cells(quick=False):
+    return ["rnn_relu", "lstm"] if quick else ["rnn_relu", "lstm", "gru"]
+
+
+def _rounds(fn, calls, rounds):
+    """Median seconds per call over ``rounds`` rounds of ``calls`` calls."""
+    totals = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        totals.append((time.perf_counter() - t) / calls)
+    return statistics.median(totals)
+
+
+def run_case(cell, device, quick=False):
+    """The three times of one cell, fwd and fwd+bwd; see the module docstring."""
+    from rnnfast.kernels.numba import _host
+
+    B, H = POINT
+    dtype = torch.float32
+    tm = common.make_torch(cell, H, H, dtype, device, seed=0)
+    x, g, gh = common.make_inputs(T, B, H, H, dtype, device, seed=1)
+    rm = common.make_rnnfast(cell, H, H, dtype, device, "numba", like=tm)
+    calls, rounds = (50, 3) if quick else (200, 7)
+    out = {"cell": cell, "T": T, "B": B, "H": H, "I": H, "dtype": "float32",
+           "calls": calls, "rounds": rounds, "modes": {}}
+    for mode in common.MODES:
+        fn = common.fwd_fn(rm, x) if mode == "fwd" else common.fwdbwd_fn(rm, x, g, gh)
+        for _ in range(20):  # warm-up: compile-cache loads, allocator, branch predictors
+            fn()
+        total = _rounds(fn, calls, rounds)
+        inside = [0.0]
+        launch = _host.launch
+
+        def timed(*args):
+            t = time.perf_counter()
+            try:
+                return launch(*args)
+            finally:
+                inside[0] += time.perf_counter() - t
+
+        pairs = []
+        _host.launch = timed
+        try:
+            for _ in range(rounds):
+                inside[0] = 0.0
+                t = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                wall = (time.perf_counter() - t) / calls
+                pairs.append((wall - inside[0] / calls, inside[0] / calls))
+        finally:
+            _host.launch = launch
+        host = statistics.median(p[0] for p in pairs)
+        kernel = statistics.median(p[1] for p in pairs)
+        out["modes"][mode] = {"total_s": total, "kernel_s": kernel, "host_s": host}
+    return out
+
+
+def markdown(results):
+    """The host table (us per call)."""
+    if not results:
+        return ""
+    lines = ["### Host overhead per layer call (us; one layer, numba, (B, H) = (1, 32), "
+             "T = 100, float32)",
+             "",
+             "host = the call's time minus the time inside the compiled kernels "
+             "(`_host.launch`), the module, checks, launchers' Python, allocation, "
+             "autograd and, for fwd+bwd, the loss. Issue 13's floor: at most "
+             f"{HOST_FLOOR_S * 1e6:.0f} us per fwd+bwd.",
+             "",
+             "| cell | mode | total | in kernels | host |",
+             "|---|---|--:|--:|--:|"]
+    for r in results:
+        for mode, m in r["modes"].items():
+            lines.append(f"| {r['cell']} | {'fwd' if mode == 'fwd' else 'fwd+bwd'} | "
+                         f"{m['total_s'] * 1e6:.0f} | {m['kernel_s'] * 1e6:.0f} | "
+                         f"{m['host_s'] * 1e6:.0f} |")
+    return "\n".join(lines) + "\n"
