@@ -203,6 +203,8 @@ def test_isa_tiles_fit_the_registers():
         assert need <= isa.registers, (isa, need)
         row = isa.row_panels * isa.nv
         assert row >= 8 and row + 1 + (1 if isa.fma else 2) <= isa.registers, (isa, row)
+        two = isa.row_panels // 2 * isa.nv  # two rows: each vector of B is used twice
+        assert 2 * two + two + (1 if isa.fma else 2) <= isa.registers, (isa, two)
 
 
 @pytest.mark.skipif(not _host_is_x86(), reason="x86 targets are compiled on an x86 host")

@@ -53,7 +53,9 @@ class Isa(NamedTuple):
 # row_panels: a product with one row of A (a batch of one, the per-step h_{t-1} @ W_hh^T
 # of B = 1) has only nv accumulators in the plain tile, nv dependent FMA chains: 2 on
 # AVX2, a third of what hides the FMA latency (4-5 cycles, 2 pipes). Its row arm runs
-# row_panels panels of B at once: 8 accumulators on every ISA.
+# row_panels panels of B at once: 8 accumulators on every ISA; two rows run
+# row_panels // 2 panels (8 accumulators on AVX2 and SSE2; the plain tile's 2 x 4 on
+# AVX-512 and NEON).
 ISAS = {
     "avx512": Isa("avx512", 512, 32, True, 6, 4, False, 2),
     "avx2": Isa("avx2", 256, 16, True, 6, 2, True, 4),

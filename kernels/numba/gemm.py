@@ -97,7 +97,7 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     :func:`pack_a`, whose rows within a tile are 1 apart and terms MR apart).
 
     Loops: row blocks of MC (A's block stays in L2 while every panel of B passes), column
-    panels (up to RP at once for a single row: tile.py's row arm), KC-chunks (the
+    panels (up to RP at once for one row, RP // 2 for two: tile.py's row arms), KC-chunks (the
     [KC, W] slice of a panel stays in L1), row tiles of up to MR. The bias starts the
     accumulators of each tile's first chunk: no pass of its own over C. Every element
     of C is its k-sum in the same order whatever the tile: bitwise the same C for any
@@ -109,9 +109,10 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     flat_c = c.reshape(c.size)
     for m0 in range(0, max(M, 1), MC):
         m1 = min(m0 + MC, M)
-        # a single row runs up to RP panels at once (tile.py: the row arm) where at
-        # least two remain
-        group = RP * W if RP > 1 and m1 - m0 == 1 else W
+        # one row runs up to RP panels at once, two rows RP // 2 (tile.py: the row
+        # arms) where at least two panels remain
+        rp = RP // (m1 - m0) if m1 - m0 <= 2 else 1
+        group = rp * W if rp > 1 else W
         # Row tiles: MR rows each where A is packed (its tiles are MR rows apart), else
         # as even as they split: 8 rows are 4 + 4 (8 accumulators each), not 6 + 2
         # (the 2-row tile's 4 dependent chains take as long per k as the 6-row tile)

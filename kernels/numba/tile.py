@@ -41,7 +41,8 @@ RP = ISA.row_panels panels of Bm at once instead (1 x RP * NV accumulators; 8 on
 ISA), each output still summed over k in the same order: bitwise the plain tile's.
 Where fewer than RP panels remain (N = 32 columns is 2 panels on AVX2) the missing
 panels' accumulators run on the first panel and are discarded: the FMAs are spare
-while the chains' latency bounds the loop.
+while the chains' latency bounds the loop. Two rows (2 x NV accumulators in the plain
+tile) run RP // 2 panels at once where that is more than one (AVX2, SSE2).
 
 The tile's shape is the ISA's (config.ISAS): MR x NV = 6 x 4 of 32 registers on
 AVX-512 and NEON, 6 x 2 of 16 on AVX2, 4 x 2 of 16 on SSE2: accumulators, B vectors
@@ -59,7 +60,7 @@ from .vec import KINDS, ir_decl, ir_fma, ir_lane_mask, ir_splat
 
 MR = ISA.mr  # rows of A per register tile (row broadcasts)
 NV = ISA.nv  # vectors of Bm per register tile (columns: NV * lanes)
-RP = ISA.row_panels  # panels of Bm per single-row tile (the row arm)
+RP = ISA.row_panels  # panels of Bm per single-row tile (the row arm; RP // 2 for two rows)
 
 
 def _emit_tile(builder, kind, align, mr, nv, a, a_rs, a_ks, bm, ldb, b_ps, c, ldc, k_len,
@@ -147,8 +148,8 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, b_ps, c, c_off, ldc, k
     """C tile (= or, when beta != 0, +=) A tile @ Bm panel (+ the bias row when
     use_bias != 0); see the module docstring. A single row (mr = 1) may span up to
     RP = ISA.row_panels consecutive panels of Bm (nv up to RP * NV; b_ps: elements from
-    one panel to the next; only the panels holding C's nn columns are read), the row
-    arm.
+    one panel to the next; only the panels holding C's nn columns are read), two rows
+    up to RP // 2: the row arms.
 
     a, bm, c: arrays of one float dtype (any shape; only their data pointer is used,
     with the element offsets a_off, b_off, c_off and strides in elements: A[r, k] at
@@ -189,14 +190,15 @@ def tile(typingctx, a, a_off, a_rs, a_ks, bm, b_off, ldb, b_ps, c, c_off, ldc, k
         align = kind.ir_elem.get_abi_size(context.target_data)
         # The arms (see the module docstring): (m, NV) for every m, run on the first nn
         # columns; (MR, n) for n < NV, the full rows of a narrow last panel; and the
-        # row arm (1, RP * NV) for one row over RP panels.
+        # row arms (1, RP * NV) for one row over RP panels, (2, RP // 2 * NV) for two.
         nv_arm = builder.select(builder.icmp_signed("==", mr, intp(MR)), nv, intp(NV))
         arms = [(m, NV) for m in range(1, MR + 1)] + [(MR, n) for n in range(1, NV)]
-        if RP > 1:
-            wide = builder.and_(builder.icmp_signed("==", mr, intp(1)),
-                                builder.icmp_signed(">", nv, intp(NV)))
-            nv_arm = builder.select(wide, intp(RP * NV), nv_arm)
-            arms.append((1, RP * NV))
+        for m, rp in ((1, RP), (2, RP // 2)):
+            if rp > 1:
+                wide = builder.and_(builder.icmp_signed("==", mr, intp(m)),
+                                    builder.icmp_signed(">", nv, intp(NV)))
+                nv_arm = builder.select(wide, intp(rp * NV), nv_arm)
+                arms.append((m, rp * NV))
         end = builder.append_basic_block("tile.end")
         sw = builder.switch(builder.add(builder.mul(mr, intp(64)), nv_arm), end)
         for m, n in arms:
