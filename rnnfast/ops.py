@@ -31,9 +31,11 @@ Under torch.compile / export / tracing the ops see a padded batch with lengths.
 In plain eager mode the entry points (:func:`rnn`, :func:`lstm`, :func:`gru`) run the
 forward alone when no graph will be built (no grad mode, or nothing requires grad: it
 then keeps nothing for backward), else apply an ``autograd.Function`` twin of each op
-(same implementation, setup and backward, without the op's Python dispatch cost); under
-torch.compile, torch.export, jit.trace or with tensor subclasses they call the op, so
-the graph records ``rnnfast::<cell>_layer``.
+(same implementation, setup and backward, without the op's Python dispatch cost); both
+get the module's resolved :class:`rnnfast.dispatch.Backend` instead of its name, so
+neither resolves it again (:func:`_backend_arg`); under torch.compile, torch.export,
+jit.trace or with tensor subclasses they call the op, so the graph records
+``rnnfast::<cell>_layer``.
 """
 
 import functools
