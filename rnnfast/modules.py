@@ -44,11 +44,15 @@ _ONEDNN = torch.backends.mkldnn.is_available()
 
 def _stack_states(states, fresh):
     """torch.stack(states) (h_n of each layer and direction -> [L * D, B, H]). One state
-    that is ``fresh`` (a kernel's own output, which no backward reads) is unsqueezed
-    instead: a view, ~2 against ~8 us on the host. The reference loop's h_n is saved by
-    autograd (the last step's activation): the caller gets a copy of it, so that an
-    in-place op on h_n cannot corrupt the backward."""
-    return states[0].unsqueeze(0) if fresh and len(states) == 1 else torch.stack(states)
+    that is ``fresh`` (a kernel's output) and no view (its own buffer, which no backward
+    reads: the numba launchers') is unsqueezed instead: a view, ~2 against ~8 us on the
+    host. Any other is copied, so that an in-place op on h_n cannot corrupt a backward:
+    the reference loop's h_n is the last step's activation, which autograd saves; the
+    Triton launchers' h_n is a view of their state buffer."""
+    h = states[0]
+    if fresh and len(states) == 1 and h._base is None:
+        return h.unsqueeze(0)
+    return torch.stack(states)
 
 
 _ZEROS = {}  # (shape, dtype, device, inference mode) -> a zero state, never written
