@@ -42,7 +42,7 @@ def _check(name, got, ref, dt, k):
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 32, 128), (6, 64, 64), (7, 37, 148),
                                    (13, 300, 17), (5, 0, 33), (12, 257, 130), (3, 5, 200),
                                    (1, 300, 200), (1, 37, 77), (1, 0, 100), (2, 300, 200),
-                                   (2, 37, 77), (2, 1, 33)])
+                                   (2, 37, 77), (2, 1, 33), (0, 5, 100)])
 def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
     """C = A @ B through _gemm for every tile shape and masked tail; C lives inside a
     wider NaN-filled buffer: the columns past N and the rows around stay NaN."""

@@ -110,9 +110,10 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     for m0 in range(0, max(M, 1), MC):
         m1 = min(m0 + MC, M)
         # one row runs up to RP panels at once, two rows RP // 2 (tile.py: the row
-        # arms) where at least two panels remain
-        rp = RP // (m1 - m0) if m1 - m0 <= 2 else 1
-        group = rp * W if rp > 1 else W
+        # arms) where at least two panels remain; no rows (M = 0), one panel per step
+        rows = m1 - m0
+        rp = RP // rows if 1 <= rows <= 2 else 1
+        group = rp * W
         # Row tiles: MR rows each where A is packed (its tiles are MR rows apart), else
         # as even as they split: 8 rows are 4 + 4 (8 accumulators each), not 6 + 2
         # (the 2-row tile's 4 dependent chains take as long per k as the 6-row tile)
