@@ -544,7 +544,10 @@ def layer_gemm_provider(dtype, macs):
     whichever library is faster on this CPU should do them. Which one is, is a fact of
     the machine: on a 2 GHz Xeon (AVX-512) torch.mm ran [6400 x 1536]^T [6400 x 512]
     at 107-112 GFLOP/s against the tile's 75; held to AVX2, 63-85 against 50-53; an
-    earlier AMD EPYC (Zen 4) ran the tile at 2x torch.mm. So ``auto`` (the default)
+    earlier AMD EPYC (Zen 4) ran the tile at 2x torch.mm; on an AMD EPYC Zen 2 (AVX2)
+    the tile ran an LSTM layer's gradient sums at 0.94-1.25x torch.mm's speed and its
+    projection at 1.16-1.63x, (B, H) = (16, 64) .. (64, 512), T = 100 (one process,
+    2026-12-02). So ``auto`` (the default)
     times both once per process and dtype, on the first call of at least
     TORCH_GEMM_MIN_MACS multiply-adds, and keeps the faster; smaller calls stay in one
     compiled launch. ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
@@ -571,11 +574,22 @@ def layer_gemm_choice(dtype):
     return _CHOICE.get(dtype)
 
 
-def _calibrate(dtype, N=1024, G=512, K=128, reps=4):
+def _calibrate(dtype, N=1024, G=512, K=128, reps=5):
     """Time both providers on one layer's projection and gradients at a mid-size shape
-    (N rows, G gate columns, I = P = K; ~0.5 GFLOP per call): after one warm-up call
-    each (which may compile), ``reps`` rounds alternating the two, the best call of
-    each, so that a burst of load on a shared machine hits both alike."""
+    (N rows, G gate columns, I = P = K; ~0.5 GFLOP per call) as a layer's backward runs
+    them: right after a compiled kernel on numba's threads, and followed by one. After
+    one warm-up call each (which may compile), ``reps`` rounds alternating the two, the
+    best round of each, so that a burst of load on a shared machine hits both alike.
+
+    Each round is (untimed) a projection on the tile, then (timed) the provider's
+    projection and gradients and the tile's projection once more. numba's kernels and
+    torch's ops run on two OpenMP thread pools (two copies of libgomp), and each pool's
+    threads spin for a while after their work (libgomp's GOMP_SPINCOUNT), taking a core
+    from the other: on a 2-core AMD EPYC Zen 2 torch.mm alone ran these sums at ~0.9x
+    the tile's speed, and alternating with the tile's kernels the torch provider made an
+    LSTM layer's fwd+bwd at (B, H) = (32, 256) 81.6 ms against the tile's 68.9 ms
+    (layer gradients 41.8 against 33.1 ms; the recurrences unchanged). Timed alone and
+    back to back, the two measured even there, and ``auto`` picked either."""
     g = torch.Generator().manual_seed(0)
 
     def r(*shape):
@@ -584,11 +598,15 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=4):
     T, B = N // 16, 16
     dxp, x, y, h0, w = r(T, B, G), r(T, B, K), r(T, B, K), r(B, K), r(G, K)
     xp_n = np.empty((N, G), dtype=x.numpy().dtype)
+    bias_n = w.numpy()[:, 0].copy()
 
-    def numba_():
+    def tile_projection():
         _host.launch(project_kernel, project_kernel_parallel,
                      _host.gemm_threads(N, N * K * G), x.numpy().reshape(N, K),
-                     w.numpy(), w.numpy()[:, 0].copy(), xp_n)
+                     w.numpy(), bias_n, xp_n)
+
+    def numba_():
+        tile_projection()
         _layer_grads_numba(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
 
     def torch_():
@@ -601,8 +619,10 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=4):
     times = dict.fromkeys(calls, float("inf"))
     for _ in range(reps):
         for name, fn in calls.items():
+            tile_projection()
             t0 = time.perf_counter()
             fn()
+            tile_projection()
             times[name] = min(times[name], time.perf_counter() - t0)
     return min(times, key=times.get), times
 
