@@ -6,6 +6,20 @@ from . import check, e2e, fidelity, host
 from .common import fmt_ms, fmt_x
 
 
+def _md_layer_gemm(lg):
+    """The float32 layer-GEMM provider the numba backend used in this run."""
+    if not lg:
+        return ""
+    if "seconds" not in lg:
+        p = lg["provider"]
+        return (" Layer GEMMs (projection, weight gradients): "
+                + ("auto, no call in this run needed the choice." if p == "auto" else
+                   f"{p} (RNNFAST_LAYER_GEMM)."))
+    times = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in lg["seconds"].items())
+    return (f" Layer GEMMs (projection, weight gradients): {lg['provider']} "
+            f"(auto's calibration: {times}).")
+
+
 def md_speed(results, backends, mode, peak):
     rows = [r for r in results if r["mode"] == mode]
     if not rows:
@@ -164,7 +178,8 @@ def markdown(report):
                   + (f", rnnfast's tile {g['rnnfast_gflops']:.0f} GFLOP/s"
                      if "rnnfast_gflops" in g else "")
                   + f"; peak used for % = {g['peak_gflops']:.0f} GFLOP/s. GFLOP/s counts "
-                  "every GEMM of the layer (fwd 2TBG(I+H), fwd+bwd 3x that).", ""]
+                  "every GEMM of the layer (fwd 2TBG(I+H), fwd+bwd 3x that)."
+                  + _md_layer_gemm(g.get("layer_gemm")), ""]
     peak = g.get("peak_gflops")
     for b in be:
         parts.append(md_floor(report.get("floor", {}).get(b, []), b))
