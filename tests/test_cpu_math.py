@@ -42,10 +42,12 @@ def _check(name, got, ref, dt, k):
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 32, 128), (6, 64, 64), (7, 37, 148),
                                    (13, 300, 17), (5, 0, 33), (12, 257, 130), (3, 5, 200),
                                    (1, 300, 200), (1, 37, 77), (1, 0, 100), (2, 300, 200),
-                                   (2, 37, 77), (2, 1, 33), (0, 5, 100)])
+                                   (2, 37, 77), (2, 1, 33), (0, 5, 100),
+                                   (250, 300, 40), (131, 600, 20)])
 def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
-    """C = A @ B through _gemm for every tile shape and masked tail; C lives inside a
-    wider NaN-filled buffer: the columns past N and the rows around stay NaN."""
+    """C = A @ B through _gemm for every tile shape and masked tail, and over several
+    L2 row blocks (gemm._block_rows: 54-108 rows at K = 300, a partial last one); C lives
+    inside a wider NaN-filled buffer: the columns past N and the rows around stay NaN."""
     rng = np.random.default_rng(M * 1000 + K * 10 + N)
     a, b = _rand(rng, (M, K), dt), _rand(rng, (K, N), dt)
     big = np.full((M + 2, N + 19), np.nan, dtype=dt)
@@ -146,10 +148,11 @@ def test_gemm_beta_and_bias(dt):
 
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("N,G,K", [(1, 1, 1), (100, 37, 148), (300, 7, 65),
-                                   (gemm.CHUNK_ROWS + 777, 13, 40)])
+                                   (gemm.CHUNK_ROWS + 777, 13, 40), (300, 301, 19)])
 def test_matmul_tn_serial_parallel(dt, N, G, K):
-    """a^T @ b over N rows (float64 across CHUNK_ROWS blocks past one block); the
-    parallel driver splits the rows of the result and is bitwise equal to the serial."""
+    """a^T @ b over N rows (float64 across CHUNK_ROWS blocks past one block; G = 301
+    spans several L2 blocks of row tiles); the parallel driver splits the rows of the
+    result and is bitwise equal to the serial."""
     rng = np.random.default_rng(N + G + K)
     a, b = _rand(rng, (N, G), dt), _rand(rng, (N, K), dt)
     ref = a.astype(np.float64).T @ b

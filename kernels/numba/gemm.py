@@ -33,7 +33,14 @@ from .tile import MR, NV, RP, tile
 from .vec import lanes
 
 KC = 256  # reduction chunk: terms summed in registers before C is updated
-MC = 32 * MR  # row block: a [MC, K <= 512] float32 block of A (384 KiB) stays in L2
+# Row block of _gemm and _gemm_tn: as many whole MR-row tiles of A as fit this many
+# bytes (:func:`_block_rows`), so that A's block stays in L2 while the panels of B pass
+# over it, even with L2 shared (half of a 256 KiB L2; a quarter of Zen 2's 512 KiB,
+# whose SMT sibling or a neighbouring VM may hold the rest). A fixed 192-row block
+# (384 KiB at K = 512 float32) ran the [6400 x 512] @ [512 x 2048] projection at 77-130
+# GFLOP/s in the slow spells of the 2-core Zen 2 VM, 96 rows at 122-156 and 48 rows at
+# 92-152; in its quiet spells every block size from 64 to 384 KiB ran at 160-170.
+A_BLOCK_BYTES = 128 << 10
 # matmul_tn sums blocks of this many rows in the input dtype and adds the blocks in
 # float64: one float32 sum over 10^4+ rows drifts past torch.nn's per-step sums.
 CHUNK_ROWS = 4096
@@ -88,6 +95,13 @@ def pack_bt(w):
     return out
 
 
+@njit(**_INLINE)
+def _block_rows(K, itemsize):
+    """Rows of A per L2 block (A_BLOCK_BYTES of K-long rows; whole MR-row tiles, at
+    least one)."""
+    return max(1, A_BLOCK_BYTES // (max(K, 1) * itemsize * MR)) * MR
+
+
 @njit(**JIT)
 def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     """C[M, N] (= or, beta != 0, +=) A[M, K] @ B[K, N] (+ bias[N] when bias has N
@@ -107,6 +121,7 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     has_bias = bias.shape[0] == N and N > 0
     packed = a_ts != a_rs  # A packed by pack_a (for K = 1 both layouts are the same)
     flat_c = c.reshape(c.size)
+    MC = _block_rows(K, a.itemsize)
     for m0 in range(0, max(M, 1), MC):
         m1 = min(m0 + MC, M)
         # one row runs up to RP panels at once, two rows RP // 2 (tile.py: the row
@@ -222,7 +237,12 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
     contiguous stream; the copy takes a's rows whole, k outer). Read in place, a
     tile's k loop stepped G elements through a and K through b, a new 4 KiB page every
     k or two, and ran at 49-62 GFLOP/s against _gemm's 99-108 on the same machine
-    (LSTM B = 64, H = 512 weight gradients)."""
+    (LSTM B = 64, H = 512 weight gradients).
+
+    The tiles then run in blocks of A_BLOCK_BYTES of packed A, each panel of B passing
+    over a whole block: packed B of a chunk is KC * K elements (512 KiB at K = 512
+    float32), more than fits in L2 beside packed A, and tile-outer it was read again
+    from L3 for every row tile."""
     K = b.shape[1]
     L = lanes(out)
     W = NV * L
@@ -232,6 +252,7 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
     full = ng // MR
     bp = np.empty((P, KC, W), dtype=b.dtype)
     ap = np.empty((nt, KC, MR), dtype=a.dtype)
+    tb = _block_rows(KC, a.itemsize) // MR
     flat_ap = ap.reshape(ap.size)
     flat_out = out.reshape(out.size)
     for k0 in range(0, n, KC):
@@ -257,15 +278,18 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
                 gt = g0 + t * MR
                 for r in range(g1 - gt):
                     flat_ap[base + r] = a[row, gt + r]
-        for t in range(nt):
-            mr = min(MR, ng - t * MR)
+        # blocks of tb row tiles (their packed A in L2); in a block each panel of B
+        # (in L1) passes over every tile before the next panel is read
+        for t0 in range(0, nt, tb):
             for p in range(P):
                 c0 = p * W
                 cn = min(W, K - c0)
                 nv = (cn + L - 1) // L
-                tile(ap, t * KC * MR, 1, MR, bp, p * KC * W, W, KC * W,
-                     out, (g0 + t * MR) * K + c0, K, kk, mr, nv, cn - (nv - 1) * L, add,
-                     flat_out, 0, 0)
+                for t in range(t0, min(t0 + tb, nt)):
+                    mr = min(MR, ng - t * MR)
+                    tile(ap, t * KC * MR, 1, MR, bp, p * KC * W, W, KC * W,
+                         out, (g0 + t * MR) * K + c0, K, kk, mr, nv, cn - (nv - 1) * L,
+                         add, flat_out, 0, 0)
     if n == 0:  # explicit loops: numba's slice fill costs ~1 s of compile per process
         for g in range(g0, g1):
             for j in range(K):
