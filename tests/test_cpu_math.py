@@ -150,9 +150,9 @@ def test_gemm_beta_and_bias(dt):
 @pytest.mark.parametrize("N,G,K", [(1, 1, 1), (100, 37, 148), (300, 7, 65),
                                    (gemm.CHUNK_ROWS + 777, 13, 40), (300, 301, 19)])
 def test_matmul_tn_serial_parallel(dt, N, G, K):
-    """a^T @ b over N rows (float64 across CHUNK_ROWS blocks past one block; G = 301
-    spans several L2 blocks of row tiles); the parallel driver splits the rows of the
-    result and is bitwise equal to the serial."""
+    """a^T @ b over N rows (float64 across CHUNK_ROWS blocks past one block; G = 301:
+    50 row tiles and a tail); the parallel driver splits the rows of the result and is
+    bitwise equal to the serial."""
     rng = np.random.default_rng(N + G + K)
     a, b = _rand(rng, (N, G), dt), _rand(rng, (N, K), dt)
     ref = a.astype(np.float64).T @ b
