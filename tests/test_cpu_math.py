@@ -52,7 +52,7 @@ def test_gemm_tile_shapes_and_no_stray_writes(dt, M, K, N):
     a, b = _rand(rng, (M, K), dt), _rand(rng, (K, N), dt)
     big = np.full((M + 2, N + 19), np.nan, dtype=dt)
     c_off, ldc = 1 * big.shape[1] + 3, big.shape[1]
-    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, big, c_off, ldc, 0, big.reshape(-1)[:0])
+    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, big, c_off, ldc, 0, big[:0])
     ref = a.astype(np.float64) @ b.astype(np.float64)
     _check("C", big[1:M + 1, 3:N + 3], ref, dt, K)
     outside = np.ones(big.shape, dtype=bool)
@@ -71,6 +71,7 @@ def test_row_arm_is_bitwise_the_tile(dt, K, N):
     a, b = _rand(rng, (13, K), dt), _rand(rng, (K, N), dt)
     bias, c0 = _rand(rng, (N,), dt), _rand(rng, (13, N), dt)
     bp = gemm.pack_b(b)
+    bias = bias.reshape(1, N)  # _gemm's bias row
     for beta, bs in ((0, bias[:0]), (0, bias), (1, bias[:0])):
         for m in (1, 2, 7, 8, 13):  # 8 and 13 rows: tiles of 4 + 4 and 5 + 4 + 4 (AVX2)
             many = c0.copy()
@@ -98,11 +99,11 @@ def test_packed_a_is_bitwise_the_plain_product(dt, M, K, N):
     a, b = _rand(rng, (M, K), dt), _rand(rng, (K, N), dt)
     bp = gemm.pack_b(b)
     plain = np.full((M, N), np.nan, dtype=dt)
-    gemm._gemm(a, 0, K, 1, K, M, K, bp, N, plain, 0, N, 0, plain.reshape(-1)[:0])
+    gemm._gemm(a, 0, K, 1, K, M, K, bp, N, plain, 0, N, 0, plain[:0])
     ap = np.full(((M + MR - 1) // MR * MR, K), np.nan, dtype=dt)
     gemm.pack_a(a, ap)
     packed = np.full((M, N), np.nan, dtype=dt)
-    gemm._gemm(ap, 0, 1, MR, K, M, K, bp, N, packed, 0, N, 0, packed.reshape(-1)[:0])
+    gemm._gemm(ap, 0, 1, MR, K, M, K, bp, N, packed, 0, N, 0, packed[:0])
     assert np.array_equal(plain, packed)
     _check("C", packed, a.astype(np.float64) @ b, dt, K)
     big = np.vstack([a, a[:5]])  # scratch sized for more rows than the product gets
@@ -133,16 +134,16 @@ def test_gemm_beta_and_bias(dt):
     bias, c0 = _rand(rng, (N,), dt), _rand(rng, (M, N), dt)
     ref = a.astype(np.float64) @ b
     c = c0.copy()
-    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, c, 0, N, 1, c.reshape(-1)[:0])
+    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, c, 0, N, 1, c[:0])
     _check("C += A @ B", c, c0.astype(np.float64) + ref, dt, K)
     c = np.full((M, N), np.nan, dtype=dt)
-    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, c, 0, N, 0, bias)
+    gemm._gemm(a, 0, K, 1, K, M, K, gemm.pack_b(b), N, c, 0, N, 0, bias.reshape(1, N))
     _check("C = A @ B + bias", c, ref + bias, dt, K)
     c = c0[:1].copy()  # one row: the row arm
-    gemm._gemm(a, 0, K, 1, K, 1, K, gemm.pack_b(b), N, c, 0, N, 1, c.reshape(-1)[:0])
+    gemm._gemm(a, 0, K, 1, K, 1, K, gemm.pack_b(b), N, c, 0, N, 1, c[:0])
     _check("c += a @ B", c, c0[:1].astype(np.float64) + ref[:1], dt, K)
     c = np.full((1, N), np.nan, dtype=dt)
-    gemm._gemm(a, 0, K, 1, K, 1, K, gemm.pack_b(b), N, c, 0, N, 0, bias)
+    gemm._gemm(a, 0, K, 1, K, 1, K, gemm.pack_b(b), N, c, 0, N, 0, bias.reshape(1, N))
     _check("c = a @ B + bias", c, ref[:1] + bias, dt, K)
 
 

@@ -104,8 +104,10 @@ def _block_rows(K, itemsize):
 
 @njit(**JIT)
 def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
-    """C[M, N] (= or, beta != 0, +=) A[M, K] @ B[K, N] (+ bias[N] when bias has N
-    entries; else bias is empty): A and C given by array, element offset and strides
+    """C[M, N] (= or, beta != 0, +=) A[M, K] @ B[K, N] (+ the bias row when bias is
+    [1, N]; else bias is any 2-D array of C's type without one, such as c[:0]: a
+    reshape, numba's only way to a 1-D view, cost ~45 ns per call, a sixth of a step of
+    a batch-of-one recurrence at H = 32): A and C given by array, element offset and strides
     (see tile.tile), B as packed panels (:func:`pack_b`). A's row-tile starting at row
     r0 begins at a_off + r0 * a_ts (a_ts = a_rs for a plain matrix; K for A packed by
     :func:`pack_a`, whose rows within a tile are 1 apart and terms MR apart).
@@ -118,16 +120,18 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     split of the rows."""
     L = lanes(c)
     W = NV * L
-    has_bias = bias.shape[0] == N and N > 0
+    has_bias = bias.shape[0] == 1 and bias.shape[1] == N and N > 0
     packed = a_ts != a_rs  # A packed by pack_a (for K = 1 both layouts are the same)
-    flat_c = c.reshape(c.size)
-    MC = _block_rows(K, a.itemsize)
-    for m0 in range(0, max(M, 1), MC):
+    # One block of up to MR rows (a recurrence's per-step product of a small batch)
+    # takes no integer division: at B = 1 these set-up costs were most of a step.
+    MC = MR if M <= MR else _block_rows(K, a.itemsize)
+    m0 = 0
+    while m0 < M or m0 == 0:
         m1 = min(m0 + MC, M)
         # one row runs up to RP panels at once, two rows RP // 2 (tile.py: the row
         # arms) where at least two panels remain; no rows (M = 0), one panel per step
         rows = m1 - m0
-        rp = RP // rows if 1 <= rows <= 2 else 1
+        rp = RP if rows == 1 else (RP // 2 if rows == 2 else 1)
         group = rp * W
         # Row tiles: MR rows each where A is packed (its tiles are MR rows apart), else
         # as even as they split: 8 rows are 4 + 4 (8 accumulators each), not 6 + 2
@@ -146,8 +150,11 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
                 kk = min(KC, K - k0)  # K == 0, beta == 0: one empty sum (zeros + bias)
                 add = 1 if beta != 0 or k0 > 0 else 0
                 for t in range(nt):
-                    r0 = m0 + t * MR if packed else m0 + t * (m1 - m0) // nt
-                    r1 = min(r0 + MR, m1) if packed else m0 + (t + 1) * (m1 - m0) // nt
+                    if nt == 1:
+                        r0, r1 = m0, m1
+                    else:
+                        r0 = m0 + t * MR if packed else m0 + t * (m1 - m0) // nt
+                        r1 = min(r0 + MR, m1) if packed else m0 + (t + 1) * (m1 - m0) // nt
                     co = c_off + r0 * ldc + n0
                     # The bias seeds the accumulators of each tile's first chunk. Without
                     # one, the tile is pointed at its own C region (valid memory; the
@@ -156,8 +163,9 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
                     tile(a, a_off + r0 * a_ts + k0 * a_ks, a_rs, a_ks,
                          bp, b_off + k0 * W, W, K * W,
                          c, co, ldc, kk, r1 - r0, nv, nlast, add,
-                         bias if use else flat_c, n0 if use else co, use)
+                         bias if use else c, n0 if use else co, use)
             n0 += step
+        m0 += MC
 
 
 @njit(**_INLINE)
@@ -212,9 +220,9 @@ def mm_into(a, bp, c, ap):
         if packed:
             pack_a(a, ap)
     if packed:
-        _gemm(ap, zero, one, one * MR, K, M, K, bp, N, c, zero, N, zero, c.reshape(c.size)[:0])
+        _gemm(ap, zero, one, one * MR, K, M, K, bp, N, c, zero, N, zero, c[:0])
     else:
-        _gemm(a, zero, K, one, K, M, K, bp, N, c, zero, N, zero, c.reshape(c.size)[:0])
+        _gemm(a, zero, K, one, K, M, K, bp, N, c, zero, N, zero, c[:0])
 
 
 @njit(**_INLINE)
@@ -345,7 +353,8 @@ def _project_part(x, wp, bias, xp, p, nparts):
     G = xp.shape[1]
     r0, r1 = _part(N, p, nparts)
     zero, one = _plain_ints(N)
-    _gemm(x, r0 * I, I, one, I, r1 - r0, I, wp, G, xp, r0 * G, G, zero, bias)
+    _gemm(x, r0 * I, I, one, I, r1 - r0, I, wp, G, xp, r0 * G, G, zero,
+          bias.reshape(1, bias.shape[0]))
 
 
 @njit(**JIT)
@@ -400,8 +409,7 @@ def _layer_grads_part(dxp, dgh, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db_
         I = dx.shape[1]
         r0, r1 = _part(N, p, nparts)
         zero, one = _plain_ints(N)
-        _gemm(dxp, r0 * G, G, one, G, r1 - r0, G, w_p, I, dx, r0 * I, I, zero,
-              dx.reshape(dx.size)[:0])
+        _gemm(dxp, r0 * G, G, one, G, r1 - r0, G, w_p, I, dx, r0 * I, I, zero, dx[:0])
 
 
 @njit(**JIT)
