@@ -15,6 +15,13 @@ T = 100, I = H, float32 (where the kernels' own work is smallest), the calls of
   packing (``gemm.panels``, a compiled call outside ``launch``) counts as host.
 
 The timer adds two ``perf_counter`` calls per launch (< 1 us), charged to the kernels.
+
+* ``floor_s``: the same calls with the layer replaced by one ``torch.autograd.Function``
+  that takes the layer's inputs and parameters, keeps them for backward and computes
+  nothing (:class:`_NoOpLayer`): what torch's autograd, the module call and, for
+  fwd+bwd, the loss and ``torch.autograd.grad`` cost any layer on this machine before
+  it does any work. ``host_s - floor_s`` is rnnfast's own part of the host time.
+
 CPU only (a CUDA call's host time is the launch latency: ``bench.gpu``).
 """
 
@@ -28,6 +35,38 @@ from . import common
 POINT = (1, 32)  # (B, H)
 T = 100
 HOST_FLOOR_S = 50e-6  # issue 13: per fwd+bwd of one layer
+
+
+class _NoOp(torch.autograd.Function):
+    """A layer that computes nothing: outputs allocated, not written; gradients
+    likewise (their values are never read by the timing)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, *weights):
+        ctx.save_for_backward(x, h0, *weights)
+        return x.new_empty((*x.shape[:2], h0.shape[-1])), torch.empty_like(h0)
+
+    @staticmethod
+    def backward(ctx, dy, dh_n):
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
+
+
+class _NoOpLayer(torch.nn.Module):
+    """Stands in for a one-layer module in :func:`common.fwd_fn` / ``fwdbwd_fn``: the
+    same parameters, the same (output, state) structure, :class:`_NoOp` inside."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.weights = torch.nn.ParameterList(m.parameters())
+        self.lstm = isinstance(m, torch.nn.LSTM)
+        self.hidden_size = m.hidden_size
+
+    def forward(self, x):
+        h0 = self.__dict__.get("_h0")  # kept, as rnnfast keeps its zero states
+        if h0 is None or h0.shape[1] != x.shape[1]:
+            h0 = self.__dict__["_h0"] = x.new_zeros((1, x.shape[1], self.hidden_size))
+        y, h_n = _NoOp.apply(x, h0, *self.weights)
+        return y, ((h_n, h_n) if self.lstm else h_n)
 
 
 def default_cells(quick=False):
@@ -57,11 +96,16 @@ def run_case(cell, device, quick=False):
     calls, rounds = (50, 3) if quick else (200, 7)
     out = {"cell": cell, "T": T, "B": B, "H": H, "I": H, "dtype": "float32",
            "calls": calls, "rounds": rounds, "modes": {}}
+    noop = _NoOpLayer(rm)
     for mode in common.MODES:
-        fn = common.fwd_fn(rm, x) if mode == "fwd" else common.fwdbwd_fn(rm, x, g, gh)
+        make = (lambda m: common.fwd_fn(m, x)) if mode == "fwd" else \
+            (lambda m: common.fwdbwd_fn(m, x, g, gh))
+        fn, floor_fn = make(rm), make(noop)
         for _ in range(20):  # warm-up: compile-cache loads, allocator, branch predictors
             fn()
+            floor_fn()
         total = _rounds(fn, calls, rounds)
+        floor = _rounds(floor_fn, calls, rounds)
         inside = [0.0]
         launch = _host.launch
 
@@ -86,7 +130,8 @@ def run_case(cell, device, quick=False):
             _host.launch = launch
         host = statistics.median(p[0] for p in pairs)
         kernel = statistics.median(p[1] for p in pairs)
-        out["modes"][mode] = {"total_s": total, "kernel_s": kernel, "host_s": host}
+        out["modes"][mode] = {"total_s": total, "kernel_s": kernel, "host_s": host,
+                              "floor_s": floor}
     return out
 
 
@@ -100,13 +145,19 @@ def markdown(results):
              "host = the call's time minus the time inside the compiled kernels "
              "(`_host.launch`), the module, checks, launchers' Python, allocation, "
              "autograd and, for fwd+bwd, the loss. Issue 13's floor: at most "
-             f"{HOST_FLOOR_S * 1e6:.0f} us per fwd+bwd.",
+             f"{HOST_FLOOR_S * 1e6:.0f} us per fwd+bwd. torch's floor = the same calls "
+             "with a layer that computes nothing (one autograd.Function with the "
+             "layer's inputs and parameters): what any layer pays here before its work; "
+             "rnnfast's own = host - torch's floor.",
              "",
-             "| cell | mode | total | in kernels | host |",
-             "|---|---|--:|--:|--:|"]
+             "| cell | mode | total | in kernels | host | torch's floor | rnnfast's own |",
+             "|---|---|--:|--:|--:|--:|--:|"]
     for r in results:
         for mode, m in r["modes"].items():
+            floor = m.get("floor_s")
+            extra = (f"{floor * 1e6:.0f} | {(m['host_s'] - floor) * 1e6:.0f}"
+                     if floor is not None else "- | -")
             lines.append(f"| {r['cell']} | {'fwd' if mode == 'fwd' else 'fwd+bwd'} | "
                          f"{m['total_s'] * 1e6:.0f} | {m['kernel_s'] * 1e6:.0f} | "
-                         f"{m['host_s'] * 1e6:.0f} |")
+                         f"{m['host_s'] * 1e6:.0f} | {extra} |")
     return "\n".join(lines) + "\n"
