@@ -16,7 +16,6 @@ Definitions used everywhere in ``bench/``:
 Dimensions: T time steps, B batch rows, I input size, H hidden size, G gate columns.
 """
 
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -25,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+from unittest import mock
 
 import numpy as np
 import torch
@@ -289,20 +289,6 @@ def gemm_flops(cell, T, B, I, H, mode):
     return fwd if mode == "fwd" else 3.0 * fwd
 
 
-@contextlib.contextmanager
-def _env(name, value):
-    """os.environ[name] = value inside the block, restored after."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = before
-
-
 def measure_gemm_rate(device, M=6400, K=512, N=512, dtype=torch.float32, reps=7):
     """GFLOP/s of an [M, K] x [K, N] GEMM (the size of an input projection over
     T*B = 6400 rows at H = 512), best of ``reps`` (a peak: the first calls can pay for
@@ -329,7 +315,8 @@ def measure_gemm_rate(device, M=6400, K=512, N=512, dtype=torch.float32, reps=7)
     if device.type == "cpu":
         from rnnfast.kernels.numba import gemm
         x, w = a.view(M, 1, K), b.t().contiguous()
-        with _env(gemm.LAYER_GEMM_ENV, "numba"):  # the tile itself, whatever auto picks
+        # the tile itself, whatever auto picks
+        with mock.patch.dict(os.environ, {gemm.LAYER_GEMM_ENV: "numba"}):
             res["rnnfast_gflops"] = rate(lambda: gemm.project(x, w))
         # numpy last: its OpenBLAS threads spin for up to ~0.1 s after each call and
         # would slow whatever runs next on the other thread pools
