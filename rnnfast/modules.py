@@ -34,12 +34,60 @@ NONLINEARITIES = tuple(ACTIVATIONS)
 AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 
 # Where torch.nn's own operator beats the numba kernels, backend='auto' runs it (and
-# rnnfast.explain says so): forward-only float32 LSTM (no projection, not packed) with
-# batch x hidden >= this, where torch runs oneDNN's fused LSTM. Measured rnnfast / torch.nn
-# there: 0.97-0.98x on the Intel Xeon (2026-12-01, (32, 256) and (64, 512), T = 100) and
-# 0.80-0.95x on the AMD EPYC (2026-11-25); from (16, 64) down rnnfast wins (1.22-1.32x).
-TORCH_OP_LSTM_INFERENCE_MIN_BH = 8192
+# rnnfast.explain says so): forward-only float32 LSTM (no projection, not packed), where
+# torch runs oneDNN's fused LSTM (:func:`_lstm_inference_to_torch`). Measured numba time
+# against torch.nn's, T = 100, I = H, under no_grad (ratios torch.nn / numba, < 1: numba
+# slower):
+#
+# * A batch of one at hidden >= TORCH_OP_LSTM_INFERENCE_MIN_H, on every ISA, when torch
+#   has more than one thread: one row cannot be split across the kernels' threads, so
+#   the recurrence runs on one core and streams W_hh (1 MiB at H = 256 in float32, past a
+#   core's L2) from L3 every step, while oneDNN splits W_hh's columns over all cores.
+#   Zen 2 (AVX2, 2 cores, 2026-12-02): 0.74-0.84x at H = 256, 0.82-0.90x at 384 and 512;
+#   1.01x at H = 128.
+# * Per ISA, TORCH_OP_LSTM_INFERENCE_REGIONS:
+#   - avx2: batch <= 6 at hidden 256..512. Zen 2, 2026-12-02: 0.95-0.96x at B = 4,
+#     0.75-0.84x at B = 5, 0.76-0.90x at B = 6, 0.97-1.08x at B = 2, 3 (a tie), against
+#     1.10-1.15x at B = 7, 8 and 1.13-1.43x at B = 2..8 with H = 1024.
+#   - avx512: batch x hidden >= 8192. 0.97-0.98x on the Intel Xeon (2026-12-01, (32, 256)
+#     and (64, 512)) and 0.80-0.95x on the AMD EPYC Zen 4 (2026-11-25); on the Zen 2 the
+#     kernels win there (1.10-1.13x at (32, 256), (32, 512), (64, 512)).
+TORCH_OP_LSTM_INFERENCE_MIN_H = 256
+TORCH_OP_LSTM_INFERENCE_REGIONS = {
+    "avx2": {"max_batch": 6, "hidden": (256, 512)},
+    "avx512": {"min_batch_x_hidden": 8192},
+}
 _ONEDNN = torch.backends.mkldnn.is_available()
+
+
+def _lstm_inference_to_torch(isa, B, H):
+    """Why torch.nn's operator runs a forward-only float32 LSTM of batch B, hidden H on
+    this ISA (see TORCH_OP_LSTM_INFERENCE_REGIONS above), or None."""
+    what = "forward-only float32 LSTM"
+    if B == 1 and H >= TORCH_OP_LSTM_INFERENCE_MIN_H and torch.get_num_threads() > 1:
+        return (f"{what} with a batch of one at hidden {H} >= "
+                f"{TORCH_OP_LSTM_INFERENCE_MIN_H}: the kernels' recurrence runs one row on "
+                f"one core; torch.nn's operator (oneDNN's fused LSTM) splits W_hh's "
+                f"columns across threads and measured faster")
+    region = TORCH_OP_LSTM_INFERENCE_REGIONS.get(isa, {})
+    lo, hi = region.get("hidden", (0, -1))
+    if B <= region.get("max_batch", 0) and lo <= H <= hi:
+        return (f"{what} with batch {B} <= {region['max_batch']} at hidden {H} in "
+                f"[{lo}, {hi}] on {isa}: torch.nn's operator (oneDNN's fused LSTM) "
+                f"measured faster than the numba kernels there")
+    min_bh = region.get("min_batch_x_hidden")
+    if min_bh is not None and B * H >= min_bh:
+        return (f"{what} at batch x hidden = {B * H} >= {min_bh} on {isa}: torch.nn's "
+                f"operator (oneDNN's fused LSTM) measured faster than the numba kernels "
+                f"there")
+    return None
+
+
+def _numba_isa():
+    """The instruction set the numba kernels target (kernels.numba.config.ISA), read
+    without importing numba's kernels."""
+    from .kernels.numba.config import ISA
+    return ISA.name
 
 
 def _stack_states(states, fresh):
@@ -270,7 +318,7 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _torch_op_wins(self, x, batch_sizes, hx, torch_op):
         """Why torch.nn's operator is faster than the numba kernels for this call, or
-        None (TORCH_OP_LSTM_INFERENCE_MIN_BH)."""
+        None (:func:`_lstm_inference_to_torch`)."""
         if not torch_op or self.backend != "auto" or self._cell != "lstm" \
                 or self.proj_size > 0 or batch_sizes is not None \
                 or x.dtype != torch.float32 or not _ONEDNN \
@@ -280,12 +328,7 @@ class _FusedRNNBase(nn.RNNBase):
         if not ops.is_inference((x, *self._flat_weights, *state)):
             return None
         B = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1
-        bh = B * self.hidden_size
-        if bh < TORCH_OP_LSTM_INFERENCE_MIN_BH:
-            return None
-        return (f"forward-only float32 LSTM at batch x hidden = {bh} >= "
-                f"{TORCH_OP_LSTM_INFERENCE_MIN_BH}: torch.nn's operator (oneDNN's fused "
-                f"LSTM) measured faster than the numba kernels there")
+        return _lstm_inference_to_torch(_numba_isa(), B, self.hidden_size)
 
     def _can_run_torch_op(self, x, run_dtype):
         """Whether torch.nn's own operator computes this call as rnnfast would (what

@@ -73,7 +73,7 @@ def test_row_arm_is_bitwise_the_tile(dt, K, N):
     bp = gemm.pack_b(b)
     bias = bias.reshape(1, N)  # _gemm's bias row
     for beta, bs in ((0, bias[:0]), (0, bias), (1, bias[:0])):
-        for m in (1, 2, 7, 8, 13):  # 8 and 13 rows: tiles of 4 + 4 and 5 + 4 + 4 (AVX2)
+        for m in (1, 2, 3, 7, 8, 13):  # 8 and 13 rows: tiles of 4 + 4 and 5 + 4 + 4 (AVX2)
             many = c0.copy()
             gemm._gemm(a, 0, K, 1, K, m, K, bp, N, many, 0, N, beta, bs)
             one = c0[m - 1:m].copy()

@@ -269,24 +269,46 @@ def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
                                           torch.randn(5, 3))
 
 
+def test_lstm_inference_regions():
+    """Where auto hands a forward-only float32 LSTM to torch.nn's operator, per ISA
+    (modules.TORCH_OP_LSTM_INFERENCE_REGIONS), and nowhere else."""
+    from rnnfast.modules import _lstm_inference_to_torch as to_torch
+    many = torch.get_num_threads() > 1
+    for isa in ("avx512", "avx2", "sse2", "neon"):
+        assert (to_torch(isa, 1, 256) is not None) == many  # a batch of one, every ISA
+        assert (to_torch(isa, 1, 1024) is not None) == many
+        assert to_torch(isa, 1, 128) is None
+        assert to_torch(isa, 7, 256) is None
+    assert "batch 6 <= 6" in to_torch("avx2", 6, 512)
+    assert to_torch("avx2", 6, 1024) is None and to_torch("avx2", 64, 512) is None
+    assert to_torch("avx512", 6, 512) is None
+    assert "8192 on avx512" in to_torch("avx512", 128, 64)
+    assert to_torch("avx512", 127, 64) is None
+    assert to_torch("sse2", 128, 64) is None and to_torch("neon", 6, 512) is None
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
 def test_auto_runs_torch_nn_where_it_is_faster(monkeypatch):
-    """Forward-only float32 LSTM at batch x hidden >= TORCH_OP_LSTM_INFERENCE_MIN_BH:
-    backend='auto' runs torch.nn's operator (oneDNN) and explain says why; training,
-    float64, a projection, packed input, a small batch x hidden and an explicit backend
-    keep the kernels."""
-    from rnnfast.modules import TORCH_OP_LSTM_INFERENCE_MIN_BH as MIN_BH
+    """Forward-only float32 LSTM where torch.nn's operator (oneDNN) measured faster (a
+    batch of one at hidden >= TORCH_OP_LSTM_INFERENCE_MIN_H, with more than one thread):
+    backend='auto' runs it there, bitwise torch.nn's result, and explain says why;
+    training, float64, a projection, packed input, a narrower layer and an explicit
+    backend keep the kernels."""
+    from rnnfast import modules
     monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
-    H, B = 64, MIN_BH // 64
+    if torch.get_num_threads() < 2:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    H, B = modules.TORCH_OP_LSTM_INFERENCE_MIN_H, 1
     ours, twin = make_pair("lstm", 8, H, torch.float32, "auto")
     x = torch.randn(3, B, 8)
     with torch.no_grad():
         line = rnnfast.explain(ours, x)
-        assert "backend=torch.nn" in line and f"batch x hidden = {B * H}" in line, line
+        assert "backend=torch.nn" in line and "a batch of one at hidden 256" in line, line
         (y, (h, c)), (y2, (h2, c2)) = ours(x), twin(x)
         for a, b in ((y, y2), (h, h2), (c, c2)):  # torch.nn's own operator: bitwise
             assert torch.equal(a, b)
-        assert "backend=numba" in rnnfast.explain(ours, x[:, :B - 1])
+        narrow, _ = make_pair("lstm", 8, H // 2, torch.float32, "auto")
+        assert "backend=numba" in rnnfast.explain(narrow, x)
         assert "backend=numba" in rnnfast.explain(ours.double(), x.double())
         ours.float()
         packed = pack_padded_sequence(x, torch.full((B,), 3), enforce_sorted=True)

@@ -126,7 +126,7 @@ JIT_PARALLEL = dict(JIT, parallel=True)
 # Split the batch across threads only when a step's product has this many
 # multiply-adds (below it, thread start-up costs more than it saves) ...
 PARALLEL_MIN_MACS = 1 << 15
-# ... and each thread gets at least this many rows.
+# ... and each thread gets this many rows (the last one may get fewer: _host.recurrence_chunks).
 PARALLEL_MIN_ROWS = 2
 # A layer GEMM (projection, weight gradients) is split across threads from this many
 # multiply-adds: ~15 us on one core, against a few us to start and join a parallel region.
