@@ -186,3 +186,46 @@ def test_packed_rows_launcher_errors(backend):
     good[1] = 1  # modified in place after passing: checked again, not remembered
     with pytest.raises(ValueError, match=r"offsets \[0, 1, 3\] do not match"):
         k.rnn_bwd(torch.randn(4, H), h0, y, w, lengths, offsets=good)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads (the launchers' thread budget), restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_threads):
+    """A batch of three runs its recurrences as 2 + 1 rows on two threads
+    (kernels/numba/_host.recurrence_chunks rounds up); the split changes no bit of any
+    output or gradient against one thread (packed, ragged, both directions)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    import rnnfast
+    from rnnfast.kernels.numba import _host
+    if _host.threads(2) < 2:
+        pytest.skip("numba has one thread here")
+    H = 128
+    assert _host.recurrence_chunks(3, 3 * H * H) == 2
+    torch.manual_seed(3)
+    cls = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[cell]
+    m = cls(H, H, bidirectional=True, backend="numba")
+    x = torch.randn(7, 3, H)
+    lengths = torch.tensor([7, 3, 5])
+
+    def run():
+        xr = x.clone().requires_grad_(True)
+        y, state = m(pack_padded_sequence(xr, lengths, enforce_sorted=False))
+        h = state[0] if isinstance(state, tuple) else state
+        (y.data.square().sum() + h.sum()).backward()
+        out = [y.data, h, xr.grad] + [p.grad.clone() for p in m.parameters()]
+        m.zero_grad()
+        return out
+
+    split = run()
+    monkeypatch.setattr(_host, "recurrence_chunks", lambda B, macs: 1)
+    for a, b in zip(split, run()):
+        assert torch.equal(a, b)
