@@ -12,11 +12,11 @@ __all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RNNArgumentError", "diagnostics",
 __version__ = "0.1.0"
 
 
-def explain(module, input):
-    """One line: which implementation ``module(input)`` runs, on which instruction set,
-    and why (``module``: an rnnfast RNN / LSTM / GRU; ``input``: a Tensor or
-    PackedSequence)."""
-    be = module.plan(input)
+def explain(module, input, hx=None):
+    """One line: which implementation ``module(input, hx)`` runs, on which instruction
+    set, and why (``module``: an rnnfast RNN / LSTM / GRU; ``input``: a Tensor or
+    PackedSequence; ``hx``: the call's initial state, as forward takes it, or None)."""
+    be = module.plan(input, hx)
     isa = getattr(getattr(be.kernels, "config", None), "ISA", None)
     where = f" [{getattr(isa, 'name', isa)}]" if isa else ""
     line = f"{type(module).__name__}: backend={be.name}{where}: {be.reason}"

@@ -46,15 +46,16 @@ AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 #   Zen 2 (AVX2, 2 cores, 2026-12-02): 0.74-0.84x at H = 256, 0.82-0.90x at 384 and 512;
 #   1.01x at H = 128.
 # * Per ISA, TORCH_OP_LSTM_INFERENCE_REGIONS:
-#   - avx2: batch <= 6 at hidden 256..512. Zen 2, 2026-12-02: 0.95-0.96x at B = 4,
-#     0.75-0.84x at B = 5, 0.76-0.90x at B = 6, 0.97-1.08x at B = 2, 3 (a tie), against
-#     1.10-1.15x at B = 7, 8 and 1.13-1.43x at B = 2..8 with H = 1024.
+#   - avx2: batch 4..6 at hidden 256..512, when torch has more than one thread. Zen 2,
+#     2026-12-02: 0.95-0.96x at B = 4, 0.75-0.84x at B = 5, 0.76-0.90x at B = 6, against
+#     0.97-1.17x at B = 2, 3 (three threads' rows split 2 + 1 since b3b32ca), 1.10-1.15x
+#     at B = 7, 8 and 1.13-1.43x at B = 2..8 with H = 1024.
 #   - avx512: batch x hidden >= 8192. 0.97-0.98x on the Intel Xeon (2026-12-01, (32, 256)
 #     and (64, 512)) and 0.80-0.95x on the AMD EPYC Zen 4 (2026-11-25); on the Zen 2 the
 #     kernels win there (1.10-1.13x at (32, 256), (32, 512), (64, 512)).
 TORCH_OP_LSTM_INFERENCE_MIN_H = 256
 TORCH_OP_LSTM_INFERENCE_REGIONS = {
-    "avx2": {"max_batch": 6, "hidden": (256, 512)},
+    "avx2": {"batch": (4, 6), "hidden": (256, 512)},
     "avx512": {"min_batch_x_hidden": 8192},
 }
 _ONEDNN = torch.backends.mkldnn.is_available()
@@ -64,16 +65,17 @@ def _lstm_inference_to_torch(isa, B, H):
     """Why torch.nn's operator runs a forward-only float32 LSTM of batch B, hidden H on
     this ISA (see TORCH_OP_LSTM_INFERENCE_REGIONS above), or None."""
     what = "forward-only float32 LSTM"
-    if B == 1 and H >= TORCH_OP_LSTM_INFERENCE_MIN_H and torch.get_num_threads() > 1:
+    threads = torch.get_num_threads() > 1  # the small-batch regions: measured with 2
+    if B == 1 and H >= TORCH_OP_LSTM_INFERENCE_MIN_H and threads:
         return (f"{what} with a batch of one at hidden {H} >= "
                 f"{TORCH_OP_LSTM_INFERENCE_MIN_H}: the kernels' recurrence runs one row on "
                 f"one core; torch.nn's operator (oneDNN's fused LSTM) splits W_hh's "
                 f"columns across threads and measured faster")
     region = TORCH_OP_LSTM_INFERENCE_REGIONS.get(isa, {})
-    lo, hi = region.get("hidden", (0, -1))
-    if B <= region.get("max_batch", 0) and lo <= H <= hi:
-        return (f"{what} with batch {B} <= {region['max_batch']} at hidden {H} in "
-                f"[{lo}, {hi}] on {isa}: torch.nn's operator (oneDNN's fused LSTM) "
+    (b_lo, b_hi), (h_lo, h_hi) = region.get("batch", (0, -1)), region.get("hidden", (0, -1))
+    if threads and b_lo <= B <= b_hi and h_lo <= H <= h_hi:
+        return (f"{what} with batch {B} in [{b_lo}, {b_hi}] at hidden {H} in "
+                f"[{h_lo}, {h_hi}] on {isa}: torch.nn's operator (oneDNN's fused LSTM) "
                 f"measured faster than the numba kernels there")
     min_bh = region.get("min_batch_x_hidden")
     if min_bh is not None and B * H >= min_bh:
@@ -294,14 +296,16 @@ class _FusedRNNBase(nn.RNNBase):
             return torch.get_autocast_dtype(device_type)
         return None
 
-    def plan(self, input):
-        """The implementation a call with ``input`` (a Tensor or PackedSequence) runs:
-        a :class:`rnnfast.dispatch.Backend`. It cannot see the call's hx: a forward-only
-        call judged by input and weights alone takes the kernels when hx requires grad."""
+    def plan(self, input, hx=None):
+        """The implementation a call ``module(input, hx)`` runs (input: a Tensor or
+        PackedSequence; hx as forward's): a :class:`rnnfast.dispatch.Backend`. hx counts
+        only through whether it requires grad (a call that builds a graph never runs
+        torch.nn's operator in place of the kernels)."""
         x = input.data if isinstance(input, PackedSequence) else input
         dtype = self._autocast_dtype(x.device.type) or x.dtype
+        hx = tuple(hx) if isinstance(hx, list) else hx
         return self._resolve(x, input.batch_sizes if isinstance(input, PackedSequence)
-                             else None, None, dtype, start=False)
+                             else None, hx, dtype, start=False)
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True):
         """dispatch.resolve for this call: the kernels, or torch.nn's operator where it

@@ -269,17 +269,24 @@ def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
                                           torch.randn(5, 3))
 
 
-def test_lstm_inference_regions():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_inference_regions(monkeypatch, threads):
     """Where auto hands a forward-only float32 LSTM to torch.nn's operator, per ISA
-    (modules.TORCH_OP_LSTM_INFERENCE_REGIONS), and nowhere else."""
+    (modules.TORCH_OP_LSTM_INFERENCE_REGIONS), and nowhere else; the small-batch regions
+    only when torch has more than one thread (where they were measured)."""
     from rnnfast.modules import _lstm_inference_to_torch as to_torch
-    many = torch.get_num_threads() > 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    many = threads > 1
     for isa in ("avx512", "avx2", "sse2", "neon"):
         assert (to_torch(isa, 1, 256) is not None) == many  # a batch of one, every ISA
         assert (to_torch(isa, 1, 1024) is not None) == many
         assert to_torch(isa, 1, 128) is None
         assert to_torch(isa, 7, 256) is None
-    assert "batch 6 <= 6" in to_torch("avx2", 6, 512)
+        assert to_torch(isa, 2, 256) is None and to_torch(isa, 3, 512) is None
+    assert (to_torch("avx2", 4, 256) is not None) == many
+    assert (to_torch("avx2", 6, 512) is not None) == many
+    if many:
+        assert "batch 6 in [4, 6]" in to_torch("avx2", 6, 512)
     assert to_torch("avx2", 6, 1024) is None and to_torch("avx2", 64, 512) is None
     assert to_torch("avx512", 6, 512) is None
     assert "8192 on avx512" in to_torch("avx512", 128, 64)
@@ -318,6 +325,20 @@ def test_auto_runs_torch_nn_where_it_is_faster(monkeypatch):
         explicit, _ = make_pair("lstm", 8, H, torch.float32, "numba")
         assert "backend=numba" in rnnfast.explain(explicit, x)
     assert "backend=numba" in rnnfast.explain(ours, x)  # training: the kernels
+    for p in ours.parameters():  # frozen weights, but an h0 that requires grad
+        p.requires_grad_(False)
+    h0 = torch.zeros(1, B, H, requires_grad=True)
+    c0 = torch.zeros(1, B, H)
+    assert "backend=torch.nn" in rnnfast.explain(ours, x)
+    for hx in ((h0, c0), [h0, c0]):
+        assert "backend=numba" in rnnfast.explain(ours, x, hx)
+    def no_torch_op(*args):
+        raise AssertionError("torch.nn's operator ran where explain said numba")
+
+    monkeypatch.setattr(ours, "_torch_rnn_op", no_torch_op)
+    y, (h, c) = ours(x, (h0, c0))
+    h.sum().backward()
+    assert h0.grad is not None
     monkeypatch.setenv("RNNFAST_BACKEND", "numba")
     with torch.no_grad():
         assert "backend=numba" in rnnfast.explain(ours, x)

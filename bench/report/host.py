@@ -6,7 +6,9 @@ For each cell, a one-layer rnnfast module on the numba backend at (B, H) = (1, 3
 T = 100, I = H, float32 (where the kernels' own work is smallest), the calls of
 :func:`common.fwd_fn` and :func:`common.fwdbwd_fn` (the speed section's definitions):
 
-* ``total_s``: the call's time, median over rounds of ``calls`` back-to-back calls;
+* ``total_s``: the call's time, median over rounds of ``calls`` back-to-back calls
+  (untimed rounds: host + in kernels below come from the timed rounds, so they add up
+  to a little more);
 * ``kernel_s``: in rounds of the same calls with ``rnnfast.kernels.numba._host.launch``
   (every compiled-kernel call of the launchers: projection, recurrence, BPTT, layer
   GEMMs, numba's own dispatch included) wrapped by a timer, the time inside it;
@@ -57,7 +59,10 @@ class _NoOpLayer(torch.nn.Module):
 
     def __init__(self, m):
         super().__init__()
-        self.weights = torch.nn.ParameterList(m.parameters())
+        self.weights = torch.nn.ParameterList(m.parameters())  # m.parameters() for grads
+        # ... and a plain tuple for the call: iterating the ParameterList costs ~12 us,
+        # where a layer reads its _flat_weights list in ~0.2 us
+        self.__dict__["_call_weights"] = tuple(m.parameters())
         self.lstm = isinstance(m, torch.nn.LSTM)
         self.hidden_size = m.hidden_size
 
@@ -65,7 +70,7 @@ class _NoOpLayer(torch.nn.Module):
         h0 = self.__dict__.get("_h0")  # kept, as rnnfast keeps its zero states
         if h0 is None or h0.shape[1] != x.shape[1]:
             h0 = self.__dict__["_h0"] = x.new_zeros((1, x.shape[1], self.hidden_size))
-        y, h_n = _NoOp.apply(x, h0, *self.weights)
+        y, h_n = _NoOp.apply(x, h0, *self._call_weights)
         return y, ((h_n, h_n) if self.lstm else h_n)
 
 
@@ -143,7 +148,8 @@ def markdown(results):
              "T = 100, float32)",
              "",
              "host = the call's time minus the time inside the compiled kernels "
-             "(`_host.launch`), the module, checks, launchers' Python, allocation, "
+             "(`_host.launch`; both from rounds with the launches timed, total from "
+             "untimed rounds), the module, checks, launchers' Python, allocation, "
              "autograd and, for fwd+bwd, the loss. Issue 13's floor: at most "
              f"{HOST_FLOOR_S * 1e6:.0f} us per fwd+bwd. torch's floor = the same calls "
              "with a layer that computes nothing (one autograd.Function with the "
