@@ -49,12 +49,57 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
         check_packed_rows(where, xp.shape[0], lengths, offsets)
     _expect(xp.dtype in dtypes,
             lambda: f"{where}: xp dtype must be one of {dtypes}, got {xp.dtype}")
+    _check_state(where, cell, T, B, G, xp.dtype, xp.device, w_hh, h0, c0, w_hr, lengths,
+                 activation, negative_slope, b_hn)
+    return T, B, G
+
+
+def check_layer_args(cell, x, w_ih, b_ih, b_hh, w_hh, h0, c0, w_hr, lengths, activation,
+                     negative_slope, dtypes, backend):
+    """Validate a layer-forward launcher's arguments (the input projection and the
+    recurrence in one call: x [T, B, I], w_ih [G, I], b_ih and b_hh [G] or both None,
+    then as :func:`check_recurrence_args` with G = w_ih.size(0)); returns (T, B, I, G)."""
+    where = f"{cell}_layer_fwd[{backend}]"
+    _expect(x.dim() == 3, lambda: f"{where}: x must be 3-D [T, B, I], got shape "
+                                  f"{tuple(x.shape)}")
+    T, B, I = x.shape
+    _expect(x.dtype in dtypes,
+            lambda: f"{where}: x dtype must be one of {dtypes}, got {x.dtype}")
+    _expect(w_ih.dim() == 2, lambda: f"{where}: w_ih must be 2-D [G, I], got shape "
+                                     f"{tuple(w_ih.shape)}")
+    G = w_ih.shape[0]
+    _expect((b_ih is None) == (b_hh is None),
+            lambda: f"{where}: b_ih and b_hh must both be given or both be None")
+    named = [("w_ih", w_ih, (G, I))]
+    if b_ih is not None:
+        named += [("b_ih", b_ih, (G,)), ("b_hh", b_hh, (G,))]
+    _check_named(where, named, x.dtype, x.device)
+    _check_state(where, cell, T, B, G, x.dtype, x.device, w_hh, h0, c0, w_hr, lengths,
+                 activation, negative_slope, None, "w_ih.size(0)")
+    return T, B, I, G
+
+
+def _check_named(where, named, dtype, device):
+    """Each (name, tensor, shape) of ``named`` has that shape, ``dtype`` and ``device``."""
+    for name, t, shape in named:
+        if t.shape != shape or t.dtype != dtype or t.device != device:
+            _expect(t.shape == shape,
+                    lambda: f"{where}: {name} must have shape {shape}, got {tuple(t.shape)}")
+            _expect(t.dtype == dtype,
+                    lambda: f"{where}: {name} dtype must be {dtype}, got {t.dtype}")
+            _expect(False, lambda: f"{where}: {name} must be on {device}, got {t.device}")
+
+
+def _check_state(where, cell, T, B, G, dtype, device, w_hh, h0, c0, w_hr, lengths,
+                 activation, negative_slope, b_hn, g_name="xp.size(2)"):
+    """The recurrence's own arguments against (T, B, G) and the input's dtype / device
+    (``g_name``: where G comes from, for the messages)."""
     if cell == "lstm":
-        _expect(G % 4 == 0, lambda: f"{where}: xp.size(2) must be 4*hidden_size, got {G}")
+        _expect(G % 4 == 0, lambda: f"{where}: {g_name} must be 4*hidden_size, got {G}")
         H = G // 4
         P = w_hr.shape[0] if w_hr is not None else H
     elif cell == "gru":
-        _expect(G % 3 == 0, lambda: f"{where}: xp.size(2) must be 3*hidden_size, got {G}")
+        _expect(G % 3 == 0, lambda: f"{where}: {g_name} must be 3*hidden_size, got {G}")
         H = P = G // 3
     else:
         H = P = G
@@ -71,14 +116,7 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
             named.append(("w_hr", w_hr, (P, H)))
     if cell == "gru" and b_hn is not None:
         named.append(("b_hn", b_hn, (H,)))
-    dtype, device = xp.dtype, xp.device
-    for name, t, shape in named:
-        if t.shape != shape or t.dtype != dtype or t.device != device:
-            _expect(t.shape == shape,
-                    lambda: f"{where}: {name} must have shape {shape}, got {tuple(t.shape)}")
-            _expect(t.dtype == dtype,
-                    lambda: f"{where}: {name} dtype must be {dtype}, got {t.dtype}")
-            _expect(False, lambda: f"{where}: {name} must be on {device}, got {t.device}")
+    _check_named(where, named, dtype, device)
     if lengths is not None:
         _expect(lengths.shape == (B,),
                 lambda: f"{where}: lengths must have shape ({B},), got {tuple(lengths.shape)}")
@@ -88,7 +126,6 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
             lo, hi = int(lengths.min()), int(lengths.max())
             _expect(lo >= 1 and hi <= T,
                     lambda: f"{where}: lengths must lie in [1, {T}], got min {lo}, max {hi}")
-    return T, B, G
 
 
 def packed_offsets(L, T):

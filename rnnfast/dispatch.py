@@ -30,11 +30,12 @@ declares what it runs through ``unsupported(device, dtype, width)``; nothing els
 rnnfast looks at devices or backend names.
 """
 
-import os
 import warnings
 from typing import NamedTuple, Optional
 
 import torch
+
+from .kernels._env import getenv
 
 BACKENDS = ("auto", "numba", "triton", "torch")
 ENV_VAR = "RNNFAST_BACKEND"
@@ -85,7 +86,7 @@ def kernel_module(name):
 def _requested(backend):
     check_backend_name(backend)
     if backend == "auto":
-        env = os.environ.get(ENV_VAR, "auto") or "auto"
+        env = getenv(ENV_VAR, "auto") or "auto"
         check_backend_name(env, f"environment variable {ENV_VAR}")
         return env, f"{ENV_VAR}={env}" if env != "auto" else "auto"
     return backend, f"backend={backend!r}"
@@ -129,7 +130,7 @@ def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
         _requested(backend)
         return _reference(dtype, "inside torch.autograd.forward_ad.dual_level(): the "
                                  "reference loop (autograd)")._replace(requested=backend)
-    key = (backend, os.environ.get(ENV_VAR), device, dtype, width)
+    key = (backend, getenv(ENV_VAR), device, dtype, width)
     hit = _RESOLVED.get(key)
     if hit is None:
         hit = _resolve(backend, device, dtype, width, warn)._replace(requested=backend)

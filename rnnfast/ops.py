@@ -358,8 +358,11 @@ def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negati
              backend, probe, train):
     """The forward of one Elman RNN layer direction (``train=False``: nothing kept)."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None,
-                  _rows(x, lengths, reverse))
+    rows = _rows(x, lengths, reverse)
+    if rows is None and hasattr(kern, "rnn_layer_fwd"):  # padded: one call
+        return kern.rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
+                                  activation, negative_slope, train=train)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n = kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
                           reuse_xp=True, train=train, **packed)
@@ -467,8 +470,11 @@ def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
               train):
     """The forward of one LSTM layer direction (``train=False``: gates, cs empty)."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None,
-                  _rows(x, lengths, reverse))
+    rows = _rows(x, lengths, reverse)
+    if rows is None and hasattr(kern, "lstm_layer_fwd"):  # padded: one call
+        return kern.lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths,
+                                   reverse, train=train)
+    xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n, c_n, gates, cs = kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
                                            reuse_xp=True, train=train, **packed)
@@ -583,8 +589,12 @@ def _gru_bias(b_ih, b_hh):
 def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, train):
     """The forward of one GRU layer direction (``train=False``: gates empty)."""
     kern = _kernels(backend, x, w_hh.shape[1])
+    rows = _rows(x, lengths, reverse)
+    if rows is None and hasattr(kern, "gru_layer_fwd"):  # padded: one call
+        return kern.gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
+                                  train=train)
     bias, b_hn = _gru_bias(b_ih, b_hh)
-    xp = _project(kern, x, w_ih, bias, _rows(x, lengths, reverse))
+    xp = _project(kern, x, w_ih, bias, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n, gates = kern.gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp=True,
                                  train=train, **packed)

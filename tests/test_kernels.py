@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rnnfast import dispatch, reference
+from rnnfast.kernels import RELU
 
 from .cases import CELLS, LEAKY_SLOPE, activation_code, kernel_backends, kernel_problem, shapes_for
 from .tolerances import assert_close
@@ -229,3 +230,92 @@ def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_thr
     monkeypatch.setattr(_host, "recurrence_chunks", lambda B, macs: 1)
     for a, b in zip(split, run()):
         assert torch.equal(a, b)
+
+
+LAYER_CASES = [  # (T, B, I, H, proj_size, lengths, reverse, bias)
+    (5, 3, 7, 37, 0, None, False, True),
+    (5, 3, 7, 37, 0, None, True, True),
+    (4, 6, 5, 16, 0, [4, 2, 3, 1, 4, 4], False, True),
+    (4, 6, 5, 16, 9, [4, 4, 3, 2, 1, 1], True, False),
+    (1, 1, 1, 1, 0, None, False, True),
+    (6, 33, 100, 100, 0, None, False, True),
+    (50, 16, 128, 128, 0, [50] * 8 + [20] * 8, False, True),  # a parallel projection
+]
+
+
+@pytest.mark.parametrize("provider", ["numba", "torch"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_forward_launchers(provider, threads, monkeypatch):
+    """The numba backend's one-call layer forwards (kernels/numba: rnn_layer_fwd,
+    lstm_layer_fwd, gru_layer_fwd: the projection inside the recurrence kernel's call)
+    give bitwise the outputs of the projection launcher followed by the recurrence
+    launcher, for every cell, with and without train, both layer-GEMM providers, one and
+    two threads, ragged lengths, reverse time, a projected LSTM and no bias."""
+    from rnnfast.kernels import numba as nk
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", provider)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    try:
+        for T, B, I, H, P, lens, rev, bias in LAYER_CASES:
+            L = torch.tensor(lens) if lens else None
+            for dt in (torch.float32, torch.float64):
+                def r(*s, scale=1.0):
+                    return torch.randn(*s, generator=g, dtype=dt) * scale
+                x = r(T, B, I)
+                for cell, k in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+                    G = k * H
+                    Ph = (P or H) if cell == "lstm" else H
+                    w_ih, w_hh, h0 = r(G, I, scale=0.3), r(G, Ph, scale=0.3), r(B, Ph)
+                    b_ih, b_hh = (r(G), r(G)) if bias else (None, None)
+                    for train in (True, False):
+                        if cell == "rnn":
+                            xp = nk.project(x, w_ih, b_ih + b_hh if bias else None)
+                            a = nk.rnn_fwd(xp, w_hh, h0, L, rev, RELU, 0.01, reuse_xp=True)
+                            b = nk.rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, L, rev, RELU,
+                                                 0.01, train=train)
+                        elif cell == "lstm":
+                            w_hr, c0 = (r(P, H) if P else None), r(B, H)
+                            xp = nk.project(x, w_ih, b_ih + b_hh if bias else None)
+                            a = nk.lstm_fwd(xp, w_hh, w_hr, h0, c0, L, rev, reuse_xp=True,
+                                            train=train)
+                            b = nk.lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, L,
+                                                  rev, train=train)
+                        else:
+                            bb, b_hn = ((torch.cat([b_ih[:2 * H] + b_hh[:2 * H],
+                                                    b_ih[2 * H:]]), b_hh[2 * H:])
+                                        if bias else (None, None))
+                            a = nk.gru_fwd(nk.project(x, w_ih, bb), w_hh, b_hn, h0, L, rev,
+                                           train=train)
+                            b = nk.gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, L, rev,
+                                                 train=train)
+                        for i, (u, v) in enumerate(zip(a, b)):
+                            assert u.shape == v.shape and torch.equal(u, v), \
+                                f"{cell} output {i} T={T} B={B} H={H} {dt} train={train}"
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_layer_forward_launcher_errors():
+    """The layer launchers check the projection's arguments too, naming the launcher,
+    the argument, the expected and the actual value, before any kernel runs."""
+    from rnnfast.kernels import numba as nk
+    x, w_ih, w_hh, h0, c0 = (torch.randn(4, 2, 5), torch.randn(12, 5), torch.randn(12, 3),
+                             torch.zeros(2, 3), torch.zeros(2, 3))
+    b = torch.zeros(12)
+    with pytest.raises(ValueError, match=r"lstm_layer_fwd\[numba\]: x must be 3-D"):
+        nk.lstm_layer_fwd(x[0], w_ih, b, b, w_hh, None, h0, c0)
+    with pytest.raises(ValueError, match=r"w_ih must have shape \(12, 5\), got \(12, 4\)"):
+        nk.lstm_layer_fwd(x, w_ih[:, :4], b, b, w_hh, None, h0, c0)
+    with pytest.raises(ValueError, match=r"b_hh must have shape \(12,\), got \(11,\)"):
+        nk.lstm_layer_fwd(x, w_ih, b, b[:11], w_hh, None, h0, c0)
+    with pytest.raises(ValueError, match=r"b_ih and b_hh must both be given"):
+        nk.lstm_layer_fwd(x, w_ih, b, None, w_hh, None, h0, c0)
+    with pytest.raises(ValueError, match=r"gru_layer_fwd\[numba\]: w_ih.size\(0\) must be "
+                                         r"3\*hidden_size, got 11"):
+        nk.gru_layer_fwd(x, w_ih[:11], b[:11], b[:11], w_hh[:11], h0)
+    with pytest.raises(ValueError, match=r"rnn_layer_fwd\[numba\]: w_ih dtype must be "
+                                         r"torch.float32, got torch.float64"):
+        nk.rnn_layer_fwd(x, w_ih.double()[:3], None, None, w_hh[:3], h0)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 3\), got \(1, 3\)"):
+        nk.rnn_layer_fwd(x, w_ih[:3], None, None, w_hh[:3], h0[:1])

@@ -11,9 +11,9 @@ register tile of :mod:`.tile`).
 import torch
 
 from .gemm import layer_grads, matmul_tn, project
-from .gru import gru_bwd, gru_fwd
-from .lstm import lstm_bwd, lstm_fwd
-from .rnn import rnn_bwd, rnn_fwd
+from .gru import gru_bwd, gru_fwd, gru_layer_fwd
+from .lstm import lstm_bwd, lstm_fwd, lstm_layer_fwd
+from .rnn import rnn_bwd, rnn_fwd, rnn_layer_fwd
 
 NAME = "numba"
 DEVICE_TYPES = ("cpu",)
@@ -34,6 +34,6 @@ def unsupported(device, dtype, width):
     return None
 
 
-__all__ = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "project",
-           "layer_grads", "matmul_tn", "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "PACKED_ROWS",
-           "unsupported"]
+__all__ = ["rnn_fwd", "rnn_bwd", "rnn_layer_fwd", "lstm_fwd", "lstm_bwd", "lstm_layer_fwd",
+           "gru_fwd", "gru_bwd", "gru_layer_fwd", "project", "layer_grads", "matmul_tn",
+           "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "PACKED_ROWS", "unsupported"]

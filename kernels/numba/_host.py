@@ -112,14 +112,22 @@ def _notice(kernel, dtype):
     print(f"rnnfast: compiling {name} (first use; {after})", file=sys.stderr, flush=True)
 
 
-def launch(serial, parallel, nchunks, *args):
-    """Run the serial kernel, or the parallel one on ``nchunks`` threads. The first
-    call of a kernel for a dtype may compile it: past COMPILE_NOTICE_S a one-line
-    notice goes to stderr."""
-    kernel = serial if nchunks == 1 else parallel
-    if nchunks != 1:
-        numba.set_num_threads(nchunks)
-        args = args + (nchunks,)
+def launch(serial, parallel, nchunks, *args, threads=None):
+    """Run the serial kernel, or the parallel one on ``nchunks`` threads (passed as its
+    last argument). With ``threads`` the kernels take their split counts among ``args``
+    (a projection's parts and a recurrence's chunks): the parallel one runs where
+    threads > 1, on that many threads, and nothing is appended. The first call of a
+    kernel for a dtype may compile it: past COMPILE_NOTICE_S a one-line notice goes to
+    stderr."""
+    if threads is not None:
+        kernel = serial if threads == 1 else parallel
+        if threads != 1:
+            numba.set_num_threads(threads)
+    else:
+        kernel = serial if nchunks == 1 else parallel
+        if nchunks != 1:
+            numba.set_num_threads(nchunks)
+            args = args + (nchunks,)
     dtype = getattr(args[0], "dtype", None)
     key = (kernel, dtype)
     if key in _called:
@@ -171,6 +179,35 @@ def rows(t):
     """The 2-D numpy view [R, K] of a row tensor ([T, B, K] padded or [M, K] packed)."""
     a = as_numpy(t)
     return a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
+
+
+_NONE = {}  # (kind, torch dtype) -> an empty array / tensor that stands for "none"
+
+
+def _none(kind, like, make):
+    key = (kind, like.dtype)
+    a = _NONE.get(key)
+    if a is None:
+        a = _NONE[key] = make(_NUMPY_DTYPES[like.dtype])
+    return a
+
+
+def no_rows(like):
+    """An empty [0, 0] numpy array of like's dtype: an absent 2-D kernel argument (no
+    input to project, no projection weight, gates not saved). Shared: never written."""
+    return _none("rows", like, lambda dt: np.empty((0, 0), dtype=dt))
+
+
+def no_vector(like):
+    """An empty [0] numpy array of like's dtype: an absent bias. Shared: never written."""
+    return _none("vector", like, lambda dt: np.empty(0, dtype=dt))
+
+
+def no_tensor(like):
+    """An empty [0] tensor of like's dtype (CPU): what a forward without train returns
+    for the buffers only backward reads. Shared between calls (a [0] tensor holds no
+    data; new_empty cost ~4 us per call)."""
+    return _none("tensor", like, lambda dt: torch.from_numpy(np.empty(0, dtype=dt)))
 
 
 _NO_WEIGHT = {}  # torch dtype -> empty [0, 0, 0] numpy array (read-only by use)

@@ -20,13 +20,13 @@ thread counts that is up to torch's BLAS.)
 """
 
 import contextlib
-import os
 import time
 
 import numpy as np
 import torch
 from numba import njit, prange
 
+from .._env import getenv
 from . import _host
 from .config import ISA, JIT, JIT_PARALLEL
 from .tile import MR, NV, RP, tile
@@ -358,6 +358,25 @@ def _project_part(x, wp, bias, xp, p, nparts):
           bias.reshape(1, bias.shape[0]))
 
 
+@njit(**_INLINE)
+def projection_bias(b_ih, b_hh, n_hh):
+    """A layer's projection bias [G]: b_ih + b_hh on the first n_hh gate columns, b_ih
+    alone on the rest (the GRU keeps its n gate's b_hn for the recurrence); [0] (no
+    bias) when b_ih is [0]. The same float additions as torch's b_ih + b_hh."""
+    G = b_ih.shape[0]
+    bias = np.empty(G, dtype=b_ih.dtype)
+    for g in range(G):
+        bias[g] = b_ih[g] + b_hh[g] if g < n_hh else b_ih[g]
+    return bias
+
+
+@njit(**_INLINE)
+def project_part(x, wp, bias, xp, p, nparts):
+    """Rows of part p of xp [N, G] = x [N, I] @ W_ih^T + bias, W_ih^T packed by
+    :func:`pack_bt` (the recurrence kernels' own projection, before their time loop)."""
+    _project_part(x, wp, bias, xp, p, nparts)
+
+
 @njit(**JIT)
 def project_kernel(x, w_ih, bias, xp):
     """The input projection of a layer: xp [N, G] = x [N, I] @ w_ih [G, I]^T + bias
@@ -582,7 +601,7 @@ def layer_gemm_provider(dtype, macs):
     compiled launch. ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
 
     Raises ValueError for any other value of RNNFAST_LAYER_GEMM."""
-    mode = os.environ.get(LAYER_GEMM_ENV, "auto")
+    mode = getenv(LAYER_GEMM_ENV, "auto")
     if mode != "auto":
         if mode not in LAYER_GEMM_MODES:
             raise ValueError(f"{LAYER_GEMM_ENV} must be one of {LAYER_GEMM_MODES}, "

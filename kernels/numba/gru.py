@@ -37,11 +37,20 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .._check import backward_dims, check_backward_args, check_recurrence_args
+from .._check import backward_dims, check_backward_args, check_layer_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
-from .gemm import a_scratch, mm_into, panels
+from .gemm import (
+    a_scratch,
+    layer_gemm_provider,
+    mm_into,
+    pack_bt,
+    panels,
+    project,
+    project_part,
+    projection_bias,
+)
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
@@ -180,18 +189,31 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
 
 
 @njit(**JIT)
-def gru_fwd_kernel(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
-                   save):
-    """Writes y [R,H], h_n [B,H] and, when ``save``, gates [R,4H] = (r, z, n, hn)."""
-    _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates, save,
-                  0, h0.shape[0])
+def gru_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense, reverse,
+                   y, h_n, gates, save, nproj, nchunks):
+    """Writes y [R,H], h_n [B,H] and, when ``save``, gates [R,4H] = (r, z, n, hn). x
+    [R, I] with w_ih [3H, I] and b_ih, b_hh [3H] (or [0]: no bias): the layer's input
+    projection x @ W_ih^T + b_ih + [b_hr, b_hz, 0] is written into xp first; x [0, 0]:
+    xp holds it already. w_hh [3H, H] as torch stores it. nproj, nchunks: the parallel
+    kernel's splits."""
+    if x.shape[0] > 0:
+        project_part(x, pack_bt(w_ih), projection_bias(b_ih, b_hh, 2 * w_hh.shape[1]),
+                     xp, 0, 1)
+    _gru_fwd_rows(xp, pack_bt(w_hh), b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
+                  save, 0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
-def gru_fwd_kernel_parallel(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n,
-                            gates, save, nchunks):
-    """Batch-parallel forward: each chunk of rows (packed.chunk_bounds) runs the whole
-    time loop."""
+def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense,
+                            reverse, y, h_n, gates, save, nproj, nchunks):
+    """:func:`gru_fwd_kernel` on threads: the projection's rows in ``nproj`` parts, then
+    each chunk of batch rows (packed.chunk_bounds) runs the whole time loop."""
+    if x.shape[0] > 0:
+        wp = pack_bt(w_ih)
+        bias = projection_bias(b_ih, b_hh, 2 * w_hh.shape[1])
+        for p in prange(nproj):
+            project_part(x, wp, bias, xp, p, nproj)
+    w_hh_t = pack_bt(w_hh)
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
@@ -265,24 +287,69 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, tra
     """
     T, B, G = check_recurrence_args("gru", xp, w_hh, h0, None, None, lengths,
                                     0, 0.0, DTYPES, "numba", b_hn=b_hn, offsets=offsets)
+    return _forward(None, None, None, None, xp, w_hh, b_hn, h0, lengths, reverse, train,
+                    offsets, T, B, G)
+
+
+def gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False, train=True):
+    """A whole GRU layer direction's forward: the input projection x @ W_ih^T + b_ih +
+    [b_hr, b_hz, 0] and the recurrence (with b_hn = b_hh[2H:]), in one compiled call
+    where the projection runs on the tile (:func:`gemm.layer_gemm_provider`; else
+    torch.mm's projection, then the recurrence): as lstm.lstm_layer_fwd.
+
+    x [T, B, I], w_ih [3H, I], b_ih and b_hh [3H] or both None; the rest and the returns
+    as :func:`gru_fwd`. Bitwise the same results as :func:`gemm.project` then
+    :func:`gru_fwd`.
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check)."""
+    T, B, I, G = check_layer_args("gru", x, w_ih, b_ih, b_hh, w_hh, h0, None, None,
+                                  lengths, 0, 0.0, DTYPES, "numba")
     H = G // 3
-    lead = tuple(xp.shape[:-1])  # (T, B) padded, (M,) packed
-    y = _host.empty(xp, (*lead, H))
+    b_hn = b_hh[2 * H:] if b_hh is not None else None
+    if layer_gemm_provider(x.dtype, T * B * I * G) == "torch":
+        bias = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]]) \
+            if b_ih is not None else None
+        return _forward(None, None, None, None, project(x, w_ih, bias), w_hh, b_hn, h0,
+                        lengths, reverse, train, None, T, B, G)
+    return _forward(x, w_ih, b_ih, b_hh, None, w_hh, b_hn, h0, lengths, reverse, train,
+                    None, T, B, G)
+
+
+def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, offsets,
+             T, B, G):
+    """:func:`gru_fwd` (xp given, x None) or :func:`gru_layer_fwd` (x given, xp None: the
+    kernel projects x into a scratch buffer first)."""
+    H = G // 3
+    like = xp if xp is not None else x
+    lead = tuple(xp.shape[:-1]) if xp is not None else (T, B)  # (T, B) padded, (M,) packed
+    y = _host.empty(like, (*lead, H))
     h_n = torch.empty_like(h0)
-    xn = _host.rows(xp)
     if train:
-        gates, gates_np = _host.scratch(xp, (*lead, 4 * H))
+        gates, gates_np = _host.scratch(like, (*lead, 4 * H))
         gates_np = gates_np.reshape(-1, 4 * H)
     else:
-        gates = xp.new_empty((0,))
-        gates_np = np.empty((0, 0), dtype=xn.dtype)
-    b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
+        gates = _host.no_tensor(like)
+        gates_np = _host.no_rows(like)
     off, dense = _host.row_layout(offsets, T, B)
-    _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * G),
-                 xn, panels(w_hh, transpose=True), b_hn_np, _host.as_numpy(h0),
-                 _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
-                 _host.rows(y), h_n.numpy(), gates_np, bool(train))
+    nchunks = _host.recurrence_chunks(B, B * H * G)
+    if x is None:
+        nproj = 1
+        xn = _host.rows(xp)
+        x_np = w_ih_np = _host.no_rows(like)
+        b_ih_np = b_hh_np = _host.no_vector(like)
+    else:
+        I = x.shape[2]
+        nproj = _host.gemm_threads(T * B, T * B * I * G)
+        _, xn = _host.scratch(x, (T * B, G))
+        x_np, w_ih_np = _host.as_numpy(x).reshape(T * B, I), _host.as_numpy(w_ih)
+        b_ih_np, b_hh_np = (_host.as_numpy(b_ih), _host.as_numpy(b_hh)) \
+            if b_ih is not None else (_host.no_vector(x),) * 2
+    b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
+    _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel, nchunks,
+                 x_np, w_ih_np, b_ih_np, b_hh_np, xn, _host.as_numpy(w_hh), b_hn_np,
+                 _host.as_numpy(h0), _host.lengths_array(lengths, T, B), off, dense,
+                 bool(reverse), _host.rows(y), h_n.numpy(), gates_np, bool(train), nproj,
+                 nchunks, threads=max(nproj, nchunks))
     return y, h_n, gates
 
 

@@ -25,11 +25,20 @@ import torch
 from numba import njit, prange
 
 from .. import LEAKY_RELU, RELU
-from .._check import backward_dims, check_backward_args, check_recurrence_args
+from .._check import backward_dims, check_backward_args, check_layer_args, check_recurrence_args
 from . import _host
 from . import vec as V
 from .config import INLINE, JIT, JIT_PARALLEL
-from .gemm import a_scratch, mm_into, panels
+from .gemm import (
+    a_scratch,
+    layer_gemm_provider,
+    mm_into,
+    pack_bt,
+    panels,
+    project,
+    project_part,
+    projection_bias,
+)
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
@@ -142,10 +151,18 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
 
 
 @njit(**JIT)
-def rnn_fwd_kernel(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope, y,
-                   h_n):
-    _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope, y, h_n,
-                  0, h0.shape[0])
+def rnn_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense, reverse,
+                   activation, slope, y, h_n, nproj, nchunks):
+    """Writes y and h_n (:func:`_rnn_fwd_rows`). x [R, I] with w_ih [H, I] and b_ih,
+    b_hh [H] (or [0]: no bias): the layer's input projection x @ W_ih^T + b_ih + b_hh is
+    written into xp first (xp may be y: each step reads its xp before writing y there);
+    x [0, 0]: xp holds it already. w_hh [H, H] as torch stores it. nproj, nchunks: the
+    parallel kernel's splits."""
+    if x.shape[0] > 0:
+        project_part(x, pack_bt(w_ih), projection_bias(b_ih, b_hh, b_hh.shape[0]), xp,
+                     0, 1)
+    _rnn_fwd_rows(xp, pack_bt(w_hh), h0, lengths, off, dense, reverse, activation, slope,
+                  y, h_n, 0, h0.shape[0])
 
 
 @njit(**JIT)
@@ -158,10 +175,17 @@ def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, 
 
 
 @njit(**JIT_PARALLEL)
-def rnn_fwd_kernel_parallel(xp, w_hh_t, h0, lengths, off, dense, reverse, activation,
-                            slope, y, h_n, nchunks):
-    """Batch-parallel forward: chunk c of the rows (packed.chunk_bounds) runs the whole
-    time loop on its own thread (rows never interact)."""
+def rnn_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense,
+                            reverse, activation, slope, y, h_n, nproj, nchunks):
+    """:func:`rnn_fwd_kernel` on threads: the projection's rows in ``nproj`` parts, then
+    chunk c of the batch rows (packed.chunk_bounds) runs the whole time loop on its own
+    thread (rows never interact)."""
+    if x.shape[0] > 0:
+        wp = pack_bt(w_ih)
+        bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
+        for p in prange(nproj):
+            project_part(x, wp, bias, xp, p, nproj)
+    w_hh_t = pack_bt(w_hh)
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope,
@@ -222,14 +246,58 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
                                     activation, negative_slope, DTYPES, "numba",
                                     offsets=offsets)
     y = xp if reuse_xp and xp.is_contiguous() else _host.empty(xp, xp.shape)
+    return _forward(None, None, None, None, xp, y, w_hh, h0, lengths, reverse, activation,
+                    negative_slope, offsets, T, B)
+
+
+def rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False, activation=0,
+                  negative_slope=0.01, train=True):
+    """A whole Elman RNN layer direction's forward: the input projection x @ W_ih^T +
+    b_ih + b_hh (written into y) and the recurrence, in one compiled call where the
+    projection runs on the tile (:func:`gemm.layer_gemm_provider`; else torch.mm's
+    projection, then the recurrence): as lstm.lstm_layer_fwd.
+
+    x [T, B, I], w_ih [H, I], b_ih and b_hh [H] or both None; the rest and the returns
+    as :func:`rnn_fwd` (train: accepted for the common signature). Bitwise the same
+    results as :func:`gemm.project` then :func:`rnn_fwd`.
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check)."""
+    T, B, I, H = check_layer_args("rnn", x, w_ih, b_ih, b_hh, w_hh, h0, None, None, lengths,
+                                  activation, negative_slope, DTYPES, "numba")
+    if layer_gemm_provider(x.dtype, T * B * I * H) == "torch":
+        xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+        return _forward(None, None, None, None, xp, xp, w_hh, h0, lengths, reverse,
+                        activation, negative_slope, None, T, B)
+    y = _host.empty(x, (T, B, H))
+    return _forward(x, w_ih, b_ih, b_hh, y, y, w_hh, h0, lengths, reverse, activation,
+                    negative_slope, None, T, B)
+
+
+def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
+             negative_slope, offsets, T, B):
+    """:func:`rnn_fwd` (x None: xp holds the projection) or :func:`rnn_layer_fwd` (the
+    kernel projects x into xp first)."""
+    H = h0.shape[1]
     h_n = torch.empty_like(h0)
     off, dense = _host.row_layout(offsets, T, B)
-    _host.launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * H),
-                 _host.rows(xp), panels(w_hh, transpose=True),
-                 _host.as_numpy(h0), _host.lengths_array(lengths, T, B), off, dense,
-                 bool(reverse), int(activation), float(negative_slope), _host.rows(y),
-                 h_n.numpy())
+    nchunks = _host.recurrence_chunks(B, B * H * H)
+    if x is None:
+        nproj = 1
+        x_np = w_ih_np = _host.no_rows(xp)
+        b_ih_np = b_hh_np = _host.no_vector(xp)
+    else:
+        I = x.shape[2]
+        nproj = _host.gemm_threads(T * B, T * B * I * H)
+        x_np, w_ih_np = _host.as_numpy(x).reshape(T * B, I), _host.as_numpy(w_ih)
+        b_ih_np, b_hh_np = (_host.as_numpy(b_ih), _host.as_numpy(b_hh)) \
+            if b_ih is not None else (_host.no_vector(x),) * 2
+    y_np = _host.rows(y)
+    _host.launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel, nchunks,
+                 x_np, w_ih_np, b_ih_np, b_hh_np, y_np if xp is y else _host.rows(xp),
+                 _host.as_numpy(w_hh), _host.as_numpy(h0),
+                 _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
+                 int(activation), float(negative_slope), y_np, h_n.numpy(), nproj, nchunks,
+                 threads=max(nproj, nchunks))
     return y, h_n
 
 
