@@ -114,10 +114,10 @@ def run_case(cell, device, quick=False):
         inside = [0.0]
         launch = _host.launch
 
-        def timed(*args):
+        def timed(*args, **kwargs):
             t = time.perf_counter()
             try:
-                return launch(*args)
+                return launch(*args, **kwargs)
             finally:
                 inside[0] += time.perf_counter() - t
 
