@@ -330,8 +330,9 @@ def lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths=None, revers
     """A whole LSTM layer direction's forward: the input projection x @ W_ih^T + b_ih +
     b_hh and the recurrence, in one compiled call where the projection runs on the tile
     (:func:`gemm.layer_gemm_provider`; else torch.mm's projection, then the recurrence).
-    One call instead of two saves a layer ~50 us on the host at (B, H) = (1, 32) (the
-    projection's launcher, its output buffer, the bias sum, packing W_hh apart).
+    One call instead of two saved a layer forward 20-35 us of host work at (B, H) =
+    (1, 32) on a 2-core Zen 2 (the projection's launcher, its output buffer, the bias
+    sum, packing W_hh apart; BENCHMARKS.md).
 
     x [T, B, I], w_ih [4H, I], b_ih and b_hh [4H] or both None; the rest and the
     returns as :func:`lstm_fwd`. Bitwise the same results as :func:`gemm.project` then
