@@ -332,18 +332,8 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
         gates_np = _host.no_rows(like)
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * H * G)
-    if x is None:
-        nproj = 1
-        xn = _host.rows(xp)
-        x_np = w_ih_np = _host.no_rows(like)
-        b_ih_np = b_hh_np = _host.no_vector(like)
-    else:
-        I = x.shape[2]
-        nproj = _host.gemm_threads(T * B, T * B * I * G)
-        _, xn = _host.scratch(x, (T * B, G))
-        x_np, w_ih_np = _host.as_numpy(x).reshape(T * B, I), _host.as_numpy(w_ih)
-        b_ih_np, b_hh_np = (_host.as_numpy(b_ih), _host.as_numpy(b_hh)) \
-            if b_ih is not None else (_host.no_vector(x),) * 2
+    x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
+    xn = _host.rows(xp) if xp is not None else _host.scratch(x, (T * B, G))[1]
     b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
     _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel, nchunks,
                  x_np, w_ih_np, b_ih_np, b_hh_np, xn, _host.as_numpy(w_hh), b_hn_np,

@@ -373,16 +373,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
             np.empty((T * B, G), dtype=gates_np.dtype)
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * P * G)
-    if x is None:
-        nproj = 1
-        x_np = w_ih_np = _host.no_rows(like)
-        b_ih_np = b_hh_np = _host.no_vector(like)
-    else:
-        I = x.shape[2]
-        nproj = _host.gemm_threads(T * B, T * B * I * G)
-        x_np, w_ih_np = _host.as_numpy(x).reshape(T * B, I), _host.as_numpy(w_ih)
-        b_ih_np, b_hh_np = (_host.as_numpy(b_ih), _host.as_numpy(b_hh)) \
-            if b_ih is not None else (_host.no_vector(like),) * 2
+    x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
     _host.launch(lstm_fwd_kernel, lstm_fwd_kernel_parallel, nchunks,
                  x_np, w_ih_np, b_ih_np, b_hh_np, xn, _host.as_numpy(w_hh),
                  _host.as_numpy(w_hr) if w_hr is not None else _host.no_rows(like),

@@ -281,16 +281,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
     h_n = torch.empty_like(h0)
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * H * H)
-    if x is None:
-        nproj = 1
-        x_np = w_ih_np = _host.no_rows(xp)
-        b_ih_np = b_hh_np = _host.no_vector(xp)
-    else:
-        I = x.shape[2]
-        nproj = _host.gemm_threads(T * B, T * B * I * H)
-        x_np, w_ih_np = _host.as_numpy(x).reshape(T * B, I), _host.as_numpy(w_ih)
-        b_ih_np, b_hh_np = (_host.as_numpy(b_ih), _host.as_numpy(b_hh)) \
-            if b_ih is not None else (_host.no_vector(x),) * 2
+    x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, xp, H)
     y_np = _host.rows(y)
     _host.launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel, nchunks,
                  x_np, w_ih_np, b_ih_np, b_hh_np, y_np if xp is y else _host.rows(xp),
