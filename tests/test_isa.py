@@ -306,5 +306,47 @@ def test_cache_recompiles_when_an_inlined_helper_changes(tmp_path):
     assert run() == [2 * width, 0, 1]  # recompiled, with the new lanes
 
 
+@pytest.mark.slow
+def test_cache_never_loads_another_overloads_code(tmp_path):
+    """Two processes compiling different overloads of one kernel (the background
+    warm-up and a foreground call; two dtypes) race on numba's cache index. Replay the
+    interleaving in which the float32 process's index write lands after the float64
+    process saved its own: numba's numbering put both builds in the same data file, and
+    the next float32 call loaded the float64 machine code ("can't unbox array"). With
+    kernels/numba/cache.KeyedDataFile each build has its own file: the float32 call
+    loads its own code, the float64 one (lost from the index) recompiles."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(os.path.join(REPO, "kernels"), pkg / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__", "triton"))
+    code = textwrap.dedent("""\
+        import sys
+        import numpy as np
+        from kernels.numba import gemm
+        dt = np.dtype(sys.argv[1])
+        a = np.arange(12, dtype=dt).reshape(4, 3)
+        out = gemm.pack_bt(a)
+        assert out.dtype == dt and np.array_equal(out[0, :, :4], a.T), (out.dtype, out.shape)
+        print(sum(gemm.pack_bt.stats.cache_hits.values()),
+              sum(gemm.pack_bt.stats.cache_misses.values()))
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_NUMBA_CACHE"}
+    env.update(PYTHONPATH=str(pkg), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run(dtype):
+        out = subprocess.run([sys.executable, "-c", code, dtype], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return [int(x) for x in out.stdout.split()]
+
+    assert run("float32") == [0, 1]
+    (index,) = (tmp_path / "cache").rglob("gemm.pack_bt-*.nbi")
+    float32_index = index.read_bytes()
+    index.unlink()  # the float64 process saw no float32 entry yet
+    assert run("float64") == [0, 1]
+    index.write_bytes(float32_index)  # ... and the float32 process's index write won
+    assert run("float32") == [1, 0]  # its own build, from the cache
+    assert run("float64") == [0, 1]  # not in the index: compiled again, not misloaded
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1] if len(sys.argv) > 1 else "host")

@@ -10,10 +10,13 @@ register tile of :mod:`.tile`).
 
 import torch
 
+from . import cache as _cache
 from .gemm import layer_grads, matmul_tn, project
 from .gru import gru_bwd, gru_fwd, gru_layer_fwd
 from .lstm import lstm_bwd, lstm_fwd, lstm_layer_fwd
 from .rnn import rnn_bwd, rnn_fwd, rnn_layer_fwd
+
+_cache.adopt()  # the kernel modules are all imported by now (see cache.adopt)
 
 NAME = "numba"
 DEVICE_TYPES = ("cpu",)

@@ -13,16 +13,29 @@ entry on the target CPU name and features.
 
 Where the files go is numba's choice, unchanged: ``NUMBA_CACHE_DIR`` when set, else the
 package's ``__pycache__`` when writable, else the user-wide cache directory.
+
+Data file names. numba names a function's data files 1.nbc, 2.nbc, ... in the order its
+overloads are saved, and writes the index before the data; two processes compiling
+different overloads of one function (the background warm-up and a foreground call,
+two dtypes, two versions of the package, two ISAs) can leave the index pointing an
+overload at a file another process filled with a different one: the next process loads
+the wrong machine code (reproduced: a float32 call loading the float64 build raised
+"can't unbox array"; a stale cache directory from two checkouts raised "descr is NULL").
+Here each data file is named after a hash of its index key and the source stamp, and
+written before the index that points at it: a name holds one overload of one version
+only, so a lost race costs a recompile, never a wrong load (:class:`KeyedDataFile`).
+The files of superseded sources stay until the cache directory is cleared (numba's
+numbered files were overwritten in turn).
 """
 
 import functools
 import glob
 import hashlib
 import os
+import sys
 
 from numba.core import caching
-
-from . import config
+from numba.core.dispatcher import Dispatcher
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,7 +65,8 @@ class _PackageKeyed:
         return (super().get_source_stamp(), source_hash())
 
     def get_disambiguator(self):
-        return f"{super().get_disambiguator()}-{config.ISA.name}"
+        from .config import ISA  # config imports this module (and installs it) first
+        return f"{super().get_disambiguator()}-{ISA.name}"
 
     @classmethod
     def from_function(cls, py_func, py_file):
@@ -71,6 +85,35 @@ class InTreeLocator(_PackageKeyed, caching.InTreeCacheLocator):
 
 class UserWideLocator(_PackageKeyed, caching.UserWideCacheLocator):
     pass
+
+
+class KeyedDataFile(caching.IndexDataCacheFile):
+    """numba's index + data files, each data file named after its index key and the
+    source stamp, and written before the index (see the module docstring)."""
+
+    def save(self, key, data):
+        digest = hashlib.sha256(repr((key, self._source_stamp)).encode()).hexdigest()[:24]
+        name = f"{self._index_name[:-len('.nbi')]}.{digest}.nbc"
+        self._save_data(name, data)
+        overloads = self._load_index()
+        overloads[key] = name
+        self._save_index(overloads)
+
+
+def adopt():
+    """Give every cached dispatcher of this package (its modules imported so far) the
+    :class:`KeyedDataFile` naming. Runs once the kernel modules are imported, before
+    any kernel is called."""
+    prefix = __name__.rsplit(".", 1)[0] + "."
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith(prefix) or mod is None:
+            continue
+        for obj in vars(mod).values():
+            cache = getattr(obj, "_cache", None) if isinstance(obj, Dispatcher) else None
+            cache_file = getattr(cache, "_cache_file", None)
+            if type(cache_file) is caching.IndexDataCacheFile and \
+                    isinstance(cache._impl.locator, _PackageKeyed):
+                cache_file.__class__ = KeyedDataFile
 
 
 def install():
