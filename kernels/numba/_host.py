@@ -223,12 +223,7 @@ def layer_input(x, w_ih, b_ih, b_hh, like, G):
             gemm_threads(T * B, T * B * I * G))
 
 
-_NO_WEIGHT = {}  # torch dtype -> empty [0, 0, 0] numpy array (read-only by use)
-
-
 def no_weight(like):
-    """Stands for an absent weight (no projection): zero panels of ``like``'s dtype."""
-    w = _NO_WEIGHT.get(like.dtype)
-    if w is None:
-        w = _NO_WEIGHT[like.dtype] = np.zeros((0, 0, 0), dtype=as_numpy(like[:0]).dtype)
-    return w
+    """Stands for an absent packed weight (no projection): zero panels [0, 0, 0] of
+    ``like``'s dtype. Shared: never written."""
+    return _none("weight", like, lambda dt: np.zeros((0, 0, 0), dtype=dt))
