@@ -46,7 +46,7 @@ import torch
 from .kernels import RELU
 from .kernels import numba as nk
 from .kernels.numba import _host
-from .kernels.numba.config import CACHE, ISA
+from .kernels.numba.config import CACHE, ISA, ISA_TAG
 
 CELLS = ("rnn", "lstm", "gru")
 # The launchers each cell's layer calls (rnnfast/ops.py); matmul_tn is the projected
@@ -192,9 +192,10 @@ def _marker_dir():
 
 @functools.lru_cache(maxsize=None)
 def marker_path(cell, dtype):
-    """The ready marker of (cell, dtype): named by the kernels' source hash, the ISA,
-    the CPU numba compiles for and whether parallel variants exist, so a marker never
-    outlives the cache entries it vouches for."""
+    """The ready marker of (cell, dtype): named by the kernels' source hash, the ISA
+    and its host-tuned settings (config.ISA_TAG), the CPU numba compiles for and whether
+    parallel variants exist, so a marker never outlives the cache entries it vouches
+    for."""
     from llvmlite import binding
 
     from .kernels.numba import cache
@@ -203,7 +204,7 @@ def marker_path(cell, dtype):
                     str(numba.config.NUMBA_NUM_THREADS >= 2)])
     key = hashlib.sha256(f"{cache.source_hash()}|{cpu}".encode()).hexdigest()[:16]
     return os.path.join(_marker_dir(),
-                        f"rnnfast-ready-{cell}-{_dtype_name(dtype)}-{ISA.name}-{key}")
+                        f"rnnfast-ready-{cell}-{_dtype_name(dtype)}-{ISA_TAG}-{key}")
 
 
 def _write_marker(cell, dtype):

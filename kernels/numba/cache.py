@@ -8,8 +8,9 @@ hash of every source file of the package (``kernels/numba/*.py`` and
 numba stores with each index: one changed byte in any of them and every kernel of the
 package recompiles on its next call instead of loading stale code. The ISA
 (config.ISA, which picks vector widths and tile shapes) is part of each index's file
-name, so kernels built for different ISAs sit side by side; numba itself keys each
-entry on the target CPU name and features.
+name (with the host-tuned settings: config.ISA_TAG), so kernels built for different
+ISAs sit side by side; numba itself keys each entry on the target CPU name and
+features.
 
 Where the files go is numba's choice, unchanged: ``NUMBA_CACHE_DIR`` when set, else the
 package's ``__pycache__`` when writable, else the user-wide cache directory.
@@ -65,8 +66,8 @@ class _PackageKeyed:
         return (super().get_source_stamp(), source_hash())
 
     def get_disambiguator(self):
-        from .config import ISA  # config imports this module (and installs it) first
-        return f"{super().get_disambiguator()}-{ISA.name}"
+        from .config import ISA_TAG  # config imports this module (and installs it) first
+        return f"{super().get_disambiguator()}-{ISA_TAG}"
 
     @classmethod
     def from_function(cls, py_func, py_file):

@@ -13,7 +13,10 @@ chosen at import from the CPU numba compiles for (numba's target machine: the ho
 pointwise step's vectors fit the register file (a tile that does not fit spills to the
 stack and runs at half speed or worse). ``RNNFAST_ISA=avx512|avx2|sse2|neon`` overrides
 the choice (for tests: e.g. compiling the NEON shapes on x86 to cross-compile their IR);
-code built for a wider ISA than the CPU has stays correct, only slower.
+code built for a wider ISA than the CPU has stays correct, only slower. One setting
+follows the CPU that runs the code rather than the ISA: whether the per-step product
+packs A first (``Isa.pack_a``; off on AMD cores, :data:`PACK_A_OFF_CPUS`;
+``RNNFAST_PACK_A=0|1`` overrides). Results are bitwise the same either way.
 """
 
 import os
@@ -48,7 +51,9 @@ class Isa(NamedTuple):
 # (Skylake-SP), one thread, [32 x 512] @ [512 x 1536] and [32 x 1536] @ [1536 x 512]
 # float32, both drivers in one process: AVX2 +12-25%, SSE2 +7-10%, AVX-512 -3 to -9%
 # (its 6 broadcasts per 4 vectors of B are no bottleneck). NEON: not measured; it
-# follows the AVX-512 shape.
+# follows the AVX-512 shape. That is the Intel core's answer, not the ISA's: on AMD
+# cores the plain product wins (see PACK_A_OFF_CPUS below), so the ISA's pack_a
+# holds only where the host CPU is not one of them.
 #
 # row_panels: a product with one row of A (a batch of one, the per-step h_{t-1} @ W_hh^T
 # of B = 1) has only nv accumulators in the plain tile, nv dependent FMA chains: 2 on
@@ -106,7 +111,42 @@ def _detect():
     return ISAS[isa_of(cpu_target.target_context.codegen()._tm)]
 
 
-ISA = _detect()
+# Host CPUs (LLVM's names for them) whose cores run the per-step product faster without
+# packing A, whatever ISA the code targets. AMD EPYC Zen 2, one thread, mm_into packed
+# against the plain _gemm at [M x K] @ [K x N] float32 (2026-12-02): AVX2 code, M = 32,
+# (K, N) = (128, 512) 78 -> 87 GFLOP/s, (512, 128) 63 -> 92, (256, 1024) 84 -> 92,
+# (2048, 512) 77 -> 84; M = 24 and 48 at (512, 128) 69 -> 93; SSE2 code (x86-64) the
+# same shapes 20-22 -> 22-24 GFLOP/s. Zen's load ports serve the tile's six row
+# broadcasts from six streams as fast as from one, and packing costs a copy per step.
+# An LSTM layer's recurrence on one thread, T = 100: (32, 128) forward 9.4-11.4 ->
+# 8.5-9.2 ms, BPTT 9.8-12.5 -> 7.9-8.1 ms; (32, 256) 28-34 -> 26-27 ms, 29-38 -> 25-26 ms.
+PACK_A_OFF_CPUS = ("znver", "bdver", "btver", "amdfam")
+
+
+def host_cpu():
+    """LLVM's name for the CPU this process runs on (not the compile target, which
+    NUMBA_CPU_NAME may change): 'znver2', 'skylake-avx512', 'neoverse-n1', ..."""
+    import llvmlite.binding as ll
+    return ll.get_host_cpu_name()
+
+
+def _tune(isa):
+    """The ISA's tile settings for this host: pack_a off on PACK_A_OFF_CPUS.
+    ``RNNFAST_PACK_A=0|1`` overrides (for measuring one against the other)."""
+    forced = os.environ.get("RNNFAST_PACK_A")
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise ValueError(f"RNNFAST_PACK_A={forced!r}: expected '0' or '1'")
+        return isa._replace(pack_a=forced == "1")
+    if isa.pack_a and host_cpu().startswith(PACK_A_OFF_CPUS):
+        return isa._replace(pack_a=False)
+    return isa
+
+
+ISA = _tune(_detect())
+# What the compiled code depends on beyond the target CPU (numba's own key): the ISA's
+# name and the host-tuned choices; part of every cache index's name (cache.py).
+ISA_TAG = ISA.name + ("-packa" if ISA.pack_a else "")
 
 # Before any kernel is defined: cache keys cover every source a kernel inlines.
 if CACHE:
