@@ -217,6 +217,38 @@ def test_isa_detected_from_numba_target(isa):
     assert out.stdout.split()[-1] == isa
 
 
+def test_pack_a_follows_the_host_cpu(monkeypatch):
+    """pack_a (the per-step product packs A first) is the ISA's own setting except on
+    the AMD cores where the plain product measured faster, whatever ISA the code
+    targets; RNNFAST_PACK_A overrides, and anything else there is an error. The setting
+    is part of the cache's index names (ISA_TAG), so builds made for either choice
+    never stand in for each other."""
+    from rnnfast.kernels.numba import cache, config
+    avx2, avx512 = config.ISAS["avx2"], config.ISAS["avx512"]
+    assert avx2.pack_a and not avx512.pack_a
+    monkeypatch.delenv("RNNFAST_PACK_A", raising=False)
+    for cpu, packs in (("znver2", False), ("znver4", False), ("bdver2", False),
+                       ("skylake-avx512", True), ("haswell", True), ("icelake-server", True)):
+        monkeypatch.setattr(config, "host_cpu", lambda cpu=cpu: cpu)
+        assert config._tune(avx2).pack_a is packs, cpu
+        assert config._tune(config.ISAS["sse2"]).pack_a is packs, cpu
+        assert config._tune(avx512).pack_a is False, cpu
+        assert config._tune(avx2)._replace(pack_a=True) == avx2  # nothing else changes
+    for value, packs in (("0", False), ("1", True)):
+        monkeypatch.setenv("RNNFAST_PACK_A", value)
+        assert config._tune(avx2).pack_a is packs
+        assert config._tune(avx512).pack_a is packs
+    monkeypatch.setenv("RNNFAST_PACK_A", "yes")
+    with pytest.raises(ValueError, match="RNNFAST_PACK_A='yes'"):
+        config._tune(avx2)
+    assert config.ISA_TAG == config.ISA.name + ("-packa" if config.ISA.pack_a else "")
+    if config.CACHE:
+        from rnnfast.kernels.numba import rnn
+        locator = rnn.rnn_fwd_kernel._cache._impl.locator
+        assert isinstance(locator, cache._PackageKeyed)
+        assert locator.get_disambiguator().endswith("-" + config.ISA_TAG)
+
+
 def test_inner_loop_spill_reader():
     """The asm reader finds a spill in an innermost loop and ignores one outside."""
     asm = textwrap.dedent("""\
