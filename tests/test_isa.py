@@ -294,9 +294,12 @@ def test_no_spill_in_inner_loops(isa):
 @pytest.mark.parametrize("isa", ["avx2", "sse2"])
 def test_cpu_math_on_isa(isa):
     """tests/test_cpu_math.py (every tile shape, the layer GEMMs, the vector math)
-    compiled for AVX2 and for SSE2 (no FMA, 4 float32 lanes), in a subprocess."""
+    compiled for AVX2 and for SSE2 (no FMA, 4 float32 lanes), in a subprocess, with
+    the per-step product packing A (those ISAs' setting on Intel cores; the native
+    run covers the host's own choice, so both branches of mm_into run on any host)."""
     env = isa_env(isa)
     env.pop("RNNFAST_NUMBA_CACHE")
+    env["RNNFAST_PACK_A"] = "1"
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           os.path.join("tests", "test_cpu_math.py")],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=3600)
