@@ -36,6 +36,7 @@ class Isa(NamedTuple):
     nv: int  # ... and vectors of B per row; mr * nv accumulators
     pack_a: bool  # the per-step product copies A into tile-major panels first (gemm.py)
     row_panels: int  # panels of B a single row of A runs at once (tile.py: the row arm)
+    tn_pack_a: bool = True  # the weight-gradient sums pack A's columns first (gemm._gemm_tn)
 
     def lanes(self, itemsize):
         """Vector lanes for elements of ``itemsize`` bytes."""
@@ -55,6 +56,18 @@ class Isa(NamedTuple):
 # cores the plain product wins (see PACK_A_OFF_CPUS below), so the ISA's pack_a
 # holds only where the host CPU is not one of them.
 #
+# tn_pack_a: the weight-gradient sums (gemm._gemm_tn: a^T b over T * B rows) copy each
+# chunk of a's columns into tile-major panels first, or the tile reads them where they
+# are (a_rs = 1, a_ks = a's row stride: per k one run of MR scalars, a new cache line
+# per k). AMD EPYC Zen 4, 2026-12-03, two threads, twelve alternated rounds, the same
+# sums bitwise, [N x G]^T [N x K] float32 at (N, G, K) = (3200, 512, 128) (an LSTM's dW at
+# (B, H) = (32, 128)), (3200, 1024, 256), (6400, 2048, 512), (700, 800, 200): AVX-512
+# in place 197-200 GFLOP/s median against packed 167-188 (every round); the same code
+# held to AVX2 (6 x 2 tile: one broadcast per 2 vectors of B) one thread, in place
+# 61-85 against 68-91 (in place won only at (3200, 512, 128)); SSE2 19-26 against
+# 22-31. With 4 vectors of B per broadcast the loads of A are not the bottleneck and
+# the copy is pure cost. NEON (the same 6 x 4 shape): not measured, it keeps the copy.
+#
 # row_panels: a product with one row of A (a batch of one, the per-step h_{t-1} @ W_hh^T
 # of B = 1) has only nv accumulators in the plain tile, nv dependent FMA chains: 2 on
 # AVX2, a third of what hides the FMA latency (4-5 cycles, 2 pipes). Its row arm runs
@@ -62,7 +75,7 @@ class Isa(NamedTuple):
 # row_panels // 2 panels (8 accumulators on AVX2 and SSE2; the plain tile's 2 x 4 on
 # AVX-512 and NEON).
 ISAS = {
-    "avx512": Isa("avx512", 512, 32, True, 6, 4, False, 2),
+    "avx512": Isa("avx512", 512, 32, True, 6, 4, False, 2, tn_pack_a=False),
     "avx2": Isa("avx2", 256, 16, True, 6, 2, True, 4),
     "sse2": Isa("sse2", 128, 16, False, 4, 2, True, 4),
     "neon": Isa("neon", 128, 32, True, 6, 4, False, 2),
