@@ -133,6 +133,10 @@ def _detect():
 # broadcasts from six streams as fast as from one, and packing costs a copy per step.
 # An LSTM layer's recurrence on one thread, T = 100: (32, 128) forward 9.4-11.4 ->
 # 8.5-9.2 ms, BPTT 9.8-12.5 -> 7.9-8.1 ms; (32, 256) 28-34 -> 26-27 ms, 29-38 -> 25-26 ms.
+# AMD EPYC Zen 4 (znver4), 2026-12-03, the same products in AVX2 code (isa-env.sh
+# haswell), seven alternated rounds, median GFLOP/s packed -> plain: (32, 128, 512)
+# 75 -> 84, (32, 512, 128) 54 -> 81, (32, 256, 1024) 74 -> 81, (48, 512, 128) 56 -> 85,
+# (32, 512, 2048) 80 -> 88; SSE2 code 19-22 -> 20-25.
 PACK_A_OFF_CPUS = ("znver", "bdver", "btver", "amdfam")
 
 
