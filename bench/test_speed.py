@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from bench.report import common, packed
 from bench.report.speed import FLOOR_POINTS, FLOOR_T
 
-CELLS = ("rnn_relu", "lstm")
+CELLS = ("rnn_relu", "lstm", "gru")
 IMPLS = ("rnnfast-numba", "torch.nn", "jax")
 
 

@@ -1,6 +1,7 @@
-"""``--check``: issue 13's floors (and the foundation issue's ReLU-RNN floors and the
-fidelity floor they must not cost), each with its measured value, the floor, and met /
-NOT MET / not measured, computed from a report dict (``report.json``).
+"""``--check``: issue 13's floors (and the foundation issue's ReLU-RNN floors, issue 12's
+GRU floors and the fidelity floor they must not cost), each with its measured value,
+the floor, and met / NOT MET / not measured, computed from a report dict
+(``report.json``).
 
 A report, not a test: the numbers are the run's medians, under whatever load the
 machine had (``machine.loadavg_*`` in the report). A floor whose data the run did not
@@ -82,6 +83,9 @@ def speed_rows(report, be):
     for B, H in speed.FLOOR_POINTS:
         rows.append(_ratio_floor(report, "2", "rnn_relu", B, H, "fwdbwd", "torch.nn",
                                  speed.floor_target("rnn_relu", B, H), be))
+    for B, H in speed.FLOOR_POINTS:
+        rows.append(_ratio_floor(report, "12", "gru", B, H, "fwdbwd", "torch.nn",
+                                 speed.floor_target("gru", B, H), be))
     return rows
 
 
@@ -200,8 +204,8 @@ def markdown(check_rows, report):
              f"{n[ABSENT]} not measured)",
              "",
              "Ratios: peer time / rnnfast time in the same run (> 1: rnnfast faster). "
-             "Issue 2: the foundation floors; issue 13: packed, small, inference, LSTM, "
-             "end-to-end.",
+             "Issue 2: the foundation floors; issue 12: the GRU's fwd+bwd floors; issue 13: "
+             "packed, small, inference, LSTM, end-to-end.",
              "",
              "| issue | backend | floor | measured | target | | detail |",
              "|---|---|---|--:|---|---|---|"]

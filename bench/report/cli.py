@@ -148,7 +148,8 @@ def speed_grid(a):
 
 
 def fidelity_grid(a):
-    cells = [c for c in (a.cells or ["rnn_relu", "rnn_tanh", "lstm"]) if c != "rnn_leaky_relu"]
+    cells = [c for c in (a.cells or ["rnn_relu", "rnn_tanh", "lstm", "gru"])
+             if c != "rnn_leaky_relu"]
     Ts = a.fidelity_T or ([10, 100] if a.quick else [10, 100, 1000])
     if a.long and 10000 not in Ts:
         Ts = Ts + [10000]

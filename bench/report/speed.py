@@ -25,6 +25,9 @@ from .common import CELLS, DTYPES
 # The foundation issue's speed floor: fwd+bwd, T=100, float32, I=H, one layer.
 FLOOR_POINTS = [(1, 32), (16, 64), (32, 128), (32, 256), (64, 512)]
 FLOOR_T = 100
+# The cells with a fwd+bwd floor at every point (floor_target): the foundation issue's
+# ReLU-RNN and LSTM, issue 12's GRU.
+FLOOR_CELLS = ("rnn_relu", "lstm", "gru")
 
 
 def floor_target(cell, B, H):
@@ -35,6 +38,8 @@ def floor_target(cell, B, H):
         return 1.2 if (B, H) == (64, 512) else 1.5
     if cell == "lstm":
         return 1.0
+    if cell == "gru":  # issue 12: torch's CPU GRU has no fused oneDNN path
+        return 1.5
     return None
 
 
@@ -57,19 +62,17 @@ class Point:
 
 def default_grid(quick=False):
     """The default points. Quick: two floor points per cell. Full: every floor point
-    for ReLU-RNN and LSTM, tanh-RNN at one, and T = 10, 100, 1000 at B=16, H=64 (the
-    time-vs-T plot); each in fwd and fwd+bwd."""
+    for ReLU-RNN, LSTM and GRU, tanh-RNN at one, and T = 10, 100, 1000 at B=16, H=64
+    (the time-vs-T plot); each in fwd and fwd+bwd."""
     pts = []
     if quick:
-        shapes = {c: [(c, FLOOR_T, B, H) for B, H in FLOOR_POINTS[:2]]
-                  for c in ("rnn_relu", "lstm")}
-        for c in shapes:
-            pts += shapes[c]
+        for c in FLOOR_CELLS:
+            pts += [(c, FLOOR_T, B, H) for B, H in FLOOR_POINTS[:2]]
     else:
-        for c in ("rnn_relu", "lstm"):
+        for c in FLOOR_CELLS:
             pts += [(c, FLOOR_T, B, H) for B, H in FLOOR_POINTS]
         pts += [("rnn_tanh", FLOOR_T, 16, 64)]
-        for c in ("rnn_relu", "lstm"):
+        for c in FLOOR_CELLS:
             pts += [(c, T, 16, 64) for T in (10, 1000)]
     return [Point(c, T, B, H, "float32", mode) for (c, T, B, H) in pts
             for mode in common.MODES]
