@@ -17,10 +17,12 @@ class _Model(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.lstm = rnnfast.LSTM(3, 6, num_layers=2, bidirectional=True, backend="numba")
-        self.rnn = rnnfast.RNN(12, 4, nonlinearity="relu", backend="numba")
+        self.gru = rnnfast.GRU(12, 5, num_layers=2, bidirectional=True, backend="numba")
+        self.rnn = rnnfast.RNN(10, 4, nonlinearity="relu", backend="numba")
 
     def forward(self, x, target):
         y, _ = self.lstm(x)
+        y, _ = self.gru(y)
         y, _ = self.rnn(y)
         return ((y - target) ** 2).mean()
 
