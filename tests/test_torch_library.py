@@ -30,6 +30,14 @@ def _lstm_args(dtype=torch.float64, lengths=None, reverse=False, proj=0, probe=T
             torch.zeros(T, dtype=torch.float64, requires_grad=True) if probe else None)
 
 
+def _gru_args(dtype=torch.float64, lengths=None, reverse=False, bias=True, probe=True):
+    T, B, I, H = 4, 3, 2, 5
+    r = lambda *s: torch.randn(*s, dtype=dtype, requires_grad=True)  # noqa: E731
+    return (r(T, B, I), r(3 * H, I), r(3 * H, H), r(3 * H) if bias else None,
+            r(3 * H) if bias else None, r(B, H), lengths, reverse, "numba",
+            torch.zeros(T, dtype=torch.float64, requires_grad=True) if probe else None)
+
+
 OPCHECK_CASES = {
     "rnn": (ops.rnn_layer, _rnn_args()),
     "rnn-relu-reverse-lengths": (ops.rnn_layer, _rnn_args(lengths=torch.tensor([4, 2, 3]),
@@ -38,6 +46,11 @@ OPCHECK_CASES = {
     "lstm": (ops.lstm_layer, _lstm_args()),
     "lstm-proj-reverse-lengths": (ops.lstm_layer, _lstm_args(lengths=torch.tensor([1, 4, 2]),
                                                              reverse=True, proj=2)),
+    "gru": (ops.gru_layer, _gru_args()),
+    "gru-reverse-lengths": (ops.gru_layer, _gru_args(lengths=torch.tensor([3, 4, 1]),
+                                                     reverse=True)),
+    "gru-nobias-float32-noprobe": (ops.gru_layer, _gru_args(torch.float32, bias=False,
+                                                            probe=False)),
 }
 
 
@@ -62,6 +75,12 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(ops.lstm_layer_bwd, (
         torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), d(x), d(w_ih), d(w_hh),
         d(w_hr), d(h0), d(c0), d(y), d(gates), d(cs), None, False, "numba", True, False))
+    args = _gru_args(lengths=torch.tensor([2, 4, 3]), reverse=True)
+    x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev = args[:8]
+    y, h, gates = ops.gru_layer(*args[:-1], None)
+    torch.library.opcheck(ops.gru_layer_bwd, (
+        torch.randn_like(y), torch.randn_like(h), d(x), d(w_ih), d(w_hh), d(h0), d(y),
+        d(gates), lengths, rev, "numba", True, True))
 
 
 @pytest.mark.parametrize("lengths,reverse", [(None, False), (torch.tensor([4, 1, 3]), True)])
@@ -91,6 +110,21 @@ def test_gradcheck_lstm_op(proj, lengths, reverse):
         assert torch.autograd.gradcheck(f, args[:5] + args[6:8])
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("lengths,reverse", [(None, False), (torch.tensor([3, 1, 4]), True)])
+def test_gradcheck_gru_op(bias, lengths, reverse):
+    args = _gru_args(lengths=lengths, reverse=reverse, bias=bias, probe=False)
+    rest = args[6:]
+    if bias:
+        f = lambda x, wi, wh, bi, bh, h0: ops.gru_layer(  # noqa: E731
+            x, wi, wh, bi, bh, h0, *rest)[:2]
+        assert torch.autograd.gradcheck(f, args[:6])
+    else:
+        f = lambda x, wi, wh, h0: ops.gru_layer(  # noqa: E731
+            x, wi, wh, None, None, h0, *rest)[:2]
+        assert torch.autograd.gradcheck(f, args[:3] + args[5:6])
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_gradcheck_module(cell):
     """gradcheck over input, h0 (c0) and every parameter of a 2-layer bidirectional module."""
@@ -112,13 +146,15 @@ class _Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.lstm = rnnfast.LSTM(3, 8, num_layers=2, bidirectional=True, backend="numba")
-        self.rnn = rnnfast.RNN(16, 5, nonlinearity="relu", batch_first=False, backend="numba")
+        self.gru = rnnfast.GRU(16, 6, num_layers=2, bidirectional=True, backend="numba")
+        self.rnn = rnnfast.RNN(12, 5, nonlinearity="relu", batch_first=False, backend="numba")
         self.head = torch.nn.Linear(5, 2)
 
     def forward(self, x):
         y, _ = self.lstm(x)
+        y, hg = self.gru(y)
         y, h = self.rnn(y)
-        return self.head(y).sum() + h.square().sum()
+        return self.head(y).sum() + h.square().sum() + hg.square().sum()
 
 
 @pytest.mark.no_poison
@@ -163,6 +199,12 @@ def _eager_lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, be, p
                     reverse=reverse, backend=backend, probe=probe)
 
 
+def _eager_gru(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, be, probe):
+    backend = dispatch.resolve(be, x.device, x.dtype, h0.shape[-1])
+    return ops.gru(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=lengths, reverse=reverse,
+                   backend=backend, probe=probe)
+
+
 EAGER_CASES = {
     "rnn": (_eager_rnn, ops.rnn_layer, _rnn_args(torch.float32)),
     "rnn-relu-reverse-lengths": (_eager_rnn, ops.rnn_layer, _rnn_args(
@@ -170,29 +212,32 @@ EAGER_CASES = {
     "lstm": (_eager_lstm, ops.lstm_layer, _lstm_args(torch.float32)),
     "lstm-proj-reverse-lengths": (_eager_lstm, ops.lstm_layer, _lstm_args(
         torch.float32, lengths=torch.tensor([1, 4, 2]), reverse=True, proj=2)),
+    "gru": (_eager_gru, ops.gru_layer, _gru_args(torch.float32)),
+    "gru-nobias-reverse-lengths": (_eager_gru, ops.gru_layer, _gru_args(
+        torch.float32, lengths=torch.tensor([3, 4, 1]), reverse=True, bias=False)),
 }
 
 
 @pytest.mark.parametrize("name", list(EAGER_CASES))
 def test_eager_twin_matches_the_op(name):
-    """ops.rnn / ops.lstm run an autograd.Function in eager mode; it must give the custom
-    op's outputs and gradients bit for bit (the same impl and backward run inside)."""
+    """ops.rnn / ops.lstm / ops.gru run an autograd.Function in eager mode; it must give
+    the custom op's outputs and gradients bit for bit (the same impl and backward run
+    inside)."""
     eager, op, args = EAGER_CASES[name]
     results = []
+    n = None
     for fn in (eager, op):
         inputs = [a.detach().clone().requires_grad_() if torch.is_tensor(a) and a.requires_grad
                   else a for a in args]
+        # the entry point gives (y, h_n) or, for the LSTM, (y, h_n, c_n); the op adds the
+        # state it saves for backward (gates, cell states), left out of the comparison
         out = fn(*inputs)
-        y, h = out[0], out[1]
+        n = n or len(out)
         g = torch.Generator().manual_seed(0)
-        loss = (y * torch.randn(y.shape, generator=g)).sum() + \
-            (h * torch.randn(h.shape, generator=g)).sum()
-        lstm = len(out) >= 3  # ops.lstm gives (y, h_n, c_n); lstm_layer adds saved state
-        if lstm:
-            loss = loss + (out[2] * torch.randn(out[2].shape, generator=g)).sum()
+        loss = sum((o * torch.randn(o.shape, generator=g)).sum() for o in out[:n])
         loss.backward()
         grads = [a.grad for a in inputs if torch.is_tensor(a) and a.requires_grad]
-        results.append([t.detach() for t in out[:3 if lstm else 2]] + grads)
+        results.append([t.detach() for t in out[:n]] + grads)
     assert type(eager(*args)[0].grad_fn).__name__.startswith("_Eager")
     for a, b in zip(*results):
         assert torch.equal(a, b)
