@@ -10,10 +10,11 @@ from rnnfast import reference
 from rnnfast.kernels import numba as K
 from rnnfast.kernels.numba import _host
 
+from .cases import KERNEL_SHAPES, case_id
 from .tolerances import assert_close
 
-# (B, T, H); (7, 5, 80) takes the batch-parallel path (checked in test_parallel_path).
-SHAPES = [(3, 17, 37), (1, 1, 1), (2, 6, 100), (5, 4, 2), (7, 5, 80)]
+# (B, T, H) of the kernel contract from the one catalogue (tests/cases.py); its
+# (7, 5, 80) takes the batch-parallel path (checked in test_parallel_path).
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -158,14 +159,14 @@ def _reference_dgh(p, reverse):
                         for x, b in zip(xps, bhns)])
 
 
-CASES = [(B, T, H, dt, rev, ragged) for (B, T, H) in SHAPES for dt in DTYPES
+CASES = [(B, T, H, dt, rev, ragged) for (B, T, H) in KERNEL_SHAPES for dt in DTYPES
          for rev in (False, True) for ragged in (False, True)]
 
 
 def _id(c):
     B, T, H, dt, rev, ragged = c
-    return (f"gru-B{B}-T{T}-H{H}-{str(dt)[6:]}-numba{'-rev' if rev else ''}"
-            f"-{'ragged' if ragged else 'full'}")
+    return case_id("gru", B, T, H, dt, "numba",
+                   f"{'-rev' if rev else ''}-{'ragged' if ragged else 'full'}")
 
 
 @pytest.mark.parametrize("B,T,H,dtype,reverse,ragged", CASES, ids=[_id(c) for c in CASES])

@@ -5,8 +5,10 @@ torch.nn.GRU with the same weights.
 Runs where Triton can: CUDA tensors on a GPU (compiled kernels; ``python -m bench.gpu``
 runs this file), or CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1 python -m
 pytest tests/test_triton_gru.py``): the one-step-per-launch path, several
-hidden-dimension programs (H=5: 2 forward programs; H=17: 5 forward and 2 backward
-programs), float32 and float64, weights on chip and streamed. On CUDA it also covers
+hidden-dimension programs (H=37: 10 forward and 3 backward programs, the last ones
+partial; H=80: whole tiles, 20 forward and 5 backward programs), float32 and float64,
+weights on chip and streamed. The shapes come from the one case catalogue,
+tests/cases.py. On CUDA it also covers
 float16 / bfloat16 (against the reference in float32 on the same rounded inputs), the
 persistent all-steps launch against one step per launch, and torch.nn.GRU on cuDNN
 (TF32 off). Every output buffer is NaN-poisoned (tests/conftest.py), so an element a
@@ -30,13 +32,28 @@ from rnnfast import reference  # noqa: E402
 from rnnfast.kernels import triton as tr  # noqa: E402
 from rnnfast.kernels.triton import config  # noqa: E402
 
-from .cases import make_pair  # noqa: E402
+from .cases import KERNEL_SHAPES, make_pair, shapes_for  # noqa: E402
 from .tolerances import assert_close  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-# (B, T, H): 2 forward programs of 4 units; one unit, one step, one row; 4 forward
-# programs and a width that is a tile multiple; 2 backward programs of 16 units.
-SHAPES = [(3, 4, 5), (1, 1, 1), (2, 3, 16), (2, 3, 17)]
+
+
+def _programs(kernel, H):
+    """Programs along the hidden dimension of a ``kernel`` launch at width H."""
+    return -(-H // config.pick(kernel, H, H, torch.float32).BH)
+
+
+def _whole_tiles(H):
+    return all(H % config.pick(k, H, H, torch.float32).BH == 0 for k in ("gru_fwd", "gru_bwd"))
+
+
+# (B, T, H) from tests/cases.py: the Triton backend's shapes (several forward and
+# backward programs with a partial last tile; one unit, one step, one row; a tiny width),
+# those of them with several backward programs, and the kernel catalogue's shapes whose
+# width is a whole number of forward and backward tiles (no masked unit).
+SHAPES = shapes_for("triton")
+SEVERAL_PROGRAMS = [s for s in SHAPES if _programs("gru_bwd", s[2]) > 1]
+WHOLE_TILES = [s for s in KERNEL_SHAPES if _whole_tiles(s[2])]
 DIRS = [("fwd", False, False), ("rev", True, False), ("len", False, True),
         ("revlen", True, True)]
 DTYPES = [torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if CUDA else [])
@@ -177,7 +194,7 @@ def _check(p, lengths, reverse, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dname)
 @pytest.mark.parametrize("direction", DIRS, ids=[d[0] for d in DIRS])
-@pytest.mark.parametrize("shape", SHAPES[:3], ids=_shape_id)
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
 def test_gru_kernels(shape, direction, dtype):
     """Weights on chip: every output and gradient against autograd."""
     B, T, H = shape
@@ -185,21 +202,37 @@ def test_gru_kernels(shape, direction, dtype):
     p = _problem(B, T, H, dtype, zlib.crc32(repr(shape).encode()))
     _check(p, _lengths(B, T, with_len), reverse, dtype)
     assert tr.last_launch["config"].RESIDENT
+    assert tr.last_launch["kernel"] == "gru_bwd"
+    assert tr.last_launch["grid"][0] == _programs("gru_bwd", H)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dname)
 @pytest.mark.parametrize("direction", [DIRS[0], DIRS[3]], ids=["fwd", "revlen"])
-@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 3, 17)], ids=_shape_id)
+@pytest.mark.parametrize("shape", SEVERAL_PROGRAMS, ids=_shape_id)
+@pytest.mark.parametrize("weights", ["streamed"], indirect=True)
 def test_gru_kernels_several_programs(shape, direction, dtype, weights):
     """Several programs along the hidden dimension exchanging h_{t-1} and dgh, with the
-    weights on chip or streamed from memory every step."""
+    weights streamed from memory every step (test_gru_kernels runs these shapes with
+    the weights on chip)."""
     B, T, H = shape
     _, reverse, with_len = direction
     p = _problem(B, T, H, dtype, zlib.crc32(repr(shape).encode()))
     _check(p, _lengths(B, T, with_len), reverse, dtype)
     assert tr.last_launch["config"].RESIDENT == (weights == "resident")
-    if H == 17:
-        assert tr.last_launch["grid"][0] == 2  # backward: 2 programs of 16 units
+    assert tr.last_launch["kernel"] == "gru_bwd"
+    assert tr.last_launch["grid"][0] == _programs("gru_bwd", H) > 1
+
+
+@pytest.mark.parametrize("shape", WHOLE_TILES, ids=_shape_id)
+def test_gru_kernels_whole_tiles(shape, weights):
+    """A width of whole forward and backward tiles: every unit of every program is live
+    (reverse with lengths in float32 only, as these shapes are the interpreter's
+    slowest)."""
+    B, T, H = shape
+    assert _whole_tiles(H) and _programs("gru_bwd", H) > 1
+    p = _problem(B, T, H, torch.float32, zlib.crc32(repr(shape).encode()))
+    _check(p, _lengths(B, T, True), True, torch.float32)
+    assert tr.last_launch["config"].RESIDENT == (weights == "resident")
 
 
 def test_gru_without_bias():

@@ -3,7 +3,8 @@
 Six cells: RNN (tanh, relu, leaky_relu), LSTM (with and without proj_size) and GRU.
 The twin of a cell is the torch.nn module of the same class with the same state_dict;
 leaky_relu has no torch.nn twin, so its twin is rnnfast's own reference loop
-(backend='torch'). GRU cases skip until ``rnnfast.GRU`` exists.
+(backend='torch'). The cells and backends are those of the one case catalogue,
+tests/cases.py.
 
 Backends: numba and torch always; triton only when TRITON_INTERPRET=1 (CPU tensors then
 run the Triton interpreter, so those problems stay tiny: T <= 3, H <= 4, B <= 2).
@@ -16,23 +17,11 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
 
-from .cases import triton_interpreting
+from .cases import CELLS, module_backends, triton_interpreting
 
-HAS_GRU = hasattr(rnnfast, "GRU")
 INTERPRET = triton_interpreting()
-needs_gru = pytest.mark.skipif(not HAS_GRU, reason="rnnfast.GRU does not exist yet")
-
-# cell -> (class name, constructor options). proj_size is filled in from H.
-CELLS = {
-    "tanh": ("RNN", dict(nonlinearity="tanh")),
-    "relu": ("RNN", dict(nonlinearity="relu")),
-    "leaky_relu": ("RNN", dict(nonlinearity="leaky_relu", negative_slope=0.1)),
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", dict(proj_size=None)),
-    "gru": ("GRU", {}),
-}
 # The interpreter pass of tests/run.sh runs the Triton backend; the plain pass the rest.
-BACKENDS = ["triton"] if INTERPRET else ["numba", "torch"]
+BACKENDS = module_backends()
 
 # One tiny problem size for every drop-in test (inside the interpreter's limits).
 T, B, I, H = 3, 2, 3, 4
@@ -41,9 +30,8 @@ LENGTHS = [2, 3]
 
 
 def cell_params(cells=None):
-    """pytest params over cells; GRU ones skip while rnnfast.GRU is missing."""
-    return [pytest.param(c, id=c, marks=[needs_gru] if c == "gru" else [])
-            for c in (cells or CELLS)]
+    """pytest params over cells (every cell of the catalogue by default)."""
+    return [pytest.param(c, id=c) for c in (cells or CELLS)]
 
 
 def backend_params(backends=None):
