@@ -14,7 +14,7 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
 
     Parameters
     ----------
-    module : rnnfast.RNN or rnnfast.LSTM
+    module : rnnfast.RNN, rnnfast.LSTM or rnnfast.GRU
     input : Tensor or PackedSequence, as for ``module(input, hx)``
     grad_output : Tensor shaped like the module's output (its ``.data`` when packed):
         the upstream gradient dL/d output

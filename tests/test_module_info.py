@@ -26,7 +26,7 @@ which torch's own ModuleInfo leaves off). Batched-gradient checks (vmap over bac
 are left to tests/test_dropin.py (is_grads_batched), since here they would multiply the
 cost of every gradcheck. The backend is rnnfast's default ('auto': numba on the CPU);
 RNNFAST_BACKEND=torch (or triton with TRITON_INTERPRET=1) runs the same cases on
-another backend. GRU cases skip until rnnfast.GRU exists.
+another backend.
 """
 
 import io
@@ -57,10 +57,7 @@ DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64,
 
 def rnnfast_class(name):
     """The substitute for torch.nn.<name>: rnnfast's class, same arguments."""
-    cls = getattr(rnnfast, name, None)
-    if cls is None:
-        pytest.skip(f"rnnfast.{name} does not exist yet")
-    return cls
+    return getattr(rnnfast, name)
 
 
 def samples(name, dtype=torch.float64, requires_grad=True, training=True):
@@ -102,21 +99,17 @@ def _sample_id(name, i, sample):
 def _sample_params():
     out = []
     for name in NAMES:
-        marks = [pytest.mark.skipif(not hasattr(rnnfast, name),
-                                    reason=f"rnnfast.{name} does not exist yet")]
         for i, s in enumerate(samples(name)):
-            out.append(pytest.param(name, i, id=_sample_id(name, i, s), marks=marks))
+            out.append(pytest.param(name, i, id=_sample_id(name, i, s)))
     return out
 
 
 def _error_params():
     out = []
     for name, dtype in product(NAMES, (torch.float32, torch.float64)):
-        marks = [pytest.mark.skipif(not hasattr(rnnfast, name),
-                                    reason=f"rnnfast.{name} does not exist yet")]
         for i, e in enumerate(error_inputs(name, dtype)):
             words = re.sub(r"[^a-z0-9]+", "_", e.error_regex[:40].lower()).strip("_")
-            out.append(pytest.param(name, dtype, i, marks=marks,
+            out.append(pytest.param(name, dtype, i,
                                     id=f"{name}-{str(dtype)[6:]}-{i:02d}-{words}"))
     return out
 
