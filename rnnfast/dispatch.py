@@ -93,8 +93,13 @@ def _requested(backend):
 
 
 def in_functorch_transform():
-    """True inside torch.func.grad / vjp / jacrev / jacfwd / vmap."""
-    return torch._C._functorch.peek_interpreter_stack() is not None
+    """True inside torch.func.grad / vjp / jacrev / jacfwd / vmap.
+
+    ``torch._C._are_functorch_transforms_active()``, not ``peek_interpreter_stack() is
+    not None``: torch.compile's tracer (dynamo, torch 2.13) wraps the interpreter stack
+    it peeks as an object variable, and ``is not None`` on it is always True, so every
+    compiled module took the reference loop instead of rnnfast's ops."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def in_forward_ad():

@@ -176,6 +176,26 @@ def test_torch_compile_fullgraph_forward_and_backward():
 
 
 @pytest.mark.no_poison
+def test_torch_compile_graph_holds_the_ops():
+    """The traced graph calls rnnfast's ops, one per layer and direction of each cell,
+    not the reference loop (under dynamo, in_functorch_transform once read a tracing
+    artefact as a torch.func transform and every module took the reference loop)."""
+    torch._dynamo.reset()
+    model = _Model()
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    x = torch.randn(6, 4, 3)
+    assert_close("loss", torch.compile(model, fullgraph=True, backend=backend)(x), model(x))
+    counts = {op: seen.count(f"rnnfast.{op}.default")
+              for op in ("lstm_layer", "gru_layer", "rnn_layer")}
+    assert counts == {"lstm_layer": 4, "gru_layer": 4, "rnn_layer": 1}, counts
+
+
+@pytest.mark.no_poison
 @pytest.mark.slow
 def test_torch_compile_inductor():
     torch._dynamo.reset()
