@@ -6,7 +6,7 @@ relu    rnnfast.RNN(nonlinearity='relu'), the same default init
 irnn    ReLU with W_hh = I, zero biases, W_ih ~ N(0, 0.001^2) (Le, Jaitly & Hinton 2015)
 leaky   leaky-ReLU (slope 0.01) with the IRNN's init
 lstm    rnnfast.LSTM, default init with total forget-gate bias 1
-gru     rnnfast.GRU, default init (only when rnnfast provides it)
+gru     rnnfast.GRU, default init
 
 Everything uses the global torch RNG: call ``torch.manual_seed`` first.
 """
@@ -32,14 +32,14 @@ IRNN_INPUT_STD = 1e-3
 
 
 def available_cells():
-    """The study's cells: the five base cells, plus 'gru' when rnnfast has a GRU."""
-    return BASE_CELLS + (("gru",) if hasattr(rnnfast, "GRU") else ())
+    """The study's cells: the five base cells and the GRU."""
+    return BASE_CELLS + ("gru",)
 
 
 def make_recurrent(cell, input_size, hidden, backend="auto"):
     """One single-layer rnnfast recurrent module initialised as ``cell`` prescribes.
 
-    Raises ValueError for an unknown cell, RuntimeError for 'gru' without rnnfast.GRU."""
+    Raises ValueError for an unknown cell."""
     if cell == "lstm":
         m = rnnfast.LSTM(input_size, hidden, backend=backend)
         with torch.no_grad():  # gate order i, f, g, o
@@ -47,8 +47,6 @@ def make_recurrent(cell, input_size, hidden, backend="auto"):
             m.bias_hh_l0[hidden:2 * hidden].zero_()
         return m
     if cell == "gru":
-        if not hasattr(rnnfast, "GRU"):
-            raise RuntimeError("this rnnfast has no GRU; the study skips the 'gru' cell")
         return rnnfast.GRU(input_size, hidden, backend=backend)
     if cell in ("tanh", "relu"):
         return rnnfast.RNN(input_size, hidden, nonlinearity=cell, backend=backend)
