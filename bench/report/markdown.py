@@ -51,8 +51,8 @@ def md_speed(results, backends, mode, peak):
 def md_floor(rows, backend):
     if not rows:
         return ""
-    lines = [f"### Speed floor (foundation issue): torch.nn time / rnnfast[{backend}] time, "
-             "T=100, I=H, float32",
+    lines = [f"### Speed floors (ReLU-RNN, LSTM: the foundation issue; GRU: issue 12): "
+             f"torch.nn time / rnnfast[{backend}] time, T=100, I=H, float32",
              "",
              "| cell | B | H | fwd | fwd+bwd | floor (fwd+bwd) | |",
              "|---|--:|--:|--:|--:|--:|---|"]
