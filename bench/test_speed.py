@@ -15,9 +15,9 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from bench.report import common, packed
-from bench.report.speed import FLOOR_POINTS, FLOOR_T
+from bench.report.speed import FLOOR_CELLS, FLOOR_POINTS, FLOOR_T
 
-CELLS = ("rnn_relu", "lstm", "gru")
+CELLS = FLOOR_CELLS
 IMPLS = ("rnnfast-numba", "torch.nn", "jax")
 
 

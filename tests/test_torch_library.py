@@ -114,15 +114,11 @@ def test_gradcheck_lstm_op(proj, lengths, reverse):
 @pytest.mark.parametrize("lengths,reverse", [(None, False), (torch.tensor([3, 1, 4]), True)])
 def test_gradcheck_gru_op(bias, lengths, reverse):
     args = _gru_args(lengths=lengths, reverse=reverse, bias=bias, probe=False)
-    rest = args[6:]
-    if bias:
-        f = lambda x, wi, wh, bi, bh, h0: ops.gru_layer(  # noqa: E731
-            x, wi, wh, bi, bh, h0, *rest)[:2]
-        assert torch.autograd.gradcheck(f, args[:6])
-    else:
-        f = lambda x, wi, wh, h0: ops.gru_layer(  # noqa: E731
-            x, wi, wh, None, None, h0, *rest)[:2]
-        assert torch.autograd.gradcheck(f, args[:3] + args[5:6])
+    biases = args[3:5] if bias else ()
+
+    def f(x, wi, wh, h0, *b):
+        return ops.gru_layer(x, wi, wh, *(b or (None, None)), h0, *args[6:])[:2]
+    assert torch.autograd.gradcheck(f, args[:3] + args[5:6] + biases)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

@@ -26,7 +26,7 @@ PACKED_OVER_PADDED = 0.65
 SMALL_POINT = (1, 32)
 # issue 13: the recurrent layers' fwd+bwd inside the word-LM step
 E2E_RNN_FLOOR = {"rnn_relu": 2.0, "lstm": 1.3}
-FLOOR_CELLS = ("rnn_relu", "lstm")
+ISSUE13_CELLS = ("rnn_relu", "lstm")  # the small-point, forward and packed floors
 
 
 def _row(issue, floor, measured, target, ok, detail=""):
@@ -71,27 +71,25 @@ def _ratio_floor(report, issue, cell, B, H, mode, peer, target, be):
 
 def speed_rows(report, be):
     rows = []
-    for cell in FLOOR_CELLS:
+    for cell in ISSUE13_CELLS:
         for mode in ("fwd", "fwdbwd"):
             rows.append(_ratio_floor(report, "13", cell, *SMALL_POINT, mode, "jax", 1.0, be))
-    for cell in FLOOR_CELLS:
+    for cell in ISSUE13_CELLS:
         for B, H in speed.FLOOR_POINTS:
             rows.append(_ratio_floor(report, "13", cell, B, H, "fwd", "torch.nn", FWD_FLOOR,
                                      be))
     for (B, H), target in LSTM_FWDBWD_FLOOR.items():
         rows.append(_ratio_floor(report, "13", "lstm", B, H, "fwdbwd", "torch.nn", target, be))
-    for B, H in speed.FLOOR_POINTS:
-        rows.append(_ratio_floor(report, "2", "rnn_relu", B, H, "fwdbwd", "torch.nn",
-                                 speed.floor_target("rnn_relu", B, H), be))
-    for B, H in speed.FLOOR_POINTS:
-        rows.append(_ratio_floor(report, "12", "gru", B, H, "fwdbwd", "torch.nn",
-                                 speed.floor_target("gru", B, H), be))
+    for issue, cell in (("2", "rnn_relu"), ("12", "gru")):
+        for B, H in speed.FLOOR_POINTS:
+            rows.append(_ratio_floor(report, issue, cell, B, H, "fwdbwd", "torch.nn",
+                                     speed.floor_target(cell, B, H), be))
     return rows
 
 
 def packed_rows(report, be):
     rows = []
-    for cell in FLOOR_CELLS:
+    for cell in ISSUE13_CELLS:
         for T in PACKED_TS:
             r = next((q for q in report.get("packed") or []
                       if (q["cell"], q["T"], q["B"], q["H"], q.get("dist")) ==
