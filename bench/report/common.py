@@ -230,7 +230,7 @@ def median(xs):
 
 
 def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sample_s=2e-3,
-                     settle_s=0.005):
+                     settle_s=0.005, rewarm_below_s=0.02):
     """Median seconds per call of each callable in ``fns`` (name -> fn), measured in
     rounds that call every fn once (the order rotates each round), so machine noise
     hits all of them alike. Warm-up calls are excluded. Calls shorter than
@@ -241,6 +241,15 @@ def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sam
     while after a parallel region; on 2 cores the next peer's first milliseconds would
     otherwise share the cores with them (measured: rnnfast's LSTM at B=32, H=256 took
     32.7 ms right after JAX, 26-27 ms without JAX in the process).
+
+    After the pause, a callable shorter than ``rewarm_below_s`` runs once untimed before
+    its sample: the first call after any pause of a few milliseconds (sleeping, or
+    another peer running) is a cold call, and on these machines it costs a host-bound
+    call 2-2.5x its steady time (torch.nn's and rnnfast's LSTM at B=1, H=32, fwd+bwd:
+    ~600 us back to back, 1.1-1.6 ms first after a 5 ms pause, for torch.nn and rnnfast
+    alike; a GEMM-only loop 3%). Samples then measure the steady per-call time, as a
+    loop of calls sees it (and as timeit-style timers do); the end-to-end section
+    (``e2e``) measures layers called between other work.
 
     Returns name -> {"median_s", "reps", "iqr_s", "inner"}.
     """
@@ -266,6 +275,9 @@ def time_interleaved(fns, device, min_reps=5, max_reps=50, budget_s=2.0, min_sam
         for n in order:
             k = inner[n]
             time.sleep(settle_s)
+            if warm[n] < rewarm_below_s:
+                fns[n]()
+                sync(device)
             t0 = time.perf_counter()
             for _ in range(k):
                 fns[n]()
