@@ -408,17 +408,24 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slop
     return x.new_empty((x.shape[0], x.shape[1], w_hh.shape[1])), torch.empty_like(h0)
 
 
+def _fresh(t):
+    """A contiguous tensor of t's shape and dtype: what every backward launcher returns
+    for a gradient of t, whatever t's strides (empty_like would copy a transposed x's
+    strides: batch_first input, and torch.compile's check of the real result against
+    the fake one failed)."""
+    return t.new_empty(t.shape)
+
+
 def _fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx):
     db = (w_hh.shape[0],) if has_bias else _EMPTY
-    return (torch.empty_like(x) if need_dx else x.new_empty(_EMPTY),
-            torch.empty_like(w_ih), torch.empty_like(w_hh), x.new_empty(db),
-            x.new_empty(db))
+    return (_fresh(x) if need_dx else x.new_empty(_EMPTY),
+            _fresh(w_ih), _fresh(w_hh), x.new_empty(db), x.new_empty(db))
 
 
 @rnn_layer_bwd.register_fake
 def _(dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation, negative_slope,
       backend, has_bias, need_dx):
-    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), torch.empty_like(h0),
+    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), _fresh(h0),
             x.new_empty((x.shape[0],), dtype=torch.float64))
 
 
@@ -538,8 +545,8 @@ def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe)
 def _(dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
       backend, has_bias, need_dx):
     return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx),
-            torch.empty_like(w_hr) if w_hr is not None else x.new_empty(_EMPTY),
-            torch.empty_like(h0), torch.empty_like(c0),
+            _fresh(w_hr) if w_hr is not None else x.new_empty(_EMPTY),
+            _fresh(h0), _fresh(c0),
             x.new_empty((x.shape[0],), dtype=torch.float64))
 
 
@@ -640,7 +647,7 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe):
 @gru_layer_bwd.register_fake
 def _(dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse, backend, has_bias,
       need_dx):
-    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), torch.empty_like(h0),
+    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), _fresh(h0),
             x.new_empty((x.shape[0],), dtype=torch.float64))
 
 

@@ -257,3 +257,43 @@ def test_eager_twin_matches_the_op(name):
     assert type(eager(*args)[0].grad_fn).__name__.startswith("_Eager")
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def _strides(outs):
+    return [(tuple(o.shape), o.stride()) for o in outs]
+
+
+def _fake_call(op, args):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode()
+    fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+    with mode:
+        return op(*fake)
+
+
+@pytest.mark.no_poison
+def test_backward_fakes_match_real_strides_for_a_transposed_input():
+    """A batch_first module hands its layer ops a transposed x; the backward ops return
+    contiguous gradients, and their fake implementations must say so (they copied x's
+    strides, and torch.compile's inductor then failed on the real result)."""
+    d = lambda t: t.detach().clone()  # noqa: E731
+    tr = lambda t: d(t).transpose(0, 1).contiguous().transpose(0, 1)  # noqa: E731
+    x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, _ = _rnn_args()
+    y, _ = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, None)
+    args = (torch.randn_like(y), torch.randn_like(h0), tr(x), d(w_ih), d(w_hh), d(h0), d(y),
+            None, False, act, slope, be, True, True)
+    cases = [(ops.rnn_layer_bwd, args, 2)]
+    a = _lstm_args(proj=2)
+    y, h, c, gates, cs = ops.lstm_layer(*a[:-1], None)
+    cases.append((ops.lstm_layer_bwd, (
+        torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), tr(a[0]), d(a[1]),
+        d(a[2]), d(a[5]), d(a[6]), d(a[7]), d(y), d(gates), d(cs), None, False, "numba",
+        True, True), 3))
+    a = _gru_args()
+    y, h, gates = ops.gru_layer(*a[:-1], None)
+    cases.append((ops.gru_layer_bwd, (
+        torch.randn_like(y), torch.randn_like(h), tr(a[0]), d(a[1]), d(a[2]), d(a[5]),
+        d(y), d(gates), None, False, "numba", True, True), 2))
+    for op, args, ix in cases:
+        assert not args[ix].is_contiguous()
+        assert _strides(_fake_call(op, args)) == _strides(op(*args)), op
