@@ -15,7 +15,10 @@ __version__ = "0.1.0"
 def explain(module, input, hx=None):
     """One line: which implementation ``module(input, hx)`` runs, on which instruction
     set, and why (``module``: an rnnfast RNN / LSTM / GRU; ``input``: a Tensor or
-    PackedSequence; ``hx``: the call's initial state, as forward takes it, or None)."""
+    PackedSequence; ``hx``: the call's initial state, as forward takes it, or None).
+
+    Raises the error ``module(input, hx)`` would raise (torch.nn's checks and messages)
+    for an input or hx the call would reject, before choosing anything."""
     be = module.plan(input, hx)
     isa = getattr(getattr(be.kernels, "config", None), "ISA", None)
     where = f" [{getattr(isa, 'name', isa)}]" if isa else ""

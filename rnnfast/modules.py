@@ -243,6 +243,31 @@ class _FusedRNNBase(nn.RNNBase):
         dtype, hidden-state shape, or an empty sequence."""
         self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
+        input, batch_sizes, sorted_indices, unsorted_indices, is_batched, hx = \
+            self._checked_args(input, hx)
+
+        if (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
+                and torch.onnx.is_in_onnx_export():  # both ONNX exporters trace
+            output, state = self._torch_rnn_op(input, batch_sizes, hx)
+        else:
+            output, state = self._layers(input, batch_sizes, hx)
+
+        if packed:
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(state, unsorted_indices))
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            state = (tuple(s.squeeze(1) for s in state) if isinstance(state, tuple)
+                     else state.squeeze(1))
+        return output, state
+
+    def _checked_args(self, input, hx):
+        """forward's input handling and checks, before any kernel runs: (input as a
+        batched Tensor [T, B, I] ([B, T, I] with batch_first) or packed data [N, I],
+        batch_sizes, sorted_indices, unsorted_indices, is_batched, hx in the sorted
+        batch order, zeros when None). Raises torch.nn's errors (see forward)."""
+        packed = isinstance(input, PackedSequence)
+        packed = isinstance(input, PackedSequence)
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched, B = True, int(batch_sizes[0])
@@ -270,21 +295,8 @@ class _FusedRNNBase(nn.RNNBase):
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]
         if not torch.jit.is_tracing() and T == 0:
             raise RNNArgumentError("Expected sequence length to be larger than 0 in RNN")
+        return input, batch_sizes, sorted_indices, unsorted_indices, is_batched, hx
 
-        if (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
-                and torch.onnx.is_in_onnx_export():  # both ONNX exporters trace
-            output, state = self._torch_rnn_op(input, batch_sizes, hx)
-        else:
-            output, state = self._layers(input, batch_sizes, hx)
-
-        if packed:
-            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                    self.permute_hidden(state, unsorted_indices))
-        if not is_batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            state = (tuple(s.squeeze(1) for s in state) if isinstance(state, tuple)
-                     else state.squeeze(1))
-        return output, state
 
     # ------------------------------------------------------------ the layer stack
     def _width(self):
@@ -300,12 +312,14 @@ class _FusedRNNBase(nn.RNNBase):
         """The implementation a call ``module(input, hx)`` runs (input: a Tensor or
         PackedSequence; hx as forward's): a :class:`rnnfast.dispatch.Backend`. hx counts
         only through whether it requires grad (a call that builds a graph never runs
-        torch.nn's operator in place of the kernels)."""
-        x = input.data if isinstance(input, PackedSequence) else input
+        torch.nn's operator in place of the kernels).
+
+        Raises what the call would raise for the same input and hx (forward's checks
+        run first), so a bad input never gets a plan."""
+        self._update_flat_weights()
+        x, batch_sizes, _, _, _, hx = self._checked_args(input, hx)
         dtype = self._autocast_dtype(x.device.type) or x.dtype
-        hx = tuple(hx) if isinstance(hx, list) else hx
-        return self._resolve(x, input.batch_sizes if isinstance(input, PackedSequence)
-                             else None, hx, dtype, start=False)
+        return self._resolve(x, batch_sizes, hx, dtype, start=False)
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True):
         """dispatch.resolve for this call: the kernels, or torch.nn's operator where it

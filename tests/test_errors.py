@@ -71,6 +71,15 @@ def test_bad_input_message_and_module_still_usable(make, args, pattern):
     assert torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("make,args,pattern", [c[1:] for c in BAD_CALLS],
+                         ids=[c[0] for c in BAD_CALLS])
+def test_explain_raises_what_the_call_raises(make, args, pattern):
+    """rnnfast.explain(module, input, hx) answers only for a call that would run."""
+    x, hx = args()
+    with pytest.raises((ValueError, RuntimeError), match=pattern):
+        rnnfast.explain(make(), x, hx)
+
+
 def test_errors_are_both_value_and_runtime_errors():
     with pytest.raises(ValueError):
         _rnn()(torch.randn(4, 3, 6))
