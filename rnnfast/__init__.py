@@ -3,9 +3,32 @@
 
 import os
 
-from . import diagnostics, dispatch, reference
-from .dispatch import BACKENDS, RNNArgumentError
-from .modules import GRU, LSTM, RNN
+
+def _isolate_inductor_cache():
+    """Under ``ATEN_CPU_CAPABILITY`` (torch held to a narrower instruction set than the
+    CPU's, as ``python -m bench --isa`` and CPU-simulation scripts do), point torch
+    inductor's on-disk caches at a directory of their own for that capability, unless
+    the user chose one (TORCHINDUCTOR_CACHE_DIR).
+
+    Why: torch 2.13's FX graph cache key leaves the capability out. A graph compiled
+    natively (16-lane AVX-512 loops) was served to a process held to AVX2, where its C++
+    was built with 8-lane vectors: half of each buffer was never written, and a
+    torch.compile'd model returned NaN / inf (an rnnfast model) or a wrong number (a
+    plain Linear-Tanh-Linear: -3.95 against eager -3.77); the other way round, glibc
+    aborted with 'malloc(): unaligned tcache chunk detected' (2026-12-03, AMD EPYC Zen
+    4, ``isa-env.sh haswell``). Runs at the CPU's own capability keep torch's default."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not cap or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_cap_{cap.lower()}"
+
+
+_isolate_inductor_cache()
+
+from . import diagnostics, dispatch, reference  # noqa: E402
+from .dispatch import BACKENDS, RNNArgumentError  # noqa: E402
+from .modules import GRU, LSTM, RNN  # noqa: E402
 
 __all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RNNArgumentError", "diagnostics",
            "dispatch", "explain", "reference", "set_triton_tf32"]

@@ -385,3 +385,25 @@ def test_cache_never_loads_another_overloads_code(tmp_path):
 
 if __name__ == "__main__":
     _worker(sys.argv[1] if len(sys.argv) > 1 else "host")
+
+
+@pytest.mark.parametrize("env,want", [
+    ({"ATEN_CPU_CAPABILITY": "avx2"}, "{default}_cap_avx2"),
+    ({"ATEN_CPU_CAPABILITY": "avx2", "TORCHINDUCTOR_CACHE_DIR": "/tmp/mine"}, "/tmp/mine"),
+    ({}, "{default}"),  # torch's own cache_dir() may have exported its default
+], ids=["held-to-avx2", "user-dir-kept", "native"])
+def test_inductor_cache_isolated_per_held_capability(env, want):
+    """Importing rnnfast under ATEN_CPU_CAPABILITY gives torch inductor a cache
+    directory of that capability's own (its FX graph cache key omits the capability:
+    rnnfast/__init__.py, _isolate_inductor_cache); otherwise nothing changes."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("ATEN_CPU_CAPABILITY", "TORCHINDUCTOR_CACHE_DIR")}
+    code = ("import os, rnnfast\n"
+            "from torch._inductor.runtime.cache_dir_utils import default_cache_dir\n"
+            "print(repr(os.environ.get('TORCHINDUCTOR_CACHE_DIR')), default_cache_dir())")
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got, default = out.stdout.split()
+    expected = repr(want.format(default=default))
+    assert got == expected or (not env and got == "None"), (got, expected)
