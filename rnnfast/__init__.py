@@ -8,7 +8,7 @@ def _isolate_inductor_cache():
     """Under ``ATEN_CPU_CAPABILITY`` (torch held to a narrower instruction set than the
     CPU's, as ``python -m bench --isa`` and CPU-simulation scripts do), point torch
     inductor's on-disk caches at a directory of their own for that capability, unless
-    the user chose one (TORCHINDUCTOR_CACHE_DIR).
+    the user chose another (TORCHINDUCTOR_CACHE_DIR).
 
     Why: torch 2.13's FX graph cache key leaves the capability out. A graph compiled
     natively (16-lane AVX-512 loops) was served to a process held to AVX2, where its C++
@@ -18,10 +18,15 @@ def _isolate_inductor_cache():
     aborted with 'malloc(): unaligned tcache chunk detected' (2026-12-03, AMD EPYC Zen
     4, ``isa-env.sh haswell``). Runs at the CPU's own capability keep torch's default."""
     cap = os.environ.get("ATEN_CPU_CAPABILITY")
-    if not cap or "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+    if not cap:
         return
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_cap_{cap.lower()}"
+    default = default_cache_dir()
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    # torch exports its default there once it has used the cache, so a held-ISA child
+    # of such a process inherits the default: treat that as unset.
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}_cap_{cap.lower()}"
 
 
 _isolate_inductor_cache()

@@ -390,8 +390,10 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("env,want", [
     ({"ATEN_CPU_CAPABILITY": "avx2"}, "{default}_cap_avx2"),
     ({"ATEN_CPU_CAPABILITY": "avx2", "TORCHINDUCTOR_CACHE_DIR": "/tmp/mine"}, "/tmp/mine"),
+    ({"ATEN_CPU_CAPABILITY": "avx2", "TORCHINDUCTOR_CACHE_DIR": "{default}"},
+     "{default}_cap_avx2"),  # torch's default, exported by a parent that compiled
     ({}, "{default}"),  # torch's own cache_dir() may have exported its default
-], ids=["held-to-avx2", "user-dir-kept", "native"])
+], ids=["held-to-avx2", "user-dir-kept", "inherited-default", "native"])
 def test_inductor_cache_isolated_per_held_capability(env, want):
     """Importing rnnfast under ATEN_CPU_CAPABILITY gives torch inductor a cache
     directory of that capability's own (its FX graph cache key omits the capability:
@@ -401,6 +403,8 @@ def test_inductor_cache_isolated_per_held_capability(env, want):
     code = ("import os, rnnfast\n"
             "from torch._inductor.runtime.cache_dir_utils import default_cache_dir\n"
             "print(repr(os.environ.get('TORCHINDUCTOR_CACHE_DIR')), default_cache_dir())")
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    env = {k: v.format(default=default_cache_dir()) for k, v in env.items()}
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
