@@ -59,7 +59,10 @@ layer at (B, H) = (1, 32)); rnnfast.ops uses it for padded input where present::
 rows as they are, with ``offsets=`` (int64 [T], the rows before step t, and the sorted
 lengths): xp, y, gates, cs, dy, dxp, dgh, dhs are then [M, *] (M = sum of lengths; step
 t of row b is row offsets[t] + b) and no padded tensor exists (numba: True). Where it
-is False, rnnfast.ops scatters what a kernel reads to [T, B, *] and gathers back.
+is False, rnnfast.ops scatters what a kernel reads to [T, B, *] and gathers back. A
+PACKED_ROWS backend's ``layer_grads`` also takes any N rows with ``h_rows=`` (int64
+[N]: the row of y, or -1 - the row of h0, that holds each row's h_{t-1}; see
+kernels.numba.gemm.layer_grads), so rnnfast.ops makes no copy of h_{t-1}.
 
 The GRU (torch.nn.GRU's cell, gate order r, z, n)::
 

@@ -55,14 +55,23 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
 
 
 def check_layer_args(cell, x, w_ih, b_ih, b_hh, w_hh, h0, c0, w_hr, lengths, activation,
-                     negative_slope, dtypes, backend):
+                     negative_slope, dtypes, backend, offsets=None):
     """Validate a layer-forward launcher's arguments (the input projection and the
     recurrence in one call: x [T, B, I], w_ih [G, I], b_ih and b_hh [G] or both None,
-    then as :func:`check_recurrence_args` with G = w_ih.size(0)); returns (T, B, I, G)."""
+    then as :func:`check_recurrence_args` with G = w_ih.size(0)); returns (T, B, I, G).
+    With ``offsets`` x is a PackedSequence's rows [M, I] (see
+    :func:`check_recurrence_args`)."""
     where = f"{cell}_layer_fwd[{backend}]"
-    _expect(x.dim() == 3, lambda: f"{where}: x must be 3-D [T, B, I], got shape "
-                                  f"{tuple(x.shape)}")
-    T, B, I = x.shape
+    if offsets is None:
+        _expect(x.dim() == 3, lambda: f"{where}: x must be 3-D [T, B, I], got shape "
+                                      f"{tuple(x.shape)}")
+        T, B, I = x.shape
+    else:
+        _expect(x.dim() == 2, lambda: f"{where}: packed x must be 2-D [M, I], got shape "
+                                      f"{tuple(x.shape)}")
+        _expect(lengths is not None, lambda: f"{where}: packed rows need lengths")
+        T, B, I = offsets.shape[0], lengths.shape[0], x.shape[1]
+        check_packed_rows(where, x.shape[0], lengths, offsets)
     _expect(x.dtype in dtypes,
             lambda: f"{where}: x dtype must be one of {dtypes}, got {x.dtype}")
     _expect(w_ih.dim() == 2, lambda: f"{where}: w_ih must be 2-D [G, I], got shape "

@@ -271,6 +271,18 @@ class _ActiveRows:
             out = rows.new_empty((self.T * self.B, K)).fill_(UNREAD_ROWS_FILL)
         return out.index_copy_(0, self.idx, rows).view(self.T, self.B, K)
 
+    def h_rows(self, padded):
+        """int64 [M] (on the device): the row of y (padded [T * B] rows when ``padded``,
+        else packed [M] rows) holding each active row's h_{t-1}, or -1 - b where it is
+        h0[b] (a PACKED_ROWS backend's layer_grads ``h_rows=``)."""
+        key = "h_rows_padded" if padded else "h_rows_packed"
+        out = self.__dict__.get(key)
+        if out is None:
+            prev = (self.prev if padded else self.prev_packed).clone()
+            prev[self.first_pos] = -1 - self.first_b
+            out = self.__dict__[key] = prev
+        return out
+
     def h_prev(self, y, h0):
         """[M + 1, P]: row m is h_{t-1} of active row m (from y, padded [T, B, P] or
         packed [M, P], or from h0 [B, P]); the last row is 0 and never summed (see
@@ -319,6 +331,21 @@ def _from_kernel_rows(x, lengths, reverse, y):
     return _rows(x, lengths, reverse).gather(y) if x.dim() == 2 else y
 
 
+def _one_call(kern, name, x, rows):
+    """The extra keyword arguments of the backend's one-call layer forward ``name`` (the
+    projection and the recurrence together) for this layer's input, or None where the
+    layer runs the projection apart: the backend has no such launcher, or the input is
+    a padded batch whose active rows alone are projected (``rows``). Padded input: {};
+    packed rows on a PACKED_ROWS backend: their offsets."""
+    if not hasattr(kern, name):
+        return None
+    if rows is None:
+        return {}
+    if x.dim() == 2 and kern.PACKED_ROWS:
+        return {"offsets": rows.offsets}
+    return None
+
+
 def _project(kern, x, w_ih, bias, rows):
     """The input projection x @ w_ih^T + bias -> xp: one GEMM over x's rows. x padded
     [T, B, I] -> [T, B, G]; packed rows [M, I] -> [M, G] for a PACKED_ROWS backend,
@@ -342,6 +369,14 @@ def _layer_grads(kern, dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx,
     if rows is None:
         return kern.layer_grads(dxp, x, y, h0, w_ih, lengths, reverse, has_bias, need_dx,
                                 dgh=dgh)
+    if kern.PACKED_ROWS:  # the backend gathers each row's h_{t-1} itself
+        dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(
+            rows.gather(dxp), rows.gather(x), y, h0, w_ih, None, False, has_bias,
+            need_dx, dgh=rows.gather(dgh) if dgh is not None else None,
+            h_rows=rows.h_rows(y.dim() == 3))
+        if need_dx and not packed:
+            dx = rows.scatter(dx, zero=True)
+        return dx, dw_ih, dw_hh, db_ih, db_hh
     hp = rows.h_prev(y, h0)
     dx, dw_ih, dw_hh, db_ih, db_hh = kern.layer_grads(
         rows.gather(dxp).unsqueeze(1), rows.gather(x).unsqueeze(1),
@@ -359,9 +394,10 @@ def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negati
     """The forward of one Elman RNN layer direction (``train=False``: nothing kept)."""
     kern = _kernels(backend, x, w_hh.shape[1])
     rows = _rows(x, lengths, reverse)
-    if rows is None and hasattr(kern, "rnn_layer_fwd"):  # padded: one call
+    one = _one_call(kern, "rnn_layer_fwd", x, rows)
+    if one is not None:
         return kern.rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
-                                  activation, negative_slope, train=train)
+                                  activation, negative_slope, train=train, **one)
     xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n = kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
@@ -478,9 +514,10 @@ def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
     """The forward of one LSTM layer direction (``train=False``: gates, cs empty)."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
     rows = _rows(x, lengths, reverse)
-    if rows is None and hasattr(kern, "lstm_layer_fwd"):  # padded: one call
+    one = _one_call(kern, "lstm_layer_fwd", x, rows)
+    if one is not None:
         return kern.lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths,
-                                   reverse, train=train)
+                                   reverse, train=train, **one)
     xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n, c_n, gates, cs = kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
@@ -597,9 +634,10 @@ def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, tr
     """The forward of one GRU layer direction (``train=False``: gates empty)."""
     kern = _kernels(backend, x, w_hh.shape[1])
     rows = _rows(x, lengths, reverse)
-    if rows is None and hasattr(kern, "gru_layer_fwd"):  # padded: one call
+    one = _one_call(kern, "gru_layer_fwd", x, rows)
+    if one is not None:
         return kern.gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
-                                  train=train)
+                                  train=train, **one)
     bias, b_hn = _gru_bias(b_ih, b_hh)
     xp = _project(kern, x, w_ih, bias, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)

@@ -217,18 +217,40 @@ def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
         assert_close("db", db, d.sum((0, 1)), tdt)
         assert torch.equal(db_hh, db)
         assert_close("dx", dx, d @ w_ih.double(), tdt)
-    # the parallel drivers, forced: identical bits
+    # rows that name their own h_{t-1} (h_rows: y's row, or -1 - h0's row), in any
+    # order and with repeats, as a packed batch's rows do: against a float64 gather
     N = T * B
+    M = max(1, N - 2)
+    h_rows = torch.randint(-B, N, (M,), generator=g)
+    perm = torch.randperm(N, generator=g)[:M]
+    dg = torch.randn(M, G, generator=g, dtype=tdt)
+    src = torch.cat([y.reshape(N, H), h0]).double()
+    prev = src[torch.where(h_rows >= 0, h_rows, N - 1 - h_rows)]
+    for need_dx, dgh in ((True, None), (False, dg)):
+        dx, dw_ih, dw_hh, db, db_hh = nk.layer_grads(
+            dxp.reshape(N, G)[perm], x.reshape(N, I)[perm], y, h0, w_ih, None, False,
+            need_dx=need_dx, dgh=dgh, h_rows=h_rows)
+        d = dxp.reshape(N, G)[perm].double()
+        dgd = d if dgh is None else dgh.double()
+        assert_close("dW_hh (h_rows)", dw_hh, dgd.t() @ prev, tdt)
+        assert_close("dW_ih (h_rows)", dw_ih, d.t() @ x.reshape(N, I)[perm].double(), tdt)
+        assert_close("db_hh (h_rows)", db_hh, dgd.sum(0), tdt)
+        if need_dx:
+            assert dx.shape == (M, I)
+            assert_close("dx (h_rows)", dx, d @ w_ih.double(), tdt)
+    # the parallel drivers, forced: identical bits
     dxp_n = dxp.numpy().reshape(N, G)
-    args = (dxp_n, dxp_n, x.numpy().reshape(N, I), y.numpy().reshape(N, H),
-            h0.numpy(), dxp[0].numpy(), w_ih.numpy(), True)
     outs = [[np.empty((G, I), dt), np.empty((G, H), dt), np.empty(G, dt), np.empty(0, dt),
-             np.empty((N, I), dt)] for _ in range(2)]
-    gemm.layer_grads_kernel(*args, *outs[0])
-    numba.set_num_threads(2)
-    gemm.layer_grads_kernel_parallel(*args, *outs[1], 2)
-    for s, p in zip(*outs):
-        assert np.array_equal(s, p)
+             np.empty((N, I), dt)] for _ in range(4)]
+    # (h_rows: row n's h_{t-1} is y's row n - 1, row 0's is h0's row 0)
+    for k, rows in ((0, np.empty(0, np.int64)), (2, np.arange(N, dtype=np.int64) - 1)):
+        args = (dxp_n, dxp_n, x.numpy().reshape(N, I), y.numpy().reshape(N, H),
+                h0.numpy(), dxp[0].numpy(), rows, w_ih.numpy(), True)
+        gemm.layer_grads_kernel(*args, *outs[k])
+        numba.set_num_threads(2)
+        gemm.layer_grads_kernel_parallel(*args, *outs[k + 1], 2)
+        for s, p in zip(outs[k], outs[k + 1]):
+            assert np.array_equal(s, p)
     xp_s, xp_p = np.empty((N, G), dt), np.empty((N, G), dt)
     w = w_ih.numpy()
     gemm.project_kernel(x.numpy().reshape(N, I), w, bias.numpy(), xp_s)

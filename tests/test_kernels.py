@@ -296,6 +296,66 @@ def test_layer_forward_launchers(provider, threads, monkeypatch):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("provider", ["numba", "torch"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_forward_launchers_packed_rows(provider, threads, monkeypatch):
+    """The one-call layer forwards on a PackedSequence's rows (``offsets=``): bitwise the
+    outputs of the projection launcher on those rows followed by the recurrence launcher
+    with the same offsets, every cell, both directions, with and without train."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from rnnfast.kernels import numba as nk
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", provider)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    try:
+        for T, B, I, H, lens in ((1, 1, 1, 1, [1]), (7, 5, 3, 37, [7, 7, 4, 2, 1]),
+                                 (50, 16, 128, 128, [50] * 8 + [20] * 4 + [3] * 4)):
+            L = torch.tensor(lens)
+            for dt in (torch.float32, torch.float64):
+                def r(*s, scale=1.0):
+                    return torch.randn(*s, generator=g, dtype=dt) * scale
+                pk = pack_padded_sequence(r(T, B, I), L)
+                x, bs = pk.data, pk.batch_sizes
+                off = torch.cumsum(bs, 0) - bs
+                for cell, k in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+                    G = k * H
+                    w_ih, w_hh, h0, c0 = r(G, I, scale=0.3), r(G, H, scale=0.3), r(B, H), r(B, H)
+                    b_ih, b_hh = r(G), r(G)
+                    for rev in (False, True):
+                        for train in (True, False):
+                            if cell == "rnn":
+                                xp = nk.project(x, w_ih, b_ih + b_hh)
+                                a = nk.rnn_fwd(xp, w_hh, h0, L, rev, RELU, 0.01,
+                                               reuse_xp=True, offsets=off)
+                                b = nk.rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, L, rev,
+                                                     RELU, 0.01, train=train, offsets=off)
+                            elif cell == "lstm":
+                                xp = nk.project(x, w_ih, b_ih + b_hh)
+                                a = nk.lstm_fwd(xp, w_hh, None, h0, c0, L, rev, reuse_xp=True,
+                                                train=train, offsets=off)
+                                b = nk.lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, None, h0, c0,
+                                                      L, rev, train=train, offsets=off)
+                            else:
+                                bb = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
+                                a = nk.gru_fwd(nk.project(x, w_ih, bb), w_hh, b_hh[2 * H:], h0,
+                                               L, rev, train=train, offsets=off)
+                                b = nk.gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, L, rev,
+                                                     train=train, offsets=off)
+                            assert b[0].shape == (x.shape[0], H)
+                            for i, (u, v) in enumerate(zip(a, b)):
+                                assert u.shape == v.shape and torch.equal(u, v), \
+                                    f"{cell} output {i} T={T} B={B} H={H} {dt} rev={rev}"
+        with pytest.raises(ValueError, match=r"rnn_layer_fwd\[numba\]: packed x must be "
+                                             r"2-D \[M, I\], got shape \(1, 492, 128\)"):
+            nk.rnn_layer_fwd(x[None], w_ih[:H], None, None, w_hh[:H], h0, L, offsets=off)
+        with pytest.raises(ValueError, match=r"rnn_layer_fwd\[numba\]: packed rows: 1 rows"):
+            nk.rnn_layer_fwd(x[:1], w_ih[:H], None, None, w_hh[:H], h0, L, offsets=off)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_layer_forward_launcher_errors():
     """The layer launchers check the projection's arguments too, naming the launcher,
     the argument, the expected and the actual value, before any kernel runs."""

@@ -23,7 +23,8 @@ DEVICE_TYPES = ("cpu",)
 DTYPES = (torch.float32, torch.float64)
 MAX_WIDTH = None  # any hidden_size / proj_size
 # The recurrence launchers take a PackedSequence's rows [M, *] (``offsets=``) as well as
-# padded [T, B, *] tensors, and read only the active rows of either.
+# padded [T, B, *] tensors, and read only the active rows of either; layer_grads takes
+# any rows with their h_{t-1} named (``h_rows=``).
 PACKED_ROWS = True
 
 

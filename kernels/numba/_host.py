@@ -211,16 +211,17 @@ def no_tensor(like):
 
 
 def layer_input(x, w_ih, b_ih, b_hh, like, G):
-    """A recurrence kernel's own projection operands: (x as rows [T * B, I], w_ih, b_ih,
-    b_hh as numpy, the projection's thread count); with x None (the projection is
-    already in xp) empty stand-ins and 1. ``like``: a tensor of the call's dtype."""
+    """A recurrence kernel's own projection operands: (x [T, B, I] or packed rows [M, I]
+    as rows [N, I], w_ih, b_ih, b_hh as numpy, the projection's thread count); with x
+    None (the projection is already in xp) empty stand-ins and 1. ``like``: a tensor of
+    the call's dtype."""
     if x is None:
         rows, vec = no_rows(like), no_vector(like)
         return rows, rows, vec, vec, 1
-    T, B, I = x.shape
+    I = x.shape[-1]
+    N = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
     b = (as_numpy(b_ih), as_numpy(b_hh)) if b_ih is not None else (no_vector(like),) * 2
-    return (as_numpy(x).reshape(T * B, I), as_numpy(w_ih), *b,
-            gemm_threads(T * B, T * B * I * G))
+    return (as_numpy(x).reshape(N, I), as_numpy(w_ih), *b, gemm_threads(N, N * I * G))
 
 
 def no_weight(like):

@@ -20,6 +20,7 @@ thread counts that is up to torch's BLAS.)
 """
 
 import contextlib
+import math
 import time
 
 import numpy as np
@@ -239,7 +240,7 @@ def _part(M, p, nparts):
 
 
 @njit(**JIT)
-def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
+def _gemm_tn(a, a0, b, b0, n, out, g0, g1, bidx, b2):
     """out[g0:g1] = sum over k < n of a[a0 + k, g0:g1]^T b[b0 + k, :] (a [*, G],
     b [*, K], out [G, K], C-contiguous): the weight gradients' sums over the T * B rows.
 
@@ -252,8 +253,14 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
     (LSTM B = 64, H = 512 weight gradients). Where the ISA's tile has 4 vectors of B
     per broadcast of A (AVX-512: ``config.Isa.tn_pack_a`` False) a is read in place
     instead (its row stride apart per k; b still packed): 7-18% faster on a Zen 4, the
-    same sums bitwise."""
+    same sums bitwise.
+
+    bidx int64 [*] (or [0]: b's rows in order): b's row k is row bidx[b0 + k] of b when
+    that is >= 0, else row -1 - bidx[b0 + k] of b2 (the packing copies b's rows anyway,
+    so a gather of them costs nothing here: h_{t-1} of a packed batch's rows, from y or
+    h0; see :func:`layer_grads`)."""
     K = b.shape[1]
+    gather = bidx.shape[0] > 0
     L = lanes(out)
     W = NV * L
     P = (K + W - 1) // W
@@ -272,8 +279,15 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
             c0 = p * W
             cn = min(W, K - c0)
             for k in range(kk):
+                r = b0 + k0 + k
+                src = b
+                if gather:
+                    r = bidx[r]
+                    if r < 0:
+                        src = b2
+                        r = -1 - r
                 for j in range(cn):
-                    bp[p, k, j] = b[b0 + k0 + k, c0 + j]
+                    bp[p, k, j] = src[r, c0 + j]
                 for j in range(cn, W):
                     bp[p, k, j] = 0
         for k in range(kk if TN_PACK_A else 0):  # a constant: pruned where A stays
@@ -314,13 +328,13 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1):
 
 
 @njit(**_INLINE)
-def _tn_rows(a, a0, b, b0, n, out, acc, g0, g1):
+def _tn_rows(a, a0, b, b0, n, out, acc, g0, g1, bidx, b2):
     """out[g0:g1] = (a[a0:a0+n]^T @ b[b0:b0+n])[g0:g1]: the sum over n rows in blocks of
     CHUNK_ROWS, each block's product added into the float64 acc [G, K] (only when there
-    is more than one block)."""
+    is more than one block). bidx, b2: b's rows gathered, as :func:`_gemm_tn`."""
     K = b.shape[1]
     for s in range(0, max(n, 1), CHUNK_ROWS):  # n == 0: one empty sum, zeros
-        _gemm_tn(a, a0 + s, b, b0 + s, min(CHUNK_ROWS, n - s), out, g0, g1)
+        _gemm_tn(a, a0 + s, b, b0 + s, min(CHUNK_ROWS, n - s), out, g0, g1, bidx, b2)
         if n > CHUNK_ROWS:
             for g in range(g0, g1):
                 for k in range(K):
@@ -329,6 +343,12 @@ def _tn_rows(a, a0, b, b0, n, out, acc, g0, g1):
         for g in range(g0, g1):
             for k in range(K):
                 out[g, k] = acc[g, k]
+
+
+@njit(**_INLINE)
+def _no_index():
+    """The empty row index of :func:`_gemm_tn`: b's rows in order."""
+    return np.empty(0, dtype=np.int64)
 
 
 @njit(**_INLINE)
@@ -343,7 +363,7 @@ def matmul_tn_kernel(a, b, out):
     """out [G, K] = a [N, G]^T @ b [N, K]: a sum over N rows (the weight gradients); all
     C-contiguous. Blocks of CHUNK_ROWS rows are summed in float64."""
     N, G = a.shape
-    _tn_rows(a, 0, b, 0, N, out, _f64_acc(N, G, b.shape[1]), 0, G)
+    _tn_rows(a, 0, b, 0, N, out, _f64_acc(N, G, b.shape[1]), 0, G, _no_index(), b)
 
 
 @njit(**JIT_PARALLEL)
@@ -352,9 +372,10 @@ def matmul_tn_kernel_parallel(a, b, out, nparts):
     threads."""
     N, G = a.shape
     acc = _f64_acc(N, G, b.shape[1])
+    idx = _no_index()
     for p in prange(nparts):
         g0, g1 = _part(G, p, nparts)
-        _tn_rows(a, 0, b, 0, N, out, acc, g0, g1)
+        _tn_rows(a, 0, b, 0, N, out, acc, g0, g1, idx, b)
 
 
 # ---------------------------------------------------------------- one layer's GEMMs
@@ -415,24 +436,28 @@ def _col_sums(a, out, g0, g1):
 
 
 @njit(**_INLINE)
-def _layer_grads_part(dxp, dgh, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db_ih,
-                      db_hh, dx, acc_ih, acc_hh, tmp, p, nparts):
+def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw_hh,
+                      db_ih, db_hh, dx, acc_ih, acc_hh, tmp, p, nparts):
     """Part p of :func:`layer_grads_kernel`: rows [g0, g1) of dW_ih, dW_hh and the bias
     gradients, and rows [r0, r1) of dx (skipped when dx has no rows)."""
     N, G = dxp.shape
     B = h0.shape[0]
     g0, g1 = _part(G, p, nparts)
-    _tn_rows(dxp, 0, x, 0, N, dw_ih, acc_ih, g0, g1)
-    # dW_hh = sum_t dgh_t^T h_{t-1}: h_{t-1} is y one step back in processing order (a
-    # shift of B rows), except at each row's first step, whose h_{t-1} is h0.
-    if forward:
-        _tn_rows(dgh, B, y, 0, N - B, dw_hh, acc_hh, g0, g1)
+    none = _no_index()
+    _tn_rows(dxp, 0, x, 0, N, dw_ih, acc_ih, g0, g1, none, x)
+    if h_rows.shape[0] > 0:  # each row's h_{t-1} named: y's row, or -1 - its h0 row
+        _tn_rows(dgh, 0, y, 0, N, dw_hh, acc_hh, g0, g1, h_rows, h0)
     else:
-        _tn_rows(dgh, 0, y, B, N - B, dw_hh, acc_hh, g0, g1)
-    _gemm_tn(first, 0, h0, 0, B, tmp, g0, g1)
-    for g in range(g0, g1):
-        for k in range(h0.shape[1]):
-            dw_hh[g, k] += tmp[g, k]
+        # dW_hh = sum_t dgh_t^T h_{t-1}: h_{t-1} is y one step back in processing order
+        # (a shift of B rows), except at each row's first step, whose h_{t-1} is h0.
+        if forward:
+            _tn_rows(dgh, B, y, 0, N - B, dw_hh, acc_hh, g0, g1, none, y)
+        else:
+            _tn_rows(dgh, 0, y, B, N - B, dw_hh, acc_hh, g0, g1, none, y)
+        _gemm_tn(first, 0, h0, 0, B, tmp, g0, g1, none, h0)
+        for g in range(g0, g1):
+            for k in range(h0.shape[1]):
+                dw_hh[g, k] += tmp[g, k]
     if db_ih.shape[0] == G:
         _col_sums(dxp, db_ih, g0, g1)
     if db_hh.shape[0] == G:
@@ -445,8 +470,8 @@ def _layer_grads_part(dxp, dgh, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db_
 
 
 @njit(**JIT)
-def layer_grads_kernel(dxp, dgh, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, db_ih,
-                       db_hh, dx):
+def layer_grads_kernel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward, dw_ih, dw_hh,
+                       db_ih, db_hh, dx):
     """The weight and input gradients of one layer direction, from the kernel's
     gradients of the input projection (dxp) and of the recurrent product (dgh)::
 
@@ -458,29 +483,33 @@ def layer_grads_kernel(dxp, dgh, x, y, h0, first, w_ih, forward, dw_ih, dw_hh, d
     holds each row's dgh at its first processed step (whose h_{t-1} is h0); forward:
     time runs t = 0.. (else backwards). db_ih, db_hh are [G] or [0] (not computed),
     dx [N, I] or [0, 0] (not needed). Long sums go through float64 as in
-    :func:`matmul_tn_kernel`."""
+    :func:`matmul_tn_kernel`.
+
+    h_rows int64 [N] (or [0]: the time-major layout above): row n's h_{t-1} is y's row
+    h_rows[n] when that is >= 0, else h0's row -1 - h_rows[n] (any row order: a packed
+    batch's rows; y [R, P] any rows; first unused)."""
     N, G = dxp.shape
     P = h0.shape[1]
-    _layer_grads_part(dxp, dgh, x, y, h0, first, pack_b(w_ih), forward, dw_ih, dw_hh,
-                      db_ih, db_hh, dx, _f64_acc(N, G, x.shape[1]),
-                      _f64_acc(N - h0.shape[0], G, P), np.empty((G, P), dtype=dxp.dtype),
-                      0, 1)
+    n_hh = N if h_rows.shape[0] > 0 else N - h0.shape[0]
+    _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, pack_b(w_ih), forward, dw_ih,
+                      dw_hh, db_ih, db_hh, dx, _f64_acc(N, G, x.shape[1]),
+                      _f64_acc(n_hh, G, P), np.empty((G, P), dtype=dxp.dtype), 0, 1)
 
 
 @njit(**JIT_PARALLEL)
-def layer_grads_kernel_parallel(dxp, dgh, x, y, h0, first, w_ih, forward, dw_ih, dw_hh,
-                                db_ih, db_hh, dx, nparts):
+def layer_grads_kernel_parallel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward, dw_ih,
+                                dw_hh, db_ih, db_hh, dx, nparts):
     """:func:`layer_grads_kernel`, each of ``nparts`` threads taking a share of the rows
     of every result."""
     N, G = dxp.shape
     P = h0.shape[1]
     w_p = pack_b(w_ih)
     acc_ih = _f64_acc(N, G, x.shape[1])
-    acc_hh = _f64_acc(N - h0.shape[0], G, P)
+    acc_hh = _f64_acc(N if h_rows.shape[0] > 0 else N - h0.shape[0], G, P)
     tmp = np.empty((G, P), dtype=dxp.dtype)
     for p in prange(nparts):
-        _layer_grads_part(dxp, dgh, x, y, h0, first, w_p, forward, dw_ih, dw_hh, db_ih,
-                          db_hh, dx, acc_ih, acc_hh, tmp, p, nparts)
+        _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw_hh,
+                          db_ih, db_hh, dx, acc_ih, acc_hh, tmp, p, nparts)
 
 
 # ---------------------------------------------------------------- entry points (torch)
@@ -503,26 +532,28 @@ def matmul_tn(a, b):
 
 
 def project(x, w_ih, bias=None):
-    """A layer's input projection: x [T, B, I] @ w_ih^T [I, G] (+ bias [G]) -> [T, B, G]."""
-    T, B, I = x.shape
+    """A layer's input projection: x [T, B, I] (or rows [N, I]) @ w_ih^T [I, G]
+    (+ bias [G]) -> [T, B, G] (or [N, G])."""
+    *lead, I = x.shape
+    N = math.prod(lead)
     G = w_ih.shape[0]
-    if layer_gemm_provider(x.dtype, T * B * I * G) == "torch":
+    if layer_gemm_provider(x.dtype, N * I * G) == "torch":
         with _plain_torch():
-            x2 = x.reshape(T * B, I)
+            x2 = x.reshape(N, I)
             xp = torch.mm(x2, w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
-        return xp.view(T, B, G)
-    xp = _host.empty(x, (T, B, G))
+        return xp.view(*lead, G)
+    xp = _host.empty(x, (*lead, G))
     xn = _host.as_numpy(x)
     _host.launch(project_kernel, project_kernel_parallel,
-                 _host.gemm_threads(T * B, T * B * I * G),
-                 xn.reshape(T * B, I), _host.as_numpy(w_ih),
+                 _host.gemm_threads(N, N * I * G),
+                 xn.reshape(N, I), _host.as_numpy(w_ih),
                  _host.as_numpy(bias) if bias is not None else np.empty(0, dtype=xn.dtype),
-                 xp.numpy().reshape(T * B, G))
+                 xp.numpy().reshape(N, G))
     return xp
 
 
 def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
-                need_dx=True, dgh=None):
+                need_dx=True, dgh=None, h_rows=None):
     """One layer direction's weight and input gradients, in one call (see
     :func:`layer_grads_kernel` for the sums).
 
@@ -531,24 +562,38 @@ def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
     y [T, B, P] (the layer's output: h_{t-1} is y one step back in processing order, or
     h0 [B, P] at a row's first step). Returns dx [T, B, I] (or [0] when not need_dx),
     dW_ih [G, I], dW_hh [G, P], db_ih [G], db_hh [G] (both [0] without bias).
+
+    Or any N rows, each naming its own h_{t-1} (a packed batch's active rows): dxp, dgh
+    [N, G], x [N, I], y [R, P] (or [T, B, P], as its T * B rows), and ``h_rows`` int64
+    [N] (CPU): row n's h_{t-1} is y's row h_rows[n] when that is >= 0, else h0's row
+    -1 - h_rows[n]; lengths and reverse are then unused, and dx is [N, I]. The tile
+    gathers those rows while it packs them (no copy of h_{t-1} is made).
     """
-    T, B, G = dxp.shape
-    I = x.shape[2]
-    P = y.shape[2]
+    G = dxp.shape[-1]
+    I = x.shape[-1]
+    P = y.shape[-1]
     same = dgh is None
     dgh = dxp if same else dgh
-    if not reverse:
-        first = dgh[0]
-    elif lengths is None:
-        first = dgh[T - 1]
-    else:  # a reversed row starts at its own last step
-        first = dgh[lengths.to(torch.int64) - 1, torch.arange(B)]
-    if layer_gemm_provider(dxp.dtype, layer_grads_macs(T, B, G, I, P, need_dx)) == "torch":
+    if h_rows is not None:
+        N = dxp.shape[0]
+        first = None
+    else:
+        T, B, _ = dxp.shape
+        N = T * B
+        if not reverse:
+            first = dgh[0]
+        elif lengths is None:
+            first = dgh[T - 1]
+        else:  # a reversed row starts at its own last step
+            first = dgh[lengths.to(torch.int64) - 1, torch.arange(B)]
+    args = (dxp.reshape(N, G), dgh.reshape(N, G), first, x.reshape(N, I),
+            y.reshape(-1, P), h0, h_rows, w_ih, reverse, has_bias, need_dx, same)
+    if layer_gemm_provider(dxp.dtype, layer_grads_macs(N, 1, G, I, P, need_dx)) == "torch":
         with _plain_torch():
-            return _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse,
-                                      has_bias, need_dx, same)
-    return _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias,
-                              need_dx, same)
+            dx, *rest = _layer_grads_torch(*args)
+    else:
+        dx, *rest = _layer_grads_numba(*args)
+    return (dx.view(x.shape) if need_dx else dx, *rest)
 
 
 def layer_grads_macs(T, B, G, I, P, need_dx=True):
@@ -556,26 +601,30 @@ def layer_grads_macs(T, B, G, I, P, need_dx=True):
     return T * B * G * (I + P + (I if need_dx else 0))
 
 
-def _layer_grads_numba(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_dx,
+_ORDERED = np.empty(0, dtype=np.int64)  # layer_grads_kernel's h_rows: the time-major rows
+
+
+def _layer_grads_numba(d, dg, first, x, y, h0, h_rows, w_ih, reverse, has_bias, need_dx,
                        same):
-    """:func:`layer_grads` in one launch of :func:`layer_grads_kernel`."""
-    T, B, G = dxp.shape
-    I = x.shape[2]
-    P = y.shape[2]
-    dw_ih = _host.empty(dxp, (G, I))
-    dw_hh = _host.empty(dxp, (G, P))
-    db_ih = dxp.new_empty((G,) if has_bias else (0,))
-    db_hh = dxp.new_empty((G,) if has_bias and not same else (0,))
-    dx = _host.empty(dxp, (T, B, I)) if need_dx else dxp.new_empty((0,))
-    N = T * B
-    dxp_n = _host.as_numpy(dxp).reshape(N, G)
+    """:func:`layer_grads` in one launch of :func:`layer_grads_kernel`, on 2-D rows: d,
+    dg [N, G], x [N, I], y [R, P]; first [B, G] (None with h_rows); dx [N, I]."""
+    N, G = d.shape
+    I = x.shape[1]
+    P = y.shape[1]
+    dw_ih = _host.empty(d, (G, I))
+    dw_hh = _host.empty(d, (G, P))
+    db_ih = d.new_empty((G,) if has_bias else (0,))
+    db_hh = d.new_empty((G,) if has_bias and not same else (0,))
+    dx = _host.empty(d, (N, I)) if need_dx else d.new_empty((0,))
+    d_n = _host.as_numpy(d)
     _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
-                 _host.gemm_threads(G, layer_grads_macs(T, B, G, I, P, need_dx)),
-                 dxp_n, dxp_n if same else _host.as_numpy(dgh).reshape(N, G),
-                 _host.as_numpy(x).reshape(N, I), _host.as_numpy(y).reshape(N, P),
-                 _host.as_numpy(h0), _host.as_numpy(first), _host.as_numpy(w_ih),
-                 not reverse, dw_ih.numpy(), dw_hh.numpy(), db_ih.numpy(), db_hh.numpy(),
-                 dx.numpy().reshape(N if need_dx else 0, I))
+                 _host.gemm_threads(G, layer_grads_macs(N, 1, G, I, P, need_dx)),
+                 d_n, d_n if same else _host.as_numpy(dg), _host.as_numpy(x),
+                 _host.as_numpy(y), _host.as_numpy(h0),
+                 _host.as_numpy(first) if first is not None else d_n[:0],
+                 _ORDERED if h_rows is None else _host.as_numpy(h_rows),
+                 _host.as_numpy(w_ih), not reverse, dw_ih.numpy(), dw_hh.numpy(),
+                 db_ih.numpy(), db_hh.numpy(), dx.numpy().reshape(N if need_dx else 0, I))
     if has_bias and same:
         db_hh = db_ih.clone()
     return dx, dw_ih, dw_hh, db_ih, db_hh
@@ -658,6 +707,8 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=5):
     T, B = N // 16, 16
     dxp, x, y, h0, w = r(T, B, G), r(T, B, K), r(T, B, K), r(B, K), r(G, K)
     xp_n = np.empty((N, G), dtype=x.numpy().dtype)
+    args = (dxp.view(N, G), dxp.view(N, G), dxp[0], x.view(N, K), y.view(N, K), h0, None, w,
+            False, True, True, True)
     bias_n = w.numpy()[:, 0].copy()
 
     def tile_projection():
@@ -667,11 +718,11 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=5):
 
     def numba_():
         tile_projection()
-        _layer_grads_numba(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
+        _layer_grads_numba(*args)
 
     def torch_():
         torch.addmm(w[:, 0], x.view(N, K), w.t())
-        _layer_grads_torch(dxp, dxp, dxp[0], x, y, h0, w, False, True, True, True)
+        _layer_grads_torch(*args)
 
     calls = {"numba": numba_, "torch": torch_}
     for fn in calls.values():
@@ -738,25 +789,28 @@ def _mm_tn_blocked(a, b, a0=None, b0=None):
     return s if out is None else s.add_(out)
 
 
-def _layer_grads_torch(dxp, dgh, first, x, y, h0, w_ih, reverse, has_bias, need_dx,
+def _layer_grads_torch(d, dg, first, x, y, h0, h_rows, w_ih, reverse, has_bias, need_dx,
                        same):
-    """:func:`layer_grads` through torch.mm: the same sums, in the same grouping (the
-    h_{t-1} of a row's first step is h0; past a row's length dgh is 0 and y is 0)."""
-    T, B, G = dxp.shape
-    I = x.shape[2]
-    P = y.shape[2]
-    N = T * B
-    d = dxp.reshape(N, G)
-    dg = dgh.reshape(N, G)
-    dw_ih = _mm_tn_blocked(d, x.reshape(N, I))
-    if reverse:
-        dw_hh = _mm_tn_blocked(dg[:N - B], y.reshape(N, P)[B:], first, h0)
+    """:func:`layer_grads` through torch.mm, on 2-D rows as :func:`_layer_grads_numba`:
+    the same sums, in the same grouping (the h_{t-1} of a row's first step is h0; past a
+    row's length dgh is 0 and y is 0)."""
+    N, G = d.shape
+    dw_ih = _mm_tn_blocked(d, x)
+    if h_rows is not None:  # the rows' h_{t-1} gathered from y and h0
+        R = y.shape[0]
+        src = torch.cat([y, h0])
+        dw_hh = _mm_tn_blocked(dg, src.index_select(
+            0, torch.where(h_rows >= 0, h_rows, R - 1 - h_rows)))
     else:
-        dw_hh = _mm_tn_blocked(dg[B:], y.reshape(N, P)[:N - B], first, h0)
+        B = h0.shape[0]
+        if reverse:
+            dw_hh = _mm_tn_blocked(dg[:N - B], y[B:], first, h0)
+        else:
+            dw_hh = _mm_tn_blocked(dg[B:], y[:N - B], first, h0)
     if has_bias:
         db_ih = d.sum(0)
         db_hh = db_ih.clone() if same else dg.sum(0)
     else:
-        db_ih = db_hh = dxp.new_empty((0,))
-    dx = torch.mm(d, w_ih).view(T, B, I) if need_dx else dxp.new_empty((0,))
+        db_ih = db_hh = d.new_empty((0,))
+    dx = torch.mm(d, w_ih) if need_dx else d.new_empty((0,))
     return dx, dw_ih, dw_hh, db_ih, db_hh

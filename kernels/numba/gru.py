@@ -291,28 +291,30 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, tra
                     offsets, T, B, G)
 
 
-def gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False, train=True):
+def gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False, train=True,
+                  offsets=None):
     """A whole GRU layer direction's forward: the input projection x @ W_ih^T + b_ih +
     [b_hr, b_hz, 0] and the recurrence (with b_hn = b_hh[2H:]), in one compiled call
     where the projection runs on the tile (:func:`gemm.layer_gemm_provider`; else
     torch.mm's projection, then the recurrence): as lstm.lstm_layer_fwd.
 
-    x [T, B, I], w_ih [3H, I], b_ih and b_hh [3H] or both None; the rest and the returns
-    as :func:`gru_fwd`. Bitwise the same results as :func:`gemm.project` then
+    x [T, B, I] (or, with ``offsets``, a PackedSequence's rows [M, I]: y and gates are
+    then [M, *]), w_ih [3H, I], b_ih and b_hh [3H] or both None; the rest and the
+    returns as :func:`gru_fwd`. Bitwise the same results as :func:`gemm.project` then
     :func:`gru_fwd`.
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
     T, B, I, G = check_layer_args("gru", x, w_ih, b_ih, b_hh, w_hh, h0, None, None,
-                                  lengths, 0, 0.0, DTYPES, "numba")
+                                  lengths, 0, 0.0, DTYPES, "numba", offsets)
     H = G // 3
     b_hn = b_hh[2 * H:] if b_hh is not None else None
-    if layer_gemm_provider(x.dtype, T * B * I * G) == "torch":
+    if layer_gemm_provider(x.dtype, math.prod(x.shape[:-1]) * I * G) == "torch":
         bias = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]]) \
             if b_ih is not None else None
         return _forward(None, None, None, None, project(x, w_ih, bias), w_hh, b_hn, h0,
-                        lengths, reverse, train, None, T, B, G)
+                        lengths, reverse, train, offsets, T, B, G)
     return _forward(x, w_ih, b_ih, b_hh, None, w_hh, b_hn, h0, lengths, reverse, train,
-                    None, T, B, G)
+                    offsets, T, B, G)
 
 
 def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, offsets,
@@ -321,7 +323,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
     kernel projects x into a scratch buffer first)."""
     H = G // 3
     like = xp if xp is not None else x
-    lead = tuple(xp.shape[:-1]) if xp is not None else (T, B)  # (T, B) padded, (M,) packed
+    lead = tuple(like.shape[:-1])  # (T, B) padded, (M,) packed
     y = _host.empty(like, (*lead, H))
     h_n = torch.empty_like(h0)
     if train:
@@ -333,7 +335,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * H * G)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
-    xn = _host.rows(xp) if xp is not None else _host.scratch(x, (T * B, G))[1]
+    xn = _host.rows(xp) if xp is not None else _host.scratch(x, (math.prod(lead), G))[1]
     b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
     _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel, nchunks,
                  x_np, w_ih_np, b_ih_np, b_hh_np, xn, _host.as_numpy(w_hh), b_hn_np,

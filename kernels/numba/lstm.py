@@ -326,7 +326,7 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
 
 
 def lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths=None, reverse=False,
-                   train=True):
+                   train=True, offsets=None):
     """A whole LSTM layer direction's forward: the input projection x @ W_ih^T + b_ih +
     b_hh and the recurrence, in one compiled call where the projection runs on the tile
     (:func:`gemm.layer_gemm_provider`; else torch.mm's projection, then the recurrence).
@@ -334,19 +334,20 @@ def lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths=None, revers
     (1, 32) on a 2-core Zen 2 (the projection's launcher, its output buffer, the bias
     sum, packing W_hh apart; BENCHMARKS.md).
 
-    x [T, B, I], w_ih [4H, I], b_ih and b_hh [4H] or both None; the rest and the
+    x [T, B, I] (or, with ``offsets``, a PackedSequence's rows [M, I]: y, gates and cs
+    are then [M, *]), w_ih [4H, I], b_ih and b_hh [4H] or both None; the rest and the
     returns as :func:`lstm_fwd`. Bitwise the same results as :func:`gemm.project` then
     :func:`lstm_fwd`.
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
     T, B, I, G = check_layer_args("lstm", x, w_ih, b_ih, b_hh, w_hh, h0, c0, w_hr,
-                                  lengths, 0, 0.0, DTYPES, "numba")
-    if layer_gemm_provider(x.dtype, T * B * I * G) == "torch":
+                                  lengths, 0, 0.0, DTYPES, "numba", offsets)
+    if layer_gemm_provider(x.dtype, math.prod(x.shape[:-1]) * I * G) == "torch":
         xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
         return _forward(None, None, None, None, xp, w_hh, w_hr, h0, c0, lengths, reverse,
-                        True, train, None, T, B, G)
+                        True, train, offsets, T, B, G)
     return _forward(x, w_ih, b_ih, b_hh, None, w_hh, w_hr, h0, c0, lengths, reverse, True,
-                    train, None, T, B, G)
+                    train, offsets, T, B, G)
 
 
 def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp,
@@ -356,7 +357,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
     H = G // 4
     P = h0.shape[1]
     like = xp if xp is not None else x
-    lead = tuple(xp.shape[:-1]) if xp is not None else (T, B)  # (T, B) padded, (M,) packed
+    lead = tuple(like.shape[:-1])  # (T, B) padded, (M,) packed
     y = _host.empty(like, (*lead, P))
     h_n = torch.empty_like(h0)
     c_n = torch.empty_like(c0)
@@ -370,7 +371,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
         gates = cs = _host.no_tensor(like)
         gates_np = cs_np = _host.no_rows(like)
         xn = _host.rows(xp) if xp is not None else \
-            np.empty((T * B, G), dtype=gates_np.dtype)
+            np.empty((math.prod(lead), G), dtype=gates_np.dtype)
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * P * G)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)

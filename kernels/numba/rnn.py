@@ -251,26 +251,28 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
 
 
 def rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False, activation=0,
-                  negative_slope=0.01, train=True):
+                  negative_slope=0.01, train=True, offsets=None):
     """A whole Elman RNN layer direction's forward: the input projection x @ W_ih^T +
     b_ih + b_hh (written into y) and the recurrence, in one compiled call where the
     projection runs on the tile (:func:`gemm.layer_gemm_provider`; else torch.mm's
     projection, then the recurrence): as lstm.lstm_layer_fwd.
 
-    x [T, B, I], w_ih [H, I], b_ih and b_hh [H] or both None; the rest and the returns
-    as :func:`rnn_fwd` (train: accepted for the common signature). Bitwise the same
-    results as :func:`gemm.project` then :func:`rnn_fwd`.
+    x [T, B, I] (or, with ``offsets``, a PackedSequence's rows [M, I]: y is then [M, H]),
+    w_ih [H, I], b_ih and b_hh [H] or both None; the rest and the returns as
+    :func:`rnn_fwd` (train: accepted for the common signature). Bitwise the same results
+    as :func:`gemm.project` then :func:`rnn_fwd`.
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
     T, B, I, H = check_layer_args("rnn", x, w_ih, b_ih, b_hh, w_hh, h0, None, None, lengths,
-                                  activation, negative_slope, DTYPES, "numba")
-    if layer_gemm_provider(x.dtype, T * B * I * H) == "torch":
+                                  activation, negative_slope, DTYPES, "numba", offsets)
+    lead = tuple(x.shape[:-1])  # (T, B) padded, (M,) packed
+    if layer_gemm_provider(x.dtype, math.prod(lead) * I * H) == "torch":
         xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
         return _forward(None, None, None, None, xp, xp, w_hh, h0, lengths, reverse,
-                        activation, negative_slope, None, T, B)
-    y = _host.empty(x, (T, B, H))
+                        activation, negative_slope, offsets, T, B)
+    y = _host.empty(x, (*lead, H))
     return _forward(x, w_ih, b_ih, b_hh, y, y, w_hh, h0, lengths, reverse, activation,
-                    negative_slope, None, T, B)
+                    negative_slope, offsets, T, B)
 
 
 def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
