@@ -50,7 +50,7 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
     _expect(xp.dtype in dtypes,
             lambda: f"{where}: xp dtype must be one of {dtypes}, got {xp.dtype}")
     _check_state(where, cell, T, B, G, xp.dtype, xp.device, w_hh, h0, c0, w_hr, lengths,
-                 activation, negative_slope, b_hn)
+                 activation, negative_slope, b_hn, in_range=offsets is not None)
     return T, B, G
 
 
@@ -84,7 +84,8 @@ def check_layer_args(cell, x, w_ih, b_ih, b_hh, w_hh, h0, c0, w_hr, lengths, act
         named += [("b_ih", b_ih, (G,)), ("b_hh", b_hh, (G,))]
     _check_named(where, named, x.dtype, x.device)
     _check_state(where, cell, T, B, G, x.dtype, x.device, w_hh, h0, c0, w_hr, lengths,
-                 activation, negative_slope, None, "w_ih.size(0)")
+                 activation, negative_slope, None, "w_ih.size(0)",
+                 in_range=offsets is not None)
     return T, B, I, G
 
 
@@ -100,9 +101,10 @@ def _check_named(where, named, dtype, device):
 
 
 def _check_state(where, cell, T, B, G, dtype, device, w_hh, h0, c0, w_hr, lengths,
-                 activation, negative_slope, b_hn, g_name="xp.size(2)"):
+                 activation, negative_slope, b_hn, g_name="xp.size(2)", in_range=False):
     """The recurrence's own arguments against (T, B, G) and the input's dtype / device
-    (``g_name``: where G comes from, for the messages)."""
+    (``g_name``: where G comes from, for the messages; ``in_range``: lengths are known to
+    lie in [1, T], as :func:`check_packed_rows` found them)."""
     if cell == "lstm":
         _expect(G % 4 == 0, lambda: f"{where}: {g_name} must be 4*hidden_size, got {G}")
         H = G // 4
@@ -131,7 +133,7 @@ def _check_state(where, cell, T, B, G, dtype, device, w_hh, h0, c0, w_hr, length
                 lambda: f"{where}: lengths must have shape ({B},), got {tuple(lengths.shape)}")
         _expect(not lengths.is_floating_point(),
                 lambda: f"{where}: lengths must be an integer tensor, got {lengths.dtype}")
-        if B > 0:
+        if B > 0 and not in_range:
             lo, hi = int(lengths.min()), int(lengths.max())
             _expect(lo >= 1 and hi <= T,
                     lambda: f"{where}: lengths must lie in [1, {T}], got min {lo}, max {hi}")

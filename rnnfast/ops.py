@@ -179,8 +179,8 @@ class _ActiveRows:
         self._L, self._reverse, self._device = L, bool(reverse), device
         if B > 1 and not (L[1:] <= L[:-1]).all():  # unsorted (a padded batch only)
             f = self._flat
-            self.prev_packed, self.first_pos, self.first_b, self.offsets = (
-                f["prev_packed"], f["first_pos"], f["first_b"], f["offsets"])
+            self._np = {k: f[k] for k in ("prev_packed", "first_pos", "first_b")}
+            self.offsets = f["offsets"]
             return
         # Sorted: bs[t] rows active at step t, the first bs[t] of the batch.
         bs, off = packed_offsets(L, T)
@@ -188,13 +188,14 @@ class _ActiveRows:
         if reverse:  # h_{t-1} is row b of step t + 1 (row m + bs[t]) while b < bs[t + 1]
             b_of = m - np.repeat(off, bs)
             first = b_of >= np.repeat(np.append(bs[1:], 0), bs)
-            self.prev_packed = self._dev(np.where(first, m, m + np.repeat(bs, bs)))
+            prev = np.where(first, m, m + np.repeat(bs, bs))
             first_pos = np.flatnonzero(first)
             first_b = b_of[first_pos]
         else:  # row b of step t - 1 (row m - bs[t - 1]); h0 at t = 0 (the first B rows)
-            self.prev_packed = self._dev(m - np.repeat(np.append(0, bs[:-1]), bs))
+            prev = m - np.repeat(np.append(0, bs[:-1]), bs)
             first_pos = first_b = np.arange(B)
-        self.first_pos, self.first_b = self._dev(first_pos), self._dev(first_b)
+        # numpy (int64), made tensors on first use (see the properties below)
+        self._np = {"prev_packed": prev, "first_pos": first_pos, "first_b": first_b}
         # offsets [T] (CPU): the active rows before step t (a PackedSequence's layout,
         # which a PACKED_ROWS backend's launchers take as ``offsets=``)
         self.offsets = torch.from_numpy(off)
@@ -220,13 +221,27 @@ class _ActiveRows:
         inv[idx] = np.arange(idx.shape[0])
         bs = mask.sum(1)
         return dict(idx=self._dev(idx), prev=self._dev(prev), src=self._dev(inv),
-                    prev_packed=self._dev(inv[prev]), first_pos=self._dev(first_pos),
-                    first_b=self._dev(bb[first_pos]),
-                    offsets=torch.from_numpy(np.cumsum(bs) - bs))
+                    prev_np=prev, prev_packed=inv[prev], first_pos=first_pos,
+                    first_b=bb[first_pos], offsets=torch.from_numpy(np.cumsum(bs) - bs))
 
     idx = property(lambda self: self._flat["idx"])  # [M] active flat rows
     prev = property(lambda self: self._flat["prev"])  # [M] flat row of h_{t-1}
     src = property(lambda self: self._flat["src"])  # [T * B] scatter's source rows
+
+    def _tensor(self, name):
+        """One of the index arrays in ``_np`` as an int64 tensor on the device (built
+        once)."""
+        key = "_t_" + name
+        t = self.__dict__.get(key)
+        if t is None:
+            t = self.__dict__[key] = self._dev(self._np[name])
+        return t
+
+    # [M] the packed row of y holding each row's h_{t-1} (the row itself at a row's
+    # first step); [B] those first steps' positions and their batch rows
+    prev_packed = property(lambda self: self._tensor("prev_packed"))
+    first_pos = property(lambda self: self._tensor("first_pos"))
+    first_b = property(lambda self: self._tensor("first_b"))
 
     @staticmethod
     def of(lengths, T, B, reverse, device, always=False):
@@ -278,9 +293,9 @@ class _ActiveRows:
         key = "h_rows_padded" if padded else "h_rows_packed"
         out = self.__dict__.get(key)
         if out is None:
-            prev = (self.prev if padded else self.prev_packed).clone()
-            prev[self.first_pos] = -1 - self.first_b
-            out = self.__dict__[key] = prev
+            prev = (self._flat["prev_np"] if padded else self._np["prev_packed"]).copy()
+            prev[self._np["first_pos"]] = -1 - self._np["first_b"]
+            out = self.__dict__[key] = self._dev(prev)
         return out
 
     def h_prev(self, y, h0):
