@@ -154,7 +154,10 @@ def check_packed_rows(where, M, lengths, offsets):
     every packed launch, except where these very tensors, unmodified since (their
     ``_version``), passed it before (a layer's backward after its forward): ~50 us in
     numpy on a 2-core EPYC, ~2 us when remembered."""
-    seen = offsets.__dict__.get("_rnnfast_rows_ok")
+    # Inference tensors (made under torch.inference_mode) have no version counter:
+    # nothing is remembered for them, and they are checked on every launch.
+    remember = not (lengths.is_inference() or offsets.is_inference())
+    seen = offsets.__dict__.get("_rnnfast_rows_ok") if remember else None
     if seen is not None and seen[0]() is lengths and seen[1:] == (
             lengths._version, offsets._version, M):
         return
@@ -173,8 +176,9 @@ def check_packed_rows(where, M, lengths, offsets):
             lambda: f"{where}: packed rows: {M} rows and offsets {got.tolist()} do not "
                     f"match lengths {L.tolist()} ({int(bs.sum())} rows, offsets "
                     f"{want.tolist()})")
-    offsets.__dict__["_rnnfast_rows_ok"] = (weakref.ref(lengths), lengths._version,
-                                            offsets._version, M)
+    if remember:
+        offsets.__dict__["_rnnfast_rows_ok"] = (weakref.ref(lengths), lengths._version,
+                                                offsets._version, M)
 
 
 def backward_dims(where, y, dh_n, lengths, offsets):

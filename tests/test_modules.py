@@ -367,3 +367,22 @@ def test_torch_gemm_provider_ignores_autocast(monkeypatch):
         grads.append([p.grad.clone() for p in m.parameters()])
     for a, b in zip(*grads):
         assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_packed_inference_mode(cell):
+    """Packed input under torch.inference_mode (whose tensors have no version counter,
+    which check_packed_rows' memo reads): torch.nn's outputs, not an error."""
+    from torch.nn.utils.rnn import pack_sequence
+    ours, twin = make_pair(cell, 4, 5, torch.float64, "numba", num_layers=2,
+                           bidirectional=True)
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randn(n, 4, generator=g, dtype=torch.float64) for n in (3, 3, 2, 1)]
+    with torch.inference_mode():
+        for _ in range(2):  # the second call would read a memo, were one kept
+            out, state = ours(pack_sequence(seqs))
+            ref, ref_state = twin(pack_sequence(seqs))
+            torch.testing.assert_close(out.data, ref.data)
+            for a, b in zip(state if isinstance(state, tuple) else (state,),
+                            ref_state if isinstance(ref_state, tuple) else (ref_state,)):
+                torch.testing.assert_close(a, b)
