@@ -27,6 +27,21 @@ def _expect(cond, msg):
         raise ValueError(msg())
 
 
+def _input_dims(where, name, k, x, lengths, offsets):
+    """(T, B, K) of a forward launcher's input ``x`` (called ``name``; ``k`` names its
+    last dimension): padded [T, B, K], or with ``offsets`` a PackedSequence's rows
+    [M, K] with its sorted ``lengths`` (required; checked by :func:`check_packed_rows`)."""
+    if offsets is None:
+        _expect(x.dim() == 3, lambda: f"{where}: {name} must be 3-D [T, B, {k}], got shape "
+                                      f"{tuple(x.shape)}")
+        return tuple(x.shape)
+    _expect(x.dim() == 2, lambda: f"{where}: packed {name} must be 2-D [M, {k}], got shape "
+                                  f"{tuple(x.shape)}")
+    _expect(lengths is not None, lambda: f"{where}: packed rows need lengths")
+    check_packed_rows(where, x.shape[0], lengths, offsets)
+    return offsets.shape[0], lengths.shape[0], x.shape[1]
+
+
 def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
                           negative_slope, dtypes, backend, b_hn=None, offsets=None):
     """Validate a forward launcher's arguments; returns (T, B, G).
@@ -36,17 +51,7 @@ def check_recurrence_args(cell, xp, w_hh, h0, c0, w_hr, lengths, activation,
     the rows before each step) xp is a PackedSequence's rows [M, G], lengths [B] its
     sorted lengths (required): see :func:`check_packed_rows`."""
     where = f"{cell}_fwd[{backend}]"
-    if offsets is None:
-        _expect(xp.dim() == 3,
-                lambda: f"{where}: xp must be 3-D [T, B, G], got shape {tuple(xp.shape)}")
-        T, B, G = xp.shape
-    else:
-        _expect(xp.dim() == 2,
-                lambda: f"{where}: packed xp must be 2-D [M, G], got shape "
-                        f"{tuple(xp.shape)}")
-        _expect(lengths is not None, lambda: f"{where}: packed rows need lengths")
-        T, B, G = offsets.shape[0], lengths.shape[0], xp.shape[1]
-        check_packed_rows(where, xp.shape[0], lengths, offsets)
+    T, B, G = _input_dims(where, "xp", "G", xp, lengths, offsets)
     _expect(xp.dtype in dtypes,
             lambda: f"{where}: xp dtype must be one of {dtypes}, got {xp.dtype}")
     _check_state(where, cell, T, B, G, xp.dtype, xp.device, w_hh, h0, c0, w_hr, lengths,
@@ -62,16 +67,7 @@ def check_layer_args(cell, x, w_ih, b_ih, b_hh, w_hh, h0, c0, w_hr, lengths, act
     With ``offsets`` x is a PackedSequence's rows [M, I] (see
     :func:`check_recurrence_args`)."""
     where = f"{cell}_layer_fwd[{backend}]"
-    if offsets is None:
-        _expect(x.dim() == 3, lambda: f"{where}: x must be 3-D [T, B, I], got shape "
-                                      f"{tuple(x.shape)}")
-        T, B, I = x.shape
-    else:
-        _expect(x.dim() == 2, lambda: f"{where}: packed x must be 2-D [M, I], got shape "
-                                      f"{tuple(x.shape)}")
-        _expect(lengths is not None, lambda: f"{where}: packed rows need lengths")
-        T, B, I = offsets.shape[0], lengths.shape[0], x.shape[1]
-        check_packed_rows(where, x.shape[0], lengths, offsets)
+    T, B, I = _input_dims(where, "x", "I", x, lengths, offsets)
     _expect(x.dtype in dtypes,
             lambda: f"{where}: x dtype must be one of {dtypes}, got {x.dtype}")
     _expect(w_ih.dim() == 2, lambda: f"{where}: w_ih must be 2-D [G, I], got shape "
