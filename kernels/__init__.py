@@ -55,6 +55,14 @@ layer at (B, H) = (1, 32)); rnnfast.ops uses it for padded input where present::
 (x [T, B, I], b_ih and b_hh [G] or both None), with results bitwise those of
 ``project`` followed by the recurrence launcher.
 
+A backend may also export the inter-layer dropout's mask (numba does: torch's CPU
+``F.dropout`` draws its mask one element at a time off Intel CPUs)::
+
+    dropout_mask(like, p, seed) -> mask    like's shape and dtype: 1 / (1 - p) or 0
+
+(seed: an int in [0, 2^64) that fixes the mask); rnnfast's modules then apply
+``x * mask`` between layers in training, else ``F.dropout``.
+
 ``PACKED_ROWS`` (bool): whether the recurrence launchers also take a PackedSequence's
 rows as they are, with ``offsets=`` (int64 [T], the rows before step t, and the sorted
 lengths): xp, y, gates, cs, dy, dxp, dgh, dhs are then [M, *] (M = sum of lengths; step

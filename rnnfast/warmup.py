@@ -50,11 +50,11 @@ from .kernels.numba.config import CACHE, ISA, ISA_TAG
 
 CELLS = ("rnn", "lstm", "gru")
 # The launchers each cell's layer calls (rnnfast/ops.py); matmul_tn is the projected
-# LSTM's dW_hr.
+# LSTM's dW_hr, dropout_mask the inter-layer dropout of a stack (rnnfast/modules.py).
 CELL_LAUNCHERS = {
-    "rnn": ("project", "layer_grads", "rnn_fwd", "rnn_bwd"),
-    "lstm": ("project", "layer_grads", "matmul_tn", "lstm_fwd", "lstm_bwd"),
-    "gru": ("project", "layer_grads", "gru_fwd", "gru_bwd"),
+    "rnn": ("project", "layer_grads", "rnn_fwd", "rnn_bwd", "dropout_mask"),
+    "lstm": ("project", "layer_grads", "matmul_tn", "lstm_fwd", "lstm_bwd", "dropout_mask"),
+    "gru": ("project", "layer_grads", "gru_fwd", "gru_bwd", "dropout_mask"),
 }
 
 
@@ -80,6 +80,7 @@ def _calls(dt, cells=CELLS):
         ("lstm_fwd", lambda: nk.lstm_fwd(r(T, B, G), whh, None, r(B, H), r(B, H))),
         ("lstm_bwd", lambda: nk.lstm_bwd(r(T, B, H), r(B, H), r(B, H), gates, cs, r(B, H),
                                          whh, None)),
+        ("dropout_mask", lambda: nk.dropout_mask(x, 0.5, 1)),
     ]
     if hasattr(nk, "gru_fwd"):
         w3 = r(3 * H, H)
@@ -96,7 +97,8 @@ def _calls(dt, cells=CELLS):
 def _chunks(n):
     """Every launcher runs its serial (n = 1) or its parallel kernel on n threads."""
     with mock.patch.object(_host, "recurrence_chunks", lambda *a: n), \
-            mock.patch.object(_host, "gemm_threads", lambda *a: n):
+            mock.patch.object(_host, "gemm_threads", lambda *a: n), \
+            mock.patch.object(_host, "elementwise_threads", lambda *a: n):
         yield
 
 

@@ -317,3 +317,94 @@ def test_vector_exp_sigmoid_tanh(dt):
     i_big, i_neg = int(np.where(xd == 750.0)[0][0]), int(np.where(xd == -750.0)[0][0])
     assert out[n + i_big] == 1.0 and out[2 * n + i_big] == 1.0 and out[2 * n + i_neg] == -1.0
     assert 0 <= float(out[n + i_neg]) < 1e-30 and np.isfinite(out[i_big])
+
+
+# ---------------------------------------------------------------- the dropout mask
+
+# Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors):
+# counter, key -> output.
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("ctr, key, want", PHILOX_KAT)
+def test_philox4x32_10_known_answers(ctr, key, want):
+    from rnnfast.kernels.numba.dropout import philox4x32_10
+    got = philox4x32_10(*(np.uint64(c) for c in ctr), *(np.uint64(k) for k in key))
+    assert tuple(int(v) for v in got) == want
+
+
+def _mask_reference(n, p, seed, dt):
+    """The mask element by element from :func:`philox4x32_10` (the kernels run the same
+    rounds on blocks of counters): word i % 4 of the block for counter i // 4."""
+    from rnnfast.kernels.numba.dropout import philox4x32_10
+    keep_below = min(round((1.0 - p) * 2.0 ** 32), 2 ** 32)
+    scale = dt(1.0) / dt(1.0 - p) if p < 1 else dt(0.0)
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    out = np.empty(n, dtype=dt)
+    for g in range((n + 3) // 4):
+        words = philox4x32_10(np.uint64(g & 0xFFFFFFFF), np.uint64(g >> 32), np.uint64(0),
+                              np.uint64(0), k0, k1)
+        for j in range(min(4, n - 4 * g)):
+            out[4 * g + j] = scale if int(words[j]) < keep_below else 0
+    return out
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 255, 256, 257, 1021, 3 * 256 + 7])
+def test_dropout_mask_matches_reference(dt, n):
+    """Every element, at lengths around the 4-word group and the 64-group block, in
+    both dtypes, against the element-by-element reference; serial and parallel kernels
+    bitwise equal."""
+    from rnnfast.kernels.numba import _host, dropout
+    like = torch.empty(n, dtype=TORCH[dt])
+    seed = (0x9E3779B97F4A7C15 * n) % (1 << 64)
+    want = _mask_reference(n, 0.3, seed, dt)
+    for parts in (1, 2):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_host, "elementwise_threads", lambda n, m, parts=parts: parts)
+            got = dropout.dropout_mask(like, 0.3, seed)
+        assert got.dtype == like.dtype and got.shape == like.shape
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=f"{parts} threads")
+    out = np.full(n, -1, dtype=dt)  # three parts (on the threads there are)
+    dropout.dropout_mask_kernel_parallel(out, np.uint64(seed),
+                                         np.uint64(round(0.7 * 2.0 ** 32)),
+                                         dt(1.0) / dt(1.0 - 0.3), 3)
+    np.testing.assert_array_equal(out, want, err_msg="3 parts")
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_dropout_mask_statistics(p):
+    """Kept fraction within 5 standard deviations of 1 - p over 2^20 elements; kept
+    values exactly torch's scale 1 / (1 - p) in float32; neighbouring elements and
+    successive seeds uncorrelated (|r| < 5 / sqrt(n))."""
+    n = 1 << 20
+    like = torch.empty(n)
+    m = nk.dropout_mask(like, p, 12345)
+    kept = (m != 0).double()
+    sd = max((p * (1 - p) / n) ** 0.5, 1e-12)
+    assert abs(kept.mean().item() - (1 - p)) <= 5 * sd + 1e-12
+    if p < 1:
+        assert torch.equal(m[m != 0].unique(), torch.tensor([1.0]) / torch.tensor(1 - p))
+    if 0 < p < 1:
+        bound = 5 / n ** 0.5
+        for a, b in ((kept[:-1], kept[1:]), (kept[:-4], kept[4:]),
+                     (kept, (nk.dropout_mask(like, p, 12346) != 0).double())):
+            r = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+            assert abs(r) < bound, r
+
+
+def test_dropout_mask_errors():
+    like = torch.empty(8)
+    with pytest.raises(ValueError, match=r"dropout probability has to be between 0 and 1, "
+                                         r"but got 1.5"):
+        nk.dropout_mask(like, 1.5, 0)
+    with pytest.raises(ValueError, match=r"seed must lie in \[0, 2\^64\), got -1"):
+        nk.dropout_mask(like, 0.5, -1)
+    with pytest.raises(ValueError, match=r"float32 or float64 CPU tensor, got torch.int64"):
+        nk.dropout_mask(torch.empty(8, dtype=torch.int64), 0.5, 0)
+    assert nk.dropout_mask(torch.empty(0, 3), 0.5, 0).shape == (0, 3)

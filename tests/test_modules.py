@@ -9,6 +9,7 @@ import rnnfast
 
 from .cases import CELLS, SHAPES, case_id, make_pair, module_backends, shapes_for
 from .checks import compare_modules
+from .tolerances import assert_close
 
 BACKENDS = module_backends()
 DTYPES = [torch.float32, torch.float64]
@@ -174,6 +175,70 @@ def test_long_sequence_float32(cell):
                     p.copy_(torch.eye(H) * 0.9 + 0.01 * torch.randn(H, H))
             twin.load_state_dict(ours.state_dict())
     compare_modules(ours, twin, torch.randn(T, B, I), _hx(ours, B, torch.float32), kind="long")
+
+
+def _one_layer_twin(ours, layer, input_size):
+    """Layer ``layer`` of ``ours`` alone, as torch.nn's module (rnnfast's reference loop
+    for leaky-ReLU), with that layer's weights."""
+    kind = type(ours).__name__
+    opts = dict(bias=ours.bias, bidirectional=ours.bidirectional)
+    if kind == "RNN":
+        opts["nonlinearity"] = ours.nonlinearity
+    if getattr(ours, "proj_size", 0):
+        opts["proj_size"] = ours.proj_size
+    if kind == "RNN" and ours.nonlinearity == "leaky_relu":
+        twin = rnnfast.RNN(input_size, ours.hidden_size, backend="torch",
+                           negative_slope=ours.negative_slope, **opts)
+    else:
+        twin = getattr(torch.nn, kind)(input_size, ours.hidden_size, **opts)
+    sd = {k.replace(f"_l{layer}", "_l0"): v for k, v in ours.state_dict().items()
+          if f"_l{layer}" in k}
+    twin.load_state_dict(sd)
+    return twin.to(next(ours.parameters()).dtype)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_dropout_between_layers_against_layers(cell, bidirectional):
+    """Train-mode inter-layer dropout (numba: rnnfast's own mask, kernels/numba/dropout.py)
+    equals two one-layer torch.nn modules with ``x * mask`` between them, the mask drawn
+    from the same seed: outputs, final states and every gradient, float64."""
+    from rnnfast.kernels import numba as nk
+
+    dtype, p = torch.float64, 0.4
+    ours, _ = make_pair(cell, 3, 5, dtype, "numba", num_layers=2, dropout=p,
+                        bidirectional=bidirectional)
+    ours.train()
+    D = 2 if bidirectional else 1
+    width = ours.proj_size if getattr(ours, "proj_size", 0) else ours.hidden_size
+    first, second = _one_layer_twin(ours, 0, 3), _one_layer_twin(ours, 1, D * width)
+    x = torch.randn(6, 4, 3, dtype=dtype, requires_grad=True)
+    g = torch.Generator().manual_seed(3)
+
+    torch.manual_seed(11)
+    y, state = ours(x)
+    torch.manual_seed(11)
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    y0, state0 = first(x)
+    mask = nk.dropout_mask(y0, p, seed)
+    assert 0 < int((mask == 0).sum()) < mask.numel()
+    y1, state1 = second(y0 * mask)
+    if isinstance(state, tuple):
+        pairs = [("h_n", state[0], torch.cat([state0[0], state1[0]])),
+                 ("c_n", state[1], torch.cat([state0[1], state1[1]]))]
+    else:
+        pairs = [("h_n", state, torch.cat([state0, state1]))]
+    pairs.insert(0, ("output", y, y1))
+    for name, a, b in pairs:
+        assert_close(name, a, b, dtype)
+    ups = [torch.randn(a.shape, generator=g, dtype=dtype) for _, a, _ in pairs]
+    params = list(ours.parameters())
+    twin_params = list(first.parameters()) + list(second.parameters())
+    got = torch.autograd.grad([a for _, a, _ in pairs], [x] + params, ups)
+    want = torch.autograd.grad([b for _, _, b in pairs], [x] + twin_params, ups)
+    names = ["x"] + [n for n, _ in ours.named_parameters()]
+    for name, a, b in zip(names, got, want):
+        assert_close(f"grad {name}", a, b, dtype)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

@@ -5,12 +5,13 @@ returns CPU torch tensors ([T, B, *] time-major, or a PackedSequence's rows [M, 
 ``offsets=``: PACKED_ROWS) that share memory with numpy, so no copy is made beyond making
 an input contiguous. The kernels and their launchers live
 together: :mod:`.rnn`, :mod:`.lstm` (recurrences), :mod:`.gemm` (the layer GEMMs, on the
-register tile of :mod:`.tile`).
+register tile of :mod:`.tile`), :mod:`.dropout` (the inter-layer dropout's mask).
 """
 
 import torch
 
 from . import cache as _cache
+from .dropout import dropout_mask
 from .gemm import layer_grads, matmul_tn, project
 from .gru import gru_bwd, gru_fwd, gru_layer_fwd
 from .lstm import lstm_bwd, lstm_fwd, lstm_layer_fwd
@@ -40,4 +41,5 @@ def unsupported(device, dtype, width):
 
 __all__ = ["rnn_fwd", "rnn_bwd", "rnn_layer_fwd", "lstm_fwd", "lstm_bwd", "lstm_layer_fwd",
            "gru_fwd", "gru_bwd", "gru_layer_fwd", "project", "layer_grads", "matmul_tn",
+           "dropout_mask",
            "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "PACKED_ROWS", "unsupported"]

@@ -85,6 +85,11 @@ def recurrence_chunks(B, macs_per_step):
     return threads(-(-B // PARALLEL_MIN_ROWS))
 
 
+def elementwise_threads(n, min_per_thread):
+    """Threads for an elementwise kernel over n elements: one per ``min_per_thread``."""
+    return threads(n // min_per_thread)
+
+
 def gemm_threads(rows, macs):
     """Threads for a layer GEMM: 1 below PARALLEL_GEMM_MIN_MACS, else up to one per 4
     row tiles."""
