@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import dispatch, ops
+from . import dispatch, ops, reference
 from .dispatch import RNNArgumentError, check_backend_name
 from .kernels import ACTIVATIONS
 
@@ -109,20 +109,62 @@ def _stack_states(states, fresh):
 _ZEROS = {}  # (shape, dtype, device, inference mode) -> a zero state, never written
 
 
-def _inter_layer_dropout(x, p, be):
-    """The dropout between stacked layers, in training: ``x * mask`` with the backend's
-    own mask (``dropout_mask``: numba's Philox draw, ~11x faster than ``F.dropout``'s
-    on a Zen 4; kernels/numba/dropout.py) where the backend has one and the call is
-    plain eager (no torch.compile, export or tracing, no tensor subclass); else
-    ``F.dropout``. The mask's key is drawn from torch's default generator, so
-    ``torch.manual_seed`` fixes the masks; they are not torch.nn's masks for that seed
-    (neither are cuDNN's). Values and gradients otherwise as ``F.dropout``'s: kept
-    elements scaled by 1 / (1 - p) in x's dtype, the gradient ``dy * mask``."""
-    make = getattr(be.kernels, "dropout_mask", None)
-    if make is None or not ops._plain(x):
+def _philox_dropout_ok(x):
+    """Whether the dropout between layers draws rnnfast's own mask for x: a float32 /
+    float64 CPU tensor in plain eager mode (not under torch.compile, export or tracing,
+    no tensor subclass), outside torch.func transforms (whose vmap has its own rules
+    for randomness)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and ops._plain(x) and not dispatch.in_functorch_transform())
+
+
+def _numba_ready(cell, dtype):
+    """Whether this process may call the numba kernels of (cell, dtype) without a
+    compile (rnnfast.warmup's record; False before any numba call was resolved)."""
+    w = dispatch._WARMUP
+    return w is not None and ((cell, dtype) in w._READY or (cell, dtype) in w._SYNC)
+
+
+def _inter_layer_dropout(x, p, kernel, index=None, batch_first=False):
+    """The dropout between stacked layers, in training: x * mask.
+
+    On the CPU in plain eager mode (:func:`_philox_dropout_ok`) the mask is rnnfast's own
+    Philox4x32-10 draw, on every path a layer stack may take there (numba's kernels,
+    torch.nn's operator while they compile or where auto picks it, the reference loop),
+    so one seed gives the same masks whichever runs: drawn over the layer's output in
+    time-major order ([T, B, K]) or, for a PackedSequence, over its rows [M, K]. Its key
+    is one int64 from torch's default CPU generator (``torch.manual_seed`` fixes the
+    masks; they are not torch.nn's masks for that seed, nor are cuDNN's). With
+    ``kernel`` the numba kernel draws it (``kernels/numba/dropout.py``: 0.09 ms for the
+    word-LM example's [35, 20, 200] on a Zen 4, where torch's CPU ``F.dropout`` takes
+    1.05 ms: it draws one element at a time off Intel CPUs), else torch's ops
+    (``reference.dropout_mask``, the same bits). Elsewhere ``F.dropout``. Values and
+    gradients as ``F.dropout``'s: kept elements times 1 / (1 - p) in x's dtype, the
+    gradient dy * mask.
+
+    x: [T, B, K] (time-major), [B, T, K] with ``batch_first``, packed rows [M, K], or
+    a padded [T, B, K] made from packed rows, ``index`` (int64 [M]) their positions
+    among its T * B rows."""
+    if not _philox_dropout_ok(x):
         return F.dropout(x, p, training=True)
-    seed = int(torch.empty((), dtype=torch.int64).random_())
-    return x * make(x, p, seed)
+    seed = int(torch.empty((), dtype=torch.int64, device="cpu").random_())
+    if index is not None:
+        shape = (index.shape[0], x.shape[-1])
+    elif batch_first:
+        shape = (x.shape[1], x.shape[0], *x.shape[2:])
+    else:
+        shape = tuple(x.shape)
+    if kernel:
+        mask = dispatch.kernel_module("numba").dropout_mask(
+            torch.empty((), dtype=x.dtype).expand(shape), p, seed)
+    else:
+        mask = reference.dropout_mask(shape, x.dtype, p, seed)
+    if index is not None:
+        T, B, K = x.shape
+        mask = mask.new_zeros((T * B, K)).index_copy_(0, index, mask).view(T, B, K)
+    elif batch_first:
+        mask = mask.transpose(0, 1)
+    return x * mask
 
 
 def _zeros(like, shape):
@@ -268,6 +310,10 @@ class _FusedRNNBase(nn.RNNBase):
         packed = isinstance(input, PackedSequence)
         input, batch_sizes, sorted_indices, unsorted_indices, is_batched, hx = \
             self._checked_args(input, hx)
+        if self.training and self.num_layers > 1 and self.dropout != 0 \
+                and not 0 <= self.dropout <= 1:  # set after construction (torch.nn's check)
+            raise RNNArgumentError(f"dropout probability has to be between 0 and 1, but got "
+                                   f"{self.dropout}")
 
         if (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
                 and torch.onnx.is_in_onnx_export():  # both ONNX exporters trace
@@ -418,7 +464,8 @@ class _FusedRNNBase(nn.RNNBase):
             T = x.shape[0]
         with torch.autocast(device_type, enabled=False) if device_type in AUTOCAST_CELLS \
                 and torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
-            y, h_n, c_n = self._stack(cast(x), T, cast(h0), cast(c0), lengths, be, cast)
+            y, h_n, c_n = self._stack(cast(x), T, cast(h0), cast(c0), lengths, be, cast,
+                                      idx if batch_sizes is not None and not rows else None)
         if y.dtype != run_dtype:
             y, h_n = y.to(run_dtype), h_n.to(run_dtype)
             c_n = c_n.to(run_dtype) if c_n is not None else None
@@ -441,8 +488,10 @@ class _FusedRNNBase(nn.RNNBase):
             output = y.transpose(0, 1) if self.batch_first else y
         return output, ((h_n, c_n) if c_n is not None else h_n)
 
-    def _stack(self, x, T, h0, c0, lengths, be, cast):
-        """x [T, B, I], or packed rows [M, I] with lengths [B] -> (y like x, h_n, c_n)."""
+    def _stack(self, x, T, h0, c0, lengths, be, cast, index=None):
+        """x [T, B, I], or packed rows [M, I] with lengths [B] -> (y like x, h_n, c_n).
+        ``index``: where x is padded from a PackedSequence, its rows' positions among the
+        T * B (the inter-layer dropout's mask is drawn over the rows)."""
         D = 2 if self.bidirectional else 1
         probes = self._new_probes(T, x.device) if self.record_grad_norms else None
         if probes is None and self._grad_norm_probes is not None:
@@ -473,7 +522,9 @@ class _FusedRNNBase(nn.RNNBase):
                 h_n.append(h)
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = _inter_layer_dropout(x, self.dropout, be)
+                x = _inter_layer_dropout(
+                    x, self.dropout,
+                    be.name == "numba" or _numba_ready(self._cell, x.dtype), index)
         fresh = be.kernels is not None
         return x, _stack_states(h_n, fresh), (_stack_states(c_n, fresh) if c_n else None)
 
@@ -487,6 +538,9 @@ class _FusedRNNBase(nn.RNNBase):
                 "ONNX exporters translate only tanh and relu RNNs")
         op = {"lstm": _VF.lstm, "gru": _VF.gru}.get(self._cell) or (
             _VF.rnn_tanh if self.nonlinearity == "tanh" else _VF.rnn_relu)
+        if self.dropout > 0 and self.training and self.num_layers > 1 \
+                and _philox_dropout_ok(input):
+            return self._torch_rnn_op_by_layer(op, input, batch_sizes, hx)
         args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
                 self.bidirectional)
         if batch_sizes is None:
@@ -494,6 +548,35 @@ class _FusedRNNBase(nn.RNNBase):
         else:
             result = op(input, batch_sizes, hx, *args)
         return result[0], (tuple(result[1:]) if self._cell == "lstm" else result[1])
+
+    def _torch_rnn_op_by_layer(self, op, input, batch_sizes, hx):
+        """torch.nn's operator one layer at a time, with rnnfast's inter-layer dropout
+        (:func:`_inter_layer_dropout`) between them: where ``backend='auto'`` hands a
+        training call to torch.nn's operator (while the numba kernels compile, or where
+        it measured faster), the masks are those the kernels' path draws for the seed."""
+        D = 2 if self.bidirectional else 1
+        per = len(self._flat_weights) // (self.num_layers * D)
+        lstm = self._cell == "lstm"
+        h0, c0 = hx if lstm else (hx, None)
+        x, h_n, c_n = input, [], []
+        for layer in range(self.num_layers):
+            w = self._flat_weights[layer * D * per:(layer + 1) * D * per]
+            s = slice(layer * D, (layer + 1) * D)
+            hx_l = (h0[s], c0[s]) if lstm else h0[s]
+            args = (w, self.bias, 1, 0.0, self.training, self.bidirectional)
+            if batch_sizes is None:
+                result = op(x, hx_l, *args, self.batch_first)
+            else:
+                result = op(x, batch_sizes, hx_l, *args)
+            x = result[0]
+            h_n.append(result[1])
+            if lstm:
+                c_n.append(result[2])
+            if layer < self.num_layers - 1:
+                x = _inter_layer_dropout(x, self.dropout, _numba_ready(self._cell, x.dtype),
+                                         batch_first=batch_sizes is None and self.batch_first)
+        h_n = torch.cat(h_n)
+        return x, ((h_n, torch.cat(c_n)) if lstm else h_n)
 
     def __prepare_scriptable__(self):
         """torch.jit.script scripts torch.nn's module of the same configuration, sharing

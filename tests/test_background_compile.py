@@ -268,3 +268,43 @@ def test_background_compiles_take_turns_across_processes(tmp_path):
         assert child.poll() is None and out.read_text() == "", out.read_text()
     assert child.wait(timeout=900) == 0, out.read_text()
     assert "done in" in out.read_text()
+
+
+def _train_outputs(model, x, seed=5):
+    torch.manual_seed(seed)
+    out, state = model(x)
+    out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "packed"])
+@pytest.mark.parametrize("cell", ["relu", "lstm_proj", "gru", "leaky_relu"])
+def test_dropout_masks_the_same_while_compiling(cell, layout, background):
+    """Training with dropout between layers: the same seed gives the same result while
+    the kernels compile (torch.nn's operator layer by layer, or the reference loop for
+    leaky-ReLU, with rnnfast's Philox masks drawn by torch ops), after they land (the
+    numba mask kernel), and with backend='numba' or backend='torch' throughout."""
+    import copy
+
+    from .tolerances import assert_close
+    ours, _ = make_pair(cell, 4, 6, torch.float64, "auto", num_layers=3, dropout=0.5,
+                        bidirectional=True, batch_first=layout == "batch_first")
+    ours.train()
+    numba_twin, torch_twin = copy.deepcopy(ours), copy.deepcopy(ours)
+    numba_twin.backend, torch_twin.backend = "numba", "torch"
+    x = _x(5, 3, 4, torch.float64)  # [B, T, I] with batch_first
+    if layout == "packed":
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 5, 3]),
+                                                    enforce_sorted=False)
+    want = _train_outputs(numba_twin, x)
+    expect = "reference loop" if cell == "leaky_relu" else "backend=torch.nn"
+    assert expect in rnnfast.explain(ours, x)
+    for name, got in (("while compiling", _train_outputs(ours, x)),
+                      ("backend='torch'", _train_outputs(torch_twin, x))):
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_close(f"{name}: output {i}", a, b, torch.float64)
+    background["release"]()
+    assert warmup.wait(timeout=60)
+    assert "backend=numba" in rnnfast.explain(ours, x)
+    for i, (a, b) in enumerate(zip(_train_outputs(ours, x), want)):
+        assert torch.equal(a, b), f"after the compile: output {i}"

@@ -370,6 +370,9 @@ def test_dropout_mask_matches_reference(dt, n):
             got = dropout.dropout_mask(like, 0.3, seed)
         assert got.dtype == like.dtype and got.shape == like.shape
         np.testing.assert_array_equal(got.numpy(), want, err_msg=f"{parts} threads")
+    from rnnfast import reference
+    np.testing.assert_array_equal(reference.dropout_mask((n,), TORCH[dt], 0.3, seed).numpy(),
+                                  want, err_msg="reference.dropout_mask (torch ops)")
     out = np.full(n, -1, dtype=dt)  # three parts (on the threads there are)
     dropout.dropout_mask_kernel_parallel(out, np.uint64(seed),
                                          np.uint64(round(0.7 * 2.0 ** 32)),
@@ -396,6 +399,19 @@ def test_dropout_mask_statistics(p):
                      (kept, (nk.dropout_mask(like, p, 12346) != 0).double())):
             r = torch.corrcoef(torch.stack([a, b]))[0, 1].item()
             assert abs(r) < bound, r
+
+
+@pytest.mark.parametrize("p", [1e-6, 0.2, 0.999999, 1.0])
+@pytest.mark.parametrize("seed", [0, 2 ** 63 - 1, 2 ** 64 - 1])
+def test_dropout_mask_kernel_equals_torch_ops(p, seed):
+    """The kernel and reference.dropout_mask (torch's int64 ops, the path while the
+    kernels compile) bitwise, both dtypes, over ~2^20 elements (counters past one
+    64-lane block many times; the int64 products that wrap)."""
+    from rnnfast import reference
+    for dtype in (torch.float32, torch.float64):
+        shape = (257, 4093)
+        got = nk.dropout_mask(torch.empty(shape, dtype=dtype), p, seed)
+        assert torch.equal(got, reference.dropout_mask(shape, dtype, p, seed))
 
 
 def test_dropout_mask_errors():

@@ -134,3 +134,23 @@ def test_kernel_launcher_rejects_bad_shapes():
                    torch.zeros(3, 7, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"negative_slope must be >= 0"):
         k.rnn_fwd(torch.randn(4, 3, 7), torch.randn(7, 7), torch.zeros(3, 7), None, False, 2, -1.0)
+
+
+@pytest.mark.parametrize("p", [1.5, -0.5])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_dropout_set_out_of_range_after_construction(kind, p):
+    """``m.dropout = p`` outside [0, 1] after construction: in training with more than
+    one layer, torch.nn's RuntimeError with its message, raised by rnnfast before any
+    kernel runs; nothing in eval mode or with one layer (as torch.nn)."""
+    x = torch.randn(4, 2, 3)
+    for m in (getattr(torch.nn, kind)(3, 5, num_layers=2),
+              getattr(rnnfast, kind)(3, 5, num_layers=2, backend="numba")):
+        m.dropout = p
+        with pytest.raises(RuntimeError, match=rf"^dropout probability has to be between 0 "
+                                               rf"and 1, but got {p}$"):
+            m(x)
+        m.eval()
+        m(x)
+    one = getattr(rnnfast, kind)(3, 5, backend="numba")
+    one.dropout = p
+    one(x)

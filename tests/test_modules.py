@@ -241,6 +241,19 @@ def test_dropout_between_layers_against_layers(cell, bidirectional):
         assert_close(f"grad {name}", a, b, dtype)
 
 
+def test_dropout_between_layers_under_another_default_device():
+    """A CPU module and input in training under ``torch.device('meta')`` (another default
+    device): the mask and its seed are made on the CPU, as torch.nn's dropout is."""
+    ours, twin = make_pair("gru", 3, 4, torch.float64, "numba", num_layers=2, dropout=1.0)
+    ours.train(), twin.train()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    with torch.device("meta"):
+        y, _ = ours(x)
+        want, _ = twin(x)
+    assert y.device.type == "cpu"
+    assert_close("output", y, want, torch.float64)
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_dropout_between_layers(cell):
     dtype = torch.float64

@@ -14,7 +14,9 @@ dropout use). Element i of a call takes 32-bit word i % 4 of the block for count
 (i // 4, 0) under the 64-bit key ``seed``; it is kept when that word is below
 round((1 - p) 2^32), so P(keep) = 1 - p to within 2^-32. Counter-based: the mask
 depends on (seed, i) only, never on the thread count or the ISA. The known-answer
-vectors of the Random123 distribution are checked in tests/test_cpu_math.py.
+vectors of the Random123 distribution are checked in tests/test_cpu_math.py, and every
+mask against ``rnnfast.reference.dropout_mask`` (the same rounds in torch's int64 ops),
+which rnnfast's layers use where this kernel is not compiled yet.
 
 The rounds run on blocks of ``_NL`` counters held in arrays, one round at a time over
 the block, so LLVM vectorizes them (32 x 32 -> 64-bit products on vpmuludq): 1.1 ns
@@ -148,7 +150,7 @@ def dropout_mask(like, p, seed):
     if like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dropout_mask[numba]: like must be a float32 or float64 CPU "
                          f"tensor, got {like.dtype} on {like.device}")
-    out = torch.empty(like.shape, dtype=like.dtype)
+    out = torch.empty(like.shape, dtype=like.dtype, device="cpu")
     n = out.numel()
     if n == 0:
         return out
@@ -159,3 +161,4 @@ def dropout_mask(like, p, seed):
     _host.launch(dropout_mask_kernel, dropout_mask_kernel_parallel, parts,
                  out.view(-1).numpy(), np.uint64(seed), keep_below, scale)
     return out
+
