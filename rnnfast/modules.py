@@ -156,7 +156,7 @@ def _inter_layer_dropout(x, p, kernel, index=None, batch_first=False):
         shape = tuple(x.shape)
     if kernel:
         mask = dispatch.kernel_module("numba").dropout_mask(
-            torch.empty((), dtype=x.dtype).expand(shape), p, seed)
+            torch.empty((), dtype=x.dtype, device="cpu").expand(shape), p, seed)
     else:
         mask = reference.dropout_mask(shape, x.dtype, p, seed)
     if index is not None:

@@ -190,9 +190,10 @@ def dropout_mask(shape, dtype, p, seed):
         n *= s
     if n == 0:
         return torch.empty(shape, dtype=dtype, device="cpu")
+    zero = torch.zeros((), dtype=dtype, device="cpu")
     # 1 / (1 - p) with 1 - p rounded to dtype first, as torch's dropout divides by it
-    scale = torch.ones((), dtype=dtype) / torch.tensor(1.0 - p, dtype=dtype) if p < 1.0 \
-        else torch.zeros((), dtype=dtype)
+    scale = torch.ones((), dtype=dtype, device="cpu") / \
+        torch.tensor(1.0 - p, dtype=dtype, device="cpu") if p < 1.0 else zero
     keep_below = min(round((1.0 - p) * 2.0 ** 32), 2 ** 32)
     words = philox4x32_10((n + 3) // 4, seed).view(-1)[:n]
-    return torch.where(words < keep_below, scale, torch.zeros((), dtype=dtype)).view(shape)
+    return torch.where(words < keep_below, scale, zero).view(shape)

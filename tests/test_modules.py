@@ -241,10 +241,13 @@ def test_dropout_between_layers_against_layers(cell, bidirectional):
         assert_close(f"grad {name}", a, b, dtype)
 
 
-def test_dropout_between_layers_under_another_default_device():
+@pytest.mark.no_poison  # the real torch.empty, which follows the default device
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_dropout_between_layers_under_another_default_device(backend):
     """A CPU module and input in training under ``torch.device('meta')`` (another default
-    device): the mask and its seed are made on the CPU, as torch.nn's dropout is."""
-    ours, twin = make_pair("gru", 3, 4, torch.float64, "numba", num_layers=2, dropout=1.0)
+    device): the mask and its seed are made on the CPU, as torch.nn's dropout is (p = 1:
+    comparable with torch.nn; p = 0.5: the same masks as outside the context)."""
+    ours, twin = make_pair("gru", 3, 4, torch.float64, backend, num_layers=2, dropout=1.0)
     ours.train(), twin.train()
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     with torch.device("meta"):
@@ -252,6 +255,13 @@ def test_dropout_between_layers_under_another_default_device():
         want, _ = twin(x)
     assert y.device.type == "cpu"
     assert_close("output", y, want, torch.float64)
+    ours.dropout = 0.5
+    torch.manual_seed(4)
+    with torch.device("meta"):
+        a, _ = ours(x)
+    torch.manual_seed(4)
+    b, _ = ours(x)
+    assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
