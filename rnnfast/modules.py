@@ -122,7 +122,7 @@ def _numba_ready(cell, dtype):
     """Whether this process may call the numba kernels of (cell, dtype) without a
     compile (rnnfast.warmup's record; False before any numba call was resolved)."""
     w = dispatch._WARMUP
-    return w is not None and ((cell, dtype) in w._READY or (cell, dtype) in w._SYNC)
+    return w is not None and w.is_ready(cell, dtype)
 
 
 def _inter_layer_dropout(x, p, kernel, index=None, batch_first=False):
@@ -310,8 +310,8 @@ class _FusedRNNBase(nn.RNNBase):
         packed = isinstance(input, PackedSequence)
         input, batch_sizes, sorted_indices, unsorted_indices, is_batched, hx = \
             self._checked_args(input, hx)
-        if self.training and self.num_layers > 1 and self.dropout != 0 \
-                and not 0 <= self.dropout <= 1:  # set after construction (torch.nn's check)
+        if self.training and self.num_layers > 1 and not 0 <= self.dropout <= 1:
+            # set after construction (torch.nn's check)
             raise RNNArgumentError(f"dropout probability has to be between 0 and 1, but got "
                                    f"{self.dropout}")
 

@@ -284,18 +284,25 @@ def _poll(start=True):
             _spawn(queued[0])
 
 
+def is_ready(cell, dtype):
+    """Whether this process has found the numba kernels of (cell, dtype) callable without
+    a background compile (what :func:`kernels_status` has recorded; starts nothing)."""
+    key = (cell, dtype)
+    return key in _READY or key in _SYNC
+
+
 def kernels_status(cell, dtype, start=True):
     """None when the numba kernels of ``cell`` ('rnn', 'lstm', 'gru') for ``dtype`` may
     be called now (compiled, cached with a ready marker, or to be compiled in this
     process); else one line saying they are compiling in a background process, which
     this call starts (``start``) when none is running or queued for them."""
     key = (cell, dtype)
-    if key in _READY or key in _SYNC:
+    if is_ready(cell, dtype):
         return None
     mode = compile_mode()
     with _LOCK:
         _poll(start)
-        if key in _READY or key in _SYNC:
+        if is_ready(cell, dtype):
             return None
         if not CACHE:
             _SYNC.add(key)
