@@ -15,6 +15,7 @@ scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
 import contextlib
+import weakref
 
 import numpy as np
 import torch
@@ -167,14 +168,31 @@ def _inter_layer_dropout(x, p, kernel, index=None, batch_first=False):
     return x * mask
 
 
+class _LastGradOnly:
+    """A gradient norms probe's hook: clears the probe's ``.grad`` as each backward's
+    gradient arrives, so that after several backwards through one forward (retain_graph)
+    ``last_grad_norms`` holds the last one's, not their sum. Holds the probe weakly (no
+    reference cycle through the probe's own hook)."""
+
+    def __init__(self, probe):
+        self.probe = weakref.ref(probe)
+
+    def __call__(self, grad):
+        p = self.probe()
+        if p is not None:
+            p.grad = None
+
+
 def _zeros(like, shape):
     """A zero initial state of ``shape`` in like's dtype and device. In plain eager mode
     one tensor per shape is kept and reused (torch.zeros costs ~5 us on the host, twice
     per LSTM call): the layers only read h0 / c0, and nothing hands it to the caller.
     Kept apart per inference mode (an inference tensor cannot be saved for backward);
-    under torch.compile, tracing, or for a tensor subclass (fake tensors) a fresh one."""
+    under torch.compile, tracing, a torch.func transform (a zero made inside jacfwd is
+    wrapped for that transform's level, and reused by a later transform it fails
+    functorch's level check), or for a tensor subclass (fake tensors) a fresh one."""
     if type(like) is not torch.Tensor or torch.compiler.is_compiling() \
-            or torch.jit.is_tracing():
+            or torch.jit.is_tracing() or dispatch.in_functorch_transform():
         return torch.zeros(shape, dtype=like.dtype, device=like.device)
     key = (shape, like.dtype, like.device, torch.is_inference_mode_enabled())
     z = _ZEROS.get(key)
@@ -231,6 +249,8 @@ class _FusedRNNBase(nn.RNNBase):
         self._grad_norm_probes = [
             torch.zeros(T, dtype=torch.float64, device=device, requires_grad=True)
             for _ in range(n)]
+        for p in self._grad_norm_probes:
+            p.register_hook(_LastGradOnly(p))
         return self._grad_norm_probes
 
     # ------------------------------------------------------------ torch.nn's surface
@@ -245,12 +265,19 @@ class _FusedRNNBase(nn.RNNBase):
         return h, _zeros(input, (n, B, self.hidden_size))
 
     def _check_hx_dims(self, hx, is_batched):
-        """torch.nn's dimension checks of a user's hx; returns hx with a batch axis."""
+        """torch.nn's dimension checks of a user's hx; returns hx with a batch axis. An
+        LSTM's hx of more than two tensors passes as torch.nn's does: its first two
+        are checked, the unbatched form keeps only them, and the batched one keeps
+        them all (forward then raises torch's "lstm expects two hidden states")."""
         want, form = (3, "batched 3-D") if is_batched else (2, "unbatched 2-D")
         if self._cell == "lstm":
-            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            if not isinstance(hx, (tuple, list)):
                 raise RNNArgumentError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            if len(hx) < 2:
+                raise RNNArgumentError(
+                    f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} of "
+                    f"{len(hx)} tensor{'s' if len(hx) != 1 else ''}")
             if hx[0].dim() != want or hx[1].dim() != want:
                 raise RNNArgumentError(
                     f"For {form} input, hx and cx should also be {want}-D but got "
@@ -336,7 +363,6 @@ class _FusedRNNBase(nn.RNNBase):
         batch_sizes, sorted_indices, unsorted_indices, is_batched, hx in the sorted
         batch order, zeros when None). Raises torch.nn's errors (see forward)."""
         packed = isinstance(input, PackedSequence)
-        packed = isinstance(input, PackedSequence)
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched, B = True, int(batch_sizes[0])
@@ -360,6 +386,8 @@ class _FusedRNNBase(nn.RNNBase):
             self.check_forward_args(input, hx, batch_sizes)
         except (ValueError, RuntimeError) as e:
             raise RNNArgumentError(str(e)) from None
+        if self._cell == "lstm" and len(hx) != 2:  # aten::lstm's own check
+            raise RNNArgumentError("lstm expects two hidden states")
         self._check_devices_and_state_dtypes(input, hx)
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]
         if not torch.jit.is_tracing() and T == 0:
@@ -371,9 +399,17 @@ class _FusedRNNBase(nn.RNNBase):
     def _width(self):
         return max(self.hidden_size, self.proj_size)
 
-    def _autocast_dtype(self, device_type):
+    def _autocast_dtype(self, device_type, packed):
+        """The dtype autocast runs this call in, or None (the input's). ``packed``: the
+        input is a PackedSequence, which on CPU reaches torch.nn's LSTM as aten::lstm's
+        data overload, not in autocast's list: torch.nn returns the output, h_n and c_n
+        in float32 there (its inner products run in the autocast dtype, so its values
+        carry that dtype's error; rnnfast's are float32's), while a projected LSTM's
+        final product hands back output and h_n in the autocast dtype, as padded."""
         if device_type in AUTOCAST_CELLS and torch.is_autocast_enabled(device_type) \
-                and self._cell in AUTOCAST_CELLS[device_type]:
+                and self._cell in AUTOCAST_CELLS[device_type] \
+                and not (packed and device_type == "cpu" and self._cell == "lstm"
+                         and self.proj_size == 0):
             return torch.get_autocast_dtype(device_type)
         return None
 
@@ -387,7 +423,7 @@ class _FusedRNNBase(nn.RNNBase):
         run first), so a bad input never gets a plan."""
         self._update_flat_weights()
         x, batch_sizes, _, _, _, hx = self._checked_args(input, hx)
-        dtype = self._autocast_dtype(x.device.type) or x.dtype
+        dtype = self._autocast_dtype(x.device.type, batch_sizes is not None) or x.dtype
         return self._resolve(x, batch_sizes, hx, dtype, start=False)
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True):
@@ -434,7 +470,7 @@ class _FusedRNNBase(nn.RNNBase):
         batch_sizes; hx in the (sorted) batch order of input -> (output like input's
         layout, state)."""
         device_type = input.device.type
-        run_dtype = self._autocast_dtype(device_type) or input.dtype
+        run_dtype = self._autocast_dtype(device_type, batch_sizes is not None) or input.dtype
         be = self._resolve(input, batch_sizes, hx, run_dtype)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)

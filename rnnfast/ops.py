@@ -570,7 +570,7 @@ def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tens
         if rows is None:
             T, B = cs.shape[0], cs.shape[1]
             r = gates[..., 3 * H:] * torch.tanh(cs)  # o * tanh(c), [T, B, H]
-            dw_hr = kern.matmul_tn(dhs.reshape(T * B, -1), r.reshape(T * B, H))
+            dw_hr = kern.matmul_tn(dhs.reshape(T * B, dhs.shape[-1]), r.reshape(T * B, H))
         else:  # the active rows alone (an inactive row adds nothing; gather: a copy
             # of padded [T, B, *], packed rows [M, *] as they are)
             r = rows.gather(gates[..., 3 * H:]) * torch.tanh(rows.gather(cs))

@@ -220,6 +220,27 @@ def test_training_opt_in_matches(cell, backend):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_last_grad_norms_is_the_last_backwards(cell, backend):
+    """Two backwards through one forward (retain_graph): last_grad_norms holds the
+    second one's norms, not their sum (the probes' .grad would accumulate)."""
+    m = make_module(cell, 2, False, False, backend, seed=7)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(T, B, I, dtype=DT, generator=g)
+    S = P if cell == "lstm_proj" else H
+    g1, g2 = (torch.randn(T, B, S, dtype=DT, generator=g) for _ in range(2))
+    m.record_grad_norms = True
+    y, _ = m(x)
+    (y * g1).sum().backward(retain_graph=True)
+    first = m.last_grad_norms.clone()
+    (y * g2).sum().backward()
+    yo, _, hs = oracle(m, cell, x)
+    torch.autograd.backward(yo, g2)
+    rel_check(f"second backward {cell} {backend}", m.last_grad_norms, oracle_norms(hs))
+    assert not torch.equal(first, m.last_grad_norms)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bidirectional", (False, True))
 def test_packed_sequence(cell, backend, bidirectional):
     """PackedSequence input (unsorted lengths): rows stop at their length; h_t of a row

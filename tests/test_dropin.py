@@ -323,6 +323,25 @@ def test_func_hessian(cell, backend):
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
+def test_func_transforms_after_hessian_default_state(cell, backend):
+    """Without hx (the zero initial state rnnfast makes itself): hessian twice, then
+    jacrev and grad, each against torch.nn's. A zero state made inside jacfwd belongs
+    to that transform's level; one kept for reuse across calls failed functorch's level
+    check in every later transform."""
+    ours, twin = make_pair(cell, backend, input_size=2, hidden_size=2)
+    x = torch.randn(2, 1, 2, dtype=F64, generator=torch.Generator().manual_seed(6))
+
+    def loss(m):
+        return lambda x: sum(o.pow(2).sum() for o in run(m, x, []))
+
+    for i, transform in enumerate((torch.func.hessian, torch.func.hessian,
+                                   torch.func.jacrev, torch.func.grad)):
+        assert_close(f"{transform.__name__} #{i}", transform(loss(ours))(x),
+                     transform(loss(twin))(x), F64)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
 def test_autograd_grad_is_grads_batched(cell, backend):
     """torch.autograd.grad(outputs, inputs, v, is_grads_batched=True): N=3 upstream
     gradients at once, w.r.t. input, initial state and every parameter."""
@@ -401,7 +420,7 @@ def test_low_precision_module(cell, backend, dtype):
 
 # ============================================================ 4. autocast
 
-def _policy_dtypes(cell, x, state, dtype):
+def _policy_dtypes(cell, x, state, dtype, layout):
     """Output dtypes torch.nn gives under autocast for the cell's torch.nn class (the
     policy leaky_relu follows, having no torch.nn module of its own)."""
     kind, opts = options(cell)
@@ -410,32 +429,34 @@ def _policy_dtypes(cell, x, state, dtype):
         opts["nonlinearity"] = "relu"
     probe = getattr(nn, kind)(I, H, **opts)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
-        return [o.dtype for o in run(probe, x, state)]
+        return [o.dtype for o in run(probe, x, state, layout)]
 
 
+@pytest.mark.parametrize("layout", ["time_major", "packed"])
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
-def test_autocast(cell, backend, dtype):
+def test_autocast(cell, backend, dtype, layout):
     """A float32 module inside torch.autocast('cpu', dtype), backward outside it: output
     and gradient dtypes follow torch.nn's (on torch 2.13: RNN/LSTM give the autocast
-    dtype, GRU float32), values as close to float64 as torch.nn's under the same autocast
-    (see _assert_as_accurate). Where torch.nn itself fails (oneDNN has no float16 LSTM
-    without projection) rnnfast may raise too, or return the autocast dtype within the
-    table's tolerance of float64."""
+    dtype, GRU float32; a PackedSequence into an LSTM without projection float32, as
+    aten::lstm's packed overload is not autocast's), values as close to float64 as
+    torch.nn's under the same autocast (see _assert_as_accurate). Where torch.nn itself
+    fails (oneDNN has no float16 LSTM without projection) rnnfast may raise too, or
+    return the autocast dtype within the table's tolerance of float64."""
     ours, twin = make_pair(cell, backend, dtype=torch.float32)
     x, state = problem(cell, twin, dtype=torch.float32)
-    u = upstream(run(twin, x, state))
+    u = upstream(run(twin, x, state, layout))
     exact = copy.deepcopy(twin).double()
     out_t, g_t = _forward_backward(exact, x.double(), [s.double() for s in state],
-                                   [w.double() for w in u])
+                                   [w.double() for w in u], layout)
     names = ["output", "h_n", "c_n"][:len(u)] + _names(twin, len(state))
     try:
-        expected_dtypes = _policy_dtypes(cell, x, state, dtype)
-        out_b, g_b = _forward_backward(twin, x, state, u, autocast=dtype)
+        expected_dtypes = _policy_dtypes(cell, x, state, dtype, layout)
+        out_b, g_b = _forward_backward(twin, x, state, u, layout, autocast=dtype)
     except RuntimeError as exc:
         try:
-            out_a, g_a = _forward_backward(ours, x, state, u, autocast=dtype)
+            out_a, g_a = _forward_backward(ours, x, state, u, layout, autocast=dtype)
         except RuntimeError:
             return
         assert [o.dtype for o in out_a[:2]] == [dtype, dtype], (
@@ -444,7 +465,7 @@ def test_autocast(cell, backend, dtype):
         for name, a, t in zip(names, out_a + g_a, out_t + g_t):
             _assert_as_accurate(f"autocast {name}", a, t.to(a.dtype), t, dtype)
         return
-    out_a, g_a = _forward_backward(ours, x, state, u, autocast=dtype)
+    out_a, g_a = _forward_backward(ours, x, state, u, layout, autocast=dtype)
     assert [o.dtype for o in out_a] == expected_dtypes, (
         f"autocast output dtypes {[o.dtype for o in out_a]} != torch.nn's {expected_dtypes}")
     for name, a, b, t in zip(names, out_a + g_a, out_b + g_b, out_t + g_t):
@@ -727,6 +748,11 @@ def test_empty_batch_matches_torch(cell, backend):
     with torch.no_grad():
         got, want = run(ours, x, []), run(twin, x, [])
     _compare_lists("empty batch", ["output", "h_n", "c_n"], got, want)
+    # and its backward: empty input gradients, zero weight gradients
+    u = upstream(want)
+    out_a, g_a = _forward_backward(ours, x, [], u)
+    out_b, g_b = _forward_backward(twin, x, [], u)
+    _compare_lists("empty batch backward", _names(twin, 0), g_a, g_b)
 
 
 # ============================================================ 8. ONNX export

@@ -1,11 +1,16 @@
 """Bad input fails before any kernel runs, with a message naming the argument, the
 expected and the actual value; a failed call leaves the module usable."""
 
+import re
+
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
 from rnnfast.dispatch import kernel_module
+
+from .tolerances import assert_close
 
 
 def _rnn():
@@ -48,6 +53,10 @@ BAD_CALLS = [
      r"^Input and parameter tensors are not at the same device, found input tensor at meta "
      r"and parameter tensor at cpu$"),
     ("lstm-hx-type", _lstm, lambda: (X, torch.randn(1, 3, 7)), r"hx must be a tuple \(h_0, c_0\)"),
+    ("lstm-hx-three", _lstm, lambda: (X, (torch.zeros(1, 3, 7),) * 3),
+     r"^lstm expects two hidden states$"),
+    ("lstm-hx-one", _lstm, lambda: (X, (torch.zeros(1, 3, 7),)),
+     r"^LSTM: hx must be a tuple \(h_0, c_0\), got a tuple of 1 tensor$"),
     ("lstm-hx-rank", _lstm, lambda: (X, (torch.zeros(3, 7), torch.zeros(1, 3, 7))),
      r"^For batched 3-D input, hx and cx should also be 3-D but got \(2-D, 3-D\) tensors$"),
     ("lstm-c0-shape", _lstm, lambda: (X, (torch.zeros(1, 3, 7), torch.zeros(1, 3, 6))),
@@ -85,6 +94,34 @@ def test_errors_are_both_value_and_runtime_errors():
         _rnn()(torch.randn(4, 3, 6))
     with pytest.raises(RuntimeError):
         _rnn()(torch.randn(4, 3, 6))
+
+
+def test_lstm_hx_of_three_tensors_as_torch_nn():
+    """torch.nn checks the first two tensors of an LSTM's hx, and aten::lstm rejects a
+    third, except where torch.nn's forward has already kept only the first two
+    (unbatched input; a PackedSequence it reorders): rnnfast raises where torch.nn does
+    and otherwise returns its outputs."""
+    ref = torch.nn.LSTM(5, 7)
+    ours = rnnfast.LSTM(5, 7, backend="numba")
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(0)
+    h, c = torch.randn(1, 3, 7, generator=g), torch.randn(1, 3, 7, generator=g)
+    lengths = torch.tensor([2, 4, 3])
+    cases = [(X, (h, c, h)), (X[:, 0], (h[:, 0], c[:, 0], h[:, 0])),
+             (pack_padded_sequence(X, lengths.sort(descending=True).values), (h, c, h)),
+             (pack_padded_sequence(X, lengths, enforce_sorted=False), (h, c, h))]
+    for i, (x, hx) in enumerate(cases):
+        try:
+            want = ref(x, hx)
+        except RuntimeError as e:
+            with pytest.raises(RuntimeError, match=f"^{re.escape(str(e))}$"):
+                ours(x, hx)
+            continue
+        y, (h_n, c_n) = ours(x, hx)
+        y_t, (h_t, c_t) = want
+        for name, a, b in (("output", y, y_t), ("h_n", h_n, h_t), ("c_n", c_n, c_t)):
+            a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
+            assert_close(f"case {i} {name}", a, b, torch.float32)
 
 
 def test_dtype_the_backend_cannot_run():

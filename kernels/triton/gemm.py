@@ -50,7 +50,7 @@ def layer_grads(dxp, x, y, h0, w_ih, lengths=None, reverse=False, has_bias=True,
     dgh = dxp if same else dgh
     d2 = dxp.reshape(T * B, G)
     dw_hh = _recurrent_weight_grad(dgh, y, h0, lengths, reverse)
-    dw_ih = d2.t() @ x.reshape(T * B, -1)
+    dw_ih = d2.t() @ x.reshape(T * B, x.shape[-1])
     empty = dxp.new_empty((0,))
     db_ih = d2.sum(0) if has_bias else empty
     db_hh = (db_ih.clone() if same else dgh.reshape(T * B, G).sum(0)) if has_bias else empty
