@@ -36,3 +36,15 @@ def test_long_calls_are_not_rewarmed():
     assert out["a"]["reps"] == 3
     assert len(calls) == 2 + 3
     assert out["a"]["median_s"] >= 0.002
+
+
+def test_alloc_child_reports_time_and_faults(capsys):
+    """bench.alloc's per-process measurement: one JSON line with a positive median time
+    and a page-fault count per call, for torch.nn and for rnnfast."""
+    import json
+
+    from bench import alloc
+    for impl in alloc.IMPLS:
+        alloc.main(["--child", "rnn_relu", "3", "2", "4", impl, "2"])
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["ms"] > 0 and out["faults"] >= 0, (impl, out)
