@@ -133,7 +133,8 @@ def warmup(dtypes=(torch.float32, torch.float64), parallel=True, out=sys.stdout,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m rnnfast.warmup", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rnnfast.warmup",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--dtype", action="append", choices=["float32", "float64"])
     p.add_argument("--cell", action="append", choices=list(CELLS))
     p.add_argument("--serial", action="store_true", help="skip the parallel variants")

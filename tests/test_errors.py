@@ -191,3 +191,21 @@ def test_dropout_set_out_of_range_after_construction(kind, p):
     one = getattr(rnnfast, kind)(3, 5, backend="numba")
     one.dropout = p
     one(x)
+
+
+@pytest.mark.parametrize("name", ["RNNFAST_TRITON_TF32", "RNNFAST_TRITON_PERSISTENT"])
+def test_triton_flags_take_0_or_1(name, monkeypatch):
+    """The Triton backend's switches, read at call time: 0 / 1, empty is the default, any
+    other value is an error naming the variable (as RNNFAST_BACKEND's)."""
+    pytest.importorskip("triton")
+    from rnnfast.kernels.triton import config
+    monkeypatch.setattr(config, "_tf32_override", None)  # set_tf32's, which wins over env
+    read = {"RNNFAST_TRITON_TF32": config.tf32_enabled,
+            "RNNFAST_TRITON_PERSISTENT": config.persistent_enabled}[name]
+    default = {"RNNFAST_TRITON_TF32": False, "RNNFAST_TRITON_PERSISTENT": True}[name]
+    for value, want in (("0", False), ("1", True), ("", default)):
+        monkeypatch.setenv(name, value)
+        assert read() is want, (name, value)
+    monkeypatch.setenv(name, "bogus")
+    with pytest.raises(ValueError, match=f"^{name}='bogus': expected '0' or '1'$"):
+        read()

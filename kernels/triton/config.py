@@ -12,6 +12,8 @@ Flags (environment variables, read at call time):
                             float32); :func:`set_tf32` overrides it from Python.
 ``RNNFAST_TRITON_PERSISTENT=0``  never run all steps in one launch (always one step per
                             launch); default: persistent whenever the grid fits the GPU.
+
+Each takes 0 or 1 (empty: the default); any other value raises ValueError on the call.
 """
 
 import os
@@ -49,10 +51,22 @@ def set_tf32(enabled):
     _tf32_override = None if enabled is None else bool(enabled)
 
 
+def env_flag(name, default):
+    """A 0/1 switch from the environment: ``default`` where unset or empty.
+
+    Raises ValueError for any other value (as RNNFAST_BACKEND, RNNFAST_PACK_A do)."""
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    if value not in ("0", "1"):
+        raise ValueError(f"{name}={value!r}: expected '0' or '1'")
+    return value == "1"
+
+
 def tf32_enabled():
     if _tf32_override is not None:
         return _tf32_override
-    return os.environ.get("RNNFAST_TRITON_TF32", "0") not in ("", "0")
+    return env_flag("RNNFAST_TRITON_TF32", False)
 
 
 def triton_interpreting():
@@ -61,7 +75,7 @@ def triton_interpreting():
 
 
 def persistent_enabled():
-    return os.environ.get("RNNFAST_TRITON_PERSISTENT", "1") not in ("", "0")
+    return env_flag("RNNFAST_TRITON_PERSISTENT", True)
 
 
 def width(n):
