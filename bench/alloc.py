@@ -53,17 +53,13 @@ def child(cell, T, B, H, impl, calls):
     """One measurement in this process: a JSON line with the median ms and faults."""
     import torch
 
+    from .report import common
+
+    cpu = torch.device("cpu")
     if impl == "torch.nn":
-        lib, kw = torch.nn, {}
+        m = common.make_torch(cell, H, H, torch.float32, cpu)
     else:
-        import rnnfast
-        lib, kw = rnnfast, {"backend": "numba"}
-    if cell == "lstm":
-        m = lib.LSTM(H, H, **kw)
-    elif cell == "gru":
-        m = lib.GRU(H, H, **kw)
-    else:
-        m = lib.RNN(H, H, nonlinearity=cell.split("_", 1)[1], **kw)
+        m = common.make_rnnfast(cell, H, H, torch.float32, cpu, "numba")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(T, B, H, generator=gen).requires_grad_()
     g = torch.randn(T, B, H, generator=gen)

@@ -161,4 +161,3 @@ def dropout_mask(like, p, seed):
     _host.launch(dropout_mask_kernel, dropout_mask_kernel_parallel, parts,
                  out.view(-1).numpy(), np.uint64(seed), keep_below, scale)
     return out
-

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from .._env import getenv
+
 KERNELS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 BLOCK_B = 16  # batch rows per program: the smallest tensor-core tile
@@ -55,7 +57,7 @@ def env_flag(name, default):
     """A 0/1 switch from the environment: ``default`` where unset or empty.
 
     Raises ValueError for any other value (as RNNFAST_BACKEND, RNNFAST_PACK_A do)."""
-    value = os.environ.get(name, "")
+    value = getenv(name, "")
     if value == "":
         return default
     if value not in ("0", "1"):
