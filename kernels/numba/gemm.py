@@ -424,15 +424,35 @@ def project_kernel_parallel(x, w_ih, bias, xp, nparts):
         _project_part(x, wp, bias, xp, p, nparts)
 
 
+# Columns per block of :func:`_col_sums`: 8 vectors of float64 accumulators (8 of the
+# 32 registers on AVX-512, half of AVX2's 16), summed in registers while rows stream.
+COL_SUM_BLOCK = 8 * ISA.lanes(8)
+
+
 @njit(**_INLINE)
 def _col_sums(a, out, g0, g1):
-    """out[g] = sum_n a[n, g] for g in [g0, g1), in float64."""
-    acc = np.zeros(g1 - g0, dtype=np.float64)
-    for n in range(a.shape[0]):
-        for g in range(g0, g1):
-            acc[g - g0] += a[n, g]
-    for g in range(g0, g1):
-        out[g] = acc[g - g0]
+    """out[g] = sum_n a[n, g] for g in [g0, g1), in float64, n in order.
+
+    In blocks of COL_SUM_BLOCK columns, each block's sums held in registers while the
+    rows pass: one float64 accumulator array over all g1 - g0 columns, updated in
+    memory row after row, did not vectorize and took 2.4 ms for [3200, 256] of a
+    float32 [3200, 512] on one Zen 4 core (an LSTM's db at (B, H) = (32, 128), ~1 ms
+    of its 8 ms layer gradients on two threads); the blocks take 0.23 ms, bitwise the
+    same sums (each column's order is unchanged). Each row is read through a slice, so
+    that the inner loop's index starts at 0: indexed as a[n, c0 + j], numba's check
+    for a negative index stays in the loop and it ran 6x slower."""
+    W = COL_SUM_BLOCK
+    acc = np.zeros(W, dtype=np.float64)
+    for c0 in range(g0, g1, W):
+        cn = min(W, g1 - c0)
+        for j in range(cn):
+            acc[j] = 0.0
+        for n in range(a.shape[0]):
+            row = a[n, c0:c0 + cn]
+            for j in range(cn):
+                acc[j] += row[j]
+        for j in range(cn):
+            out[c0 + j] = acc[j]
 
 
 @njit(**_INLINE)
