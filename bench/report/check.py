@@ -66,7 +66,26 @@ def _ratio_floor(report, issue, cell, B, H, mode, peer, target, be):
         if peer == "jax" and not report["config"].get("jax"):
             why = "JAX not installed or disabled"
         return _row(issue, name, None, f">= {_x(target)}", None, why)
-    return _row(issue, name, _x(v), f">= {_x(target)}", v >= target)
+    return _row(issue, name, _x(v), f">= {_x(target)}", v >= target,
+                _needs(report, r, be, peer, target))
+
+
+def _needs(report, r, be, peer, target):
+    """What a speed floor asks of the machine: the GEMM rate rnnfast would need to run
+    the point's GEMM flops (common.gemm_flops: the pointwise cell math and the host path
+    come on top) in peer time / target, against the best GEMM rate this run measured
+    (report["gemm"]: torch.mm, numpy, rnnfast's tile). A floor that needs 90% or more
+    of that peak in GEMM flops alone is out of reach on this machine for any
+    implementation of these flops, not only for rnnfast's."""
+    peak = (report.get("gemm") or {}).get("peak_gflops")
+    t_peer = (r["times"].get(peer) or {}).get("median_s")
+    t_me = (r["times"].get(f"rnnfast[{be}]") or {}).get("median_s")
+    if not peak or not t_peer or not t_me:
+        return ""
+    gf = r["gemm_flops"] / 1e9
+    need = gf * target / t_peer
+    return (f"needs {need:.0f} GFLOP/s, {100 * need / peak:.0f}% of this run's GEMM peak "
+            f"{peak:.0f} (rnnfast ran {gf / t_me:.0f}, {peer} {gf / t_peer:.0f})")
 
 
 def speed_rows(report, be):
@@ -203,7 +222,10 @@ def markdown(check_rows, report):
              "",
              "Ratios: peer time / rnnfast time in the same run (> 1: rnnfast faster). "
              "Issue 2: the foundation floors; issue 12: the GRU's fwd+bwd floors; issue 13: "
-             "packed, small, inference, LSTM, end-to-end.",
+             "packed, small, inference, LSTM, end-to-end. A speed floor's detail: the GEMM "
+             "rate rnnfast would need to meet it (the point's GEMM flops alone, in the "
+             "peer's time over the target) against the best GEMM rate this run measured; "
+             "near or past 100%, no implementation of those flops meets it here.",
              "",
              "| issue | backend | floor | measured | target | | detail |",
              "|---|---|---|--:|---|---|---|"]
