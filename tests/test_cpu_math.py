@@ -181,14 +181,19 @@ def test_long_reduction_error_stays_small():
 @pytest.mark.parametrize("provider", ["numba", "torch"])
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (5, 3, 37, 9), (40, 8, 64, 64),
-                                     (300, 7, 5, 3)])  # torch: 2100 rows, three blocks
+                                     (300, 7, 5, 3),  # torch: 2100 rows, three blocks
+                                     (700, 7, 5, 11)])  # numba: 4900 rows, two blocks
 def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
     """The layer GEMMs against torch float64, forward and reversed (with lengths), by
     either provider of the gradient GEMMs (gemm.layer_gemm_provider), and the parallel
-    drivers bitwise equal to the serial ones."""
+    drivers bitwise equal to the serial ones. Past one float64 block of rows (numba's
+    CHUNK_ROWS) the float32 sums are compared at the long-sequence tolerance: torch's
+    provider sums 1024-row blocks in float32 and near-zero sums of ~5000 random
+    products miss the per-step tolerance's atol there."""
     monkeypatch.setenv(gemm.LAYER_GEMM_ENV, provider)
     G = 4 * H
     tdt = TORCH[dt]
+    kind = "long" if T * B > gemm.CHUNK_ROWS and dt == np.float32 else "kernel"
     g = torch.Generator().manual_seed(T * B + I)
     x = torch.randn(T, B, I, generator=g, dtype=tdt)
     w_ih = torch.randn(G, I, generator=g, dtype=tdt)
@@ -212,11 +217,11 @@ def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
                 prev[L[b] - 1, b] = h0[b].double()
         else:
             prev = torch.cat([h0.double()[None], yd[:-1]])
-        assert_close("dW_hh", dw_hh, torch.einsum("tbg,tbp->gp", d, prev), tdt)
-        assert_close("dW_ih", dw_ih, torch.einsum("tbg,tbi->gi", d, xd), tdt)
-        assert_close("db", db, d.sum((0, 1)), tdt)
+        assert_close("dW_hh", dw_hh, torch.einsum("tbg,tbp->gp", d, prev), tdt, kind)
+        assert_close("dW_ih", dw_ih, torch.einsum("tbg,tbi->gi", d, xd), tdt, kind)
+        assert_close("db", db, d.sum((0, 1)), tdt, kind)
         assert torch.equal(db_hh, db)
-        assert_close("dx", dx, d @ w_ih.double(), tdt)
+        assert_close("dx", dx, d @ w_ih.double(), tdt, kind)
     # rows that name their own h_{t-1} (h_rows: y's row, or -1 - h0's row), in any
     # order and with repeats, as a packed batch's rows do: against a float64 gather
     N = T * B
@@ -232,12 +237,12 @@ def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
             need_dx=need_dx, dgh=dgh, h_rows=h_rows)
         d = dxp.reshape(N, G)[perm].double()
         dgd = d if dgh is None else dgh.double()
-        assert_close("dW_hh (h_rows)", dw_hh, dgd.t() @ prev, tdt)
-        assert_close("dW_ih (h_rows)", dw_ih, d.t() @ x.reshape(N, I)[perm].double(), tdt)
-        assert_close("db_hh (h_rows)", db_hh, dgd.sum(0), tdt)
+        assert_close("dW_hh (h_rows)", dw_hh, dgd.t() @ prev, tdt, kind)
+        assert_close("dW_ih (h_rows)", dw_ih, d.t() @ x.reshape(N, I)[perm].double(), tdt, kind)
+        assert_close("db_hh (h_rows)", db_hh, dgd.sum(0), tdt, kind)
         if need_dx:
             assert dx.shape == (M, I)
-            assert_close("dx (h_rows)", dx, d @ w_ih.double(), tdt)
+            assert_close("dx (h_rows)", dx, d @ w_ih.double(), tdt, kind)
     # the parallel drivers, forced: identical bits
     dxp_n = dxp.numpy().reshape(N, G)
     outs = [[np.empty((G, I), dt), np.empty((G, H), dt), np.empty(G, dt), np.empty(0, dt),

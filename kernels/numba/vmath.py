@@ -38,8 +38,9 @@ def _exp_parts(x):
     r = x - k ln 2 (ln 2 split in a part exact in k * hi and a correction, Cody-Waite),
     |r| <= ln(2) / 2 (t and r by fused multiply-adds: one rounding each, three ops fewer
     per exp than a multiply then an add; where the ISA has no FMA they are exactly the
-    multiply and add they replace), p the Taylor series of (e^r - 1) / r evaluated by Estrin's scheme
-    (a tree, not a chain of dependent FMAs: the LSTM step is latency-bound). float64:
+    multiply and add they replace), p the Taylor series of (e^r - 1) / r evaluated by
+    Estrin's scheme (a tree, not a chain of dependent FMAs: the LSTM step is
+    latency-bound). float64:
     p of degree 11 (truncation < 2e-16), x clamped to [-700, 700]; float32: degree 6
     (< 6e-9), x clamped to [-87, 88] (2^k stays normal). The clamps keep exp finite,
     so sigmoid and tanh built on it saturate cleanly; NaN stays NaN."""
