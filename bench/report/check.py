@@ -73,19 +73,19 @@ def _ratio_floor(report, issue, cell, B, H, mode, peer, target, be):
 def _needs(report, r, be, peer, target):
     """What a speed floor asks of the machine: the GEMM rate rnnfast would need to run
     the point's GEMM flops (common.gemm_flops: the pointwise cell math and the host path
-    come on top) in peer time / target, against the best GEMM rate this run measured
+    come on top) in peer time / target, i.e. the peer's own rate (the speed section's
+    ``gflops``) times the target, against the best GEMM rate this run measured
     (report["gemm"]: torch.mm, numpy, rnnfast's tile). A floor that needs 90% or more
     of that peak in GEMM flops alone is out of reach on this machine for any
     implementation of these flops, not only for rnnfast's."""
     peak = (report.get("gemm") or {}).get("peak_gflops")
-    t_peer = (r["times"].get(peer) or {}).get("median_s")
-    t_me = (r["times"].get(f"rnnfast[{be}]") or {}).get("median_s")
-    if not peak or not t_peer or not t_me:
+    peer_gf = (r["times"].get(peer) or {}).get("gflops")
+    my_gf = (r["times"].get(f"rnnfast[{be}]") or {}).get("gflops")
+    if not peak or not peer_gf or not my_gf:
         return ""
-    gf = r["gemm_flops"] / 1e9
-    need = gf * target / t_peer
+    need = peer_gf * target
     return (f"needs {need:.0f} GFLOP/s, {100 * need / peak:.0f}% of this run's GEMM peak "
-            f"{peak:.0f} (rnnfast ran {gf / t_me:.0f}, {peer} {gf / t_peer:.0f})")
+            f"{peak:.0f} (rnnfast ran {my_gf:.0f}, {peer} {peer_gf:.0f})")
 
 
 def speed_rows(report, be):

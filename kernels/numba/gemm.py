@@ -451,7 +451,7 @@ def _col_sums(a, out, g0, g1):
     that the inner loop's index starts at 0: indexed as a[n, c0 + j], numba's check
     for a negative index stays in the loop and it ran 6x slower."""
     W = COL_SUM_BLOCK
-    acc = np.zeros(W, dtype=np.float64)
+    acc = np.empty(W, dtype=np.float64)  # zeroed per block below
     for c0 in range(g0, g1, W):
         cn = min(W, g1 - c0)
         for j in range(cn):
@@ -489,7 +489,7 @@ def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw
         tmp = np.empty((G, P), dtype=dxp.dtype)  # rows g0..g1 written and read
         _gemm_tn(first, 0, h0, 0, B, tmp, g0, g1, none, h0)
         for g in range(g0, g1):
-            for k in range(h0.shape[1]):
+            for k in range(P):
                 dw_hh[g, k] += tmp[g, k]
     if db_ih.shape[0] == G:
         _col_sums(dxp, db_ih, g0, g1)
