@@ -70,9 +70,11 @@ def pack_b(b):
     out = np.zeros(((N + W - 1) // W, K, W), dtype=b.dtype)
     for p in range(out.shape[0]):
         n0 = p * W
+        nn = min(W, N - n0)
         for k in range(K):
-            for j in range(min(W, N - n0)):
-                out[p, k, j] = b[k, n0 + j]
+            row, dst = b[k, n0:n0 + nn], out[p, k]  # slices: see _col_sums
+            for j in range(nn):
+                dst[j] = row[j]
     return out
 
 
@@ -286,10 +288,11 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1, bidx, b2):
                     if r < 0:
                         src = b2
                         r = -1 - r
+                row, dst = src[r, c0:c0 + cn], bp[p, k]
                 for j in range(cn):
-                    bp[p, k, j] = src[r, c0 + j]
+                    dst[j] = row[j]
                 for j in range(cn, W):
-                    bp[p, k, j] = 0
+                    dst[j] = 0
         for k in range(kk if TN_PACK_A else 0):  # a constant: pruned where A stays
             row = a0 + k0 + k
             for t in range(full):  # whole tiles: a constant trip count, unrolled
