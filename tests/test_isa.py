@@ -383,6 +383,46 @@ def test_cache_never_loads_another_overloads_code(tmp_path):
     assert run("float64") == [0, 1]  # not in the index: compiled again, not misloaded
 
 
+
+@pytest.mark.slow
+def test_cache_keeps_each_import_name_apart(tmp_path):
+    """The same kernel file imported under two package names (the installed
+    ``rnnfast.kernels``, or ``kernels`` with the checkout's root on sys.path) with one
+    cache directory: a build pickles its module's name, so the second name must compile
+    its own build, not load the first's (which raised ModuleNotFoundError)."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(os.path.join(REPO, "kernels"), pkg / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__", "triton"))
+    code = textwrap.dedent("""\
+        import importlib.util, sys
+        import numpy as np
+        name, root = sys.argv[1], sys.argv[2]
+        spec = importlib.util.spec_from_file_location(
+            name, root + "/kernels/__init__.py", submodule_search_locations=[root + "/kernels"])
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+        gemm = importlib.import_module(name + ".numba.gemm")
+        out = gemm.pack_b(np.ones((3, 5), np.float32))
+        assert out[0, :3, :5].sum() == 15
+        print(sum(gemm.pack_b.stats.cache_hits.values()),
+              sum(gemm.pack_b.stats.cache_misses.values()))
+        """)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RNNFAST_NUMBA_CACHE", "PYTHONPATH")}
+    env.update(NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run(name):
+        out = subprocess.run([sys.executable, "-c", code, name, str(pkg)], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return [int(x) for x in out.stdout.split()]
+
+    assert run("kernels") == [0, 1]
+    assert run("kernels_alias") == [0, 1]  # its own build, not the other name's
+    assert run("kernels") == [1, 0]
+    assert run("kernels_alias") == [1, 0]
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1] if len(sys.argv) > 1 else "host")
 

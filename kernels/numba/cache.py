@@ -39,6 +39,12 @@ from numba.core import caching
 from numba.core.dispatcher import Dispatcher
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
+# The package's import name is part of every index's file name: a cached build pickles
+# its module's name, and a build saved under one name ("rnnfast.kernels.numba.gemm",
+# installed) failed to load under the other ("kernels.numba.gemm", the checkout's root
+# on sys.path) with ModuleNotFoundError instead of recompiling.
+_IMPORT_TAG = "" if __name__ == "rnnfast.kernels.numba.cache" else \
+    "-" + hashlib.sha256(__name__.encode()).hexdigest()[:8]
 
 
 def sources():
@@ -67,7 +73,7 @@ class _PackageKeyed:
 
     def get_disambiguator(self):
         from .config import ISA_TAG  # config imports this module (and installs it) first
-        return f"{super().get_disambiguator()}-{ISA_TAG}"
+        return f"{super().get_disambiguator()}-{ISA_TAG}{_IMPORT_TAG}"
 
     @classmethod
     def from_function(cls, py_func, py_file):
