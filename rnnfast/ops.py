@@ -456,7 +456,7 @@ rnn_layer_bwd = torch.library.custom_op("rnnfast::rnn_layer_bwd", _rnn_bwd_impl,
 @rnn_layer.register_fake
 def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
       backend, probe):
-    return x.new_empty((x.shape[0], x.shape[1], w_hh.shape[1])), torch.empty_like(h0)
+    return x.new_empty((x.shape[0], x.shape[1], w_hh.shape[1])), _fresh(h0)
 
 
 def _fresh(t):
@@ -589,7 +589,7 @@ lstm_layer_bwd = torch.library.custom_op("rnnfast::lstm_layer_bwd", _lstm_bwd_im
 def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe):
     T, B, _ = x.shape
     G, P = w_hh.shape
-    return (x.new_empty((T, B, P)), torch.empty_like(h0), torch.empty_like(c0),
+    return (x.new_empty((T, B, P)), _fresh(h0), _fresh(c0),
             x.new_empty((T, B, G)), x.new_empty((T, B, G // 4)))
 
 
@@ -694,7 +694,7 @@ gru_layer_bwd = torch.library.custom_op("rnnfast::gru_layer_bwd", _gru_bwd_impl,
 def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    return x.new_empty((T, B, H)), torch.empty_like(h0), x.new_empty((T, B, 4 * H))
+    return x.new_empty((T, B, H)), _fresh(h0), x.new_empty((T, B, 4 * H))
 
 
 @gru_layer_bwd.register_fake

@@ -1028,3 +1028,44 @@ def test_dropout_changed_after_construction(cell, backend):
         assert not torch.equal(first[0], second[0]), "dropout=0.5 set later had no effect"
         ours.eval()
         _compare_lists("eval", ["output", "h_n", "c_n"], run(ours, x, state), plain)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_final_state_is_contiguous_for_any_initial_state_layout(cell, backend):
+    """h_n (and c_n) come back contiguous, as torch.nn's, when h0 (c0) is a transposed
+    view: the kernels used to allocate them like h0, so h_n.view(-1) raised and
+    randn_like(h_n) drew different numbers than for torch.nn's h_n."""
+    ours, twin = make_pair(cell, backend)
+    x, state = problem(cell, ours)
+    # each state [L*D, B, *] as a transposed view of [L*D, *, B] storage
+    state = [s.transpose(1, 2).contiguous().transpose(1, 2) for s in state]
+    assert not any(s.is_contiguous() for s in state)
+    got, want = run(ours, x, state), run(twin, x, state)
+    _compare_lists("transposed h0", ["output", "h_n", "c_n"], got, want)
+    for name, t in zip(["h_n", "c_n"], got[1:]):
+        assert t.is_contiguous(), f"{name} strides {t.stride()}"
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params(["tanh", "relu", "leaky_relu", "lstm", "gru"]))
+def test_nan_input_gradients_follow_torch(cell, backend):
+    """A NaN in the input: outputs NaN where the twin's are, and every gradient as the
+    twin's, NaN for NaN. torch's ReLU backward (threshold_backward) zeroes the gradient
+    only where the output is <= 0, so a NaN unit passes it on; rnnfast's ReLU kernels
+    zeroed it (x.grad all 0 where torch.nn's is finite)."""
+    ours, twin = make_pair(cell, backend)
+    x, state = problem(cell, ours)
+    x = x.clone()
+    x[0, 0, 0] = float("nan")
+    grads = []
+    for m in (ours, twin):
+        xs = leaves([x] + state)
+        out = run(m, xs[0], xs[1:])
+        (out[0].sum() + sum(o.sum() for o in out[1:])).backward()
+        grads.append([out[0].detach()] + [t.grad for t in xs] +
+                     [p.grad for p in m.parameters()])
+    for i, (a, b) in enumerate(zip(*grads)):
+        assert torch.equal(a.isnan(), b.isnan()), f"tensor {i}: NaN pattern differs"
+        torch.testing.assert_close(a.nan_to_num(0.0), b.nan_to_num(0.0),
+                                   rtol=1e-9, atol=1e-12, msg=f"tensor {i}")

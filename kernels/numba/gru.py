@@ -325,7 +325,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
     like = xp if xp is not None else x
     lead = tuple(like.shape[:-1])  # (T, B) padded, (M,) packed
     y = _host.empty(like, (*lead, H))
-    h_n = torch.empty_like(h0)
+    h_n = h0.new_empty(h0.shape)  # contiguous, as torch.nn's, whatever h0's strides
     if train:
         gates, gates_np = _host.scratch(like, (*lead, 4 * H))
         gates_np = gates_np.reshape(-1, 4 * H)

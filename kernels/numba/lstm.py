@@ -359,8 +359,8 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
     like = xp if xp is not None else x
     lead = tuple(like.shape[:-1])  # (T, B) padded, (M,) packed
     y = _host.empty(like, (*lead, P))
-    h_n = torch.empty_like(h0)
-    c_n = torch.empty_like(c0)
+    h_n = h0.new_empty(h0.shape)  # contiguous, as torch.nn's, whatever h0's strides
+    c_n = c0.new_empty(c0.shape)
     if train:
         gates = xp if xp is not None and reuse_xp and xp.is_contiguous() else \
             _host.empty(like, (*lead, G))

@@ -54,11 +54,12 @@ def _activate(z, activation, slope):
 
 @njit(**INLINE)
 def _activate_grad(h, activation, slope):
-    """d act(z) / dz from the output h = act(z), as torch takes tanh's: relu' = [h > 0],
-    leaky_relu' = 1 if h > 0 else slope (valid as slope >= 0, which the launchers
-    enforce), tanh' = 1 - h^2."""
+    """d act(z) / dz from the output h = act(z), as torch takes tanh's: relu' = 0 where
+    h <= 0, else 1 (torch's threshold_backward: a NaN unit passes its gradient on),
+    leaky_relu' = 1 if h > 0 else slope (torch's leaky_relu_backward; valid as slope >= 0,
+    which the launchers enforce), tanh' = 1 - h^2."""
     if activation == RELU:
-        return V.where_gt0(h, V.one(h), V.zero(h))
+        return V.where_le0(h, V.zero(h), V.one(h))
     if activation == LEAKY_RELU:
         return V.where_gt0(h, V.one(h), V.full(h, slope))
     return 1.0 - h * h
@@ -280,7 +281,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
     """:func:`rnn_fwd` (x None: xp holds the projection) or :func:`rnn_layer_fwd` (the
     kernel projects x into xp first)."""
     H = h0.shape[1]
-    h_n = torch.empty_like(h0)
+    h_n = h0.new_empty(h0.shape)  # contiguous, as torch.nn's, whatever h0's strides
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * H * H)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, xp, H)

@@ -44,8 +44,10 @@ def activate(z, activation, slope):
 
 @triton.jit
 def activate_grad(h, activation, slope):
-    """d act(z) / dz from the output h = act(z) (valid because slope >= 0)."""
-    d = tl.where(h > 0, 1.0, 0.0).to(h.dtype)
+    """d act(z) / dz from the output h = act(z) (valid because slope >= 0), with torch's
+    NaN rules: relu' is 0 only where h <= 0 (threshold_backward), leaky_relu' is 1 only
+    where h > 0 (leaky_relu_backward)."""
+    d = tl.where(h <= 0, 0.0, 1.0).to(h.dtype)
     if activation == LEAKY_RELU:
         d = tl.where(h > 0, 1.0, slope).to(h.dtype)
     if activation == TANH:
