@@ -264,11 +264,25 @@ class _FusedRNNBase(nn.RNNBase):
             return h
         return h, _zeros(input, (n, B, self.hidden_size))
 
-    def _check_hx_dims(self, hx, is_batched):
+    def _check_hx_dims(self, hx, is_batched, packed=None):
         """torch.nn's dimension checks of a user's hx; returns hx with a batch axis. An
         LSTM's hx of more than two tensors passes as torch.nn's does: its first two
         are checked, the unbatched form keeps only them, and the batched one keeps
-        them all (forward then raises torch's "lstm expects two hidden states")."""
+        them all (forward then raises torch's "lstm expects two hidden states").
+
+        ``packed``: (data, batch_sizes) of a PackedSequence input, for which torch.nn
+        has no dimension check: an hx that is not 3-D fails its size check instead
+        ("Expected hidden size (1, 3, 6), got [3, 3]"; torch.nn's LSTM skips even that
+        and fails inside aten::lstm with an IndexError, so its message is the one of
+        its padded path's size check)."""
+        if packed is not None:
+            states = hx if isinstance(hx, (tuple, list)) else (hx,)
+            if any(isinstance(h, torch.Tensor) and h.dim() != 3 for h in states[:2]):
+                try:
+                    self.check_forward_args(packed[0], tuple(hx) if self._cell == "lstm"
+                                            else hx, packed[1])
+                except (ValueError, RuntimeError) as e:
+                    raise RNNArgumentError(str(e)) from None
         want, form = (3, "batched 3-D") if is_batched else (2, "unbatched 2-D")
         if self._cell == "lstm":
             if not isinstance(hx, (tuple, list)):
@@ -367,7 +381,8 @@ class _FusedRNNBase(nn.RNNBase):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched, B = True, int(batch_sizes[0])
             if hx is not None:
-                hx = self.permute_hidden(self._check_hx_dims(hx, True), sorted_indices)
+                hx = self.permute_hidden(
+                    self._check_hx_dims(hx, True, (input, batch_sizes)), sorted_indices)
         else:
             if input.dim() not in (2, 3):
                 noun = " tensor" if self._cell == "rnn" else ""  # torch.nn's wording

@@ -684,6 +684,8 @@ ERRORS = {
     "batched-input-2d-hidden": ({}, None, lambda c: (_x(), _hx(c, 1, B, state_size(c), H, dims=2))),
     "unbatched-input-3d-hidden": ({}, None,
                                   lambda c: (_x()[:, 0], _hx(c, 1, 1, state_size(c), H))),
+    "packed-2d-hidden": ({}, ["tanh", "relu", "leaky_relu", "gru"], lambda c: (
+        pack_padded_sequence(_x(), torch.tensor([3, 2])), _hx(c, 1, B, state_size(c), H, dims=2))),
     "packed-hidden-size": ({}, None, lambda c: (
         pack_padded_sequence(_x(), torch.tensor([3, 2])), _hx(c, 1, B, state_size(c) + 1, H))),
 }

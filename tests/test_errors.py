@@ -64,6 +64,17 @@ BAD_CALLS = [
     ("lstm-proj-h0", lambda: _lstm(proj_size=3),
      lambda: (X, (torch.zeros(1, 3, 7), torch.zeros(1, 3, 7))),
      r"^Expected hidden\[0\] size \(1, 3, 3\), got \[1, 3, 7\]$"),
+    # A PackedSequence gets no dimension check in torch.nn: an hx that is not 3-D fails
+    # its size check (the RNN / GRU), or aten::lstm with an IndexError (the LSTM: there
+    # rnnfast's message is that of torch.nn's size check on padded input).
+    ("packed-hx-rank", _rnn, lambda: (pack_padded_sequence(X, [4, 3, 2]), torch.randn(3, 7)),
+     r"^Expected hidden size \(1, 3, 7\), got \[3, 7\]$"),
+    ("packed-gru-hx-rank", _gru,
+     lambda: (pack_padded_sequence(X, [4, 3, 2]), torch.randn(3, 7)),
+     r"^Expected hidden size \(1, 3, 7\), got \[3, 7\]$"),
+    ("packed-lstm-hx-rank", _lstm,
+     lambda: (pack_padded_sequence(X, [4, 3, 2]), (torch.zeros(3, 7), torch.zeros(3, 7))),
+     r"^Expected hidden\[0\] size \(1, 3, 7\), got \[3, 7\]$"),
     ("empty-time", _rnn, lambda: (torch.randn(0, 3, 5), None),
      r"^Expected sequence length to be larger than 0 in RNN$"),
 ]
