@@ -118,20 +118,49 @@ def _backend_arg(backend, plain):
     return backend if plain or type(backend) is not dispatch.Backend else backend.requested
 
 
+# Where every layer op takes its biases (b_ih, b_hh) among its inputs.
+_BIASES = (3, 4)
+
+
 def _setup_context(ctx, inputs, output, saved_outputs):
     """Save every tensor input (a differentiable backward recomputes from them) and the
-    outputs backward reads; the non-tensor inputs travel as plain values."""
-    ctx.inputs_config = [None if isinstance(t, Tensor) else t for t in inputs]
-    ctx.save_for_backward(*[t if isinstance(t, Tensor) else None for t in inputs],
+    outputs backward reads; the non-tensor inputs travel as plain values.
+
+    In plain eager mode (the ops' autograd.Function twins, ``ctx.eager``) the biases
+    travel as plain values too, with their versions: the first-order backward never
+    reads them, and torch.nn's RNN and GRU do not save them, so an in-place change of a
+    bias between forward and backward (an optimizer step, an edit under no_grad) is no
+    error there. Saved, autograd raised "modified by an inplace operation" on it. A
+    backward that recomputes the layer (second order) still needs their forward values:
+    it raises that error where they changed (:func:`_saved`)."""
+    loose = _BIASES if getattr(ctx, "eager", False) else ()
+    ctx.inputs_config = [t if i in loose or not isinstance(t, Tensor) else None
+                         for i, t in enumerate(inputs)]
+    ctx.loose_versions = [(i, inputs[i]._version) for i in loose
+                          if isinstance(inputs[i], Tensor)]
+    ctx.save_for_backward(*[t if c is None and isinstance(t, Tensor) else None
+                            for c, t in zip(ctx.inputs_config, inputs)],
                           *[output[i] for i in saved_outputs])
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
 
 
-def _saved(ctx):
-    """-> (the op's inputs, the saved outputs)."""
+def _saved(ctx, differentiable=False):
+    """-> (the op's inputs, the saved outputs). ``differentiable``: for a backward that
+    recomputes the layer from its inputs, which raises autograd's error where an input
+    kept as a plain value (a bias, see :func:`_setup_context`) changed in place since
+    the forward."""
     saved = ctx.saved_tensors
     n = len(ctx.inputs_config)
     inputs = tuple(t if c is None else c for c, t in zip(ctx.inputs_config, saved[:n]))
+    for i, version in (ctx.loose_versions if differentiable else ()):
+        t = inputs[i]
+        if t._version != version:
+            raise RuntimeError(
+                f"one of the variables needed for gradient computation has been modified "
+                f"by an inplace operation: [{t.type()} {list(t.shape)}] is at version "
+                f"{t._version}; expected version {version} instead. Hint: enable anomaly "
+                f"detection to find the operation that failed to compute its gradient, "
+                f"with torch.autograd.set_detect_anomaly(True).")
     return inputs, saved[n:]
 
 
@@ -503,8 +532,9 @@ def _rnn_setup_context(ctx, inputs, output):
 
 
 def _rnn_backward(ctx, dy, dh_n):
-    inputs, (y,) = _saved(ctx)
-    if _needs_differentiable_backward((dy, dh_n)):
+    differentiable = _needs_differentiable_backward((dy, dh_n))
+    inputs, (y,) = _saved(ctx, differentiable)
+    if differentiable:
         return _reference_backward(_rnn_reference, inputs, (dy, dh_n))
     (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
      backend, probe) = inputs
@@ -615,8 +645,9 @@ def _lstm_setup_context(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
-    inputs, (y, gates, cs) = _saved(ctx)
-    if _needs_differentiable_backward((dy, dh_n, dc_n)):
+    differentiable = _needs_differentiable_backward((dy, dh_n, dc_n))
+    inputs, (y, gates, cs) = _saved(ctx, differentiable)
+    if differentiable:
         return _reference_backward(_lstm_reference, inputs, (dy, dh_n, dc_n))
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe = inputs
     dy, dh_n, dc_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0)
@@ -714,8 +745,9 @@ def _gru_setup_context(ctx, inputs, output):
 
 
 def _gru_backward(ctx, dy, dh_n, _dgates):
-    inputs, (y, gates) = _saved(ctx)
-    if _needs_differentiable_backward((dy, dh_n)):
+    differentiable = _needs_differentiable_backward((dy, dh_n))
+    inputs, (y, gates) = _saved(ctx, differentiable)
+    if differentiable:
         return _reference_backward(_gru_reference, inputs, (dy, dh_n))
     x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe = inputs
     dy, dh_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0)
@@ -739,6 +771,7 @@ def _eager_twin(name, impl, setup_context, backward, non_differentiable):
 
     def forward(ctx, *inputs):
         out = impl(*inputs)
+        ctx.eager = True  # see _setup_context
         setup_context(ctx, inputs, out)
         if non_differentiable:
             ctx.mark_non_differentiable(*[out[i] for i in non_differentiable])

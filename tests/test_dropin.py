@@ -1071,3 +1071,41 @@ def test_nan_input_gradients_follow_torch(cell, backend):
         assert torch.equal(a.isnan(), b.isnan()), f"tensor {i}: NaN pattern differs"
         torch.testing.assert_close(a.nan_to_num(0.0), b.nan_to_num(0.0),
                                    rtol=1e-9, atol=1e-12, msg=f"tensor {i}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+@pytest.mark.parametrize("layout", ["time_major", "packed"])
+def test_bias_changed_in_place_before_backward(cell, backend, layout):
+    """An in-place change of a bias between forward and backward (an optimizer step, an
+    edit under no_grad): torch.nn's RNN and GRU do not save their biases, and their
+    backward returns the gradients of the forward as it ran; so does rnnfast's, for
+    every cell (torch.nn's padded LSTM raises autograd's in-place error there). A
+    second-order backward, which recomputes the layer from its inputs, raises that
+    error instead of differentiating with the changed bias."""
+    ours, twin = make_pair(cell, backend)
+    x, state = problem(cell, ours)
+    grads = []
+    for m in (ours, twin):
+        xs = leaves([x] + state)
+        out = run(m, xs[0], xs[1:], layout)
+        loss = sum((o * w).sum() for o, w in zip(out, upstream(out)))
+        with torch.no_grad():
+            m.bias_hh_l0.add_(1.0)
+        if m is twin and (layout, CELLS[cell][0]) == ("time_major", "LSTM"):
+            loss = None  # torch.nn's padded LSTM raises; compare with a fresh twin
+            with torch.no_grad():
+                m.bias_hh_l0.sub_(1.0)
+            out = run(m, xs[0], xs[1:], layout)
+            loss = sum((o * w).sum() for o, w in zip(out, upstream(out)))
+        grads.append(torch.autograd.grad(loss, xs + list(m.parameters())))
+    _compare_lists("after an in-place bias change", [str(i) for i in range(len(grads[0]))],
+                   list(grads[0]), list(grads[1]))
+    if backend == "torch":  # autograd through torch ops, which do not save a bias
+        return
+    xs = leaves([x] + state)
+    out = run(ours, xs[0], xs[1:], layout)
+    with torch.no_grad():
+        ours.bias_ih_l0.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out[0].pow(2).sum(), xs[0], create_graph=True)
