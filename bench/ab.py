@@ -45,7 +45,7 @@ def pair(cell, H):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", default="rnn_relu,lstm")
     ap.add_argument("--points", default="1x32,16x64,32x128,32x256,64x512", help="BxH list")
     ap.add_argument("--mode", default="fwdbwd", choices=("fwdbwd", "fwd"))

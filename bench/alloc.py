@@ -87,7 +87,7 @@ def _calls(T, B, H):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.alloc", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", default="lstm,gru,rnn_relu")
     ap.add_argument("--points", default="16x64,32x256,64x512", help="BxH,...")
     ap.add_argument("--T", type=int, default=100)

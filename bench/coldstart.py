@@ -76,7 +76,8 @@ def _child(cell, T, B, H, what, cache):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.coldstart",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", default="rnn_relu,lstm,gru")
     ap.add_argument("--T", type=int, default=35)
     ap.add_argument("--B", type=int, default=20)

@@ -4,8 +4,6 @@
 # arguments given (e.g. --quick, --out DIR, --isa avx2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python -c "import rnnfast, matplotlib, triton" 2>/dev/null; then
-    python -m pip install --quiet torch==2.13.0
-    python -m pip install --quiet -e ".[bench,triton]"
-fi
+source bench/install.sh
+ensure_installed bench,triton matplotlib triton
 exec python -m bench "$@"

@@ -6,10 +6,30 @@
 # first, so a fresh clone needs nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python -c "import rnnfast, pytest, triton" 2>/dev/null; then
-    python -m pip install --quiet torch==2.13.0
-    python -m pip install --quiet -e ".[test,triton]"
+source bench/install.sh
+ensure_installed test,triton pytest triton
+INTERPRETED=(tests/test_triton.py tests/test_triton_gru.py tests/test_kernels.py
+             tests/test_dropin.py tests/test_modules.py tests/test_diagnostics.py)
+# Arguments that name an existing file or folder (tests/test_errors.py,
+# tests/test_kernels.py::test_x) select what runs: the plain pass runs those, the
+# interpreter pass those among its files (none: no interpreter pass). Without any, the
+# whole suite and every interpreter file; other arguments go to both passes.
+options=() paths=()
+for arg in "$@"; do
+    if [[ -e "${arg%%::*}" ]]; then paths+=("$arg"); else options+=("$arg"); fi
+done
+if (( ${#paths[@]} == 0 )); then
+    python -m pytest -q tests "${options[@]}"
+    TRITON_INTERPRET=1 python -m pytest -q "${INTERPRETED[@]}" "${options[@]}"
+    exit
 fi
-python -m pytest -q tests "$@"
-TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py tests/test_triton_gru.py \
-    tests/test_kernels.py tests/test_dropin.py tests/test_modules.py tests/test_diagnostics.py "$@"
+python -m pytest -q "${options[@]}" "${paths[@]}"
+interpreted=()
+for arg in "${paths[@]}"; do
+    for f in "${INTERPRETED[@]}"; do
+        if [[ "${arg%%::*}" -ef "$f" ]]; then interpreted+=("$arg"); fi
+    done
+done
+if (( ${#interpreted[@]} > 0 )); then
+    TRITON_INTERPRET=1 python -m pytest -q "${options[@]}" "${interpreted[@]}"
+fi

@@ -18,7 +18,8 @@ with status 1 when one is not met; ``--check-report FILE`` checks an existing
 ``report.json`` without measuring.
 
 It prints markdown tables and writes ``report.json``, ``report.md`` and PNG plots to
-``--out`` (default ``out/bench``). ``--quick`` is the CI smoke test (< 2 min on 2 cores).
+``--out`` (default ``out/bench``). ``--quick`` is the CI smoke test (~20 s on 2 idle
+cores with the kernels compiled; minutes when it compiles them or the machine is loaded).
 
 Examples::
 
@@ -59,7 +60,8 @@ def _csv(type_=str):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small grid, few repeats (< 2 min)")
+    p.add_argument("--quick", action="store_true",
+                   help="small grid, few repeats (~20 s warm; minutes with a cold compile cache)")
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--isa", choices=isa.ISAS, default="native",
