@@ -317,9 +317,10 @@ def kernels_status(cell, dtype, start=True):
         job = _JOBS.get(key)
         if job is None:
             if not start:
-                return (f"the numba {cell.upper()} kernels for {_dtype_name(dtype)} are "
-                        f"not compiled yet: the first call compiles them in a background "
-                        f"process")
+                return (f"the numba {cell.upper()} kernels for {_dtype_name(dtype)} have "
+                        f"no ready marker yet (only a warm-up writes it, once every "
+                        f"variant is cached): the first call compiles them, or loads what "
+                        f"is cached, in a background process")
             job = _JOBS[key] = _Job(key)
             try:
                 _poll()  # starts it when nothing else runs
@@ -332,7 +333,8 @@ def kernels_status(cell, dtype, start=True):
             where = "started" if job.proc is not None else "queued behind another cell"
             print(f"rnnfast: compiling the numba {cell.upper()} kernels for "
                   f"{_dtype_name(dtype)}/{ISA.name} in a background process ({where}; "
-                  f"1-2 minutes, once per machine); until then backend='auto' runs "
+                  f"1-2 minutes, once per compile cache: NUMBA_CACHE_DIR, else this checkout's "
+                  f"kernels/numba/__pycache__); until then backend='auto' runs "
                   f"torch.nn's kernels. `python -m rnnfast.warmup` compiles ahead of time, "
                   f"RNNFAST_COMPILE=sync waits instead", file=sys.stderr, flush=True)
         since = "" if job.proc is None else \
