@@ -265,9 +265,9 @@ class _FusedRNNBase(nn.RNNBase):
         return h, _zeros(input, (n, B, self.hidden_size))
 
     def _check_hx_dims(self, hx, is_batched, packed=None):
-        """torch.nn's dimension checks of a user's hx; returns hx with a batch axis. An
-        LSTM's hx of more than two tensors passes as torch.nn's does: its first two
-        are checked, the unbatched form keeps only them, and the batched one keeps
+        """torch.nn's type and dimension checks of a user's hx; returns hx with a batch
+        axis. An LSTM's hx of more than two tensors passes as torch.nn's does: its first
+        two are checked, the unbatched form keeps only them, and the batched one keeps
         them all (forward then raises torch's "lstm expects two hidden states").
 
         ``packed``: (data, batch_sizes) of a PackedSequence input, for which torch.nn
@@ -275,14 +275,6 @@ class _FusedRNNBase(nn.RNNBase):
         ("Expected hidden size (1, 3, 6), got [3, 3]"; torch.nn's LSTM skips even that
         and fails inside aten::lstm with an IndexError, so its message is the one of
         its padded path's size check)."""
-        if packed is not None:
-            states = hx if isinstance(hx, (tuple, list)) else (hx,)
-            if any(isinstance(h, torch.Tensor) and h.dim() != 3 for h in states[:2]):
-                try:
-                    self.check_forward_args(packed[0], tuple(hx) if self._cell == "lstm"
-                                            else hx, packed[1])
-                except (ValueError, RuntimeError) as e:
-                    raise RNNArgumentError(str(e)) from None
         want, form = (3, "batched 3-D") if is_batched else (2, "unbatched 2-D")
         if self._cell == "lstm":
             if not isinstance(hx, (tuple, list)):
@@ -293,6 +285,7 @@ class _FusedRNNBase(nn.RNNBase):
                     f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} of "
                     f"{len(hx)} tensor{'s' if len(hx) != 1 else ''}")
             if hx[0].dim() != want or hx[1].dim() != want:
+                self._raise_packed_size_check(packed, tuple(hx))
                 raise RNNArgumentError(
                     f"For {form} input, hx and cx should also be {want}-D but got "
                     f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
@@ -300,9 +293,21 @@ class _FusedRNNBase(nn.RNNBase):
         if not isinstance(hx, torch.Tensor):
             raise RNNArgumentError(f"hx must be a Tensor, got {type(hx).__name__}")
         if hx.dim() != want:
+            self._raise_packed_size_check(packed, hx)
             raise RNNArgumentError(
                 f"For {form} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
         return hx if is_batched else hx.unsqueeze(1)
+
+    def _raise_packed_size_check(self, packed, hx):
+        """For packed input (``packed``: its data and batch_sizes; else nothing), raise
+        torch.nn's size check of hx (see :meth:`_check_hx_dims`)."""
+        if packed is None:
+            return
+        try:
+            self.check_forward_args(packed[0], hx, packed[1])
+        except (ValueError, RuntimeError) as e:
+            raise RNNArgumentError(str(e)) from None
+        raise AssertionError("an hx that is not 3-D passed torch.nn's size check")
 
     def _check_devices_and_state_dtypes(self, input, hx):
         w = self._flat_weights[0]

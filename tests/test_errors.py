@@ -75,6 +75,9 @@ BAD_CALLS = [
     ("packed-lstm-hx-rank", _lstm,
      lambda: (pack_padded_sequence(X, [4, 3, 2]), (torch.zeros(3, 7), torch.zeros(3, 7))),
      r"^Expected hidden\[0\] size \(1, 3, 7\), got \[3, 7\]$"),
+    ("packed-lstm-hx-type", _lstm,
+     lambda: (pack_padded_sequence(X, [4, 3, 2]), torch.zeros(3, 7)),
+     r"^LSTM: hx must be a tuple \(h_0, c_0\), got Tensor$"),
     ("empty-time", _rnn, lambda: (torch.randn(0, 3, 5), None),
      r"^Expected sequence length to be larger than 0 in RNN$"),
 ]
