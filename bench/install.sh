@@ -2,6 +2,7 @@
 # checkout when it is not the one Python imports.
 #
 #   ensure_installed EXTRAS MODULE...
+#   install_torch                      (also what .ci/run installs first)
 #
 # Skips the install only when MODULE... import and rnnfast's kernels come from this
 # checkout: with another checkout installed in editable mode, `import rnnfast` from here
@@ -9,6 +10,11 @@
 # torch is pinned to 2.13.0 and its CPU build preferred (PyTorch's CPU index, where it
 # is reachable; on a machine whose pip serves local wheels only, that index fails in a
 # few seconds and the local build is taken), so pip never pulls a multi-GB CUDA build.
+install_torch() {
+    python -m pip install --quiet torch==2.13.0 \
+        --extra-index-url https://download.pytorch.org/whl/cpu
+}
+
 ensure_installed() {
     local extras="$1"
     shift
@@ -23,7 +29,6 @@ PY
     then
         return 0
     fi
-    python -m pip install --quiet torch==2.13.0 \
-        --extra-index-url https://download.pytorch.org/whl/cpu
+    install_torch
     python -m pip install --quiet -e ".[$extras]"
 }
