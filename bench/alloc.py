@@ -1,6 +1,7 @@
 """How much of a CPU layer's time is the memory allocator's: torch.nn and rnnfast
-(backend='numba') fwd+bwd under glibc's defaults, with glibc's thresholds held, and
-with jemalloc preloaded, each in its own process, with the page faults per call.
+(backend='numba') fwd+bwd under glibc's defaults, without rnnfast's scratch pool, with
+glibc's thresholds held, and with jemalloc preloaded, each in its own process, with the
+page faults per call.
 
     python -m bench.alloc [--cells lstm,gru,rnn_relu] [--points 16x64,32x256,64x512]
                           [--T 100] [--rounds 2]
@@ -9,7 +10,10 @@ glibc's malloc returns large freed blocks to the kernel (its mmap threshold foll
 largest block freed, up to 32 MiB, and the heap is trimmed past twice that), so a
 layer's big buffers are fresh pages, each faulted in on first touch, on every call.
 "thresholds held" sets glibc's own variables MALLOC_MMAP_THRESHOLD_ (64 MiB) and
-MALLOC_TRIM_THRESHOLD_ (256 MiB) for the child process; "jemalloc" preloads
+MALLOC_TRIM_THRESHOLD_ (256 MiB) for the child process; "no scratch pool" sets
+RNNFAST_SCRATCH_POOL_MB=0 (rnnfast's big internal buffers then come from malloc on every
+call, kernels/numba/_host.py; torch.nn's column there is one more sample of the
+defaults); "jemalloc" preloads
 libjemalloc.so.2 where the dynamic loader finds it (skipped otherwise).
 
 Each child builds one module (x [T, B, H] requiring grad, I = H, float32, torch's
@@ -32,6 +36,7 @@ import time
 
 ENVS = {
     "glibc defaults": {},
+    "no scratch pool": {"RNNFAST_SCRATCH_POOL_MB": "0"},
     "thresholds held": {"MALLOC_MMAP_THRESHOLD_": str(64 << 20),
                         "MALLOC_TRIM_THRESHOLD_": str(256 << 20)},
 }

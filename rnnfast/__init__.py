@@ -36,7 +36,7 @@ from .dispatch import BACKENDS, RNNArgumentError  # noqa: E402
 from .modules import GRU, LSTM, RNN  # noqa: E402
 
 __all__ = ["RNN", "LSTM", "GRU", "BACKENDS", "RNNArgumentError", "diagnostics",
-           "dispatch", "explain", "reference", "set_triton_tf32"]
+           "dispatch", "empty_cache", "explain", "reference", "set_triton_tf32"]
 __version__ = "0.1.0"
 
 
@@ -82,6 +82,21 @@ def _layer_gemm_note(module, input, dtype):
     else:
         why = f"{gemm.LAYER_GEMM_ENV}={provider}"
     return f"layer-gradient GEMMs: {provider} ({why})"
+
+
+def empty_cache():
+    """Release the CPU backend's cached scratch buffers that no tensor uses any more.
+
+    The numba backend keeps a layer's big internal buffers (saved gates and cell states,
+    the gates' gradients) for reuse, up to ``RNNFAST_SCRATCH_POOL_MB`` MiB (default
+    1024; 0: none kept), so that every call does not fault in fresh pages
+    (``kernels/numba/_host.py``, the scratch pool). Buffers still saved for a backward
+    stay. Like ``torch.cuda.empty_cache``, this only returns memory to the system."""
+    import sys
+
+    host = sys.modules.get(f"{__name__}.kernels.numba._host")
+    if host is not None:
+        host.empty_cache()
 
 
 def set_triton_tf32(enabled):

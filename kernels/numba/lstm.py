@@ -363,7 +363,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
     c_n = c0.new_empty(c0.shape)
     if train:
         gates = xp if xp is not None and reuse_xp and xp.is_contiguous() else \
-            _host.empty(like, (*lead, G))
+            _host.scratch(like, (*lead, G))[0]
         cs, cs_np = _host.scratch(like, (*lead, H))
         gates_np, cs_np = _host.rows(gates), cs_np.reshape(-1, H)
         xn = _host.rows(xp) if xp is not None else gates_np

@@ -1,0 +1,157 @@
+"""The numba backend's scratch pool (kernels/numba/_host.py): a kept buffer is handed out
+again only once nothing references it, the cap holds, and layers whose graphs are alive
+at the same time keep their own saved buffers (every gradient against torch.nn)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast.kernels.numba import _host
+
+from .tolerances import assert_close
+
+MB = 1 << 20
+BIG = (512, 1024)  # float32: 2 MiB (the pool takes 1 MiB and more)
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    """A pool of its own for the test (the module's list, emptied and restored)."""
+    monkeypatch.setattr(_host, "_POOL", [])
+    monkeypatch.setattr(_host, "_POOL_ON", True)
+    return _host
+
+
+def _ptr(t):
+    return t.data_ptr()
+
+
+def test_buffer_in_use_is_never_handed_out(pool):
+    like = torch.zeros(1)
+    a, _ = pool.scratch(like, BIG)
+    a.fill_(1.0)
+    b, _ = pool.scratch(like, BIG)
+    assert _ptr(b) != _ptr(a)
+    b.fill_(2.0)
+    assert bool((a == 1.0).all())
+
+
+def test_a_view_keeps_the_buffer(pool):
+    like = torch.zeros(1)
+    a, _ = pool.scratch(like, BIG)
+    row = a[3]  # a torch view: shares the storage that holds the numpy view
+    p = _ptr(a)
+    del a
+    b, _ = pool.scratch(like, BIG)
+    assert _ptr(b) != p
+    pb = _ptr(b)
+    del row, b
+    c, _ = pool.scratch(like, BIG)
+    assert _ptr(c) in (p, pb)  # one of the two buffers, both free now
+
+
+def test_freed_buffer_is_reused(pool):
+    like = torch.zeros(1)
+    a, a_np = pool.scratch(like, BIG)
+    p = _ptr(a)
+    del a, a_np
+    b, _ = pool.scratch(like, (3 * BIG[0] // 4, BIG[1]))  # smaller: fits the same buffer
+    assert _ptr(b) == p
+    assert len(pool._POOL) == 1
+
+
+def test_small_and_other_dtype_requests(pool):
+    like = torch.zeros(1)
+    small, _ = pool.scratch(like, (10, 10))
+    assert pool._POOL == []
+    a, _ = pool.scratch(like, BIG)
+    p = _ptr(a)
+    del a
+    d, _ = pool.scratch(like, (BIG[0] // 2, BIG[1]), torch.float64)  # same bytes
+    assert d.dtype == torch.float64 and _ptr(d) != p
+    big, _ = pool.scratch(like, (BIG[0] * 3, BIG[1]))  # over twice a free buffer's size
+    assert _ptr(big) != p
+
+
+def test_cap_holds_and_empty_cache_drops_free_buffers(pool, monkeypatch):
+    monkeypatch.setattr(_host, "SCRATCH_POOL_BYTES", 6 * MB)
+    like = torch.zeros(1)
+    held = [pool.scratch(like, BIG)[0] for _ in range(5)]
+    assert pool._pooled_bytes() <= 6 * MB
+    assert len(pool._POOL) == 3
+    del held[0]
+    new, _ = pool.scratch(like, (2 * BIG[0], BIG[1]))  # 4 MiB: one free buffer to drop
+    assert pool._pooled_bytes() <= 6 * MB
+    held.append(new)
+    rnnfast.empty_cache()  # nothing free: everything is held
+    assert pool._pooled_bytes() > 0
+    held.clear()
+    new = None
+    rnnfast.empty_cache()
+    assert pool._POOL == []
+
+
+def test_pool_off_allocates_fresh(pool, monkeypatch):
+    monkeypatch.setattr(_host, "_POOL_ON", False)
+    like = torch.zeros(1)
+    a, _ = pool.scratch(like, BIG)
+    del a
+    assert pool._POOL == []
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_bad_pool_setting_is_named(value):
+    r = subprocess.run([sys.executable, "-c", "import rnnfast.kernels.numba._host"],
+                       env={**__import__("os").environ, "RNNFAST_SCRATCH_POOL_MB": value},
+                       capture_output=True, text=True)
+    assert r.returncode != 0
+    assert f"RNNFAST_SCRATCH_POOL_MB must be a size in MiB >= 0 (0: no pool), got {value!r}" \
+        in r.stderr
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_live_graphs_keep_their_own_buffers(pool, cell):
+    """Three forwards with their graphs alive (the pool's buffers all in use), then the
+    backwards in another order, interleaved with more forwards that reuse what the
+    finished ones freed: every output and gradient equals torch.nn's."""
+    torch.manual_seed(0)
+    T, B, H = 128, 16, 128  # LSTM gates 4 MiB, GRU 3 MiB; BPTT's gate gradients 1-4 MiB
+    kind = {"lstm": "LSTM", "gru": "GRU", "rnn_relu": "RNN"}[cell]
+    kw = {"nonlinearity": "relu"} if cell == "rnn_relu" else {}
+    ref = getattr(torch.nn, kind)(H, H, num_layers=2, **kw)
+    fast = getattr(rnnfast, kind)(H, H, num_layers=2, backend="numba", **kw)
+    fast.load_state_dict(ref.state_dict())
+    xs = [torch.randn(T, B, H) * 0.5 for _ in range(5)]
+    gs = [torch.randn(T, B, H) for _ in range(5)]
+
+    def run(m, i):
+        x = xs[i].clone().requires_grad_(True)
+        y, _ = m(x)
+        return x, y
+
+    def grads(m, x, y, i):
+        return torch.autograd.grad((y * gs[i]).sum(), [x, *m.parameters()])
+
+    live = [(i, run(fast, i)) for i in range(3)]
+    assert len(pool._POOL) > 0 or cell == "rnn_relu"  # its forward saves only y
+    order = [2, 0]
+    results = {}
+    for i in order:
+        x, y = dict(live)[i]
+        results[i] = (y.detach().clone(), grads(fast, x, y, i))
+        j = 3 + len(results) - 1  # a new forward on the buffers just freed
+        live.append((j, run(fast, j)))
+    assert len(pool._POOL) > 0
+    for i, (x, y) in live:
+        if i not in results:
+            results[i] = (y.detach().clone(), grads(fast, x, y, i))
+    for i in range(5):
+        x, y = run(ref, i)
+        want = grads(ref, x, y, i)
+        got_y, got = results[i]
+        assert_close(f"{cell} y[{i}]", got_y, y)
+        for k, (a, e) in enumerate(zip(got, want)):
+            assert_close(f"{cell} grad {k} of call {i}", a, e)
