@@ -371,7 +371,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
         gates = cs = _host.no_tensor(like)
         gates_np = cs_np = _host.no_rows(like)
         xn = _host.rows(xp) if xp is not None else \
-            np.empty((math.prod(lead), G), dtype=gates_np.dtype)
+            _host.pool_array((math.prod(lead), G), gates_np.dtype)
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * P * G)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
