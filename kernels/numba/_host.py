@@ -1,6 +1,7 @@
 """Host-side helpers shared by the numba launchers: torch <-> numpy views, buffers backed
 by huge pages, and the serial / batch-parallel launch rule. Nothing here is compiled."""
 
+import math
 import os
 import sys
 import threading
@@ -74,7 +75,9 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 # reference count: the pool's own references only; a view or a tensor made from it,
 # torch.from_numpy included, holds a reference to it), up to SCRATCH_POOL_BYTES in
 # all, the least recently used free ones dropped first. Buffers under
-# SCRATCH_POOL_MIN_BYTES are left to malloc (its small bins do not return pages).
+# SCRATCH_POOL_MIN_BYTES are left to malloc: the faults measured above came from
+# buffers of several MB, and a small buffer's pages, where glibc does return them
+# (it may mmap blocks from 128 KiB up), cost little against the pool's lookup.
 # Pooled buffers keep their contents: every user writes a buffer before reading it,
 # as with np.empty. RNNFAST_SCRATCH_POOL_MB sets the cap (0: no pool);
 # rnnfast.empty_cache() drops the free buffers.
@@ -154,9 +157,7 @@ def empty_cache():
 
 def pool_array(shape, dtype):
     """np.empty(shape, dtype) from the scratch pool (see above) where it is big enough."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     dtype = np.dtype(dtype)
     if not _POOL_ON or n * dtype.itemsize < SCRATCH_POOL_MIN_BYTES:
         return np.empty(shape, dtype=dtype)
