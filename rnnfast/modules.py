@@ -63,6 +63,12 @@ TORCH_OP_LSTM_INFERENCE_REGIONS = {
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
+# What torch.nn's aten::lstm raises for an hx that is one tensor where it needs a tuple
+# (its message lists its overloads; this names the argument instead).
+_LSTM_TENSOR_HX = ("lstm() received an invalid combination of arguments - got hx as one "
+                   "Tensor, but expected a tuple of Tensors hx (h_0, c_0)")
+
+
 def _lstm_inference_to_torch(isa, B, H):
     """Why torch.nn's operator runs a forward-only float32 LSTM of batch B, hidden H on
     this ISA (see TORCH_OP_LSTM_INFERENCE_REGIONS above), or None."""
@@ -277,10 +283,11 @@ class _FusedRNNBase(nn.RNNBase):
         its padded path's size check)."""
         want, form = (3, "batched 3-D") if is_batched else (2, "unbatched 2-D")
         if self._cell == "lstm":
-            if not isinstance(hx, (tuple, list)):
+            stacked = isinstance(hx, torch.Tensor)  # torch.stack([h_0, c_0]): see below
+            if not stacked and not isinstance(hx, (tuple, list)):
                 raise RNNArgumentError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-            if len(hx) < 2:
+            if not stacked and len(hx) < 2:
                 raise RNNArgumentError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} of "
                     f"{len(hx)} tensor{'s' if len(hx) != 1 else ''}")
@@ -289,7 +296,13 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RNNArgumentError(
                     f"For {form} input, hx and cx should also be {want}-D but got "
                     f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-            return tuple(hx) if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            # One stacked tensor torch.stack([h_0, c_0]): torch.nn.LSTM only indexes
+            # hx[0] and hx[1], so it works where torch.nn makes a tuple of them (an
+            # unbatched input; a PackedSequence with a permutation) and fails in
+            # aten::lstm elsewhere (_checked_args raises that TypeError).
+            if is_batched:
+                return (hx[0], hx[1]) if stacked else tuple(hx)
+            return hx[0].unsqueeze(1), hx[1].unsqueeze(1)
         if not isinstance(hx, torch.Tensor):
             raise RNNArgumentError(f"hx must be a Tensor, got {type(hx).__name__}")
         if hx.dim() != want:
@@ -386,6 +399,9 @@ class _FusedRNNBase(nn.RNNBase):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched, B = True, int(batch_sizes[0])
             if hx is not None:
+                if self._cell == "lstm" and isinstance(hx, torch.Tensor) and \
+                        sorted_indices is None:  # torch.nn hands it to aten::lstm as is
+                    raise TypeError(_LSTM_TENSOR_HX)
                 hx = self.permute_hidden(
                     self._check_hx_dims(hx, True, (input, batch_sizes)), sorted_indices)
         else:
@@ -398,6 +414,7 @@ class _FusedRNNBase(nn.RNNBase):
             if not is_batched:
                 input = input.unsqueeze(0 if self.batch_first else 1)
             B = input.size(0) if self.batch_first else input.size(1)
+            stacked = is_batched and self._cell == "lstm" and isinstance(hx, torch.Tensor)
             if hx is not None:
                 hx = self._check_hx_dims(hx, is_batched)
         if hx is None:
@@ -406,6 +423,8 @@ class _FusedRNNBase(nn.RNNBase):
             self.check_forward_args(input, hx, batch_sizes)
         except (ValueError, RuntimeError) as e:
             raise RNNArgumentError(str(e)) from None
+        if not packed and stacked:  # a batched LSTM's hx as one tensor (_check_hx_dims)
+            raise TypeError(_LSTM_TENSOR_HX)
         if self._cell == "lstm" and len(hx) != 2:  # aten::lstm's own check
             raise RNNArgumentError("lstm expects two hidden states")
         self._check_devices_and_state_dtypes(input, hx)

@@ -52,7 +52,9 @@ BAD_CALLS = [
     ("input-device", _rnn, lambda: (X.to("meta"), None),
      r"^Input and parameter tensors are not at the same device, found input tensor at meta "
      r"and parameter tensor at cpu$"),
-    ("lstm-hx-type", _lstm, lambda: (X, torch.randn(1, 3, 7)), r"hx must be a tuple \(h_0, c_0\)"),
+    ("lstm-hx-3d-tensor", _lstm, lambda: (X, torch.randn(2, 3, 7)),
+     r"^For batched 3-D input, hx and cx should also be 3-D but got \(2-D, 2-D\) tensors$"),
+    ("lstm-hx-type", _lstm, lambda: (X, 7), r"^LSTM: hx must be a tuple \(h_0, c_0\), got int$"),
     ("lstm-hx-three", _lstm, lambda: (X, (torch.zeros(1, 3, 7),) * 3),
      r"^lstm expects two hidden states$"),
     ("lstm-hx-one", _lstm, lambda: (X, (torch.zeros(1, 3, 7),)),
@@ -75,9 +77,6 @@ BAD_CALLS = [
     ("packed-lstm-hx-rank", _lstm,
      lambda: (pack_padded_sequence(X, [4, 3, 2]), (torch.zeros(3, 7), torch.zeros(3, 7))),
      r"^Expected hidden\[0\] size \(1, 3, 7\), got \[3, 7\]$"),
-    ("packed-lstm-hx-type", _lstm,
-     lambda: (pack_padded_sequence(X, [4, 3, 2]), torch.zeros(3, 7)),
-     r"^LSTM: hx must be a tuple \(h_0, c_0\), got Tensor$"),
     ("empty-time", _rnn, lambda: (torch.randn(0, 3, 5), None),
      r"^Expected sequence length to be larger than 0 in RNN$"),
 ]
@@ -108,6 +107,41 @@ def test_errors_are_both_value_and_runtime_errors():
         _rnn()(torch.randn(4, 3, 6))
     with pytest.raises(RuntimeError):
         _rnn()(torch.randn(4, 3, 6))
+
+
+def test_lstm_hx_as_one_stacked_tensor_as_torch_nn():
+    """torch.nn.LSTM only indexes an hx's [0] and [1], so torch.stack([h_0, c_0]) works
+    where its forward makes a tuple of them (unbatched input; a PackedSequence it
+    reorders) and raises aten::lstm's TypeError elsewhere: rnnfast does the same."""
+    ref = torch.nn.LSTM(5, 7)
+    ours = rnnfast.LSTM(5, 7, backend="numba")
+    ours.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    hx = torch.randn(2, 1, 3, 7, generator=g)
+    lengths = torch.tensor([2, 4, 3])
+    cases = [(X, hx), (X[:, 0], hx[:, :, 0]),
+             (pack_padded_sequence(X, lengths.sort(descending=True).values), hx),
+             (pack_padded_sequence(X, lengths, enforce_sorted=False), hx)]
+    raised = 0
+    for i, (x, h) in enumerate(cases):
+        try:
+            want = ref(x, h)
+        except TypeError:
+            raised += 1
+            with pytest.raises(TypeError, match=r"^lstm\(\) received an invalid combination "
+                                                r"of arguments - got hx as one Tensor"):
+                ours(x, h)
+            with pytest.raises(TypeError, match="got hx as one Tensor"):
+                rnnfast.explain(ours, x, h)
+            continue
+        y, (h_n, c_n) = ours(x, h)
+        y_t, (h_t, c_t) = want
+        for name, a, b in (("output", y, y_t), ("h_n", h_n, h_t), ("c_n", c_n, c_t)):
+            a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
+            assert_close(f"case {i} {name}", a, b, torch.float32)
+    assert raised == 2  # the padded batch and the sorted PackedSequence
+    with pytest.raises(IndexError):  # torch.nn's too: it reads hx[1] of a [1, B, H] hx
+        ours(X, torch.zeros(1, 3, 7))
 
 
 def test_lstm_hx_of_three_tensors_as_torch_nn():
