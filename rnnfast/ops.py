@@ -650,6 +650,10 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
     if differentiable:
         return _reference_backward(_lstm_reference, inputs, (dy, dh_n, dc_n))
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe = inputs
+    # One time step and only c_n used: no output reads W_hr (h_1 = W_hr (o * tanh(c_1))
+    # feeds nothing), so, as in torch.nn's graph, it gets no gradient (None), not zeros.
+    hr_unused = w_hr is not None and dy is None and dh_n is None and (
+        x.shape[0] == 1 if x.dim() == 3 else int(lengths.max()) == 1)
     dy, dh_n, dc_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0)
     need_dx = ctx.needs_input_grad[0]
     plain = _plain(dy, x)
@@ -659,8 +663,8 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
         _backend_arg(backend, plain), b_ih is not None, need_dx)
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh),
-            dw_hr if w_hr is not None else None, dh0, dc0, None, None, None,
-            norms if probe is not None else None)
+            dw_hr if w_hr is not None and not hr_unused else None, dh0, dc0, None, None,
+            None, norms if probe is not None else None)
 
 
 lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)

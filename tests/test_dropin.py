@@ -648,6 +648,45 @@ def test_inplace_on_outputs(cell, backend, case):
     _compare_lists("grad", _names(twin, len(state)), res[0][1], res[1][1])
 
 
+# Which outputs a loss reads -> which gradients torch.nn leaves None. One time step and a
+# loss on c_n alone: h_1 = W_hr (o * tanh(c_1)) feeds nothing, so weight_hr gets None.
+UNUSED = {"c_n-T1": (1, (2,)), "c_n-T1-2layer-bidir": (1, (2,)), "h_n-T1": (1, (1,)),
+          "c_n-T3": (T, (2,)), "output-T1": (1, (0,))}
+
+
+@pytest.mark.parametrize("case", list(UNUSED))
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first", "create_graph"])
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_unused_parameter_gets_no_gradient(cell, backend, create_graph, case):
+    """A parameter no output of the loss depends on gets None as its gradient, where
+    torch.nn's does (not a tensor of zeros), and autograd.grad raises torch's error
+    for it; every other gradient equals torch.nn's."""
+    steps, used = UNUSED[case]
+    if max(used) >= (3 if CELLS[cell][0] == "LSTM" else 2):
+        pytest.skip("c_n exists for LSTM only")
+    kwargs = dict(num_layers=2, bidirectional=True) if "2layer" in case else {}
+    ours, twin = make_pair(cell, backend, **kwargs)
+    x = torch.randn(steps, B, I, dtype=F64, generator=torch.Generator().manual_seed(5))
+
+    def loss_of(m, x):
+        out, state = m(x)
+        outs = [out, *(state if isinstance(state, tuple) else (state,))]
+        return sum(outs[i].pow(2).sum() for i in used)
+
+    grads = []
+    for m in (ours, twin):
+        xs, params = leaves([x]), list(m.parameters())
+        g = torch.autograd.grad(loss_of(m, xs[0]), xs + params, create_graph=create_graph,
+                                allow_unused=True)
+        grads.append(list(g))
+        unused = [p for p, gp in zip(params, g[len(xs):]) if gp is None]
+        if unused:
+            with pytest.raises(RuntimeError, match="appears to not have been used in the graph"):
+                torch.autograd.grad(loss_of(m, xs[0]), unused[:1])
+    _compare_lists(case, _names(twin, 0), grads[0], grads[1])
+
+
 # ============================================================ 7. torch.nn's exact errors
 
 def _hx(cell, n, batch, hsize, csize, dims=3):
