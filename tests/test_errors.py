@@ -109,6 +109,14 @@ def test_errors_are_both_value_and_runtime_errors():
         _rnn()(torch.randn(4, 3, 6))
 
 
+def _assert_lstm_outputs(what, got, want):
+    """An LSTM's (output, (h_n, c_n)) against torch.nn's (a PackedSequence's data)."""
+    (y, (h_n, c_n)), (y_t, (h_t, c_t)) = got, want
+    for name, a, b in (("output", y, y_t), ("h_n", h_n, h_t), ("c_n", c_n, c_t)):
+        a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
+        assert_close(f"{what} {name}", a, b, torch.float32)
+
+
 def test_lstm_hx_as_one_stacked_tensor_as_torch_nn():
     """torch.nn.LSTM only indexes an hx's [0] and [1], so torch.stack([h_0, c_0]) works
     where its forward makes a tuple of them (unbatched input; a PackedSequence it
@@ -134,11 +142,7 @@ def test_lstm_hx_as_one_stacked_tensor_as_torch_nn():
             with pytest.raises(TypeError, match="got hx as one Tensor"):
                 rnnfast.explain(ours, x, h)
             continue
-        y, (h_n, c_n) = ours(x, h)
-        y_t, (h_t, c_t) = want
-        for name, a, b in (("output", y, y_t), ("h_n", h_n, h_t), ("c_n", c_n, c_t)):
-            a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
-            assert_close(f"case {i} {name}", a, b, torch.float32)
+        _assert_lstm_outputs(f"case {i}", ours(x, h), want)
     assert raised == 2  # the padded batch and the sorted PackedSequence
     with pytest.raises(IndexError):  # torch.nn's too: it reads hx[1] of a [1, B, H] hx
         ours(X, torch.zeros(1, 3, 7))
@@ -165,11 +169,7 @@ def test_lstm_hx_of_three_tensors_as_torch_nn():
             with pytest.raises(RuntimeError, match=f"^{re.escape(str(e))}$"):
                 ours(x, hx)
             continue
-        y, (h_n, c_n) = ours(x, hx)
-        y_t, (h_t, c_t) = want
-        for name, a, b in (("output", y, y_t), ("h_n", h_n, h_t), ("c_n", c_n, c_t)):
-            a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
-            assert_close(f"case {i} {name}", a, b, torch.float32)
+        _assert_lstm_outputs(f"case {i}", ours(x, hx), want)
 
 
 def test_dtype_the_backend_cannot_run():
