@@ -395,12 +395,14 @@ class _FusedRNNBase(nn.RNNBase):
         batch_sizes, sorted_indices, unsorted_indices, is_batched, hx in the sorted
         batch order, zeros when None). Raises torch.nn's errors (see forward)."""
         packed = isinstance(input, PackedSequence)
+        # An LSTM's hx as one stacked tensor: see _check_hx_dims. torch.nn hands it to
+        # aten::lstm as it is (a TypeError) for a padded batch and a sorted PackedSequence.
+        stacked = self._cell == "lstm" and isinstance(hx, torch.Tensor)
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched, B = True, int(batch_sizes[0])
             if hx is not None:
-                if self._cell == "lstm" and isinstance(hx, torch.Tensor) and \
-                        sorted_indices is None:  # torch.nn hands it to aten::lstm as is
+                if stacked and sorted_indices is None:
                     raise TypeError(_LSTM_TENSOR_HX)
                 hx = self.permute_hidden(
                     self._check_hx_dims(hx, True, (input, batch_sizes)), sorted_indices)
@@ -414,7 +416,6 @@ class _FusedRNNBase(nn.RNNBase):
             if not is_batched:
                 input = input.unsqueeze(0 if self.batch_first else 1)
             B = input.size(0) if self.batch_first else input.size(1)
-            stacked = is_batched and self._cell == "lstm" and isinstance(hx, torch.Tensor)
             if hx is not None:
                 hx = self._check_hx_dims(hx, is_batched)
         if hx is None:
@@ -423,7 +424,7 @@ class _FusedRNNBase(nn.RNNBase):
             self.check_forward_args(input, hx, batch_sizes)
         except (ValueError, RuntimeError) as e:
             raise RNNArgumentError(str(e)) from None
-        if not packed and stacked:  # a batched LSTM's hx as one tensor (_check_hx_dims)
+        if stacked and is_batched and not packed:  # after torch.nn's own checks, as there
             raise TypeError(_LSTM_TENSOR_HX)
         if self._cell == "lstm" and len(hx) != 2:  # aten::lstm's own check
             raise RNNArgumentError("lstm expects two hidden states")
