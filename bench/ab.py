@@ -8,8 +8,13 @@ Each point builds a torch.nn module and the rnnfast twin (backend='numba') with 
 state_dict, input x [T, B, H] (I = H, float32, torch's default threads), warms both, then
 alternates them (torch.nn, rnnfast, torch.nn, ...) for up to ``--reps`` rounds (at least
 5, stopping after ``--budget`` seconds) and prints the two medians (ms) and their ratio
-(> 1: rnnfast faster), then one JSON line of every ratio. fwdbwd: ``y, _ = m(x);
-y.sum().backward()`` (x needs no grad); fwd: ``m(x)`` under ``torch.no_grad()``.
+(> 1: rnnfast faster), then one JSON line of every ratio. The calls are the speed
+section's (``bench.report.common``), so the ratios read against the same floors: fwdbwd
+differentiates ``(y * g).sum() + (h_n * gh).sum()`` with respect to x and every
+parameter (``torch.autograd.grad``); fwd is ``m(x)`` under ``torch.no_grad()``. (Before
+2026-12-04 fwdbwd was ``y.sum().backward()`` with an x that needs no grad: no input
+gradient and no h_n term, which read rnnfast's LSTM at (32, 256) at 47 ms against 55 ms
+in the speed section's call, torch.nn's at 64-68 ms in both.)
 Run it once per checkout to compare commits; ``python -m bench`` is the full report.
 Each checkout needs its own install: with another checkout installed in editable mode,
 running from a copy's directory imports that copy's ``rnnfast`` but the installed
@@ -28,6 +33,8 @@ import time
 import torch
 
 import rnnfast
+
+from .report import common
 
 
 def pair(cell, H):
@@ -68,24 +75,17 @@ def main(argv=None):
         for point in a.points.split(","):
             B, H = map(int, point.split("x"))
             ref, m = pair(cell, H)
-            x = torch.randn(a.T, B, H)
-
-            def run(mod):
-                if a.mode == "fwd":
-                    with torch.no_grad():
-                        mod(x)
-                    return
-                y, _ = mod(x)
-                y.sum().backward()
-
-            for mod in (ref, m, ref, m):
-                run(mod)
+            x, g, gh = common.make_inputs(a.T, B, H, H, torch.float32, torch.device("cpu"))
+            runs = [common.fwd_fn(mod, x) if a.mode == "fwd"
+                    else common.fwdbwd_fn(mod, x, g, gh) for mod in (ref, m)]
+            for run in runs + runs:
+                run()
             times = ([], [])
             end = time.perf_counter() + a.budget
             for i in range(a.reps):
-                for mod, acc in zip((ref, m), times):
+                for run, acc in zip(runs, times):
                     t0 = time.perf_counter()
-                    run(mod)
+                    run()
                     acc.append(time.perf_counter() - t0)
                 if i >= 4 and time.perf_counter() > end:
                     break
