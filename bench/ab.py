@@ -3,6 +3,7 @@ comparing checkouts of rnnfast on the same machine in the same minutes.
 
     python -m bench.ab [--cells rnn_relu,lstm,gru] [--points 1x32,16x64,...] [--mode fwdbwd|fwd]
                        [--T 100] [--reps 15] [--budget 4] [--tag LABEL]
+                       [--isa native|avx512|avx2|x86-64]
 
 Each point builds a torch.nn module and the rnnfast twin (backend='numba') with the same
 state_dict, input x [T, B, H] (I = H, float32, torch's default threads), warms both, then
@@ -16,6 +17,9 @@ parameter (``torch.autograd.grad``); fwd is ``m(x)`` under ``torch.no_grad()``. 
 gradient and no h_n term, which read rnnfast's LSTM at (32, 256) at 47 ms against 55 ms
 in the speed section's call, torch.nn's at 64-68 ms in both.)
 Run it once per checkout to compare commits; ``python -m bench`` is the full report.
+``--isa`` runs it as on a CPU with that instruction set, as ``python -m bench --isa``
+does (a child process with numba's target and torch's ISA limits set:
+``bench/report/isa.py``).
 Each checkout needs its own install: with another checkout installed in editable mode,
 running from a copy's directory imports that copy's ``rnnfast`` but the installed
 checkout's ``rnnfast.kernels`` (setuptools' editable finder maps the package there), so
@@ -28,13 +32,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
 
 import rnnfast
 
-from .report import common
+from .report import common, isa
 
 
 def pair(cell, H):
@@ -60,11 +65,22 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per point")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--isa", choices=isa.ISAS, default="native",
+                    help="run as on a CPU with this instruction set (see python -m bench)")
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = ap.parse_args(argv)
+    if not isa.in_child(a.isa):
+        try:
+            return isa.rerun(a.isa, argv, module="bench.ab")
+        except ValueError as e:
+            print(f"python -m bench.ab: {e}", file=sys.stderr)
+            return 2
     import rnnfast.kernels
     here = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.__file__)))
     kern = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.kernels.__file__)))
-    print(f"{a.tag} rnnfast from {here}, kernels from {kern}", flush=True)
+    d = isa.describe(a.isa)
+    print(f"{a.tag} rnnfast from {here}, kernels from {kern}; numba CPU {d['numba_cpu']} "
+          f"(widest {d['numba_widest']}), torch {d['torch_cpu_capability']}", flush=True)
     if here != kern:
         raise SystemExit("bench.ab: rnnfast and rnnfast.kernels come from different "
                          "checkouts (an editable install elsewhere?): install this one, "
@@ -97,4 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

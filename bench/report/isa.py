@@ -99,14 +99,14 @@ def in_child(isa):
     return isa == "native" or os.environ.get(MARKER) == isa
 
 
-def rerun(isa, argv):
-    """Run ``python -m bench <argv>`` in a child process that runs as on ``isa``;
-    returns its exit status."""
+def rerun(isa, argv, module="bench"):
+    """Run ``python -m <module> <argv>`` (``bench``, ``bench.ab``) in a child process
+    that runs as on ``isa``; returns its exit status."""
     env = child_env(isa)
-    print(f"bench: re-running for --isa {isa} (numba CPU "
+    print(f"{module}: re-running for --isa {isa} (numba CPU "
           f"{env.get('NUMBA_CPU_NAME', 'host')}, torch {env['ATEN_CPU_CAPABILITY']})",
           file=sys.stderr, flush=True)
-    return subprocess.call([sys.executable, "-m", "bench", *argv], env=env)
+    return subprocess.call([sys.executable, "-m", module, *argv], env=env)
 
 
 def describe(isa):
