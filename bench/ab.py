@@ -70,11 +70,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     a = ap.parse_args(argv)
     if not isa.in_child(a.isa):
-        try:
-            return isa.rerun(a.isa, argv, module="bench.ab")
-        except ValueError as e:
-            print(f"python -m bench.ab: {e}", file=sys.stderr)
-            return 2
+        return isa.rerun(a.isa, argv, module="bench.ab")
     import rnnfast.kernels
     here = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.__file__)))
     kern = os.path.dirname(os.path.dirname(os.path.realpath(rnnfast.kernels.__file__)))

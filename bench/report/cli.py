@@ -208,11 +208,7 @@ def main(argv=None):
         print(check.markdown(rows, report))
         return 1 if check.missed(rows) else 0
     if not isa.in_child(a.isa):
-        try:
-            return isa.rerun(a.isa, argv)
-        except ValueError as e:
-            print(f"python -m bench: {e}", file=sys.stderr)
-            return 2
+        return isa.rerun(a.isa, argv)
     report = run(a, "python -m bench" + ("" if not argv else " " + shlex.join(argv)))
     return 1 if a.check and check.missed(report["check"]) else 0
 

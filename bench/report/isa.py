@@ -101,8 +101,13 @@ def in_child(isa):
 
 def rerun(isa, argv, module="bench"):
     """Run ``python -m <module> <argv>`` (``bench``, ``bench.ab``) in a child process
-    that runs as on ``isa``; returns its exit status."""
-    env = child_env(isa)
+    that runs as on ``isa``; returns its exit status, or 2 with the reason on stderr
+    where this host cannot run as on ``isa`` (:func:`child_env`'s ValueError)."""
+    try:
+        env = child_env(isa)
+    except ValueError as e:
+        print(f"python -m {module}: {e}", file=sys.stderr)
+        return 2
     print(f"{module}: re-running for --isa {isa} (numba CPU "
           f"{env.get('NUMBA_CPU_NAME', 'host')}, torch {env['ATEN_CPU_CAPABILITY']})",
           file=sys.stderr, flush=True)
