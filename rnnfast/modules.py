@@ -503,7 +503,7 @@ class _FusedRNNBase(nn.RNNBase):
                 and x.dtype in (torch.float32, torch.float64)
                 and not torch.is_autocast_enabled("cpu")
                 and not self.record_grad_norms
-                and not (self._cell == "rnn" and self.nonlinearity == "leaky_relu"))
+                and not (self._cell == "rnn" and self._activation() == "leaky_relu"))
 
     def _layers(self, input, batch_sizes, hx):
         """input: [T, B, I] ([B, T, I] with batch_first) or packed data [N, I] with
@@ -592,7 +592,7 @@ class _FusedRNNBase(nn.RNNBase):
                     y, h = ops.gru(x, w_ih, w_hh, b_ih, b_hh, h0[i], **common)
                 else:
                     y, h = ops.rnn(x, w_ih, w_hh, b_ih, b_hh, h0[i],
-                                   activation=ACTIVATIONS[self.nonlinearity],
+                                   activation=ACTIVATIONS[self._activation()],
                                    negative_slope=self.negative_slope, **common)
                 outs.append(y)
                 h_n.append(h)
@@ -608,12 +608,12 @@ class _FusedRNNBase(nn.RNNBase):
     def _torch_rnn_op(self, input, batch_sizes, hx):
         """torch.nn's own operator (aten::lstm, ...), which the ONNX exporters translate
         to ONNX's RNN / LSTM / GRU operators."""
-        if self._cell == "rnn" and self.nonlinearity == "leaky_relu":
+        if self._cell == "rnn" and self._activation() == "leaky_relu":
             raise RNNArgumentError(
                 "rnnfast.RNN(nonlinearity='leaky_relu') cannot be exported to ONNX: torch's "
                 "ONNX exporters translate only tanh and relu RNNs")
         op = {"lstm": _VF.lstm, "gru": _VF.gru}.get(self._cell) or (
-            _VF.rnn_tanh if self.nonlinearity == "tanh" else _VF.rnn_relu)
+            _VF.rnn_tanh if self._activation() == "tanh" else _VF.rnn_relu)
         if self.dropout > 0 and self.training and self.num_layers > 1 \
                 and _philox_dropout_ok(input):
             return self._torch_rnn_op_by_layer(op, input, batch_sizes, hx)
@@ -658,7 +658,7 @@ class _FusedRNNBase(nn.RNNBase):
         """torch.jit.script scripts torch.nn's module of the same configuration, sharing
         this module's parameters (TorchScript cannot compile rnnfast's Python layers):
         the scripted model computes the same function with torch's kernels."""
-        if self._cell == "rnn" and self.nonlinearity == "leaky_relu":
+        if self._cell == "rnn" and self._activation() == "leaky_relu":
             raise RNNArgumentError(
                 "torch.jit.script of rnnfast.RNN(nonlinearity='leaky_relu') is not "
                 "supported: TorchScript scripts torch.nn.RNN, which has no leaky_relu")
@@ -672,7 +672,7 @@ class _FusedRNNBase(nn.RNNBase):
             twin = nn.GRU(self.input_size, self.hidden_size, **kwargs)
         else:
             twin = nn.RNN(self.input_size, self.hidden_size,
-                          nonlinearity=self.nonlinearity, **kwargs)
+                          nonlinearity=self._activation(), **kwargs)
         for name in self._flat_weights_names:
             setattr(twin, name, getattr(self, name))
         twin._init_flat_weights()
@@ -711,7 +711,19 @@ class RNN(_FusedRNNBase):
         super().__init__(mode, *args, **kwargs)
         self.nonlinearity = nonlinearity
         self.negative_slope = float(negative_slope)
+        self._leaky = nonlinearity == "leaky_relu"
         self._init_extras(backend)
+
+    def _activation(self):
+        """The activation a call runs, by torch.nn.RNN.forward's rule: ``mode`` (set
+        from ``nonlinearity`` at construction) picks tanh (RNN_TANH) or ReLU (any other);
+        torch.nn never reads ``nonlinearity`` again, so assigning it later changes
+        nothing, and assigning ``mode`` does. leaky-ReLU, which torch.nn has no mode for,
+        is fixed at construction too (its ``mode`` reads RNN_TANH, as torch's RNNBase
+        accepts no other)."""
+        if getattr(self, "_leaky", self.nonlinearity == "leaky_relu"):  # older pickles
+            return "leaky_relu"
+        return "tanh" if self.mode == "RNN_TANH" else "relu"
 
     def extra_repr(self):
         s = super().extra_repr()

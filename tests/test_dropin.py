@@ -886,6 +886,23 @@ def test_onnx_export_matches_onnxruntime(cell, backend, dynamo, tmp_path):
         assert_close(f"onnxruntime {name}", torch.from_numpy(a), b)
 
 
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell, attr, value", [
+    ("tanh", "nonlinearity", "relu"), ("tanh", "mode", "RNN_RELU"),
+    ("relu", "nonlinearity", "tanh"), ("relu", "mode", "RNN_TANH")])
+def test_rnn_activation_follows_mode_like_torch(cell, backend, attr, value):
+    """torch.nn.RNN's forward picks tanh or ReLU from ``mode`` (set from nonlinearity at
+    construction), never from ``nonlinearity``: the same assignment after construction
+    leaves both modules computing the same function."""
+    ours, twin = make_pair(cell, backend)
+    setattr(ours, attr, value)
+    setattr(twin, attr, value)
+    x, state = problem(cell, ours)
+    with torch.no_grad():
+        _compare_lists(f"{attr}={value!r}", ["output", "h_n"], run(ours, x, state),
+                       run(twin, x, state))
+
+
 # ============================================================ 9. checkpoints
 
 @pytest.mark.parametrize("backend", backend_params())
