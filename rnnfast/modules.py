@@ -2,7 +2,9 @@
 
 They subclass ``torch.nn.RNNBase`` (not ``nn.RNN``/``nn.LSTM``/``nn.GRU``, which
 TorchDynamo refuses to trace), so parameter names, shapes, ``reset_parameters``,
-``state_dict``, ``.to()`` and ``extra_repr`` are exactly torch's, and the forward follows
+``state_dict`` and ``.to()`` are exactly torch's (``extra_repr`` is torch's plus what
+torch's leaves out: an RNN's activation where it is not tanh, ``negative_slope``, a
+``backend`` other than auto), and the forward follows
 torch.nn's own step by step (input forms, hidden-state checks with torch's messages,
 PackedSequence sorting), with torch.nn's fused call replaced by rnnfast's layers:
 
@@ -727,9 +729,10 @@ class RNN(_FusedRNNBase):
 
     def extra_repr(self):
         s = super().extra_repr()
-        if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity}"
-        if self.nonlinearity == "leaky_relu":
+        act = self._activation()  # what runs (torch.nn's repr leaves it out)
+        if act != "tanh":
+            s += f", nonlinearity={act}"
+        if act == "leaky_relu":
             s += f", negative_slope={self.negative_slope}"
         return s + (f", backend={self.backend}" if self.backend != "auto" else "")
 
