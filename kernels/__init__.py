@@ -55,6 +55,22 @@ layer at (B, H) = (1, 32)); rnnfast.ops uses it for padded input where present::
 (x [T, B, I], b_ih and b_hh [G] or both None), with results bitwise those of
 ``project`` followed by the recurrence launcher.
 
+And a one-call layer backward per cell, the BPTT and the layer GEMMs together, for a
+padded layer without lengths (numba does: the gate gradients stay in a scratch buffer
+between the two launches, ~35 us less host work per call at (B, H) = (1, 32));
+rnnfast.ops uses it where present and falls back to the recurrence launcher and
+``layer_grads`` where it returns None (numba: where those GEMMs go to torch.mm)::
+
+    rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation, negative_slope,
+                  has_bias, need_dx) -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, norms)
+    lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse,
+                   has_bias, need_dx) -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0, norms)
+    gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias, need_dx)
+        -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, norms)
+
+(no projection for the LSTM; dx [0] without need_dx, the biases' [0] without bias), with
+results bitwise those of the BPTT launcher followed by ``layer_grads``.
+
 A backend may also export the inter-layer dropout's mask (numba does: torch's CPU
 ``F.dropout`` draws its mask one element at a time off Intel CPUs)::
 

@@ -390,6 +390,14 @@ def _one_call(kern, name, x, rows):
     return None
 
 
+def _one_call_bwd(kern, name, x, lengths):
+    """Whether the backend's one-call layer backward ``name`` (the BPTT and the layer
+    GEMMs together; kernels/__init__) may take this layer: it has one, and the input is
+    a padded batch without lengths. The launcher may still decline (None: its GEMMs go
+    to torch.mm), and the layer then runs the recurrence launcher and layer_grads."""
+    return lengths is None and x.dim() == 3 and hasattr(kern, name)
+
+
 def _project(kern, x, w_ih, bias, rows):
     """The input projection x @ w_ih^T + bias -> xp: one GEMM over x's rows. x padded
     [T, B, I] -> [T, B, G]; packed rows [M, I] -> [M, G] for a PACKED_ROWS backend,
@@ -469,6 +477,11 @@ def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
+    if _one_call_bwd(kern, "rnn_layer_bwd", x, lengths):
+        out = kern.rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation,
+                                 negative_slope, has_bias, need_dx)
+        if out is not None:
+            return out
     (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
     dxp, dh0, norms = kern.rnn_bwd(dy_k, dh_n, y_k, w_hh, lengths, reverse, activation,
                                    negative_slope, **packed)
@@ -589,6 +602,11 @@ def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tens
     """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0, dc0,
     norms [T] float64."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
+    if w_hr is None and _one_call_bwd(kern, "lstm_layer_bwd", x, lengths):
+        out = kern.lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs,
+                                  reverse, has_bias, need_dx)
+        if out is not None:
+            return (*out[:5], x.new_empty(_EMPTY), *out[5:])
     (dy_k,), packed = _kernel_rows(kern, x, lengths, reverse, dy)
     dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy_k, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
                                               lengths, reverse, **packed)
@@ -712,6 +730,11 @@ def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
+    if _one_call_bwd(kern, "gru_layer_bwd", x, lengths):
+        out = kern.gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias,
+                                 need_dx)
+        if out is not None:
+            return out
     (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
     dxp, dgh, dh0, norms = kern.gru_bwd(dy_k, dh_n, y_k, gates, h0, w_hh, lengths,
                                         reverse, **packed)

@@ -296,6 +296,90 @@ def test_layer_forward_launchers(provider, threads, monkeypatch):
         torch.set_num_threads(old)
 
 
+BACKWARD_CASES = [  # (T, B, I, H, reverse, bias, need_dx): padded, no lengths
+    (5, 3, 7, 37, False, True, True),
+    (5, 3, 7, 37, True, False, True),
+    (1, 1, 1, 1, False, True, False),
+    (6, 33, 100, 100, True, True, True),  # batch-parallel BPTT
+    (50, 16, 128, 128, False, True, True),  # parallel layer GEMMs
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_backward_launchers(threads):
+    """The numba backend's one-call layer backwards (rnn_layer_bwd, lstm_layer_bwd,
+    gru_layer_bwd: the BPTT and the layer GEMMs in one launcher) give bitwise the
+    results of the BPTT launcher followed by layer_grads, every cell, float32 and
+    float64, both directions, with and without bias and dx."""
+    from rnnfast.kernels import numba as nk
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(2)
+    try:
+        for T, B, I, H, rev, bias, need_dx in BACKWARD_CASES:
+            for dt in (torch.float32, torch.float64):
+                def r(*s, scale=1.0):
+                    return torch.randn(*s, generator=g, dtype=dt) * scale
+                x, dy, dh_n = r(T, B, I), r(T, B, H), r(B, H)
+                for cell, k in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+                    G = k * H
+                    w_ih, w_hh, h0 = r(G, I, scale=0.3), r(G, H, scale=0.3), r(B, H)
+                    b_ih, b_hh = (r(G), r(G)) if bias else (None, None)
+                    if cell == "rnn":
+                        y, _ = nk.rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, None, rev,
+                                                RELU, 0.01)
+                        dxp, dh0, norms = nk.rnn_bwd(dy, dh_n, y, w_hh, None, rev, RELU,
+                                                     0.01)
+                        a = (*nk.layer_grads(dxp, x, y, h0, w_ih, None, rev, bias, need_dx),
+                             dh0, norms)
+                        b = nk.rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, rev, RELU,
+                                             0.01, bias, need_dx)
+                    elif cell == "lstm":
+                        c0, dc_n = r(B, H), r(B, H)
+                        y, _, _, gates, cs = nk.lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh,
+                                                               None, h0, c0, None, rev)
+                        dxp, dh0, dc0, _, norms = nk.lstm_bwd(dy, dh_n, dc_n, gates, cs, c0,
+                                                              w_hh, None, None, rev)
+                        a = (*nk.layer_grads(dxp, x, y, h0, w_ih, None, rev, bias, need_dx),
+                             dh0, dc0, norms)
+                        b = nk.lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y,
+                                              gates, cs, rev, bias, need_dx)
+                    else:
+                        y, _, gates = nk.gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, None,
+                                                       rev)
+                        dxp, dgh, dh0, norms = nk.gru_bwd(dy, dh_n, y, gates, h0, w_hh,
+                                                          None, rev)
+                        a = (*nk.layer_grads(dxp, x, y, h0, w_ih, None, rev, bias, need_dx,
+                                             dgh=dgh), dh0, norms)
+                        b = nk.gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, rev,
+                                             bias, need_dx)
+                    assert b is not None and len(a) == len(b)
+                    for i, (u, v) in enumerate(zip(a, b)):
+                        assert u.shape == v.shape and torch.equal(u, v), \
+                            f"{cell} result {i} T={T} B={B} H={H} {dt} reverse={rev}"
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_layer_backward_launchers_decline_and_check(monkeypatch):
+    """A one-call layer backward returns None where the layer GEMMs go to torch.mm (the
+    caller then runs the two launchers), and raises the kernels' ValueError for a wrong
+    shape before any kernel runs."""
+    from rnnfast.kernels import numba as nk
+    T, B, H = 4, 2, 8
+    x, dy, dh_n, h0 = torch.randn(T, B, H), torch.randn(T, B, H), torch.randn(B, H), \
+        torch.zeros(B, H)
+    w_ih, w_hh = torch.randn(H, H), torch.randn(H, H)
+    y, _ = nk.rnn_layer_fwd(x, w_ih, None, None, w_hh, h0)
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", "torch")
+    assert nk.rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y) is None
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", "numba")
+    with pytest.raises(ValueError, match=r"rnn_layer_bwd\[numba\]: w_ih must be"):
+        nk.rnn_layer_bwd(dy, dh_n, x, w_ih[:, :3], w_hh, h0, y)
+    with pytest.raises(ValueError, match=r"rnn_layer_bwd\[numba\]: dy must be"):
+        nk.rnn_layer_bwd(dy[:2], dh_n, x, w_ih, w_hh, h0, y)
+
+
 @pytest.mark.parametrize("provider", ["numba", "torch"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_layer_forward_launchers_packed_rows(provider, threads, monkeypatch):

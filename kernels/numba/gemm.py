@@ -657,6 +657,35 @@ def _layer_grads_numba(d, dg, first, x, y, h0, h_rows, w_ih, reverse, has_bias, 
     return dx, dw_ih, dw_hh, db_ih, db_hh
 
 
+def layer_grads_padded(d, dg, x, y, h0, w_ih, reverse, has_bias, need_dx):
+    """:func:`layer_grads` for the one-call layer backwards (``rnn_layer_bwd``, ...): a
+    padded layer without lengths whose gate gradients are numpy rows already, d and dg
+    [T * B, G] (dg None: d, as layer_grads' ``dgh=None``), x [T, B, I], y [T, B, P],
+    h0 [B, P], w_ih [G, I] (shapes checked by the caller), on the tile (the caller
+    asked :func:`layer_gemm_provider`). The same launch as layer_grads, without its
+    torch views and copies (~30 us of host work per call on a 2-core Zen 4)."""
+    N, G = d.shape
+    T, B, I = x.shape
+    P = y.shape[2]
+    same = dg is None
+    dg = d if same else dg
+    first = dg[(T - 1) * B:] if reverse else dg[:B]  # h_{t-1} = h0 at these rows
+    dw_ih = _host.empty(x, (G, I))
+    dw_hh = _host.empty(x, (G, P))
+    db_ih = x.new_empty((G,) if has_bias else (0,))
+    db_hh = x.new_empty((G,) if has_bias and not same else (0,))
+    dx = _host.empty(x, x.shape) if need_dx else x.new_empty((0,))
+    _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
+                 _host.gemm_threads(G, layer_grads_macs(N, 1, G, I, P, need_dx)),
+                 d, dg, _host.as_numpy(x).reshape(N, I), _host.as_numpy(y).reshape(N, P),
+                 _host.as_numpy(h0), first, _ORDERED, _host.as_numpy(w_ih), not reverse,
+                 dw_ih.numpy(), dw_hh.numpy(), db_ih.numpy(), db_hh.numpy(),
+                 dx.numpy().reshape(N if need_dx else 0, I))
+    if has_bias and same:
+        db_hh = db_ih.clone()
+    return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
 # ---------------------------------------------------------------- who runs the big layer GEMMs
 
 LAYER_GEMM_ENV = "RNNFAST_LAYER_GEMM"

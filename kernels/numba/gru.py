@@ -44,6 +44,8 @@ from .config import JIT, JIT_PARALLEL
 from .gemm import (
     a_scratch,
     layer_gemm_provider,
+    layer_grads_macs,
+    layer_grads_padded,
     mm_into,
     pack_bt,
     panels,
@@ -384,3 +386,40 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, offsets=N
                  dxp_np.reshape(-1, 3 * H), dgh_np.reshape(-1, 3 * H), dh0.numpy(),
                  norms_np)
     return dxp, dgh, dh0, norms
+
+
+def gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False, has_bias=True,
+                  need_dx=True):
+    """A whole GRU layer direction's backward in one launcher: :func:`gru_bwd`, then
+    :func:`gemm.layer_grads` on its dxp and dgh, for a padded layer without lengths; as
+    lstm.lstm_layer_bwd (bitwise the two launchers' results, less host work).
+
+    dy [T, B, H], dh_n [B, H], x [T, B, I], w_ih [3H, I], w_hh [3H, H], h0 [B, H],
+    y [T, B, H], gates from :func:`gru_fwd`. Returns (dx [T, B, I] (or [0]), dW_ih,
+    dW_hh, db_ih, db_hh ([0] without bias), dh0, norms float64 [T]), or None where the
+    layer GEMMs go to torch.mm (:func:`gemm.layer_gemm_provider`).
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check)."""
+    if y.dim() != 3 or x.dim() != 3:
+        return None  # the two launchers' own checks and messages
+    T, B, H = y.shape
+    G, I = 3 * H, x.shape[2]
+    if layer_gemm_provider(y.dtype, layer_grads_macs(T * B, 1, G, I, H, need_dx)) \
+            != "numba":
+        return None
+    check_backward_args("gru_layer_bwd[numba]", y, (
+        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("gates", gates, (T, B, 4 * H)),
+        ("h0", h0, (B, H)), ("w_hh", w_hh, (G, H)), ("x", x, (T, B, I)),
+        ("w_ih", w_ih, (G, I))))
+    dxp = _host.scratch(y, (T * B, G))[1]
+    dgh = _host.scratch(y, (T * B, G))[1]
+    dh0 = torch.empty_like(dh_n)
+    norms, norms_np = _host.scratch(y, (T,), torch.float64)
+    off, dense = _host.row_layout(None, T, B)
+    _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * H * G),
+                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y), _host.rows(gates),
+                 _host.as_numpy(h0), panels(w_hh), _host.lengths_array(None, T, B), off,
+                 dense, bool(reverse), dxp, dgh, dh0.numpy(), norms_np)
+    return (*layer_grads_padded(dxp, dgh, x, y, h0, w_ih, reverse, has_bias, need_dx),
+            dh0, norms)

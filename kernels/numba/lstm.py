@@ -39,6 +39,8 @@ from .config import JIT, JIT_PARALLEL
 from .gemm import (
     a_scratch,
     layer_gemm_provider,
+    layer_grads_macs,
+    layer_grads_padded,
     mm_into,
     pack_bt,
     panels,
@@ -427,3 +429,46 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
                  dxp_np.reshape(-1, G), dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
     return dxp, dh0, dc0, dhs, norms
+
+
+def lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse=False,
+                   has_bias=True, need_dx=True):
+    """A whole LSTM layer direction's backward in one launcher: :func:`lstm_bwd`, then
+    :func:`gemm.layer_grads` on its dxp, for a padded layer without projection or
+    lengths (the common call; kernels/__init__). The same two launches, bitwise the
+    same results, without the torch tensors the two launchers pass between them (dxp
+    stays a numpy scratch buffer): ~35 us less host work per call at (B, H) = (1, 32).
+
+    dy [T, B, H], dh_n and dc_n [B, H], x [T, B, I], w_ih [4H, I], w_hh [4H, H], h0 and
+    c0 [B, H], y [T, B, H]; gates and cs from :func:`lstm_fwd`. Returns (dx [T, B, I]
+    (or [0] when not need_dx), dW_ih, dW_hh, db_ih, db_hh ([0] without bias), dh0, dc0,
+    norms float64 [T]), or None where the layer GEMMs go to torch.mm
+    (:func:`gemm.layer_gemm_provider`): the caller then runs the two launchers.
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check)."""
+    if gates.dim() != 3 or x.dim() != 3:
+        return None  # the two launchers' own checks and messages
+    T, B, G = gates.shape
+    H, I = G // 4, x.shape[2]
+    if layer_gemm_provider(gates.dtype, layer_grads_macs(T * B, 1, G, I, H, need_dx)) \
+            != "numba":
+        return None
+    check_backward_args("lstm_layer_bwd[numba]", gates, (
+        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("dc_n", dc_n, (B, H)),
+        ("cs", cs, (T, B, H)), ("c0", c0, (B, H)), ("w_hh", w_hh, (G, H)),
+        ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)), ("h0", h0, (B, H)),
+        ("y", y, (T, B, H))))
+    dxp = _host.scratch(gates, (T * B, G))[1]
+    dh0 = torch.empty_like(dh_n)
+    dc0 = torch.empty_like(dc_n)
+    norms, norms_np = _host.scratch(gates, (T,), torch.float64)
+    off, dense = _host.row_layout(None, T, B)
+    _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * H * G),
+                 _host.rows(dy), _host.as_numpy(dh_n), _host.as_numpy(dc_n),
+                 _host.rows(gates), _host.rows(cs), _host.as_numpy(c0), panels(w_hh),
+                 _host.no_weight(gates), _host.lengths_array(None, T, B), off, dense,
+                 bool(reverse), dxp, dh0.numpy(), dc0.numpy(), _host.no_rows(gates),
+                 norms_np)
+    return (*layer_grads_padded(dxp, None, x, y, h0, w_ih, reverse, has_bias, need_dx),
+            dh0, dc0, norms)

@@ -32,6 +32,8 @@ from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import (
     a_scratch,
     layer_gemm_provider,
+    layer_grads_macs,
+    layer_grads_padded,
     mm_into,
     pack_bt,
     panels,
@@ -323,3 +325,38 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
                  bool(reverse), int(activation), float(negative_slope),
                  dxp_np.reshape(-1, H), dh0.numpy(), norms_np)
     return dxp, dh0, norms
+
+
+def rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
+                  negative_slope=0.01, has_bias=True, need_dx=True):
+    """A whole Elman RNN layer direction's backward in one launcher: :func:`rnn_bwd`,
+    then :func:`gemm.layer_grads` on its dxp, for a padded layer without lengths; as
+    lstm.lstm_layer_bwd (bitwise the two launchers' results, less host work).
+
+    dy [T, B, H], dh_n [B, H], x [T, B, I], w_ih [H, I], w_hh [H, H], h0 [B, H],
+    y [T, B, H]. Returns (dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh ([0]
+    without bias), dh0, norms float64 [T]), or None where the layer GEMMs go to
+    torch.mm (:func:`gemm.layer_gemm_provider`).
+
+    Raises ValueError on a bad shape, dtype or device (kernels._check)."""
+    if y.dim() != 3 or x.dim() != 3:
+        return None  # the two launchers' own checks and messages
+    T, B, H = y.shape
+    I = x.shape[2]
+    if layer_gemm_provider(y.dtype, layer_grads_macs(T * B, 1, H, I, H, need_dx)) \
+            != "numba":
+        return None
+    check_backward_args("rnn_layer_bwd[numba]", y, (
+        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("w_hh", w_hh, (H, H)),
+        ("x", x, (T, B, I)), ("w_ih", w_ih, (H, I)), ("h0", h0, (B, H))))
+    dxp = _host.scratch(y, (T * B, H))[1]
+    dh0 = torch.empty_like(dh_n)
+    norms, norms_np = _host.scratch(y, (T,), torch.float64)
+    off, dense = _host.row_layout(None, T, B)
+    _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
+                 _host.recurrence_chunks(B, B * H * H),
+                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y), panels(w_hh),
+                 _host.lengths_array(None, T, B), off, dense, bool(reverse),
+                 int(activation), float(negative_slope), dxp, dh0.numpy(), norms_np)
+    return (*layer_grads_padded(dxp, None, x, y, h0, w_ih, reverse, has_bias, need_dx),
+            dh0, norms)
