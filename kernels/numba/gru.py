@@ -408,18 +408,8 @@ def gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False, has_bias
             != "numba":
         return None
     check_backward_args("gru_layer_bwd[numba]", y, (
-        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("gates", gates, (T, B, 4 * H)),
-        ("h0", h0, (B, H)), ("w_hh", w_hh, (G, H)), ("x", x, (T, B, I)),
-        ("w_ih", w_ih, (G, I))))
-    dxp = _host.scratch(y, (T * B, G))[1]
-    dgh = _host.scratch(y, (T * B, G))[1]
-    dh0 = torch.empty_like(dh_n)
-    norms, norms_np = _host.scratch(y, (T,), torch.float64)
-    off, dense = _host.row_layout(None, T, B)
-    _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * G),
-                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y), _host.rows(gates),
-                 _host.as_numpy(h0), panels(w_hh), _host.lengths_array(None, T, B), off,
-                 dense, bool(reverse), dxp, dgh, dh0.numpy(), norms_np)
-    return (*layer_grads_padded(dxp, dgh, x, y, h0, w_ih, reverse, has_bias, need_dx),
-            dh0, norms)
+        ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)), ("h0", h0, (B, H))))
+    dxp, dgh, dh0, norms = gru_bwd(dy, dh_n, y, gates, h0, w_hh, None, reverse)
+    return (*layer_grads_padded(dxp.numpy().reshape(T * B, G),
+                                dgh.numpy().reshape(T * B, G), x, y, h0, w_ih, reverse,
+                                has_bias, need_dx), dh0, norms)

@@ -347,16 +347,7 @@ def rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
             != "numba":
         return None
     check_backward_args("rnn_layer_bwd[numba]", y, (
-        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("w_hh", w_hh, (H, H)),
         ("x", x, (T, B, I)), ("w_ih", w_ih, (H, I)), ("h0", h0, (B, H))))
-    dxp = _host.scratch(y, (T * B, H))[1]
-    dh0 = torch.empty_like(dh_n)
-    norms, norms_np = _host.scratch(y, (T,), torch.float64)
-    off, dense = _host.row_layout(None, T, B)
-    _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * H),
-                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y), panels(w_hh),
-                 _host.lengths_array(None, T, B), off, dense, bool(reverse),
-                 int(activation), float(negative_slope), dxp, dh0.numpy(), norms_np)
-    return (*layer_grads_padded(dxp, None, x, y, h0, w_ih, reverse, has_bias, need_dx),
-            dh0, norms)
+    dxp, dh0, norms = rnn_bwd(dy, dh_n, y, w_hh, None, reverse, activation, negative_slope)
+    return (*layer_grads_padded(dxp.numpy().reshape(T * B, H), None, x, y, h0, w_ih,
+                                reverse, has_bias, need_dx), dh0, norms)
