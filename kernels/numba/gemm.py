@@ -635,23 +635,34 @@ def _layer_grads_numba(d, dg, first, x, y, h0, h_rows, w_ih, reverse, has_bias, 
                        same):
     """:func:`layer_grads` in one launch of :func:`layer_grads_kernel`, on 2-D rows: d,
     dg [N, G], x [N, I], y [R, P]; first [B, G] (None with h_rows); dx [N, I]."""
+    d_n = _host.as_numpy(d)
+    return _layer_grads_launch(
+        d, d_n, d_n if same else _host.as_numpy(dg),
+        _host.as_numpy(first) if first is not None else d_n[:0], _host.as_numpy(x),
+        _host.as_numpy(y), _host.as_numpy(h0),
+        _ORDERED if h_rows is None else _host.as_numpy(h_rows), _host.as_numpy(w_ih),
+        reverse, has_bias, need_dx, same)
+
+
+def _layer_grads_launch(like, d, dg, first, x, y, h0, h_rows, w_ih, reverse, has_bias,
+                        need_dx, same):
+    """The launch of :func:`layer_grads_kernel` on numpy operands (d, dg [N, G], dg is d
+    when ``same``; first [B, G] or [0, G]; x [N, I]; y [R, P]; h0; h_rows int64 or
+    _ORDERED; w_ih [G, I]) -> torch tensors like ``like``: dx [N, I] (or [0]), dW_ih,
+    dW_hh, db_ih, db_hh."""
     N, G = d.shape
     I = x.shape[1]
     P = y.shape[1]
-    dw_ih = _host.empty(d, (G, I))
-    dw_hh = _host.empty(d, (G, P))
-    db_ih = d.new_empty((G,) if has_bias else (0,))
-    db_hh = d.new_empty((G,) if has_bias and not same else (0,))
-    dx = _host.empty(d, (N, I)) if need_dx else d.new_empty((0,))
-    d_n = _host.as_numpy(d)
+    dw_ih = _host.empty(like, (G, I))
+    dw_hh = _host.empty(like, (G, P))
+    db_ih = like.new_empty((G,) if has_bias else (0,))
+    db_hh = like.new_empty((G,) if has_bias and not same else (0,))
+    dx = _host.empty(like, (N, I)) if need_dx else like.new_empty((0,))
     _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
                  _host.gemm_threads(G, layer_grads_macs(N, 1, G, I, P, need_dx)),
-                 d_n, d_n if same else _host.as_numpy(dg), _host.as_numpy(x),
-                 _host.as_numpy(y), _host.as_numpy(h0),
-                 _host.as_numpy(first) if first is not None else d_n[:0],
-                 _ORDERED if h_rows is None else _host.as_numpy(h_rows),
-                 _host.as_numpy(w_ih), not reverse, dw_ih.numpy(), dw_hh.numpy(),
-                 db_ih.numpy(), db_hh.numpy(), dx.numpy().reshape(N if need_dx else 0, I))
+                 d, dg, x, y, h0, first, h_rows, w_ih, not reverse, dw_ih.numpy(),
+                 dw_hh.numpy(), db_ih.numpy(), db_hh.numpy(),
+                 dx.numpy().reshape(N if need_dx else 0, I))
     if has_bias and same:
         db_hh = db_ih.clone()
     return dx, dw_ih, dw_hh, db_ih, db_hh
@@ -663,27 +674,16 @@ def layer_grads_padded(d, dg, x, y, h0, w_ih, reverse, has_bias, need_dx):
     [T * B, G] (dg None: d, as layer_grads' ``dgh=None``), x [T, B, I], y [T, B, P],
     h0 [B, P], w_ih [G, I] (shapes checked by the caller), on the tile (the caller
     asked :func:`layer_gemm_provider`). The same launch as layer_grads, without its
-    torch views and copies (~30 us of host work per call on a 2-core Zen 4)."""
-    N, G = d.shape
+    torch views and copies of d and dg."""
     T, B, I = x.shape
-    P = y.shape[2]
     same = dg is None
     dg = d if same else dg
     first = dg[(T - 1) * B:] if reverse else dg[:B]  # h_{t-1} = h0 at these rows
-    dw_ih = _host.empty(x, (G, I))
-    dw_hh = _host.empty(x, (G, P))
-    db_ih = x.new_empty((G,) if has_bias else (0,))
-    db_hh = x.new_empty((G,) if has_bias and not same else (0,))
-    dx = _host.empty(x, x.shape) if need_dx else x.new_empty((0,))
-    _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
-                 _host.gemm_threads(G, layer_grads_macs(N, 1, G, I, P, need_dx)),
-                 d, dg, _host.as_numpy(x).reshape(N, I), _host.as_numpy(y).reshape(N, P),
-                 _host.as_numpy(h0), first, _ORDERED, _host.as_numpy(w_ih), not reverse,
-                 dw_ih.numpy(), dw_hh.numpy(), db_ih.numpy(), db_hh.numpy(),
-                 dx.numpy().reshape(N if need_dx else 0, I))
-    if has_bias and same:
-        db_hh = db_ih.clone()
-    return dx, dw_ih, dw_hh, db_ih, db_hh
+    dx, *rest = _layer_grads_launch(
+        x, d, dg, first, _host.as_numpy(x).reshape(T * B, I),
+        _host.as_numpy(y).reshape(T * B, y.shape[2]), _host.as_numpy(h0), _ORDERED,
+        _host.as_numpy(w_ih), reverse, has_bias, need_dx, same)
+    return (dx.view(x.shape) if need_dx else dx, *rest)
 
 
 # ---------------------------------------------------------------- who runs the big layer GEMMs
