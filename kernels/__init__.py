@@ -57,7 +57,7 @@ layer at (B, H) = (1, 32)); rnnfast.ops uses it for padded input where present::
 
 And a one-call layer backward per cell, the BPTT and the layer GEMMs together, for a
 padded layer without lengths (numba does: the layer GEMMs read the BPTT's gate
-gradients as numpy rows, ~18 us less host work per call at (B, H) = (1, 32));
+gradients as numpy rows: 3-15 us less host work per call at (B, H) = (1, 32));
 rnnfast.ops uses it where present and falls back to the recurrence launcher and
 ``layer_grads`` where it returns None (numba: where those GEMMs go to torch.mm)::
 

@@ -437,8 +437,8 @@ def lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse=
     :func:`gemm.layer_grads` on its dxp, for a padded layer without projection or
     lengths (the common call; kernels/__init__). The same two launches, bitwise the
     same results; the layer GEMMs take lstm_bwd's dxp as the numpy rows it is
-    (:func:`gemm.layer_grads_padded`, none of layer_grads' torch views and copies): 18 us
-    less host work per call at (B, H) = (1, 32) on a 2-core Zen 4.
+    (:func:`gemm.layer_grads_padded`, none of layer_grads' torch views and copies): 3-9 us
+    less host work per call at (B, H) = (1, 32) on a 2-core Zen 4 (BENCHMARKS.md).
 
     dy [T, B, H], dh_n and dc_n [B, H], x [T, B, I], w_ih [4H, I], w_hh [4H, H], h0 and
     c0 [B, H], y [T, B, H]; gates and cs from :func:`lstm_fwd`. Returns (dx [T, B, I]
