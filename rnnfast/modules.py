@@ -176,6 +176,40 @@ def _inter_layer_dropout(x, p, kernel, index=None, batch_first=False):
     return x * mask
 
 
+class _HxArityError(RNNArgumentError, IndexError):
+    """An LSTM's hx of fewer than two tensors: torch.nn.LSTM indexes hx[1] and raises
+    IndexError, so this is one too (and an RNNArgumentError, as rnnfast's other checks)."""
+
+
+def _scalar_type_name(dtype):
+    """torch's C++ name of a dtype as its messages print it: Float, Double, Int, Long..."""
+    return torch.empty(0, dtype=dtype).type().rsplit(".", 1)[-1].removesuffix("Tensor")
+
+
+def _checked_batch_sizes(data, batch_sizes):
+    """A PackedSequence's (data, batch_sizes) checked before any kernel reads them:
+    batch_sizes int64 (torch.nn's error otherwise), positive and non-increasing, their
+    sum at most data's rows. Returns data's first sum(batch_sizes) rows: torch.nn
+    ignores rows past them, and so does this (a PackedSequence made by torch's pack
+    functions has none). Raises RNNArgumentError."""
+    if batch_sizes.dtype != torch.int64:
+        raise RNNArgumentError(f"expected scalar type Long but found "
+                               f"{_scalar_type_name(batch_sizes.dtype)}")
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return data
+    b = batch_sizes.numpy()
+    if b.size and (b[-1] < 1 or (b.size > 1 and (np.diff(b) > 0).any())):
+        raise RNNArgumentError(
+            f"PackedSequence batch_sizes must be positive and non-increasing (as "
+            f"pack_padded_sequence and pack_sequence make them), got {b.tolist()}")
+    total = int(b.sum())
+    if data.shape[0] < total:
+        raise RNNArgumentError(
+            f"PackedSequence data has {data.shape[0]} rows, but its batch_sizes sum to "
+            f"{total}")
+    return data if data.shape[0] == total else data[:total]
+
+
 class _LastGradOnly:
     """A gradient norms probe's hook: clears the probe's ``.grad`` as each backward's
     gradient arrives, so that after several backwards through one forward (retain_graph)
@@ -290,7 +324,7 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RNNArgumentError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
             if not stacked and len(hx) < 2:
-                raise RNNArgumentError(
+                raise _HxArityError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} of "
                     f"{len(hx)} tensor{'s' if len(hx) != 1 else ''}")
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -325,11 +359,27 @@ class _FusedRNNBase(nn.RNNBase):
         raise AssertionError("an hx that is not 3-D passed torch.nn's size check")
 
     def _check_devices_and_state_dtypes(self, input, hx):
-        w = self._flat_weights[0]
-        if input.device != w.device:
-            raise RNNArgumentError(
-                f"Input and parameter tensors are not at the same device, found input "
-                f"tensor at {input.device} and parameter tensor at {w.device}")
+        """Devices of input, every parameter and hx; dtypes of hx and of every
+        parameter. torch.nn compares the input with the first weight only, and a
+        parameter of another dtype (a float64 weight_hh_l0 in a float32 module) then
+        fails inside its operator ("self and mat2 must have the same dtype, but got
+        Float and Double"): here that message is raised up front, naming the
+        parameter, where the kernels would otherwise run each weight in its own dtype."""
+        w0 = self._flat_weights[0]
+        autocast = torch._C._is_any_autocast_enabled()
+        for name, w in zip(self._flat_weights_names, self._flat_weights):
+            if w is None:
+                continue
+            if input.device != w.device:
+                raise RNNArgumentError(
+                    f"Input and parameter tensors are not at the same device, found "
+                    f"input tensor at {input.device} and parameter tensor at {w.device}")
+            if w.dtype != w0.dtype and not autocast:
+                raise RNNArgumentError(
+                    f"{self._mode_name()}: parameter {name} has dtype {w.dtype}, but "
+                    f"{self._flat_weights_names[0]} has {w0.dtype}: self and mat2 must "
+                    f"have the same dtype, but got {_scalar_type_name(w0.dtype)} and "
+                    f"{_scalar_type_name(w.dtype)}")
         for i, h in enumerate(hx if isinstance(hx, tuple) else (hx,)):
             if h.device != input.device:
                 raise RNNArgumentError(
@@ -402,6 +452,7 @@ class _FusedRNNBase(nn.RNNBase):
         stacked = self._cell == "lstm" and isinstance(hx, torch.Tensor)
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
+            input = _checked_batch_sizes(input, batch_sizes)
             is_batched, B = True, int(batch_sizes[0])
             if hx is not None:
                 if stacked and sorted_indices is None:
@@ -707,6 +758,9 @@ class RNN(_FusedRNNBase):
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. "
                              f"Select from 'tanh', 'relu' or 'leaky_relu'.")
+        if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool):
+            raise TypeError(f"negative_slope should be of type float, got: "
+                            f"{type(negative_slope).__name__}")
         if nonlinearity == "leaky_relu" and not negative_slope >= 0:
             raise ValueError(f"negative_slope must be >= 0, got {negative_slope}")
         mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"

@@ -780,6 +780,85 @@ def test_hidden_dtype_mismatch_raises_like_torch(cell, backend):
         ours(x, hx)
 
 
+@pytest.mark.parametrize("which", ["weight_hh_l0", "bias_ih_l0"])
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_parameter_of_another_dtype_raises_like_torch(cell, backend, which):
+    """One float32 parameter in a float64 module: torch.nn fails inside its operator
+    (RNN and GRU: "self and mat2 must have the same dtype, but got Double and Float");
+    rnnfast raises that message up front, naming the parameter, where its kernels ran
+    each weight in its own dtype before (a new user's pass, 2026-12-05)."""
+    ours, twin = make_pair(cell, backend)
+    for m in (ours, twin):
+        setattr(m, which, nn.Parameter(getattr(m, which).detach().float()))
+    x = torch.randn(T, B, I, dtype=F64)
+    with pytest.raises(RuntimeError):
+        twin(x)
+    with pytest.raises(RuntimeError, match=re.escape(
+            f"parameter {which} has dtype torch.float32, but weight_ih_l0 has "
+            f"torch.float64: self and mat2 must have the same dtype, but got Double "
+            f"and Float")):
+        ours(x)
+
+
+def _packed_pair(cell, backend):
+    ours, twin = make_pair(cell, backend)
+    x = torch.randn(6, 4, I, dtype=F64)
+    return ours, twin, pack_padded_sequence(x, torch.tensor([6, 4, 2, 1]))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_malformed_packed_sequence_follows_torch(cell, backend):
+    """PackedSequences that torch's pack functions never make: int32 batch_sizes and a
+    zero or an increase inside batch_sizes raise before any kernel reads them (torch.nn
+    raises too: "expected scalar type Long but found Int", a size mismatch; a trailing
+    0 it runs as an empty step, where rnnfast raises); rows of data past
+    sum(batch_sizes) are ignored, as torch.nn ignores them."""
+    from torch.nn.utils.rnn import PackedSequence
+    ours, twin, p = _packed_pair(cell, backend)
+    for m in (twin, ours):
+        with pytest.raises(RuntimeError, match="expected scalar type Long but found Int"):
+            m(PackedSequence(p.data, p.batch_sizes.int()))
+    # torch.nn runs a trailing 0 as an empty last step; rnnfast raises for every 0
+    for sizes in ([4, 3, 0, 2, 2, 1, 1], [4, 3, 2, 2, 1, 1, 0], [3, 4, 2, 2, 1, 1]):
+        bad = PackedSequence(p.data, torch.tensor(sizes))
+        if sizes[-1]:
+            with pytest.raises(RuntimeError):
+                twin(bad)
+        with pytest.raises(RuntimeError, match=re.escape(
+                f"batch_sizes must be positive and non-increasing (as pack_padded_sequence "
+                f"and pack_sequence make them), got {sizes}")):
+            ours(bad)
+    with pytest.raises(RuntimeError, match="PackedSequence data has 12 rows, but its "
+                                           "batch_sizes sum to 13"):
+        ours(PackedSequence(p.data[:12], p.batch_sizes))
+    extra = PackedSequence(torch.cat([p.data, p.data[:2]]), p.batch_sizes)
+    got, want = run(ours, extra, []), run(twin, extra, [])
+    _compare_lists("extra packed rows", ["output", "h_n", "c_n"], got, want)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+def test_lstm_hx_of_one_tensor_is_an_index_error_like_torch(backend):
+    ours, twin = make_pair("lstm", backend)
+    x = torch.randn(T, B, I, dtype=F64)
+    h0 = torch.zeros(1, B, H, dtype=F64)
+    for m in (twin, ours):
+        with pytest.raises(IndexError):
+            m(x, (h0,))
+
+
+def test_explain_and_negative_slope_type_errors():
+    """rnnfast.explain of a torch.nn module, and a negative_slope that is not a number:
+    TypeErrors that say so (before: an AttributeError, a bare comparison TypeError)."""
+    x = torch.randn(T, B, I)
+    with pytest.raises(TypeError, match="expects an rnnfast RNN, LSTM or GRU module, "
+                                        "got torch.nn.modules.rnn.LSTM"):
+        rnnfast.explain(nn.LSTM(I, H), x)
+    with pytest.raises(TypeError, match="negative_slope should be of type float, got: str"):
+        rnnfast.RNN(I, H, nonlinearity="leaky_relu", negative_slope="0.1")
+
+
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
 def test_empty_batch_matches_torch(cell, backend):
