@@ -17,6 +17,8 @@ scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
 import contextlib
+import sys
+import warnings
 import weakref
 
 import numpy as np
@@ -730,7 +732,29 @@ class _FusedRNNBase(nn.RNNBase):
             setattr(twin, name, getattr(self, name))
         twin._init_flat_weights()
         twin.train(self.training)
+        if _prepared_as_submodule():
+            warnings.warn(
+                f"torch.jit.script puts a torch.nn.{type(twin).__name__} (sharing this "
+                f"module's parameters) in place of this rnnfast.{type(self).__name__} in "
+                f"the module being scripted, and leaves it there: that eager module runs "
+                f"torch's kernels from now on. To keep it on rnnfast, script a copy: "
+                f"torch.jit.script(copy.deepcopy(model)).", stacklevel=3)
         return twin
+
+
+def _prepared_as_submodule():
+    """Whether torch.jit.script is preparing the calling __prepare_scriptable__'s module
+    as a submodule of the one it scripts: torch's call_prepare_scriptable_func_impl then
+    writes the returned module into the parent's _modules for good (torch 2.13), unlike
+    a top-level module, which it leaves as it is. False where the frames are not torch's
+    (another torch version: no warning rather than a wrong one)."""
+    try:
+        frame = sys._getframe(2)  # here <- __prepare_scriptable__ <- torch's caller
+    except ValueError:
+        return False
+    memo = frame.f_locals.get("memo") \
+        if frame.f_code.co_name == "call_prepare_scriptable_func_impl" else None
+    return isinstance(memo, dict) and len(memo) > 0  # the parents prepared before it
 
 
 class RNN(_FusedRNNBase):

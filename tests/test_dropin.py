@@ -526,6 +526,29 @@ def test_jit_script(cell, backend):
     _compare_lists("scripted", names, _grads_of(scripted, x), _grads_of(model, x), torch.float32)
 
 
+@pytest.mark.parametrize("cell", cell_params(["tanh", "lstm", "gru"]))
+def test_jit_script_says_when_it_swaps_a_submodule(cell):
+    """torch.jit.script writes what a submodule's __prepare_scriptable__ returns (here
+    torch.nn's twin) into the parent for good, so the user's eager model then runs
+    torch's kernels: rnnfast warns exactly then (a new user's pass found the swap
+    silent). A top-level module is left as it is, and no warning comes."""
+    message = "torch.jit.script puts a torch.nn"
+    model = _head(cell, "numba")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.jit.script(model)
+    warned = any(message in str(w.message) for w in caught)
+    swapped = not isinstance(model.rnn, rnnfast.modules._FusedRNNBase)
+    assert warned and swapped, (warned, swapped)
+    copy_kept = _head(cell, "numba")
+    torch.jit.script(copy.deepcopy(copy_kept))
+    assert isinstance(copy_kept.rnn, rnnfast.modules._FusedRNNBase)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.jit.script(copy_kept.rnn)
+    assert not any(message in str(w.message) for w in caught)
+
+
 @pytest.mark.no_poison
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
