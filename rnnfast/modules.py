@@ -448,6 +448,12 @@ class _FusedRNNBase(nn.RNNBase):
         batched Tensor [T, B, I] ([B, T, I] with batch_first) or packed data [N, I],
         batch_sizes, sorted_indices, unsorted_indices, is_batched, hx in the sorted
         batch order, zeros when None). Raises torch.nn's errors (see forward)."""
+        if type(self.bidirectional) is not bool:  # torch.nn: aten's TypeError at the call
+            raise TypeError(f"bidirectional should be of type bool, got: "
+                            f"{type(self.bidirectional).__name__}")
+        if type(self.num_layers) is not int:
+            raise TypeError(f"num_layers should be of type int, got: "
+                            f"{type(self.num_layers).__name__}")
         packed = isinstance(input, PackedSequence)
         # An LSTM's hx as one stacked tensor: see _check_hx_dims. torch.nn hands it to
         # aten::lstm as it is (a TypeError) for a padded batch and a sorted PackedSequence.

@@ -871,6 +871,23 @@ def test_lstm_hx_of_one_tensor_is_an_index_error_like_torch(backend):
             m(x, (h0,))
 
 
+@pytest.mark.parametrize("kwargs", [{"num_layers": True}, {"bidirectional": None},
+                                    {"bidirectional": 1}])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_layer_options_of_wrong_type_raise_like_torch(cell, kwargs):
+    """num_layers=True, bidirectional=None or 1: torch.nn builds the module and raises
+    a TypeError at the call (aten's signature check); rnnfast ran them as 1 layer /
+    one direction. Now a TypeError naming the option, before any kernel runs."""
+    x = torch.randn(T, B, I)
+    with pytest.raises(TypeError):
+        getattr(nn, cell)(I, H, **kwargs)(x)
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(TypeError, match=f"{name} should be of type "
+                                        f"{'int' if name == 'num_layers' else 'bool'}, "
+                                        f"got: {type(value).__name__}"):
+        getattr(rnnfast, cell)(I, H, **kwargs)(x)
+
+
 def test_explain_and_negative_slope_type_errors():
     """rnnfast.explain of a torch.nn module, and a negative_slope that is not a number:
     TypeErrors that say so (before: an AttributeError, a bare comparison TypeError)."""
