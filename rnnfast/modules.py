@@ -387,7 +387,7 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RNNArgumentError(
                     f"Input and hidden tensors are not at the same device, found input "
                     f"tensor at {input.device} and hidden tensor at {h.device}")
-            if h.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
+            if h.dtype != input.dtype and not autocast:
                 raise RNNArgumentError(
                     f"{self._mode_name()} hidden dtype ({h.dtype}) does not match input "
                     f"dtype ({input.dtype}) for hx[{i}]")
