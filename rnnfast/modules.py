@@ -190,26 +190,32 @@ def _scalar_type_name(dtype):
 
 def _checked_batch_sizes(data, batch_sizes):
     """A PackedSequence's (data, batch_sizes) checked before any kernel reads them:
-    batch_sizes int64 (torch.nn's error otherwise), positive and non-increasing, their
-    sum at most data's rows. Returns data's first sum(batch_sizes) rows: torch.nn
-    ignores rows past them, and so does this (a PackedSequence made by torch's pack
-    functions has none). Raises RNNArgumentError."""
+    batch_sizes int64 (torch.nn's error otherwise), non-increasing, positive except for
+    trailing zeros, their sum at most data's rows. Returns (data's first
+    sum(batch_sizes) rows, the batch_sizes the layers run): torch.nn ignores rows past
+    that sum, and steps with no row (trailing zeros, which torch's pack functions never
+    make; torch.nn runs them as no-ops), and so does this: the layers run batch_sizes
+    without its trailing zeros (one step of batch 0 if all are zero). Raises
+    RNNArgumentError."""
     if batch_sizes.dtype != torch.int64:
         raise RNNArgumentError(f"expected scalar type Long but found "
                                f"{_scalar_type_name(batch_sizes.dtype)}")
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return data
+        return data, batch_sizes
     b = batch_sizes.numpy()
-    if b.size and (b[-1] < 1 or (b.size > 1 and (np.diff(b) > 0).any())):
+    steps = max(1, int(np.count_nonzero(b)))  # non-increasing and >= 0: a prefix of b
+    if b.size and (b.min() < 0 or (b.size > 1 and (np.diff(b) > 0).any())):
         raise RNNArgumentError(
-            f"PackedSequence batch_sizes must be positive and non-increasing (as "
-            f"pack_padded_sequence and pack_sequence make them), got {b.tolist()}")
+            f"PackedSequence batch_sizes must be non-increasing and positive before any "
+            f"trailing zeros (as pack_padded_sequence and pack_sequence make them), got "
+            f"{b.tolist()}")
     total = int(b.sum())
     if data.shape[0] < total:
         raise RNNArgumentError(
             f"PackedSequence data has {data.shape[0]} rows, but its batch_sizes sum to "
             f"{total}")
-    return data if data.shape[0] == total else data[:total]
+    return (data if data.shape[0] == total else data[:total],
+            batch_sizes if steps == b.size else batch_sizes[:steps])
 
 
 class _LastGradOnly:
@@ -421,6 +427,7 @@ class _FusedRNNBase(nn.RNNBase):
         dtype, hidden-state shape, or an empty sequence."""
         self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
+        packed_batch_sizes = input.batch_sizes if packed else None  # trailing zeros kept
         input, batch_sizes, sorted_indices, unsorted_indices, is_batched, hx = \
             self._checked_args(input, hx)
         if self.training and self.num_layers > 1 and not 0 <= self.dropout <= 1:
@@ -431,11 +438,17 @@ class _FusedRNNBase(nn.RNNBase):
         if (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
                 and torch.onnx.is_in_onnx_export():  # both ONNX exporters trace
             output, state = self._torch_rnn_op(input, batch_sizes, hx)
+        elif packed and not batch_sizes[0]:  # all zeros: no row at all (torch.nn runs it)
+            width = input.shape[-1]
+            x = input.view((0, 1, width) if self.batch_first else (1, 0, width))
+            output, state = self._layers(x, None, hx)
+            output = output.reshape(0, output.shape[-1])
         else:
             output, state = self._layers(input, batch_sizes, hx)
 
         if packed:
-            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+            return (PackedSequence(output, packed_batch_sizes, sorted_indices,
+                                   unsorted_indices),
                     self.permute_hidden(state, unsorted_indices))
         if not is_batched:
             output = output.squeeze(0 if self.batch_first else 1)
@@ -460,7 +473,7 @@ class _FusedRNNBase(nn.RNNBase):
         stacked = self._cell == "lstm" and isinstance(hx, torch.Tensor)
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
-            input = _checked_batch_sizes(input, batch_sizes)
+            input, batch_sizes = _checked_batch_sizes(input, batch_sizes)
             is_batched, B = True, int(batch_sizes[0])
             if hx is not None:
                 if stacked and sorted_indices is None:

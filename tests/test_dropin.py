@@ -835,24 +835,42 @@ def _packed_pair(cell, backend):
 def test_malformed_packed_sequence_follows_torch(cell, backend):
     """PackedSequences that torch's pack functions never make: int32 batch_sizes and a
     zero or an increase inside batch_sizes raise before any kernel reads them (torch.nn
-    raises too: "expected scalar type Long but found Int", a size mismatch; a trailing
-    0 it runs as an empty step, where rnnfast raises); rows of data past
-    sum(batch_sizes) are ignored, as torch.nn ignores them."""
+    raises too: "expected scalar type Long but found Int", a size mismatch); trailing
+    zeros in batch_sizes are steps with no row, and rows of data past sum(batch_sizes)
+    are ignored, as torch.nn ignores both."""
     from torch.nn.utils.rnn import PackedSequence
     ours, twin, p = _packed_pair(cell, backend)
     for m in (twin, ours):
         with pytest.raises(RuntimeError, match="expected scalar type Long but found Int"):
             m(PackedSequence(p.data, p.batch_sizes.int()))
-    # torch.nn runs a trailing 0 as an empty last step; rnnfast raises for every 0
-    for sizes in ([4, 3, 0, 2, 2, 1, 1], [4, 3, 2, 2, 1, 1, 0], [3, 4, 2, 2, 1, 1]):
+    # a 0 inside or an increase: torch.nn raises (a size mismatch) or runs on with rows
+    # out of place; rnnfast raises
+    for sizes in ([4, 3, 0, 2, 2, 1, 1], [3, 4, 2, 2, 1, 1]):
         bad = PackedSequence(p.data, torch.tensor(sizes))
-        if sizes[-1]:
-            with pytest.raises(RuntimeError):
-                twin(bad)
+        with pytest.raises(RuntimeError):
+            twin(bad)
         with pytest.raises(RuntimeError, match=re.escape(
-                f"batch_sizes must be positive and non-increasing (as pack_padded_sequence "
-                f"and pack_sequence make them), got {sizes}")):
+                f"batch_sizes must be non-increasing and positive before any trailing "
+                f"zeros (as pack_padded_sequence and pack_sequence make them), got "
+                f"{sizes}")):
             ours(bad)
+    # trailing zeros: steps with no row, which torch.nn runs as no-ops; so does rnnfast,
+    # and the output keeps them in its batch_sizes
+    for sizes in ([4, 3, 2, 2, 1, 1, 0], [4, 3, 2, 2, 1, 1, 0, 0]):
+        got = []
+        for m in (ours, twin):
+            data = p.data.clone().requires_grad_()
+            outs = run(m, PackedSequence(data, torch.tensor(sizes)), [])
+            got.append(outs + list(torch.autograd.grad(outs, data, upstream(outs))))
+        _compare_lists("trailing zeros", ["output", "h_n", "c_n"][:len(got[1]) - 1] +
+                       ["d data"], *got)
+        assert ours(PackedSequence(p.data, torch.tensor(sizes)))[0].batch_sizes.tolist() \
+            == sizes
+    for sizes in ([0], [0, 0]):  # no row at all: an empty output, states of batch 0
+        empty = PackedSequence(p.data[:0], torch.tensor(sizes))
+        assert ours(empty)[0].batch_sizes.tolist() == sizes
+        _compare_lists("all zeros", ["output", "h_n", "c_n"], run(ours, empty, []),
+                       run(twin, empty, []))
     with pytest.raises(RuntimeError, match="PackedSequence data has 12 rows, but its "
                                            "batch_sizes sum to 13"):
         ours(PackedSequence(p.data[:12], p.batch_sizes))
