@@ -438,7 +438,9 @@ class _FusedRNNBase(nn.RNNBase):
         if (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
                 and torch.onnx.is_in_onnx_export():  # both ONNX exporters trace
             output, state = self._torch_rnn_op(input, batch_sizes, hx)
-        elif packed and not batch_sizes[0]:  # all zeros: no row at all (torch.nn runs it)
+        elif packed and input.shape[0] == 0 and not (torch.jit.is_tracing() or
+                                                   torch.compiler.is_compiling()):
+            # batch_sizes all zeros: no row at all (torch.nn runs it)
             width = input.shape[-1]
             x = input.view((0, 1, width) if self.batch_first else (1, 0, width))
             output, state = self._layers(x, None, hx)
