@@ -192,10 +192,12 @@ def _checked_batch_sizes(data, batch_sizes):
     """A PackedSequence's (data, batch_sizes) checked before any kernel reads them:
     batch_sizes int64 (torch.nn's error otherwise), non-increasing, positive except for
     trailing zeros, their sum at most data's rows. Returns (data's first
-    sum(batch_sizes) rows, the batch_sizes the layers run): torch.nn ignores rows past
-    that sum, and steps with no row (trailing zeros, which torch's pack functions never
-    make; torch.nn runs them as no-ops), and so does this: the layers run batch_sizes
-    without its trailing zeros (one step of batch 0 if all are zero). Raises
+    sum(batch_sizes) rows, the batch_sizes the layers run). Rows past that sum (which
+    torch's pack functions never make) are ignored in both directions; torch.nn's
+    forward direction ignores them too, while its reverse direction starts at the end
+    of ``data`` and so reads them in place of the last real rows. Steps with no row
+    (trailing zeros, which torch.nn runs as no-ops) are dropped: the layers run
+    batch_sizes without them (one step of batch 0 if all are zero). Raises
     RNNArgumentError."""
     if batch_sizes.dtype != torch.int64:
         raise RNNArgumentError(f"expected scalar type Long but found "
@@ -373,11 +375,16 @@ class _FusedRNNBase(nn.RNNBase):
         fails inside its operator ("self and mat2 must have the same dtype, but got
         Float and Double"): here that message is raised up front, naming the
         parameter, where the kernels would otherwise run each weight in its own dtype."""
+        shapes = self._weight_shapes()
         w0 = self._flat_weights[0]
         autocast = torch._C._is_any_autocast_enabled()
-        for name, w in zip(self._flat_weights_names, self._flat_weights):
+        for name, w, shape in zip(self._flat_weights_names, self._flat_weights, shapes):
             if w is None:
                 continue
+            if w.shape != shape:
+                raise RNNArgumentError(
+                    f"{self._mode_name()}: parameter {name} has shape {tuple(w.shape)}, "
+                    f"but {self._options()} need {shape}")
             if input.device != w.device:
                 raise RNNArgumentError(
                     f"Input and parameter tensors are not at the same device, found "
@@ -397,6 +404,58 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RNNArgumentError(
                     f"{self._mode_name()} hidden dtype ({h.dtype}) does not match input "
                     f"dtype ({input.dtype}) for hx[{i}]")
+
+    def _options(self):
+        return (f"input_size={self.input_size}, hidden_size={self.hidden_size}"
+                + (f", proj_size={self.proj_size}" if self.proj_size else ""))
+
+    def _weight_shapes(self):
+        """The shape of each of ``_flat_weights`` that the module's options (num_layers,
+        bidirectional, bias, proj_size, input_size, hidden_size) need. torch.nn fixes
+        its weights at construction and reads these options again at every call, so an
+        option changed afterwards (``m.bias = False``, ``m.num_layers = 1``) makes aten
+        raise; here the same messages ("got an incorrect number of RNN parameters",
+        "Odd number of params or hiddens given to a bidirectional RNN", "Expected more
+        weights in stacked_rnn") are raised before any kernel, where the layer stack
+        would otherwise run the weights the options name and drop the rest. Cached on
+        the options. Raises RNNArgumentError."""
+        key = (self.num_layers, self.bidirectional, self.bias, self.proj_size,
+               self.input_size, self.hidden_size, len(self._flat_weights_names))
+        plan = self.__dict__.get("_weight_shapes_plan")
+        if plan is not None and plan[0] == key:
+            return plan[1]
+        D = 2 if self.bidirectional else 1
+        per = (4 if self.bias else 2) + (self.proj_size > 0)
+        n = len(self._flat_weights_names)
+        if n % per:
+            raise RNNArgumentError("got an incorrect number of RNN parameters")
+        if (n // per) % D:
+            raise RNNArgumentError(
+                "Odd number of params or hiddens given to a bidirectional RNN")
+        if n // per // D != self.num_layers:
+            raise RNNArgumentError("Expected more weights in stacked_rnn")
+        G = {"rnn": 1, "lstm": 4, "gru": 3}[self._cell] * self.hidden_size
+        out = self.proj_size or self.hidden_size
+        names, shapes = [], []
+        for layer in range(self.num_layers):
+            width = self.input_size if layer == 0 else D * out
+            for suffix in ("", "_reverse")[:D]:
+                kinds = [("weight_ih", (G, width)), ("weight_hh", (G, out))]
+                if self.bias:
+                    kinds += [("bias_ih", (G,)), ("bias_hh", (G,))]
+                if self.proj_size:
+                    kinds.append(("weight_hr", (self.proj_size, self.hidden_size)))
+                for kind, shape in kinds:
+                    names.append(f"{kind}_l{layer}{suffix}")
+                    shapes.append(shape)
+        if names != list(self._flat_weights_names):
+            raise RNNArgumentError(
+                f"{self._mode_name()}: num_layers={self.num_layers}, bidirectional="
+                f"{self.bidirectional}, bias={self.bias}, proj_size={self.proj_size} "
+                f"name the weights {names}, but the module holds "
+                f"{list(self._flat_weights_names)} (an option changed after construction)")
+        self.__dict__["_weight_shapes_plan"] = (key, shapes)
+        return shapes
 
     def _mode_name(self):
         return {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[self._cell]

@@ -1302,3 +1302,32 @@ def test_bias_changed_in_place_before_backward(cell, backend, layout):
         ours.bias_ih_l0.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(out[0].pow(2).sum(), xs[0], create_graph=True)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_options_changed_after_construction_raise_like_torch(cell, backend):
+    """torch.nn fixes its weights at construction and reads num_layers, bidirectional,
+    bias, proj_size, input_size and hidden_size again at every call: an option changed
+    afterwards makes its operator raise. rnnfast raises the same messages (the weight
+    shapes: a message naming the parameter) where it ran the weights the new options
+    name and dropped the others."""
+    changes = [("bias", False, {}), ("bidirectional", False, {"bidirectional": True}),
+               ("num_layers", 1, {"num_layers": 2}), ("bidirectional", True, {}),
+               ("num_layers", 2, {}), ("hidden_size", H + 1, {}),
+               ("input_size", I + 1, {})]
+    if "proj_size" in CELLS[cell][1]:
+        changes.append(("proj_size", 0, {}))
+    for attr, value, opts in changes:
+        ours, twin = make_pair(cell, backend, **opts)
+        for m in (ours, twin):
+            setattr(m, attr, value)
+        x = torch.randn(T, B, ours.input_size, dtype=F64)
+        with pytest.raises(RuntimeError) as want:
+            twin(x)
+        if attr in ("hidden_size", "input_size"):
+            match = r"parameter weight_ih_l0 has shape \(\d+, \d+\), but input_size="
+        else:
+            match = re.escape(str(want.value))
+        with pytest.raises(RuntimeError, match=match):
+            ours(x)
