@@ -319,10 +319,15 @@ def test_vector_exp_sigmoid_tanh(dt):
         # relative error, a few ulp of the vector's precision (tanh near 0 included)
         rel = np.abs(got[ok] - ref[k][ok]) / np.maximum(np.abs(ref[k][ok]), np.finfo(dt).tiny)
         assert rel.max() <= 8 * ulp, f"{name}: max relative error {rel.max():.3g}"
-    # saturation: exactly 1 / -1 far out, a tiny non-negative sigmoid, finite exp
+    # saturation: exactly 1 / -1 far out, finite exp; sigmoid exactly 0 where torch's
+    # is (exp(-x) overflows), so a saturated gate's derivative is 0 and 0 * inf is NaN
     i_big, i_neg = int(np.where(xd == 750.0)[0][0]), int(np.where(xd == -750.0)[0][0])
+    i_inf, i_ninf = int(np.where(xd == np.inf)[0][0]), int(np.where(xd == -np.inf)[0][0])
     assert out[n + i_big] == 1.0 and out[2 * n + i_big] == 1.0 and out[2 * n + i_neg] == -1.0
-    assert 0 <= float(out[n + i_neg]) < 1e-30 and np.isfinite(out[i_big])
+    assert out[n + i_inf] == 1.0 and out[2 * n + i_inf] == 1.0 and out[2 * n + i_ninf] == -1.0
+    assert out[n + i_neg] == 0.0 and out[n + i_ninf] == 0.0 and np.isfinite(out[i_big])
+    far = torch.sigmoid(torch.from_numpy(x[[i_neg, i_ninf, i_big, i_inf]])).numpy()
+    assert np.array_equal(out[n + np.array([i_neg, i_ninf, i_big, i_inf])], far)
 
 
 # ---------------------------------------------------------------- the dropout mask

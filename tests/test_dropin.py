@@ -1331,3 +1331,36 @@ def test_options_changed_after_construction_raise_like_torch(cell, backend):
             match = re.escape(str(want.value))
         with pytest.raises(RuntimeError, match=match):
             ours(x)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params(["tanh", "lstm", "lstm_proj", "gru"]))
+def test_saturated_gates_match_torch_at_inf_and_huge_inputs(cell, backend):
+    """A gate driven past exp's range is exactly 0 or 1, as torch's: with inf or 1e305
+    in x or h0, outputs and gradients match torch.nn's, NaN positions included (a
+    sigmoid of 1e-304 instead of 0 turned torch's 0 * inf = NaN into inf, and moved
+    weight gradients at 1e300 inputs by 1e-4)."""
+    for where, value in (("x", float("inf")), ("x", -float("inf")), ("x", 1e305),
+                         ("h0", float("inf"))):
+        ours, twin = make_pair(cell, backend)
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(T, B, I, dtype=F64, generator=g)
+        state = as_list(initial_state(cell, ours, B, F64, g))
+        if where == "x":
+            x[T // 2, B - 1, :2] = value
+        else:
+            state[0][0, B - 1, 1] = value
+        got = []
+        for m in (ours, twin):
+            m.zero_grad()
+            xs = [x.clone().requires_grad_()] + [s.clone().requires_grad_() for s in state]
+            outs = run(m, xs[0], xs[1:])
+            ups = upstream(outs)
+            torch.autograd.backward(outs, ups)
+            got.append(outs + [t.grad for t in xs] + [p.grad for p in m.parameters()])
+        for a, b in zip(*got):
+            assert torch.equal(a.isnan(), b.isnan()), f"{where}={value}: NaN positions differ"
+            fin = ~b.isnan()
+            assert torch.equal(a[fin].isinf(), b[fin].isinf()), f"{where}={value}: infs differ"
+            ok = fin & ~b.isinf()
+            assert_close(f"{where}={value}", a[ok], b[ok], F64)

@@ -3,7 +3,8 @@
 
 Accurate to a few ulp of the vector's precision (tests/test_cpu_math.py), finite for
 every finite input (exp's argument is clamped, so sigmoid and tanh saturate cleanly to
-0 / 1 / -1), NaN in -> NaN out. The kernels reach these as ``vec.sigmoid`` etc.
+0 / 1 / -1; sigmoid is exactly 0 where torch's is, below the log of the largest finite
+value), NaN in -> NaN out. The kernels reach these as ``vec.sigmoid`` etc.
 
 Each function is one intrinsic that emits its whole formula as LLVM IR (vec.IRVec):
 numba types it once per vector kind and inlines nothing, where the same formulas
@@ -82,8 +83,16 @@ def _expm1(x):
     return s.fma(m, s - 1.0)
 
 
+# Below these, exp(-x) overflows (log of the largest finite value): sigmoid is exactly 0
+# there, as 1 / (1 + inf) is in torch, so a saturated gate's derivative s (1 - s) is 0
+# and 0 * inf gives torch's NaN (exp's clamp alone left 1e-38 / 1e-304 there).
+_SIGMOID_ZERO = {types.float32: -88.72283935546875, types.float64: -709.782712893384}
+
+
 def _sigmoid(x):
-    return 1.0 / (1.0 + _exp(-x))
+    s = 1.0 / (1.0 + _exp(-x))
+    zero = x.b.fcmp_ordered("<", x.v, x._ir(_SIGMOID_ZERO[x.kind.dtype]))  # NaN: False
+    return x._new(x.b.select(zero, x._ir(0.0), s.v))
 
 
 def _tanh(x):
@@ -111,5 +120,5 @@ def _unary(formula, doc):
 
 exp = _unary(_exp, "exp(v) lane-wise, a few ulp; finite for finite v.")
 expm1 = _unary(_expm1, "exp(v) - 1 lane-wise, without cancellation near 0.")
-sigmoid = _unary(_sigmoid, "1 / (1 + exp(-v)) lane-wise.")
+sigmoid = _unary(_sigmoid, "1 / (1 + exp(-v)) lane-wise; exactly 0 where exp(-v) overflows.")
 tanh = _unary(_tanh, "tanh(v) lane-wise; exactly +-1 when saturated.")
