@@ -208,7 +208,8 @@ def _resolve(backend, device, dtype, width, warn):
     if problem is not None:
         if not auto:
             raise RNNArgumentError(problem)
-        return _fallback(problem, dtype, warn)
+        # a meta tensor holds no data: nothing is computed, so no speed to warn about
+        return _fallback(problem, dtype, warn and device.type != "meta")
     what = f"{why}: {name} kernels on {device.type}"
     if compute != dtype:
         what += f", computing in {compute} for {dtype} inputs"
@@ -225,7 +226,7 @@ def _reference(dtype, reason):
 
 
 def _fallback(problem, dtype, warn):
-    msg = f"rnnfast: {problem}; backend='auto' falls back to the torch reference loop"
+    msg = f"rnnfast: backend='auto' runs the torch reference loop here ({problem})"
     if warn:
         warnings.warn(msg, stacklevel=4)
     return _reference(dtype, msg)
