@@ -179,8 +179,9 @@ def _inter_layer_dropout(x, p, kernel, index=None, batch_first=False):
 
 
 class _HxArityError(RNNArgumentError, IndexError):
-    """An LSTM's hx of fewer than two tensors: torch.nn.LSTM indexes hx[1] and raises
-    IndexError, so this is one too (and an RNNArgumentError, as rnnfast's other checks)."""
+    """An LSTM's hx of fewer than two tensors, or not 3-D with a PackedSequence input:
+    torch.nn.LSTM indexes hx[1] or a third dimension and raises IndexError, so this is
+    one too (and an RNNArgumentError, as rnnfast's other checks)."""
 
 
 def _scalar_type_name(dtype):
@@ -326,7 +327,7 @@ class _FusedRNNBase(nn.RNNBase):
         has no dimension check: an hx that is not 3-D fails its size check instead
         ("Expected hidden size (1, 3, 6), got [3, 3]"; torch.nn's LSTM skips even that
         and fails inside aten::lstm with an IndexError, so its message is the one of
-        its padded path's size check)."""
+        its padded path's size check, raised as an IndexError too)."""
         want, form = (3, "batched 3-D") if is_batched else (2, "unbatched 2-D")
         if self._cell == "lstm":
             stacked = isinstance(hx, torch.Tensor)  # torch.stack([h_0, c_0]): see below
@@ -362,10 +363,12 @@ class _FusedRNNBase(nn.RNNBase):
         torch.nn's size check of hx (see :meth:`_check_hx_dims`)."""
         if packed is None:
             return
+        # torch.nn's LSTM fails inside aten::lstm there with an IndexError: so is this
+        error = _HxArityError if self._cell == "lstm" else RNNArgumentError
         try:
             self.check_forward_args(packed[0], hx, packed[1])
         except (ValueError, RuntimeError) as e:
-            raise RNNArgumentError(str(e)) from None
+            raise error(str(e)) from None
         raise AssertionError("an hx that is not 3-D passed torch.nn's size check")
 
     def _check_devices_and_state_dtypes(self, input, hx):

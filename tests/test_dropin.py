@@ -887,6 +887,15 @@ def test_lstm_hx_of_one_tensor_is_an_index_error_like_torch(backend):
     for m in (twin, ours):
         with pytest.raises(IndexError):
             m(x, (h0,))
+    # a 2-D (h, c) with a PackedSequence: torch.nn's LSTM fails in aten::lstm with an
+    # IndexError; rnnfast gives torch.nn's size-check message as one
+    p = pack_padded_sequence(x, torch.tensor([T] * B))
+    h2 = torch.zeros(1, H, dtype=F64)
+    for m in (twin, ours):
+        with pytest.raises(IndexError):
+            m(p, (h2, h2))
+    with pytest.raises(IndexError, match=re.escape(f"Expected hidden[0] size (1, {B}, {H})")):
+        ours(p, (h2, h2))
 
 
 @pytest.mark.parametrize("kwargs", [{"num_layers": True}, {"bidirectional": None},
