@@ -178,7 +178,7 @@ def _inter_layer_dropout(x, p, kernel, index=None, batch_first=False):
     return x * mask
 
 
-class _HxArityError(RNNArgumentError, IndexError):
+class _LstmHxIndexError(RNNArgumentError, IndexError):
     """An LSTM's hx of fewer than two tensors, or not 3-D with a PackedSequence input:
     torch.nn.LSTM indexes hx[1] or a third dimension and raises IndexError, so this is
     one too (and an RNNArgumentError, as rnnfast's other checks)."""
@@ -335,7 +335,7 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RNNArgumentError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
             if not stacked and len(hx) < 2:
-                raise _HxArityError(
+                raise _LstmHxIndexError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} of "
                     f"{len(hx)} tensor{'s' if len(hx) != 1 else ''}")
             if hx[0].dim() != want or hx[1].dim() != want:
@@ -364,7 +364,7 @@ class _FusedRNNBase(nn.RNNBase):
         if packed is None:
             return
         # torch.nn's LSTM fails inside aten::lstm there with an IndexError: so is this
-        error = _HxArityError if self._cell == "lstm" else RNNArgumentError
+        error = _LstmHxIndexError if self._cell == "lstm" else RNNArgumentError
         try:
             self.check_forward_args(packed[0], hx, packed[1])
         except (ValueError, RuntimeError) as e:
