@@ -14,7 +14,8 @@ While a cell's numba kernels are not compiled yet on this machine, ``'auto'`` (w
 the reference loop where torch.nn has none) and compiles them in a background process
 (:mod:`rnnfast.warmup`); a module passes its ``cell`` for that. Where torch.nn's operator
 measured faster than the numba kernels at a call's shape (the module says so:
-``torch_op_wins``; rnnfast.modules.TORCH_OP_LSTM_INFERENCE_MIN_BH), ``'auto'`` runs it too.
+``torch_op_wins``: a forward-only float32 LSTM at the batch and hidden sizes of
+rnnfast.modules.TORCH_OP_LSTM_INFERENCE_REGIONS), ``'auto'`` runs it too.
 
 Whatever was asked, three situations take the reference loop (``rnnfast.reference``,
 differentiated by autograd, so every autograd feature works): a call inside a
