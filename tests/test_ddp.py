@@ -1,5 +1,8 @@
-"""The modules train under DistributedDataParallel (gloo, CPU, 2 processes): averaged
-gradients equal a single-process run on the concatenated batch."""
+"""The modules across processes: they train under DistributedDataParallel (gloo, CPU,
+2 processes), whose averaged gradients equal a single-process run on the concatenated
+batch; and Hogwild-style, shared with ``share_memory()`` and trained in a child started
+with 'spawn' (README: with 'fork', a child that runs the kernels after its parent did is
+stopped by numba's OpenMP layer)."""
 
 import os
 import socket
@@ -10,6 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import rnnfast
+
+from .tolerances import assert_close
 
 
 class _Model(torch.nn.Module):
@@ -65,3 +70,45 @@ def test_ddp_gradients_match_single_process(tmp_path):
         assert grads.keys() == dict(model.named_parameters()).keys()
         for n, p in model.named_parameters():
             torch.testing.assert_close(grads[n], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def _hogwild_data():
+    return torch.randn(7, 3, 4, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+
+
+def _sgd_step(m):
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    y, _ = m(_hogwild_data())
+    y.square().sum().backward()
+    opt.step()
+
+
+def _hogwild_child(models):
+    for m in models:
+        _sgd_step(m)
+
+
+@pytest.mark.slow
+def test_hogwild_spawn_child_steps_shared_parameters():
+    """share_memory() modules that have run in the parent, one SGD step in a child
+    started with 'spawn' (torch.multiprocessing's Hogwild): the parent's parameters then
+    equal torch.nn's after the same step, for every cell."""
+    ours, twins = [], []
+    for kind in ("LSTM", "GRU", "RNN"):
+        torch.manual_seed(0)
+        m = getattr(rnnfast, kind)(4, 6, num_layers=2, backend="numba").double()
+        twin = getattr(torch.nn, kind)(4, 6, num_layers=2).double()
+        twin.load_state_dict(m.state_dict())
+        m(_hogwild_data())[0].sum().backward()  # the parent runs the kernels first
+        m.zero_grad()
+        ours.append(m.share_memory())
+        twins.append(twin)
+    child = mp.get_context("spawn").Process(target=_hogwild_child, args=(ours,))
+    child.start()
+    child.join(300)
+    assert child.exitcode == 0
+    for m, twin in zip(ours, twins):
+        _sgd_step(twin)
+        for (name, p), q in zip(m.named_parameters(), twin.parameters()):
+            assert_close(f"{type(m).__name__}.{name}", p, q)
