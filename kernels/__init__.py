@@ -71,6 +71,11 @@ rnnfast.ops uses it where present and falls back to the recurrence launcher and
 (no projection for the LSTM; dx [0] without need_dx, the biases' [0] without bias), with
 results bitwise those of the BPTT launcher followed by ``layer_grads``.
 
+Each one-call launcher may come with an ``<name>_unchecked`` twin (numba's do): the same
+arguments and results without the argument checks, for rnnfast.ops' eager path, whose
+module has checked every operand before the call (a layer's host work at (1, 32) is a
+few hundred microseconds, and the checks a few of them per call).
+
 A backend may also export the inter-layer dropout's mask (numba does: torch's CPU
 ``F.dropout`` draws its mask one element at a time off Intel CPUs)::
 

@@ -16,7 +16,6 @@ torch.nn.<Cell> exports to: ONNX's RNN / LSTM / GRU operators); ``torch.jit.scri
 scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
-import contextlib
 import sys
 import warnings
 import weakref
@@ -567,6 +566,9 @@ class _FusedRNNBase(nn.RNNBase):
         if self._cell == "lstm" and len(hx) != 2:  # aten::lstm's own check
             raise RNNArgumentError("lstm expects two hidden states")
         self._check_devices_and_state_dtypes(input, hx)
+        if self._cell == "rnn" and not self.negative_slope >= 0 \
+                and self._activation() == "leaky_relu":  # set after construction
+            raise RNNArgumentError(f"negative_slope must be >= 0, got {self.negative_slope}")
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]
         if not torch.jit.is_tracing() and T == 0:
             raise RNNArgumentError("Expected sequence length to be larger than 0 in RNN")
@@ -653,9 +655,11 @@ class _FusedRNNBase(nn.RNNBase):
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)
         cdt = be.compute_dtype
-
-        def cast(t):
-            return t if t is None or t.dtype == cdt else t.to(cdt)
+        if cdt == input.dtype and not torch._C._is_any_autocast_enabled():
+            cast = None  # the module's checks: every weight and hx has that dtype too
+        else:
+            def cast(t):
+                return t if t is None or t.dtype == cdt else t.to(cdt)
 
         h0, c0 = (hx if isinstance(hx, tuple) else (hx, None))
         # A PackedSequence's data goes to the layers as it is (packed rows: each layer
@@ -676,23 +680,24 @@ class _FusedRNNBase(nn.RNNBase):
             lengths = None
             x = input.transpose(0, 1) if self.batch_first else input
             T = x.shape[0]
-        with torch.autocast(device_type, enabled=False) if device_type in AUTOCAST_CELLS \
-                and torch.is_autocast_enabled(device_type) else contextlib.nullcontext():
-            y, h_n, c_n = self._stack(cast(x), T, cast(h0), cast(c0), lengths, be, cast,
-                                      idx if batch_sizes is not None and not rows else None)
+        if cast is not None:
+            x, h0, c0 = cast(x), cast(h0), cast(c0)
+        # The last layer's y is what its backward reads: where it becomes the output as
+        # it is, the caller gets a copy (ops.rnn's copy_y), so that an in-place op on the
+        # output cannot corrupt the gradient.
+        args = (x, T, h0, c0, lengths, be, cast,
+                idx if batch_sizes is not None and not rows else None, batch_sizes is None or rows)
+        if device_type in AUTOCAST_CELLS and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                y, h_n, c_n = self._stack(*args)
+        else:
+            y, h_n, c_n = self._stack(*args)
         if y.dtype != run_dtype:
             y, h_n = y.to(run_dtype), h_n.to(run_dtype)
             c_n = c_n.to(run_dtype) if c_n is not None else None
         if c_n is not None and self.proj_size > 0 and run_dtype != input.dtype:
             # torch.nn under CPU autocast returns a projected LSTM's c_n in c_0's dtype
             c_n = c_n.to(hx[1].dtype)
-        elif (be.kernels is not None and not self.bidirectional
-              and (batch_sizes is None or rows)
-              and (y.requires_grad or torch.jit.is_tracing())):
-            # The last layer's y is what its backward reads: hand the caller a copy,
-            # so an in-place op on the output cannot corrupt the gradient (a traced
-            # graph keeps the copy whatever the grad mode of the trace's check run).
-            y = y.clone()
         if rows:
             output = y
         elif batch_sizes is not None:
@@ -702,36 +707,48 @@ class _FusedRNNBase(nn.RNNBase):
             output = y.transpose(0, 1) if self.batch_first else y
         return output, ((h_n, c_n) if c_n is not None else h_n)
 
-    def _stack(self, x, T, h0, c0, lengths, be, cast, index=None):
+    def _stack(self, x, T, h0, c0, lengths, be, cast=None, index=None, copy_y=False):
         """x [T, B, I], or packed rows [M, I] with lengths [B] -> (y like x, h_n, c_n).
-        ``index``: where x is padded from a PackedSequence, its rows' positions among the
-        T * B (the inter-layer dropout's mask is drawn over the rows)."""
+        ``cast``: what each weight goes through (None: nothing, the weights have x's
+        dtype). ``index``: where x is padded from a PackedSequence, its rows' positions
+        among the T * B (the inter-layer dropout's mask is drawn over the rows).
+        ``copy_y``: the last layer's y becomes the output as it is (ops.rnn's copy_y,
+        when unidirectional)."""
         D = 2 if self.bidirectional else 1
         probes = self._new_probes(T, x.device) if self.record_grad_norms else None
         if probes is None and self._grad_norm_probes is not None:
             self._grad_norm_probes = None  # nn.Module.__setattr__: ~10 us, so only on change
         h_n, c_n = [], []
-        per = len(self._flat_weights) // (self.num_layers * D)
+        cell, bias, proj = self._cell, self.bias, self.proj_size > 0
+        if cell == "rnn":
+            activation, slope = ACTIVATIONS[self._activation()], self.negative_slope
+        flat = self._flat_weights
+        per = len(flat) // (self.num_layers * D)
+        last = self.num_layers - 1 if copy_y and D == 1 else -1
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
                 i = layer * D + d
-                w = [cast(t) for t in self._flat_weights[i * per:(i + 1) * per]]
+                w = flat[i * per:(i + 1) * per]
+                if cast is not None:
+                    w = [cast(t) for t in w]
                 w_ih, w_hh = w[0], w[1]
-                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                w_hr = w[-1] if self.proj_size > 0 else None
+                b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
                 probe = probes[i] if probes is not None else None
-                common = dict(lengths=lengths, reverse=d == 1, backend=be, probe=probe)
-                if self._cell == "lstm":
-                    y, h, c = ops.lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[i], c0[i],
-                                       **common)
+                if cell == "lstm":
+                    y, h, c = ops.lstm(x, w_ih, w_hh, b_ih, b_hh, w[-1] if proj else None,
+                                       h0[i], c0[i], lengths=lengths, reverse=d == 1,
+                                       backend=be, probe=probe, copy_y=layer == last)
                     c_n.append(c)
-                elif self._cell == "gru":
-                    y, h = ops.gru(x, w_ih, w_hh, b_ih, b_hh, h0[i], **common)
+                elif cell == "gru":
+                    y, h = ops.gru(x, w_ih, w_hh, b_ih, b_hh, h0[i], lengths=lengths,
+                                   reverse=d == 1, backend=be, probe=probe,
+                                   copy_y=layer == last)
                 else:
-                    y, h = ops.rnn(x, w_ih, w_hh, b_ih, b_hh, h0[i],
-                                   activation=ACTIVATIONS[self._activation()],
-                                   negative_slope=self.negative_slope, **common)
+                    y, h = ops.rnn(x, w_ih, w_hh, b_ih, b_hh, h0[i], lengths=lengths,
+                                   reverse=d == 1, activation=activation,
+                                   negative_slope=slope, backend=be, probe=probe,
+                                   copy_y=layer == last)
                 outs.append(y)
                 h_n.append(h)
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)

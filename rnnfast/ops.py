@@ -39,7 +39,6 @@ jit.trace or with tensor subclasses they call the op, so the graph records
 """
 
 import functools
-from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -375,27 +374,38 @@ def _from_kernel_rows(x, lengths, reverse, y):
     return _rows(x, lengths, reverse).gather(y) if x.dim() == 2 else y
 
 
-def _one_call(kern, name, x, rows):
-    """The extra keyword arguments of the backend's one-call layer forward ``name`` (the
-    projection and the recurrence together) for this layer's input, or None where the
+def _one_call(kern, name, x, rows, backend):
+    """(the backend's one-call layer forward ``name`` (the projection and the recurrence
+    together), the extra keyword arguments for this layer's input), or None where the
     layer runs the projection apart: the backend has no such launcher, or the input is
     a padded batch whose active rows alone are projected (``rows``). Padded input: {};
-    packed rows on a PACKED_ROWS backend: their offsets."""
-    if not hasattr(kern, name):
+    packed rows on a PACKED_ROWS backend: their offsets. In plain eager mode (``backend``
+    a module's resolved Backend: the module checked every operand) the launcher's
+    unchecked twin where it has one (kernels/__init__)."""
+    fn = getattr(kern, name, None)
+    if fn is None:
         return None
+    if type(backend) is dispatch.Backend:
+        fn = getattr(kern, name + "_unchecked", fn)
     if rows is None:
-        return {}
+        return fn, {}
     if x.dim() == 2 and kern.PACKED_ROWS:
-        return {"offsets": rows.offsets}
+        return fn, {"offsets": rows.offsets}
     return None
 
 
-def _one_call_bwd(kern, name, x, lengths):
-    """Whether the backend's one-call layer backward ``name`` (the BPTT and the layer
-    GEMMs together; kernels/__init__) may take this layer: it has one, and the input is
-    a padded batch without lengths. The launcher may still decline (None: its GEMMs go
-    to torch.mm), and the layer then runs the recurrence launcher and layer_grads."""
-    return lengths is None and x.dim() == 3 and hasattr(kern, name)
+def _one_call_bwd(kern, name, x, lengths, backend):
+    """The backend's one-call layer backward ``name`` (the BPTT and the layer GEMMs
+    together; kernels/__init__) where it may take this layer (the input is a padded batch
+    without lengths), else None. The launcher may still decline (None: its GEMMs go to
+    torch.mm), and the layer then runs the recurrence launcher and layer_grads. In plain
+    eager mode (``backend`` a resolved Backend) its unchecked twin where it has one: the
+    operands are the forward's, which the module checked, and autograd's gradients of
+    its outputs."""
+    fn = getattr(kern, name, None)
+    if fn is None or lengths is not None or x.dim() != 3:
+        return None
+    return getattr(kern, name + "_unchecked", fn) if type(backend) is dispatch.Backend else fn
 
 
 def _project(kern, x, w_ih, bias, rows):
@@ -446,10 +456,11 @@ def _rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negati
     """The forward of one Elman RNN layer direction (``train=False``: nothing kept)."""
     kern = _kernels(backend, x, w_hh.shape[1])
     rows = _rows(x, lengths, reverse)
-    one = _one_call(kern, "rnn_layer_fwd", x, rows)
+    one = _one_call(kern, "rnn_layer_fwd", x, rows, backend)
     if one is not None:
-        return kern.rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
-                                  activation, negative_slope, train=train, **one)
+        fn, kw = one
+        return fn(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
+                  activation, negative_slope, train=train, **kw)
     xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n = kern.rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope,
@@ -477,9 +488,10 @@ def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    if _one_call_bwd(kern, "rnn_layer_bwd", x, lengths):
-        out = kern.rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation,
-                                 negative_slope, has_bias, need_dx)
+    one = _one_call_bwd(kern, "rnn_layer_bwd", x, lengths, backend)
+    if one is not None:
+        out = one(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation, negative_slope,
+                  has_bias, need_dx)
         if out is not None:
             return out
     (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
@@ -572,10 +584,11 @@ def _lstm_run(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend
     """The forward of one LSTM layer direction (``train=False``: gates, cs empty)."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
     rows = _rows(x, lengths, reverse)
-    one = _one_call(kern, "lstm_layer_fwd", x, rows)
+    one = _one_call(kern, "lstm_layer_fwd", x, rows, backend)
     if one is not None:
-        return kern.lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths,
-                                   reverse, train=train, **one)
+        fn, kw = one
+        return fn(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths,
+                  reverse, train=train, **kw)
     xp = _project(kern, x, w_ih, b_ih + b_hh if b_ih is not None else None, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
     y, h_n, c_n, gates, cs = kern.lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse,
@@ -602,9 +615,11 @@ def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tens
     """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0, dc0,
     norms [T] float64."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
-    if w_hr is None and _one_call_bwd(kern, "lstm_layer_bwd", x, lengths):
-        out = kern.lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs,
-                                  reverse, has_bias, need_dx)
+    one = _one_call_bwd(kern, "lstm_layer_bwd", x, lengths, backend) if w_hr is None \
+        else None
+    if one is not None:
+        out = one(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse, has_bias,
+                  need_dx)
         if out is not None:
             return (*out[:5], x.new_empty(_EMPTY), *out[5:])
     (dy_k,), packed = _kernel_rows(kern, x, lengths, reverse, dy)
@@ -702,10 +717,11 @@ def _gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe, tr
     """The forward of one GRU layer direction (``train=False``: gates empty)."""
     kern = _kernels(backend, x, w_hh.shape[1])
     rows = _rows(x, lengths, reverse)
-    one = _one_call(kern, "gru_layer_fwd", x, rows)
+    one = _one_call(kern, "gru_layer_fwd", x, rows, backend)
     if one is not None:
-        return kern.gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
-                                  train=train, **one)
+        fn, kw = one
+        return fn(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
+                  train=train, **kw)
     bias, b_hn = _gru_bias(b_ih, b_hh)
     xp = _project(kern, x, w_ih, bias, rows)
     _, packed = _kernel_rows(kern, x, lengths, reverse)
@@ -730,9 +746,9 @@ def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tenso
     """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H],
     norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
-    if _one_call_bwd(kern, "gru_layer_bwd", x, lengths):
-        out = kern.gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias,
-                                 need_dx)
+    one = _one_call_bwd(kern, "gru_layer_bwd", x, lengths, backend)
+    if one is not None:
+        out = one(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias, need_dx)
         if out is not None:
             return out
     (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
@@ -794,20 +810,24 @@ gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)
 # ---------------------------------------------------------------- eager twins
 
 def _eager_twin(name, impl, setup_context, backward, non_differentiable):
-    """An autograd.Function that runs ``impl`` with the op's setup and backward."""
+    """An autograd.Function that runs ``impl`` with the op's setup and backward. Its
+    last argument, ``copy_y``, makes it return a copy of y (output 0) and keep y itself
+    for backward: the caller may then change the returned y in place (see :func:`rnn`)
+    without a separate clone node in the graph."""
 
-    def forward(ctx, *inputs):
+    def forward(ctx, *args):
+        inputs, copy_y = args[:-1], args[-1]
         out = impl(*inputs)
         ctx.eager = True  # see _setup_context
         setup_context(ctx, inputs, out)
         if non_differentiable:
             ctx.mark_non_differentiable(*[out[i] for i in non_differentiable])
-        return out
+        return (out[0].clone(), *out[1:]) if copy_y else out
 
     return type(name, (torch.autograd.Function,), {
         "__doc__": f"Eager twin of {impl.__name__[1:-5]} (see the module docstring).",
         "forward": staticmethod(forward),
-        "backward": staticmethod(lambda ctx, *grads: backward(ctx, *grads))})
+        "backward": staticmethod(lambda ctx, *grads: (*backward(ctx, *grads), None))})
 
 
 _EagerRNN = _eager_twin("_EagerRNN", _rnn_impl, _rnn_setup_context, _rnn_backward, ())
@@ -825,6 +845,16 @@ def packed_rows_ok(*tensors):
     return _plain(*tensors)
 
 
+def _copied(out, copy_y):
+    """A layer op's outputs with y (output 0) copied where the caller may change it in
+    place and a graph keeps it (:func:`rnn`'s ``copy_y``; a traced graph keeps the copy
+    whatever the grad mode of the trace's check run)."""
+    y = out[0]
+    if copy_y and (y.requires_grad or torch.jit.is_tracing()):
+        return (y.clone(), *out[1:])
+    return out
+
+
 def _check_padded(x):
     if x.dim() != 3:
         raise RuntimeError("rnnfast internal error: packed rows [M, I] reached a layer "
@@ -832,8 +862,12 @@ def _check_padded(x):
 
 
 def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, activation, negative_slope,
-        backend, probe):
+        backend, probe, copy_y=False):
     """One Elman RNN layer direction -> (y [T, B, H], h_n [B, H]).
+
+    ``copy_y``: the caller may change the returned y in place (a module's output): where
+    a graph keeps y for backward, the caller gets a copy (made inside the eager twin, or
+    after the op under torch.compile / tracing); elsewhere y as it is.
 
     ``backend`` is a resolved :class:`rnnfast.dispatch.Backend`: the reference loop when
     it has no kernels, else the fused op (which re-resolves ``backend.requested`` from
@@ -851,13 +885,14 @@ def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, activation, negative
             _backend_arg(backend, plain), probe)
     if not plain:
         _check_padded(x)
-        return rnn_layer(*args)
-    return _rnn_run(*args, False) if is_inference(args) else _EagerRNN.apply(*args)
+        return _copied(rnn_layer(*args), copy_y)
+    return _rnn_run(*args, False) if is_inference(args) else _EagerRNN.apply(*args, copy_y)
 
 
-def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, probe):
+def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, probe,
+         copy_y=False):
     """One LSTM layer direction -> (y [T, B, P], h_n [B, P], c_n [B, H]); packed rows
-    as :func:`rnn`."""
+    and ``copy_y`` as :func:`rnn`."""
     if backend.kernels is None:
         return _reference_layer(reference.lstm_layer, x, lengths, reverse, w_ih, w_hh,
                                 b_ih, b_hh, w_hr, h0, c0, lengths, reverse, probe)
@@ -866,15 +901,17 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, *, lengths, reverse, backend, 
             _backend_arg(backend, plain), probe)
     if not plain:
         _check_padded(x)
-        fn = lstm_layer
+        y, h_n, c_n, _, _ = _copied(lstm_layer(*args), copy_y)
+    elif is_inference(args):
+        y, h_n, c_n, _, _ = _lstm_run(*args, False)
     else:
-        fn = partial(_lstm_run, train=False) if is_inference(args) else _EagerLSTM.apply
-    y, h_n, c_n, _, _ = fn(*args)
+        y, h_n, c_n, _, _ = _EagerLSTM.apply(*args, copy_y)
     return y, h_n, c_n
 
 
-def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe):
-    """One GRU layer direction -> (y [T, B, H], h_n [B, H]); packed rows as :func:`rnn`."""
+def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe, copy_y=False):
+    """One GRU layer direction -> (y [T, B, H], h_n [B, H]); packed rows and ``copy_y``
+    as :func:`rnn`."""
     if backend.kernels is None:
         return _reference_layer(reference.gru_layer, x, lengths, reverse, w_ih, w_hh,
                                 b_ih, b_hh, h0, lengths, reverse, probe)
@@ -883,8 +920,9 @@ def gru(x, w_ih, w_hh, b_ih, b_hh, h0, *, lengths, reverse, backend, probe):
             probe)
     if not plain:
         _check_padded(x)
-        fn = gru_layer
+        y, h_n, _ = _copied(gru_layer(*args), copy_y)
+    elif is_inference(args):
+        y, h_n, _ = _gru_run(*args, False)
     else:
-        fn = partial(_gru_run, train=False) if is_inference(args) else _EagerGRU.apply
-    y, h_n, _ = fn(*args)
+        y, h_n, _ = _EagerGRU.apply(*args, copy_y)
     return y, h_n

@@ -210,6 +210,26 @@ def test_kernel_launcher_rejects_bad_lengths(lengths, pattern):
         k.rnn_fwd(torch.randn(4, 3, 7), torch.randn(7, 7), torch.zeros(3, 7), lengths)
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_negative_slope_set_after_construction(backend, grad):
+    """``m.negative_slope = -0.5`` after construction (leaky-ReLU): the constructor's
+    ValueError at the call, before any kernel runs, in training and in inference (the
+    eager path's launchers do not check it again: their derivative needs slope >= 0)."""
+    m = rnnfast.RNN(5, 7, nonlinearity="leaky_relu", backend=backend)
+    m.negative_slope = -0.5
+    x = torch.randn(4, 2, 5)
+    with torch.set_grad_enabled(grad), \
+            pytest.raises(ValueError, match=r"negative_slope must be >= 0, got -0.5"):
+        m(x)
+    m.negative_slope = 0.0  # the boundary runs
+    with torch.set_grad_enabled(grad):
+        m(x)
+    relu = rnnfast.RNN(5, 7, nonlinearity="relu", backend=backend)
+    relu.negative_slope = -0.5  # read by leaky-ReLU only
+    relu(x)
+
+
 def test_kernel_launcher_rejects_bad_shapes():
     k = kernel_module("numba")
     with pytest.raises(ValueError, match=r"w_hh must have shape \(7, 7\), got \(7, 6\)"):

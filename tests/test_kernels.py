@@ -367,7 +367,8 @@ def test_layer_backward_launchers(threads, monkeypatch):
 def test_layer_backward_launchers_decline_and_check(monkeypatch):
     """A one-call layer backward returns None where the layer GEMMs go to torch.mm (the
     caller then runs the two launchers), and raises the kernels' ValueError for a wrong
-    shape before any kernel runs (its own, or the BPTT launcher's that it calls)."""
+    shape before any kernel runs (one check of every operand, its own name in the
+    message)."""
     from rnnfast.kernels import numba as nk
     T, B, H = 4, 2, 8
     x, dy, dh_n, h0 = torch.randn(T, B, H), torch.randn(T, B, H), torch.randn(B, H), \
@@ -379,7 +380,7 @@ def test_layer_backward_launchers_decline_and_check(monkeypatch):
     monkeypatch.setenv("RNNFAST_LAYER_GEMM", "numba")
     with pytest.raises(ValueError, match=r"rnn_layer_bwd\[numba\]: w_ih must be"):
         nk.rnn_layer_bwd(dy, dh_n, x, w_ih[:, :3], w_hh, h0, y)
-    with pytest.raises(ValueError, match=r"rnn_bwd\[numba\]: dy must be"):
+    with pytest.raises(ValueError, match=r"rnn_layer_bwd\[numba\]: dy must be"):
         nk.rnn_layer_bwd(dy[:2], dh_n, x, w_ih, w_hh, h0, y)
 
 

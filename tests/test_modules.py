@@ -105,8 +105,8 @@ def test_packed_rows_gemms(cell, backend, provider, monkeypatch):
         layer_x.append(x.dim())
         return real_project(kern, x, *args)
 
-    def spy_one(kern, name, x, rows_):  # the projection inside a one-call forward
-        out = real_one(kern, name, x, rows_)
+    def spy_one(kern, name, x, rows_, backend):  # the projection inside a one-call forward
+        out = real_one(kern, name, x, rows_, backend)
         if out is not None:
             layer_x.append(x.dim())
         return out

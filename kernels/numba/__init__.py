@@ -13,9 +13,30 @@ import torch
 from . import cache as _cache
 from .dropout import dropout_mask
 from .gemm import layer_grads, matmul_tn, project
-from .gru import gru_bwd, gru_fwd, gru_layer_bwd, gru_layer_fwd
-from .lstm import lstm_bwd, lstm_fwd, lstm_layer_bwd, lstm_layer_fwd
-from .rnn import rnn_bwd, rnn_fwd, rnn_layer_bwd, rnn_layer_fwd
+from .gru import (
+    gru_bwd,
+    gru_fwd,
+    gru_layer_bwd,
+    gru_layer_bwd_unchecked,
+    gru_layer_fwd,
+    gru_layer_fwd_unchecked,
+)
+from .lstm import (
+    lstm_bwd,
+    lstm_fwd,
+    lstm_layer_bwd,
+    lstm_layer_bwd_unchecked,
+    lstm_layer_fwd,
+    lstm_layer_fwd_unchecked,
+)
+from .rnn import (
+    rnn_bwd,
+    rnn_fwd,
+    rnn_layer_bwd,
+    rnn_layer_bwd_unchecked,
+    rnn_layer_fwd,
+    rnn_layer_fwd_unchecked,
+)
 
 _cache.adopt()  # the kernel modules are all imported by now (see cache.adopt)
 
@@ -41,6 +62,8 @@ def unsupported(device, dtype, width):
 
 __all__ = ["rnn_fwd", "rnn_bwd", "rnn_layer_fwd", "rnn_layer_bwd", "lstm_fwd", "lstm_bwd",
            "lstm_layer_fwd", "lstm_layer_bwd", "gru_fwd", "gru_bwd", "gru_layer_fwd",
-           "gru_layer_bwd", "project", "layer_grads", "matmul_tn",
+           "gru_layer_bwd", "rnn_layer_fwd_unchecked", "rnn_layer_bwd_unchecked",
+           "lstm_layer_fwd_unchecked", "lstm_layer_bwd_unchecked", "gru_layer_fwd_unchecked",
+           "gru_layer_bwd_unchecked", "project", "layer_grads", "matmul_tn",
            "dropout_mask",
            "NAME", "DEVICE_TYPES", "DTYPES", "MAX_WIDTH", "PACKED_ROWS", "unsupported"]

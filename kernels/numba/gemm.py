@@ -655,14 +655,18 @@ def _layer_grads_launch(like, d, dg, first, x, y, h0, h_rows, w_ih, reverse, has
     P = y.shape[1]
     dw_ih = _host.empty(like, (G, I))
     dw_hh = _host.empty(like, (G, P))
+    # What is not computed is returned as a fresh [0] tensor (a custom op's returns may
+    # not alias each other); the kernel gets a shared empty stand-in (never written).
+    none_np = _host.no_vector(like)
     db_ih = like.new_empty((G,) if has_bias else (0,))
-    db_hh = like.new_empty((G,) if has_bias and not same else (0,))
+    db_hh = like.new_empty((G,)) if has_bias and not same else like.new_empty((0,))
     dx = _host.empty(like, (N, I)) if need_dx else like.new_empty((0,))
     _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
                  _host.gemm_threads(G, layer_grads_macs(N, 1, G, I, P, need_dx)),
                  d, dg, x, y, h0, first, h_rows, w_ih, not reverse, dw_ih.numpy(),
-                 dw_hh.numpy(), db_ih.numpy(), db_hh.numpy(),
-                 dx.numpy().reshape(N if need_dx else 0, I))
+                 dw_hh.numpy(), db_ih.numpy() if has_bias else none_np,
+                 db_hh.numpy() if has_bias and not same else none_np,
+                 dx.numpy().reshape(N, I) if need_dx else _host.no_rows(like))
     if has_bias and same:
         db_hh = db_ih.clone()
     return dx, dw_ih, dw_hh, db_ih, db_hh
@@ -671,18 +675,17 @@ def _layer_grads_launch(like, d, dg, first, x, y, h0, h_rows, w_ih, reverse, has
 def layer_grads_padded(d, dg, x, y, h0, w_ih, reverse, has_bias, need_dx):
     """:func:`layer_grads` for the one-call layer backwards (``rnn_layer_bwd``, ...): a
     padded layer without lengths whose gate gradients are numpy rows already, d and dg
-    [T * B, G] (dg None: d, as layer_grads' ``dgh=None``), x [T, B, I], y [T, B, P],
-    h0 [B, P], w_ih [G, I] (shapes checked by the caller), on the tile (the caller
-    asked :func:`layer_gemm_provider`). The same launch as layer_grads, without its
-    torch views and copies of d and dg."""
+    [T * B, G] (dg None: d, as layer_grads' ``dgh=None``), x [T, B, I], y the forward's
+    output as numpy rows [T * B, P], h0 [B, P], w_ih [G, I] (shapes checked by the
+    caller), on the tile (the caller asked :func:`layer_gemm_provider`). The same launch
+    as layer_grads, without its torch views and copies of d and dg."""
     T, B, I = x.shape
     same = dg is None
     dg = d if same else dg
     first = dg[(T - 1) * B:] if reverse else dg[:B]  # h_{t-1} = h0 at these rows
     dx, *rest = _layer_grads_launch(
-        x, d, dg, first, _host.as_numpy(x).reshape(T * B, I),
-        _host.as_numpy(y).reshape(T * B, y.shape[2]), _host.as_numpy(h0), _ORDERED,
-        _host.as_numpy(w_ih), reverse, has_bias, need_dx, same)
+        x, d, dg, first, _host.as_numpy(x).reshape(T * B, I), y, _host.as_numpy(h0),
+        _ORDERED, _host.as_numpy(w_ih), reverse, has_bias, need_dx, same)
     return (dx.view(x.shape) if need_dx else dx, *rest)
 
 

@@ -306,8 +306,19 @@ def gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False, tr
     :func:`gru_fwd`.
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
-    T, B, I, G = check_layer_args("gru", x, w_ih, b_ih, b_hh, w_hh, h0, None, None,
-                                  lengths, 0, 0.0, DTYPES, "numba", offsets)
+    check_layer_args("gru", x, w_ih, b_ih, b_hh, w_hh, h0, None, None, lengths, 0, 0.0,
+                     DTYPES, "numba", offsets)
+    return gru_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse, train,
+                                   offsets)
+
+
+def gru_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False,
+                            train=True, offsets=None):
+    """:func:`gru_layer_fwd` without its checks, for a caller that made them already
+    (a module's own checks cover every operand: rnnfast.ops' eager path)."""
+    T, B = (x.shape[0], x.shape[1]) if offsets is None else \
+        (offsets.shape[0], lengths.shape[0])
+    I, G = x.shape[-1], w_hh.shape[0]
     H = G // 3
     b_hn = b_hh[2 * H:] if b_hh is not None else None
     if layer_gemm_provider(x.dtype, math.prod(x.shape[:-1]) * I * G) == "torch":
@@ -373,19 +384,29 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, offsets=N
                         (("dy", dy, (*lead, H)), ("dh_n", dh_n, (B, H)),
                          ("gates", gates, (*lead, 4 * H)), ("h0", h0, (B, H)),
                          ("w_hh", w_hh, (3 * H, H))))
-    dxp, dxp_np = _host.scratch(y, (*lead, 3 * H))
-    dgh, dgh_np = _host.scratch(y, (*lead, 3 * H))
-    dh0 = torch.empty_like(dh_n)
-    norms, norms_np = _host.scratch(y, (T,), torch.float64)
+    dxp_np, dgh_np, dh0, norms = _bwd(_host.rows(dy), dh_n, _host.rows(y),
+                                      _host.rows(gates), h0, w_hh, lengths, offsets,
+                                      reverse, T, B)
+    shape = (*lead, 3 * H)
+    return (torch.from_numpy(dxp_np).view(shape), torch.from_numpy(dgh_np).view(shape), dh0,
+            norms)
+
+
+def _bwd(dy_np, dh_n, y_np, gates_np, h0, w_hh, lengths, offsets, reverse, T, B):
+    """The launch of :func:`gru_bwd` on checked operands (dy, y and gates as numpy rows
+    [R, *]) -> (dxp and dgh as numpy rows [R, 3H], dh0, norms)."""
+    R, H = y_np.shape
+    dxp_np = _host.pool_array((R, 3 * H), y_np.dtype)
+    dgh_np = _host.pool_array((R, 3 * H), y_np.dtype)
+    dh0 = dh_n.new_empty((B, H))
+    norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * 3 * H),
-                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y),
-                 _host.rows(gates), _host.as_numpy(h0), panels(w_hh),
-                 _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
-                 dxp_np.reshape(-1, 3 * H), dgh_np.reshape(-1, 3 * H), dh0.numpy(),
-                 norms_np)
-    return dxp, dgh, dh0, norms
+                 dy_np, _host.as_numpy(dh_n), y_np, gates_np, _host.as_numpy(h0),
+                 panels(w_hh), _host.lengths_array(lengths, T, B), off, dense,
+                 bool(reverse), dxp_np, dgh_np, dh0.numpy(), norms_np)
+    return dxp_np, dgh_np, dh0, norms
 
 
 def gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False, has_bias=True,
@@ -404,12 +425,27 @@ def gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False, has_bias
         return None  # the two launchers' own checks and messages
     T, B, H = y.shape
     G, I = 3 * H, x.shape[2]
+    check_backward_args("gru_layer_bwd[numba]", y, (
+        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("gates", gates, (T, B, 4 * H)),
+        ("w_hh", w_hh, (G, H)), ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)),
+        ("h0", h0, (B, H))))
+    return gru_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias,
+                                   need_dx)
+
+
+def gru_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False,
+                            has_bias=True, need_dx=True):
+    """:func:`gru_layer_bwd` on padded operands of the shapes it checks (dy may be any
+    strides), without the checks (rnnfast.ops' eager path: the forward's own operands)."""
+    T, B, H = y.shape
+    G, I = 3 * H, x.shape[2]
     if layer_gemm_provider(y.dtype, layer_grads_macs(T * B, 1, G, I, H, need_dx)) \
             != "numba":
         return None
-    check_backward_args("gru_layer_bwd[numba]", y, (
-        ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)), ("h0", h0, (B, H))))
-    dxp, dgh, dh0, norms = gru_bwd(dy, dh_n, y, gates, h0, w_hh, None, reverse)
-    return (*layer_grads_padded(dxp.numpy().reshape(T * B, G),
-                                dgh.numpy().reshape(T * B, G), x, y, h0, w_ih, reverse,
-                                has_bias, need_dx), dh0, norms)
+    N = T * B
+    y_np = _host.as_numpy(y).reshape(N, H)
+    dxp, dgh, dh0, norms = _bwd(_host.as_numpy(dy).reshape(N, H), dh_n, y_np,
+                                _host.as_numpy(gates).reshape(N, 4 * H), h0, w_hh, None,
+                                None, reverse, T, B)
+    return (*layer_grads_padded(dxp, dgh, x, y_np, h0, w_ih, reverse, has_bias, need_dx),
+            dh0, norms)

@@ -342,8 +342,19 @@ def lstm_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths=None, revers
     :func:`lstm_fwd`.
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
-    T, B, I, G = check_layer_args("lstm", x, w_ih, b_ih, b_hh, w_hh, h0, c0, w_hr,
-                                  lengths, 0, 0.0, DTYPES, "numba", offsets)
+    check_layer_args("lstm", x, w_ih, b_ih, b_hh, w_hh, h0, c0, w_hr, lengths, 0, 0.0,
+                     DTYPES, "numba", offsets)
+    return lstm_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths,
+                                    reverse, train, offsets)
+
+
+def lstm_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths=None,
+                             reverse=False, train=True, offsets=None):
+    """:func:`lstm_layer_fwd` without its checks, for a caller that made them already
+    (a module's own checks cover every operand: rnnfast.ops' eager path)."""
+    T, B = (x.shape[0], x.shape[1]) if offsets is None else \
+        (offsets.shape[0], lengths.shape[0])
+    I, G = x.shape[-1], w_hh.shape[0]
     if layer_gemm_provider(x.dtype, math.prod(x.shape[:-1]) * I * G) == "torch":
         xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
         return _forward(None, None, None, None, xp, w_hh, w_hr, h0, c0, lengths, reverse,
@@ -411,24 +422,37 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     if proj:
         named.append(("w_hr", w_hr, (P, H)))
     check_backward_args("lstm_bwd[numba]", gates, named)
-    dxp, dxp_np = _host.scratch(gates, gates.shape)
-    dh0 = torch.empty_like(dh_n)
-    dc0 = torch.empty_like(dc_n)
-    if proj:
-        dhs, dhs_np = _host.scratch(gates, (*lead, P))
+    dxp_np, dh0, dc0, dhs, norms = _bwd(_host.rows(dy), dh_n, dc_n, _host.rows(gates),
+                                        _host.rows(cs), c0, w_hh, w_hr, lengths, offsets,
+                                        reverse, T, B)
+    return (torch.from_numpy(dxp_np).view(gates.shape), dh0, dc0,
+            dhs.view(*lead, P) if proj else dhs, norms)
+
+
+def _bwd(dy_np, dh_n, dc_n, gates_np, cs_np, c0, w_hh, w_hr, lengths, offsets, reverse, T,
+         B):
+    """The launch of :func:`lstm_bwd` on checked operands (dy, gates and cs as numpy
+    rows [R, *]) -> (dxp as numpy rows [R, 4H], dh0, dc0, dhs, norms)."""
+    R, G = gates_np.shape
+    H, P = G // 4, dh_n.shape[1]
+    dxp_np = _host.pool_array((R, G), gates_np.dtype)
+    dh0 = dh_n.new_empty((B, P))
+    dc0 = dc_n.new_empty((B, H))
+    if w_hr is not None:
+        dhs, dhs_np = _host.scratch(dh0, (R, P))
         dhs_np = dhs_np.reshape(-1, P)
     else:
-        dhs, dhs_np = gates.new_empty((0,)), np.empty((0, 0), dtype=dxp_np.dtype)
-    norms, norms_np = _host.scratch(gates, (T,), torch.float64)
+        dhs, dhs_np = _host.no_tensor(dh0), _host.no_rows(dh0)
+    norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * P * G),
-                 _host.rows(dy), _host.as_numpy(dh_n), _host.as_numpy(dc_n),
-                 _host.rows(gates), _host.rows(cs), _host.as_numpy(c0),
-                 panels(w_hh), panels(w_hr) if proj else _host.no_weight(gates),
+                 dy_np, _host.as_numpy(dh_n), _host.as_numpy(dc_n), gates_np, cs_np,
+                 _host.as_numpy(c0), panels(w_hh),
+                 panels(w_hr) if w_hr is not None else _host.no_weight(dh0),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
-                 dxp_np.reshape(-1, G), dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
-    return dxp, dh0, dc0, dhs, norms
+                 dxp_np, dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
+    return dxp_np, dh0, dc0, dhs, norms
 
 
 def lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse=False,
@@ -451,13 +475,27 @@ def lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse=
         return None  # the two launchers' own checks and messages
     T, B, G = gates.shape
     H, I = G // 4, x.shape[2]
+    check_backward_args("lstm_layer_bwd[numba]", gates, (
+        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("dc_n", dc_n, (B, H)),
+        ("cs", cs, (T, B, H)), ("c0", c0, (B, H)), ("w_hh", w_hh, (G, H)),
+        ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)), ("h0", h0, (B, H)),
+        ("y", y, (T, B, H))))
+    return lstm_layer_bwd_unchecked(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs,
+                                    reverse, has_bias, need_dx)
+
+
+def lstm_layer_bwd_unchecked(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs,
+                             reverse=False, has_bias=True, need_dx=True):
+    """:func:`lstm_layer_bwd` on padded operands of the shapes it checks (dy may be any
+    strides), without the checks (rnnfast.ops' eager path: the forward's own operands)."""
+    T, B, G = gates.shape
+    H, I = G // 4, x.shape[2]
     if layer_gemm_provider(gates.dtype, layer_grads_macs(T * B, 1, G, I, H, need_dx)) \
             != "numba":
         return None
-    check_backward_args("lstm_layer_bwd[numba]", gates, (
-        ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)), ("h0", h0, (B, H)),
-        ("y", y, (T, B, H))))
-    dxp, dh0, dc0, _, norms = lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, None, None,
-                                       reverse)
-    return (*layer_grads_padded(dxp.numpy().reshape(T * B, G), None, x, y, h0, w_ih,
+    N = T * B
+    dxp, dh0, dc0, _, norms = _bwd(
+        _host.as_numpy(dy).reshape(N, H), dh_n, dc_n, _host.as_numpy(gates).reshape(N, G),
+        _host.as_numpy(cs).reshape(N, H), c0, w_hh, None, None, None, reverse, T, B)
+    return (*layer_grads_padded(dxp, None, x, _host.as_numpy(y).reshape(N, H), h0, w_ih,
                                 reverse, has_bias, need_dx), dh0, dc0, norms)

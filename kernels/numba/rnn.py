@@ -266,9 +266,19 @@ def rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False, ac
     as :func:`gemm.project` then :func:`rnn_fwd`.
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
-    T, B, I, H = check_layer_args("rnn", x, w_ih, b_ih, b_hh, w_hh, h0, None, None, lengths,
-                                  activation, negative_slope, DTYPES, "numba", offsets)
+    check_layer_args("rnn", x, w_ih, b_ih, b_hh, w_hh, h0, None, None, lengths, activation,
+                     negative_slope, DTYPES, "numba", offsets)
+    return rnn_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, h0, lengths, reverse,
+                                   activation, negative_slope, train, offsets)
+
+
+def rnn_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse=False,
+                            activation=0, negative_slope=0.01, train=True, offsets=None):
+    """:func:`rnn_layer_fwd` without its checks, for a caller that made them already
+    (a module's own checks cover every operand: rnnfast.ops' eager path)."""
     lead = tuple(x.shape[:-1])  # (T, B) padded, (M,) packed
+    T, B = (lead[0], lead[1]) if offsets is None else (offsets.shape[0], lengths.shape[0])
+    I, H = x.shape[-1], w_hh.shape[1]
     if layer_gemm_provider(x.dtype, math.prod(lead) * I * H) == "torch":
         xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
         return _forward(None, None, None, None, xp, xp, w_hh, h0, lengths, reverse,
@@ -314,17 +324,26 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     H = y.shape[-1]
     check_backward_args("rnn_bwd[numba]", y, (("dy", dy, (*lead, H)), ("dh_n", dh_n, (B, H)),
                                               ("w_hh", w_hh, (H, H))))
-    dxp, dxp_np = _host.scratch(y, y.shape)
-    dh0 = torch.empty_like(dh_n)
-    norms, norms_np = _host.scratch(y, (T,), torch.float64)
+    dxp_np, dh0, norms = _bwd(_host.rows(dy), dh_n, _host.rows(y), w_hh, lengths, offsets,
+                              reverse, activation, negative_slope, T, B)
+    return torch.from_numpy(dxp_np).view(y.shape), dh0, norms
+
+
+def _bwd(dy_np, dh_n, y_np, w_hh, lengths, offsets, reverse, activation, negative_slope, T,
+         B):
+    """The launch of :func:`rnn_bwd` on checked operands (dy and y as numpy rows [R, H])
+    -> (dxp as numpy rows [R, H], dh0, norms)."""
+    H = y_np.shape[1]
+    dxp_np = _host.pool_array(y_np.shape, y_np.dtype)
+    dh0 = dh_n.new_empty((B, H))
+    norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * H),
-                 _host.rows(dy), _host.as_numpy(dh_n), _host.rows(y),
-                 panels(w_hh), _host.lengths_array(lengths, T, B), off, dense,
-                 bool(reverse), int(activation), float(negative_slope),
-                 dxp_np.reshape(-1, H), dh0.numpy(), norms_np)
-    return dxp, dh0, norms
+                 dy_np, _host.as_numpy(dh_n), y_np, panels(w_hh),
+                 _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
+                 int(activation), float(negative_slope), dxp_np, dh0.numpy(), norms_np)
+    return dxp_np, dh0, norms
 
 
 def rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
@@ -343,11 +362,24 @@ def rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
         return None  # the two launchers' own checks and messages
     T, B, H = y.shape
     I = x.shape[2]
+    check_backward_args("rnn_layer_bwd[numba]", y, (
+        ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("w_hh", w_hh, (H, H)),
+        ("x", x, (T, B, I)), ("w_ih", w_ih, (H, I)), ("h0", h0, (B, H))))
+    return rnn_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation,
+                                   negative_slope, has_bias, need_dx)
+
+
+def rnn_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
+                            negative_slope=0.01, has_bias=True, need_dx=True):
+    """:func:`rnn_layer_bwd` on padded operands of the shapes it checks (dy may be any
+    strides), without the checks (rnnfast.ops' eager path: the forward's own operands)."""
+    T, B, H = y.shape
+    I = x.shape[2]
     if layer_gemm_provider(y.dtype, layer_grads_macs(T * B, 1, H, I, H, need_dx)) \
             != "numba":
         return None
-    check_backward_args("rnn_layer_bwd[numba]", y, (
-        ("x", x, (T, B, I)), ("w_ih", w_ih, (H, I)), ("h0", h0, (B, H))))
-    dxp, dh0, norms = rnn_bwd(dy, dh_n, y, w_hh, None, reverse, activation, negative_slope)
-    return (*layer_grads_padded(dxp.numpy().reshape(T * B, H), None, x, y, h0, w_ih,
-                                reverse, has_bias, need_dx), dh0, norms)
+    y_np = _host.as_numpy(y).reshape(T * B, H)
+    dxp, dh0, norms = _bwd(_host.as_numpy(dy).reshape(T * B, H), dh_n, y_np, w_hh, None,
+                           None, reverse, activation, negative_slope, T, B)
+    return (*layer_grads_padded(dxp, None, x, y_np, h0, w_ih, reverse, has_bias, need_dx),
+            dh0, norms)
