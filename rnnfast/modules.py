@@ -406,6 +406,40 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RNNArgumentError(
                     f"{self._mode_name()} hidden dtype ({h.dtype}) does not match input "
                     f"dtype ({input.dtype}) for hx[{i}]")
+        if autocast:
+            self._check_autocast_float64(input, hx)
+
+    def _check_autocast_float64(self, input, hx):
+        """Under autocast, float64 tensors are not cast (autocast casts float32, float16
+        and bfloat16 ones only): where some of input, hx and the weights are float64 and
+        others are not, torch.nn's products meet float64 and the autocast dtype and it
+        raises; so does rnnfast, with torch.nn's message for the same operand (CPU,
+        measured on torch 2.13: the input: "mat1 and mat2 must have the same dtype, but
+        got Double and BFloat16"; hx or a weight: the LSTM's "get_mkldnn_dtype:
+        unsupported data type", the RNN's and GRU's products' dtype messages), where it
+        would otherwise cast the float64 ones. All float64: nothing is cast (see
+        :meth:`_autocast_dtype`)."""
+        device_type = input.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return
+        states = hx if isinstance(hx, tuple) else (hx,)
+        weights = [w for w in self._flat_weights if w is not None]
+        f64 = torch.float64
+        kinds = {t.dtype == f64 for t in (input, *states, *weights)}
+        if len(kinds) < 2:
+            return
+        ac = _scalar_type_name(torch.get_autocast_dtype(device_type))
+        if input.dtype == f64:  # hx is the odd one out where every weight is float64
+            odd = ("Double", ac) if any(w.dtype != f64 for w in weights) else (ac, "Double")
+            raise RNNArgumentError(f"mat1 and mat2 must have the same dtype, but got "
+                                   f"{odd[0]} and {odd[1]}")
+        if self._cell == "lstm" and device_type == "cpu":
+            raise RNNArgumentError("get_mkldnn_dtype: unsupported data type")
+        if any(h.dtype == f64 for h in states):
+            raise RNNArgumentError(f"mat1 and mat2 must have the same dtype, but got Double "
+                                   f"and {ac}")
+        raise RNNArgumentError(f"self and mat2 must have the same dtype, but got {ac} and "
+                               f"Double")
 
     def _options(self):
         return (f"input_size={self.input_size}, hidden_size={self.hidden_size}"
@@ -579,8 +613,9 @@ class _FusedRNNBase(nn.RNNBase):
     def _width(self):
         return max(self.hidden_size, self.proj_size)
 
-    def _autocast_dtype(self, device_type, packed):
-        """The dtype autocast runs this call in, or None (the input's). ``packed``: the
+    def _autocast_dtype(self, device_type, packed, dtype):
+        """The dtype autocast runs this call in, or None (the input's ``dtype``; a
+        float64 input is not cast, as autocast casts no float64 tensor). ``packed``: the
         input is a PackedSequence, which on CPU reaches torch.nn's LSTM as aten::lstm's
         data overload, not in autocast's list: torch.nn returns the output, h_n and c_n
         in float32 there (its inner products run in the autocast dtype, so its values
@@ -588,6 +623,7 @@ class _FusedRNNBase(nn.RNNBase):
         final product hands back output and h_n in the autocast dtype, as padded."""
         if device_type in AUTOCAST_CELLS and torch.is_autocast_enabled(device_type) \
                 and self._cell in AUTOCAST_CELLS[device_type] \
+                and dtype != torch.float64 \
                 and not (packed and device_type == "cpu" and self._cell == "lstm"
                          and self.proj_size == 0):
             return torch.get_autocast_dtype(device_type)
@@ -603,7 +639,8 @@ class _FusedRNNBase(nn.RNNBase):
         run first), so a bad input never gets a plan."""
         self._update_flat_weights()
         x, batch_sizes, _, _, _, hx = self._checked_args(input, hx)
-        dtype = self._autocast_dtype(x.device.type, batch_sizes is not None) or x.dtype
+        dtype = self._autocast_dtype(x.device.type, batch_sizes is not None, x.dtype) \
+            or x.dtype
         return self._resolve(x, batch_sizes, hx, dtype, start=False)
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True):
@@ -650,7 +687,8 @@ class _FusedRNNBase(nn.RNNBase):
         batch_sizes; hx in the (sorted) batch order of input -> (output like input's
         layout, state)."""
         device_type = input.device.type
-        run_dtype = self._autocast_dtype(device_type, batch_sizes is not None) or input.dtype
+        run_dtype = self._autocast_dtype(device_type, batch_sizes is not None,
+                                         input.dtype) or input.dtype
         be = self._resolve(input, batch_sizes, hx, run_dtype)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)

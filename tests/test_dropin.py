@@ -473,6 +473,46 @@ def test_autocast(cell, backend, dtype, layout):
         _assert_as_accurate(f"autocast {name}", a, b, t, dtype)
 
 
+@pytest.mark.parametrize("case", ["x", "h0", "c0", "weight", "all", "all but h0"])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_autocast_float64_operands(kind, case):
+    """Under torch.autocast('cpu', bfloat16), float64 tensors are not cast: a float64
+    input, hx or weight among float32 ones makes torch.nn raise (its products meet
+    Double and BFloat16), and rnnfast raises the same message before any kernel runs,
+    where it used to cast them all and run; an all-float64 module and input run in
+    float64 on both, not in bfloat16."""
+    if case == "c0" and kind != "LSTM":
+        pytest.skip("no c0")
+    results = []
+    for cls in (getattr(nn, kind), functools.partial(getattr(rnnfast, kind),
+                                                       backend="numba")):
+        torch.manual_seed(0)
+        m = cls(3, 5)
+        x, h, c = torch.randn(4, 2, 3), torch.randn(1, 2, 5), torch.randn(1, 2, 5)
+        if case.startswith("all"):
+            m, x, h, c = m.double(), x.double(), h.double(), c.double()
+            h = h.float() if case == "all but h0" else h
+        elif case == "weight":
+            m.weight_hh_l0.data = m.weight_hh_l0.data.double()
+        else:
+            x, h, c = [t.double() if case == n else t for t, n in
+                       ((x, "x"), (h, "h0"), (c, "c0"))]
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out, _ = m(x, (h, c) if kind == "LSTM" else h)
+            results.append(out)
+        except RuntimeError as e:
+            results.append(str(e))
+    want, got = results
+    if isinstance(want, str):
+        assert isinstance(got, str) and got == want, \
+            f"torch.nn raises {want!r}; rnnfast: {got if isinstance(got, str) else 'runs'}"
+    else:
+        assert not isinstance(got, str), f"torch.nn runs; rnnfast raises {got!r}"
+        assert got.dtype == want.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 # ============================================================ 5. TorchScript, torch.export
 
 class Head(nn.Module):
