@@ -600,9 +600,8 @@ class _FusedRNNBase(nn.RNNBase):
         if self._cell == "lstm" and len(hx) != 2:  # aten::lstm's own check
             raise RNNArgumentError("lstm expects two hidden states")
         self._check_devices_and_state_dtypes(input, hx)
-        if self._cell == "rnn" and not self.negative_slope >= 0 \
-                and self._activation() == "leaky_relu":  # set after construction
-            raise RNNArgumentError(f"negative_slope must be >= 0, got {self.negative_slope}")
+        if self._cell == "rnn" and self._activation() == "leaky_relu":
+            self._check_negative_slope()
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]
         if not torch.jit.is_tracing() and T == 0:
             raise RNNArgumentError("Expected sequence length to be larger than 0 in RNN")
@@ -931,6 +930,16 @@ class RNN(_FusedRNNBase):
         self.negative_slope = float(negative_slope)
         self._leaky = nonlinearity == "leaky_relu"
         self._init_extras(backend)
+
+    def _check_negative_slope(self):
+        """``negative_slope`` as the constructor checks it, at each call of a leaky-ReLU
+        RNN (it may be set after construction; the kernels' derivative needs >= 0)."""
+        slope = self.negative_slope
+        if not isinstance(slope, (int, float)) or isinstance(slope, bool):
+            raise TypeError(f"negative_slope should be of type float, got: "
+                            f"{type(slope).__name__}")
+        if not slope >= 0:
+            raise RNNArgumentError(f"negative_slope must be >= 0, got {slope}")
 
     def _activation(self):
         """The activation a call runs, by torch.nn.RNN.forward's rule: ``mode`` (set

@@ -222,6 +222,11 @@ def test_negative_slope_set_after_construction(backend, grad):
     with torch.set_grad_enabled(grad), \
             pytest.raises(ValueError, match=r"negative_slope must be >= 0, got -0.5"):
         m(x)
+    for bad in ("0.1", None, torch.tensor([0.1, 0.2])):
+        m.negative_slope = bad
+        with torch.set_grad_enabled(grad), \
+                pytest.raises(TypeError, match="negative_slope should be of type float"):
+            m(x)
     m.negative_slope = 0.0  # the boundary runs
     with torch.set_grad_enabled(grad):
         m(x)
