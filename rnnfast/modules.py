@@ -688,6 +688,11 @@ class _FusedRNNBase(nn.RNNBase):
         device_type = input.device.type
         run_dtype = self._autocast_dtype(device_type, batch_sizes is not None,
                                          input.dtype) or input.dtype
+        if self._cell == "gru" and device_type == "cpu" and run_dtype != torch.float64 \
+                and torch.is_autocast_enabled("cpu"):
+            # torch.nn's CPU GRU is not in autocast's list but its products are: its
+            # outputs come in h0's dtype promoted with the autocast dtype (torch 2.13)
+            run_dtype = torch.promote_types(hx.dtype, torch.get_autocast_dtype("cpu"))
         be = self._resolve(input, batch_sizes, hx, run_dtype)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)

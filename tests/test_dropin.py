@@ -513,6 +513,31 @@ def test_autocast_float64_operands(kind, case):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("h_dtype", [torch.float32, torch.bfloat16, torch.float16, None])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16])
+def test_autocast_gru_output_dtype(autocast, x_dtype, h_dtype, packed):
+    """A float32 GRU under torch.autocast('cpu', dtype) given inputs and h0 of low
+    precision: output and h_n come in torch.nn's dtype (its CPU GRU is not in autocast's
+    list, its products are: h0's dtype, x's without h0, promoted with the autocast
+    dtype), with values as close to torch.nn's as that dtype allows."""
+    outs = []
+    for cls in (nn.GRU, functools.partial(rnnfast.GRU, backend="numba")):
+        torch.manual_seed(0)
+        m = cls(3, 5)
+        x = torch.randn(4, 2, 3).to(x_dtype)
+        h = None if h_dtype is None else torch.randn(1, 2, 5).to(h_dtype)
+        if packed:
+            x = pack_padded_sequence(x, torch.tensor([4, 3]))
+        with torch.autocast("cpu", dtype=autocast):
+            y, h_n = m(x, h)
+        outs.append((y.data if packed else y, h_n))
+    for got, want in zip(outs[1], outs[0]):
+        assert got.dtype == want.dtype, f"dtype {got.dtype} != torch.nn's {want.dtype}"
+        torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+
+
 # ============================================================ 5. TorchScript, torch.export
 
 class Head(nn.Module):
