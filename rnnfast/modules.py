@@ -612,17 +612,22 @@ class _FusedRNNBase(nn.RNNBase):
     def _width(self):
         return max(self.hidden_size, self.proj_size)
 
-    def _autocast_dtype(self, device_type, packed, dtype):
+    def _autocast_dtype(self, device_type, packed, dtype, hx):
         """The dtype autocast runs this call in, or None (the input's ``dtype``; a
         float64 input is not cast, as autocast casts no float64 tensor). ``packed``: the
         input is a PackedSequence, which on CPU reaches torch.nn's LSTM as aten::lstm's
         data overload, not in autocast's list: torch.nn returns the output, h_n and c_n
         in float32 there (its inner products run in the autocast dtype, so its values
         carry that dtype's error; rnnfast's are float32's), while a projected LSTM's
-        final product hands back output and h_n in the autocast dtype, as padded."""
-        if device_type in AUTOCAST_CELLS and torch.is_autocast_enabled(device_type) \
-                and self._cell in AUTOCAST_CELLS[device_type] \
-                and dtype != torch.float64 \
+        final product hands back output and h_n in the autocast dtype, as padded.
+        torch.nn's CPU GRU is not in autocast's list but its products are: its outputs
+        come in h0's dtype (``hx``'s) promoted with the autocast dtype (torch 2.13)."""
+        if dtype == torch.float64 or device_type not in AUTOCAST_CELLS \
+                or not torch.is_autocast_enabled(device_type):
+            return None
+        if self._cell == "gru" and device_type == "cpu":
+            return torch.promote_types(hx.dtype, torch.get_autocast_dtype("cpu"))
+        if self._cell in AUTOCAST_CELLS[device_type] \
                 and not (packed and device_type == "cpu" and self._cell == "lstm"
                          and self.proj_size == 0):
             return torch.get_autocast_dtype(device_type)
@@ -638,8 +643,8 @@ class _FusedRNNBase(nn.RNNBase):
         run first), so a bad input never gets a plan."""
         self._update_flat_weights()
         x, batch_sizes, _, _, _, hx = self._checked_args(input, hx)
-        dtype = self._autocast_dtype(x.device.type, batch_sizes is not None, x.dtype) \
-            or x.dtype
+        dtype = self._autocast_dtype(x.device.type, batch_sizes is not None, x.dtype,
+                                     hx) or x.dtype
         return self._resolve(x, batch_sizes, hx, dtype, start=False)
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True):
@@ -686,13 +691,8 @@ class _FusedRNNBase(nn.RNNBase):
         batch_sizes; hx in the (sorted) batch order of input -> (output like input's
         layout, state)."""
         device_type = input.device.type
-        run_dtype = self._autocast_dtype(device_type, batch_sizes is not None,
-                                         input.dtype) or input.dtype
-        if self._cell == "gru" and device_type == "cpu" and run_dtype != torch.float64 \
-                and torch.is_autocast_enabled("cpu"):
-            # torch.nn's CPU GRU is not in autocast's list but its products are: its
-            # outputs come in h0's dtype promoted with the autocast dtype (torch 2.13)
-            run_dtype = torch.promote_types(hx.dtype, torch.get_autocast_dtype("cpu"))
+        run_dtype = self._autocast_dtype(device_type, batch_sizes is not None, input.dtype,
+                                         hx) or input.dtype
         be = self._resolve(input, batch_sizes, hx, run_dtype)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)

@@ -374,19 +374,25 @@ def _from_kernel_rows(x, lengths, reverse, y):
     return _rows(x, lengths, reverse).gather(y) if x.dim() == 2 else y
 
 
-def _one_call(kern, name, x, rows, backend):
-    """(the backend's one-call layer forward ``name`` (the projection and the recurrence
-    together), the extra keyword arguments for this layer's input), or None where the
-    layer runs the projection apart: the backend has no such launcher, or the input is
-    a padded batch whose active rows alone are projected (``rows``). Padded input: {};
-    packed rows on a PACKED_ROWS backend: their offsets. In plain eager mode (``backend``
-    a module's resolved Backend: the module checked every operand) the launcher's
+def _launcher(kern, name, backend):
+    """The backend's launcher ``name``, or None where it has none. In plain eager mode
+    (``backend`` a module's resolved Backend: the module checked every operand) its
     unchecked twin where it has one (kernels/__init__)."""
     fn = getattr(kern, name, None)
+    if fn is not None and type(backend) is dispatch.Backend:
+        return getattr(kern, name + "_unchecked", fn)
+    return fn
+
+
+def _one_call(kern, name, x, rows, backend):
+    """(the backend's one-call layer forward ``name`` (the projection and the recurrence
+    together; :func:`_launcher`), the extra keyword arguments for this layer's input),
+    or None where the layer runs the projection apart: the backend has no such
+    launcher, or the input is a padded batch whose active rows alone are projected
+    (``rows``). Padded input: {}; packed rows on a PACKED_ROWS backend: their offsets."""
+    fn = _launcher(kern, name, backend)
     if fn is None:
         return None
-    if type(backend) is dispatch.Backend:
-        fn = getattr(kern, name + "_unchecked", fn)
     if rows is None:
         return fn, {}
     if x.dim() == 2 and kern.PACKED_ROWS:
@@ -396,16 +402,13 @@ def _one_call(kern, name, x, rows, backend):
 
 def _one_call_bwd(kern, name, x, lengths, backend):
     """The backend's one-call layer backward ``name`` (the BPTT and the layer GEMMs
-    together; kernels/__init__) where it may take this layer (the input is a padded batch
-    without lengths), else None. The launcher may still decline (None: its GEMMs go to
-    torch.mm), and the layer then runs the recurrence launcher and layer_grads. In plain
-    eager mode (``backend`` a resolved Backend) its unchecked twin where it has one: the
-    operands are the forward's, which the module checked, and autograd's gradients of
-    its outputs."""
-    fn = getattr(kern, name, None)
-    if fn is None or lengths is not None or x.dim() != 3:
+    together; kernels/__init__; :func:`_launcher`) where it may take this layer (the
+    input is a padded batch without lengths), else None. The launcher may still decline
+    (None: its GEMMs go to torch.mm), and the layer then runs the recurrence launcher
+    and layer_grads."""
+    if lengths is not None or x.dim() != 3:
         return None
-    return getattr(kern, name + "_unchecked", fn) if type(backend) is dispatch.Backend else fn
+    return _launcher(kern, name, backend)
 
 
 def _project(kern, x, w_ih, bias, rows):

@@ -293,6 +293,14 @@ def row_layout(offsets, T, B):
     return off, True
 
 
+def steps_and_batch(x, lengths, offsets):
+    """(T, B) of a layer input already checked (kernels._check): padded [T, B, I], or
+    a PackedSequence's rows [M, I] with its ``offsets`` [T] and sorted ``lengths`` [B]."""
+    if offsets is None:
+        return x.shape[0], x.shape[1]
+    return offsets.shape[0], lengths.shape[0]
+
+
 def rows(t):
     """The 2-D numpy view [R, K] of a row tensor ([T, B, K] padded or [M, K] packed)."""
     a = as_numpy(t)

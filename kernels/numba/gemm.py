@@ -659,7 +659,7 @@ def _layer_grads_launch(like, d, dg, first, x, y, h0, h_rows, w_ih, reverse, has
     # not alias each other); the kernel gets a shared empty stand-in (never written).
     none_np = _host.no_vector(like)
     db_ih = like.new_empty((G,) if has_bias else (0,))
-    db_hh = like.new_empty((G,)) if has_bias and not same else like.new_empty((0,))
+    db_hh = like.new_empty((G,) if has_bias and not same else (0,))
     dx = _host.empty(like, (N, I)) if need_dx else like.new_empty((0,))
     _host.launch(layer_grads_kernel, layer_grads_kernel_parallel,
                  _host.gemm_threads(G, layer_grads_macs(N, 1, G, I, P, need_dx)),

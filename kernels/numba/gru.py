@@ -316,8 +316,7 @@ def gru_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse
                             train=True, offsets=None):
     """:func:`gru_layer_fwd` without its checks, for a caller that made them already
     (a module's own checks cover every operand: rnnfast.ops' eager path)."""
-    T, B = (x.shape[0], x.shape[1]) if offsets is None else \
-        (offsets.shape[0], lengths.shape[0])
+    T, B = _host.steps_and_batch(x, lengths, offsets)
     I, G = x.shape[-1], w_hh.shape[0]
     H = G // 3
     b_hn = b_hh[2 * H:] if b_hh is not None else None

@@ -352,8 +352,7 @@ def lstm_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths=No
                              reverse=False, train=True, offsets=None):
     """:func:`lstm_layer_fwd` without its checks, for a caller that made them already
     (a module's own checks cover every operand: rnnfast.ops' eager path)."""
-    T, B = (x.shape[0], x.shape[1]) if offsets is None else \
-        (offsets.shape[0], lengths.shape[0])
+    T, B = _host.steps_and_batch(x, lengths, offsets)
     I, G = x.shape[-1], w_hh.shape[0]
     if layer_gemm_provider(x.dtype, math.prod(x.shape[:-1]) * I * G) == "torch":
         xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)

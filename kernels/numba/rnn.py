@@ -277,7 +277,7 @@ def rnn_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse
     """:func:`rnn_layer_fwd` without its checks, for a caller that made them already
     (a module's own checks cover every operand: rnnfast.ops' eager path)."""
     lead = tuple(x.shape[:-1])  # (T, B) padded, (M,) packed
-    T, B = (lead[0], lead[1]) if offsets is None else (offsets.shape[0], lengths.shape[0])
+    T, B = _host.steps_and_batch(x, lengths, offsets)
     I, H = x.shape[-1], w_hh.shape[1]
     if layer_gemm_provider(x.dtype, math.prod(lead) * I * H) == "torch":
         xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
