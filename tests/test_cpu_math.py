@@ -121,9 +121,25 @@ def test_packed_a_is_bitwise_the_plain_product(dt, M, K, N):
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("N,K", [(1, 1), (37, 5), (64, 64), (200, 129), (800, 200)])
 def test_pack_bt_is_pack_b_of_the_transpose(dt, N, K):
-    """pack_bt(w) reads w [N, K] in place and makes exactly pack_b(w.T)'s panels."""
+    """pack_bt(w) reads w [N, K] in place and makes exactly pack_b(w.T)'s panels: w.T's
+    columns in panels of W, the last one zero-padded; written into a given buffer of
+    that shape (a pooled one, whatever it held: NaN here), else into a new array."""
     w = _rand(np.random.default_rng(N + K), (N, K), dt)
-    assert np.array_equal(gemm.pack_bt(w), gemm.pack_b(np.ascontiguousarray(w.T)))
+    W = gemm.NV * gemm.ISA.lanes(np.dtype(dt).itemsize)
+    P = (N + W - 1) // W
+    ref = np.zeros((P, K, W), dt)
+    for p in range(P):
+        n = min(W, N - p * W)
+        ref[p, :, :n] = w.T[:, p * W:p * W + n]
+    assert np.array_equal(gemm.pack_b(np.ascontiguousarray(w.T)), ref)
+    assert np.array_equal(gemm.pack_bt(w), ref)
+    for pack, b in ((gemm.pack_bt, w), (gemm.pack_b, np.ascontiguousarray(w.T))):
+        buf = np.full(ref.shape, np.nan, dt)
+        assert np.shares_memory(pack(b, buf), buf) and np.array_equal(buf, ref)
+        other = np.full((P + 1, K, W), np.nan, dt)  # not its shape: left alone
+        out = pack(b, other)
+        assert not np.shares_memory(out, other) and np.array_equal(out, ref)
+        assert np.isnan(other).all()
 
 
 @pytest.mark.parametrize("dt", DTYPES)
@@ -252,15 +268,20 @@ def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
     for k, rows in ((0, np.empty(0, np.int64)), (2, np.arange(N, dtype=np.int64) - 1)):
         args = (dxp_n, dxp_n, x.numpy().reshape(N, I), y.numpy().reshape(N, H),
                 h0.numpy(), dxp[0].numpy(), rows, w_ih.numpy(), True)
-        gemm.layer_grads_kernel(*args, *outs[k])
+        # the serial kernel packs W_ih into its own array, the parallel one into a
+        # NaN-poisoned buffer of the panels' shape (as _host.panel_buffer hands it)
+        gemm.layer_grads_kernel(*args, *outs[k], np.zeros((0, 0, 0), dt))
         numba.set_num_threads(2)
-        gemm.layer_grads_kernel_parallel(*args, *outs[k + 1], 2)
+        buf = np.full(gemm.pack_b(w_ih.numpy()).shape, np.nan, dt)
+        gemm.layer_grads_kernel_parallel(*args, *outs[k + 1], buf, 2)
         for s, p in zip(outs[k], outs[k + 1]):
             assert np.array_equal(s, p)
     xp_s, xp_p = np.empty((N, G), dt), np.empty((N, G), dt)
     w = w_ih.numpy()
-    gemm.project_kernel(x.numpy().reshape(N, I), w, bias.numpy(), xp_s)
-    gemm.project_kernel_parallel(x.numpy().reshape(N, I), w, bias.numpy(), xp_p, 2)
+    gemm.project_kernel(x.numpy().reshape(N, I), w, bias.numpy(), xp_s,
+                        np.zeros((0, 0, 0), dt))
+    gemm.project_kernel_parallel(x.numpy().reshape(N, I), w, bias.numpy(), xp_p,
+                                 np.full(gemm.pack_bt(w).shape, np.nan, dt), 2)
     assert np.array_equal(xp_s, xp_p)
 
 

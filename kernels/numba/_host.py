@@ -350,6 +350,32 @@ def layer_input(x, w_ih, b_ih, b_hh, like, G):
     return (as_numpy(x).reshape(N, I), as_numpy(w_ih), *b, gemm_threads(N, N * I * G))
 
 
+def panel_buffer(like, n, k):
+    """Room for a weight's packed panels (gemm.pack_b / pack_bt: n columns of B, k terms)
+    as the kernels' ``*_p`` arguments take it: [ceil(n / W), k, W] of like's dtype, W =
+    NV vectors, from the scratch pool where it is at least SCRATCH_POOL_MIN_BYTES; else
+    the shared empty stand-in, and the kernel packs into an array of its own.
+
+    A kernel's own np.empty of a big buffer comes fresh from the OS (glibc's malloc maps
+    it, and unmaps it when freed), and each of its 4 KiB pages faults on the first
+    write: an LSTM layer's fwd+bwd packs four weights, 1024 faults per call at H = 256
+    (1 MiB each) and 4096 at H = 512, ~1 ms of a 12 ms call at (T, B, H) = (10, 64, 256)
+    on a 2-core Zen 4 VM. A pooled buffer was written before."""
+    dt = np.dtype(_NUMPY_DTYPES[like.dtype])
+    W = _tile.NV * ISA.lanes(dt.itemsize)
+    shape = ((n + W - 1) // W, k, W)
+    if not _POOL_ON or math.prod(shape) * dt.itemsize < SCRATCH_POOL_MIN_BYTES:
+        return no_weight(like)
+    return pool_array(shape, dt)
+
+
+def transposed_panels(like, *weights):
+    """:func:`panel_buffer` for each numpy weight w [N, K] that a kernel packs as W^T
+    (gemm.pack_bt); an empty weight (none, or no projection to run) gets the stand-in."""
+    return tuple(panel_buffer(like, w.shape[0], w.shape[1]) if w.size else no_weight(like)
+                 for w in weights)
+
+
 def no_weight(like):
     """Stands for an absent packed weight (no projection): zero panels [0, 0, 0] of
     ``like``'s dtype. Shared: never written."""

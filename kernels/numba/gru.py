@@ -192,30 +192,31 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
 
 @njit(**JIT)
 def gru_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense, reverse,
-                   y, h_n, gates, save, nproj, nchunks):
+                   y, h_n, gates, save, nproj, nchunks, wih_p, whh_p):
     """Writes y [R,H], h_n [B,H] and, when ``save``, gates [R,4H] = (r, z, n, hn). x
     [R, I] with w_ih [3H, I] and b_ih, b_hh [3H] (or [0]: no bias): the layer's input
     projection x @ W_ih^T + b_ih + [b_hr, b_hz, 0] is written into xp first; x [0, 0]:
     xp holds it already. w_hh [3H, H] as torch stores it. nproj, nchunks: the parallel
-    kernel's splits."""
+    kernel's splits. wih_p, whh_p: room for the weights' panels (_host.panel_buffer; or
+    empty stand-ins)."""
     if x.shape[0] > 0:
-        project_part(x, pack_bt(w_ih), projection_bias(b_ih, b_hh, 2 * w_hh.shape[1]),
-                     xp, 0, 1)
-    _gru_fwd_rows(xp, pack_bt(w_hh), b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
+        project_part(x, pack_bt(w_ih, wih_p),
+                     projection_bias(b_ih, b_hh, 2 * w_hh.shape[1]), xp, 0, 1)
+    _gru_fwd_rows(xp, pack_bt(w_hh, whh_p), b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
                   save, 0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
 def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense,
-                            reverse, y, h_n, gates, save, nproj, nchunks):
+                            reverse, y, h_n, gates, save, nproj, nchunks, wih_p, whh_p):
     """:func:`gru_fwd_kernel` on threads: the projection's rows in ``nproj`` parts, then
     each chunk of batch rows (packed.chunk_bounds) runs the whole time loop."""
     if x.shape[0] > 0:
-        wp = pack_bt(w_ih)
+        wp = pack_bt(w_ih, wih_p)
         bias = projection_bias(b_ih, b_hh, 2 * w_hh.shape[1])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    w_hh_t = pack_bt(w_hh)
+    w_hh_t = pack_bt(w_hh, whh_p)
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
@@ -349,11 +350,13 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
     xn = _host.rows(xp) if xp is not None else _host.scratch(x, (math.prod(lead), G))[1]
     b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
+    w_hh_np = _host.as_numpy(w_hh)
     _host.launch(gru_fwd_kernel, gru_fwd_kernel_parallel, nchunks,
-                 x_np, w_ih_np, b_ih_np, b_hh_np, xn, _host.as_numpy(w_hh), b_hn_np,
+                 x_np, w_ih_np, b_ih_np, b_hh_np, xn, w_hh_np, b_hn_np,
                  _host.as_numpy(h0), _host.lengths_array(lengths, T, B), off, dense,
                  bool(reverse), _host.rows(y), h_n.numpy(), gates_np, bool(train), nproj,
-                 nchunks, threads=max(nproj, nchunks))
+                 nchunks, *_host.transposed_panels(h0, w_ih_np, w_hh_np),
+                 threads=max(nproj, nchunks))
     return y, h_n, gates
 
 

@@ -233,32 +233,35 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
 
 @njit(**JIT)
 def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, dense,
-                    reverse, y, h_n, c_n, gates, cs, save, nproj, nchunks):
+                    reverse, y, h_n, c_n, gates, cs, save, nproj, nchunks, wih_p, whh_p,
+                    whr_p):
     """Writes y [R,P], h_n [B,P], c_n [B,H] and, when ``save``, gates [R,G] and
     cs [R,H] (row arrays: :func:`_lstm_fwd_rows`). x [R, I] with w_ih [G, I] and b_ih,
     b_hh [G] (or [0]: no bias): the layer's input projection x @ W_ih^T + b_ih + b_hh is
     written into xp first; x [0, 0]: xp holds it already. w_hh [G, P] and w_hr [P, H]
-    ([0, 0]: none) as torch stores them. nproj, nchunks: the parallel kernel's splits."""
+    ([0, 0]: none) as torch stores them. nproj, nchunks: the parallel kernel's splits.
+    wih_p, whh_p, whr_p: room for the weights' panels (_host.panel_buffer; or empty
+    stand-ins)."""
     if x.shape[0] > 0:
-        project_part(x, pack_bt(w_ih), projection_bias(b_ih, b_hh, b_hh.shape[0]), xp,
-                     0, 1)
-    _lstm_fwd_rows(xp, pack_bt(w_hh), pack_bt(w_hr), h0, c0, lengths, off, dense, reverse,
+        project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
+                     xp, 0, 1)
+    _lstm_fwd_rows(xp, pack_bt(w_hh, whh_p), pack_bt(w_hr, whr_p), h0, c0, lengths, off, dense, reverse,
                    y, h_n, c_n, gates, cs, save, 0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
 def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off,
                              dense, reverse, y, h_n, c_n, gates, cs, save, nproj,
-                             nchunks):
+                             nchunks, wih_p, whh_p, whr_p):
     """:func:`lstm_fwd_kernel` on threads: the projection's rows in ``nproj`` parts,
     then each chunk of batch rows (packed.chunk_bounds) runs the whole time loop."""
     if x.shape[0] > 0:
-        wp = pack_bt(w_ih)
+        wp = pack_bt(w_ih, wih_p)
         bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    w_hh_t = pack_bt(w_hh)
-    w_hr_t = pack_bt(w_hr)
+    w_hh_t = pack_bt(w_hh, whh_p)
+    w_hr_t = pack_bt(w_hr, whr_p)
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse, y, h_n,
@@ -387,12 +390,14 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * P * G)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
+    w_hh_np = _host.as_numpy(w_hh)
+    w_hr_np = _host.as_numpy(w_hr) if w_hr is not None else _host.no_rows(like)
     _host.launch(lstm_fwd_kernel, lstm_fwd_kernel_parallel, nchunks,
-                 x_np, w_ih_np, b_ih_np, b_hh_np, xn, _host.as_numpy(w_hh),
-                 _host.as_numpy(w_hr) if w_hr is not None else _host.no_rows(like),
+                 x_np, w_ih_np, b_ih_np, b_hh_np, xn, w_hh_np, w_hr_np,
                  _host.as_numpy(h0), _host.as_numpy(c0), _host.lengths_array(lengths, T, B),
                  off, dense, bool(reverse), _host.rows(y), h_n.numpy(), c_n.numpy(),
                  gates_np, cs_np, bool(train), nproj, nchunks,
+                 *_host.transposed_panels(h0, w_ih_np, w_hh_np, w_hr_np),
                  threads=max(nproj, nchunks))
     return y, h_n, c_n, gates, cs
 

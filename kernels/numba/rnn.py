@@ -155,16 +155,17 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
 
 @njit(**JIT)
 def rnn_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense, reverse,
-                   activation, slope, y, h_n, nproj, nchunks):
+                   activation, slope, y, h_n, nproj, nchunks, wih_p, whh_p):
     """Writes y and h_n (:func:`_rnn_fwd_rows`). x [R, I] with w_ih [H, I] and b_ih,
     b_hh [H] (or [0]: no bias): the layer's input projection x @ W_ih^T + b_ih + b_hh is
     written into xp first (xp may be y: each step reads its xp before writing y there);
     x [0, 0]: xp holds it already. w_hh [H, H] as torch stores it. nproj, nchunks: the
-    parallel kernel's splits."""
+    parallel kernel's splits. wih_p, whh_p: room for the weights' panels
+    (_host.panel_buffer; or empty stand-ins)."""
     if x.shape[0] > 0:
-        project_part(x, pack_bt(w_ih), projection_bias(b_ih, b_hh, b_hh.shape[0]), xp,
-                     0, 1)
-    _rnn_fwd_rows(xp, pack_bt(w_hh), h0, lengths, off, dense, reverse, activation, slope,
+        project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
+                     xp, 0, 1)
+    _rnn_fwd_rows(xp, pack_bt(w_hh, whh_p), h0, lengths, off, dense, reverse, activation, slope,
                   y, h_n, 0, h0.shape[0])
 
 
@@ -179,16 +180,17 @@ def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, 
 
 @njit(**JIT_PARALLEL)
 def rnn_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense,
-                            reverse, activation, slope, y, h_n, nproj, nchunks):
+                            reverse, activation, slope, y, h_n, nproj, nchunks, wih_p,
+                            whh_p):
     """:func:`rnn_fwd_kernel` on threads: the projection's rows in ``nproj`` parts, then
     chunk c of the batch rows (packed.chunk_bounds) runs the whole time loop on its own
     thread (rows never interact)."""
     if x.shape[0] > 0:
-        wp = pack_bt(w_ih)
+        wp = pack_bt(w_ih, wih_p)
         bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    w_hh_t = pack_bt(w_hh)
+    w_hh_t = pack_bt(w_hh, whh_p)
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope,
@@ -298,11 +300,13 @@ def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
     nchunks = _host.recurrence_chunks(B, B * H * H)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, xp, H)
     y_np = _host.rows(y)
+    w_hh_np = _host.as_numpy(w_hh)
     _host.launch(rnn_fwd_kernel, rnn_fwd_kernel_parallel, nchunks,
                  x_np, w_ih_np, b_ih_np, b_hh_np, y_np if xp is y else _host.rows(xp),
-                 _host.as_numpy(w_hh), _host.as_numpy(h0),
+                 w_hh_np, _host.as_numpy(h0),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
                  int(activation), float(negative_slope), y_np, h_n.numpy(), nproj, nchunks,
+                 *_host.transposed_panels(h0, w_ih_np, w_hh_np),
                  threads=max(nproj, nchunks))
     return y, h_n
 
