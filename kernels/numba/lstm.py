@@ -245,8 +245,8 @@ def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, d
     if x.shape[0] > 0:
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
-    _lstm_fwd_rows(xp, pack_bt(w_hh, whh_p), pack_bt(w_hr, whr_p), h0, c0, lengths, off, dense, reverse,
-                   y, h_n, c_n, gates, cs, save, 0, h0.shape[0])
+    _lstm_fwd_rows(xp, pack_bt(w_hh, whh_p), pack_bt(w_hr, whr_p), h0, c0, lengths, off,
+                   dense, reverse, y, h_n, c_n, gates, cs, save, 0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
