@@ -5,11 +5,12 @@ at the same time keep their own saved buffers (every gradient against torch.nn).
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import rnnfast
-from rnnfast.kernels.numba import _host
+from rnnfast.kernels.numba import _host, gemm
 
 from .tolerances import assert_close
 
@@ -155,3 +156,27 @@ def test_live_graphs_keep_their_own_buffers(pool, cell):
         assert_close(f"{cell} y[{i}]", got_y, y)
         for k, (a, e) in enumerate(zip(got, want)):
             assert_close(f"{cell} grad {k} of call {i}", a, e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_panels_come_from_the_pool(pool, dtype):
+    """A big weight's panels (what the kernels pack W_ih, W_hh into) are pooled room of
+    the panels' exact shape, handed out again once the kernel is done with it; a small
+    weight, and an absent one, get the shared empty stand-in (the kernel allocates)."""
+    like = torch.zeros(1, dtype=dtype)
+    w = torch.randn(1024, 256, dtype=dtype).numpy()  # an LSTM's W_hh at H = 256
+    for transposed in (True, False):
+        buf = pool.weight_panels(like, w, transposed)
+        want = gemm.pack_bt(w) if transposed else gemm.pack_b(w)
+        assert buf.shape == want.shape and buf.dtype == want.dtype
+        assert any(np.shares_memory(buf, b) for b in pool._POOL)
+        out = (gemm.pack_bt if transposed else gemm.pack_b)(w, buf)
+        assert np.shares_memory(out, buf) and np.array_equal(out, want)
+        ptr = buf.ctypes.data
+        del buf, out
+        assert pool.weight_panels(like, w, transposed).ctypes.data == ptr  # reused
+    small = torch.randn(256, 64, dtype=dtype).numpy()
+    empty = np.empty((0, 0), dtype=small.dtype)
+    for v in (small, empty):
+        assert pool.weight_panels(like, v) is pool.no_weight(like)
+    assert pool.transposed_panels(like, small, w)[0] is pool.no_weight(like)

@@ -611,9 +611,8 @@ def panels(w, transpose=False):
     """A weight tensor as the tile reads it (:func:`pack_b`): w^T or w, in column panels,
     in a pooled buffer where it is big (_host.panel_buffer)."""
     a = _host.as_numpy(w)
-    if transpose:
-        return pack_bt(a, _host.panel_buffer(w, a.shape[0], a.shape[1]))
-    return pack_b(a, _host.panel_buffer(w, a.shape[1], a.shape[0]))
+    buf = _host.weight_panels(w, a, transpose)
+    return pack_bt(a, buf) if transpose else pack_b(a, buf)
 
 
 def matmul_tn(a, b):
@@ -639,12 +638,11 @@ def project(x, w_ih, bias=None):
             xp = torch.mm(x2, w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
         return xp.view(*lead, G)
     xp = _host.empty(x, (*lead, G))
-    xn = _host.as_numpy(x)
+    xn, wn = _host.as_numpy(x), _host.as_numpy(w_ih)
     _host.launch(project_kernel, project_kernel_parallel,
-                 _host.gemm_threads(N, N * I * G),
-                 xn.reshape(N, I), _host.as_numpy(w_ih),
+                 _host.gemm_threads(N, N * I * G), xn.reshape(N, I), wn,
                  _host.as_numpy(bias) if bias is not None else np.empty(0, dtype=xn.dtype),
-                 xp.numpy().reshape(N, G), _host.panel_buffer(x, G, I))
+                 xp.numpy().reshape(N, G), _host.weight_panels(x, wn))
     return xp
 
 
@@ -736,7 +734,8 @@ def _layer_grads_launch(like, d, dg, first, x, y, h0, h_rows, w_ih, reverse, has
                  dw_hh.numpy(), db_ih.numpy() if has_bias else none_np,
                  db_hh.numpy() if has_bias and not same else none_np,
                  dx.numpy().reshape(N, I) if need_dx else _host.no_rows(like),
-                 _host.panel_buffer(like, I, G) if need_dx else _host.no_weight(like))
+                 _host.weight_panels(like, w_ih, False) if need_dx else
+                 _host.no_weight(like))
     if has_bias and same:
         db_hh = db_ih.clone()
     return dx, dw_ih, dw_hh, db_ih, db_hh
@@ -843,7 +842,7 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=5):
     def tile_projection():
         _host.launch(project_kernel, project_kernel_parallel,
                      _host.gemm_threads(N, N * K * G), x.numpy().reshape(N, K),
-                     w.numpy(), bias_n, xp_n, _host.panel_buffer(w, G, K))
+                     w.numpy(), bias_n, xp_n, _host.weight_panels(w, w.numpy()))
 
     def numba_():
         tile_projection()
