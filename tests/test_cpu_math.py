@@ -269,11 +269,14 @@ def test_project_and_layer_grads(dt, T, B, I, H, provider, monkeypatch):
         args = (dxp_n, dxp_n, x.numpy().reshape(N, I), y.numpy().reshape(N, H),
                 h0.numpy(), dxp[0].numpy(), rows, w_ih.numpy(), True)
         # the serial kernel packs W_ih into its own array, the parallel one into a
-        # NaN-poisoned buffer of the panels' shape (as _host.panel_buffer hands it)
-        gemm.layer_grads_kernel(*args, *outs[k], np.zeros((0, 0, 0), dt))
+        # NaN-poisoned buffer of the panels' shape (as _host.weight_panels hands it)
+        # (and the first step's product into its own array, or into a poisoned [G, H])
+        gemm.layer_grads_kernel(*args, *outs[k], np.zeros((0, 0, 0), dt),
+                                np.zeros((0, 0), dt))
         numba.set_num_threads(2)
         buf = np.full(gemm.pack_b(w_ih.numpy()).shape, np.nan, dt)
-        gemm.layer_grads_kernel_parallel(*args, *outs[k + 1], buf, 2)
+        gemm.layer_grads_kernel_parallel(*args, *outs[k + 1], buf,
+                                         np.full((G, H), np.nan, dt), 2)
         for s, p in zip(outs[k], outs[k + 1]):
             assert np.array_equal(s, p)
     xp_s, xp_p = np.empty((N, G), dt), np.empty((N, G), dt)

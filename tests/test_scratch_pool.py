@@ -180,3 +180,15 @@ def test_weight_panels_come_from_the_pool(pool, dtype):
     for v in (small, empty):
         assert pool.weight_panels(like, v) is pool.no_weight(like)
     assert pool.transposed_panels(like, small, w)[0] is pool.no_weight(like)
+
+
+def test_pool_rows(pool):
+    """Kernel scratch [n, k] (the weight gradients' first-step product): pooled when
+    big, reused once free; small: the shared [0, 0] stand-in (the kernel allocates)."""
+    like = torch.zeros(1)
+    a = pool.pool_rows(like, 2048, 512)  # an LSTM's [G, P] at H = 512: 4 MiB
+    assert a.shape == (2048, 512) and a.dtype == np.float32
+    ptr = a.ctypes.data
+    del a
+    assert pool.pool_rows(like, 2048, 512).ctypes.data == ptr
+    assert pool.pool_rows(like, 256, 64) is pool.no_rows(like)

@@ -369,6 +369,18 @@ def panel_buffer(like, n, k):
     return pool_array(shape, dt)
 
 
+def pool_rows(like, n, k):
+    """Scratch [n, k] of like's dtype that a kernel fills before it reads it: from the
+    scratch pool where it is at least SCRATCH_POOL_MIN_BYTES, else the shared empty
+    stand-in (no_rows), and the kernel allocates its own. (The weight-gradient kernel's
+    first-step product dgh_0^T h0, [G, P]: 4 MiB at an LSTM's H = 512, ~1,000 faulted
+    pages per call when the kernel's own.)"""
+    dt = _NUMPY_DTYPES[like.dtype]
+    if not _POOL_ON or n * k * np.dtype(dt).itemsize < SCRATCH_POOL_MIN_BYTES:
+        return no_rows(like)
+    return pool_array((n, k), dt)
+
+
 def weight_panels(like, w, transposed=True):
     """:func:`panel_buffer` for numpy weight w packed as W^T (gemm.pack_bt: w [N, K]) or
     as it is (gemm.pack_b: w [K, N]); an empty weight (none, or no projection to run)

@@ -525,10 +525,12 @@ def _col_sums(a, out, g0, g1):
 
 @njit(**_INLINE)
 def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw_hh,
-                      db_ih, db_hh, dx, p, nparts):
+                      db_ih, db_hh, dx, h0_term, p, nparts):
     """Part p of :func:`layer_grads_kernel`: rows [g0, g1) of dW_ih, dW_hh and the bias
     gradients, and rows [r0, r1) of dx (skipped when dx has no rows). Its scratch (the
-    float64 block sums, the first step's product) is its own."""
+    float64 block sums) is its own; the first step's product goes to rows [g0, g1) of
+    h0_term [G, P] (shared by the parts), or of an array of its own when h0_term has
+    another shape."""
     N, G = dxp.shape
     B = h0.shape[0]
     P = h0.shape[1]
@@ -545,7 +547,8 @@ def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw
             _tn_rows(dgh, B, y, 0, N - B, dw_hh, acc_hh, g0, g1, none, y)
         else:
             _tn_rows(dgh, 0, y, B, N - B, dw_hh, acc_hh, g0, g1, none, y)
-        tmp = np.empty((G, P), dtype=dxp.dtype)  # rows g0..g1 written and read
+        tmp = h0_term if h0_term.shape[0] == G and h0_term.shape[1] == P else \
+            np.empty((G, P), dtype=dxp.dtype)  # rows g0..g1 written, then read
         _gemm_tn(first, 0, h0, 0, B, tmp, g0, g1, none, h0)
         for g in range(g0, g1):
             for k in range(P):
@@ -572,7 +575,7 @@ def _dx_panels(w_ih, w_p, dx):
 
 @njit(**JIT)
 def layer_grads_kernel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward, dw_ih, dw_hh,
-                       db_ih, db_hh, dx, w_p):
+                       db_ih, db_hh, dx, w_p, h0_term):
     """The weight and input gradients of one layer direction, from the kernel's
     gradients of the input projection (dxp) and of the recurrent product (dgh)::
 
@@ -589,20 +592,21 @@ def layer_grads_kernel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward, dw_ih, 
     h_rows int64 [N] (or [0]: the time-major layout above): row n's h_{t-1} is y's row
     h_rows[n] when that is >= 0, else h0's row -1 - h_rows[n] (any row order: a packed
     batch's rows; y [R, P] any rows; first unused). w_p: room for w_ih's panels
-    (_host.panel_buffer; or an empty stand-in)."""
+    (_host.weight_panels; or an empty stand-in); h0_term: room [G, P] for the first
+    step's product first^T h0 (time-major layout only; or an empty stand-in)."""
     _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, _dx_panels(w_ih, w_p, dx),
-                      forward, dw_ih, dw_hh, db_ih, db_hh, dx, 0, 1)
+                      forward, dw_ih, dw_hh, db_ih, db_hh, dx, h0_term, 0, 1)
 
 
 @njit(**JIT_PARALLEL)
 def layer_grads_kernel_parallel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward, dw_ih,
-                                dw_hh, db_ih, db_hh, dx, w_p, nparts):
+                                dw_hh, db_ih, db_hh, dx, w_p, h0_term, nparts):
     """:func:`layer_grads_kernel`, each of ``nparts`` threads taking a share of the rows
     of every result."""
     w_pk = _dx_panels(w_ih, w_p, dx)
     for p in prange(nparts):
         _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_pk, forward, dw_ih, dw_hh,
-                          db_ih, db_hh, dx, p, nparts)
+                          db_ih, db_hh, dx, h0_term, p, nparts)
 
 
 # ---------------------------------------------------------------- entry points (torch)
@@ -735,7 +739,8 @@ def _layer_grads_launch(like, d, dg, first, x, y, h0, h_rows, w_ih, reverse, has
                  db_hh.numpy() if has_bias and not same else none_np,
                  dx.numpy().reshape(N, I) if need_dx else _host.no_rows(like),
                  _host.weight_panels(like, w_ih, False) if need_dx else
-                 _host.no_weight(like))
+                 _host.no_weight(like),
+                 _host.pool_rows(like, G, P) if h_rows is _ORDERED else _host.no_rows(like))
     if has_bias and same:
         db_hh = db_ih.clone()
     return dx, dw_ih, dw_hh, db_ih, db_hh
