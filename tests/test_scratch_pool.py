@@ -192,3 +192,49 @@ def test_pool_rows(pool):
     del a
     assert pool.pool_rows(like, 2048, 512).ctypes.data == ptr
     assert pool.pool_rows(like, 256, 64) is pool.no_rows(like)
+
+
+@pytest.mark.parametrize("kind,kw", [("LSTM", {}), ("LSTM", {"proj_size": 5}), ("GRU", {}),
+                                     ("RNN", {"nonlinearity": "relu"})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_scratch_pooled_and_poisoned(pool, monkeypatch, kind, kw, dtype):
+    """With every scratch buffer from the pool (the size threshold at 0, so the weight
+    panels and the first-step product too, at a small odd size) and every free pooled
+    buffer filled with NaN before each call, two layers, both directions, packed and
+    padded, still match torch.nn (outputs and every gradient): each kernel writes all
+    of the scratch it reads."""
+    monkeypatch.setattr(_host, "SCRATCH_POOL_MIN_BYTES", 0)
+    torch.manual_seed(1)
+    T, B, I, H = 7, 3, 6, 37
+    ref = getattr(torch.nn, kind)(I, H, num_layers=2, bidirectional=True, dtype=dtype,
+                                  **kw)
+    fast = getattr(rnnfast, kind)(I, H, num_layers=2, bidirectional=True, dtype=dtype,
+                                  backend="numba", **kw)
+    fast.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([7, 5, 2])
+
+    def poison():
+        n = 0
+        for b in pool._POOL:  # the loop of _host._free_refs: the same count when free
+            if sys.getrefcount(b) == pool._FREE_REFS and b.dtype.kind == "f":
+                b.fill(np.nan)
+                n += 1
+        return n
+
+    def call(m, packed):
+        x = torch.randn(T, B, I, dtype=dtype, generator=torch.Generator().manual_seed(2))
+        x.requires_grad_(True)
+        inp = torch.nn.utils.rnn.pack_padded_sequence(x, lengths) if packed else x
+        out, _ = m(inp)
+        y = torch.nn.utils.rnn.pad_packed_sequence(out)[0] if packed else out
+        g = torch.randn(y.shape, dtype=dtype, generator=torch.Generator().manual_seed(3))
+        return (y, *torch.autograd.grad((y * g).sum(), [x, *m.parameters()]))
+
+    for packed in (False, True):
+        for i in range(2):  # the second call reuses (poisoned) pooled buffers
+            assert poison() > 0 or i == 0
+            got = call(fast, packed)
+            assert pool._POOL
+            want = call(ref, packed)
+            for k, (a, e) in enumerate(zip(got, want)):
+                assert_close(f"{kind} {kw} packed={packed} tensor {k}", a, e)
