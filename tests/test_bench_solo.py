@@ -1,0 +1,36 @@
+"""bench.solo: each implementation in its own process, alternated, and its table."""
+
+import re
+
+import pytest
+
+from bench import solo
+
+
+def test_solo_runs_both_and_reports_medians_and_rounds(capsys):
+    """Two rounds of torch.nn and rnnfast (each round two processes) at one tiny point:
+    every round's times, then one table row whose ratio is the ratio of the medians."""
+    solo.main(["--cell", "rnn_relu", "--points", "2,1,4", "--rounds", "2",
+               "--seconds", "0.05"])
+    out = capsys.readouterr().out
+    rounds = re.findall(r"round (\d) (\S+): 2,1,4:([\d.]+)", out)
+    assert [(r, who.split("@")[0]) for r, who, _ in rounds] == [
+        ("1", "torch.nn"), ("1", "numba"), ("2", "torch.nn"), ("2", "numba")]
+    row = re.search(r"\| \(2, 1, 4\) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \| (.+) \|", out)
+    assert row, out
+    peer = sorted(float(v) for _, who, v in rounds if who == "torch.nn")
+    mine = sorted(float(v) for _, who, v in rounds if who != "torch.nn")
+    assert float(row.group(1)) == pytest.approx(sum(peer) / 2, abs=2e-3)
+    assert float(row.group(2)) == pytest.approx(sum(mine) / 2, abs=2e-3)
+    assert len(row.group(4).split()) == 2
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--points", "10,64"], "--points takes T,B,H"),
+    (["--points", "10,0,4"], "--points takes T,B,H"),
+    (["--checkout", "/nonexistent"], "has no rnnfast/__init__.py"),
+])
+def test_solo_bad_arguments_are_named(argv, msg, capsys):
+    with pytest.raises(SystemExit):
+        solo.main(argv)
+    assert msg in capsys.readouterr().err
