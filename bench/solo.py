@@ -121,8 +121,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     for spec in args.points:
         parts = spec.split(",")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() and int(p) > 0
+                                      for p in parts):
             ap.error(f"--points takes T,B,H with positive integers, got {spec!r}")
+    for name in ("rounds", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.worker:
         return _worker(args.worker, args.cell, args.mode, args.seconds, args.threads,
                        args.points)
@@ -136,6 +140,8 @@ def main(argv=None):
     else:
         peer = (args.peer, "torch.nn", HERE)
     mine = (f"{args.impl}@{HERE}", args.impl, HERE)
+    if peer[0] == mine[0]:  # an A/A run (the spread it shows is the machine's noise)
+        peer, mine = (f"peer {peer[0]}", *peer[1:]), (f"this {mine[0]}", *mine[1:])
     times = {peer[0]: [], mine[0]: []}
     for r in range(args.rounds):
         for label, impl, root in (peer, mine):

@@ -29,6 +29,9 @@ def test_solo_runs_both_and_reports_medians_and_rounds(capsys):
     (["--points", "10,64"], "--points takes T,B,H"),
     (["--points", "10,0,4"], "--points takes T,B,H"),
     (["--checkout", "/nonexistent"], "has no rnnfast/__init__.py"),
+    (["--points", "5,4,\u00b2"], "--points takes T,B,H"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
 ])
 def test_solo_bad_arguments_are_named(argv, msg, capsys):
     with pytest.raises(SystemExit):
