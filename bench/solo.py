@@ -11,8 +11,10 @@ pools' threads spin after their work and take a core from the other), and at cal
 of 14:32 on 2026-12-05). Here every (implementation, round) is a process of its own: it
 builds the module (T, B, H per point; I = H, float32, 2 threads unless ``--threads``),
 warms it for 0.3 s, then times blocks of calls for ``--seconds`` per point and prints the
-median block's time per call (ms). Rounds alternate the implementations, so a slow
-spell of a shared machine falls on each in turn; the table gives each implementation's
+median block's time per call (ms). Rounds alternate the implementations, in ABBA order
+(a process that runs right after another read 6-9% slower than the same code run first,
+on the 2-core VM of 2026-12-05), so a slow spell of a shared machine and that order bias
+fall on each in turn; use an even number of rounds. The table gives each implementation's
 median over the rounds, the ratio of the medians (peer / rnnfast: > 1, rnnfast faster)
 and the per-round ratios, whose spread says how much to trust the medians.
 
@@ -109,7 +111,7 @@ def main(argv=None):
     ap.add_argument("--points", nargs="+", default=["10,64,256", "20,32,256"],
                     help="T,B,H ...")
     ap.add_argument("--mode", default="fwdbwd", choices=["fwdbwd", "fwd"])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=1.5, help="timed seconds per point")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--impl", default="numba", choices=["numba", "auto"],
@@ -144,7 +146,9 @@ def main(argv=None):
         peer, mine = (f"peer {peer[0]}", *peer[1:]), (f"this {mine[0]}", *mine[1:])
     times = {peer[0]: [], mine[0]: []}
     for r in range(args.rounds):
-        for label, impl, root in (peer, mine):
+        # ABBA: the order flips every round. In a fixed order the second process ran
+        # 6-9% slower than the first with the same code (an A/A run, 2026-12-05).
+        for label, impl, root in ((peer, mine) if r % 2 == 0 else (mine, peer)):
             ms = _run(label, impl, root, args)
             times[label].append(ms)
             print(f"round {r + 1} {label}: " +
