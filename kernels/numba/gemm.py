@@ -118,40 +118,33 @@ def pack_bt_into(w, out):
 
 
 @njit(**_INLINE)
-def _panels_out(buf, P, K, W, dtype):
-    """buf when it is a [P, K, W] buffer (from the host's :func:`_host.panel_buffer`),
-    else a new array."""
-    if buf.shape[0] == P and buf.shape[1] == K and buf.shape[2] == W:
+def _panels_room(buf, n, k, like):
+    """Room for the panels of n columns by k terms ([ceil(n / W), k, W], like's dtype):
+    ``buf`` when it has that shape (a pooled buffer: _host.weight_panels), else a new
+    array (buf None or of another shape, such as the empty stand-in)."""
+    W = NV * lanes(like)
+    P = (n + W - 1) // W
+    if buf is None:
+        return np.empty((P, k, W), dtype=like.dtype)
+    if buf.shape[0] == P and buf.shape[1] == k and buf.shape[2] == W:
         return buf
-    return np.empty((P, K, W), dtype=dtype)
+    return np.empty((P, k, W), dtype=like.dtype)
 
 
 @njit(**JIT)
 def pack_b(b, buf=None):
-    """pack_b_into(b, ...) -> the panels [ceil(N / W), K, W], written into ``buf`` when
-    it has that shape (a pooled buffer: see _host.panel_buffer), else into a new array."""
-    K, N = b.shape
-    W = NV * lanes(b)
-    P = (N + W - 1) // W
-    if buf is None:
-        out = np.empty((P, K, W), dtype=b.dtype)
-    else:
-        out = _panels_out(buf, P, K, W, b.dtype)
+    """b [K, N] -> its panels (:func:`pack_b_into`), in ``buf`` where it has their shape,
+    else in a new array."""
+    out = _panels_room(buf, b.shape[1], b.shape[0], b)
     pack_b_into(b, out)
     return out
 
 
 @njit(**JIT)
 def pack_bt(w, buf=None):
-    """pack_bt_into(w, ...) -> the panels of w^T, w [N, K]: [ceil(N / W), K, W], into
-    ``buf`` when it has that shape, else into a new array (as :func:`pack_b`)."""
-    N, K = w.shape
-    W = NV * lanes(w)
-    P = (N + W - 1) // W
-    if buf is None:
-        out = np.empty((P, K, W), dtype=w.dtype)
-    else:
-        out = _panels_out(buf, P, K, W, w.dtype)
+    """w [N, K] -> the panels of w^T (:func:`pack_bt_into`), in ``buf`` where it has
+    their shape, else in a new array."""
+    out = _panels_room(buf, w.shape[0], w.shape[1], w)
     pack_bt_into(w, out)
     return out
 
