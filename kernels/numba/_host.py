@@ -155,12 +155,14 @@ def empty_cache():
         _POOL[:] = [b for b in _POOL if sys.getrefcount(b) > _FREE_REFS]
 
 
-def pool_array(shape, dtype):
-    """np.empty(shape, dtype) from the scratch pool (see above) where it is big enough."""
+def pool_array(shape, dtype, small=None):
+    """np.empty(shape, dtype) from the scratch pool (see above) where it is big enough;
+    else np.empty, or ``small`` when given (a kernel argument's empty stand-in: the
+    kernel then allocates its own)."""
     n = math.prod(shape)
     dtype = np.dtype(dtype)
     if not _POOL_ON or n * dtype.itemsize < SCRATCH_POOL_MIN_BYTES:
-        return np.empty(shape, dtype=dtype)
+        return np.empty(shape, dtype=dtype) if small is None else small
     with _POOL_LOCK:
         buf = _take(n, dtype)
         if buf is not None:
@@ -363,10 +365,7 @@ def panel_buffer(like, n, k):
     on a 2-core Zen 4 VM. A pooled buffer was written before."""
     dt = np.dtype(_NUMPY_DTYPES[like.dtype])
     W = _tile.NV * ISA.lanes(dt.itemsize)
-    shape = ((n + W - 1) // W, k, W)
-    if not _POOL_ON or math.prod(shape) * dt.itemsize < SCRATCH_POOL_MIN_BYTES:
-        return no_weight(like)
-    return pool_array(shape, dt)
+    return pool_array(((n + W - 1) // W, k, W), dt, no_weight(like))
 
 
 def pool_rows(like, n, k):
@@ -375,10 +374,7 @@ def pool_rows(like, n, k):
     stand-in (no_rows), and the kernel allocates its own. (The weight-gradient kernel's
     first-step product dgh_0^T h0, [G, P]: 4 MiB at an LSTM's H = 512, ~1,000 faulted
     pages per call when the kernel's own.)"""
-    dt = _NUMPY_DTYPES[like.dtype]
-    if not _POOL_ON or n * k * np.dtype(dt).itemsize < SCRATCH_POOL_MIN_BYTES:
-        return no_rows(like)
-    return pool_array((n, k), dt)
+    return pool_array((n, k), _NUMPY_DTYPES[like.dtype], no_rows(like))
 
 
 def weight_panels(like, w, transposed=True):
