@@ -50,19 +50,16 @@ def _worker(impl, cell, mode, seconds, threads, specs):
     from bench.report import common
 
     torch.set_num_threads(threads)
-    kind = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
-    kw = {"nonlinearity": cell.split("_", 1)[1]} if kind == "RNN" else {}
     out = {"rnnfast": os.path.dirname(os.path.abspath(rnnfast.__file__)),
            "kernels": os.path.dirname(os.path.abspath(rnnfast.kernels.__file__)),
            "ms": {}}
+    cpu, f32 = torch.device("cpu"), torch.float32
     for spec in specs:
         T, B, H = map(int, spec.split(","))
-        torch.manual_seed(0)
-        x, g, gh = torch.randn(T, B, H), torch.randn(T, B, H), torch.randn(1, B, H)
-        if impl == "torch.nn":
-            m = getattr(torch.nn, kind)(H, H, **kw)
-        else:
-            m = getattr(rnnfast, kind)(H, H, backend=impl, **kw)
+        m = common.make_torch(cell, H, H, f32, cpu)  # the same weights in every process
+        if impl != "torch.nn":
+            m = common.make_rnnfast(cell, H, H, f32, cpu, impl, like=m)
+        x, g, gh = common.make_inputs(T, B, H, H, f32, cpu)
         run = common.fwdbwd_fn(m, x, g, gh) if mode == "fwdbwd" else common.fwd_fn(m, x)
         t0, k = time.perf_counter(), 0
         while time.perf_counter() - t0 < 0.3:
