@@ -232,6 +232,57 @@ def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_thr
         assert torch.equal(a, b)
 
 
+
+@pytest.mark.slow
+def test_serial_and_parallel_kernels_share_their_helpers(two_torch_threads, monkeypatch):
+    """The serial kernels and their parallel twins call each big compiled helper (the
+    recurrences' row loops, the weight-gradient part) with the same argument types, so
+    each helper compiles once per dtype: a literal 0 for a first row or part (numba
+    types it Literal[int](0)) or a prange index (unsigned) compiled a second copy, ~4-9 s
+    of a cell's cold compile (BENCHMARKS.md, 2026-12-06). Kernels loaded from the cache
+    leave their helpers' dispatchers empty, so each launch here runs a fresh, uncached
+    copy of its kernel, whose compile asks the helpers for its signatures (a helper's
+    own helpers, such as _gemm_tn, come linked from its cache entry: not seen here).
+    ~50 s: the parallel kernels compile again."""
+    import numba
+    from numba.core import types
+
+    import rnnfast
+    from rnnfast.kernels.numba import _host, gemm, gru, lstm, rnn
+    from rnnfast.kernels.numba.config import JIT, JIT_PARALLEL
+    if _host.threads(2) < 2:
+        pytest.skip("numba has one thread here")
+    fresh = {}
+    launch = _host.launch
+
+    def fresh_launch(serial, parallel, nchunks, *args, threads=None):
+        def copy(k, opts):
+            if k not in fresh:
+                fresh[k] = numba.njit(**dict(opts, cache=False))(k.py_func)
+            return fresh[k]
+        return launch(copy(serial, JIT), copy(parallel, JIT_PARALLEL), nchunks, *args,
+                      threads=threads)
+
+    monkeypatch.setattr(_host, "launch", fresh_launch)
+    torch.manual_seed(0)
+    for cls in (rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU):
+        m = cls(64, 64, backend="numba")
+        # B = 1: the serial kernels; B = 8, T = 50: the parallel recurrences and
+        # weight gradients
+        for T, B in ((3, 1), (50, 8)):
+            x = torch.randn(T, B, 64, requires_grad=True)
+            y, _ = m(x)
+            y.sum().backward()
+    helpers = (rnn._rnn_fwd_rows, rnn._rnn_bwd_rows, lstm._lstm_fwd_rows,
+               lstm._lstm_bwd_rows, gru._gru_fwd_rows, gru._gru_bwd_rows,
+               gemm._layer_grads_part)
+    for fn in helpers:
+        sigs = fn.signatures
+        assert len(sigs) == 1, (fn.py_func.__name__, sigs)
+        odd = [t for t in sigs[0] if isinstance(t, types.Literal)
+               or (isinstance(t, types.Integer) and not t.signed)]
+        assert not odd, (fn.py_func.__name__, odd)
+
 LAYER_CASES = [  # (T, B, I, H, proj_size, lengths, reverse, bias)
     (5, 3, 7, 37, 0, None, False, True),
     (5, 3, 7, 37, 0, None, True, True),

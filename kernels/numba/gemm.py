@@ -226,8 +226,10 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
 @njit(**_INLINE)
 def _plain_ints(n):
     """0 and 1 typed as plain integers: a literal 0 or 1 in a call makes numba compile
-    the callee once more for that literal, and _gemm (with its tile) is the costliest
-    function to compile; its callers pass these so they share one specialisation."""
+    the callee once more for that literal. _gemm and _gemm_tn (with their tiles), the
+    weight-gradient part and the recurrences' row loops are the costliest functions to
+    compile; their callers pass these (the serial kernels as a first row or part) so
+    that each compiles once (tests/test_kernels.py)."""
     zero = n - n
     return zero, zero + 1
 
@@ -516,7 +518,7 @@ def _col_sums(a, out, g0, g1):
             out[c0 + j] = acc[j]
 
 
-@njit(**_INLINE)
+@njit(**JIT)
 def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw_hh,
                       db_ih, db_hh, dx, h0_term, p, nparts):
     """Part p of :func:`layer_grads_kernel`: rows [g0, g1) of dW_ih, dW_hh and the bias
@@ -542,7 +544,8 @@ def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw
             _tn_rows(dgh, 0, y, B, N - B, dw_hh, acc_hh, g0, g1, none, y)
         tmp = h0_term if h0_term.shape[0] == G and h0_term.shape[1] == P else \
             np.empty((G, P), dtype=dxp.dtype)  # rows g0..g1 written, then read
-        _gemm_tn(first, 0, h0, 0, B, tmp, g0, g1, none, h0)
+        zero, _ = _plain_ints(B)  # not a literal 0: _gemm_tn's one specialisation
+        _gemm_tn(first, zero, h0, zero, B, tmp, g0, g1, none, h0)
         for g in range(g0, g1):
             for k in range(P):
                 dw_hh[g, k] += tmp[g, k]
@@ -587,8 +590,9 @@ def layer_grads_kernel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward, dw_ih, 
     batch's rows; y [R, P] any rows; first unused). w_p: room for w_ih's panels
     (_host.weight_panels; or an empty stand-in); h0_term: room [G, P] for the first
     step's product first^T h0 (time-major layout only; or an empty stand-in)."""
+    zero, one = _plain_ints(dxp.shape[0])  # the parallel kernel's specialisation
     _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, _dx_panels(w_ih, w_p, dx),
-                      forward, dw_ih, dw_hh, db_ih, db_hh, dx, h0_term, 0, 1)
+                      forward, dw_ih, dw_hh, db_ih, db_hh, dx, h0_term, zero, one)
 
 
 @njit(**JIT_PARALLEL)
@@ -597,9 +601,9 @@ def layer_grads_kernel_parallel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward
     """:func:`layer_grads_kernel`, each of ``nparts`` threads taking a share of the rows
     of every result."""
     w_pk = _dx_panels(w_ih, w_p, dx)
-    for p in prange(nparts):
+    for p in prange(nparts):  # p is unsigned here: typed as the serial kernel's 0
         _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_pk, forward, dw_ih, dw_hh,
-                          db_ih, db_hh, dx, h0_term, p, nparts)
+                          db_ih, db_hh, dx, h0_term, np.int64(p), nparts)
 
 
 # ---------------------------------------------------------------- entry points (torch)

@@ -42,6 +42,7 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import (
+    _plain_ints,
     a_scratch,
     layer_gemm_provider,
     layer_grads_macs,
@@ -202,8 +203,9 @@ def gru_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense,
     if x.shape[0] > 0:
         project_part(x, pack_bt(w_ih, wih_p),
                      projection_bias(b_ih, b_hh, 2 * w_hh.shape[1]), xp, 0, 1)
+    b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
     _gru_fwd_rows(xp, pack_bt(w_hh, whh_p), b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
-                  save, 0, h0.shape[0])
+                  save, b0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
@@ -227,8 +229,9 @@ def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, of
 def gru_bwd_kernel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, dxp, dgh,
                    dh0, norms):
     """Writes dxp [R,3H], dgh [R,3H], dh0 [B,H] and norms [T] (float64)."""
+    b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
     _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, dxp, dgh,
-                  dh0, norms, 0, dh_n.shape[0])
+                  dh0, norms, b0, dh_n.shape[0])
     for t in range(norms.shape[0]):
         norms[t] = math.sqrt(norms[t])
 

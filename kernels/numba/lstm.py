@@ -37,6 +37,7 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import (
+    _plain_ints,
     a_scratch,
     layer_gemm_provider,
     layer_grads_macs,
@@ -245,8 +246,9 @@ def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, d
     if x.shape[0] > 0:
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
+    b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
     _lstm_fwd_rows(xp, pack_bt(w_hh, whh_p), pack_bt(w_hr, whr_p), h0, c0, lengths, off,
-                   dense, reverse, y, h_n, c_n, gates, cs, save, 0, h0.shape[0])
+                   dense, reverse, y, h_n, c_n, gates, cs, save, b0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
@@ -273,8 +275,9 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, den
                     reverse, dxp, dh0, dc0, dhs, norms):
     """Writes dxp [R,G], dh0 [B,P], dc0 [B,H], norms [T] (float64) and, when
     projecting, dhs [R,P] = the total gradient reaching h_t (for dW_hr)."""
+    b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
     _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
-                   reverse, dxp, dh0, dc0, dhs, norms, 0, dh_n.shape[0])
+                   reverse, dxp, dh0, dc0, dhs, norms, b0, dh_n.shape[0])
     for t in range(norms.shape[0]):
         norms[t] = math.sqrt(norms[t])
 

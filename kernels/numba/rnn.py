@@ -30,6 +30,7 @@ from . import _host
 from . import vec as V
 from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import (
+    _plain_ints,
     a_scratch,
     layer_gemm_provider,
     layer_grads_macs,
@@ -165,15 +166,17 @@ def rnn_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense, rever
     if x.shape[0] > 0:
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
+    b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
     _rnn_fwd_rows(xp, pack_bt(w_hh, whh_p), h0, lengths, off, dense, reverse, activation, slope,
-                  y, h_n, 0, h0.shape[0])
+                  y, h_n, b0, h0.shape[0])
 
 
 @njit(**JIT)
 def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
                    dxp, dh0, norms):
+    b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
     _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
-                  dxp, dh0, norms, 0, dh_n.shape[0])
+                  dxp, dh0, norms, b0, dh_n.shape[0])
     for t in range(norms.shape[0]):
         norms[t] = math.sqrt(norms[t])
 
