@@ -41,6 +41,21 @@ def poison_empty(request, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def split_short_recurrences():
+    """The case catalogue's small shapes (B * H * G past config.PARALLEL_MIN_MACS: (7, 5,
+    80), (6, 33, 100), ...) exercise the batch-parallel recurrence kernels, as they did
+    before short launches ran serial: the suite drops the whole-launch threshold
+    (config.PARALLEL_MIN_LAUNCH_MACS) to 0, so a split is decided by the step's work
+    alone. tests/test_kernels.py::test_short_launches_run_serial checks the threshold
+    itself."""
+    from rnnfast.kernels.numba import _host
+    kept = _host.PARALLEL_MIN_LAUNCH_MACS
+    _host.PARALLEL_MIN_LAUNCH_MACS = 0
+    yield
+    _host.PARALLEL_MIN_LAUNCH_MACS = kept
+
+
 def _poisoned_scratch(fn):
     def wrapper(*args, **kwargs):
         t, a = fn(*args, **kwargs)

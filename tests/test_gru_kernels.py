@@ -189,7 +189,7 @@ def test_contract(B, T, H, dtype, reverse, ragged):
 def test_parallel_path():
     """(7, 5, 80) splits the batch across threads, and the split changes no bit."""
     B, T, H = 7, 5, 80
-    assert _host.recurrence_chunks(B, B * H * 3 * H) > 1
+    assert _host.recurrence_chunks(B, B * H * 3 * H, T) > 1
     p = _problem(B, T, H, torch.float32, True, seed=5)
     args = (p["xp"], p["w_hh"], p["b_hn"], p["h0"], p["lengths"], True)
     par = K.gru_fwd(*args)

@@ -210,7 +210,7 @@ def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_thr
     if _host.threads(2) < 2:
         pytest.skip("numba has one thread here")
     H = 128
-    assert _host.recurrence_chunks(3, 3 * H * H) == 2
+    assert _host.recurrence_chunks(3, 3 * H * H, 7) == 2
     torch.manual_seed(3)
     cls = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[cell]
     m = cls(H, H, bidirectional=True, backend="numba")
@@ -227,10 +227,49 @@ def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_thr
         return out
 
     split = run()
-    monkeypatch.setattr(_host, "recurrence_chunks", lambda B, macs: 1)
+    monkeypatch.setattr(_host, "recurrence_chunks", lambda *args: 1)
     for a, b in zip(split, run()):
         assert torch.equal(a, b)
 
+
+
+def test_short_launches_run_serial(monkeypatch, two_torch_threads):
+    """A recurrence splits its batch across threads only where the whole launch has
+    config.PARALLEL_MIN_LAUNCH_MACS multiply-adds (the suite itself drops that threshold:
+    conftest.split_short_recurrences): a step-at-a-time call runs serial however wide
+    its step; the same step over a long sequence splits."""
+    from rnnfast.kernels.numba import _host, config
+    if _host.threads(2) < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(_host, "PARALLEL_MIN_LAUNCH_MACS", config.PARALLEL_MIN_LAUNCH_MACS)
+    B, H, G = 16, 128, 4 * 128
+    step = B * H * G  # an LSTM step's product: past PARALLEL_MIN_MACS
+    assert step >= config.PARALLEL_MIN_MACS
+    assert _host.recurrence_chunks(B, step, 1) == 1
+    assert _host.recurrence_chunks(B, step, 100) == 2
+    short = -(-config.PARALLEL_MIN_LAUNCH_MACS // step)  # the fewest steps that split
+    assert _host.recurrence_chunks(B, step, short - 1) == 1
+    assert _host.recurrence_chunks(B, step, short) == 2
+    assert _host.recurrence_chunks(B, config.PARALLEL_MIN_MACS - 1, 10**6) == 1
+
+    import rnnfast
+    calls = []
+    launch = _host.launch
+
+    def recorded(serial, parallel, nchunks, *args, **kwargs):
+        if serial.py_func.__name__ == "lstm_fwd_kernel":  # not the layer GEMMs' choice
+            calls.append(nchunks)
+        return launch(serial, parallel, nchunks, *args, **kwargs)
+
+    monkeypatch.setattr(_host, "launch", recorded)
+    m = rnnfast.LSTM(H, H, backend="numba")
+    with torch.no_grad():
+        m(torch.randn(1, B, H))
+    assert calls == [1]  # serial
+    calls.clear()
+    with torch.no_grad():
+        m(torch.randn(short, B, H))
+    assert calls == [2]
 
 
 @pytest.mark.slow

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from . import tile as _tile
-from .config import CACHE, ISA, PARALLEL_GEMM_MIN_MACS, PARALLEL_MIN_MACS, PARALLEL_MIN_ROWS
+from .config import (
+    CACHE,
+    ISA,
+    PARALLEL_GEMM_MIN_MACS,
+    PARALLEL_MIN_LAUNCH_MACS,
+    PARALLEL_MIN_MACS,
+    PARALLEL_MIN_ROWS,
+)
 
 
 def as_numpy(t):
@@ -189,13 +196,16 @@ def threads(parts):
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, parts))
 
 
-def recurrence_chunks(B, macs_per_step):
-    """How many threads split the batch of a recurrence: 1 (serial) for small problems,
-    else one per PARALLEL_MIN_ROWS rows, rounded up (a batch of three runs as 2 + 1 rows
-    on two threads: forward-only LSTM at B = 3, T = 100, torch.nn / rnnfast on a 2-core
-    Zen 2, serial -> split: H = 64 1.16 -> 1.33x, H = 128 1.0 -> 1.2x, H = 256 0.76-0.83
-    -> 0.99-1.08x, H = 512 0.74-1.01 -> 0.97-0.99x)."""
-    if macs_per_step < PARALLEL_MIN_MACS:
+def recurrence_chunks(B, macs_per_step, steps):
+    """How many threads split the batch of a recurrence of ``steps`` time steps: 1
+    (serial) for small problems (a step's product under PARALLEL_MIN_MACS, or the whole
+    launch under PARALLEL_MIN_LAUNCH_MACS), else one per PARALLEL_MIN_ROWS rows, rounded
+    up (a batch of three runs as 2 + 1 rows on two threads: forward-only LSTM at B = 3,
+    T = 100, torch.nn / rnnfast on a 2-core Zen 2, serial -> split: H = 64 1.16 -> 1.33x,
+    H = 128 1.0 -> 1.2x, H = 256 0.76-0.83 -> 0.99-1.08x, H = 512 0.74-1.01 ->
+    0.97-0.99x)."""
+    if macs_per_step < PARALLEL_MIN_MACS or \
+            steps * macs_per_step < PARALLEL_MIN_LAUNCH_MACS:
         return 1
     return threads(-(-B // PARALLEL_MIN_ROWS))
 

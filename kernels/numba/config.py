@@ -185,6 +185,13 @@ JIT_PARALLEL = dict(JIT, parallel=True)
 PARALLEL_MIN_MACS = 1 << 15
 # ... and each thread gets this many rows (the last one may get fewer: _host.recurrence_chunks).
 PARALLEL_MIN_ROWS = 2
+# ... and the whole launch (all T steps) has this many multiply-adds: a parallel region
+# costs its start and join once per launch, so a short sequence (a step-at-a-time call,
+# T = 1..8) runs serial however wide its step. On a 2-core Zen 4 VM, a forward under
+# no_grad at (B, H) = (16, 128), serial / split time: GRU T = 1 0.84, T = 4 0.99,
+# T = 8 1.14; LSTM T = 1 0.60-0.80 (fwd+bwd 0.65), T = 4 1.08; ReLU-RNN T = 1 0.83,
+# T = 8 1.02, T = 16 1.05 (BENCHMARKS.md, session of 2026-12-06).
+PARALLEL_MIN_LAUNCH_MACS = 1 << 22
 # A layer GEMM (projection, weight gradients) is split across threads from this many
 # multiply-adds: ~15 us on one core, against a few us to start and join a parallel region.
 PARALLEL_GEMM_MIN_MACS = 1 << 22

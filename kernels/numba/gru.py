@@ -349,7 +349,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
         gates = _host.no_tensor(like)
         gates_np = _host.no_rows(like)
     off, dense = _host.row_layout(offsets, T, B)
-    nchunks = _host.recurrence_chunks(B, B * H * G)
+    nchunks = _host.recurrence_chunks(B, B * H * G, T)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
     xn = _host.rows(xp) if xp is not None else _host.scratch(x, (math.prod(lead), G))[1]
     b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
@@ -407,7 +407,7 @@ def _bwd(dy_np, dh_n, y_np, gates_np, h0, w_hh, lengths, offsets, reverse, T, B)
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * 3 * H),
+                 _host.recurrence_chunks(B, B * H * 3 * H, T),
                  dy_np, _host.as_numpy(dh_n), y_np, gates_np, _host.as_numpy(h0),
                  panels(w_hh), _host.lengths_array(lengths, T, B), off, dense,
                  bool(reverse), dxp_np, dgh_np, dh0.numpy(), norms_np)

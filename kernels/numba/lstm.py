@@ -391,7 +391,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
         xn = _host.rows(xp) if xp is not None else \
             _host.pool_array((math.prod(lead), G), gates_np.dtype)
     off, dense = _host.row_layout(offsets, T, B)
-    nchunks = _host.recurrence_chunks(B, B * P * G)
+    nchunks = _host.recurrence_chunks(B, B * P * G, T)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
     w_hh_np = _host.as_numpy(w_hh)
     w_hr_np = _host.as_numpy(w_hr) if w_hr is not None else _host.no_rows(like)
@@ -453,7 +453,7 @@ def _bwd(dy_np, dh_n, dc_n, gates_np, cs_np, c0, w_hh, w_hr, lengths, offsets, r
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * P * G),
+                 _host.recurrence_chunks(B, B * P * G, T),
                  dy_np, _host.as_numpy(dh_n), _host.as_numpy(dc_n), gates_np, cs_np,
                  _host.as_numpy(c0), panels(w_hh),
                  panels(w_hr) if w_hr is not None else _host.no_weight(dh0),

@@ -300,7 +300,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
     H = h0.shape[1]
     h_n = h0.new_empty(h0.shape)  # contiguous, as torch.nn's, whatever h0's strides
     off, dense = _host.row_layout(offsets, T, B)
-    nchunks = _host.recurrence_chunks(B, B * H * H)
+    nchunks = _host.recurrence_chunks(B, B * H * H, T)
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, xp, H)
     y_np = _host.rows(y)
     w_hh_np = _host.as_numpy(w_hh)
@@ -346,7 +346,7 @@ def _bwd(dy_np, dh_n, y_np, w_hh, lengths, offsets, reverse, activation, negativ
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * H),
+                 _host.recurrence_chunks(B, B * H * H, T),
                  dy_np, _host.as_numpy(dh_n), y_np, panels(w_hh),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
                  int(activation), float(negative_slope), dxp_np, dh0.numpy(), norms_np)
