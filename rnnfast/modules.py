@@ -370,19 +370,25 @@ class _FusedRNNBase(nn.RNNBase):
             raise error(str(e)) from None
         raise AssertionError("an hx that is not 3-D passed torch.nn's size check")
 
-    def _check_devices_and_state_dtypes(self, input, hx):
+    def _check_devices_and_state_dtypes(self, input, hx, packed=False):
         """Devices of input, every parameter and hx; dtypes of hx and of every
         parameter. torch.nn compares the input with the first weight only, and a
         parameter of another dtype (a float64 weight_hh_l0 in a float32 module) then
         fails inside its operator ("self and mat2 must have the same dtype, but got
         Float and Double"): here that message is raised up front, naming the
-        parameter, where the kernels would otherwise run each weight in its own dtype."""
+        parameter, where the kernels would otherwise run each weight in its own dtype.
+        A weight set to None after construction (``m.bias_hh_l0 = None``) raises the
+        TypeError torch.nn's operator raises for it (its weights are that operator's
+        argument 2, or 3 for packed input), where the kernels would otherwise run the
+        layer without that weight."""
         shapes = self._weight_shapes()
         w0 = self._flat_weights[0]
         autocast = torch._C._is_any_autocast_enabled()
-        for name, w, shape in zip(self._flat_weights_names, self._flat_weights, shapes):
+        for i, (name, w, shape) in enumerate(zip(self._flat_weights_names,
+                                                 self._flat_weights, shapes)):
             if w is None:
-                continue
+                raise TypeError(f"expected Tensor as element {i} in argument "
+                                f"{3 if packed else 2}, but got NoneType")
             if w.shape != shape:
                 raise RNNArgumentError(
                     f"{self._mode_name()}: parameter {name} has shape {tuple(w.shape)}, "
@@ -590,6 +596,11 @@ class _FusedRNNBase(nn.RNNBase):
             if hx is not None:
                 hx = self._check_hx_dims(hx, is_batched)
         if hx is None:
+            if packed and self._cell == "lstm" and self._flat_weights[0] is None:
+                # torch.nn's LSTM checks a packed input only against a given hx: its
+                # operator meets the missing weight first (see below)
+                raise TypeError("expected Tensor as element 0 in argument 3, but got "
+                                "NoneType")
             hx = self._zeros_state(input, B)
         try:  # torch.nn's own checks and messages, raised as both ValueError and RuntimeError
             self.check_forward_args(input, hx, batch_sizes)
@@ -599,7 +610,9 @@ class _FusedRNNBase(nn.RNNBase):
             raise TypeError(_LSTM_TENSOR_HX)
         if self._cell == "lstm" and len(hx) != 2:  # aten::lstm's own check
             raise RNNArgumentError("lstm expects two hidden states")
-        self._check_devices_and_state_dtypes(input, hx)
+        if self._cell == "rnn" and self.mode not in ("RNN_TANH", "RNN_RELU"):
+            raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
+        self._check_devices_and_state_dtypes(input, hx, packed)
         if self._cell == "rnn" and self._activation() == "leaky_relu":
             self._check_negative_slope()
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]

@@ -282,3 +282,39 @@ def test_triton_flags_take_0_or_1(name, monkeypatch):
     monkeypatch.setenv(name, "bogus")
     with pytest.raises(ValueError, match=f"^{name}='bogus': expected '0' or '1'$"):
         read()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("name", ["bias_hh_l1", "weight_hh_l0", "weight_ih_l0"])
+def test_weight_set_to_none_raises_like_torch(kind, name, packed):
+    """A weight set to None after construction: torch.nn's operator raises a TypeError
+    naming its position among the weights (its argument 2, or 3 for packed input);
+    rnnfast raises the same before any kernel runs (it ran the layer without it). The
+    first weight fails torch.nn's input check before that (an AttributeError), in both."""
+    x = torch.randn(4, 2, 3)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([4, 2]))
+    raised = []
+    for m in (getattr(torch.nn, kind)(3, 5, num_layers=2),
+              getattr(rnnfast, kind)(3, 5, num_layers=2, backend="numba")):
+        setattr(m, name, None)
+        with pytest.raises(Exception) as e:
+            m(x)
+        raised.append((type(e.value), str(e.value)))
+    assert raised[1] == raised[0]
+    index = {"bias_hh_l1": 7, "weight_hh_l0": 1}.get(name)
+    if index is not None:
+        assert raised[0] == (TypeError, f"expected Tensor as element {index} in argument "
+                                        f"{3 if packed else 2}, but got NoneType")
+
+
+def test_rnn_mode_set_to_another_value_raises_like_torch():
+    """``m.mode`` set to something other than RNN_TANH / RNN_RELU: torch.nn.RNN's
+    AssertionError with its message (rnnfast ran it as a ReLU RNN)."""
+    x = torch.randn(4, 2, 3)
+    for m in (torch.nn.RNN(3, 5), rnnfast.RNN(3, 5, backend="numba")):
+        m.mode = "GRU"
+        with pytest.raises(AssertionError, match=r"^mode must be RNN_TANH or RNN_RELU, "
+                                                 r"got GRU$"):
+            m(x)
