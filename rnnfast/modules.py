@@ -57,12 +57,33 @@ AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 #     at B = 7, 8 and 1.13-1.43x at B = 2..8 with H = 1024.
 #   - avx512: batch x hidden >= 8192. 0.97-0.98x on the Intel Xeon (2026-12-01, (32, 256)
 #     and (64, 512)) and 0.80-0.95x on the AMD EPYC Zen 4 (2026-11-25); on the Zen 2 the
-#     kernels win there (1.10-1.13x at (32, 256), (32, 512), (64, 512)).
+#     kernels win there (1.10-1.13x at (32, 256), (32, 512), (64, 512)). Also hidden
+#     >= 128 at any batch, when torch has more than one thread: on the Zen 4 (2026-12-06, T = 32, 64, 100, B = 1, 4, 16, 64)
+#     0.84-1.08x at H = 128, 0.65-1.00x at 256, 0.60-1.10x at 512 (B = 1: 0.60-0.89x),
+#     against 1.04-1.46x at H = 64.
+#
+# And for the RNN and the GRU (float32 and float64, padded input, any ISA), a short
+# forward-only call (:func:`_short_inference_to_torch`): the kernels pack each weight
+# into column panels on every call (~26 GB/s: 240 us for a GRU's W_hh at H = 512) and
+# pay their host path once per layer, where torch.nn's operator multiplies the weights
+# as they are; over a few steps that costs more than the steps themselves. Zen 4
+# (AVX-512), 2026-12-06, ratios at T = 1, 2, 4, 8 for B = 1..64, H = 32..512 (float32):
+# GRU 0.35-0.73, 0.49-0.97, 0.64-1.25, 0.77-1.82; ReLU-RNN 0.36-0.84, 0.47-0.92,
+# 0.62-1.32, 0.77-1.38; float64 alike (H = 32 and 256: 0.47-0.83 at T = 1). At a batch
+# of one or two and hidden >= 256 they lose further: T = 16 at (1, 512) 0.85x (GRU),
+# 1.03x (ReLU-RNN). Not the LSTM: oneDNN's fused LSTM costs ~1 ms a call at H = 512 (its
+# weights reordered), and at H = 32 the kernels win short calls too (float32, T = 1:
+# 1.00-1.13x); the region above covers H >= 128.
 TORCH_OP_LSTM_INFERENCE_MIN_H = 256
 TORCH_OP_LSTM_INFERENCE_REGIONS = {
     "avx2": {"batch": (4, 6), "hidden": (256, 512)},
-    "avx512": {"min_batch_x_hidden": 8192},
+    "avx512": {"min_batch_x_hidden": 8192, "min_hidden": 128},
 }
+# An RNN's or a GRU's forward-only call of fewer steps than this runs torch.nn's
+# operator under 'auto' ...
+TORCH_OP_SHORT_INFERENCE_STEPS = 8
+# ... and one of fewer rows (steps x batch) at hidden >= the second.
+TORCH_OP_SHORT_INFERENCE_ROWS = (32, 256)
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
@@ -93,6 +114,31 @@ def _lstm_inference_to_torch(isa, B, H):
         return (f"{what} at batch x hidden = {B * H} >= {min_bh} on {isa}: torch.nn's "
                 f"operator (oneDNN's fused LSTM) measured faster than the numba kernels "
                 f"there")
+    min_h = region.get("min_hidden")
+    if min_h is not None and H >= min_h and threads:
+        return (f"{what} at hidden {H} >= {min_h} on {isa}: torch.nn's operator (oneDNN's "
+                f"fused LSTM) measured faster than the numba kernels there")
+    return None
+
+
+def _short_inference_to_torch(cell, T, B, H):
+    """Why torch.nn's operator runs a short forward-only call (T steps, batch B, hidden
+    H) of ``cell`` ('rnn', 'gru'; None for 'lstm'), or None: fewer than
+    TORCH_OP_SHORT_INFERENCE_STEPS steps, or fewer than TORCH_OP_SHORT_INFERENCE_ROWS[0]
+    rows (T x B) at hidden >= [1] (see above)."""
+    steps = TORCH_OP_SHORT_INFERENCE_STEPS
+    if cell == "lstm":
+        return None
+    if T < steps:
+        return (f"a forward-only call of {T} step{'s' if T > 1 else ''} (< {steps}): the "
+                f"kernels' per-call work (packing the weights, the host path) costs more "
+                f"than so few steps; torch.nn's operator measured faster")
+    rows, min_h = TORCH_OP_SHORT_INFERENCE_ROWS
+    if T * B < rows and H >= min_h:
+        return (f"a forward-only call of {T} steps x batch {B} < {rows} rows at hidden "
+                f"{H} >= {min_h}: the kernels' per-call work (packing the weights, the "
+                f"host path) costs more than so few rows; torch.nn's operator measured "
+                f"faster")
     return None
 
 
@@ -675,17 +721,21 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _torch_op_wins(self, x, batch_sizes, hx, torch_op):
         """Why torch.nn's operator is faster than the numba kernels for this call, or
-        None (:func:`_lstm_inference_to_torch`)."""
-        if not torch_op or self.backend != "auto" or self._cell != "lstm" \
-                or self.proj_size > 0 or batch_sizes is not None \
-                or x.dtype != torch.float32 or not _ONEDNN \
-                or not torch.backends.mkldnn.enabled:  # torch_op: CPU tensors only
+        None: a forward-only call of padded input (:func:`_lstm_inference_to_torch`,
+        :func:`_short_inference_to_torch`; torch_op: CPU tensors, float32 or float64)."""
+        if not torch_op or self.backend != "auto" or batch_sizes is not None \
+                or x.dim() != 3 or (self._cell == "lstm" and self.proj_size > 0):
             return None
         state = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
         if not ops.is_inference((x, *self._flat_weights, *state)):
             return None
-        B = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1
-        return _lstm_inference_to_torch(_numba_isa(), B, self.hidden_size)
+        T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+        if self._cell == "lstm" and x.dtype == torch.float32 and _ONEDNN \
+                and torch.backends.mkldnn.enabled:
+            why = _lstm_inference_to_torch(_numba_isa(), B, self.hidden_size)
+            if why is not None:
+                return why
+        return _short_inference_to_torch(self._cell, T, B, self.hidden_size)
 
     def _can_run_torch_op(self, x, run_dtype):
         """Whether torch.nn's own operator computes this call as rnnfast would (what

@@ -375,6 +375,8 @@ def test_lstm_inference_regions(monkeypatch, threads):
     for isa in ("avx512", "avx2", "sse2", "neon"):
         assert (to_torch(isa, 1, 256) is not None) == many  # a batch of one, every ISA
         assert (to_torch(isa, 1, 1024) is not None) == many
+        assert to_torch(isa, 1, 64) is None and to_torch(isa, 7, 64) is None
+    for isa in ("avx2", "sse2", "neon"):
         assert to_torch(isa, 1, 128) is None
         assert to_torch(isa, 7, 256) is None
         assert to_torch(isa, 2, 256) is None and to_torch(isa, 3, 512) is None
@@ -383,10 +385,74 @@ def test_lstm_inference_regions(monkeypatch, threads):
     if many:
         assert "batch 6 in [4, 6]" in to_torch("avx2", 6, 512)
     assert to_torch("avx2", 6, 1024) is None and to_torch("avx2", 64, 512) is None
-    assert to_torch("avx512", 6, 512) is None
     assert "8192 on avx512" in to_torch("avx512", 128, 64)
     assert to_torch("avx512", 127, 64) is None
+    for B in (2, 7, 63):  # hidden >= 128 on avx512, at any batch, with threads
+        assert (to_torch("avx512", B, 128) is not None) == many
+        assert to_torch("avx512", B, 127) is None
+    if many:
+        assert "hidden 128 >= 128 on avx512" in to_torch("avx512", 7, 128)
     assert to_torch("sse2", 128, 64) is None and to_torch("neon", 6, 512) is None
+
+
+def test_short_inference_rule():
+    """Which short forward-only calls auto hands to torch.nn's operator
+    (modules._short_inference_to_torch): an RNN's or a GRU's of fewer than
+    TORCH_OP_SHORT_INFERENCE_STEPS steps, or of fewer rows than
+    TORCH_OP_SHORT_INFERENCE_ROWS at its hidden size; never an LSTM's."""
+    from rnnfast import modules
+    short = modules._short_inference_to_torch
+    steps = modules.TORCH_OP_SHORT_INFERENCE_STEPS
+    rows, min_h = modules.TORCH_OP_SHORT_INFERENCE_ROWS
+    for cell in ("rnn", "gru"):
+        assert "of 1 step (< 8)" in short(cell, 1, 64, 32)
+        assert short(cell, steps - 1, 512, 1024) is not None
+        assert short(cell, steps, 1, min_h - 1) is None
+        assert short(cell, steps, 3, min_h) is not None  # 24 rows
+        assert short(cell, rows - 1, 1, min_h) is not None
+        assert short(cell, rows, 1, min_h) is None and short(cell, steps, 4, min_h) is None
+        assert short(cell, 100, 64, 32) is None
+    assert short("lstm", 1, 1, 32) is None and short("lstm", 1, 16, 512) is None
+
+
+@pytest.mark.parametrize("cell", ["relu", "gru"])
+def test_auto_runs_torch_nn_for_short_inference(cell, monkeypatch):
+    """A forward-only RNN / GRU call of a few steps: backend='auto' runs torch.nn's
+    operator (bitwise its result; explain says why), in float32 and float64, batch
+    first or not, with or without hx; a longer call, training, packed input, leaky-ReLU,
+    per-step gradient norms and an explicit backend keep the kernels."""
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    for dtype in (torch.float32, torch.float64):
+        ours, twin = make_pair(cell, 5, 32, dtype, "auto", num_layers=2)
+        for batch_first in (False, True):
+            ours.batch_first = twin.batch_first = batch_first
+            x = torch.randn((3, 2, 5) if batch_first else (2, 3, 5), dtype=dtype)
+            h0 = torch.randn(2, 3, 32, dtype=dtype)
+            with torch.no_grad():
+                line = rnnfast.explain(ours, x)
+                assert "backend=torch.nn" in line and "of 2 steps (< 8)" in line, line
+                for hx in (None, h0):
+                    (y, h), (y2, h2) = ours(x, hx), twin(x, hx)
+                    assert torch.equal(y, y2) and torch.equal(h, h2)
+        ours.batch_first = twin.batch_first = False
+        with torch.no_grad():
+            assert "backend=numba" in rnnfast.explain(ours, torch.randn(8, 4, 5, dtype=dtype))
+    x = torch.randn(2, 3, 5)
+    ours, _ = make_pair(cell, 5, 32, torch.float32, "auto")
+    assert "backend=numba" in rnnfast.explain(ours, x)  # training: the kernels
+    with torch.no_grad():
+        packed = pack_padded_sequence(x, torch.tensor([2, 2, 1]))
+        assert "backend=numba" in rnnfast.explain(ours, packed)
+        explicit, _ = make_pair(cell, 5, 32, torch.float32, "numba")
+        assert "backend=numba" in rnnfast.explain(explicit, x)
+        ours.record_grad_norms = True
+        assert "backend=numba" in rnnfast.explain(ours, x)
+        if cell == "relu":
+            leaky = rnnfast.RNN(5, 32, nonlinearity="leaky_relu")
+            assert "backend=numba" in rnnfast.explain(leaky, x)
+        monkeypatch.setenv("RNNFAST_BACKEND", "numba")
+        ours.record_grad_norms = False
+        assert "backend=numba" in rnnfast.explain(ours, x)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
@@ -409,7 +475,7 @@ def test_auto_runs_torch_nn_where_it_is_faster(monkeypatch):
         (y, (h, c)), (y2, (h2, c2)) = ours(x), twin(x)
         for a, b in ((y, y2), (h, h2), (c, c2)):  # torch.nn's own operator: bitwise
             assert torch.equal(a, b)
-        narrow, _ = make_pair("lstm", 8, H // 2, torch.float32, "auto")
+        narrow, _ = make_pair("lstm", 8, 64, torch.float32, "auto")
         assert "backend=numba" in rnnfast.explain(narrow, x)
         assert "backend=numba" in rnnfast.explain(ours.double(), x.double())
         ours.float()
