@@ -58,9 +58,10 @@ AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 #   - avx512: batch x hidden >= 8192. 0.97-0.98x on the Intel Xeon (2026-12-01, (32, 256)
 #     and (64, 512)) and 0.80-0.95x on the AMD EPYC Zen 4 (2026-11-25); on the Zen 2 the
 #     kernels win there (1.10-1.13x at (32, 256), (32, 512), (64, 512)). Also hidden
-#     >= 128 at any batch, when torch has more than one thread: on the Zen 4 (2026-12-06, T = 32, 64, 100, B = 1, 4, 16, 64)
-#     0.84-1.08x at H = 128, 0.65-1.00x at 256, 0.60-1.10x at 512 (B = 1: 0.60-0.89x),
-#     against 1.04-1.46x at H = 64.
+#     >= 128 at any batch, when torch has more than one thread: on the Zen 4
+#     (2026-12-06, T = 32, 64, 100, B = 1, 4, 16, 64) 0.84-1.08x at H = 128, 0.65-1.00x
+#     at 256, 0.60-1.10x at 512 (B = 1: 0.60-0.89x), against 1.04-1.46x at H = 64; at
+#     T = 1, 4, 16 and (32, 128), (32, 256), (64, 512): 0.54-0.98x.
 #
 # And for the RNN and the GRU (float32 and float64, padded input, any ISA), a short
 # forward-only call (:func:`_short_inference_to_torch`): the kernels pack each weight
@@ -79,11 +80,11 @@ TORCH_OP_LSTM_INFERENCE_REGIONS = {
     "avx2": {"batch": (4, 6), "hidden": (256, 512)},
     "avx512": {"min_batch_x_hidden": 8192, "min_hidden": 128},
 }
-# An RNN's or a GRU's forward-only call of fewer steps than this runs torch.nn's
-# operator under 'auto' ...
-TORCH_OP_SHORT_INFERENCE_STEPS = 8
-# ... and one of fewer rows (steps x batch) at hidden >= the second.
-TORCH_OP_SHORT_INFERENCE_ROWS = (32, 256)
+# An RNN's or a GRU's forward-only call runs torch.nn's operator under 'auto' with fewer
+# steps than "steps"; with fewer than "steps_at_batch"[0] at a batch under [1] (at
+# B >= 32 the kernels win from T = 4: 1.03-1.16x at (32, 128..512), 1.00-1.32x at
+# B = 64); and with fewer rows (steps x batch) than "rows_at_hidden"[0] at hidden >= [1].
+TORCH_OP_SHORT_INFERENCE = {"steps": 4, "steps_at_batch": (8, 32), "rows_at_hidden": (32, 256)}
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
@@ -123,22 +124,25 @@ def _lstm_inference_to_torch(isa, B, H):
 
 def _short_inference_to_torch(cell, T, B, H):
     """Why torch.nn's operator runs a short forward-only call (T steps, batch B, hidden
-    H) of ``cell`` ('rnn', 'gru'; None for 'lstm'), or None: fewer than
-    TORCH_OP_SHORT_INFERENCE_STEPS steps, or fewer than TORCH_OP_SHORT_INFERENCE_ROWS[0]
-    rows (T x B) at hidden >= [1] (see above)."""
-    steps = TORCH_OP_SHORT_INFERENCE_STEPS
+    H) of ``cell`` ('rnn', 'gru'; None for 'lstm'), or None (TORCH_OP_SHORT_INFERENCE,
+    see above)."""
     if cell == "lstm":
         return None
+    rule = TORCH_OP_SHORT_INFERENCE
+    work = ("the kernels' per-call work (packing the weights, the host path) costs more "
+            "than so few")
+    steps = rule["steps"]
     if T < steps:
-        return (f"a forward-only call of {T} step{'s' if T > 1 else ''} (< {steps}): the "
-                f"kernels' per-call work (packing the weights, the host path) costs more "
-                f"than so few steps; torch.nn's operator measured faster")
-    rows, min_h = TORCH_OP_SHORT_INFERENCE_ROWS
+        return (f"a forward-only call of {T} step{'s' if T > 1 else ''} (< {steps}): "
+                f"{work} steps; torch.nn's operator measured faster")
+    steps, batch = rule["steps_at_batch"]
+    if T < steps and B < batch:
+        return (f"a forward-only call of {T} steps (< {steps}) at batch {B} (< {batch}): "
+                f"{work} steps; torch.nn's operator measured faster")
+    rows, min_h = rule["rows_at_hidden"]
     if T * B < rows and H >= min_h:
         return (f"a forward-only call of {T} steps x batch {B} < {rows} rows at hidden "
-                f"{H} >= {min_h}: the kernels' per-call work (packing the weights, the "
-                f"host path) costs more than so few rows; torch.nn's operator measured "
-                f"faster")
+                f"{H} >= {min_h}: {work} rows; torch.nn's operator measured faster")
     return None
 
 

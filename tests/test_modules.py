@@ -397,20 +397,24 @@ def test_lstm_inference_regions(monkeypatch, threads):
 
 def test_short_inference_rule():
     """Which short forward-only calls auto hands to torch.nn's operator
-    (modules._short_inference_to_torch): an RNN's or a GRU's of fewer than
-    TORCH_OP_SHORT_INFERENCE_STEPS steps, or of fewer rows than
-    TORCH_OP_SHORT_INFERENCE_ROWS at its hidden size; never an LSTM's."""
+    (modules._short_inference_to_torch, TORCH_OP_SHORT_INFERENCE): an RNN's or a GRU's
+    of few steps, of a few more at a small batch, or of few rows at a wide hidden
+    state; never an LSTM's."""
     from rnnfast import modules
     short = modules._short_inference_to_torch
-    steps = modules.TORCH_OP_SHORT_INFERENCE_STEPS
-    rows, min_h = modules.TORCH_OP_SHORT_INFERENCE_ROWS
+    rule = modules.TORCH_OP_SHORT_INFERENCE
+    steps = rule["steps"]
+    more, batch = rule["steps_at_batch"]
+    rows, min_h = rule["rows_at_hidden"]
     for cell in ("rnn", "gru"):
-        assert "of 1 step (< 8)" in short(cell, 1, 64, 32)
+        assert "of 1 step (< 4)" in short(cell, 1, 64, 32)
         assert short(cell, steps - 1, 512, 1024) is not None
-        assert short(cell, steps, 1, min_h - 1) is None
-        assert short(cell, steps, 3, min_h) is not None  # 24 rows
+        assert short(cell, steps, batch, 32) is None
+        assert "at batch 31 (< 32)" in short(cell, more - 1, batch - 1, 32)
+        assert short(cell, more, 1, min_h - 1) is None
+        assert short(cell, more, 3, min_h) is not None  # 24 rows
         assert short(cell, rows - 1, 1, min_h) is not None
-        assert short(cell, rows, 1, min_h) is None and short(cell, steps, 4, min_h) is None
+        assert short(cell, rows, 1, min_h) is None and short(cell, more, 4, min_h) is None
         assert short(cell, 100, 64, 32) is None
     assert short("lstm", 1, 1, 32) is None and short("lstm", 1, 16, 512) is None
 
@@ -430,7 +434,7 @@ def test_auto_runs_torch_nn_for_short_inference(cell, monkeypatch):
             h0 = torch.randn(2, 3, 32, dtype=dtype)
             with torch.no_grad():
                 line = rnnfast.explain(ours, x)
-                assert "backend=torch.nn" in line and "of 2 steps (< 8)" in line, line
+                assert "backend=torch.nn" in line and "of 2 steps (< 4)" in line, line
                 for hx in (None, h0):
                     (y, h), (y2, h2) = ours(x, hx), twin(x, hx)
                     assert torch.equal(y, y2) and torch.equal(h, h2)
