@@ -85,6 +85,13 @@ TORCH_OP_LSTM_INFERENCE_REGIONS = {
 # B >= 32 the kernels win from T = 4: 1.03-1.16x at (32, 128..512), 1.00-1.32x at
 # B = 64); and with fewer rows (steps x batch) than "rows_at_hidden"[0] at hidden >= [1].
 TORCH_OP_SHORT_INFERENCE = {"steps": 4, "steps_at_batch": (8, 32), "rows_at_hidden": (32, 256)}
+# ... and a training call (one that builds a graph) with fewer steps than this: torch.nn's
+# RNN and GRU operators keep the first-order semantics rnnfast documents (the outputs
+# and h_n may be changed in place before backward, and so may the biases). Zen 4,
+# 2026-12-06, fwd+bwd, torch.nn / numba at (1, 32), (16, 128), (32, 256), (64, 512):
+# T = 1 0.49-0.77x (torch.nn's operator through the module: 0.80-1.01x), T = 2
+# 0.68-1.11x (0.82-0.95x), T = 3 0.81-1.28x, T = 4 0.90-1.55x.
+TORCH_OP_SHORT_TRAINING_STEPS = 3
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
@@ -120,6 +127,17 @@ def _lstm_inference_to_torch(isa, B, H):
         return (f"{what} at hidden {H} >= {min_h} on {isa}: torch.nn's operator (oneDNN's "
                 f"fused LSTM) measured faster than the numba kernels there")
     return None
+
+
+def _short_training_to_torch(cell, T):
+    """Why torch.nn's operator runs a short training call (T steps) of ``cell`` ('rnn',
+    'gru'; None for 'lstm'), or None (TORCH_OP_SHORT_TRAINING_STEPS, see above)."""
+    steps = TORCH_OP_SHORT_TRAINING_STEPS
+    if cell == "lstm" or T >= steps:
+        return None
+    return (f"a training call of {T} step{'s' if T > 1 else ''} (< {steps}): the kernels' "
+            f"per-call work (packing the weights, the host path of forward and backward) "
+            f"costs more than so few steps; torch.nn's operator measured faster")
 
 
 def _short_inference_to_torch(cell, T, B, H):
@@ -699,8 +717,8 @@ class _FusedRNNBase(nn.RNNBase):
     def plan(self, input, hx=None):
         """The implementation a call ``module(input, hx)`` runs (input: a Tensor or
         PackedSequence; hx as forward's): a :class:`rnnfast.dispatch.Backend`. hx counts
-        only through whether it requires grad (a call that builds a graph never runs
-        torch.nn's operator in place of the kernels).
+        only through whether it requires grad (whether the call builds a graph: see
+        :meth:`_torch_op_wins`).
 
         Raises what the call would raise for the same input and hx (forward's checks
         run first), so a bad input never gets a plan."""
@@ -725,15 +743,16 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _torch_op_wins(self, x, batch_sizes, hx, torch_op):
         """Why torch.nn's operator is faster than the numba kernels for this call, or
-        None: a forward-only call of padded input (:func:`_lstm_inference_to_torch`,
-        :func:`_short_inference_to_torch`; torch_op: CPU tensors, float32 or float64)."""
+        None: a call of padded input, forward-only (:func:`_lstm_inference_to_torch`,
+        :func:`_short_inference_to_torch`) or training (:func:`_short_training_to_torch`;
+        torch_op: CPU tensors, float32 or float64, no per-step gradient norms)."""
         if not torch_op or self.backend != "auto" or batch_sizes is not None \
                 or x.dim() != 3 or (self._cell == "lstm" and self.proj_size > 0):
             return None
         state = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
-        if not ops.is_inference((x, *self._flat_weights, *state)):
-            return None
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+        if not ops.is_inference((x, *self._flat_weights, *state)):
+            return _short_training_to_torch(self._cell, T)
         if self._cell == "lstm" and x.dtype == torch.float32 and _ONEDNN \
                 and torch.backends.mkldnn.enabled:
             why = _lstm_inference_to_torch(_numba_isa(), B, self.hidden_size)

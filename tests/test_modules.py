@@ -443,7 +443,7 @@ def test_auto_runs_torch_nn_for_short_inference(cell, monkeypatch):
             assert "backend=numba" in rnnfast.explain(ours, torch.randn(8, 4, 5, dtype=dtype))
     x = torch.randn(2, 3, 5)
     ours, _ = make_pair(cell, 5, 32, torch.float32, "auto")
-    assert "backend=numba" in rnnfast.explain(ours, x)  # training: the kernels
+    assert "backend=numba" in rnnfast.explain(ours, torch.randn(3, 3, 5))  # training
     with torch.no_grad():
         packed = pack_padded_sequence(x, torch.tensor([2, 2, 1]))
         assert "backend=numba" in rnnfast.explain(ours, packed)
@@ -457,6 +457,56 @@ def test_auto_runs_torch_nn_for_short_inference(cell, monkeypatch):
         monkeypatch.setenv("RNNFAST_BACKEND", "numba")
         ours.record_grad_norms = False
         assert "backend=numba" in rnnfast.explain(ours, x)
+
+
+@pytest.mark.parametrize("cell", ["relu", "gru"])
+def test_auto_runs_torch_nn_for_short_training(cell, monkeypatch):
+    """A training call of fewer than TORCH_OP_SHORT_TRAINING_STEPS steps (an RNN's or a
+    GRU's): backend='auto' runs torch.nn's operator, bitwise torch.nn's outputs and
+    gradients, with in-place changes to the outputs and a bias between forward and
+    backward (as the kernels allow them); two layers with dropout take rnnfast's masks
+    (the kernels' path draws the same for the seed); longer calls and per-step
+    gradient norms keep the kernels; an LSTM's never moves."""
+    from rnnfast import modules
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    steps = modules.TORCH_OP_SHORT_TRAINING_STEPS
+    assert "a training call of 2 steps (< 3)" in modules._short_training_to_torch(cell, 2)
+    assert modules._short_training_to_torch("lstm", 1) is None
+    ours, twin = make_pair(cell, 5, 32, torch.float64, "auto", num_layers=2,
+                           bidirectional=True)
+    x = torch.randn(steps - 1, 3, 5, dtype=torch.float64)
+    assert "backend=torch.nn" in rnnfast.explain(ours, x)
+    assert "backend=numba" in rnnfast.explain(ours, torch.randn(steps, 3, 5).double())
+    grads = []
+    for m in (ours, twin):
+        xr = x.clone().requires_grad_(True)
+        y, h = m(xr)
+        loss = y.sum() + 2 * h.sum()
+        y.add_(1)
+        h.mul_(3)
+        with torch.no_grad():
+            m.bias_hh_l0.add_(1)
+        loss.backward()
+        with torch.no_grad():
+            m.bias_hh_l0.sub_(1)
+        grads.append([y, h, xr.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    ours.record_grad_norms = True
+    assert "backend=numba" in rnnfast.explain(ours, x)
+    ours.record_grad_norms = False
+    drop = getattr(rnnfast, ours._mode_name())(5, 32, num_layers=2, dropout=0.5,
+                                               **({"nonlinearity": "relu"} if cell == "relu"
+                                                  else {})).double()
+    xr = x.clone().requires_grad_(True)
+    torch.manual_seed(7)
+    y1 = drop(xr)[0]
+    drop.backend = "numba"
+    torch.manual_seed(7)
+    y2 = drop(xr)[0]
+    assert_close("dropout output", y1, y2, torch.float64)
+    lstm, _ = make_pair("lstm", 5, 32, torch.float32, "auto")
+    assert "backend=numba" in rnnfast.explain(lstm, torch.randn(1, 3, 5))
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
