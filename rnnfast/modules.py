@@ -129,6 +129,14 @@ def _lstm_inference_to_torch(isa, B, H):
     return None
 
 
+def _missing_weight_error(index, packed):
+    """The TypeError torch.nn's operator raises for a weight that is None (set so after
+    construction): element ``index`` of its weights, its argument 2 (3 for packed
+    input)."""
+    return TypeError(f"expected Tensor as element {index} in argument "
+                     f"{3 if packed else 2}, but got NoneType")
+
+
 def _short_training_to_torch(cell, T):
     """Why torch.nn's operator runs a short training call (T steps) of ``cell`` ('rnn',
     'gru'; None for 'lstm'), or None (TORCH_OP_SHORT_TRAINING_STEPS, see above)."""
@@ -455,8 +463,7 @@ class _FusedRNNBase(nn.RNNBase):
         for i, (name, w, shape) in enumerate(zip(self._flat_weights_names,
                                                  self._flat_weights, shapes)):
             if w is None:
-                raise TypeError(f"expected Tensor as element {i} in argument "
-                                f"{3 if packed else 2}, but got NoneType")
+                raise _missing_weight_error(i, packed)
             if w.shape != shape:
                 raise RNNArgumentError(
                     f"{self._mode_name()}: parameter {name} has shape {tuple(w.shape)}, "
@@ -667,8 +674,7 @@ class _FusedRNNBase(nn.RNNBase):
             if packed and self._cell == "lstm" and self._flat_weights[0] is None:
                 # torch.nn's LSTM checks a packed input only against a given hx: its
                 # operator meets the missing weight first (see below)
-                raise TypeError("expected Tensor as element 0 in argument 3, but got "
-                                "NoneType")
+                raise _missing_weight_error(0, packed)
             hx = self._zeros_state(input, B)
         try:  # torch.nn's own checks and messages, raised as both ValueError and RuntimeError
             self.check_forward_args(input, hx, batch_sizes)
