@@ -11,6 +11,10 @@ PackedSequence sorting), with torch.nn's fused call replaced by rnnfast's layers
     module.forward -> _FusedRNNBase._layers -> dispatch.resolve (once per call)
                    -> ops.<cell> per layer and direction -> kernels.<backend>.<cell>_fwd
 
+A call that ``backend='auto'`` hands to torch.nn's operator by a measured rule (a short
+call; the LSTM's forward-only regions) goes there first thing, through torch.nn's own
+forward (``_torch_forward_if_faster``), without rnnfast's checks and dispatch in front.
+
 Under ``torch.onnx.export`` the module calls torch's own RNN operator instead (what
 torch.nn.<Cell> exports to: ONNX's RNN / LSTM / GRU operators); ``torch.jit.script``
 scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
@@ -29,6 +33,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import dispatch, ops, reference
 from .dispatch import RNNArgumentError, check_backend_name
 from .kernels import ACTIVATIONS
+from .kernels._env import getenv
 
 NONLINEARITIES = tuple(ACTIVATIONS)
 
@@ -348,6 +353,9 @@ def _packed_index(batch_sizes, device, rows=True):
 
 
 _MISSING = object()  # a name absent from __dict__ / _parameters
+_TORCH_FORWARD = {"rnn": nn.RNN.forward, "lstm": nn.LSTM.forward, "gru": nn.GRU.forward}
+_TORCH_OP_DTYPES = (torch.float32, torch.float64)
+_KERNELS_WIN = object()  # _torch_forward_if_faster: the rule keeps the kernels
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -601,7 +609,14 @@ class _FusedRNNBase(nn.RNNBase):
 
         Raises torch.nn's errors, with its messages, for a wrong input dimension, size,
         dtype, hidden-state shape, or an empty sequence."""
-        self._update_flat_weights()
+        early = self._torch_forward_if_faster(input, hx) if self.backend == "auto" else None
+        if early is _KERNELS_WIN:
+            ruled = True  # the weights read, and no rule hands this call to torch.nn
+        elif early is not None:
+            return early  # torch.nn's operator wins this call: no detour through ours
+        else:
+            ruled = False
+            self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
         packed_batch_sizes = input.batch_sizes if packed else None  # trailing zeros kept
         input, batch_sizes, sorted_indices, unsorted_indices, is_batched, hx = \
@@ -622,7 +637,7 @@ class _FusedRNNBase(nn.RNNBase):
             output, state = self._layers(x, None, hx)
             output = output.reshape(0, output.shape[-1])
         else:
-            output, state = self._layers(input, batch_sizes, hx)
+            output, state = self._layers(input, batch_sizes, hx, rule=not ruled)
 
         if packed:
             return (PackedSequence(output, packed_batch_sizes, sorted_indices,
@@ -734,18 +749,19 @@ class _FusedRNNBase(nn.RNNBase):
                                      hx) or x.dtype
         return self._resolve(x, batch_sizes, hx, dtype, start=False)
 
-    def _resolve(self, x, batch_sizes, hx, run_dtype, start=True):
+    def _resolve(self, x, batch_sizes, hx, run_dtype, start=True, rule=True):
         """dispatch.resolve for this call: the kernels, or torch.nn's operator where it
-        is faster or the kernels are still compiling (``start``: may start that compile).
-        Under torch.compile and the JIT neither is considered: a traced graph holds
-        rnnfast's ops, never a stand-in chosen at trace time."""
+        is faster (``rule``: ask :meth:`_torch_op_wins`) or the kernels are still
+        compiling (``start``: may start that compile). Under torch.compile and the JIT
+        neither is considered: a traced graph holds rnnfast's ops, never a stand-in
+        chosen at trace time."""
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return dispatch.resolve(self.backend, x.device, run_dtype, self._width())
         torch_op = self._can_run_torch_op(x, run_dtype)
+        wins = self._torch_op_wins(x, batch_sizes, hx, torch_op) if rule else None
         return dispatch.resolve(self.backend, x.device, run_dtype, self._width(),
                                 cell=self._cell, torch_op=torch_op, start=start,
-                                torch_op_wins=self._torch_op_wins(x, batch_sizes, hx,
-                                                                  torch_op))
+                                torch_op_wins=wins)
 
     def _torch_op_wins(self, x, batch_sizes, hx, torch_op):
         """Why torch.nn's operator is faster than the numba kernels for this call, or
@@ -757,14 +773,90 @@ class _FusedRNNBase(nn.RNNBase):
             return None
         state = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
-        if not ops.is_inference((x, *self._flat_weights, *state)):
+        return self._torch_op_rule(T, B, x.dtype,
+                                   ops.is_inference((x, *self._flat_weights, *state)))
+
+    def _torch_op_rule(self, T, B, dtype, inference):
+        """The measured rules behind :meth:`_torch_op_wins` for a padded call of T steps
+        at batch B in ``dtype`` (``inference``: it builds no graph): why torch.nn's
+        operator is faster there, or None."""
+        if not inference:
             return _short_training_to_torch(self._cell, T)
-        if self._cell == "lstm" and x.dtype == torch.float32 and _ONEDNN \
+        if self._cell == "lstm" and dtype == torch.float32 and _ONEDNN \
                 and torch.backends.mkldnn.enabled:
             why = _lstm_inference_to_torch(_numba_isa(), B, self.hidden_size)
             if why is not None:
                 return why
         return _short_inference_to_torch(self._cell, T, B, self.hidden_size)
+
+    def _torch_forward_if_faster(self, input, hx):
+        """torch.nn's own forward of this module (``torch.nn.<Cell>.forward``: its
+        checks, then its operator), run before rnnfast's own checks, for a call that
+        ``backend='auto'`` would hand to torch.nn's operator after them
+        (:meth:`_torch_op_wins`: a short call, the LSTM's forward-only regions); None for
+        every other call, and for one that torch.nn's forward raises on, so that the
+        call goes the usual way and raises rnnfast's error for it; ``_KERNELS_WIN`` where
+        it has read the weights (``_update_flat_weights``) and the rule found no reason
+        to hand the call over (the usual path then needs neither again).
+
+        Why: the result is the same operator on the same tensors, while rnnfast's checks
+        and dispatch cost ~15-20 us more than torch.nn's, which at T = 1, (1, 32) is half
+        of torch.nn's whole call. The tests are a subset of what the usual path asks
+        before it hands a call over (:meth:`_can_run_torch_op`, dispatch's
+        ``_auto_may_step_aside``): a plain CPU float32 / float64 tensor and hx, no
+        autocast, torch.compile, tracing, torch.func transform or forward AD, no
+        RNNFAST_BACKEND, no per-step gradient norms, no dropout drawn (rnnfast draws its
+        own masks), not leaky-ReLU, not a projected LSTM, no PackedSequence."""
+        try:  # anything odd (an option of the wrong type, ...): the usual path says what
+            routed = self._torch_op_call(input, hx)
+        except Exception:
+            return None
+        if routed is not True:
+            return routed
+        try:
+            return _TORCH_FORWARD[self._cell](self, input, hx)
+        except (RuntimeError, ValueError, TypeError, IndexError, AttributeError,
+                AssertionError):
+            return None
+
+    def _torch_op_call(self, input, hx):
+        """:meth:`_torch_forward_if_faster`'s tests: True where the call goes to
+        torch.nn's forward, else None or ``_KERNELS_WIN`` (as there)."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() \
+                or type(input) is not torch.Tensor or input.dtype not in _TORCH_OP_DTYPES \
+                or input.device.type != "cpu":
+            return None
+        dim = input.dim()
+        if dim == 3:
+            T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
+        elif dim == 2:
+            T, B = input.shape[0], 1
+        else:
+            return None
+        cell = self._cell
+        if self.record_grad_norms or (self.training and self.dropout > 0
+                                      and self.num_layers > 1) \
+                or (cell == "lstm" and self.proj_size > 0) \
+                or (cell == "rnn" and self._activation() == "leaky_relu"):
+            return None
+        if hx is None:
+            state = ()
+        elif type(hx) is torch.Tensor and cell != "lstm":
+            state = (hx,)
+        elif type(hx) is tuple and cell == "lstm" and len(hx) == 2 \
+                and type(hx[0]) is torch.Tensor and type(hx[1]) is torch.Tensor:
+            state = hx
+        else:
+            return None
+        self._update_flat_weights()
+        if self._torch_op_rule(T, B, input.dtype, ops.is_inference(
+                (input, *self._flat_weights, *state))) is None:
+            return _KERNELS_WIN  # most calls stop here
+        if torch._C._is_any_autocast_enabled() or dispatch.in_functorch_transform() \
+                or dispatch.in_forward_ad() \
+                or (getenv(dispatch.ENV_VAR, "auto") or "auto") != "auto":
+            return None
+        return True
 
     def _can_run_torch_op(self, x, run_dtype):
         """Whether torch.nn's own operator computes this call as rnnfast would (what
@@ -778,14 +870,15 @@ class _FusedRNNBase(nn.RNNBase):
                 and not self.record_grad_norms
                 and not (self._cell == "rnn" and self._activation() == "leaky_relu"))
 
-    def _layers(self, input, batch_sizes, hx):
+    def _layers(self, input, batch_sizes, hx, rule=True):
         """input: [T, B, I] ([B, T, I] with batch_first) or packed data [N, I] with
         batch_sizes; hx in the (sorted) batch order of input -> (output like input's
-        layout, state)."""
+        layout, state). ``rule``: False where :meth:`_torch_forward_if_faster` has
+        already found no reason for torch.nn's operator (:meth:`_torch_op_wins`)."""
         device_type = input.device.type
         run_dtype = self._autocast_dtype(device_type, batch_sizes is not None, input.dtype,
                                          hx) or input.dtype
-        be = self._resolve(input, batch_sizes, hx, run_dtype)
+        be = self._resolve(input, batch_sizes, hx, run_dtype, rule=rule)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)
         cdt = be.compute_dtype

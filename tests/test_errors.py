@@ -318,3 +318,47 @@ def test_rnn_mode_set_to_another_value_raises_like_torch():
         with pytest.raises(AssertionError, match=r"^mode must be RNN_TANH or RNN_RELU, "
                                                  r"got GRU$"):
             m(x)
+
+
+@pytest.mark.parametrize("make,args,pattern", [c[1:] for c in BAD_CALLS],
+                         ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_raises_rnnfast_error_where_auto_runs_torch_nn(make, args, pattern):
+    """A call that backend='auto' hands to torch.nn's own forward before rnnfast's
+    checks (modules._FusedRNNBase._torch_forward_if_faster: here a forward-only call of
+    4 steps at batch 3) raises the same error as the kernels' path: the message above,
+    as an exception that is both a ValueError and a RuntimeError (where torch.nn's own
+    forward raises one of them, or another kind, for it)."""
+    m = make()
+    m.backend = "auto"
+    x, hx = args()
+    with torch.no_grad():
+        if m.plan(X).name != "torch.nn":
+            pytest.skip("auto runs the kernels for this module's good call")
+        with pytest.raises(ValueError, match=pattern) as info:
+            m(x, hx)
+        assert isinstance(info.value, RuntimeError)
+        y, _ = m(X)
+    assert torch.isfinite(y).all()
+
+
+def test_bad_module_state_raises_rnnfast_error_where_auto_runs_torch_nn():
+    """Module state that torch.nn's forward meets with another error (or none) than
+    rnnfast's path: a weight set to None, a parameter of another dtype, an RNN's mode
+    set to another value, num_layers changed after construction; on a call that
+    backend='auto' would hand to torch.nn's operator, rnnfast's error is raised."""
+    x = torch.randn(1, 3, 5)
+    cases = [
+        (lambda m: setattr(m, "bias_hh_l0", None),
+         TypeError, r"^expected Tensor as element 3 in argument 2, but got NoneType$"),
+        (lambda m: setattr(m, "weight_hh_l0", torch.nn.Parameter(m.weight_hh_l0.double())),
+         RuntimeError, r"parameter weight_hh_l0 has dtype torch.float64"),
+        (lambda m: setattr(m, "mode", "LSTM"), AssertionError,
+         r"^mode must be RNN_TANH or RNN_RELU, got LSTM$"),
+        (lambda m: setattr(m, "num_layers", 2), RuntimeError,
+         r"^Expected more weights in stacked_rnn$"),
+    ]
+    for change, kind, pattern in cases:
+        m = rnnfast.RNN(5, 7)
+        change(m)
+        with torch.no_grad(), pytest.raises(kind, match=pattern):
+            m(x)

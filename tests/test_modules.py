@@ -509,6 +509,56 @@ def test_auto_runs_torch_nn_for_short_training(cell, monkeypatch):
     assert "backend=numba" in rnnfast.explain(lstm, torch.randn(1, 3, 5))
 
 
+@pytest.mark.parametrize("cell", ["relu", "gru", "lstm"])
+def test_early_hand_off_follows_the_rules(cell, monkeypatch):
+    """backend='auto' hands a call to torch.nn's own forward before rnnfast's checks
+    (_torch_forward_if_faster) exactly where the usual path would hand it to torch.nn's
+    operator after them (plan / explain say torch.nn, for one of the measured rules),
+    over steps, batches, hidden sizes, dtypes, batch_first, unbatched input, hx given or
+    not, training and forward-only; there the outputs (and gradients) are torch.nn's,
+    bitwise, and rnnfast's own path never runs."""
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    if torch.get_num_threads() < 2:  # the LSTM's regions were measured with threads
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    routed = kept = 0
+    for H, dtype in ((16, torch.float64), (128, torch.float32), (256, torch.float32)):
+        ours, twin = make_pair(cell, 6, H, dtype, "auto")
+        for T, B, batch_first, unbatched, with_hx, grad in (
+                (1, 1, False, False, False, False), (2, 3, True, False, True, True),
+                (3, 40, False, False, True, False), (5, 4, False, True, False, False),
+                (9, 2, True, False, False, False), (1, 8, False, False, True, True),
+                (40, 1, False, False, False, False), (4, 3, False, False, False, True)):
+            ours.batch_first = twin.batch_first = batch_first
+            shape = (T, 6) if unbatched else ((B, T, 6) if batch_first else (T, B, 6))
+            x = torch.randn(shape, dtype=dtype, requires_grad=grad)
+            hx = None
+            if with_hx:
+                hx = _hx(ours, B, dtype)
+                if unbatched:
+                    hx = tuple(h[:, 0] for h in hx) if cell == "lstm" else hx[:, 0]
+            with torch.set_grad_enabled(grad):
+                early = ours._torch_op_call(x, hx) is True
+                plan = ours.plan(x, hx)
+                assert early == (plan.name == "torch.nn" and "measured faster" in plan.reason), \
+                    (cell, H, T, B, grad, plan.reason)
+                if not early:
+                    kept += 1
+                    continue
+                routed += 1
+                calls = []
+                ours.__dict__["_layers"] = lambda *a, **k: calls.append(a)  # must not run
+                (y, h), (y2, h2) = ours(x, hx), twin(x, hx)
+                del ours.__dict__["_layers"]
+                assert not calls
+                for a, b in zip((y, *(h if cell == "lstm" else (h,))),
+                                (y2, *(h2 if cell == "lstm" else (h2,)))):
+                    assert torch.equal(a, b)
+                if grad:
+                    gx = torch.autograd.grad(y.sum(), x, retain_graph=True)[0]
+                    assert torch.equal(gx, torch.autograd.grad(y2.sum(), x)[0])
+    assert routed and kept
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
 def test_auto_runs_torch_nn_where_it_is_faster(monkeypatch):
     """Forward-only float32 LSTM where torch.nn's operator (oneDNN) measured faster (a
