@@ -806,7 +806,9 @@ class _FusedRNNBase(nn.RNNBase):
         ``_auto_may_step_aside``): a plain CPU float32 / float64 tensor and hx, no
         autocast, torch.compile, tracing, torch.func transform or forward AD, no
         RNNFAST_BACKEND, no per-step gradient norms, no dropout drawn (rnnfast draws its
-        own masks), not leaky-ReLU, not a projected LSTM, no PackedSequence."""
+        own masks), not leaky-ReLU, not a projected LSTM, no PackedSequence, no
+        parametrized weight, every weight of the shape the options need (torch.nn's
+        operator does not check that)."""
         try:  # anything odd (an option of the wrong type, ...): the usual path says what
             routed = self._torch_op_call(input, hx)
         except Exception:
@@ -824,7 +826,9 @@ class _FusedRNNBase(nn.RNNBase):
         torch.nn's forward, else None or ``_KERNELS_WIN`` (as there)."""
         if torch.compiler.is_compiling() or torch.jit.is_tracing() \
                 or type(input) is not torch.Tensor or input.dtype not in _TORCH_OP_DTYPES \
-                or input.device.type != "cpu":
+                or input.device.type != "cpu" or "parametrizations" in self._modules:
+            # (a parametrized weight is computed on every read of it: torch.nn's forward
+            # reads each twice, and here the usual path does too, not four times)
             return None
         dim = input.dim()
         if dim == 3:
@@ -856,6 +860,13 @@ class _FusedRNNBase(nn.RNNBase):
                 or dispatch.in_forward_ad() \
                 or (getenv(dispatch.ENV_VAR, "auto") or "auto") != "auto":
             return None
+        # torch.nn's operator does not check the weights' shapes against the options
+        # (oneDNN's LSTM reads past a weight that is too small) and broadcasts a bias of
+        # the wrong shape: where they differ, the usual path raises rnnfast's error (a
+        # weight of another dtype or device, or None, torch.nn's operator refuses)
+        for w, shape in zip(self._flat_weights, self._weight_shapes()):
+            if w is None or w.shape != shape:
+                return None
         return True
 
     def _can_run_torch_op(self, x, run_dtype):

@@ -341,24 +341,45 @@ def test_bad_input_raises_rnnfast_error_where_auto_runs_torch_nn(make, args, pat
     assert torch.isfinite(y).all()
 
 
-def test_bad_module_state_raises_rnnfast_error_where_auto_runs_torch_nn():
-    """Module state that torch.nn's forward meets with another error (or none) than
-    rnnfast's path: a weight set to None, a parameter of another dtype, an RNN's mode
-    set to another value, num_layers changed after construction; on a call that
-    backend='auto' would hand to torch.nn's operator, rnnfast's error is raised."""
-    x = torch.randn(1, 3, 5)
+def test_bad_module_state_raises_rnnfast_error_where_auto_runs_torch_nn(monkeypatch):
+    """Module state that torch.nn's forward meets with another error than rnnfast's
+    path, or runs (oneDNN's LSTM reads past a weight too small for the options: NaN or a
+    crash; a bias of the wrong shape is broadcast): a weight set to None, a parameter
+    of another dtype or shape, an RNN's mode set to another value, options changed
+    after construction. On a call that backend='auto' would hand to torch.nn's operator
+    (forward-only, one step; the LSTM at a batch of one, hidden 256, with threads),
+    rnnfast's error is raised, as on the kernels' path."""
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    if torch.get_num_threads() < 2:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    P = torch.nn.Parameter
     cases = [
-        (lambda m: setattr(m, "bias_hh_l0", None),
+        (rnnfast.RNN, lambda m: setattr(m, "bias_hh_l0", None),
          TypeError, r"^expected Tensor as element 3 in argument 2, but got NoneType$"),
-        (lambda m: setattr(m, "weight_hh_l0", torch.nn.Parameter(m.weight_hh_l0.double())),
+        (rnnfast.RNN, lambda m: setattr(m, "weight_hh_l0", P(m.weight_hh_l0.double())),
          RuntimeError, r"parameter weight_hh_l0 has dtype torch.float64"),
-        (lambda m: setattr(m, "mode", "LSTM"), AssertionError,
+        (rnnfast.RNN, lambda m: setattr(m, "mode", "LSTM"), AssertionError,
          r"^mode must be RNN_TANH or RNN_RELU, got LSTM$"),
-        (lambda m: setattr(m, "num_layers", 2), RuntimeError,
+        (rnnfast.RNN, lambda m: setattr(m, "num_layers", 2), RuntimeError,
          r"^Expected more weights in stacked_rnn$"),
+        (rnnfast.GRU, lambda m: setattr(m, "bias_ih_l0", P(torch.randn(1))), RuntimeError,
+         r"^GRU: parameter bias_ih_l0 has shape \(1,\), but input_size=5, hidden_size=7 "
+         r"need \(21,\)$"),
+        (rnnfast.RNN, lambda m: setattr(m, "bias", False), RuntimeError,
+         r"^Expected more weights in stacked_rnn$"),
+        (rnnfast.LSTM, lambda m: setattr(m, "weight_hh_l0", P(torch.randn(1024, 64))),
+         RuntimeError, r"^LSTM: parameter weight_hh_l0 has shape \(1024, 64\), but "
+                       r"input_size=5, hidden_size=256 need \(1024, 256\)$"),
+        (rnnfast.LSTM, lambda m: setattr(m, "hidden_size", 512), RuntimeError,
+         r"parameter weight_ih_l0 has shape \(1024, 5\), but input_size=5, "
+         r"hidden_size=512 need \(2048, 5\)$"),
     ]
-    for change, kind, pattern in cases:
-        m = rnnfast.RNN(5, 7)
-        change(m)
-        with torch.no_grad(), pytest.raises(kind, match=pattern):
-            m(x)
+    for cls, change, kind, pattern in cases:
+        H = 256 if cls is rnnfast.LSTM else 7
+        m = cls(5, H)
+        x = torch.randn(1, 1, 5)
+        with torch.no_grad():
+            assert m._torch_op_call(x, None) is True  # a call auto hands to torch.nn
+            change(m)
+            with pytest.raises(kind, match=pattern):
+                m(x)

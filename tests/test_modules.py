@@ -559,6 +559,37 @@ def test_early_hand_off_follows_the_rules(cell, monkeypatch):
     assert routed and kept
 
 
+def test_parametrized_weight_computed_as_often_as_in_torch_nn(monkeypatch):
+    """A parametrized weight (computed on every read: DropConnect, weight_norm) is
+    computed as many times per call as torch.nn computes it, on a call that auto would
+    hand to torch.nn's operator and on one it keeps on the kernels; so a parametrization
+    that draws random numbers draws torch.nn's (the outputs equal torch.nn's)."""
+    from torch.nn.utils import parametrize
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+
+    class DropConnect(torch.nn.Module):
+        calls = 0
+
+        def forward(self, w):
+            DropConnect.calls += 1
+            return torch.nn.functional.dropout(w, 0.5, training=True)
+
+    for T in (1, 40):
+        counts, ys = [], []
+        for cls in (torch.nn.GRU, rnnfast.GRU):
+            torch.manual_seed(0)
+            m = cls(5, 8)
+            parametrize.register_parametrization(m, "weight_hh_l0", DropConnect())
+            x = torch.randn(T, 3, 5)
+            torch.manual_seed(123)
+            DropConnect.calls = 0
+            with torch.no_grad():
+                ys.append(m(x)[0])
+            counts.append(DropConnect.calls)
+        assert counts[0] == counts[1], (T, counts)
+        assert_close("output", ys[1], ys[0], torch.float32)
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
 def test_auto_runs_torch_nn_where_it_is_faster(monkeypatch):
     """Forward-only float32 LSTM where torch.nn's operator (oneDNN) measured faster (a
