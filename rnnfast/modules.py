@@ -660,6 +660,12 @@ class _FusedRNNBase(nn.RNNBase):
         if type(self.num_layers) is not int:
             raise TypeError(f"num_layers should be of type int, got: "
                             f"{type(self.num_layers).__name__}")
+        if type(self.bias) is not bool or type(self.batch_first) is not bool:
+            # set after construction (torch.nn's constructor checks them, its operator
+            # raises aten's TypeError at the call; the kernels would take 1 as True)
+            name = "bias" if type(self.bias) is not bool else "batch_first"
+            raise TypeError(f"{name} should be of type bool, got: "
+                            f"{type(getattr(self, name)).__name__}")
         packed = isinstance(input, PackedSequence)
         # An LSTM's hx as one stacked tensor: see _check_hx_dims. torch.nn hands it to
         # aten::lstm as it is (a TypeError) for a padded batch and a sorted PackedSequence.

@@ -980,6 +980,28 @@ def test_layer_options_of_wrong_type_raise_like_torch(cell, kwargs):
         getattr(rnnfast, cell)(I, H, **kwargs)(x)
 
 
+@pytest.mark.parametrize("backend", ["auto", "numba"])
+@pytest.mark.parametrize("name,value", [("bias", 1), ("batch_first", 1),
+                                        ("batch_first", None)])
+@pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
+def test_bool_options_set_to_another_type_raise_like_torch(cell, name, value, backend):
+    """bias or batch_first set after construction to a value that is not a bool: torch.nn
+    raises aten's TypeError at the call (its constructor: "bias should be of type bool,
+    got: int"); the kernels took 1 as True. Now that TypeError, on every path (a short
+    call that auto hands to torch.nn's operator, and training calls)."""
+    x = torch.randn(2, 3, I)
+    for grad in (False, True):
+        twin, ours = getattr(nn, cell)(I, H), getattr(rnnfast, cell)(I, H, backend=backend)
+        setattr(twin, name, value)
+        setattr(ours, name, value)
+        with torch.set_grad_enabled(grad):
+            with pytest.raises(TypeError):
+                twin(x)
+            with pytest.raises(TypeError, match=f"^{name} should be of type bool, got: "
+                                                f"{type(value).__name__}$"):
+                ours(x)
+
+
 def test_explain_and_negative_slope_type_errors():
     """rnnfast.explain of a torch.nn module, and a negative_slope that is not a number:
     TypeErrors that say so (before: an AttributeError, a bare comparison TypeError)."""
