@@ -97,6 +97,11 @@ TORCH_OP_SHORT_INFERENCE = {"steps": 4, "steps_at_batch": (8, 32), "rows_at_hidd
 # T = 1 0.49-0.77x (torch.nn's operator through the module: 0.80-1.01x), T = 2
 # 0.68-1.11x (0.82-0.95x), T = 3 0.81-1.28x, T = 4 0.90-1.55x.
 TORCH_OP_SHORT_TRAINING_STEPS = 3
+# No call of this many steps or more meets one of the two rules above (T x B < rows).
+_SHORT_RULES_MAX_STEPS = max(TORCH_OP_SHORT_INFERENCE["steps"],
+                             TORCH_OP_SHORT_INFERENCE["steps_at_batch"][0],
+                             TORCH_OP_SHORT_INFERENCE["rows_at_hidden"][0],
+                             TORCH_OP_SHORT_TRAINING_STEPS)
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
@@ -177,11 +182,16 @@ def _short_inference_to_torch(cell, T, B, H):
     return None
 
 
+_ISA_NAME = []  # kernels.numba.config.ISA.name, once read
+
+
 def _numba_isa():
-    """The instruction set the numba kernels target (kernels.numba.config.ISA), read
-    without importing numba's kernels."""
-    from .kernels.numba.config import ISA
-    return ISA.name
+    """The instruction set the numba kernels target (kernels.numba.config.ISA, fixed
+    for the process), read without importing numba's kernels."""
+    if not _ISA_NAME:
+        from .kernels.numba.config import ISA
+        _ISA_NAME.append(ISA.name)
+    return _ISA_NAME[0]
 
 
 def _stack_states(states, fresh):
@@ -832,7 +842,7 @@ class _FusedRNNBase(nn.RNNBase):
         torch.nn's forward, else None or ``_KERNELS_WIN`` (as there)."""
         if torch.compiler.is_compiling() or torch.jit.is_tracing() \
                 or type(input) is not torch.Tensor or input.dtype not in _TORCH_OP_DTYPES \
-                or input.device.type != "cpu" or "parametrizations" in self._modules:
+                or not input.is_cpu or "parametrizations" in self._modules:
             # (a parametrized weight is computed on every read of it: torch.nn's forward
             # reads each twice, and here the usual path does too, not four times)
             return None
@@ -844,6 +854,9 @@ class _FusedRNNBase(nn.RNNBase):
         else:
             return None
         cell = self._cell
+        if cell != "lstm" and T >= _SHORT_RULES_MAX_STEPS:  # the common long call: no
+            self._update_flat_weights()                    # rule of the RNN's or GRU's
+            return _KERNELS_WIN                            # can hand it over
         if self.record_grad_norms or (self.training and self.dropout > 0
                                       and self.num_layers > 1) \
                 or (cell == "lstm" and self.proj_size > 0) \

@@ -417,6 +417,14 @@ def test_short_inference_rule():
         assert short(cell, rows, 1, min_h) is None and short(cell, more, 4, min_h) is None
         assert short(cell, 100, 64, 32) is None
     assert short("lstm", 1, 1, 32) is None and short("lstm", 1, 16, 512) is None
+    # the early hand-off's shortcut: no call of _SHORT_RULES_MAX_STEPS steps is handed
+    # over by either rule, and one step fewer can be
+    longest = modules._SHORT_RULES_MAX_STEPS
+    for cell in ("rnn", "gru"):
+        for B in (1, 2, 64):
+            assert short(cell, longest, B, 4096) is None
+        assert modules._short_training_to_torch(cell, longest) is None
+        assert short(cell, longest - 1, 1, 4096) is not None
 
 
 @pytest.mark.parametrize("cell", ["relu", "gru"])
