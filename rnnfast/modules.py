@@ -20,6 +20,7 @@ torch.nn.<Cell> exports to: ONNX's RNN / LSTM / GRU operators); ``torch.jit.scri
 scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
+import operator
 import sys
 import warnings
 import weakref
@@ -97,11 +98,6 @@ TORCH_OP_SHORT_INFERENCE = {"steps": 4, "steps_at_batch": (8, 32), "rows_at_hidd
 # T = 1 0.49-0.77x (torch.nn's operator through the module: 0.80-1.01x), T = 2
 # 0.68-1.11x (0.82-0.95x), T = 3 0.81-1.28x, T = 4 0.90-1.55x.
 TORCH_OP_SHORT_TRAINING_STEPS = 3
-# No call of this many steps or more meets one of the two rules above (T x B < rows).
-_SHORT_RULES_MAX_STEPS = max(TORCH_OP_SHORT_INFERENCE["steps"],
-                             TORCH_OP_SHORT_INFERENCE["steps_at_batch"][0],
-                             TORCH_OP_SHORT_INFERENCE["rows_at_hidden"][0],
-                             TORCH_OP_SHORT_TRAINING_STEPS)
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
@@ -156,6 +152,15 @@ def _short_training_to_torch(cell, T):
     return (f"a training call of {T} step{'s' if T > 1 else ''} (< {steps}): the kernels' "
             f"per-call work (packing the weights, the host path of forward and backward) "
             f"costs more than so few steps; torch.nn's operator measured faster")
+
+
+def _short_rules_max_steps():
+    """No call of a batch of one or more with this many steps or more meets one of the
+    two short-call rules above (read at each call: the README names them, a user may
+    tune them)."""
+    rule = TORCH_OP_SHORT_INFERENCE
+    return max(rule["steps"], rule["steps_at_batch"][0], rule["rows_at_hidden"][0],
+               TORCH_OP_SHORT_TRAINING_STEPS)
 
 
 def _short_inference_to_torch(cell, T, B, H):
@@ -360,6 +365,25 @@ def _packed_index(batch_sizes, device, rows=True):
         return None, lengths
     mask = np.arange(B)[None, :] < bs[:, None]  # [T, B]
     return torch.from_numpy(np.flatnonzero(mask)).to(device), lengths
+
+
+def _integer(value):
+    """Whether ``value`` is an integer other than a bool (a numpy integer: torch's
+    operators take it through ``__index__``, as torch.nn's constructor does)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _type_name(value):
+    """``int``, ``numpy.int64``: a value's type, named with its module where that is not
+    Python's own (numpy's bool is named ``bool`` too)."""
+    t = type(value)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
 
 
 _MISSING = object()  # a name absent from __dict__ / _parameters
@@ -619,6 +643,9 @@ class _FusedRNNBase(nn.RNNBase):
 
         Raises torch.nn's errors, with its messages, for a wrong input dimension, size,
         dtype, hidden-state shape, or an empty sequence."""
+        if self._grad_norm_probes is not None and not self.record_grad_norms:
+            # last_grad_norms: None after a call without them, whichever path runs it
+            self._grad_norm_probes = None  # nn.Module.__setattr__: ~10 us, so on change
         early = self._torch_forward_if_faster(input, hx) if self.backend == "auto" else None
         if early is _KERNELS_WIN:
             ruled = True  # the weights read, and no rule hands this call to torch.nn
@@ -666,16 +693,16 @@ class _FusedRNNBase(nn.RNNBase):
         batch order, zeros when None). Raises torch.nn's errors (see forward)."""
         if type(self.bidirectional) is not bool:  # torch.nn: aten's TypeError at the call
             raise TypeError(f"bidirectional should be of type bool, got: "
-                            f"{type(self.bidirectional).__name__}")
-        if type(self.num_layers) is not int:
+                            f"{_type_name(self.bidirectional)}")
+        if type(self.num_layers) is not int and not _integer(self.num_layers):
             raise TypeError(f"num_layers should be of type int, got: "
-                            f"{type(self.num_layers).__name__}")
+                            f"{_type_name(self.num_layers)}")
         if type(self.bias) is not bool or type(self.batch_first) is not bool:
             # set after construction (torch.nn's constructor checks them, its operator
             # raises aten's TypeError at the call; the kernels would take 1 as True)
             name = "bias" if type(self.bias) is not bool else "batch_first"
             raise TypeError(f"{name} should be of type bool, got: "
-                            f"{type(getattr(self, name)).__name__}")
+                            f"{_type_name(getattr(self, name))}")
         packed = isinstance(input, PackedSequence)
         # An LSTM's hx as one stacked tensor: see _check_hx_dims. torch.nn hands it to
         # aten::lstm as it is (a TypeError) for a padded batch and a sorted PackedSequence.
@@ -854,9 +881,9 @@ class _FusedRNNBase(nn.RNNBase):
         else:
             return None
         cell = self._cell
-        if cell != "lstm" and T >= _SHORT_RULES_MAX_STEPS:  # the common long call: no
-            self._update_flat_weights()                    # rule of the RNN's or GRU's
-            return _KERNELS_WIN                            # can hand it over
+        if cell != "lstm" and B > 0 and T >= _short_rules_max_steps():
+            self._update_flat_weights()  # the common long call: no rule of the RNN's
+            return _KERNELS_WIN          # or the GRU's hands it over
         if self.record_grad_norms or (self.training and self.dropout > 0
                                       and self.num_layers > 1) \
                 or (cell == "lstm" and self.proj_size > 0) \
@@ -973,8 +1000,6 @@ class _FusedRNNBase(nn.RNNBase):
         when unidirectional)."""
         D = 2 if self.bidirectional else 1
         probes = self._new_probes(T, x.device) if self.record_grad_norms else None
-        if probes is None and self._grad_norm_probes is not None:
-            self._grad_norm_probes = None  # nn.Module.__setattr__: ~10 us, so only on change
         h_n, c_n = [], []
         cell, bias, proj = self._cell, self.bias, self.proj_size > 0
         if cell == "rnn":

@@ -417,14 +417,16 @@ def test_short_inference_rule():
         assert short(cell, rows, 1, min_h) is None and short(cell, more, 4, min_h) is None
         assert short(cell, 100, 64, 32) is None
     assert short("lstm", 1, 1, 32) is None and short("lstm", 1, 16, 512) is None
-    # the early hand-off's shortcut: no call of _SHORT_RULES_MAX_STEPS steps is handed
-    # over by either rule, and one step fewer can be
-    longest = modules._SHORT_RULES_MAX_STEPS
+    # the early hand-off's shortcut: no call of a batch of one or more with
+    # _short_rules_max_steps() steps is handed over by either rule, and one step fewer
+    # can be; an empty batch can be at any length (0 rows)
+    longest = modules._short_rules_max_steps()
     for cell in ("rnn", "gru"):
         for B in (1, 2, 64):
             assert short(cell, longest, B, 4096) is None
         assert modules._short_training_to_torch(cell, longest) is None
         assert short(cell, longest - 1, 1, 4096) is not None
+        assert short(cell, 1000, 0, 4096) is not None
 
 
 @pytest.mark.parametrize("cell", ["relu", "gru"])
@@ -535,7 +537,8 @@ def test_early_hand_off_follows_the_rules(cell, monkeypatch):
                 (1, 1, False, False, False, False), (2, 3, True, False, True, True),
                 (3, 40, False, False, True, False), (5, 4, False, True, False, False),
                 (9, 2, True, False, False, False), (1, 8, False, False, True, True),
-                (40, 1, False, False, False, False), (4, 3, False, False, False, True)):
+                (40, 1, False, False, False, False), (4, 3, False, False, False, True),
+                (40, 0, True, False, False, False), (33, 0, False, False, True, False)):
             ours.batch_first = twin.batch_first = batch_first
             shape = (T, 6) if unbatched else ((B, T, 6) if batch_first else (T, B, 6))
             x = torch.randn(shape, dtype=dtype, requires_grad=grad)
@@ -565,6 +568,46 @@ def test_early_hand_off_follows_the_rules(cell, monkeypatch):
                     gx = torch.autograd.grad(y.sum(), x, retain_graph=True)[0]
                     assert torch.equal(gx, torch.autograd.grad(y2.sum(), x)[0])
     assert routed and kept
+
+
+def test_num_layers_as_numpy_integer(monkeypatch):
+    """num_layers given as a numpy integer (torch.nn's constructor and operator take it,
+    through __index__) runs on every path, short calls handed to torch.nn and the
+    kernels alike, as torch.nn; a bool is refused on every path."""
+    import numpy as np
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    ours, twin = make_pair("gru", 5, 16, torch.float64, "auto", num_layers=np.int64(2))
+    for T, grad in ((2, True), (3, True), (40, False), (3, False)):
+        x = torch.randn(T, 3, 5, dtype=torch.float64)
+        with torch.set_grad_enabled(grad):
+            assert_close("output", ours(x)[0], twin(x)[0], torch.float64)
+    ours.num_layers = True
+    for T in (2, 40):
+        with pytest.raises(TypeError, match="^num_layers should be of type int, got: bool$"):
+            ours(torch.randn(T, 3, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cell", ["relu", "gru", "lstm"])
+def test_last_grad_norms_cleared_by_any_call_without_them(cell, monkeypatch):
+    """last_grad_norms is None after a call made with record_grad_norms off, whichever
+    implementation ran it: the kernels, or torch.nn's operator (a short training call,
+    a forward-only call in the LSTM's regions)."""
+    monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
+    if torch.get_num_threads() < 2:
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    ours, _ = make_pair(cell, 5, 256, torch.float32, "auto")
+    for T, grad in ((2, True), (3, True), (2, False)):
+        ours.record_grad_norms = True
+        y, _ = ours(torch.randn(6, 1, 5))
+        y.sum().backward()
+        assert ours.last_grad_norms is not None
+        ours.record_grad_norms = False
+        x = torch.randn(T, 1, 5)
+        with torch.set_grad_enabled(grad):
+            y, _ = ours(x)
+        if grad:
+            y.sum().backward()
+        assert ours.last_grad_norms is None, (T, grad)
 
 
 def test_parametrized_weight_computed_as_often_as_in_torch_nn(monkeypatch):
