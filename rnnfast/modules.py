@@ -868,8 +868,7 @@ class _FusedRNNBase(nn.RNNBase):
         """:meth:`_torch_forward_if_faster`'s tests: True where the call goes to
         torch.nn's forward, else None or ``_KERNELS_WIN`` (as there)."""
         if torch.compiler.is_compiling() or torch.jit.is_tracing() \
-                or type(input) is not torch.Tensor or input.dtype not in _TORCH_OP_DTYPES \
-                or not input.is_cpu or "parametrizations" in self._modules:
+                or type(input) is not torch.Tensor or "parametrizations" in self._modules:
             # (a parametrized weight is computed on every read of it: torch.nn's forward
             # reads each twice, and here the usual path does too, not four times)
             return None
@@ -884,10 +883,9 @@ class _FusedRNNBase(nn.RNNBase):
         if cell != "lstm" and B > 0 and T >= _short_rules_max_steps():
             self._update_flat_weights()  # the common long call: no rule of the RNN's
             return _KERNELS_WIN          # or the GRU's hands it over
-        if self.record_grad_norms or (self.training and self.dropout > 0
-                                      and self.num_layers > 1) \
-                or (cell == "lstm" and self.proj_size > 0) \
-                or (cell == "rnn" and self._activation() == "leaky_relu"):
+        if not self._can_run_torch_op(input, input.dtype) \
+                or (self.training and self.dropout > 0 and self.num_layers > 1) \
+                or (cell == "lstm" and self.proj_size > 0):
             return None
         if hx is None:
             state = ()
@@ -921,8 +919,8 @@ class _FusedRNNBase(nn.RNNBase):
         leaky-ReLU (torch.nn has none), per-step gradient norms, CPU autocast (even for a
         cell it does not cast: torch's GRU would then run its products in bfloat16, the
         kernels in float32) or half inputs."""
-        return (x.device.type == "cpu" and run_dtype == x.dtype
-                and x.dtype in (torch.float32, torch.float64)
+        return (x.is_cpu and run_dtype == x.dtype
+                and x.dtype in _TORCH_OP_DTYPES
                 and not torch.is_autocast_enabled("cpu")
                 and not self.record_grad_norms
                 and not (self._cell == "rnn" and self._activation() == "leaky_relu"))
