@@ -392,6 +392,14 @@ _TORCH_OP_DTYPES = (torch.float32, torch.float64)
 _KERNELS_WIN = object()  # _torch_forward_if_faster: the rule keeps the kernels
 
 
+def _bias_copies(module):
+    """The module's flat weights with each bias copied (``clone``: gradients flow to the
+    bias), for torch.nn's operator where it would keep the biases themselves for
+    backward (:meth:`_FusedRNNBase._torch_op_copies`)."""
+    return [w.clone() if w is not None and name.startswith("bias") else w
+            for name, w in zip(module._flat_weights_names, module._flat_weights)]
+
+
 class _FusedRNNBase(nn.RNNBase):
     """Shared forward: torch.nn's input handling and checks, then the layer stack."""
 
@@ -1049,29 +1057,48 @@ class _FusedRNNBase(nn.RNNBase):
                 "ONNX exporters translate only tanh and relu RNNs")
         op = {"lstm": _VF.lstm, "gru": _VF.gru}.get(self._cell) or (
             _VF.rnn_tanh if self._activation() == "tanh" else _VF.rnn_relu)
+        copies = self._torch_op_copies(input, hx)
+        weights = _bias_copies(self) if copies else self._flat_weights
         if self.dropout > 0 and self.training and self.num_layers > 1 \
                 and _philox_dropout_ok(input):
-            return self._torch_rnn_op_by_layer(op, input, batch_sizes, hx)
-        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+            output, state = self._torch_rnn_op_by_layer(op, input, batch_sizes, hx, weights)
+            return (output.clone() if copies else output), state
+        args = (weights, self.bias, self.num_layers, self.dropout, self.training,
                 self.bidirectional)
         if batch_sizes is None:
             result = op(input, hx, *args, self.batch_first)
         else:
             result = op(input, batch_sizes, hx, *args)
-        return result[0], (tuple(result[1:]) if self._cell == "lstm" else result[1])
+        return (result[0].clone() if copies else result[0]), \
+            (tuple(result[1:]) if self._cell == "lstm" else result[1])
 
-    def _torch_rnn_op_by_layer(self, op, input, batch_sizes, hx):
+    def _torch_op_copies(self, input, hx):
+        """Whether :meth:`_torch_rnn_op` gives torch.nn's operator copies of the biases
+        and returns a copy of its output: an LSTM's call that builds a graph, in eager
+        mode. oneDNN's fused LSTM (torch.nn's float32 operator on the CPU) keeps both for
+        its backward, so an in-place change of either before backward raises autograd's
+        error on torch.nn.LSTM; the kernels keep neither (their backward never reads a
+        bias; the module's output is a copy of the y they keep), and rnnfast allows both
+        whichever path runs the call (the operator runs while the kernels compile)."""
+        if self._cell != "lstm" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
+        state = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
+        return not ops.is_inference((input, *self._flat_weights, *state))
+
+    def _torch_rnn_op_by_layer(self, op, input, batch_sizes, hx, weights):
         """torch.nn's operator one layer at a time, with rnnfast's inter-layer dropout
         (:func:`_inter_layer_dropout`) between them: where ``backend='auto'`` hands a
         training call to torch.nn's operator (while the numba kernels compile, or where
-        it measured faster), the masks are those the kernels' path draws for the seed."""
+        it measured faster), the masks are those the kernels' path draws for the seed.
+        ``weights``: the module's flat weights, or :meth:`_torch_rnn_op`'s list of them
+        with copied biases."""
         D = 2 if self.bidirectional else 1
-        per = len(self._flat_weights) // (self.num_layers * D)
+        per = len(weights) // (self.num_layers * D)
         lstm = self._cell == "lstm"
         h0, c0 = hx if lstm else (hx, None)
         x, h_n, c_n = input, [], []
         for layer in range(self.num_layers):
-            w = self._flat_weights[layer * D * per:(layer + 1) * D * per]
+            w = weights[layer * D * per:(layer + 1) * D * per]
             s = slice(layer * D, (layer + 1) * D)
             hx_l = (h0[s], c0[s]) if lstm else h0[s]
             args = (w, self.bias, 1, 0.0, self.training, self.bidirectional)

@@ -308,3 +308,52 @@ def test_dropout_masks_the_same_while_compiling(cell, layout, background):
     assert "backend=numba" in rnnfast.explain(ours, x)
     for i, (a, b) in enumerate(zip(_train_outputs(ours, x), want)):
         assert torch.equal(a, b), f"after the compile: output {i}"
+
+
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True},
+                                     {"num_layers": 2, "dropout": 0.5}],
+                         ids=["1layer", "2layer-bidir", "2layer-dropout"])
+def test_lstm_outputs_and_biases_changed_in_place_while_compiling(options, background):
+    """A float32 LSTM training call while the kernels compile runs torch.nn's operator,
+    oneDNN's fused LSTM, which keeps its output and its biases for backward (torch.nn's
+    LSTM raises autograd's in-place error for a change of either before backward).
+    rnnfast gives it copies: the in-place changes the kernels allow (output, h_n, c_n,
+    a bias) are allowed while compiling too, and the gradients, first and second order,
+    are bitwise those of torch.nn's forward as it ran (with dropout: the numba
+    kernels', which draw the same masks)."""
+    ours, twin = make_pair("lstm", 5, 8, torch.float32, "auto", **options)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 5, generator=g)
+    D = ours.num_layers * (1 + ours.bidirectional)
+    hx = (torch.randn(D, 3, 8, generator=g), torch.randn(D, 3, 8, generator=g))
+    assert "backend=torch.nn" in rnnfast.explain(ours, x)
+    results = []
+    for m, change in ((ours, True), (twin, False)):
+        torch.manual_seed(11)
+        xr, h0, c0 = (t.clone().requires_grad_(True) for t in (x, *hx))
+        y, (h, c) = m(xr, (h0, c0))
+        got = [t.detach().clone() for t in (y, h, c)]
+        w = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i))
+             for i, t in enumerate((y, h, c))]
+        loss = sum((t * wt).sum() for t, wt in zip((y, h, c), w))
+        if change:  # torch.nn.LSTM raises for the output's and the bias's
+            y.relu_()
+            h.mul_(2)
+            c.add_(1)
+            with torch.no_grad():
+                m.bias_ih_l0.add_(1)
+        first = torch.autograd.grad(loss, [xr, h0, c0, *m.parameters()], create_graph=True)
+        if change:
+            with torch.no_grad():
+                m.bias_ih_l0.sub_(1)
+        second = torch.autograd.grad(sum((t * t).sum() for t in first[:3]),
+                                     [xr, m.bias_hh_l0, m.weight_hh_l0])
+        results.append(got + [t.detach() for t in first] + list(second))
+    if options.get("dropout"):  # torch.nn draws other masks: the kernels' path instead
+        ours.backend = "numba"
+        torch.manual_seed(11)
+        from .tolerances import assert_close
+        assert_close("dropout output", results[0][0], ours(x, hx)[0], torch.float32)
+        return
+    for i, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), i
