@@ -765,25 +765,35 @@ class _FusedRNNBase(nn.RNNBase):
     def _width(self):
         return max(self.hidden_size, self.proj_size)
 
-    def _autocast_dtype(self, device_type, packed, dtype, hx):
+    def _autocast_dtype(self, device_type, batch_sizes, dtype, hx):
         """The dtype autocast runs this call in, or None (the input's ``dtype``; a
-        float64 input is not cast, as autocast casts no float64 tensor). ``packed``: the
-        input is a PackedSequence, which on CPU reaches torch.nn's LSTM as aten::lstm's
-        data overload, not in autocast's list: torch.nn returns the output, h_n and c_n
-        in float32 there (its inner products run in the autocast dtype, so its values
-        carry that dtype's error; rnnfast's are float32's), while a projected LSTM's
-        final product hands back output and h_n in the autocast dtype, as padded.
-        torch.nn's CPU GRU is not in autocast's list but its products are: its outputs
-        come in h0's dtype (``hx``'s) promoted with the autocast dtype (torch 2.13)."""
+        float64 input is not cast, as autocast casts no float64 tensor). ``batch_sizes``:
+        a PackedSequence's (None for a padded input), which on CPU reaches torch.nn's
+        LSTM as aten::lstm's data overload, not in autocast's list. There (torch 2.13,
+        without a projection) a batch whose lengths are all equal runs as a padded one,
+        on oneDNN (``torch.backends.mkldnn`` on): its outputs come in the autocast dtype
+        (a float16 autocast makes oneDNN refuse it on CPUs without float16 LSTM
+        support, where rnnfast runs it); any other runs the cell step by step, its
+        products in the autocast dtype and its state in c_0's: the output, h_n and c_n
+        come in c_0's dtype promoted with the autocast dtype (float32 without hx),
+        while a projected LSTM's final product hands back output and h_n in the
+        autocast dtype, as padded. torch.nn's CPU GRU is not in autocast's list but its
+        products are: its outputs come in h0's dtype (``hx``'s) promoted with the
+        autocast dtype (torch 2.13)."""
         if dtype == torch.float64 or device_type not in AUTOCAST_CELLS \
                 or not torch.is_autocast_enabled(device_type):
             return None
-        if self._cell == "gru" and device_type == "cpu":
-            return torch.promote_types(hx.dtype, torch.get_autocast_dtype("cpu"))
-        if self._cell in AUTOCAST_CELLS[device_type] \
-                and not (packed and device_type == "cpu" and self._cell == "lstm"
-                         and self.proj_size == 0):
-            return torch.get_autocast_dtype(device_type)
+        cast = torch.get_autocast_dtype(device_type)
+        if device_type == "cpu" and self._cell == "gru":
+            return torch.promote_types(hx.dtype, cast)
+        if device_type == "cpu" and self._cell == "lstm" and batch_sizes is not None \
+                and self.proj_size == 0:
+            if _ONEDNN and torch.backends.mkldnn.enabled and len(batch_sizes) > 0 \
+                    and bool((batch_sizes == batch_sizes[0]).all()):
+                return cast
+            return torch.promote_types(hx[1].dtype, cast)
+        if self._cell in AUTOCAST_CELLS[device_type]:
+            return cast
         return None
 
     def plan(self, input, hx=None):
@@ -796,8 +806,7 @@ class _FusedRNNBase(nn.RNNBase):
         run first), so a bad input never gets a plan."""
         self._update_flat_weights()
         x, batch_sizes, _, _, _, hx = self._checked_args(input, hx)
-        dtype = self._autocast_dtype(x.device.type, batch_sizes is not None, x.dtype,
-                                     hx) or x.dtype
+        dtype = self._autocast_dtype(x.device.type, batch_sizes, x.dtype, hx) or x.dtype
         return self._resolve(x, batch_sizes, hx, dtype, start=False)
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True, rule=True):
@@ -939,8 +948,8 @@ class _FusedRNNBase(nn.RNNBase):
         layout, state). ``rule``: False where :meth:`_torch_forward_if_faster` has
         already found no reason for torch.nn's operator (:meth:`_torch_op_wins`)."""
         device_type = input.device.type
-        run_dtype = self._autocast_dtype(device_type, batch_sizes is not None, input.dtype,
-                                         hx) or input.dtype
+        run_dtype = self._autocast_dtype(device_type, batch_sizes, input.dtype, hx) \
+            or input.dtype
         be = self._resolve(input, batch_sizes, hx, run_dtype, rule=rule)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)

@@ -439,8 +439,9 @@ def _policy_dtypes(cell, x, state, dtype, layout):
 def test_autocast(cell, backend, dtype, layout):
     """A float32 module inside torch.autocast('cpu', dtype), backward outside it: output
     and gradient dtypes follow torch.nn's (on torch 2.13: RNN/LSTM give the autocast
-    dtype, GRU float32; a PackedSequence into an LSTM without projection float32, as
-    aten::lstm's packed overload is not autocast's), values as close to float64 as
+    dtype, GRU float32; a PackedSequence of unequal lengths into an LSTM without
+    projection float32, as aten::lstm's packed overload is not autocast's: see
+    test_autocast_packed_lstm_output_dtype), values as close to float64 as
     torch.nn's under the same autocast (see _assert_as_accurate). Where torch.nn itself
     fails (oneDNN has no float16 LSTM without projection) rnnfast may raise too, or
     return the autocast dtype within the table's tolerance of float64."""
@@ -533,6 +534,44 @@ def test_autocast_gru_output_dtype(autocast, x_dtype, h_dtype, packed):
         with torch.autocast("cpu", dtype=autocast):
             y, h_n = m(x, h)
         outs.append((y.data if packed else y, h_n))
+    for got, want in zip(outs[1], outs[0]):
+        assert got.dtype == want.dtype, f"dtype {got.dtype} != torch.nn's {want.dtype}"
+        torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("proj_size", [0, 2])
+@pytest.mark.parametrize("lengths", [(4, 4), (4, 3)], ids=["equal", "ragged"])
+@pytest.mark.parametrize("state", ["none", "float32", "low", "c0-low"])
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16])
+def test_autocast_packed_lstm_output_dtype(autocast, state, lengths, proj_size):
+    """A float32 LSTM given a PackedSequence under torch.autocast('cpu', dtype): output,
+    h_n and c_n come in torch.nn's dtypes, which depend on the lengths (all equal: a
+    padded batch on oneDNN, the autocast dtype) and on c_0's dtype (otherwise: c_0's
+    promoted with the autocast dtype; a projection's output and h_n in the autocast
+    dtype), with values as close to torch.nn's as that dtype allows. Where torch.nn's
+    oneDNN LSTM refuses (float16, equal lengths) rnnfast returns the autocast dtype."""
+    outs = []
+    for cls in (nn.LSTM, functools.partial(rnnfast.LSTM, backend="numba")):
+        torch.manual_seed(0)
+        m = cls(3, 5, proj_size=proj_size)
+        P = proj_size or 5
+        x = pack_padded_sequence(torch.randn(4, 2, 3), torch.tensor(lengths))
+        low = {"none": None, "float32": (torch.float32,) * 2, "low": (autocast,) * 2,
+               "c0-low": (torch.float32, autocast)}[state]
+        hx = None if low is None else (torch.randn(1, 2, P).to(low[0]),
+                                       torch.randn(1, 2, 5).to(low[1]))
+        try:
+            with torch.autocast("cpu", dtype=autocast):
+                y, (h_n, c_n) = m(x, hx)
+        except RuntimeError as exc:
+            assert cls is nn.LSTM and "primitive descriptor" in str(exc), exc
+            outs.append(None)
+            continue
+        outs.append((y.data, h_n, c_n))
+    if outs[0] is None:  # torch.nn's oneDNN LSTM has no float16 here
+        assert autocast == torch.float16 and lengths == (4, 4) and proj_size == 0
+        assert all(t.dtype == autocast for t in outs[1])
+        return
     for got, want in zip(outs[1], outs[0]):
         assert got.dtype == want.dtype, f"dtype {got.dtype} != torch.nn's {want.dtype}"
         torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
