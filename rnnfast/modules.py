@@ -679,10 +679,11 @@ class _FusedRNNBase(nn.RNNBase):
             # batch_sizes all zeros: no row at all (torch.nn runs it)
             width = input.shape[-1]
             x = input.view((0, 1, width) if self.batch_first else (1, 0, width))
-            output, state = self._layers(x, None, hx)
+            output, state = self._layers(x, None, hx, sizes=packed_batch_sizes)
             output = output.reshape(0, output.shape[-1])
         else:
-            output, state = self._layers(input, batch_sizes, hx, rule=not ruled)
+            output, state = self._layers(input, batch_sizes, hx, rule=not ruled,
+                                         sizes=packed_batch_sizes)
 
         if packed:
             return (PackedSequence(output, packed_batch_sizes, sorted_indices,
@@ -765,13 +766,15 @@ class _FusedRNNBase(nn.RNNBase):
     def _width(self):
         return max(self.hidden_size, self.proj_size)
 
-    def _autocast_dtype(self, device_type, batch_sizes, dtype, hx):
-        """The dtype autocast runs this call in, or None (the input's ``dtype``; a
-        float64 input is not cast, as autocast casts no float64 tensor). ``batch_sizes``:
-        a PackedSequence's (None for a padded input), which on CPU reaches torch.nn's
-        LSTM as aten::lstm's data overload, not in autocast's list. There (torch 2.13,
-        without a projection) a batch whose lengths are all equal runs as a padded one,
-        on oneDNN (``torch.backends.mkldnn`` on): its outputs come in the autocast dtype
+    def _autocast_dtype(self, device_type, sizes, x, hx):
+        """The dtype autocast runs this call in, or None (the input's dtype; a float64
+        input ``x`` is not cast, as autocast casts no float64 tensor). ``sizes``: a
+        PackedSequence's batch_sizes as given (trailing zeros kept; None for a padded
+        input), which on CPU reaches torch.nn's LSTM as aten::lstm's data overload, not
+        in autocast's list. There (torch 2.13, without a projection) a batch whose
+        batch_sizes are all equal (no trailing zero) and whose data is not empty runs as
+        a padded one, on oneDNN (``torch.backends.mkldnn`` on): its outputs come in the
+        autocast dtype
         (a float16 autocast makes oneDNN refuse it on CPUs without float16 LSTM
         support, where rnnfast runs it); any other runs the cell step by step, its
         products in the autocast dtype and its state in c_0's: the output, h_n and c_n
@@ -780,16 +783,16 @@ class _FusedRNNBase(nn.RNNBase):
         autocast dtype, as padded. torch.nn's CPU GRU is not in autocast's list but its
         products are: its outputs come in h0's dtype (``hx``'s) promoted with the
         autocast dtype (torch 2.13)."""
-        if dtype == torch.float64 or device_type not in AUTOCAST_CELLS \
+        if x.dtype == torch.float64 or device_type not in AUTOCAST_CELLS \
                 or not torch.is_autocast_enabled(device_type):
             return None
         cast = torch.get_autocast_dtype(device_type)
         if device_type == "cpu" and self._cell == "gru":
             return torch.promote_types(hx.dtype, cast)
-        if device_type == "cpu" and self._cell == "lstm" and batch_sizes is not None \
+        if device_type == "cpu" and self._cell == "lstm" and sizes is not None \
                 and self.proj_size == 0:
-            if _ONEDNN and torch.backends.mkldnn.enabled and len(batch_sizes) > 0 \
-                    and bool((batch_sizes == batch_sizes[0]).all()):
+            if _ONEDNN and torch.backends.mkldnn.enabled and x.numel() != 0 \
+                    and len(sizes) > 0 and bool((sizes == sizes[0]).all()):
                 return cast
             return torch.promote_types(hx[1].dtype, cast)
         if self._cell in AUTOCAST_CELLS[device_type]:
@@ -806,7 +809,8 @@ class _FusedRNNBase(nn.RNNBase):
         run first), so a bad input never gets a plan."""
         self._update_flat_weights()
         x, batch_sizes, _, _, _, hx = self._checked_args(input, hx)
-        dtype = self._autocast_dtype(x.device.type, batch_sizes, x.dtype, hx) or x.dtype
+        sizes = input.batch_sizes if isinstance(input, PackedSequence) else None
+        dtype = self._autocast_dtype(x.device.type, sizes, x, hx) or x.dtype
         return self._resolve(x, batch_sizes, hx, dtype, start=False)
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True, rule=True):
@@ -942,14 +946,16 @@ class _FusedRNNBase(nn.RNNBase):
                 and not self.record_grad_norms
                 and not (self._cell == "rnn" and self._activation() == "leaky_relu"))
 
-    def _layers(self, input, batch_sizes, hx, rule=True):
+    def _layers(self, input, batch_sizes, hx, rule=True, sizes=None):
         """input: [T, B, I] ([B, T, I] with batch_first) or packed data [N, I] with
         batch_sizes; hx in the (sorted) batch order of input -> (output like input's
         layout, state). ``rule``: False where :meth:`_torch_forward_if_faster` has
-        already found no reason for torch.nn's operator (:meth:`_torch_op_wins`)."""
+        already found no reason for torch.nn's operator (:meth:`_torch_op_wins`).
+        ``sizes``: a PackedSequence's own batch_sizes, trailing zeros kept (what torch.nn's
+        operator gets; :meth:`_autocast_dtype`)."""
         device_type = input.device.type
-        run_dtype = self._autocast_dtype(device_type, batch_sizes, input.dtype, hx) \
-            or input.dtype
+        sizes = batch_sizes if sizes is None else sizes
+        run_dtype = self._autocast_dtype(device_type, sizes, input, hx) or input.dtype
         be = self._resolve(input, batch_sizes, hx, run_dtype, rule=rule)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)

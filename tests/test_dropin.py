@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parametrizations, prune
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
 
@@ -575,6 +575,24 @@ def test_autocast_packed_lstm_output_dtype(autocast, state, lengths, proj_size):
     for got, want in zip(outs[1], outs[0]):
         assert got.dtype == want.dtype, f"dtype {got.dtype} != torch.nn's {want.dtype}"
         torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("sizes, rows", [([2, 2, 0], 4), ([0, 0], 0), ([2, 2], 4)],
+                         ids=["trailing-zero", "empty", "equal"])
+def test_autocast_packed_lstm_batch_sizes_as_given(sizes, rows):
+    """torch.nn's packed LSTM tests the batch_sizes it is given (trailing zeros kept)
+    and the data's size for its oneDNN route: under CPU autocast a trailing zero or an
+    empty batch makes the outputs float32 (c_0's dtype), equal sizes the autocast dtype;
+    rnnfast, which runs the batch without the zeros, returns the same dtypes."""
+    got = []
+    for cls in (nn.LSTM, functools.partial(rnnfast.LSTM, backend="numba")):
+        torch.manual_seed(0)
+        m = cls(3, 5)
+        packed = PackedSequence(torch.randn(rows, 3), torch.tensor(sizes))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, (h_n, c_n) = m(packed)
+        got.append([t.dtype for t in (y.data, h_n, c_n)])
+    assert got[1] == got[0], f"dtypes {got[1]} != torch.nn's {got[0]}"
 
 
 # ============================================================ 5. TorchScript, torch.export
