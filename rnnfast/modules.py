@@ -316,6 +316,25 @@ def _checked_batch_sizes(data, batch_sizes):
             batch_sizes if steps == b.size else batch_sizes[:steps])
 
 
+def _norms_unrecordable():
+    """Why the per-step gradient norms cannot reach ``last_grad_norms`` here, or None.
+    They arrive as the gradient of a probe tensor that the forward creates, during an
+    eager backward; a torch.func transform differentiates functionally (no ``.grad``
+    is accumulated; vmap would batch the norms) and its autograd.Function rules do not
+    cover the reference loop's tap, forward-mode AD runs no backward, and a trace keeps
+    the probes of its tracing run as constants (after a traced module's backward,
+    nothing would hold the norms)."""
+    if torch.jit.is_tracing():
+        return ("torch.jit.trace (the trace would keep its tracing run's probes as "
+                "constants, and no later backward would fill last_grad_norms)")
+    if dispatch.in_functorch_transform():
+        return ("a torch.func transform (grad, vjp, jacrev, jacfwd, vmap: they "
+                "differentiate functionally and fill no .grad, where the norms arrive)")
+    if dispatch.in_forward_ad():
+        return "forward-mode AD (torch.autograd.forward_ad): the norms come from backward"
+    return None
+
+
 class _LastGradOnly:
     """A gradient norms probe's hook: clears the probe's ``.grad`` as each backward's
     gradient arrives, so that after several backwards through one forward (retain_graph)
@@ -418,11 +437,25 @@ class _FusedRNNBase(nn.RNNBase):
         when ``record_grad_norms`` was on for its forward (else None). Row
         ``layer * num_directions + direction``, column t = input position."""
         probes = self._grad_norm_probes
-        if probes is None or any(p.grad is None for p in probes):
+        if probes is None:
             return None
-        return torch.stack([p.grad for p in probes])
+        # each layer backward keeps its norms on its probe (eager); under torch.compile
+        # they arrive as the probe's gradient, through backward() only
+        norms = [getattr(p, reference.NORMS_ATTR, None) for p in probes]
+        norms = [p.grad if n is None else n for n, p in zip(norms, probes)]
+        if any(n is None for n in norms):
+            return None
+        return torch.stack(norms)
 
     def _new_probes(self, T, device):
+        """One float64 [T] probe per layer and direction, whose gradient each backward
+        sets to that layer's ||dL/dh_t|| (rnnfast.diagnostics). Raises RNNArgumentError
+        where no backward can hand them over (:func:`_norms_unrecordable`)."""
+        why = _norms_unrecordable()
+        if why is not None:
+            raise RNNArgumentError(
+                f"record_grad_norms=True cannot record the per-step gradient norms under "
+                f"{why}; set module.record_grad_norms = False for this call")
         n = self.num_layers * (2 if self.bidirectional else 1)
         self._grad_norm_probes = [
             torch.zeros(T, dtype=torch.float64, device=device, requires_grad=True)
@@ -1139,6 +1172,11 @@ class _FusedRNNBase(nn.RNNBase):
             raise RNNArgumentError(
                 "torch.jit.script of rnnfast.RNN(nonlinearity='leaky_relu') is not "
                 "supported: TorchScript scripts torch.nn.RNN, which has no leaky_relu")
+        if self.record_grad_norms:
+            raise RNNArgumentError(
+                "torch.jit.script of a module with record_grad_norms=True is not "
+                "supported: TorchScript scripts torch.nn's module, which records no "
+                "per-step gradient norms; set module.record_grad_norms = False first")
         kwargs = dict(num_layers=self.num_layers, bias=self.bias,
                       batch_first=self.batch_first, dropout=self.dropout,
                       bidirectional=self.bidirectional)

@@ -167,6 +167,20 @@ def _bias_grads(has_bias, db_ih, db_hh):
     return (db_ih, db_hh) if has_bias else (None, None)
 
 
+def _norms_out(probe, norms):
+    """A layer backward's gradient for its ``probe`` input: the per-step norms. In eager
+    mode they are also kept on the probe (reference.NORMS_ATTR), where
+    ``last_grad_norms`` reads them: so they arrive from any backward, also one that asks
+    autograd for other tensors only (``torch.autograd.grad(loss, params)``,
+    ``backward(inputs=...)``), which never delivers the probe's gradient to its
+    ``.grad``."""
+    if probe is None:
+        return None
+    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        setattr(probe, reference.NORMS_ATTR, norms.detach())
+    return norms
+
+
 # ---------------------------------------------------------------- packed batches' rows
 
 # A padded batch with lengths (what a PackedSequence becomes under torch.compile, export
@@ -574,7 +588,7 @@ def _rnn_backward(ctx, dy, dh_n):
         _backend_arg(backend, plain), b_ih is not None, need_dx)
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None, None,
-            None, norms if probe is not None else None)
+            None, _norms_out(probe, norms))
 
 
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
@@ -700,7 +714,7 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh),
             dw_hr if w_hr is not None and not hr_unused else None, dh0, dc0, None, None,
-            None, norms if probe is not None else None)
+            None, _norms_out(probe, norms))
 
 
 lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
@@ -804,7 +818,7 @@ def _gru_backward(ctx, dy, dh_n, _dgates):
         _backend_arg(backend, plain), b_ih is not None, need_dx)
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None,
-            norms if probe is not None else None)
+            _norms_out(probe, norms))
 
 
 gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)

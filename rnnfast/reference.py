@@ -15,27 +15,42 @@ import math
 import torch
 import torch.nn.functional as F
 
+NORMS_ATTR = "_rnnfast_norms"  # a probe's last backward's norms (rnnfast.ops._norms_out)
+
 
 class _NormTap(torch.autograd.Function):
-    """Identity on h; its backward hands ||grad h|| (rows where ``active``) to the tap."""
+    """Identity on h; its backward hands ||grad h|| (rows where ``active``) to the tap,
+    ``probe[t]``. In eager mode it also writes it into the probe's NORMS_ATTR [t]
+    (``where``: (probe, t)), so that the norms reach ``last_grad_norms`` from any
+    backward, also one that asks autograd for other tensors only (see
+    rnnfast.ops._norms_out)."""
 
     @staticmethod
-    def forward(ctx, h, tap, active):
+    def forward(ctx, h, tap, active, where):
         ctx.save_for_backward(active)
+        ctx.where = where
         return h.view_as(h)
 
     @staticmethod
     def backward(ctx, grad):
         (active,) = ctx.saved_tensors
         g = grad.double() * active
-        return grad, torch.linalg.vector_norm(g).reshape(()), None
+        norm = torch.linalg.vector_norm(g).reshape(())
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            probe, t = ctx.where
+            buf = getattr(probe, NORMS_ATTR, None)
+            if buf is None:
+                buf = torch.zeros(probe.shape, dtype=probe.dtype, device=probe.device)
+                setattr(probe, NORMS_ATTR, buf)
+            buf[t] = norm.detach()
+        return grad, norm, None, None
 
 
 def _tap(h, probe, t, active):
     if probe is None:
         return h
     mask = torch.ones_like(h[:, :1], dtype=torch.float64) if active is None else active.double()
-    return _NormTap.apply(h, probe[t], mask)
+    return _NormTap.apply(h, probe[t], mask, (probe, t))
 
 
 def _steps(T, reverse):

@@ -239,6 +239,64 @@ def test_last_grad_norms_is_the_last_backwards(cell, backend):
     assert not torch.equal(first, m.last_grad_norms)
 
 
+@pytest.mark.parametrize("how", ["autograd.grad", "backward(inputs=x)", "create_graph"])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_last_grad_norms_from_any_backward(cell, backend, how):
+    """A training step that asks autograd for other tensors only
+    (``torch.autograd.grad(loss, params)``, ``backward(inputs=[x])``), which never
+    delivers the probes' gradients, still fills last_grad_norms with that backward's
+    norms, as ``backward()`` does; so does a backward with ``create_graph=True``."""
+    m = make_module(cell, 2, True, False, backend, seed=9)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(T, B, I, dtype=DT, generator=g, requires_grad=True)
+    S = P if cell == "lstm_proj" else H
+    gy = torch.randn(T, B, 2 * S, dtype=DT, generator=g)
+    m.record_grad_norms = True
+    y, _ = m(x)
+    loss = (y * gy).sum()
+    if how == "autograd.grad":
+        torch.autograd.grad(loss, list(m.parameters()))
+    elif how == "backward(inputs=x)":
+        loss.backward(inputs=[x])
+    else:
+        torch.autograd.grad(loss, [x], create_graph=True)
+    got = m.last_grad_norms
+    assert got is not None, how
+    yo, _, hs = oracle(m, cell, x.detach())
+    torch.autograd.backward(yo, gy)
+    rel_check(f"{how} {cell} {backend}", got, oracle_norms(hs))
+
+
+@pytest.mark.parametrize("where", ["func.grad", "vmap", "forward_ad", "jit.trace",
+                                   "jit.script"])
+def test_record_grad_norms_where_no_backward_can_record_them(where):
+    """Where the norms cannot reach last_grad_norms (a torch.func transform, forward-mode
+    AD, a trace, a scripted twin), a module with record_grad_norms=True raises a clear
+    error naming the cause, not autograd's or the tracer's; with it off, each runs."""
+    import torch.autograd.forward_ad as fwAD
+    m = rnnfast.GRU(I, H, backend="numba").double()
+    x = torch.randn(T, B, I, dtype=DT)
+
+    def run():
+        if where == "func.grad":
+            return torch.func.grad(lambda xx: m(xx)[0].sum())(x)
+        if where == "vmap":
+            return torch.func.vmap(lambda xx: m(xx)[0])(x.unsqueeze(0))
+        if where == "forward_ad":
+            with fwAD.dual_level():
+                return m(fwAD.make_dual(x, torch.ones_like(x)))[0]
+        if where == "jit.trace":
+            return torch.jit.trace(m, (x,))
+        return torch.jit.script(m)
+
+    m.record_grad_norms = True
+    with pytest.raises(rnnfast.RNNArgumentError, match="record_grad_norms"):
+        run()
+    m.record_grad_norms = False
+    run()
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bidirectional", (False, True))
