@@ -37,3 +37,34 @@ def test_no_gemm_rate_no_statement():
     row = _row(_report(FLOPS / 150e9, FLOPS / 200e9, None))
     assert row["status"] == check.MET
     assert row["detail"] == ""
+
+
+def test_bench_cli_refuses_bad_values_before_measuring(capsys):
+    """python -m bench: a value no run can use (a length, batch or hidden size below 1,
+    an unknown backend or device, thread, repeat, seed or step counts below 1, a
+    report that does not exist) is argparse's usage error (exit 2) before anything is
+    measured, naming the option; python -m bench.study's --report-only and --workers
+    likewise."""
+    import pytest
+
+    from bench.report import cli
+    from bench.study import cli as study_cli
+    for argv, says in ((["--T", "0"], "--T"), (["--T", "10,-5"], "--T"), (["--B", "0"], "--B"),
+                       (["--H", "0"], "--H"), (["--fidelity-T", "0"], "--fidelity-T"),
+                       (["--backends", "foo"], "--backends"), (["--device", "tpu"], "--device"),
+                       (["--threads", "0"], "--threads"), (["--max-reps", "0"], "--max-reps"),
+                       (["--seeds", "0"], "--seeds"), (["--e2e-steps", "0"], "--e2e-steps"),
+                       (["--budget", "0"], "--budget"), (["--budget", "nan"], "--budget"),
+                       (["--compile-budget", "-1"], "--compile-budget"),
+                       (["--check-report", "/nonexistent/report.json"], "--check-report")):
+        with pytest.raises(SystemExit) as e:
+            cli.parse_args(argv)
+        assert e.value.code == 2, argv
+        assert says in capsys.readouterr().err, argv
+    a = cli.parse_args(["--T", "1,100", "--B", "1", "--device", "cpu", "--backends", "numba",
+                        "--compile-budget", "0"])
+    assert a.T == [1, 100] and a.B == [1] and a.compile_budget == 0.0
+    for argv in (["--report-only", "/nonexistent"], ["--workers", "0"]):
+        with pytest.raises(SystemExit) as e:
+            study_cli.parse(argv)
+        assert e.value.code == 2, argv

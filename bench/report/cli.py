@@ -46,6 +46,8 @@ import warnings
 import torch
 from tqdm import tqdm
 
+from rnnfast import BACKENDS
+
 from . import check, common, e2e, fidelity, host, isa, packed, speed
 from .common import CELLS
 from .markdown import markdown
@@ -57,54 +59,99 @@ def _csv(type_=str):
     return lambda s: [type_(v) for v in s.split(",") if v]
 
 
+def _at_least(lo, type_=int):
+    """An argparse type: a number of ``type_`` >= lo (else argparse's usage error)."""
+    def parse(s):
+        try:
+            v = type_(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not v >= lo:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {s}")
+        return v
+    return parse
+
+
+def _positive(type_=float):
+    """An argparse type: a number of ``type_`` > 0."""
+    def parse(s):
+        try:
+            v = type_(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not v > 0:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        return v
+    return parse
+
+
+def _device(s):
+    """An argparse type: a torch device rnnfast's bench runs on (cpu or cuda[:N])."""
+    try:
+        d = torch.device(s)
+    except RuntimeError:
+        d = None
+    if d is None or d.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {s!r}")
+    return s
+
+
+def _existing_file(s):
+    if not os.path.isfile(s):
+        raise argparse.ArgumentTypeError(f"no such file: {s!r}")
+    return s
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small grid, few repeats (~20 s warm; minutes with a cold compile cache)")
     p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu or cuda (default: cuda if present)")
     p.add_argument("--isa", choices=isa.ISAS, default="native",
                    help="CPU instruction set to run as: numba compiles for it and torch is "
                         "held to it, in a child process (default: native)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_at_least(1), default=None,
                    help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--cells", type=_csv(), default=None,
                    help=f"comma list from {list(CELLS)}")
     p.add_argument("--backends", type=_csv(), default=None,
                    help="rnnfast backends (default: numba on CPU, triton on CUDA)")
-    p.add_argument("--T", type=_csv(int), default=None, help="sequence lengths")
-    p.add_argument("--B", type=_csv(int), default=None, help="batch sizes")
-    p.add_argument("--H", type=_csv(int), default=None, help="hidden sizes (I = H)")
+    p.add_argument("--T", type=_csv(_at_least(1)), default=None, help="sequence lengths")
+    p.add_argument("--B", type=_csv(_at_least(1)), default=None, help="batch sizes")
+    p.add_argument("--H", type=_csv(_at_least(1)), default=None, help="hidden sizes (I = H)")
     p.add_argument("--dtype", type=_csv(), default=None, help="speed dtypes (default float32)")
     p.add_argument("--modes", type=_csv(), default=None, help="fwd,fwdbwd")
     p.add_argument("--only", type=_csv(), default=None, help=f"sections from {SECTIONS}")
     p.add_argument("--skip", type=_csv(), default=[], help="sections to skip")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
-    p.add_argument("--compile-cap", type=float, default=60.0,
+    p.add_argument("--compile-cap", type=_positive(), default=60.0,
                    help="skip torch.compile at a point whose compile exceeds this (s)")
-    p.add_argument("--compile-budget", type=float, default=None,
+    p.add_argument("--compile-budget", type=_at_least(0.0, float), default=None,
                    help="total torch.compile seconds for the run, after which the column "
                         "is skipped (default 10 with --quick, 240 otherwise)")
     p.add_argument("--no-jax", action="store_true", help="skip the JAX column")
-    p.add_argument("--max-reps", type=int, default=None, help="timing rounds per point (max)")
-    p.add_argument("--budget", type=float, default=None,
+    p.add_argument("--max-reps", type=_at_least(1), default=None,
+                   help="timing rounds per point (max)")
+    p.add_argument("--budget", type=_positive(), default=None,
                    help="seconds of timing rounds per point before stopping (after min reps)")
-    p.add_argument("--fidelity-T", type=_csv(int), default=None,
+    p.add_argument("--fidelity-T", type=_csv(_at_least(1)), default=None,
                    help="fidelity sequence lengths (default 10,100,1000)")
     p.add_argument("--long", action="store_true", help="add T = 10000 to fidelity")
     p.add_argument("--fidelity-dtypes", type=_csv(), default=None,
                    help="rnnfast dtypes in the fidelity table (default float32,float64)")
-    p.add_argument("--seeds", type=int, default=None,
+    p.add_argument("--seeds", type=_at_least(1), default=None,
                    help="fidelity seeds per (cell, T) (default 3; 2 with --quick)")
     p.add_argument("--dists", type=_csv(), default=None,
                    help=f"packed length distributions from {list(packed.DISTRIBUTIONS)}")
-    p.add_argument("--e2e-steps", type=int, default=None,
+    p.add_argument("--e2e-steps", type=_at_least(1), default=None,
                    help="timed word-LM steps per model after warm-up (default "
                         f"{e2e.FULL.steps}; {e2e.QUICK.steps} with --quick)")
     p.add_argument("--check", action="store_true",
                    help="add the floor check and exit 1 when a floor is not met")
-    p.add_argument("--check-report", metavar="FILE", default=None,
+    p.add_argument("--check-report", metavar="FILE", type=_existing_file, default=None,
                    help="print the floor check of an existing report.json (no measuring); "
                         "exit 1 when a floor is not met")
     a = p.parse_args(argv)
@@ -112,7 +159,8 @@ def parse_args(argv=None):
                                ("--skip", a.skip, SECTIONS), ("--modes", a.modes, common.MODES),
                                ("--dtype", a.dtype, common.DTYPES),
                                ("--fidelity-dtypes", a.fidelity_dtypes, common.DTYPES),
-                               ("--dists", a.dists, packed.DISTRIBUTIONS)):
+                               ("--dists", a.dists, packed.DISTRIBUTIONS),
+                               ("--backends", a.backends, BACKENDS)):
         bad = [v for v in given or () if v not in known]
         if bad:
             p.error(f"{name}: unknown {', '.join(bad)} (choose from {', '.join(known)})")

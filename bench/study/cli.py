@@ -56,6 +56,11 @@ def parse(argv):
     ap.add_argument("--report-only", metavar="DIR", default=None,
                     help="rewrite DIR's report and figures from its results.json")
     args = ap.parse_args(argv)
+    if args.report_only is not None and not os.path.isfile(
+            os.path.join(args.report_only, store.RESULTS)):
+        ap.error(f"--report-only: no {store.RESULTS} in {args.report_only!r}")
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers must be >= 1, got {args.workers}")
     args.mode = args.mode or "standard"
     return args
 
