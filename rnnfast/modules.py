@@ -786,7 +786,15 @@ class _FusedRNNBase(nn.RNNBase):
             raise RNNArgumentError("lstm expects two hidden states")
         if self._cell == "rnn" and self.mode not in ("RNN_TANH", "RNN_RELU"):
             raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
-        self._check_devices_and_state_dtypes(input, hx, packed)
+        if torch.jit.is_tracing():
+            # comparing each weight's traced shape with the options' warns once per
+            # weight ("might cause the trace to be incorrect"); a trace holds the weights
+            # as they are, so the check's answer cannot go stale in it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                self._check_devices_and_state_dtypes(input, hx, packed)
+        else:
+            self._check_devices_and_state_dtypes(input, hx, packed)
         if self._cell == "rnn" and self._activation() == "leaky_relu":
             self._check_negative_slope()
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]

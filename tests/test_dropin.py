@@ -695,6 +695,26 @@ def test_jit_trace_and_save_load(cell, backend, tmp_path):
                    torch.float32)
 
 
+@pytest.mark.parametrize("cell", cell_params())
+def test_jit_trace_warns_as_torch_nn_does(cell):
+    """torch.jit.trace of a two-layer bidirectional module gives the TracerWarnings
+    torch.nn's gives (its own hx and hidden-size checks), not one more per weight from
+    rnnfast's checks of the weights' shapes."""
+    kind, opts = options(cell)
+    if opts.get("nonlinearity") == "leaky_relu":
+        pytest.skip("torch.nn has no leaky-ReLU RNN to compare with")
+    opts.pop("negative_slope", None)
+    x = torch.randn(T, B, I)
+    counts = []
+    for cls in (getattr(nn, kind), functools.partial(getattr(rnnfast, kind), backend="numba")):
+        m = cls(I, H, num_layers=2, bidirectional=True, **opts)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.jit.trace(m, (x,), check_trace=False)
+        counts.append(sum(issubclass(w.category, torch.jit.TracerWarning) for w in caught))
+    assert counts[1] == counts[0], f"TracerWarnings: rnnfast {counts[1]}, torch.nn {counts[0]}"
+
+
 class WordLM(nn.Module):
     """PyTorch's example word-level language model (examples/word_language_model):
     embedding, a two-layer recurrent stack with dropout, linear decoder, log-softmax."""
