@@ -316,12 +316,13 @@ def _checked_batch_sizes(data, batch_sizes):
             batch_sizes if steps == b.size else batch_sizes[:steps])
 
 
-def _norms_unrecordable():
+def _norms_unrecordable(tensors=()):
     """Why the per-step gradient norms cannot reach ``last_grad_norms`` here, or None.
     They arrive as the gradient of a probe tensor that the forward creates, during an
     eager backward; a torch.func transform differentiates functionally (no ``.grad``
     is accumulated; vmap would batch the norms) and its autograd.Function rules do not
-    cover the reference loop's tap, forward-mode AD runs no backward, and a trace keeps
+    cover the reference loop's tap, forward-mode AD (a dual tensor among ``tensors``,
+    the call's input, hx and weights) runs no backward, and a trace keeps
     the probes of its tracing run as constants (after a traced module's backward,
     nothing would hold the norms)."""
     if torch.jit.is_tracing():
@@ -330,7 +331,9 @@ def _norms_unrecordable():
     if dispatch.in_functorch_transform():
         return ("a torch.func transform (grad, vjp, jacrev, jacfwd, vmap: they "
                 "differentiate functionally and fill no .grad, where the norms arrive)")
-    if dispatch.in_forward_ad():
+    if dispatch.in_forward_ad() and any(
+            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+            for t in tensors):
         return "forward-mode AD (torch.autograd.forward_ad): the norms come from backward"
     return None
 
@@ -411,6 +414,21 @@ _TORCH_OP_DTYPES = (torch.float32, torch.float64)
 _KERNELS_WIN = object()  # _torch_forward_if_faster: the rule keeps the kernels
 
 
+def _onednn_takes(x):
+    """Whether torch.nn's CPU LSTM operator hands input ``x`` to oneDNN (aten's
+    use_mkldnn, torch 2.13): oneDNN built in and enabled, data not empty, and float32,
+    bfloat16 where the CPU has oneDNN's bfloat16 support, or float16 outside grad mode
+    where it has its float16 support."""
+    if not (_ONEDNN and torch.backends.mkldnn.enabled) or x.numel() == 0:
+        return False
+    if x.dtype == torch.float32:
+        return True
+    if x.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return x.dtype == torch.float16 and not torch.is_grad_enabled() \
+        and torch.ops.mkldnn._is_mkldnn_fp16_supported()
+
+
 def _bias_copies(module):
     """The module's flat weights with each bias copied (``clone``: gradients flow to the
     bias), for torch.nn's operator where it would keep the biases themselves for
@@ -439,19 +457,24 @@ class _FusedRNNBase(nn.RNNBase):
         probes = self._grad_norm_probes
         if probes is None:
             return None
-        # each layer backward keeps its norms on its probe (eager); under torch.compile
-        # they arrive as the probe's gradient, through backward() only
-        norms = [getattr(p, reference.NORMS_ATTR, None) for p in probes]
-        norms = [p.grad if n is None else n for n, p in zip(norms, probes)]
-        if any(n is None for n in norms):
+        # each layer backward keeps its norms on its probe, with its backward pass
+        # (eager); under torch.compile they arrive as the probe's gradient, through
+        # backward() only. Rows of two different passes (a later backward that reached
+        # some layers only) are no answer: None.
+        kept = [getattr(p, reference.NORMS_ATTR, None) for p in probes]
+        if all(k is None for k in kept):
+            if any(p.grad is None for p in probes):
+                return None
+            return torch.stack([p.grad for p in probes])
+        if any(k is None for k in kept) or len({k[0] for k in kept}) != 1:
             return None
-        return torch.stack(norms)
+        return torch.stack([k[1] for k in kept])
 
-    def _new_probes(self, T, device):
+    def _new_probes(self, T, device, tensors=()):
         """One float64 [T] probe per layer and direction, whose gradient each backward
         sets to that layer's ||dL/dh_t|| (rnnfast.diagnostics). Raises RNNArgumentError
         where no backward can hand them over (:func:`_norms_unrecordable`)."""
-        why = _norms_unrecordable()
+        why = _norms_unrecordable(tensors)
         if why is not None:
             raise RNNArgumentError(
                 f"record_grad_norms=True cannot record the per-step gradient norms under "
@@ -813,8 +836,8 @@ class _FusedRNNBase(nn.RNNBase):
         PackedSequence's batch_sizes as given (trailing zeros kept; None for a padded
         input), which on CPU reaches torch.nn's LSTM as aten::lstm's data overload, not
         in autocast's list. There (torch 2.13, without a projection) a batch whose
-        batch_sizes are all equal (no trailing zero) and whose data is not empty runs as
-        a padded one, on oneDNN (``torch.backends.mkldnn`` on): its outputs come in the
+        batch_sizes are all equal (no trailing zero) and whose data oneDNN takes
+        (:func:`_onednn_takes`) runs as a padded one, on oneDNN: its outputs come in the
         autocast dtype
         (a float16 autocast makes oneDNN refuse it on CPUs without float16 LSTM
         support, where rnnfast runs it); any other runs the cell step by step, its
@@ -832,8 +855,7 @@ class _FusedRNNBase(nn.RNNBase):
             return torch.promote_types(hx.dtype, cast)
         if device_type == "cpu" and self._cell == "lstm" and sizes is not None \
                 and self.proj_size == 0:
-            if _ONEDNN and torch.backends.mkldnn.enabled and x.numel() != 0 \
-                    and len(sizes) > 0 and bool((sizes == sizes[0]).all()):
+            if _onednn_takes(x) and len(sizes) > 0 and bool((sizes == sizes[0]).all()):
                 return cast
             return torch.promote_types(hx[1].dtype, cast)
         if self._cell in AUTOCAST_CELLS[device_type]:
@@ -1061,7 +1083,8 @@ class _FusedRNNBase(nn.RNNBase):
         ``copy_y``: the last layer's y becomes the output as it is (ops.rnn's copy_y,
         when unidirectional)."""
         D = 2 if self.bidirectional else 1
-        probes = self._new_probes(T, x.device) if self.record_grad_norms else None
+        probes = self._new_probes(T, x.device, (x, h0, c0, *self._flat_weights)) \
+            if self.record_grad_norms else None
         h_n, c_n = [], []
         cell, bias, proj = self._cell, self.bias, self.proj_size > 0
         if cell == "rnn":

@@ -84,8 +84,13 @@ def _reference_backward(layer_fn, inputs, outputs_grads):
     """Gradients of every tensor input by autograd through ``layer_fn(*inputs)`` (the
     reference loop), differentiable when grad mode is on (create_graph)."""
     wrt = [i for i, t in enumerate(inputs) if isinstance(t, Tensor) and t.requires_grad]
-    with torch.enable_grad():
-        outs = layer_fn(*inputs)
+    flag = reference.RECOMPUTE
+    was, flag.on = getattr(flag, "on", False), True
+    try:
+        with torch.enable_grad():
+            outs = layer_fn(*inputs)
+    finally:
+        flag.on = was
     pairs = [(o, g) for o, g in zip(outs, outputs_grads) if g is not None]
     got = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wrt],
                               [g for _, g in pairs], create_graph=torch.is_grad_enabled(),
@@ -93,6 +98,9 @@ def _reference_backward(layer_fn, inputs, outputs_grads):
     grads = [None] * len(inputs)
     for i, g in zip(wrt, got):
         grads[i] = g
+    probe = inputs[-1]  # every layer op's last input
+    if isinstance(probe, Tensor) and grads[-1] is not None:
+        _norms_out(probe, grads[-1])
     return tuple(grads)
 
 
@@ -177,7 +185,7 @@ def _norms_out(probe, norms):
     if probe is None:
         return None
     if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
-        setattr(probe, reference.NORMS_ATTR, norms.detach())
+        reference.keep_norms(probe, norms)
     return norms
 
 

@@ -11,19 +11,44 @@ BPTT kernels produce, here from autograd.
 """
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
 
-NORMS_ATTR = "_rnnfast_norms"  # a probe's last backward's norms (rnnfast.ops._norms_out)
+# A probe's norms from the last backward pass that reached it: (that pass's autograd
+# graph task id, float64 [T]); rnnfast.ops._norms_out, the tap below, and the modules'
+# last_grad_norms, which stacks them only when every probe's came from one pass.
+NORMS_ATTR = "_rnnfast_norms"
+RECOMPUTE = threading.local()  # .on: a layer op's backward recomputes the loop (no tap keeps)
+
+
+def _may_keep(probe, task):
+    """Whether the backward pass ``task`` may keep its norms on ``probe``: not after a
+    pass with create_graph=True kept them (grad mode on inside it), unless it is that
+    pass. A later pass through the graph such a pass built (a gradient penalty's
+    backward) reaches h_t in ways that depend on the backend (the kernels recompute the
+    layer for it; the reference loop's own steps are in that graph), so the
+    first-order norms stay."""
+    kept = getattr(probe, NORMS_ATTR, None)
+    return kept is None or len(kept) < 3 or kept[0] == task
+
+
+def keep_norms(probe, norms):
+    """Keep ``norms`` (float64 [T], detached) on ``probe`` for the current backward pass
+    (with a third entry when that pass builds a graph: see :func:`_may_keep`)."""
+    task = torch._C._current_graph_task_id()
+    if _may_keep(probe, task):
+        kept = (task, norms.detach()) + ((True,) if torch.is_grad_enabled() else ())
+        setattr(probe, NORMS_ATTR, kept)
 
 
 class _NormTap(torch.autograd.Function):
     """Identity on h; its backward hands ||grad h|| (rows where ``active``) to the tap,
     ``probe[t]``. In eager mode it also writes it into the probe's NORMS_ATTR [t]
-    (``where``: (probe, t)), so that the norms reach ``last_grad_norms`` from any
-    backward, also one that asks autograd for other tensors only (see
-    rnnfast.ops._norms_out)."""
+    (``where``: (probe, t); None inside a layer op's recomputing backward), so that the
+    norms reach ``last_grad_norms`` from any backward, also one that asks autograd for
+    other tensors only (see rnnfast.ops._norms_out)."""
 
     @staticmethod
     def forward(ctx, h, tap, active, where):
@@ -36,13 +61,18 @@ class _NormTap(torch.autograd.Function):
         (active,) = ctx.saved_tensors
         g = grad.double() * active
         norm = torch.linalg.vector_norm(g).reshape(())
-        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        if ctx.where is not None and not (torch.compiler.is_compiling()
+                                          or torch.jit.is_tracing()):
             probe, t = ctx.where
-            buf = getattr(probe, NORMS_ATTR, None)
-            if buf is None:
-                buf = torch.zeros(probe.shape, dtype=probe.dtype, device=probe.device)
-                setattr(probe, NORMS_ATTR, buf)
-            buf[t] = norm.detach()
+            task = torch._C._current_graph_task_id()
+            if _may_keep(probe, task):
+                kept = getattr(probe, NORMS_ATTR, None)
+                if kept is None or kept[0] != task:  # the first step of this pass
+                    kept = (task, torch.zeros(probe.shape, dtype=probe.dtype,
+                                              device=probe.device)) + \
+                        ((True,) if torch.is_grad_enabled() else ())
+                    setattr(probe, NORMS_ATTR, kept)
+                kept[1][t] = norm.detach()
         return grad, norm, None, None
 
 
@@ -50,7 +80,9 @@ def _tap(h, probe, t, active):
     if probe is None:
         return h
     mask = torch.ones_like(h[:, :1], dtype=torch.float64) if active is None else active.double()
-    return _NormTap.apply(h, probe[t], mask, (probe, t))
+    # inside a layer op's recomputing backward the op itself keeps the norms it returns
+    where = None if getattr(RECOMPUTE, "on", False) else (probe, t)
+    return _NormTap.apply(h, probe[t], mask, where)
 
 
 def _steps(T, reverse):

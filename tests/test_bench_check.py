@@ -1,5 +1,7 @@
 """bench.report.check: a speed floor's row states what it asks of the machine."""
 
+import torch
+
 from bench.report import check, common
 
 FLOPS = common.gemm_flops("lstm", 100, 32, 128, 128, "fwd")
@@ -56,7 +58,9 @@ def test_bench_cli_refuses_bad_values_before_measuring(capsys):
                        (["--seeds", "0"], "--seeds"), (["--e2e-steps", "0"], "--e2e-steps"),
                        (["--budget", "0"], "--budget"), (["--budget", "nan"], "--budget"),
                        (["--compile-budget", "-1"], "--compile-budget"),
-                       (["--check-report", "/nonexistent/report.json"], "--check-report")):
+                       (["--check-report", "/nonexistent/report.json"], "--check-report"),
+                       *([(["--device", "cuda"], "--device")]
+                         if not torch.cuda.is_available() else [])):
         with pytest.raises(SystemExit) as e:
             cli.parse_args(argv)
         assert e.value.code == 2, argv

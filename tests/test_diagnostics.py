@@ -268,6 +268,44 @@ def test_last_grad_norms_from_any_backward(cell, backend, how):
     rel_check(f"{how} {cell} {backend}", got, oracle_norms(hs))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_last_grad_norms_never_mixes_backward_passes(backend):
+    """A second backward that reaches one direction only (``backward(inputs=...)`` on a
+    weight of the forward direction) leaves the rows of two passes: last_grad_norms is
+    None then, not a stack of both. After a backward with create_graph=True, a later
+    backward through the graph it built (a gradient penalty's) keeps its first-order
+    norms, on every backend alike."""
+    m = make_module("gru", 1, True, False, backend, seed=11)
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    m.record_grad_norms = True
+    y, _ = m(x)
+    y.sum().backward(retain_graph=True)
+    assert m.last_grad_norms is not None
+    (y ** 2).sum().backward(inputs=[m.weight_hh_l0])
+    assert m.last_grad_norms is None
+    y, _ = m(x)
+    params = list(m.parameters())
+    first = torch.autograd.grad((y ** 2).sum(), params, create_graph=True)
+    got = m.last_grad_norms.clone()
+    yo, _, hs = oracle(m, "gru", x.detach())
+    torch.autograd.backward(yo, 2 * yo.detach())
+    rel_check(f"create_graph {backend}", got, oracle_norms(hs))
+    sum((g ** 2).sum() for g in first).backward()
+    assert torch.equal(m.last_grad_norms, got)
+
+
+def test_record_grad_norms_in_a_dual_level_without_dual_tensors():
+    """Inside forward_ad.dual_level() a call with no dual tensor is an ordinary one: it
+    records its norms (a dual input raises, see the test below)."""
+    import torch.autograd.forward_ad as fwAD
+    m = rnnfast.GRU(I, H, backend="numba").double()
+    m.record_grad_norms = True
+    x = torch.randn(T, B, I, dtype=DT)
+    with fwAD.dual_level():
+        m(x)[0].sum().backward()
+    assert m.last_grad_norms is not None and m.last_grad_norms.shape == (1, T)
+
+
 @pytest.mark.parametrize("where", ["func.grad", "vmap", "forward_ad", "jit.trace",
                                    "jit.script"])
 def test_record_grad_norms_where_no_backward_can_record_them(where):

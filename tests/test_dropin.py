@@ -577,18 +577,21 @@ def test_autocast_packed_lstm_output_dtype(autocast, state, lengths, proj_size):
         torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("data_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("sizes, rows", [([2, 2, 0], 4), ([0, 0], 0), ([2, 2], 4)],
                          ids=["trailing-zero", "empty", "equal"])
-def test_autocast_packed_lstm_batch_sizes_as_given(sizes, rows):
-    """torch.nn's packed LSTM tests the batch_sizes it is given (trailing zeros kept)
-    and the data's size for its oneDNN route: under CPU autocast a trailing zero or an
-    empty batch makes the outputs float32 (c_0's dtype), equal sizes the autocast dtype;
-    rnnfast, which runs the batch without the zeros, returns the same dtypes."""
+def test_autocast_packed_lstm_batch_sizes_as_given(sizes, rows, data_dtype):
+    """torch.nn's packed LSTM tests the batch_sizes it is given (trailing zeros kept),
+    the data's size and its dtype (float16 data: not on a CPU without oneDNN's float16
+    support) for its oneDNN route: under CPU autocast a trailing zero, an empty batch or
+    data oneDNN does not take make the outputs float32 (c_0's dtype), equal sizes the
+    autocast dtype; rnnfast, which runs the batch without the zeros, returns the same
+    dtypes."""
     got = []
     for cls in (nn.LSTM, functools.partial(rnnfast.LSTM, backend="numba")):
         torch.manual_seed(0)
         m = cls(3, 5)
-        packed = PackedSequence(torch.randn(rows, 3), torch.tensor(sizes))
+        packed = PackedSequence(torch.randn(rows, 3).to(data_dtype), torch.tensor(sizes))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y, (h_n, c_n) = m(packed)
         got.append([t.dtype for t in (y.data, h_n, c_n)])

@@ -93,6 +93,8 @@ def _device(s):
         d = None
     if d is None or d.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {s!r}")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{s!r}: torch sees no CUDA device here")
     return s
 
 
