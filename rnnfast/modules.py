@@ -1018,7 +1018,8 @@ class _FusedRNNBase(nn.RNNBase):
         operator gets; :meth:`_autocast_dtype`)."""
         device_type = input.device.type
         sizes = batch_sizes if sizes is None else sizes
-        run_dtype = self._autocast_dtype(device_type, sizes, input, hx) or input.dtype
+        autocast = self._autocast_dtype(device_type, sizes, input, hx)
+        run_dtype = autocast or input.dtype
         be = self._resolve(input, batch_sizes, hx, run_dtype, rule=rule)
         if be.name == "torch.nn":  # faster here, or the numba kernels are compiling
             return self._torch_rnn_op(input, batch_sizes, hx)
@@ -1063,8 +1064,13 @@ class _FusedRNNBase(nn.RNNBase):
         if y.dtype != run_dtype:
             y, h_n = y.to(run_dtype), h_n.to(run_dtype)
             c_n = c_n.to(run_dtype) if c_n is not None else None
-        if c_n is not None and self.proj_size > 0 and run_dtype != input.dtype:
+        if c_n is not None and self.proj_size > 0 and autocast is not None \
+                and device_type == "cpu":
             # torch.nn under CPU autocast returns a projected LSTM's c_n in c_0's dtype
+            # promoted with the autocast dtype (torch 2.13: every combination of
+            # float32 / bfloat16 / float16 input and hx, padded and packed)
+            c_n = c_n.to(torch.promote_types(hx[1].dtype, autocast))
+        elif c_n is not None and self.proj_size > 0 and run_dtype != input.dtype:
             c_n = c_n.to(hx[1].dtype)
         if rows:
             output = y

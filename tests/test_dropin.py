@@ -598,6 +598,47 @@ def test_autocast_packed_lstm_batch_sizes_as_given(sizes, rows, data_dtype):
     assert got[1] == got[0], f"dtypes {got[1]} != torch.nn's {got[0]}"
 
 
+@pytest.mark.parametrize("layout", ["padded", "equal", "ragged"])
+def test_autocast_projected_lstm_c_n_dtype(layout):
+    """A projected LSTM under torch.autocast('cpu', dtype): torch.nn returns output and
+    h_n in the autocast dtype and c_n in c_0's dtype promoted with it (c_0: hx's, or the
+    input's without hx), for every mix of float32 / bfloat16 / float16 input and hx, one
+    layer or two bidirectional, padded or packed; rnnfast returns the same dtypes (where
+    torch.nn itself fails, "Unexpected floating ScalarType" in autocast, rnnfast runs)."""
+    checked = 0
+    for opts in ({}, {"num_layers": 2, "bidirectional": True}):
+        outs = []
+        for cls in (nn.LSTM, functools.partial(rnnfast.LSTM, backend="numba")):
+            torch.manual_seed(0)
+            outs.append(cls(3, 5, proj_size=2, **opts))
+        twin, ours = outs
+        D = twin.num_layers * (2 if twin.bidirectional else 1)
+        for cast in (torch.bfloat16, torch.float16):
+            for x_dtype in (torch.float32, torch.bfloat16, torch.float16):
+                for h_dtype in (None, torch.float32, torch.bfloat16, torch.float16):
+                    x = torch.randn(4, 2, 3).to(x_dtype)
+                    if layout != "padded":
+                        lengths = (4, 4) if layout == "equal" else (4, 2)
+                        x = pack_padded_sequence(x, torch.tensor(lengths))
+                    hx = None if h_dtype is None else (torch.randn(D, 2, 2).to(h_dtype),
+                                                       torch.randn(D, 2, 5).to(h_dtype))
+                    try:
+                        with torch.autocast("cpu", dtype=cast):
+                            want = twin(x, hx)
+                    except RuntimeError as exc:
+                        assert "Unexpected floating ScalarType" in str(exc), exc
+                        continue
+                    with torch.autocast("cpu", dtype=cast):
+                        got = ours(x, hx)
+                    dtypes = [(o.data if layout != "padded" else o).dtype
+                              for o in (got[0], *got[1])]
+                    expected = [(o.data if layout != "padded" else o).dtype
+                                for o in (want[0], *want[1])]
+                    assert dtypes == expected, (opts, cast, x_dtype, h_dtype, dtypes, expected)
+                    checked += 1
+    assert checked >= 40
+
+
 # ============================================================ 5. TorchScript, torch.export
 
 class Head(nn.Module):
