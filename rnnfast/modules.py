@@ -429,6 +429,11 @@ def _onednn_takes(x):
         and torch.ops.mkldnn._is_mkldnn_fp16_supported()
 
 
+def _states(hx):
+    """hx as a tuple of its tensors: () for None, (h_0, c_0) for an LSTM's, (h_0,)."""
+    return () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
+
+
 def _bias_copies(module):
     """The module's flat weights with each bias copied (``clone``: gradients flow to the
     bias), for torch.nn's operator where it would keep the biases themselves for
@@ -838,9 +843,9 @@ class _FusedRNNBase(nn.RNNBase):
         in autocast's list. There (torch 2.13, without a projection) a batch whose
         batch_sizes are all equal (no trailing zero) and whose data oneDNN takes
         (:func:`_onednn_takes`) runs as a padded one, on oneDNN: its outputs come in the
-        autocast dtype
-        (a float16 autocast makes oneDNN refuse it on CPUs without float16 LSTM
-        support, where rnnfast runs it); any other runs the cell step by step, its
+        autocast dtype (oneDNN refuses float16 on CPUs without its float16 LSTM, and
+        bfloat16 without its bfloat16 one, where rnnfast runs the call and returns that
+        dtype); any other runs the cell step by step, its
         products in the autocast dtype and its state in c_0's: the output, h_n and c_n
         come in c_0's dtype promoted with the autocast dtype (float32 without hx),
         while a projected LSTM's final product hands back output and h_n in the
@@ -898,10 +903,9 @@ class _FusedRNNBase(nn.RNNBase):
         if not torch_op or self.backend != "auto" or batch_sizes is not None \
                 or x.dim() != 3 or (self._cell == "lstm" and self.proj_size > 0):
             return None
-        state = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         return self._torch_op_rule(T, B, x.dtype,
-                                   ops.is_inference((x, *self._flat_weights, *state)))
+                                   ops.is_inference((x, *self._flat_weights, *_states(hx))))
 
     def _torch_op_rule(self, T, B, dtype, inference):
         """The measured rules behind :meth:`_torch_op_wins` for a padded call of T steps
@@ -1071,7 +1075,7 @@ class _FusedRNNBase(nn.RNNBase):
             # float32 / bfloat16 / float16 input and hx, padded and packed)
             c_n = c_n.to(torch.promote_types(hx[1].dtype, autocast))
         elif c_n is not None and self.proj_size > 0 and run_dtype != input.dtype:
-            c_n = c_n.to(hx[1].dtype)
+            c_n = c_n.to(hx[1].dtype)  # CUDA autocast: as before (no GPU measured it)
         if rows:
             output = y
         elif batch_sizes is not None:
@@ -1167,8 +1171,7 @@ class _FusedRNNBase(nn.RNNBase):
         whichever path runs the call (the operator runs while the kernels compile)."""
         if self._cell != "lstm" or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
-        state = () if hx is None else (hx if isinstance(hx, tuple) else (hx,))
-        return not ops.is_inference((input, *self._flat_weights, *state))
+        return not ops.is_inference((input, *self._flat_weights, *_states(hx)))
 
     def _torch_rnn_op_by_layer(self, op, input, batch_sizes, hx, weights):
         """torch.nn's operator one layer at a time, with rnnfast's inter-layer dropout

@@ -184,8 +184,7 @@ def _norms_out(probe, norms):
     ``.grad``."""
     if probe is None:
         return None
-    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
-        reference.keep_norms(probe, norms)
+    reference.keep_norms(probe, norms)
     return norms
 
 

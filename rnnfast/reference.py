@@ -17,30 +17,42 @@ import torch
 import torch.nn.functional as F
 
 # A probe's norms from the last backward pass that reached it: (that pass's autograd
-# graph task id, float64 [T]); rnnfast.ops._norms_out, the tap below, and the modules'
-# last_grad_norms, which stacks them only when every probe's came from one pass.
+# graph task id, float64 [T], whether that pass built a graph); rnnfast.ops._norms_out,
+# the tap below, and the modules' last_grad_norms, which stacks them only when every
+# probe's came from one pass.
 NORMS_ATTR = "_rnnfast_norms"
 RECOMPUTE = threading.local()  # .on: a layer op's backward recomputes the loop (no tap keeps)
 
 
-def _may_keep(probe, task):
-    """Whether the backward pass ``task`` may keep its norms on ``probe``: not after a
-    pass with create_graph=True kept them (grad mode on inside it), unless it is that
-    pass. A later pass through the graph such a pass built (a gradient penalty's
-    backward) reaches h_t in ways that depend on the backend (the kernels recompute the
-    layer for it; the reference loop's own steps are in that graph), so the
-    first-order norms stay."""
+def _pass_norms(probe):
+    """The [T] buffer that the current backward pass keeps its norms in on ``probe``
+    (made at the pass's first write), or None where it keeps none: under torch.compile
+    or tracing, and after a pass with create_graph=True (grad mode on inside it) kept
+    them, unless it is that pass. A later pass through the graph such a pass built (a
+    gradient penalty's backward) reaches h_t in ways that depend on the backend (the
+    kernels recompute the layer for it; the reference loop's own steps are in that
+    graph), so the first-order norms stay."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    task = torch._C._current_graph_task_id()
     kept = getattr(probe, NORMS_ATTR, None)
-    return kept is None or len(kept) < 3 or kept[0] == task
+    if kept is not None and kept[0] != task:
+        if kept[2]:
+            return None
+        kept = None
+    if kept is None:
+        kept = (task, torch.zeros(probe.shape, dtype=probe.dtype, device=probe.device),
+                torch.is_grad_enabled())
+        setattr(probe, NORMS_ATTR, kept)
+    return kept[1]
 
 
 def keep_norms(probe, norms):
-    """Keep ``norms`` (float64 [T], detached) on ``probe`` for the current backward pass
-    (with a third entry when that pass builds a graph: see :func:`_may_keep`)."""
-    task = torch._C._current_graph_task_id()
-    if _may_keep(probe, task):
-        kept = (task, norms.detach()) + ((True,) if torch.is_grad_enabled() else ())
-        setattr(probe, NORMS_ATTR, kept)
+    """Keep ``norms`` (float64 [T]) on ``probe`` for the current backward pass
+    (:func:`_pass_norms`)."""
+    buf = _pass_norms(probe)
+    if buf is not None:
+        buf.copy_(norms.detach())
 
 
 class _NormTap(torch.autograd.Function):
@@ -61,18 +73,11 @@ class _NormTap(torch.autograd.Function):
         (active,) = ctx.saved_tensors
         g = grad.double() * active
         norm = torch.linalg.vector_norm(g).reshape(())
-        if ctx.where is not None and not (torch.compiler.is_compiling()
-                                          or torch.jit.is_tracing()):
+        if ctx.where is not None:
             probe, t = ctx.where
-            task = torch._C._current_graph_task_id()
-            if _may_keep(probe, task):
-                kept = getattr(probe, NORMS_ATTR, None)
-                if kept is None or kept[0] != task:  # the first step of this pass
-                    kept = (task, torch.zeros(probe.shape, dtype=probe.dtype,
-                                              device=probe.device)) + \
-                        ((True,) if torch.is_grad_enabled() else ())
-                    setattr(probe, NORMS_ATTR, kept)
-                kept[1][t] = norm.detach()
+            buf = _pass_norms(probe)
+            if buf is not None:
+                buf[t] = norm.detach()
         return grad, norm, None, None
 
 

@@ -59,13 +59,17 @@ def _csv(type_=str):
     return lambda s: [type_(v) for v in s.split(",") if v]
 
 
+def _number(s, type_):
+    try:
+        return type_(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+
+
 def _at_least(lo, type_=int):
     """An argparse type: a number of ``type_`` >= lo (else argparse's usage error)."""
     def parse(s):
-        try:
-            v = type_(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        v = _number(s, type_)
         if not v >= lo:  # NaN too
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {s}")
         return v
@@ -75,10 +79,7 @@ def _at_least(lo, type_=int):
 def _positive(type_=float):
     """An argparse type: a number of ``type_`` > 0."""
     def parse(s):
-        try:
-            v = type_(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        v = _number(s, type_)
         if not v > 0:  # NaN too
             raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
         return v
