@@ -31,7 +31,7 @@ from .._env import getenv
 from . import _host
 from .config import ISA, JIT, JIT_PARALLEL
 from .tile import MR, NV, RP, tile
-from .vec import lanes
+from .vec import lanes, transpose_block
 
 KC = 256  # reduction chunk: terms summed in registers before C is updated
 # Row block of _gemm: as many whole MR-row tiles of A as fit this many
@@ -78,36 +78,31 @@ def pack_b_into(b, out):
                 dst[j] = 0
 
 
-# Side of the square blocks :func:`pack_bt_into` transposes: an 8 x 8 block, its loops
-# unrolled, reads eight runs of w's rows and writes eight runs of a panel's rows; LLVM
-# turns it into vector loads, shuffles and stores. Measured (float32, into a buffer,
-# AMD EPYC Zen 4, 2026-12-05): [1024, 256] 75-80 us and [2048, 512] 420-480 us, against
-# 190-230 and 920-1220 us for blocks of 16 columns copied one element at a time (and
-# 200 / 2200 us for a column at a time); blocks of 4 ran as 8, blocks of 16 slower.
-PACK_BT_BLOCK = 8
-
-
 @njit(**JIT)
 def pack_bt_into(w, out):
     """w [N, K] -> out = pack_b(w.T)'s panels [ceil(N / W), K, W], read from w in place:
-    a weight [G, I] used as W^T needs no transposed copy first (PACK_BT_BLOCK blocks,
-    then the ragged edges one element at a time)."""
+    a weight [G, I] used as W^T needs no transposed copy first. Square blocks of one
+    vector's lanes are transposed in registers (vec.transpose_block), the ragged edges
+    one element at a time; the blocks go along S rows of w at a time (S read streams).
+    Measured (float32, into a buffer, best of 50, AMD EPYC Zen 4, 2026-12-06): [512, 128]
+    5.5-8.5 us, [1024, 256] 28-38, [2048, 512] 102-160, as fast as the plain pack_b of
+    the transposed copy (5.5-7.6, 25-31, 98-128), where 8 x 8 blocks copied an element
+    at a time (LLVM kept them scalar) took 19.5-19.7, 77-79 and 315-319 us; held to
+    AVX2 27 -> 6.5 us, 115 -> 32, 409 -> 139; to SSE2 19.5 -> 7.8, 79 -> 35, 310 -> 136."""
     N, K = w.shape
     W = NV * lanes(w)
-    S = PACK_BT_BLOCK
+    S = lanes(w)
     Ks = K // S * S
     for p in range(out.shape[0]):
         n0 = p * W
         nn = min(W, N - n0)
         Js = nn // S * S
-        for k0 in range(0, Ks, S):
-            for j0 in range(0, Js, S):
-                for a in range(S):
-                    for b in range(S):
-                        out[p, k0 + b, j0 + a] = w[n0 + j0 + a, k0 + b]
+        for j0 in range(0, Js, S):  # S rows of w, read along: S streams
+            for k0 in range(0, Ks, S):
+                transpose_block(w, (n0 + j0) * K + k0, K, out, (p * K + k0) * W + j0, W)
+        for k in range(Ks):
             for j in range(Js, nn):
-                for b in range(S):
-                    out[p, k0 + b, j] = w[n0 + j, k0 + b]
+                out[p, k, j] = w[n0 + j, k]
         for k in range(Ks, K):
             for j in range(nn):
                 out[p, k, j] = w[n0 + j, k]
