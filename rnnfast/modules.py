@@ -20,6 +20,7 @@ torch.nn.<Cell> exports to: ONNX's RNN / LSTM / GRU operators); ``torch.jit.scri
 scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
+import numbers
 import operator
 import sys
 import warnings
@@ -279,6 +280,38 @@ class _LstmHxIndexError(RNNArgumentError, IndexError):
     one too (and an RNNArgumentError, as rnnfast's other checks)."""
 
 
+class _HxTypeError(RNNArgumentError, TypeError):
+    """An LSTM's hx that cannot be indexed (a float, an int): torch.nn.LSTM reads hx[0]
+    and raises TypeError ("'float' object is not subscriptable"), so this is one too."""
+
+
+class _HxAttributeError(RNNArgumentError, AttributeError):
+    """An hx that is no Tensor where torch.nn asks it for ``dim()`` (the RNN's and GRU's
+    hx; an LSTM's hx[0] of a numpy array or a string) and raises AttributeError ("'tuple'
+    object has no attribute 'dim'"), so this is one too."""
+
+
+def _torch_op_name(module):
+    """The name of torch.nn's operator for this module (its TypeErrors name it)."""
+    return module._cell if module._cell != "rnn" else module.mode.lower()
+
+
+def _dropout_checked(module):
+    """``module.dropout`` as torch.nn's operator takes it, at a call: a real number (a
+    Python or numpy number, or a 0-dim tensor; set after construction it is not checked
+    until then). Raises torch.nn's TypeError for anything else ("lstm() received an
+    invalid combination of arguments"). Returns it as a float."""
+    p = module.dropout
+    if type(p) is float:
+        return p
+    if isinstance(p, numbers.Real) or (isinstance(p, torch.Tensor) and p.dim() == 0
+                                       and not p.is_complex()):
+        return float(p)
+    raise TypeError(f"{_torch_op_name(module)}() received an invalid combination of "
+                    f"arguments - got dropout of type {_type_name(p)}, but expected a "
+                    f"float")
+
+
 def _scalar_type_name(dtype):
     """torch's C++ name of a dtype as its messages print it: Float, Double, Int, Long..."""
     return torch.empty(0, dtype=dtype).type().rsplit(".", 1)[-1].removesuffix("Tensor")
@@ -518,8 +551,10 @@ class _FusedRNNBase(nn.RNNBase):
         if self._cell == "lstm":
             stacked = isinstance(hx, torch.Tensor)  # torch.stack([h_0, c_0]): see below
             if not stacked and not isinstance(hx, (tuple, list)):
-                raise RNNArgumentError(
-                    f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                # torch.nn reads hx[0].dim(): a TypeError where hx has no [0], else an
+                # AttributeError
+                error = _HxAttributeError if hasattr(hx, "__getitem__") else _HxTypeError
+                raise error(f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
             if not stacked and len(hx) < 2:
                 raise _LstmHxIndexError(
                     f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} of "
@@ -536,8 +571,8 @@ class _FusedRNNBase(nn.RNNBase):
             if is_batched:
                 return (hx[0], hx[1]) if stacked else tuple(hx)
             return hx[0].unsqueeze(1), hx[1].unsqueeze(1)
-        if not isinstance(hx, torch.Tensor):
-            raise RNNArgumentError(f"hx must be a Tensor, got {type(hx).__name__}")
+        if not isinstance(hx, torch.Tensor):  # torch.nn: hx.dim(), an AttributeError
+            raise _HxAttributeError(f"hx must be a Tensor, got {type(hx).__name__}")
         if hx.dim() != want:
             self._raise_packed_size_check(packed, hx)
             raise RNNArgumentError(
@@ -556,6 +591,26 @@ class _FusedRNNBase(nn.RNNBase):
         except (ValueError, RuntimeError) as e:
             raise error(str(e)) from None
         raise AssertionError("an hx that is not 3-D passed torch.nn's size check")
+
+    def _check_packed_lstm_input(self, data):
+        """torch.nn's LSTM runs no check of a PackedSequence's data (its RNN and GRU do):
+        aten::lstm's first product of ``data`` [N, I'] with weight_ih_l0^T raises
+        instead, with the matmul's message (dtype first: "mat1 and mat2 must have the same
+        dtype, but got Double and Float"; then the size: "mat1 and mat2 shapes cannot be
+        multiplied (10x4 and 3x20)"). So does rnnfast, as a RuntimeError too (torch
+        2.13). Under autocast the dtype is not compared (autocast casts; a float64 one
+        is :meth:`_check_autocast_float64`'s)."""
+        w = self._flat_weights[0]
+        if w is None:
+            return  # the missing weight's own error, in _check_devices_and_state_dtypes
+        if data.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
+            raise RNNArgumentError(
+                f"mat1 and mat2 must have the same dtype, but got "
+                f"{_scalar_type_name(data.dtype)} and {_scalar_type_name(w.dtype)}")
+        if data.dim() == 2 and w.dim() == 2 and data.shape[1] != w.shape[1]:
+            raise RNNArgumentError(
+                f"mat1 and mat2 shapes cannot be multiplied "
+                f"({data.shape[0]}x{data.shape[1]} and {w.shape[1]}x{w.shape[0]})")
 
     def _check_devices_and_state_dtypes(self, input, hx, packed=False):
         """Devices of input, every parameter and hx; dtypes of hx and of every
@@ -727,10 +782,11 @@ class _FusedRNNBase(nn.RNNBase):
         packed_batch_sizes = input.batch_sizes if packed else None  # trailing zeros kept
         input, batch_sizes, sorted_indices, unsorted_indices, is_batched, hx = \
             self._checked_args(input, hx)
-        if self.training and self.num_layers > 1 and not 0 <= self.dropout <= 1:
-            # set after construction (torch.nn's check)
+        dropout = _dropout_checked(self)
+        if self.training and self.num_layers > 1 and not 0 <= dropout <= 1:
+            # set after construction (torch.nn's check; aten prints a double as %g)
             raise RNNArgumentError(f"dropout probability has to be between 0 and 1, but got "
-                                   f"{self.dropout}")
+                                   f"{dropout:g}")
 
         if (torch.jit.is_tracing() or torch.compiler.is_compiling()) \
                 and torch.onnx.is_in_onnx_export():  # both ONNX exporters trace
@@ -804,6 +860,8 @@ class _FusedRNNBase(nn.RNNBase):
                 # operator meets the missing weight first (see below)
                 raise _missing_weight_error(0, packed)
             hx = self._zeros_state(input, B)
+        if packed and self._cell == "lstm":
+            self._check_packed_lstm_input(input)
         try:  # torch.nn's own checks and messages, raised as both ValueError and RuntimeError
             self.check_forward_args(input, hx, batch_sizes)
         except (ValueError, RuntimeError) as e:
@@ -1131,7 +1189,7 @@ class _FusedRNNBase(nn.RNNBase):
             x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = _inter_layer_dropout(
-                    x, self.dropout,
+                    x, float(self.dropout),
                     be.name == "numba" or _numba_ready(self._cell, x.dtype), index)
         fresh = be.kernels is not None
         return x, _stack_states(h_n, fresh), (_stack_states(c_n, fresh) if c_n else None)
@@ -1199,7 +1257,7 @@ class _FusedRNNBase(nn.RNNBase):
             if lstm:
                 c_n.append(result[2])
             if layer < self.num_layers - 1:
-                x = _inter_layer_dropout(x, self.dropout, _numba_ready(self._cell, x.dtype),
+                x = _inter_layer_dropout(x, float(self.dropout), _numba_ready(self._cell, x.dtype),
                                          batch_first=batch_sizes is None and self.batch_first)
         h_n = torch.cat(h_n)
         return x, ((h_n, torch.cat(c_n)) if lstm else h_n)

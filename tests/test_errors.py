@@ -246,7 +246,88 @@ def test_kernel_launcher_rejects_bad_shapes():
         k.rnn_fwd(torch.randn(4, 3, 7), torch.randn(7, 7), torch.zeros(3, 7), None, False, 2, -1.0)
 
 
-@pytest.mark.parametrize("p", [1.5, -0.5])
+def _raised(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 - the test compares whatever is raised
+        return e
+    raise AssertionError("no error raised")
+
+
+def test_packed_lstm_data_errors_are_aten_lstm_ones():
+    """torch.nn's LSTM checks no PackedSequence's data (its RNN and GRU do): a data of
+    the wrong width or dtype fails in aten::lstm's first product, with the matmul's
+    message. rnnfast raises that message word for word, before any kernel runs."""
+    ref = torch.nn.LSTM(5, 7, num_layers=2, bidirectional=True)
+    ours = rnnfast.LSTM(5, 7, num_layers=2, bidirectional=True, backend="numba")
+    ours.load_state_dict(ref.state_dict())
+    cases = [pack_padded_sequence(torch.randn(4, 3, 6), [4, 3, 2]),
+             pack_padded_sequence(torch.randn(4, 3, 2), [4, 2, 2]),
+             pack_padded_sequence(X.double(), [4, 3, 2]),
+             pack_padded_sequence(torch.randn(4, 3, 6).double(), [4, 3, 2]),
+             pack_padded_sequence(X.half(), [4, 3, 2])]
+    for x in cases:
+        want, got = _raised(lambda: ref(x)), _raised(lambda: ours(x))
+        assert isinstance(got, RuntimeError) and str(got) == str(want), (want, got)
+    assert str(got) == "mat1 and mat2 must have the same dtype, but got Half and Float"
+    with pytest.raises(RuntimeError, match=r"^mat1 and mat2 shapes cannot be multiplied "
+                                           r"\(9x6 and 5x28\)$"):
+        ours(pack_padded_sequence(torch.randn(4, 3, 6), [4, 3, 2]))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_hx_of_another_type_raises_torch_nn_exception_type(kind):
+    """An hx that is no Tensor (nor, for the LSTM, a tuple of them): torch.nn fails in
+    ``hx[0]`` (a TypeError for a float) or in ``.dim()`` (an AttributeError: a tuple to
+    the RNN / GRU, a numpy array to the LSTM). rnnfast raises an exception of that same
+    type, which is also an RNNArgumentError naming hx."""
+    ref = getattr(torch.nn, kind)(5, 7)
+    ours = getattr(rnnfast, kind)(5, 7, backend="numba")
+    h = torch.zeros(1, 3, 7)
+    for hx in (1.5, 3, h.numpy(), (h,) if kind != "LSTM" else "hx"):
+        want, got = _raised(lambda: ref(X, hx)), _raised(lambda: ours(X, hx))
+        assert type(want) in (TypeError, AttributeError), want
+        assert isinstance(got, type(want)) and isinstance(got, rnnfast.RNNArgumentError), \
+            (hx, want, got)
+        assert re.search(r"hx must be a (Tensor|tuple)", str(got)), got
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_dropout_of_another_type_after_construction(kind):
+    """``m.dropout`` set to a 0-dim tensor or a numpy number after construction runs as
+    in torch.nn (its operator takes any real number); None or a string raises torch.nn's
+    TypeError, naming its operator, in training and in eval, before any kernel runs."""
+    import numpy as np
+    x = torch.randn(4, 2, 3)
+    ref = getattr(torch.nn, kind)(3, 5, num_layers=2)
+    ours = getattr(rnnfast, kind)(3, 5, num_layers=2, backend="numba")
+    ours.load_state_dict(ref.state_dict())
+    op = {"RNN": "rnn_tanh", "LSTM": "lstm", "GRU": "gru"}[kind]
+    for p in (torch.tensor(0.25), np.float64(0.25), torch.tensor(1.5), None, "0.1"):
+        for m in (ref, ours):
+            m.dropout = p
+        for train in (True, False):
+            ref.train(train)
+            ours.train(train)
+            want = _raised(lambda: ref(x)) if p is None or isinstance(p, str) or \
+                (train and float(p) > 1) else None
+            if want is None:
+                ours(x)
+                continue
+            got = _raised(lambda: ours(x))
+            assert type(got) is type(want) or isinstance(got, type(want)), (p, want, got)
+            if isinstance(want, TypeError):
+                assert str(got).startswith(f"{op}() received an invalid combination of "
+                                           f"arguments - got"), got
+            else:
+                assert str(got) == str(want), (got, want)
+    ref.eval()
+    ours.eval()
+    ref.dropout = ours.dropout = torch.tensor(0.25)
+    assert_close("eval output", ours(x)[0], ref(x)[0], torch.float32)
+
+
+@pytest.mark.parametrize("p", [1.5, -0.5, 2.0, 1.0000001, float("nan")])
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_dropout_set_out_of_range_after_construction(kind, p):
     """``m.dropout = p`` outside [0, 1] after construction: in training with more than
@@ -256,8 +337,9 @@ def test_dropout_set_out_of_range_after_construction(kind, p):
     for m in (getattr(torch.nn, kind)(3, 5, num_layers=2),
               getattr(rnnfast, kind)(3, 5, num_layers=2, backend="numba")):
         m.dropout = p
+        # aten prints the double as C++ streams do (%g: 2.0 as 2, 1.0000001 as 1)
         with pytest.raises(RuntimeError, match=rf"^dropout probability has to be between 0 "
-                                               rf"and 1, but got {p}$"):
+                                               rf"and 1, but got {p:g}$"):
             m(x)
         m.eval()
         m(x)
