@@ -144,6 +144,69 @@ def pack_bt(w, buf=None):
     return out
 
 
+# A zero initial state (hx=None's) makes the first step's product h0 @ W_hh^T known
+# without a GEMM: :func:`zero_state_product`. Knowing it needs a pass over W_hh (is it
+# finite?), about what packing W_hh costs; the product it replaces costs B times a pass
+# of multiply-adds. So it is taken from this many batch rows up, or for a single step
+# at any batch (there W_hh then needs no packing at all: the pass replaces the pack).
+ZERO_STATE_MIN_ROWS = 4
+
+
+@njit(**_INLINE)
+def zero_state_product(h0, w, steps):
+    """The first step's product h0 @ w^T (h0 [B, K] C-contiguous, w [N, K] as torch
+    stores a recurrent weight) where it is known without a GEMM: every element of h0 is
+    0 (the state torch.nn makes for hx=None), at a batch of ZERO_STATE_MIN_ROWS rows or
+    more or a single step. Returns it as the one row [N] every batch row shares, IEEE's
+    sum over k of 0 * w[n, k]: 0 where w's row n is finite, NaN where it holds an Inf or
+    a NaN (as the product gives it; a zero's sign may differ from the GEMM's, which no
+    result shows: it only ever meets a sum). Else an empty [0] array: compute the
+    product."""
+    B, K = h0.shape
+    N = w.shape[0]
+    none = np.empty(0, dtype=w.dtype)
+    if N == 0 or (B < ZERO_STATE_MIN_ROWS and steps > 1):
+        return none
+    for b in range(B):
+        for k in range(K):
+            if h0[b, k] != 0:
+                return none
+    out = np.zeros(N, dtype=w.dtype)
+    flat = w.reshape(w.size)
+    finite = True
+    for i in range(flat.size):  # vectorized by LLVM (an and-reduction): ~memory speed
+        finite &= abs(flat[i]) < np.inf
+    if not finite:
+        for n in range(N):
+            acc = out[n]
+            for k in range(K):
+                acc += w[n, k] * 0
+            out[n] = acc
+    return out
+
+
+@njit(**_INLINE)
+def recurrent_panels(w, buf, z0, steps):
+    """pack_bt(w, buf) for a recurrence's per-step products, or empty panels where no
+    step needs them: a single step whose product :func:`zero_state_product` gave (z0)."""
+    if z0.shape[0] > 0 and steps == 1:
+        return np.empty((0, 0, 0), dtype=w.dtype)
+    return pack_bt(w, buf)
+
+
+@njit(**_INLINE)
+def step_product(s, h, w_t, z, h_pk, z0, na):
+    """z[:na] = h[:na] @ W^T for processing step s of a recurrence (w_t: W^T's panels;
+    h_pk: mm_into's scratch), or, at step 0 with a zero state, the rows of z0
+    (:func:`zero_state_product`)."""
+    if s == 0 and z0.shape[0] > 0:
+        for r in range(na):
+            for n in range(z0.shape[0]):
+                z[r, n] = z0[n]
+    else:
+        mm_into(h[:na], w_t, z[:na], h_pk)
+
+
 @njit(**_INLINE)
 def _block_rows(K, itemsize):
     """Rows of A per L2 block (A_BLOCK_BYTES of K-long rows; whole MR-row tiles, at

@@ -53,12 +53,15 @@ from .gemm import (
     project,
     project_part,
     projection_bias,
+    recurrent_panels,
+    step_product,
+    zero_state_product,
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
 @njit(**JIT)
-def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
+def _gru_fwd_rows(xp, w_hh_t, z0, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
                   save, b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their rows of y [R,H], h_n
     [B,H] and, when ``save``, gates [R,4H] (else it may be empty and is not touched).
@@ -79,7 +82,7 @@ def _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, ga
     for s in range(T):
         t = T - 1 - s if reverse else s
         na = active_rows(lengths, b0, b1, t, prefix)
-        mm_into(h[:na], w_hh_t, gh[:na], h_pk)
+        step_product(s, h, w_hh_t, gh, h_pk, z0, na)
         for rr in range(nb):
             b = b0 + rr
             row = off[t] + b
@@ -204,8 +207,9 @@ def gru_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense,
         project_part(x, pack_bt(w_ih, wih_p),
                      projection_bias(b_ih, b_hh, 2 * w_hh.shape[1]), xp, 0, 1)
     b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
-    _gru_fwd_rows(xp, pack_bt(w_hh, whh_p), b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
-                  save, b0, h0.shape[0])
+    z0 = zero_state_product(h0, w_hh, off.shape[0])
+    _gru_fwd_rows(xp, recurrent_panels(w_hh, whh_p, z0, off.shape[0]), z0, b_hn, h0, lengths,
+                  off, dense, reverse, y, h_n, gates, save, b0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
@@ -218,10 +222,11 @@ def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, of
         bias = projection_bias(b_ih, b_hh, 2 * w_hh.shape[1])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    w_hh_t = pack_bt(w_hh, whh_p)
+    z0 = zero_state_product(h0, w_hh, off.shape[0])
+    w_hh_t = recurrent_panels(w_hh, whh_p, z0, off.shape[0])
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
-        _gru_fwd_rows(xp, w_hh_t, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
+        _gru_fwd_rows(xp, w_hh_t, z0, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
                       save, bounds[c], bounds[c + 1])
 
 

@@ -48,12 +48,15 @@ from .gemm import (
     project,
     project_part,
     projection_bias,
+    recurrent_panels,
+    step_product,
+    zero_state_product,
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
 
 @njit(**JIT)
-def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse,
+def _lstm_fwd_rows(xp, w_hh_t, z0, w_hr_t, h0, c0, lengths, off, dense, reverse,
                    y, h_n, c_n, gates, cs, save, b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their rows of y [R,P], h_n
     [B,P], c_n [B,H] and, when ``save``, gates [R,G] and cs [R,H] (else both may be
@@ -81,7 +84,7 @@ def _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse,
     for s in range(T):
         t = T - 1 - s if reverse else s
         na = active_rows(lengths, b0, b1, t, prefix)
-        mm_into(h[:na], w_hh_t, z[:na], h_pk)
+        step_product(s, h, w_hh_t, z, h_pk, z0, na)
         for rr in range(nb):
             b = b0 + rr
             row = off[t] + b
@@ -247,8 +250,10 @@ def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, d
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
     b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
-    _lstm_fwd_rows(xp, pack_bt(w_hh, whh_p), pack_bt(w_hr, whr_p), h0, c0, lengths, off,
-                   dense, reverse, y, h_n, c_n, gates, cs, save, b0, h0.shape[0])
+    z0 = zero_state_product(h0, w_hh, off.shape[0])
+    _lstm_fwd_rows(xp, recurrent_panels(w_hh, whh_p, z0, off.shape[0]), z0,
+                   pack_bt(w_hr, whr_p), h0, c0, lengths, off, dense, reverse, y, h_n, c_n,
+                   gates, cs, save, b0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
@@ -262,11 +267,12 @@ def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, length
         bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    w_hh_t = pack_bt(w_hh, whh_p)
+    z0 = zero_state_product(h0, w_hh, off.shape[0])
+    w_hh_t = recurrent_panels(w_hh, whh_p, z0, off.shape[0])
     w_hr_t = pack_bt(w_hr, whr_p)
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
-        _lstm_fwd_rows(xp, w_hh_t, w_hr_t, h0, c0, lengths, off, dense, reverse, y, h_n,
+        _lstm_fwd_rows(xp, w_hh_t, z0, w_hr_t, h0, c0, lengths, off, dense, reverse, y, h_n,
                        c_n, gates, cs, save, bounds[c], bounds[c + 1])
 
 

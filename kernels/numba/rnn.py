@@ -41,6 +41,9 @@ from .gemm import (
     project,
     project_part,
     projection_bias,
+    recurrent_panels,
+    step_product,
+    zero_state_product,
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
@@ -69,7 +72,7 @@ def _activate_grad(h, activation, slope):
 
 
 @njit(**JIT)
-def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope, y, h_n,
+def _rnn_fwd_rows(xp, w_hh_t, z0, h0, lengths, off, dense, reverse, activation, slope, y, h_n,
                   b0, b1):
     """Forward recurrence for batch rows [b0, b1): writes their rows of y and h_n[b0:b1].
     xp and y are row arrays [R, H] (row off[t] + b holds step t of batch row b; see
@@ -87,7 +90,7 @@ def _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slop
     for s in range(T):
         t = T - 1 - s if reverse else s
         na = active_rows(lengths, b0, b1, t, prefix)
-        mm_into(h[:na], w_hh_t, z[:na], h_pk)
+        step_product(s, h, w_hh_t, z, h_pk, z0, na)
         for r in range(nb):
             b = b0 + r
             row = off[t] + b
@@ -167,8 +170,9 @@ def rnn_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense, rever
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
     b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
-    _rnn_fwd_rows(xp, pack_bt(w_hh, whh_p), h0, lengths, off, dense, reverse, activation, slope,
-                  y, h_n, b0, h0.shape[0])
+    z0 = zero_state_product(h0, w_hh, off.shape[0])
+    _rnn_fwd_rows(xp, recurrent_panels(w_hh, whh_p, z0, off.shape[0]), z0, h0, lengths, off,
+                  dense, reverse, activation, slope, y, h_n, b0, h0.shape[0])
 
 
 @njit(**JIT)
@@ -193,10 +197,11 @@ def rnn_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, den
         bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    w_hh_t = pack_bt(w_hh, whh_p)
+    z0 = zero_state_product(h0, w_hh, off.shape[0])
+    w_hh_t = recurrent_panels(w_hh, whh_p, z0, off.shape[0])
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
-        _rnn_fwd_rows(xp, w_hh_t, h0, lengths, off, dense, reverse, activation, slope,
+        _rnn_fwd_rows(xp, w_hh_t, z0, h0, lengths, off, dense, reverse, activation, slope,
                       y, h_n, bounds[c], bounds[c + 1])
 
 
