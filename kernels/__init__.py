@@ -10,15 +10,15 @@ products over all time steps at once (done outside the time loop)::
     rnn_fwd(xp, w_hh, h0, lengths, reverse, activation, negative_slope, reuse_xp,
             train=True)
         -> (y, h_n)
-    rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation, negative_slope)
-        -> (dxp, dh0, norms)
+    rnn_bwd(dy, dh_n, y, w_hh, lengths, reverse, activation, negative_slope,
+            need_dh0=True) -> (dxp, dh0, norms)
     lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths, reverse, reuse_xp, train=True)
         -> (y, h_n, c_n, gates, cs)
-    lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse)
+    lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, reverse, need_dh0=True)
         -> (dxp, dh0, dc0, dhs, norms)
     gru_fwd(xp, w_hh, b_hn, h0, lengths, reverse, reuse_xp, train=True)
         -> (y, h_n, gates)
-    gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse)
+    gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, reverse, need_dh0=True)
         -> (dxp, dgh, dh0, norms)
 
     project(x, w_ih, bias) -> xp                                  x [T, B, I]
@@ -33,6 +33,9 @@ multiplied by r, so the GRU kernels take it separately). ``lengths`` (int64 [B] 
 None) freezes row b's state from step lengths[b] on (y = 0 there); ``reverse`` runs
 t = T-1 .. 0. ``norms`` (float64 [T]) is ||dL/dh_t|| per input position.
 ``reuse_xp=True`` lets a backend write y (RNN) or the gates (LSTM, GRU) over xp.
+``need_dh0=False`` (h_0 needs no gradient: hx=None) lets a backend skip the last
+step's product dz @ W_hh: dh0 then comes back as [0, P] (numba), or computed anyway
+(Triton; rnnfast.ops drops it).
 ``train=False`` is a forward that will not be differentiated: what only backward reads
 (the LSTM's gates and cs, the GRU's gates) comes back as empty [0] tensors of xp's
 dtype, and a backend need not compute or store it; y, h_n (, c_n) are bitwise the same
@@ -62,11 +65,13 @@ rnnfast.ops uses it where present and falls back to the recurrence launcher and
 ``layer_grads`` where it returns None (numba: where those GEMMs go to torch.mm)::
 
     rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation, negative_slope,
-                  has_bias, need_dx) -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, norms)
-    lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse,
-                   has_bias, need_dx) -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0, norms)
-    gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias, need_dx)
+                  has_bias, need_dx, need_dh0=True)
         -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, norms)
+    lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse,
+                   has_bias, need_dx, need_dh0=True)
+        -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0, norms)
+    gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias, need_dx,
+                  need_dh0=True) -> (dx, dW_ih, dW_hh, db_ih, db_hh, dh0, norms)
 
 (no projection for the LSTM; dx [0] without need_dx, the biases' [0] without bias), with
 results bitwise those of the BPTT launcher followed by ``layer_grads``.

@@ -507,23 +507,23 @@ def _rnn_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
 def _rnn_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
                   h0: Tensor, y: Tensor, lengths: Optional[Tensor], reverse: bool,
                   activation: int, negative_slope: float, backend: str, has_bias: bool,
-                  need_dx: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                          Tensor]:
-    """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H],
-    norms [T] float64."""
+                  need_dx: bool, need_dh0: bool
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [H] (or [0]), dh0 [B, H]
+    (or [0, H] when not need_dh0: :func:`_no_dh0`), norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
     one = _one_call_bwd(kern, "rnn_layer_bwd", x, lengths, backend)
     if one is not None:
         out = one(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation, negative_slope,
-                  has_bias, need_dx)
+                  has_bias, need_dx, need_dh0)
         if out is not None:
-            return out
+            return (*out[:5], _no_dh0(out[5], need_dh0), out[6])
     (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
     dxp, dh0, norms = kern.rnn_bwd(dy_k, dh_n, y_k, w_hh, lengths, reverse, activation,
-                                   negative_slope, **packed)
+                                   negative_slope, need_dh0=need_dh0, **packed)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx)
-    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
+    return dx, dw_ih, dw_hh, db_ih, db_hh, _no_dh0(dh0, need_dh0), norms
 
 
 rnn_layer = torch.library.custom_op("rnnfast::rnn_layer", _rnn_impl, mutates_args=())
@@ -535,6 +535,20 @@ rnn_layer_bwd = torch.library.custom_op("rnnfast::rnn_layer_bwd", _rnn_bwd_impl,
 def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
       backend, probe):
     return x.new_empty((x.shape[0], x.shape[1], w_hh.shape[1])), _fresh(h0)
+
+
+def _no_dh0(dh0, need_dh0):
+    """A layer backward's dh0 as its op returns it: itself, or, where h_0 needs no
+    gradient (``need_dh0`` False: the numba kernels then skip the last step's product
+    dz @ W_hh, a whole step's worth of BPTT), the [0, P] stand-in the launchers return
+    (a backend that computes dh0 anyway has it dropped here)."""
+    if need_dh0 or dh0.shape[0] == 0:
+        return dh0
+    return dh0.new_empty((0, dh0.shape[-1]))
+
+
+def _fake_dh0(h0, need_dh0):
+    return _fresh(h0) if need_dh0 else h0.new_empty((0, h0.shape[-1]))
 
 
 def _fresh(t):
@@ -553,8 +567,8 @@ def _fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx):
 
 @rnn_layer_bwd.register_fake
 def _(dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation, negative_slope,
-      backend, has_bias, need_dx):
-    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), _fresh(h0),
+      backend, has_bias, need_dx, need_dh0):
+    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), _fake_dh0(h0, need_dh0),
             x.new_empty((x.shape[0],), dtype=torch.float64))
 
 
@@ -588,14 +602,14 @@ def _rnn_backward(ctx, dy, dh_n):
     (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, activation, negative_slope,
      backend, probe) = inputs
     dy, dh_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0)
-    need_dx = ctx.needs_input_grad[0]
+    need_dx, need_dh0 = ctx.needs_input_grad[0], ctx.needs_input_grad[5]
     plain = _plain(dy, x)
     dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = (_rnn_bwd_impl if plain else rnn_layer_bwd)(
         dy, dh_n, x, w_ih, w_hh, h0, y, lengths, reverse, activation, negative_slope,
-        _backend_arg(backend, plain), b_ih is not None, need_dx)
+        _backend_arg(backend, plain), b_ih is not None, need_dx, need_dh0)
     return (dx if need_dx else None, dw_ih, dw_hh,
-            *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None, None,
-            None, _norms_out(probe, norms))
+            *_bias_grads(b_ih is not None, db_ih, db_hh), dh0 if need_dh0 else None, None,
+            None, None, None, None, _norms_out(probe, norms))
 
 
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup_context)
@@ -633,22 +647,23 @@ def _lstm_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
 def _lstm_bwd_impl(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor,
                    w_hh: Tensor, w_hr: Optional[Tensor], h0: Tensor, c0: Tensor, y: Tensor,
                    gates: Tensor, cs: Tensor, lengths: Optional[Tensor], reverse: bool,
-                   backend: str, has_bias: bool, need_dx: bool
+                   backend: str, has_bias: bool, need_dx: bool, need_dh0: bool
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                               Tensor, Tensor]:
-    """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0, dc0,
-    norms [T] float64."""
+    """-> dx, dW_ih, dW_hh, db_ih, db_hh, dW_hr ([0] without projection), dh0 (or
+    [0, P] when not need_dh0: :func:`_no_dh0`), dc0, norms [T] float64."""
     kern = _kernels(backend, x, max(w_hh.shape[1], c0.shape[1]))
     one = _one_call_bwd(kern, "lstm_layer_bwd", x, lengths, backend) if w_hr is None \
         else None
     if one is not None:
         out = one(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse, has_bias,
-                  need_dx)
+                  need_dx, need_dh0)
         if out is not None:
-            return (*out[:5], x.new_empty(_EMPTY), *out[5:])
+            return (*out[:5], x.new_empty(_EMPTY), _no_dh0(out[5], need_dh0), *out[6:])
     (dy_k,), packed = _kernel_rows(kern, x, lengths, reverse, dy)
     dxp, dh0, dc0, dhs, norms = kern.lstm_bwd(dy_k, dh_n, dc_n, gates, cs, c0, w_hh, w_hr,
-                                              lengths, reverse, **packed)
+                                              lengths, reverse, need_dh0=need_dh0, **packed)
+    dh0 = _no_dh0(dh0, need_dh0)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx)
     if w_hr is not None:
@@ -682,10 +697,10 @@ def _(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, lengths, reverse, backend, probe)
 
 @lstm_layer_bwd.register_fake
 def _(dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
-      backend, has_bias, need_dx):
+      backend, has_bias, need_dx, need_dh0):
     return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx),
             _fresh(w_hr) if w_hr is not None else x.new_empty(_EMPTY),
-            _fresh(h0), _fresh(c0),
+            _fake_dh0(h0, need_dh0), _fresh(c0),
             x.new_empty((x.shape[0],), dtype=torch.float64))
 
 
@@ -712,16 +727,16 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
     hr_unused = w_hr is not None and dy is None and dh_n is None and (
         x.shape[0] == 1 if x.dim() == 3 else int(lengths.max()) == 1)
     dy, dh_n, dc_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0), _zeros_if_none(dc_n, c0)
-    need_dx = ctx.needs_input_grad[0]
+    need_dx, need_dh0 = ctx.needs_input_grad[0], ctx.needs_input_grad[6]
     plain = _plain(dy, x)
     dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dh0, dc0, norms = (
         _lstm_bwd_impl if plain else lstm_layer_bwd)(
         dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cs, lengths, reverse,
-        _backend_arg(backend, plain), b_ih is not None, need_dx)
+        _backend_arg(backend, plain), b_ih is not None, need_dx, need_dh0)
     return (dx if need_dx else None, dw_ih, dw_hh,
             *_bias_grads(b_ih is not None, db_ih, db_hh),
-            dw_hr if w_hr is not None and not hr_unused else None, dh0, dc0, None, None,
-            None, _norms_out(probe, norms))
+            dw_hr if w_hr is not None and not hr_unused else None,
+            dh0 if need_dh0 else None, dc0, None, None, None, _norms_out(probe, norms))
 
 
 lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup_context)
@@ -765,22 +780,24 @@ def _gru_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
 
 def _gru_bwd_impl(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
                   h0: Tensor, y: Tensor, gates: Tensor, lengths: Optional[Tensor],
-                  reverse: bool, backend: str, has_bias: bool, need_dx: bool
+                  reverse: bool, backend: str, has_bias: bool, need_dx: bool,
+                  need_dh0: bool
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H],
-    norms [T] float64."""
+    """-> dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh [3H] (or [0]), dh0 [B, H]
+    (or [0, H] when not need_dh0: :func:`_no_dh0`), norms [T] float64."""
     kern = _kernels(backend, x, w_hh.shape[1])
     one = _one_call_bwd(kern, "gru_layer_bwd", x, lengths, backend)
     if one is not None:
-        out = one(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias, need_dx)
+        out = one(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias, need_dx,
+                  need_dh0)
         if out is not None:
-            return out
+            return (*out[:5], _no_dh0(out[5], need_dh0), out[6])
     (dy_k, y_k), packed = _kernel_rows(kern, x, lengths, reverse, dy, y)
     dxp, dgh, dh0, norms = kern.gru_bwd(dy_k, dh_n, y_k, gates, h0, w_hh, lengths,
-                                        reverse, **packed)
+                                        reverse, need_dh0=need_dh0, **packed)
     dx, dw_ih, dw_hh, db_ih, db_hh = _layer_grads(kern, dxp, x, y, h0, w_ih, lengths,
                                                   reverse, has_bias, need_dx, dgh=dgh)
-    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms
+    return dx, dw_ih, dw_hh, db_ih, db_hh, _no_dh0(dh0, need_dh0), norms
 
 
 gru_layer = torch.library.custom_op("rnnfast::gru_layer", _gru_impl, mutates_args=())
@@ -797,8 +814,8 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe):
 
 @gru_layer_bwd.register_fake
 def _(dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse, backend, has_bias,
-      need_dx):
-    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), _fresh(h0),
+      need_dx, need_dh0):
+    return (*_fake_layer_grads(x, w_ih, w_hh, has_bias, need_dx), _fake_dh0(h0, need_dh0),
             x.new_empty((x.shape[0],), dtype=torch.float64))
 
 
@@ -818,14 +835,14 @@ def _gru_backward(ctx, dy, dh_n, _dgates):
         return _reference_backward(_gru_reference, inputs, (dy, dh_n))
     x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend, probe = inputs
     dy, dh_n = _zeros_if_none(dy, y), _zeros_if_none(dh_n, h0)
-    need_dx = ctx.needs_input_grad[0]
+    need_dx, need_dh0 = ctx.needs_input_grad[0], ctx.needs_input_grad[5]
     plain = _plain(dy, x)
     dx, dw_ih, dw_hh, db_ih, db_hh, dh0, norms = (_gru_bwd_impl if plain else gru_layer_bwd)(
         dy, dh_n, x, w_ih, w_hh, h0, y, gates, lengths, reverse,
-        _backend_arg(backend, plain), b_ih is not None, need_dx)
+        _backend_arg(backend, plain), b_ih is not None, need_dx, need_dh0)
     return (dx if need_dx else None, dw_ih, dw_hh,
-            *_bias_grads(b_ih is not None, db_ih, db_hh), dh0, None, None, None,
-            _norms_out(probe, norms))
+            *_bias_grads(b_ih is not None, db_ih, db_hh), dh0 if need_dh0 else None, None,
+            None, None, _norms_out(probe, norms))
 
 
 gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup_context)

@@ -456,6 +456,74 @@ def test_layer_backward_launchers(threads, monkeypatch):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backward_without_dh0(threads, monkeypatch):
+    """need_dh0=False (h_0 needs no gradient): the numba BPTT skips its last step's
+    product dz @ W_hh and returns dh0 as [0, P]; every other result bitwise as with
+    need_dh0=True, for the BPTT launchers (padded, packed lengths) and the one-call
+    layer backwards, every cell, float32 and float64, both directions, serial and
+    batch-parallel, T = 1 (no product at all, no W_hh panels) included."""
+    from rnnfast.kernels import numba as nk
+    monkeypatch.setenv("RNNFAST_LAYER_GEMM", "numba")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(3)
+    try:
+        for T, B, I, H, rev, bias, need_dx in BACKWARD_CASES + [(1, 40, 9, 64, True, True,
+                                                                 True)]:
+            for dt in (torch.float32, torch.float64):
+                def r(*s, scale=1.0):
+                    return torch.randn(*s, generator=g, dtype=dt) * scale
+                x, dy, dh_n = r(T, B, I), r(T, B, H), r(B, H)
+                lengths = torch.linspace(T, 1, B).round().long() if B > 1 else None
+                for cell, k in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+                    G = k * H
+                    w_ih, w_hh, h0 = r(G, I, scale=0.3), r(G, H, scale=0.3), r(B, H)
+                    b_ih, b_hh = (r(G), r(G)) if bias else (None, None)
+                    c0, dc_n = r(B, H), r(B, H)  # the LSTM's
+                    runs = []
+                    for need in (True, False):
+                        if cell == "rnn":
+                            y, _ = nk.rnn_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0, None, rev,
+                                                    RELU, 0.01)
+                            y_l, _ = nk.rnn_fwd(nk.project(x, w_ih, b_ih), w_hh, h0,
+                                                lengths, rev, RELU, 0.01)
+                            runs.append((
+                                nk.rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, rev, RELU,
+                                                 0.01, bias, need_dx, need),
+                                nk.rnn_bwd(dy, dh_n, y_l, w_hh, lengths, rev, RELU, 0.01,
+                                           need_dh0=need)))
+                        elif cell == "lstm":
+                            y, _, _, gates, cs = nk.lstm_layer_fwd(
+                                x, w_ih, b_ih, b_hh, w_hh, None, h0, c0, None, rev)
+                            runs.append((
+                                nk.lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y,
+                                                  gates, cs, rev, bias, need_dx, need),
+                                nk.lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, None,
+                                            lengths, rev, need_dh0=need)))
+                        else:
+                            y, _, gates = nk.gru_layer_fwd(x, w_ih, b_ih, b_hh, w_hh, h0,
+                                                           None, rev)
+                            runs.append((
+                                nk.gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, rev,
+                                                 bias, need_dx, need),
+                                nk.gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths, rev,
+                                           need_dh0=need)))
+                    for with_dh0, without in zip(*runs):
+                        assert with_dh0 is not None and len(with_dh0) == len(without)
+                        # dh0's place: the layer backwards' 5, the BPTT launchers' 1 (the
+                        # GRU's 2, after dgh)
+                        dh0_at = 5 if len(with_dh0) > 5 else 2 if cell == "gru" else 1
+                        for i, (u, v) in enumerate(zip(with_dh0, without)):
+                            where = f"{cell} result {i} T={T} B={B} H={H} {dt} rev={rev}"
+                            if i == dh0_at:
+                                assert u.shape == (B, H) and v.shape == (0, H), where
+                            else:
+                                assert u.shape == v.shape and torch.equal(u, v), where
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_layer_backward_launchers_decline_and_check(monkeypatch):
     """A one-call layer backward returns None where the layer GEMMs go to torch.mm (the
     caller then runs the two launchers), and raises the kernels' ValueError for a wrong

@@ -726,3 +726,36 @@ def test_packed_inference_mode(cell):
             for a, b in zip(state if isinstance(state, tuple) else (state,),
                             ref_state if isinstance(ref_state, tuple) else (ref_state,)):
                 torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_state_without_grad_skips_nothing_else(kind, T):
+    """A zero hx=None state (the forward skips its first product) and an hx that needs no
+    gradient (the backward skips its last one): outputs and every other gradient are
+    bitwise those of the same call with an hx that needs one (zeros given), against
+    torch.nn within tolerance, numba backend, both directions, two layers, a batch of
+    5 (the zero state's product is skipped from 4 rows up)."""
+    ref = getattr(torch.nn, kind)(6, 8, num_layers=2, bidirectional=True)
+    ours = getattr(rnnfast, kind)(6, 8, num_layers=2, bidirectional=True, backend="numba")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 5, 6, requires_grad=True)
+
+    def grads(m, hx):
+        y, h = m(x, hx)
+        h = h if isinstance(h, tuple) else (h,)
+        loss = y.pow(2).sum() + sum(t.sum() for t in h)
+        return (y, *h, *torch.autograd.grad(loss, [x, *m.parameters()]))
+
+    def state(requires_grad):
+        def zeros():
+            return torch.zeros(4, 5, 8, requires_grad=requires_grad)
+        return (zeros(), zeros()) if kind == "LSTM" else zeros()
+
+    want = grads(ours, state(True))
+    for hx in (None, state(False)):
+        got = grads(ours, hx)
+        for i, (a, b) in enumerate(zip(want, got)):
+            assert torch.equal(a, b), f"{kind} T={T} result {i}"
+        for i, (a, b) in enumerate(zip(grads(ref, hx), got)):
+            assert_close(f"{kind} T={T} result {i}", b, a, torch.float32)

@@ -66,21 +66,26 @@ def test_opcheck_backward_ops():
     x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, _ = _rnn_args()
     y, _ = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, None)
     d = lambda t: t.detach().clone()  # noqa: E731
-    torch.library.opcheck(ops.rnn_layer_bwd, (
-        torch.randn_like(y), torch.randn_like(h0), d(x), d(w_ih), d(w_hh), d(h0), d(y), None,
-        False, act, slope, be, True, True))
+    # need_dh0 False: dh0 comes back as [0, P] (the fake says so too)
+    for need_dh0 in (True, False):
+        torch.library.opcheck(ops.rnn_layer_bwd, (
+            torch.randn_like(y), torch.randn_like(h0), d(x), d(w_ih), d(w_hh), d(h0), d(y),
+            None, False, act, slope, be, True, True, need_dh0))
     args = _lstm_args(proj=2)
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = args[:8]
     y, h, c, gates, cs = ops.lstm_layer(*args[:-1], None)
-    torch.library.opcheck(ops.lstm_layer_bwd, (
-        torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), d(x), d(w_ih), d(w_hh),
-        d(w_hr), d(h0), d(c0), d(y), d(gates), d(cs), None, False, "numba", True, False))
+    for need_dh0 in (True, False):
+        torch.library.opcheck(ops.lstm_layer_bwd, (
+            torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), d(x), d(w_ih),
+            d(w_hh), d(w_hr), d(h0), d(c0), d(y), d(gates), d(cs), None, False, "numba", True,
+            False, need_dh0))
     args = _gru_args(lengths=torch.tensor([2, 4, 3]), reverse=True)
     x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev = args[:8]
     y, h, gates = ops.gru_layer(*args[:-1], None)
-    torch.library.opcheck(ops.gru_layer_bwd, (
-        torch.randn_like(y), torch.randn_like(h), d(x), d(w_ih), d(w_hh), d(h0), d(y),
-        d(gates), lengths, rev, "numba", True, True))
+    for need_dh0 in (True, False):
+        torch.library.opcheck(ops.gru_layer_bwd, (
+            torch.randn_like(y), torch.randn_like(h), d(x), d(w_ih), d(w_hh), d(h0), d(y),
+            d(gates), lengths, rev, "numba", True, True, need_dh0))
 
 
 @pytest.mark.parametrize("lengths,reverse", [(None, False), (torch.tensor([4, 1, 3]), True)])
@@ -281,19 +286,19 @@ def test_backward_fakes_match_real_strides_for_a_transposed_input():
     x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, _ = _rnn_args()
     y, _ = ops.rnn_layer(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, rev, act, slope, be, None)
     args = (torch.randn_like(y), torch.randn_like(h0), tr(x), d(w_ih), d(w_hh), d(h0), d(y),
-            None, False, act, slope, be, True, True)
+            None, False, act, slope, be, True, True, True)
     cases = [(ops.rnn_layer_bwd, args, 2)]
     a = _lstm_args(proj=2)
     y, h, c, gates, cs = ops.lstm_layer(*a[:-1], None)
     cases.append((ops.lstm_layer_bwd, (
         torch.randn_like(y), torch.randn_like(h), torch.randn_like(c), tr(a[0]), d(a[1]),
         d(a[2]), d(a[5]), d(a[6]), d(a[7]), d(y), d(gates), d(cs), None, False, "numba",
-        True, True), 3))
+        True, True, True), 3))
     a = _gru_args()
     y, h, gates = ops.gru_layer(*a[:-1], None)
     cases.append((ops.gru_layer_bwd, (
         torch.randn_like(y), torch.randn_like(h), tr(a[0]), d(a[1]), d(a[2]), d(a[5]),
-        d(y), d(gates), None, False, "numba", True, True), 2))
+        d(y), d(gates), None, False, "numba", True, True, True), 2))
     for op, args, ix in cases:
         assert not args[ix].is_contiguous()
         assert _strides(_fake_call(op, args)) == _strides(op(*args)), op

@@ -666,6 +666,15 @@ def layer_grads_kernel_parallel(dxp, dgh, x, y, h0, first, h_rows, w_ih, forward
 
 # ---------------------------------------------------------------- entry points (torch)
 
+def bwd_panels(w_hh, dh0, T, need_dh0):
+    """The panels of w_hh for BPTT's products dz @ W_hh (:func:`panels`), or empty
+    stand-ins where no step runs one: a single step whose dh0 is not asked for
+    (need_dh0 False; dh0 is then the [0, P] stand-in, like whose dtype they are)."""
+    if T == 1 and not need_dh0:
+        return _host.no_weight(dh0)
+    return panels(w_hh)
+
+
 def panels(w, transpose=False):
     """A weight tensor as the tile reads it (:func:`pack_b`): w^T or w, in column panels,
     in a pooled buffer where it is big (_host.panel_buffer)."""

@@ -44,12 +44,12 @@ from .config import JIT, JIT_PARALLEL
 from .gemm import (
     _plain_ints,
     a_scratch,
+    bwd_panels,
     layer_gemm_provider,
     layer_grads_macs,
     layer_grads_padded,
     mm_into,
     pack_bt,
-    panels,
     project,
     project_part,
     projection_bias,
@@ -184,6 +184,8 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
         for p in range(H):
             acc += np.float64(sq[p])
         sqsum[t] = acc
+        if s == T - 1 and dh0.shape[0] == 0:
+            break  # no dh_0 asked for: the last product would feed nothing else
         mm_into(dz[:na], w_hh, back[:na], dz_pk)
         for rr in range(na):
             if t < lengths[b0 + rr]:
@@ -191,7 +193,8 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
                     n = min(L, H - j)
                     ho = rr * H + j
                     V.store(dh, ho, n, V.load(dh, ho, n) + V.load(back, ho, n))
-    copy_rows(dh0, b0, dh, 0, b1 - b0)
+    if dh0.shape[0] > 0:
+        copy_rows(dh0, b0, dh, 0, b1 - b0)
 
 
 @njit(**JIT)
@@ -368,7 +371,8 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
     return y, h_n, gates
 
 
-def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, offsets=None):
+def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, offsets=None,
+            need_dh0=True):
     """BPTT of a GRU.
 
     Parameters
@@ -386,6 +390,9 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, offsets=N
     dh0 : Tensor [B, H]
     norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
 
+    ``need_dh0`` False (h_0 needs no gradient): dh0 is not computed (the last
+    step's product h-gradient x W_hh is skipped) and comes back as [0, H].
+
     Raises ValueError on a bad shape, dtype or device (kernels._check).
     """
     T, B, lead = backward_dims("gru_bwd[numba]", y, dh_n, lengths, offsets)
@@ -396,39 +403,41 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, offsets=N
                          ("w_hh", w_hh, (3 * H, H))))
     dxp_np, dgh_np, dh0, norms = _bwd(_host.rows(dy), dh_n, _host.rows(y),
                                       _host.rows(gates), h0, w_hh, lengths, offsets,
-                                      reverse, T, B)
+                                      reverse, T, B, need_dh0)
     shape = (*lead, 3 * H)
     return (torch.from_numpy(dxp_np).view(shape), torch.from_numpy(dgh_np).view(shape), dh0,
             norms)
 
 
-def _bwd(dy_np, dh_n, y_np, gates_np, h0, w_hh, lengths, offsets, reverse, T, B):
+def _bwd(dy_np, dh_n, y_np, gates_np, h0, w_hh, lengths, offsets, reverse, T, B,
+         need_dh0=True):
     """The launch of :func:`gru_bwd` on checked operands (dy, y and gates as numpy rows
     [R, *]) -> (dxp and dgh as numpy rows [R, 3H], dh0, norms)."""
     R, H = y_np.shape
     dxp_np = _host.pool_array((R, 3 * H), y_np.dtype)
     dgh_np = _host.pool_array((R, 3 * H), y_np.dtype)
-    dh0 = dh_n.new_empty((B, H))
+    dh0 = dh_n.new_empty((B if need_dh0 else 0, H))
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * 3 * H, T),
                  dy_np, _host.as_numpy(dh_n), y_np, gates_np, _host.as_numpy(h0),
-                 panels(w_hh), _host.lengths_array(lengths, T, B), off, dense,
-                 bool(reverse), dxp_np, dgh_np, dh0.numpy(), norms_np)
+                 bwd_panels(w_hh, dh0, T, need_dh0), _host.lengths_array(lengths, T, B), off,
+                 dense, bool(reverse), dxp_np, dgh_np, dh0.numpy(), norms_np)
     return dxp_np, dgh_np, dh0, norms
 
 
 def gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False, has_bias=True,
-                  need_dx=True):
+                  need_dx=True, need_dh0=True):
     """A whole GRU layer direction's backward in one launcher: :func:`gru_bwd`, then
     :func:`gemm.layer_grads` on its dxp and dgh, for a padded layer without lengths; as
     lstm.lstm_layer_bwd (bitwise the two launchers' results, less host work).
 
     dy [T, B, H], dh_n [B, H], x [T, B, I], w_ih [3H, I], w_hh [3H, H], h0 [B, H],
     y [T, B, H], gates from :func:`gru_fwd`. Returns (dx [T, B, I] (or [0]), dW_ih,
-    dW_hh, db_ih, db_hh ([0] without bias), dh0, norms float64 [T]), or None where the
-    layer GEMMs go to torch.mm (:func:`gemm.layer_gemm_provider`).
+    dW_hh, db_ih, db_hh ([0] without bias), dh0 ([0, H] when not need_dh0, as
+    :func:`gru_bwd`), norms float64 [T]), or None where the layer GEMMs go to torch.mm
+    (:func:`gemm.layer_gemm_provider`).
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
     if y.dim() != 3 or x.dim() != 3:
@@ -440,11 +449,11 @@ def gru_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False, has_bias
         ("w_hh", w_hh, (G, H)), ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)),
         ("h0", h0, (B, H))))
     return gru_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse, has_bias,
-                                   need_dx)
+                                   need_dx, need_dh0)
 
 
 def gru_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False,
-                            has_bias=True, need_dx=True):
+                            has_bias=True, need_dx=True, need_dh0=True):
     """:func:`gru_layer_bwd` on padded operands of the shapes it checks (dy may be any
     strides), without the checks (rnnfast.ops' eager path: the forward's own operands)."""
     T, B, H = y.shape
@@ -456,6 +465,6 @@ def gru_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, gates, reverse=False
     y_np = _host.as_numpy(y).reshape(N, H)
     dxp, dgh, dh0, norms = _bwd(_host.as_numpy(dy).reshape(N, H), dh_n, y_np,
                                 _host.as_numpy(gates).reshape(N, 4 * H), h0, w_hh, None,
-                                None, reverse, T, B)
+                                None, reverse, T, B, need_dh0)
     return (*layer_grads_padded(dxp, dgh, x, y_np, h0, w_ih, reverse, has_bias, need_dx),
             dh0, norms)

@@ -39,6 +39,7 @@ from .config import JIT, JIT_PARALLEL
 from .gemm import (
     _plain_ints,
     a_scratch,
+    bwd_panels,
     layer_gemm_provider,
     layer_grads_macs,
     layer_grads_padded,
@@ -226,12 +227,15 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
                 if dense:
                     for k in range(G):
                         dxp[row, k] = 0
+        if s == T - 1 and dh0.shape[0] == 0:
+            break  # no dh_0 asked for: the last product would feed nothing else
         mm_into(dz[:na], w_hh, back[:na], dz_pk)
         for rr in range(na):
             if t < lengths[b0 + rr]:
                 for p in range(P):
                     dh[rr, p] = back[rr, p]
-    copy_rows(dh0, b0, dh, 0, b1 - b0)
+    if dh0.shape[0] > 0:
+        copy_rows(dh0, b0, dh, 0, b1 - b0)
     copy_rows(dc0, b0, dc, 0, b1 - b0)
 
 
@@ -412,7 +416,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
 
 
 def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False,
-             offsets=None):
+             offsets=None, need_dh0=True):
     """BPTT of an LSTM.
 
     Parameters: dy [T, B, P], dh_n [B, P], dc_n [B, H]; gates, cs from :func:`lstm_fwd`;
@@ -424,6 +428,9 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     dxp [T, B, 4H], dh0 [B, P], dc0 [B, H],
     dhs [T, B, P] (total gradient reaching h_t, for dW_hr; [0] without projection),
     norms : float64 [T]
+
+    ``need_dh0`` False (h_0 needs no gradient): dh0 is not computed (the last
+    step's product h-gradient x W_hh is skipped) and comes back as [0, P].
     """
     T, B, lead = backward_dims("lstm_bwd[numba]", gates, dh_n, lengths, offsets)
     G = gates.shape[-1]
@@ -437,19 +444,19 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     check_backward_args("lstm_bwd[numba]", gates, named)
     dxp_np, dh0, dc0, dhs, norms = _bwd(_host.rows(dy), dh_n, dc_n, _host.rows(gates),
                                         _host.rows(cs), c0, w_hh, w_hr, lengths, offsets,
-                                        reverse, T, B)
+                                        reverse, T, B, need_dh0)
     return (torch.from_numpy(dxp_np).view(gates.shape), dh0, dc0,
             dhs.view(*lead, P) if proj else dhs, norms)
 
 
 def _bwd(dy_np, dh_n, dc_n, gates_np, cs_np, c0, w_hh, w_hr, lengths, offsets, reverse, T,
-         B):
+         B, need_dh0=True):
     """The launch of :func:`lstm_bwd` on checked operands (dy, gates and cs as numpy
     rows [R, *]) -> (dxp as numpy rows [R, 4H], dh0, dc0, dhs, norms)."""
     R, G = gates_np.shape
     H, P = G // 4, dh_n.shape[1]
     dxp_np = _host.pool_array((R, G), gates_np.dtype)
-    dh0 = dh_n.new_empty((B, P))
+    dh0 = dh_n.new_empty((B if need_dh0 else 0, P))
     dc0 = dc_n.new_empty((B, H))
     if w_hr is not None:
         dhs, dhs_np = _host.scratch(dh0, (R, P))
@@ -461,7 +468,7 @@ def _bwd(dy_np, dh_n, dc_n, gates_np, cs_np, c0, w_hh, w_hr, lengths, offsets, r
     _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * P * G, T),
                  dy_np, _host.as_numpy(dh_n), _host.as_numpy(dc_n), gates_np, cs_np,
-                 _host.as_numpy(c0), panels(w_hh),
+                 _host.as_numpy(c0), bwd_panels(w_hh, dh0, T, need_dh0),
                  panels(w_hr) if w_hr is not None else _host.no_weight(dh0),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
                  dxp_np, dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
@@ -469,7 +476,7 @@ def _bwd(dy_np, dh_n, dc_n, gates_np, cs_np, c0, w_hh, w_hr, lengths, offsets, r
 
 
 def lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse=False,
-                   has_bias=True, need_dx=True):
+                   has_bias=True, need_dx=True, need_dh0=True):
     """A whole LSTM layer direction's backward in one launcher: :func:`lstm_bwd`, then
     :func:`gemm.layer_grads` on its dxp, for a padded layer without projection or
     lengths (the common call; kernels/__init__). The same two launches, bitwise the
@@ -479,9 +486,10 @@ def lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse=
 
     dy [T, B, H], dh_n and dc_n [B, H], x [T, B, I], w_ih [4H, I], w_hh [4H, H], h0 and
     c0 [B, H], y [T, B, H]; gates and cs from :func:`lstm_fwd`. Returns (dx [T, B, I]
-    (or [0] when not need_dx), dW_ih, dW_hh, db_ih, db_hh ([0] without bias), dh0, dc0,
-    norms float64 [T]), or None where the layer GEMMs go to torch.mm
-    (:func:`gemm.layer_gemm_provider`): the caller then runs the two launchers.
+    (or [0] when not need_dx), dW_ih, dW_hh, db_ih, db_hh ([0] without bias), dh0 ([0, H]
+    when not need_dh0, as :func:`lstm_bwd`), dc0, norms float64 [T]), or None where the
+    layer GEMMs go to torch.mm (:func:`gemm.layer_gemm_provider`): the caller then runs
+    the two launchers.
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
     if gates.dim() != 3 or x.dim() != 3:
@@ -494,11 +502,11 @@ def lstm_layer_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs, reverse=
         ("x", x, (T, B, I)), ("w_ih", w_ih, (G, I)), ("h0", h0, (B, H)),
         ("y", y, (T, B, H))))
     return lstm_layer_bwd_unchecked(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs,
-                                    reverse, has_bias, need_dx)
+                                    reverse, has_bias, need_dx, need_dh0)
 
 
 def lstm_layer_bwd_unchecked(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs,
-                             reverse=False, has_bias=True, need_dx=True):
+                             reverse=False, has_bias=True, need_dx=True, need_dh0=True):
     """:func:`lstm_layer_bwd` on padded operands of the shapes it checks (dy may be any
     strides), without the checks (rnnfast.ops' eager path: the forward's own operands)."""
     T, B, G = gates.shape
@@ -509,6 +517,7 @@ def lstm_layer_bwd_unchecked(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cs
     N = T * B
     dxp, dh0, dc0, _, norms = _bwd(
         _host.as_numpy(dy).reshape(N, H), dh_n, dc_n, _host.as_numpy(gates).reshape(N, G),
-        _host.as_numpy(cs).reshape(N, H), c0, w_hh, None, None, None, reverse, T, B)
+        _host.as_numpy(cs).reshape(N, H), c0, w_hh, None, None, None, reverse, T, B,
+        need_dh0)
     return (*layer_grads_padded(dxp, None, x, _host.as_numpy(y).reshape(N, H), h0, w_ih,
                                 reverse, has_bias, need_dx), dh0, dc0, norms)

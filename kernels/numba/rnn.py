@@ -32,12 +32,12 @@ from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import (
     _plain_ints,
     a_scratch,
+    bwd_panels,
     layer_gemm_provider,
     layer_grads_macs,
     layer_grads_padded,
     mm_into,
     pack_bt,
-    panels,
     project,
     project_part,
     projection_bias,
@@ -149,12 +149,15 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
         for p in range(sq.shape[0]):
             acc += np.float64(sq[p])
         sqsum[t] = acc
+        if s == T - 1 and dh0.shape[0] == 0:
+            break  # no dh_0 asked for: the last product would feed nothing else
         mm_into(dz[:na], w_hh, back[:na], dz_pk)
         for r in range(na):
             if t < lengths[b0 + r]:
                 for j in range(H):
                     dh[r, j] = back[r, j]
-    copy_rows(dh0, b0, dh, 0, b1 - b0)
+    if dh0.shape[0] > 0:
+        copy_rows(dh0, b0, dh, 0, b1 - b0)
 
 
 @njit(**JIT)
@@ -320,7 +323,7 @@ def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
 
 
 def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
-            negative_slope=0.01, offsets=None):
+            negative_slope=0.01, offsets=None, need_dh0=True):
     """BPTT of an Elman RNN.
 
     Parameters: dy [T, B, H] (gradient of y), dh_n [B, H] (gradient of h_n), y [T, B, H]
@@ -331,43 +334,46 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     -------
     dxp : Tensor [T, B, H], dh0 : Tensor [B, H],
     norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
+
+    ``need_dh0`` False (h_0 needs no gradient): dh0 is not computed (the last
+    step's product h-gradient x W_hh is skipped) and comes back as [0, H].
     """
     T, B, lead = backward_dims("rnn_bwd[numba]", y, dh_n, lengths, offsets)
     H = y.shape[-1]
     check_backward_args("rnn_bwd[numba]", y, (("dy", dy, (*lead, H)), ("dh_n", dh_n, (B, H)),
                                               ("w_hh", w_hh, (H, H))))
     dxp_np, dh0, norms = _bwd(_host.rows(dy), dh_n, _host.rows(y), w_hh, lengths, offsets,
-                              reverse, activation, negative_slope, T, B)
+                              reverse, activation, negative_slope, T, B, need_dh0)
     return torch.from_numpy(dxp_np).view(y.shape), dh0, norms
 
 
 def _bwd(dy_np, dh_n, y_np, w_hh, lengths, offsets, reverse, activation, negative_slope, T,
-         B):
+         B, need_dh0=True):
     """The launch of :func:`rnn_bwd` on checked operands (dy and y as numpy rows [R, H])
     -> (dxp as numpy rows [R, H], dh0, norms)."""
     H = y_np.shape[1]
     dxp_np = _host.pool_array(y_np.shape, y_np.dtype)
-    dh0 = dh_n.new_empty((B, H))
+    dh0 = dh_n.new_empty((B if need_dh0 else 0, H))
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
     _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
                  _host.recurrence_chunks(B, B * H * H, T),
-                 dy_np, _host.as_numpy(dh_n), y_np, panels(w_hh),
+                 dy_np, _host.as_numpy(dh_n), y_np, bwd_panels(w_hh, dh0, T, need_dh0),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
                  int(activation), float(negative_slope), dxp_np, dh0.numpy(), norms_np)
     return dxp_np, dh0, norms
 
 
 def rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
-                  negative_slope=0.01, has_bias=True, need_dx=True):
+                  negative_slope=0.01, has_bias=True, need_dx=True, need_dh0=True):
     """A whole Elman RNN layer direction's backward in one launcher: :func:`rnn_bwd`,
     then :func:`gemm.layer_grads` on its dxp, for a padded layer without lengths; as
     lstm.lstm_layer_bwd (bitwise the two launchers' results, less host work).
 
     dy [T, B, H], dh_n [B, H], x [T, B, I], w_ih [H, I], w_hh [H, H], h0 [B, H],
     y [T, B, H]. Returns (dx [T, B, I] (or [0]), dW_ih, dW_hh, db_ih, db_hh ([0]
-    without bias), dh0, norms float64 [T]), or None where the layer GEMMs go to
-    torch.mm (:func:`gemm.layer_gemm_provider`).
+    without bias), dh0 ([0, H] when not need_dh0, as :func:`rnn_bwd`), norms float64
+    [T]), or None where the layer GEMMs go to torch.mm (:func:`gemm.layer_gemm_provider`).
 
     Raises ValueError on a bad shape, dtype or device (kernels._check)."""
     if y.dim() != 3 or x.dim() != 3:
@@ -378,11 +384,12 @@ def rnn_layer_bwd(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
         ("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)), ("w_hh", w_hh, (H, H)),
         ("x", x, (T, B, I)), ("w_ih", w_ih, (H, I)), ("h0", h0, (B, H))))
     return rnn_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, reverse, activation,
-                                   negative_slope, has_bias, need_dx)
+                                   negative_slope, has_bias, need_dx, need_dh0)
 
 
 def rnn_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activation=0,
-                            negative_slope=0.01, has_bias=True, need_dx=True):
+                            negative_slope=0.01, has_bias=True, need_dx=True,
+                            need_dh0=True):
     """:func:`rnn_layer_bwd` on padded operands of the shapes it checks (dy may be any
     strides), without the checks (rnnfast.ops' eager path: the forward's own operands)."""
     T, B, H = y.shape
@@ -392,6 +399,6 @@ def rnn_layer_bwd_unchecked(dy, dh_n, x, w_ih, w_hh, h0, y, reverse=False, activ
         return None
     y_np = _host.as_numpy(y).reshape(T * B, H)
     dxp, dh0, norms = _bwd(_host.as_numpy(dy).reshape(T * B, H), dh_n, y_np, w_hh, None,
-                           None, reverse, activation, negative_slope, T, B)
+                           None, reverse, activation, negative_slope, T, B, need_dh0)
     return (*layer_grads_padded(dxp, None, x, y_np, h0, w_ih, reverse, has_bias, need_dx),
             dh0, norms)

@@ -310,7 +310,7 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, tra
     return y, host.final(hbuf, T).to(xp.dtype), gates
 
 
-def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False):
+def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, need_dh0=True):
     """BPTT of a GRU.
 
     Parameters
@@ -326,6 +326,9 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False):
                               0 where inactive): pass it as ``layer_grads(dgh=...)``
     dh0 : Tensor [B, H]
     norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
+
+    ``need_dh0`` is accepted for the numba launchers' signature; the Triton kernel
+    computes dh0 either way (rnnfast.ops drops it where it is not needed).
 
     Raises ValueError on a bad shape, dtype, device or width.
     """

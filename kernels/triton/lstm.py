@@ -409,7 +409,8 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     return (y, host.final(hbuf, T).to(xp.dtype), host.final(cbuf, T).to(xp.dtype), gates, cs)
 
 
-def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False):
+def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=False,
+             need_dh0=True):
     """BPTT of an LSTM.
 
     Parameters: dy [T, B, P], dh_n [B, P], dc_n [B, H]; gates, cs from :func:`lstm_fwd`;
@@ -420,6 +421,9 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     dxp [T, B, 4H], dh0 [B, P], dc0 [B, H],
     dhs [T, B, P] (total gradient reaching h_t, for dW_hr; [0] without projection),
     norms : float64 [T]
+
+    ``need_dh0`` is accepted for the numba launchers' signature; the Triton kernel
+    computes dh0 either way (rnnfast.ops drops it where it is not needed).
     """
     T, B, G = gates.shape
     H = G // 4

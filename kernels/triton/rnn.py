@@ -234,7 +234,7 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
 
 
 def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
-            negative_slope=0.01):
+            negative_slope=0.01, need_dh0=True):
     """BPTT of an Elman RNN.
 
     Parameters: dy [T, B, H], dh_n [B, H], y [T, B, H] (the forward output), the rest
@@ -244,6 +244,9 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     -------
     dxp : Tensor [T, B, H], dh0 : Tensor [B, H],
     norms : float64 Tensor [T]   ||dL/dh_t|| over batch and units, t = input position
+
+    ``need_dh0`` is accepted for the numba launchers' signature; the Triton kernel
+    computes dh0 either way (rnnfast.ops drops it where it is not needed).
     """
     T, B, H = y.shape
     check_backward_args("rnn_bwd[triton]", y, (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
