@@ -186,12 +186,15 @@ def zero_state_product(h0, w, steps):
 
 
 @njit(**_INLINE)
-def recurrent_panels(w, buf, z0, steps):
-    """pack_bt(w, buf) for a recurrence's per-step products, or empty panels where no
-    step needs them: a single step whose product :func:`zero_state_product` gave (z0)."""
+def recurrent_operands(h0, w, buf, steps):
+    """What a recurrence of ``steps`` steps from state h0 [B, K] needs of its recurrent
+    weight w [N, K]: (w^T's panels, pack_bt into buf, for the per-step products; z0,
+    the first step's product where :func:`zero_state_product` knows it, else [0]). The
+    panels are empty where no step needs them: a single step whose product z0 gives."""
+    z0 = zero_state_product(h0, w, steps)
     if z0.shape[0] > 0 and steps == 1:
-        return np.empty((0, 0, 0), dtype=w.dtype)
-    return pack_bt(w, buf)
+        return np.empty((0, 0, 0), dtype=w.dtype), z0
+    return pack_bt(w, buf), z0
 
 
 @njit(**_INLINE)
@@ -576,6 +579,26 @@ def _col_sums(a, out, g0, g1):
             out[c0 + j] = acc[j]
 
 
+@njit(**_INLINE)
+def _zero_state_term(first, h0, g0, g1):
+    """Whether dW_hh's first-step term, columns [g0, g1) of first^T h0 (first [B, G],
+    h0 [B, P]), is zero without computing it: every element of h0 is 0 (hx=None's
+    state) and first's columns hold no Inf or NaN (IEEE 0 * Inf is NaN, which the
+    product then adds, as torch's does). The mirror of :func:`zero_state_product`: its
+    B * G * P multiply-adds are all of dW_hh's at a single step. Skipping the zero
+    leaves a -0 of the other steps' sum as -0 (the sum of +0 would make it +0), which no
+    comparison of values tells apart."""
+    for b in range(h0.shape[0]):
+        for k in range(h0.shape[1]):
+            if h0[b, k] != 0:
+                return False
+    finite = True
+    for b in range(first.shape[0]):
+        for g in range(g0, g1):
+            finite &= abs(first[b, g]) < np.inf
+    return finite
+
+
 @njit(**JIT)
 def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw_hh,
                       db_ih, db_hh, dx, h0_term, p, nparts):
@@ -600,13 +623,14 @@ def _layer_grads_part(dxp, dgh, x, y, h0, first, h_rows, w_p, forward, dw_ih, dw
             _tn_rows(dgh, B, y, 0, N - B, dw_hh, acc_hh, g0, g1, none, y)
         else:
             _tn_rows(dgh, 0, y, B, N - B, dw_hh, acc_hh, g0, g1, none, y)
-        tmp = h0_term if h0_term.shape[0] == G and h0_term.shape[1] == P else \
-            np.empty((G, P), dtype=dxp.dtype)  # rows g0..g1 written, then read
-        zero, _ = _plain_ints(B)  # not a literal 0: _gemm_tn's one specialisation
-        _gemm_tn(first, zero, h0, zero, B, tmp, g0, g1, none, h0)
-        for g in range(g0, g1):
-            for k in range(P):
-                dw_hh[g, k] += tmp[g, k]
+        if not _zero_state_term(first, h0, g0, g1):
+            tmp = h0_term if h0_term.shape[0] == G and h0_term.shape[1] == P else \
+                np.empty((G, P), dtype=dxp.dtype)  # rows g0..g1 written, then read
+            zero, _ = _plain_ints(B)  # not a literal 0: _gemm_tn's one specialisation
+            _gemm_tn(first, zero, h0, zero, B, tmp, g0, g1, none, h0)
+            for g in range(g0, g1):
+                for k in range(P):
+                    dw_hh[g, k] += tmp[g, k]
     if db_ih.shape[0] == G:
         _col_sums(dxp, db_ih, g0, g1)
     if db_hh.shape[0] == G:

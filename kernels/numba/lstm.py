@@ -49,9 +49,8 @@ from .gemm import (
     project,
     project_part,
     projection_bias,
-    recurrent_panels,
+    recurrent_operands,
     step_product,
-    zero_state_product,
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
@@ -254,10 +253,9 @@ def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, d
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
     b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
-    z0 = zero_state_product(h0, w_hh, off.shape[0])
-    _lstm_fwd_rows(xp, recurrent_panels(w_hh, whh_p, z0, off.shape[0]), z0,
-                   pack_bt(w_hr, whr_p), h0, c0, lengths, off, dense, reverse, y, h_n, c_n,
-                   gates, cs, save, b0, h0.shape[0])
+    w_hh_t, z0 = recurrent_operands(h0, w_hh, whh_p, off.shape[0])
+    _lstm_fwd_rows(xp, w_hh_t, z0, pack_bt(w_hr, whr_p), h0, c0, lengths, off, dense,
+                   reverse, y, h_n, c_n, gates, cs, save, b0, h0.shape[0])
 
 
 @njit(**JIT_PARALLEL)
@@ -271,8 +269,7 @@ def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, length
         bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    z0 = zero_state_product(h0, w_hh, off.shape[0])
-    w_hh_t = recurrent_panels(w_hh, whh_p, z0, off.shape[0])
+    w_hh_t, z0 = recurrent_operands(h0, w_hh, whh_p, off.shape[0])
     w_hr_t = pack_bt(w_hr, whr_p)
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):

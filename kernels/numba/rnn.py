@@ -41,9 +41,8 @@ from .gemm import (
     project,
     project_part,
     projection_bias,
-    recurrent_panels,
+    recurrent_operands,
     step_product,
-    zero_state_product,
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
 
@@ -173,9 +172,9 @@ def rnn_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense, rever
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
     b0, _ = _plain_ints(h0.shape[0])  # as the parallel kernel's bounds are typed
-    z0 = zero_state_product(h0, w_hh, off.shape[0])
-    _rnn_fwd_rows(xp, recurrent_panels(w_hh, whh_p, z0, off.shape[0]), z0, h0, lengths, off,
-                  dense, reverse, activation, slope, y, h_n, b0, h0.shape[0])
+    w_hh_t, z0 = recurrent_operands(h0, w_hh, whh_p, off.shape[0])
+    _rnn_fwd_rows(xp, w_hh_t, z0, h0, lengths, off, dense, reverse, activation, slope, y,
+                  h_n, b0, h0.shape[0])
 
 
 @njit(**JIT)
@@ -200,8 +199,7 @@ def rnn_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, den
         bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
-    z0 = zero_state_product(h0, w_hh, off.shape[0])
-    w_hh_t = recurrent_panels(w_hh, whh_p, z0, off.shape[0])
+    w_hh_t, z0 = recurrent_operands(h0, w_hh, whh_p, off.shape[0])
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _rnn_fwd_rows(xp, w_hh_t, z0, h0, lengths, off, dense, reverse, activation, slope,
