@@ -151,6 +151,9 @@ def gru_recurrence(xp, w_hh, b_hn, h0, lengths=None, reverse=False, probe=None):
 
         r = sigmoid(xp_r + h W_hr^T);  z = sigmoid(xp_z + h W_hz^T)
         n = tanh(xp_n + r * (h W_hn^T + b_hn));  h' = (1 - z) * n + z * h
+
+    h' is computed as torch's GRU cell computes it, (h - n) * z + n: the same rounding,
+    and autograd's gradient of n, g - g z, NaN (not an infinity) for an infinite g.
     """
     T, B = xp.shape[:2]
     h = h0
@@ -165,7 +168,7 @@ def gru_recurrence(xp, w_hh, b_hn, h0, lengths=None, reverse=False, probe=None):
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
-        h = _tap(_keep(active, (1 - z) * n + z * h, h), probe, t, active)
+        h = _tap(_keep(active, (h - n) * z + n, h), probe, t, active)
         ys[t] = h if active is None else h * active
     return torch.stack(ys) if T else xp.new_zeros((0, B, h0.shape[1])), h
 

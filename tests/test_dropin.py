@@ -1491,6 +1491,44 @@ def test_nan_input_gradients_follow_torch(cell, backend):
 
 
 @pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params(["tanh", "relu", "leaky_relu", "lstm", "gru"]))
+@pytest.mark.parametrize("with_state", [False, True], ids=["hx_none", "hx"])
+def test_infinite_output_gradient_follows_torch(cell, backend, with_state):
+    """An infinite upstream gradient (a loss that overflowed) at one output unit of the
+    first step (the last one BPTT reaches, so it spreads no further than that step's
+    terms; with hx=None, 0 * inf in dW_hh's h_0 term): every gradient as the twin's, NaN for NaN and infinity for infinity.
+    At a ReLU unit that is off, torch's threshold_backward selects 0 and every gradient
+    stays finite (rnnfast's kernels multiplied: inf * 0 = NaN in every weight
+    gradient); torch's GRU cell forms n's gradient as g - g z, NaN for an infinite g
+    (the kernels' g (1 - z) gave an infinity). Tried at the unit whose output is
+    lowest (off, for a ReLU) and highest."""
+    ours, twin = make_pair(cell, backend)
+    x, state = problem(cell, ours, with_state=with_state)
+    with torch.no_grad():
+        y = run(twin, x, state)[0]
+    off = cell == "relu" and bool(y[0].min() <= 0)
+    for unit in (y[0].argmin(), y[0].argmax()):
+        got = []
+        for m in (ours, twin):
+            xs = leaves([x] + state)
+            outs = run(m, xs[0], xs[1:])
+            ups = upstream(outs)
+            ups[0][0].view(-1)[unit] = float("inf")
+            grads = torch.autograd.grad(outs, xs + list(m.parameters()), ups)
+            got.append(list(grads))
+        for i, (a, b) in enumerate(zip(*got)):
+            assert torch.equal(a.isnan(), b.isnan()), f"unit {int(unit)}, tensor {i}: NaNs"
+            fin = ~b.isnan()
+            assert torch.equal(a[fin].isinf(), b[fin].isinf()), \
+                f"unit {int(unit)}, tensor {i}: infinities"
+            ok = fin & ~b.isinf()
+            assert_close(f"unit {int(unit)}, tensor {i}", a[ok], b[ok], F64)
+        if off:  # the case that matters: the unit that is off keeps everything finite
+            assert all(g.isfinite().all() for g in got[1]), "torch.nn's: not finite"
+            off = False
+
+
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
 @pytest.mark.parametrize("layout", ["time_major", "packed"])
 def test_bias_changed_in_place_before_backward(cell, backend, layout):

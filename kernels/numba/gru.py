@@ -11,11 +11,15 @@ b_hn cannot join the projection's biases: it is multiplied by r, so the kernels 
 separately. Backward (g = dh_t, the total gradient reaching h_t: dy_t plus the recurrent
 term)::
 
-    dn = g * (1 - z) * (1 - n^2)          (gradient of n's pre-activation)
+    dn = (g - g * z) * (1 - n^2)          (gradient of n's pre-activation)
     dz = g * (h_{t-1} - n) * z (1 - z);  dr = dn * hn * r (1 - r)
     dxp_t = [dr, dz, dn]                  (gradient of xp_t)
     dgh_t = [dr, dz, dn * r]              (of gh_t + [0, 0, b_hn]: for dW_hh and db_hh)
     dh_{t-1} = dgh_t @ W_hh + g * z
+
+g - g * z is g (1 - z) as torch's autograd forms it from n + z * (h_{t-1} - n) (g from
+the sum, -(g z) from the difference): an infinite g gives NaN there, as in torch.nn,
+where g (1 - z) would give an infinity.
 
 Dimensions: T steps, B rows, H hidden units, G = 3H gate columns of xp and W_hh.
 Saved for backward: gates [T, B, 4H] = (r, z, n, hn) and y (h_{t-1} of an active step
@@ -155,7 +159,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
                     zg = V.load(gates, go + H, n)
                     ng = V.load(gates, go + 2 * H, n)
                     hn = V.load(gates, go + 3 * H, n)
-                    dn = g * (1.0 - zg) * (1.0 - ng * ng)
+                    dn = (g - g * zg) * (1.0 - ng * ng)  # torch's form (see above)
                     dzp = g * (hp - ng) * zg * (1.0 - zg)
                     drp = dn * hn * rg * (1.0 - rg)
                     dnh = dn * rg

@@ -58,16 +58,18 @@ def _activate(z, activation, slope):
 
 
 @njit(**INLINE)
-def _activate_grad(h, activation, slope):
-    """d act(z) / dz from the output h = act(z), as torch takes tanh's: relu' = 0 where
-    h <= 0, else 1 (torch's threshold_backward: a NaN unit passes its gradient on),
-    leaky_relu' = 1 if h > 0 else slope (torch's leaky_relu_backward; valid as slope >= 0,
-    which the launchers enforce), tanh' = 1 - h^2."""
+def _activate_backward(g, h, activation, slope):
+    """dL/dz = g * act'(z) from g = dL/dh and the output h = act(z), as torch's backward
+    functions compute it from the output: relu, threshold_backward's select, 0 where
+    h <= 0, else g (an Inf or NaN g at a unit that is off gives 0, not 0 * g = NaN; a
+    NaN unit passes g on); leaky_relu, leaky_relu_backward's g if h > 0 else g * slope
+    (valid as slope >= 0, which the launchers enforce); tanh, tanh_backward's
+    g * (1 - h^2)."""
     if activation == RELU:
-        return V.where_le0(h, V.zero(h), V.one(h))
+        return V.where_le0(h, V.zero(h), g)
     if activation == LEAKY_RELU:
-        return V.where_gt0(h, V.one(h), V.full(h, slope))
-    return 1.0 - h * h
+        return V.where_gt0(h, g, g * slope)
+    return g * (1.0 - h * h)
 
 
 @njit(**JIT)
@@ -135,7 +137,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
                     n = min(L, H - j)
                     g = V.load(dh, r * H + j, n) + V.load(dy, row * H + j, n)
                     V.store(sq, j, n, V.load(sq, j, n) + g * g)
-                    d = g * _activate_grad(V.load(y, row * H + j, n), activation, slope)
+                    d = _activate_backward(g, V.load(y, row * H + j, n), activation, slope)
                     V.store(dz, r * H + j, n, d)
                     V.store(dxp, row * H + j, n, d)
             else:

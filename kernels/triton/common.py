@@ -43,15 +43,17 @@ def activate(z, activation, slope):
 
 
 @triton.jit
-def activate_grad(h, activation, slope):
-    """d act(z) / dz from the output h = act(z) (valid because slope >= 0), with torch's
-    NaN rules: relu' is 0 only where h <= 0 (threshold_backward), leaky_relu' is 1 only
-    where h > 0 (leaky_relu_backward)."""
-    d = tl.where(h <= 0, 0.0, 1.0).to(h.dtype)
+def activate_backward(g, h, activation, slope):
+    """dL/dz = g * act'(z) from g = dL/dh and the output h = act(z) (valid because
+    slope >= 0), as torch's backward functions compute it: relu, threshold_backward's
+    select (0 where h <= 0, else g: an Inf or NaN g at a unit that is off gives 0, a
+    NaN unit passes g on); leaky_relu, g where h > 0 else g * slope
+    (leaky_relu_backward); tanh, g * (1 - h^2)."""
+    d = tl.where(h <= 0, 0.0, g).to(g.dtype)
     if activation == LEAKY_RELU:
-        d = tl.where(h > 0, 1.0, slope).to(h.dtype)
+        d = tl.where(h > 0, g, g * slope).to(g.dtype)
     if activation == TANH:
-        d = (1.0 - h * h).to(h.dtype)
+        d = (g * (1.0 - h * h)).to(g.dtype)
     return d
 
 

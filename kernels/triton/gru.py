@@ -9,9 +9,11 @@ Equations, for each step t in processing order (t = 0..T-1, or T-1..0 when rever
 
 Backward (g = dh_t + dy_t: the total gradient reaching h_t)::
 
-    dn = g (1 - z) (1 - n^2);  dz = g (h_{t-1} - n) z (1 - z);  dr = dn hn r (1 - r)
+    dn = (g - g z) (1 - n^2);  dz = g (h_{t-1} - n) z (1 - z);  dr = dn hn r (1 - r)
     dxp_t = [dr, dz, dn];  dgh_t = [dr, dz, dn r]   (dgh: gradient of gh_t + [0, 0, b_hn])
     dh_{t-1} = g z + dgh_t @ W_hh
+
+(g - g z: torch's autograd of n + z (h_{t-1} - n), NaN for an infinite g as there.)
 
 Dimensions: T steps, B rows, H hidden units, G = 3H gate columns; HP >= H the padded
 (power of two) reduction width. Forward tiles: program (i_h, j) owns units
@@ -197,7 +199,7 @@ def _gru_bwd_step(s, dy, y, gates, h0, w_hh, dxp, dgh, dhbuf, norms, b_w0, b_w1,
     tfc = tl.minimum(tl.maximum(tf, 0), T - 1)
     b_hp = tl.where(has_prev, tl.load(y + tfc * B * H + o_own, mask=m_bj, other=0.0),
                     tl.load(h0 + o_own, mask=m_bj, other=0.0)).to(b_dh.dtype)
-    b_dn = tl.where(active, b_g * (1.0 - b_z) * (1.0 - b_n * b_n), 0.0)
+    b_dn = tl.where(active, (b_g - b_g * b_z) * (1.0 - b_n * b_n), 0.0)
     b_dz = tl.where(active, b_g * (b_hp - b_n) * b_z * (1.0 - b_z), 0.0)
     b_dr = b_dn * b_hn * b_r * (1.0 - b_r)
     tl.store(dhbuf + ((s + 1) % 2) * B * H + o_own, tl.where(active, b_g * b_z, b_dh),

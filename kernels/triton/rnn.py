@@ -36,7 +36,7 @@ from . import _host as host
 from .common import (
     STREAM_BK,
     activate,
-    activate_grad,
+    activate_backward,
     grid_barrier,
     load_weights,
     resident_dot,
@@ -148,7 +148,7 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
     b_g = tl.where(active, b_dh + tl.load(dy + o_t, mask=m_bj, other=0.0).to(b_dh.dtype), 0.0)
     tl.store(norms + t * n_prog + i_prog, tl.sum(tl.sum(b_g * b_g, axis=1), axis=0))
     b_y = tl.load(y + o_t, mask=m_bj, other=0.0).to(b_dh.dtype)
-    b_dz = b_g * activate_grad(b_y, activation, slope)
+    b_dz = activate_backward(b_g, b_y, activation, slope)
     tl.store(dxp + o_t, b_dz.to(dxp.dtype.element_ty), mask=m_bj)
     tl.store(dzbuf + nxt + o_own, b_dz.to(dzbuf.dtype.element_ty), mask=m_bj)
     tl.store(dhbuf + nxt + o_own, b_dh, mask=m_bj)
