@@ -102,6 +102,14 @@ def _keep(active, new, old):
     return new if active is None else torch.where(active, new, old)
 
 
+def _live(active, state):
+    """``state`` with the rows of finished sequences zeroed: what a step computes from.
+    Those rows' results are dropped (:func:`_keep`), and their gradient is 0; computed
+    from a state that went infinite, autograd's 0 * inf would still put NaN into the
+    weight gradients, where torch.nn (which runs the active rows only) has none."""
+    return state if active is None else torch.where(active, state, 0)
+
+
 def activation_fn(nonlinearity, negative_slope=0.01):
     if nonlinearity == "tanh":
         return torch.tanh
@@ -121,9 +129,9 @@ def rnn_recurrence(xp, w_hh, h0, lengths=None, reverse=False, nonlinearity="tanh
     ys = [None] * T
     for t in _steps(T, reverse):
         active = _active(lengths, t)
-        h = _keep(active, act(xp[t] + h @ w_hh.t()), h)
+        h = _keep(active, act(xp[t] + _live(active, h) @ w_hh.t()), h)
         h = _tap(h, probe, t, active)
-        ys[t] = h if active is None else h * active
+        ys[t] = _live(active, h)
     return torch.stack(ys) if T else xp.new_zeros(xp.shape), h
 
 
@@ -135,13 +143,13 @@ def lstm_recurrence(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, probe=N
     ys = [None] * T
     for t in _steps(T, reverse):
         active = _active(lengths, t)
-        i, f, g, o = (xp[t] + h @ w_hh.t()).chunk(4, dim=1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        i, f, g, o = (xp[t] + _live(active, h) @ w_hh.t()).chunk(4, dim=1)
+        c_new = torch.sigmoid(f) * _live(active, c) + torch.sigmoid(i) * torch.tanh(g)
         r = torch.sigmoid(o) * torch.tanh(c_new)
         h_new = r @ w_hr.t() if w_hr is not None else r
         c = _keep(active, c_new, c)
         h = _tap(_keep(active, h_new, h), probe, t, active)
-        ys[t] = h if active is None else h * active
+        ys[t] = _live(active, h)
     return torch.stack(ys), h, c
 
 
@@ -160,7 +168,8 @@ def gru_recurrence(xp, w_hh, b_hn, h0, lengths=None, reverse=False, probe=None):
     ys = [None] * T
     for t in _steps(T, reverse):
         active = _active(lengths, t)
-        gh = h @ w_hh.t()
+        h_in = _live(active, h)
+        gh = h_in @ w_hh.t()
         xr, xz, xn = xp[t].chunk(3, dim=1)
         hr, hz, hn = gh.chunk(3, dim=1)
         if b_hn is not None:
@@ -168,8 +177,8 @@ def gru_recurrence(xp, w_hh, b_hn, h0, lengths=None, reverse=False, probe=None):
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
-        h = _tap(_keep(active, (h - n) * z + n, h), probe, t, active)
-        ys[t] = h if active is None else h * active
+        h = _tap(_keep(active, (h_in - n) * z + n, h), probe, t, active)
+        ys[t] = _live(active, h)
     return torch.stack(ys) if T else xp.new_zeros((0, B, h0.shape[1])), h
 
 

@@ -1496,12 +1496,13 @@ def test_nan_input_gradients_follow_torch(cell, backend):
 def test_infinite_output_gradient_follows_torch(cell, backend, with_state):
     """An infinite upstream gradient (a loss that overflowed) at one output unit of the
     first step (the last one BPTT reaches, so it spreads no further than that step's
-    terms; with hx=None, 0 * inf in dW_hh's h_0 term): every gradient as the twin's, NaN for NaN and infinity for infinity.
-    At a ReLU unit that is off, torch's threshold_backward selects 0 and every gradient
-    stays finite (rnnfast's kernels multiplied: inf * 0 = NaN in every weight
-    gradient); torch's GRU cell forms n's gradient as g - g z, NaN for an infinite g
-    (the kernels' g (1 - z) gave an infinity). Tried at the unit whose output is
-    lowest (off, for a ReLU) and highest."""
+    terms; with hx=None, 0 * inf in dW_hh's h_0 term): every gradient as the twin's, NaN
+    for NaN and infinity for infinity. At a ReLU unit that is off, torch's
+    threshold_backward selects 0 and every gradient stays finite (rnnfast's kernels
+    multiplied: inf * 0 = NaN in every weight gradient); torch's GRU cell forms n's
+    gradient as g - g z, NaN for an infinite g (the kernels' g (1 - z) gave an
+    infinity). Tried at the unit whose output is lowest (off, for a ReLU) and
+    highest."""
     ours, twin = make_pair(cell, backend)
     x, state = problem(cell, ours, with_state=with_state)
     with torch.no_grad():
@@ -1526,6 +1527,33 @@ def test_infinite_output_gradient_follows_torch(cell, backend, with_state):
         if off:  # the case that matters: the unit that is off keeps everything finite
             assert all(g.isfinite().all() for g in got[1]), "torch.nn's: not finite"
             off = False
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params(["relu", "leaky_relu"]))
+def test_finished_sequence_with_infinite_state_stays_out_of_gradients(cell, backend):
+    """A packed batch whose shorter sequence's state went infinite (an infinite input at
+    its only step, weights that carry it) and a loss on the longer one alone: torch.nn
+    computes the active rows only, so its dW_hh stays finite. The reference loop kept
+    computing the finished row (its result dropped by torch.where) and autograd's
+    0 * inf put NaN into dW_hh; it now computes from a zeroed state there."""
+    ours, twin = make_pair(cell, backend, input_size=1)
+    for m in (ours, twin):
+        with torch.no_grad():
+            m.weight_ih_l0.abs_()  # a positive input weight: the state goes to +inf
+    x = torch.rand(T, B, 1, dtype=F64)
+    x[0, 1, 0] = float("inf")  # sequence 1 has length 1
+    got = []
+    for m in (ours, twin):
+        m.zero_grad()
+        out, _ = m(pack_padded_sequence(x, torch.tensor([T, 1])))
+        out.data[out.batch_sizes.cumsum(0) - out.batch_sizes].sum().backward()  # seq 0
+        got.append([p.grad for p in m.parameters()])
+    assert got[1][1].isfinite().all()  # the twin's dW_hh (leaky_relu: the reference's)
+    for i, (a, b) in enumerate(zip(*got)):
+        assert torch.equal(a.isnan(), b.isnan()), f"tensor {i}: NaNs"
+        ok = b.isfinite()
+        assert_close(f"tensor {i}", a[ok], b[ok], F64)
 
 
 @pytest.mark.parametrize("backend", backend_params())
