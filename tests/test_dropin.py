@@ -75,6 +75,16 @@ def _compare_lists(what, names, ours, twin, dtype=F64):
         assert_close(f"{what} {name}", a, b, dtype)
 
 
+def _compare_nonfinite(what, a, b, dtype=F64):
+    """rnnfast's a against torch.nn's b where either may hold NaN or Inf: NaN at the same
+    places, Inf at the same places (and signs, through the values), the rest close."""
+    assert torch.equal(a.isnan(), b.isnan()), f"{what}: NaN positions differ"
+    fin = ~b.isnan()
+    assert torch.equal(a[fin].isinf(), b[fin].isinf()), f"{what}: infinities differ"
+    ok = fin & ~b.isinf()
+    assert_close(what, a[ok], b[ok], dtype)
+
+
 # ============================================================ 1. second-order gradients
 
 # (module options, layout): one layer; two bidirectional layers; a packed batch.
@@ -1518,12 +1528,7 @@ def test_infinite_output_gradient_follows_torch(cell, backend, with_state):
             grads = torch.autograd.grad(outs, xs + list(m.parameters()), ups)
             got.append(list(grads))
         for i, (a, b) in enumerate(zip(*got)):
-            assert torch.equal(a.isnan(), b.isnan()), f"unit {int(unit)}, tensor {i}: NaNs"
-            fin = ~b.isnan()
-            assert torch.equal(a[fin].isinf(), b[fin].isinf()), \
-                f"unit {int(unit)}, tensor {i}: infinities"
-            ok = fin & ~b.isinf()
-            assert_close(f"unit {int(unit)}, tensor {i}", a[ok], b[ok], F64)
+            _compare_nonfinite(f"unit {int(unit)}, tensor {i}", a, b)
         if off:  # the case that matters: the unit that is off keeps everything finite
             assert all(g.isfinite().all() for g in got[1]), "torch.nn's: not finite"
             off = False
@@ -1551,9 +1556,7 @@ def test_finished_sequence_with_infinite_state_stays_out_of_gradients(cell, back
         got.append([p.grad for p in m.parameters()])
     assert got[1][1].isfinite().all()  # the twin's dW_hh (leaky_relu: the reference's)
     for i, (a, b) in enumerate(zip(*got)):
-        assert torch.equal(a.isnan(), b.isnan()), f"tensor {i}: NaNs"
-        ok = b.isfinite()
-        assert_close(f"tensor {i}", a[ok], b[ok], F64)
+        _compare_nonfinite(f"tensor {i}", a, b)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -1649,11 +1652,7 @@ def test_saturated_gates_match_torch_at_inf_and_huge_inputs(cell, backend):
             torch.autograd.backward(outs, ups)
             got.append(outs + [t.grad for t in xs] + [p.grad for p in m.parameters()])
         for a, b in zip(*got):
-            assert torch.equal(a.isnan(), b.isnan()), f"{where}={value}: NaN positions differ"
-            fin = ~b.isnan()
-            assert torch.equal(a[fin].isinf(), b[fin].isinf()), f"{where}={value}: infs differ"
-            ok = fin & ~b.isinf()
-            assert_close(f"{where}={value}", a[ok], b[ok], F64)
+            _compare_nonfinite(f"{where}={value}", a, b)
 
 
 def test_auto_reference_fallback_warns_only_where_it_computes():
