@@ -67,3 +67,12 @@ def _poisoned_scratch(fn):
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_poison: do not NaN-poison torch.empty in this test")
     config.addinivalue_line("markers", "slow: long-running (long sequences, subprocesses)")
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads (the launchers' thread budget), restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)

@@ -189,15 +189,6 @@ def test_packed_rows_launcher_errors(backend):
         k.rnn_bwd(torch.randn(4, H), h0, y, w, lengths, offsets=good)
 
 
-@pytest.fixture
-def two_torch_threads():
-    """Two torch threads (the launchers' thread budget), restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_threads):
     """A batch of three runs its recurrences as 2 + 1 rows on two threads

@@ -13,6 +13,8 @@ import torch
 from . import tile as _tile
 from .config import (
     CACHE,
+    COLUMN_SPLIT_MAX_ROWS,
+    COLUMN_SPLIT_MIN_WEIGHT_BYTES,
     ISA,
     PARALLEL_GEMM_MIN_MACS,
     PARALLEL_MIN_LAUNCH_MACS,
@@ -208,6 +210,21 @@ def recurrence_chunks(B, macs_per_step, steps):
             steps * macs_per_step < PARALLEL_MIN_LAUNCH_MACS:
         return 1
     return threads(-(-B // PARALLEL_MIN_ROWS))
+
+
+def recurrence_columns(B, H, G, itemsize, steps):
+    """How many threads split the hidden units of every step of a recurrence of B rows,
+    H units, G gate columns (the column split, config.COLUMN_SPLIT_MAX_ROWS), or 1 (the
+    row split, :func:`recurrence_chunks`, or serial): a batch of at most
+    COLUMN_SPLIT_MAX_ROWS rows whose recurrent weight [G, H] has at least
+    COLUMN_SPLIT_MIN_WEIGHT_BYTES, in whole panels of the tile (H a multiple of its
+    width), with as many multiply-adds over the launch as the row split asks."""
+    panel = _tile.NV * ISA.lanes(itemsize)
+    if B > COLUMN_SPLIT_MAX_ROWS or H % panel or \
+            G * H * itemsize < COLUMN_SPLIT_MIN_WEIGHT_BYTES or \
+            steps * B * H * G < PARALLEL_MIN_LAUNCH_MACS:
+        return 1
+    return threads(H // panel)
 
 
 def elementwise_threads(n, min_per_thread):

@@ -153,6 +153,17 @@ ZERO_STATE_MIN_ROWS = 4
 
 
 @njit(**_INLINE)
+def _all_zero(h0):
+    """Whether every element of the state h0 [B, K] is 0 (the state torch.nn makes for
+    hx=None); returns at the first one that is not."""
+    for b in range(h0.shape[0]):
+        for k in range(h0.shape[1]):
+            if h0[b, k] != 0:
+                return False
+    return True
+
+
+@njit(**_INLINE)
 def zero_state_product(h0, w, steps):
     """The first step's product h0 @ w^T (h0 [B, K] C-contiguous, w [N, K] as torch
     stores a recurrent weight) where it is known without a GEMM: every element of h0 is
@@ -165,12 +176,8 @@ def zero_state_product(h0, w, steps):
     B, K = h0.shape
     N = w.shape[0]
     none = np.empty(0, dtype=w.dtype)
-    if N == 0 or (B < ZERO_STATE_MIN_ROWS and steps > 1):
+    if N == 0 or (B < ZERO_STATE_MIN_ROWS and steps > 1) or not _all_zero(h0):
         return none
-    for b in range(B):
-        for k in range(K):
-            if h0[b, k] != 0:
-                return none
     out = np.zeros(N, dtype=w.dtype)
     flat = w.reshape(w.size)
     finite = True
@@ -588,10 +595,8 @@ def _zero_state_term(first, h0, g0, g1):
     B * G * P multiply-adds are all of dW_hh's at a single step. Skipping the zero
     leaves a -0 of the other steps' sum as -0 (the sum of +0 would make it +0), which no
     comparison of values tells apart."""
-    for b in range(h0.shape[0]):
-        for k in range(h0.shape[1]):
-            if h0[b, k] != 0:
-                return False
+    if not _all_zero(h0):
+        return False
     finite = True
     for b in range(first.shape[0]):
         for g in range(g0, g1):

@@ -37,6 +37,7 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import (
+    _gemm,
     _plain_ints,
     a_scratch,
     bwd_panels,
@@ -53,6 +54,7 @@ from .gemm import (
     step_product,
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
+from .tile import NV
 
 
 @njit(**JIT)
@@ -135,6 +137,68 @@ def _lstm_fwd_rows(xp, w_hh_t, z0, w_hr_t, h0, c0, lengths, off, dense, reverse,
                         y[row, p] = 0
     copy_rows(h_n, b0, h, 0, b1 - b0)
     copy_rows(c_n, b0, c, 0, b1 - b0)
+
+
+@njit(**JIT)
+def _lstm_fwd_cols(xp, w_hh_t, z0, h, hn, c, z, lengths, off, dense, t, s, na, u0, u1,
+                   y, gates, cs, save):
+    """One step of the column-split forward (:func:`lstm_fwd_kernel_parallel`, no
+    projection): hidden units [u0, u1) of every row, whole panels of w_hh_t in each gate
+    (u0, u1 multiples of the panel width). Reads h [B, H] (h_{t-1} of every row: the
+    other threads' units too), writes hn [B, H] (h_t, these units; an inactive row's
+    carried over), c [B, H] and z [B, G] at these units, and their y, gates and cs as
+    :func:`_lstm_fwd_rows` does. Each element is computed as there, in the same order:
+    bitwise the row kernel's results."""
+    G = xp.shape[1]
+    H = G // 4
+    L = V.lanes(xp)
+    W = w_hh_t.shape[2] if w_hh_t.shape[0] > 0 else 1
+    nu = u1 - u0
+    zero, one = _plain_ints(na)
+    for k in range(4):
+        n0 = k * H + u0
+        if s == 0 and z0.shape[0] > 0:
+            for r in range(na):
+                for n in range(n0, n0 + nu):
+                    z[r, n] = z0[n]
+        else:
+            _gemm(h[:na], zero, H, one, H, na, H, w_hh_t[n0 // W:(n0 + nu) // W], nu, z,
+                  n0, G, zero, z[:0])
+    for b in range(h.shape[0]):
+        row = off[t] + b
+        if t < lengths[b]:
+            for j in range(u0, u1, L):
+                n = min(L, u1 - j)
+                xo = row * G + j
+                zo = b * G + j
+                ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n))
+                fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
+                gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
+                og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
+                co = b * H + j
+                cn = fg * V.load(c, co, n) + ig * gg
+                V.store(c, co, n, cn)
+                if save:
+                    V.store(gates, xo, n, ig)
+                    V.store(gates, xo + H, n, fg)
+                    V.store(gates, xo + 2 * H, n, gg)
+                    V.store(gates, xo + 3 * H, n, og)
+                    V.store(cs, row * H + j, n, cn)
+                rv = og * V.tanh(cn)
+                V.store(hn, co, n, rv)
+                V.store(y, row * H + j, n, rv)
+        else:
+            for j in range(u0, u1):
+                hn[b, j] = h[b, j]
+            if dense:
+                if save:
+                    for k in range(4):
+                        for j in range(k * H + u0, k * H + u1):
+                            gates[row, j] = 0
+                    for j in range(u0, u1):
+                        cs[row, j] = c[b, j]
+                for j in range(u0, u1):
+                    y[row, j] = 0
 
 
 @njit(**JIT)
@@ -239,9 +303,86 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
 
 
 @njit(**JIT)
+def _lstm_bwd_cols_back(dz, w_hh, back, dh, lengths, t, na, u0, u1):
+    """The column-split BPTT's product for units [u0, u1) (whole panels of w_hh):
+    back[:na, u0:u1] = dz[:na] @ W_hh[:, u0:u1] (dz: every row's gate gradients of step
+    t, all G columns), and dh = back there for the rows active at t, as
+    :func:`_lstm_bwd_rows` does after its step."""
+    G = dz.shape[1]
+    P = back.shape[1]
+    W = w_hh.shape[2]
+    zero, one = _plain_ints(na)
+    _gemm(dz[:na], zero, G, one, G, na, G, w_hh[u0 // W:u1 // W], u1 - u0, back, u0, P,
+          zero, back[:0])
+    for b in range(na):
+        if t < lengths[b]:
+            for p in range(u0, u1):
+                dh[b, p] = back[b, p]
+
+
+@njit(**JIT)
+def _lstm_bwd_cols(dy, gates, cs, c0, lengths, off, dense, t, tp, dh, dc, dz, sq, dxp,
+                   u0, u1):
+    """One step of the column-split BPTT (:func:`lstm_bwd_kernel_parallel`, no
+    projection) at units [u0, u1) of every row: dh += dy and sq[u0:u1] (the step's
+    per-unit sums of squares), then the gate gradients dz [B, G] and dxp of these units'
+    four gate columns, and dc there; each element as :func:`_lstm_bwd_rows` computes
+    it, in the same order."""
+    G = gates.shape[1]
+    H = G // 4
+    L = V.lanes(gates)
+    for p in range(u0, u1):
+        sq[p] = 0.0
+    for b in range(dh.shape[0]):
+        row = off[t] + b
+        if t < lengths[b]:
+            for p in range(u0, u1, L):
+                n = min(L, u1 - p)
+                g = V.load(dh, b * H + p, n) + V.load(dy, row * H + p, n)
+                V.store(dh, b * H + p, n, g)
+                V.store(sq, p, n, V.load(sq, p, n) + g * g)
+    for b in range(dh.shape[0]):
+        row = off[t] + b
+        if t < lengths[b]:
+            first = not 0 <= tp < lengths[b]
+            for j in range(u0, u1, L):
+                n = min(L, u1 - j)
+                go = row * G + j
+                ig = V.load(gates, go, n)
+                fg = V.load(gates, go + H, n)
+                gg = V.load(gates, go + 2 * H, n)
+                og = V.load(gates, go + 3 * H, n)
+                cp = V.load(c0, b * H + j, n) if first else \
+                    V.load(cs, (off[tp] + b) * H + j, n)
+                tc = V.tanh(V.load(cs, row * H + j, n))
+                d_r = V.load(dh, b * H + j, n)
+                dcc = V.load(dc, b * H + j, n) + d_r * og * (1.0 - tc * tc)
+                V.store(dc, b * H + j, n, dcc * fg)
+                zo = b * G + j
+                dzi = dcc * gg * ig * (1.0 - ig)
+                dzf = dcc * cp * fg * (1.0 - fg)
+                dzg = dcc * ig * (1.0 - gg * gg)
+                dzo = d_r * tc * og * (1.0 - og)
+                V.store(dz, zo, n, dzi)
+                V.store(dz, zo + H, n, dzf)
+                V.store(dz, zo + 2 * H, n, dzg)
+                V.store(dz, zo + 3 * H, n, dzo)
+                V.store(dxp, go, n, dzi)
+                V.store(dxp, go + H, n, dzf)
+                V.store(dxp, go + 2 * H, n, dzg)
+                V.store(dxp, go + 3 * H, n, dzo)
+        else:
+            for k in range(4):
+                for j in range(k * H + u0, k * H + u1):
+                    dz[b, j] = 0
+                    if dense:
+                        dxp[row, j] = 0
+
+
+@njit(**JIT)
 def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, dense,
-                    reverse, y, h_n, c_n, gates, cs, save, nproj, nchunks, wih_p, whh_p,
-                    whr_p):
+                    reverse, y, h_n, c_n, gates, cs, save, nproj, nchunks, ncols, wih_p,
+                    whh_p, whr_p):
     """Writes y [R,P], h_n [B,P], c_n [B,H] and, when ``save``, gates [R,G] and
     cs [R,H] (row arrays: :func:`_lstm_fwd_rows`). x [R, I] with w_ih [G, I] and b_ih,
     b_hh [G] (or [0]: no bias): the layer's input projection x @ W_ih^T + b_ih + b_hh is
@@ -261,7 +402,7 @@ def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, d
 @njit(**JIT_PARALLEL)
 def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off,
                              dense, reverse, y, h_n, c_n, gates, cs, save, nproj,
-                             nchunks, wih_p, whh_p, whr_p):
+                             nchunks, ncols, wih_p, whh_p, whr_p):
     """:func:`lstm_fwd_kernel` on threads: the projection's rows in ``nproj`` parts,
     then each chunk of batch rows (packed.chunk_bounds) runs the whole time loop."""
     if x.shape[0] > 0:
@@ -271,6 +412,27 @@ def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, length
             project_part(x, wp, bias, xp, p, nproj)
     w_hh_t, z0 = recurrent_operands(h0, w_hh, whh_p, off.shape[0])
     w_hr_t = pack_bt(w_hr, whr_p)
+    if ncols > 1:  # every row, the hidden units split: one parallel region per step
+        T = off.shape[0]
+        B, H = c0.shape
+        panels_per_gate = H // (NV * V.lanes(xp))
+        hb = np.empty((2, B, H), dtype=xp.dtype)  # h_{t-1}, h_t by the step's parity
+        c = np.empty((B, H), dtype=xp.dtype)
+        z = np.empty((B, 4 * H), dtype=xp.dtype)
+        copy_rows(hb[0], 0, h0, 0, B)
+        copy_rows(c, 0, c0, 0, B)
+        prefix = is_sorted(lengths, 0, B)
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            na = active_rows(lengths, 0, B, t, prefix)
+            for q in prange(ncols):
+                u0 = q * panels_per_gate // ncols * (H // panels_per_gate)
+                u1 = (q + 1) * panels_per_gate // ncols * (H // panels_per_gate)
+                _lstm_fwd_cols(xp, w_hh_t, z0, hb[s % 2], hb[1 - s % 2], c, z, lengths,
+                               off, dense, t, s, na, u0, u1, y, gates, cs, save)
+        copy_rows(h_n, 0, hb[T % 2], 0, B)
+        copy_rows(c_n, 0, c, 0, B)
+        return
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _lstm_fwd_rows(xp, w_hh_t, z0, w_hr_t, h0, c0, lengths, off, dense, reverse, y, h_n,
@@ -279,7 +441,7 @@ def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, length
 
 @njit(**JIT)
 def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
-                    reverse, dxp, dh0, dc0, dhs, norms):
+                    reverse, dxp, dh0, dc0, dhs, norms, ncols):
     """Writes dxp [R,G], dh0 [B,P], dc0 [B,H], norms [T] (float64) and, when
     projecting, dhs [R,P] = the total gradient reaching h_t (for dW_hr)."""
     b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
@@ -291,9 +453,52 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, den
 
 @njit(**JIT_PARALLEL)
 def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off,
-                             dense, reverse, dxp, dh0, dc0, dhs, norms, nchunks):
-    """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards."""
+                             dense, reverse, dxp, dh0, dc0, dhs, norms, ncols, nchunks):
+    """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards.
+    ncols > 1 (no projection): the column split instead, every row on every thread,
+    each thread a block of hidden units, one parallel region per step (the step's
+    product for the previous step's gate gradients, then its own pointwise work)."""
     T = off.shape[0]
+    if ncols > 1:
+        B, P = dh_n.shape
+        G = gates.shape[1]
+        npan = P // (NV * V.lanes(gates))  # w_hh's panels (none where no product runs)
+        dh = np.empty((B, P), dtype=dy.dtype)
+        dc = np.empty((B, P), dtype=dy.dtype)
+        copy_rows(dh, 0, dh_n, 0, B)
+        copy_rows(dc, 0, dc_n, 0, B)
+        dzb = np.empty((2, B, G), dtype=dy.dtype)  # the step's dz, the previous step's
+        back = np.empty((B, P), dtype=dy.dtype)
+        sq = np.empty(P, dtype=dy.dtype)
+        prefix = is_sorted(lengths, 0, B)
+        t_prev = 0
+        na_prev = 0
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            tp = t + 1 if reverse else t - 1
+            for q in prange(ncols):
+                u0 = q * npan // ncols * (P // npan)
+                u1 = (q + 1) * npan // ncols * (P // npan)
+                if s > 0:
+                    _lstm_bwd_cols_back(dzb[1 - s % 2], w_hh, back, dh, lengths, t_prev,
+                                        na_prev, u0, u1)
+                _lstm_bwd_cols(dy, gates, cs, c0, lengths, off, dense, t, tp, dh, dc,
+                               dzb[s % 2], sq, dxp, u0, u1)
+            acc = 0.0
+            for p in range(P):
+                acc += np.float64(sq[p])
+            norms[t] = math.sqrt(acc)
+            t_prev = t
+            na_prev = active_rows(lengths, 0, B, t, prefix)
+        if dh0.shape[0] > 0 and T > 0:
+            for q in prange(ncols):
+                u0 = q * npan // ncols * (P // npan)
+                u1 = (q + 1) * npan // ncols * (P // npan)
+                _lstm_bwd_cols_back(dzb[1 - T % 2], w_hh, back, dh, lengths, t_prev,
+                                    na_prev, u0, u1)
+            copy_rows(dh0, 0, dh, 0, B)
+        copy_rows(dc0, 0, dc, 0, B)
+        return
     bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
@@ -399,6 +604,10 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
             _host.pool_array((math.prod(lead), G), gates_np.dtype)
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * P * G, T)
+    ncols = _host.recurrence_columns(B, H, G, like.element_size(), T) if w_hr is None \
+        else 1
+    if ncols > 1:
+        nchunks = 1
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
     w_hh_np = _host.as_numpy(w_hh)
     w_hr_np = _host.as_numpy(w_hr) if w_hr is not None else _host.no_rows(like)
@@ -406,9 +615,9 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, reverse, reus
                  x_np, w_ih_np, b_ih_np, b_hh_np, xn, w_hh_np, w_hr_np,
                  _host.as_numpy(h0), _host.as_numpy(c0), _host.lengths_array(lengths, T, B),
                  off, dense, bool(reverse), _host.rows(y), h_n.numpy(), c_n.numpy(),
-                 gates_np, cs_np, bool(train), nproj, nchunks,
+                 gates_np, cs_np, bool(train), nproj, nchunks, ncols,
                  *_host.transposed_panels(h0, w_ih_np, w_hh_np, w_hr_np),
-                 threads=max(nproj, nchunks))
+                 threads=max(nproj, nchunks, ncols))
     return y, h_n, c_n, gates, cs
 
 
@@ -462,13 +671,15 @@ def _bwd(dy_np, dh_n, dc_n, gates_np, cs_np, c0, w_hh, w_hr, lengths, offsets, r
         dhs, dhs_np = _host.no_tensor(dh0), _host.no_rows(dh0)
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
+    ncols = _host.recurrence_columns(B, H, G, dh0.element_size(), T) if w_hr is None \
+        else 1
     _host.launch(lstm_bwd_kernel, lstm_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * P * G, T),
+                 ncols if ncols > 1 else _host.recurrence_chunks(B, B * P * G, T),
                  dy_np, _host.as_numpy(dh_n), _host.as_numpy(dc_n), gates_np, cs_np,
                  _host.as_numpy(c0), bwd_panels(w_hh, dh0, T, need_dh0),
                  panels(w_hr) if w_hr is not None else _host.no_weight(dh0),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
-                 dxp_np, dh0.numpy(), dc0.numpy(), dhs_np, norms_np)
+                 dxp_np, dh0.numpy(), dc0.numpy(), dhs_np, norms_np, ncols)
     return dxp_np, dh0, dc0, dhs, norms
 
 

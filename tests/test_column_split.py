@@ -1,0 +1,127 @@
+"""The LSTM's column split (kernels/numba/lstm.py, config.COLUMN_SPLIT_MAX_ROWS): a batch
+of a few rows runs every step on several threads, each a block of hidden units, with one
+parallel region per step. It must give bitwise the row kernels' results (outputs, every
+gradient, and for one row the per-step gradient norms; the row split of two or three rows
+sums those norms per thread first, so there they agree to rounding), over every option
+that takes it, and the results torch.nn gives."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from rnnfast.kernels.numba import _host, config
+from rnnfast.kernels.numba.tile import NV
+
+from .tolerances import assert_close
+
+
+def _panel(dtype):
+    """The tile's panel width for dtype: the column split's unit of work."""
+    return NV * config.ISA.lanes(torch.empty(0, dtype=dtype).element_size())
+
+
+@pytest.fixture
+def columns(monkeypatch, two_torch_threads):
+    """Lets small layers take the column split (no weight-size floor) and records the
+    split each LSTM recurrence launch ran with: a list of (kernel name, ncols)."""
+    if _host.threads(2) < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(_host, "COLUMN_SPLIT_MIN_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(_host, "PARALLEL_MIN_LAUNCH_MACS", 0)
+    seen = []
+    launch = _host.launch
+
+    def recorded(serial, parallel, nchunks, *args, **kwargs):
+        name = serial.py_func.__name__
+        if name == "lstm_fwd_kernel":
+            seen.append((name, args[21]))
+        elif name == "lstm_bwd_kernel":
+            seen.append((name, args[-1]))
+        return launch(serial, parallel, nchunks, *args, **kwargs)
+
+    monkeypatch.setattr(_host, "launch", recorded)
+    return seen
+
+
+def _run(m, x, hx, lengths, norms):
+    """Outputs and every gradient of one fwd+bwd (and the per-step norms)."""
+    m.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    hx = tuple(h.detach().clone().requires_grad_(True) for h in hx) if hx else None
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None \
+        else x
+    y, (h_n, c_n) = m(inp, hx)
+    y = y.data if lengths is not None else y
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    ((y * g).sum() + (h_n * 0.3).sum() + (c_n * -0.7).sum()).backward()
+    got = {"y": y, "h_n": h_n, "c_n": c_n, "dx": x.grad}
+    got.update({f"d{k}": p.grad for k, p in m.named_parameters()})
+    if hx:
+        got.update({"dh0": hx[0].grad, "dc0": hx[1].grad})
+    got = {k: v.detach().clone() for k, v in got.items()}
+    if norms:
+        got["norms"] = m.last_grad_norms.clone()
+    return got
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("B", [1, 2, 3])
+@pytest.mark.parametrize("panels", [2, 3])  # per gate: an even and an uneven split
+def test_column_split_is_bitwise_the_row_split(columns, monkeypatch, dtype, B, panels):
+    torch.manual_seed(B * 10 + panels)
+    H = panels * _panel(dtype)
+    for T, bidirectional, with_hx, packed in [(1, False, False, False),
+                                              (1, False, True, False),
+                                              (2, True, False, True),
+                                              (7, False, True, True),
+                                              (7, True, True, False),
+                                              (5, True, False, False)]:
+        D = 2 if bidirectional else 1
+        m = rnnfast.LSTM(H, H, backend="numba", dtype=dtype, bidirectional=bidirectional)
+        m.record_grad_norms = True
+        x = torch.randn(T, B, H, dtype=dtype)
+        hx = (torch.randn(D, B, H, dtype=dtype), torch.randn(D, B, H, dtype=dtype)) \
+            if with_hx else None
+        lengths = None
+        if packed:
+            lengths = torch.randint(1, T + 1, (B,))
+            lengths[-1] = T  # unsorted, the longest last
+        monkeypatch.setattr(_host, "COLUMN_SPLIT_MAX_ROWS", 0)
+        columns.clear()
+        rows = _run(m, x, hx, lengths, True)
+        assert all(n == 1 for _, n in columns), columns
+        monkeypatch.setattr(_host, "COLUMN_SPLIT_MAX_ROWS", 3)
+        columns.clear()
+        split = _run(m, x, hx, lengths, True)
+        assert sorted({k for k, _ in columns}) == ["lstm_bwd_kernel", "lstm_fwd_kernel"]
+        assert all(n == 2 for _, n in columns), columns
+        what = f"T={T} B={B} H={H} bidirectional={bidirectional} hx={with_hx} packed={packed}"
+        for k in rows:
+            if k == "norms" and B > 1:
+                assert_close(f"{k} ({what})", split[k], rows[k])
+            else:
+                assert torch.equal(split[k], rows[k]), f"{k} differs ({what})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_column_split_matches_torch_nn(two_torch_threads, monkeypatch, dtype):
+    """Under the shipped thresholds: a batch of one at hidden 256 (a 1 MiB W_hh in
+    float32) takes the split, and gives torch.nn.LSTM's results."""
+    if _host.threads(2) < 2:
+        pytest.skip("numba has one thread here")
+    monkeypatch.setattr(_host, "PARALLEL_MIN_LAUNCH_MACS", config.PARALLEL_MIN_LAUNCH_MACS)
+    H, T = 256, 20
+    assert _host.recurrence_columns(1, H, 4 * H, 4, T) == 2
+    assert _host.recurrence_columns(4, H, 4 * H, 4, T) == 1  # past COLUMN_SPLIT_MAX_ROWS
+    assert _host.recurrence_columns(1, 128, 4 * 128, 4, T) == 1  # a W_hh that fits L2
+    assert _host.recurrence_columns(1, H + 1, 4 * H + 4, 4, T) == 1  # not whole panels
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(H, H, dtype=dtype)
+    m = rnnfast.LSTM(H, H, backend="numba", dtype=dtype)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 1, H, dtype=dtype)
+    hx = (torch.randn(1, 1, H, dtype=dtype), torch.randn(1, 1, H, dtype=dtype))
+    got, want = _run(m, x, hx, None, False), _run(ref, x, hx, None, False)
+    for k in want:
+        assert_close(k, got[k], want[k])
