@@ -23,7 +23,13 @@ A forward that will not be differentiated (``train=False``) saves neither.
 
 Rows never interact: the parallel drivers give each thread its own slice of rows for
 the whole time loop, and a thread whose rows are sorted by length runs each step's
-products on its active rows only (packed.py).
+products on its active rows only (packed.py). A batch of one to three rows with a big
+W_hh (_host.recurrence_columns) splits the hidden units instead (the column split,
+:func:`_lstm_fwd_cols`, :func:`_lstm_bwd_cols`): every thread runs every row, for its
+block of units (whole panels of W_hh^T in each gate), one parallel region per step;
+h and the gate gradients are double-buffered, so the next step's product reads the
+previous step's complete state while the other threads write the new one. Each
+element is computed as in the row kernels, in the same order: bitwise their results.
 """
 
 import math
