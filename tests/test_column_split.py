@@ -1,9 +1,10 @@
-"""The LSTM's column split (kernels/numba/lstm.py, config.COLUMN_SPLIT_MAX_ROWS): a batch
-of a few rows runs every step on several threads, each a block of hidden units, with one
-parallel region per step. It must give bitwise the row kernels' results (outputs, every
-gradient, and for one row the per-step gradient norms; the row split of two or three rows
-sums those norms per thread first, so there they agree to rounding), over every option
-that takes it, and the results torch.nn gives."""
+"""The column split of the LSTM's and the GRU's recurrences (kernels/numba/lstm.py,
+gru.py; config.COLUMN_SPLIT_MAX_ROWS): a batch of a few rows runs every step on several
+threads, each a block of hidden units, with one parallel region per step. It must give
+bitwise the row kernels' results (outputs, every gradient, and for one row the per-step
+gradient norms; the row split of two or three rows sums those norms per thread first,
+so there they agree to rounding), over every option that takes it, and the results
+torch.nn gives."""
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def _panel(dtype):
 @pytest.fixture
 def columns(monkeypatch, two_torch_threads):
     """Lets small layers take the column split (no weight-size floor) and records the
-    split each LSTM recurrence launch ran with: a list of (kernel name, ncols)."""
+    split each LSTM or GRU recurrence launch ran with: a list of (kernel name, ncols)."""
     if _host.threads(2) < 2:
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(_host, "COLUMN_SPLIT_MIN_WEIGHT_BYTES", 0)
@@ -34,9 +35,9 @@ def columns(monkeypatch, two_torch_threads):
 
     def recorded(serial, parallel, nchunks, *args, **kwargs):
         name = serial.py_func.__name__
-        if name == "lstm_fwd_kernel":
-            seen.append((name, args[21]))
-        elif name == "lstm_bwd_kernel":
+        if name in ("lstm_fwd_kernel", "gru_fwd_kernel"):
+            seen.append((name, args[-3 if name == "gru_fwd_kernel" else -4]))
+        elif name in ("lstm_bwd_kernel", "gru_bwd_kernel"):
             seen.append((name, args[-1]))
         return launch(serial, parallel, nchunks, *args, **kwargs)
 
@@ -51,25 +52,33 @@ def _run(m, x, hx, lengths, norms):
     hx = tuple(h.detach().clone().requires_grad_(True) for h in hx) if hx else None
     inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None \
         else x
-    y, (h_n, c_n) = m(inp, hx)
+    y, state = m(inp, hx if hx is None or len(hx) == 2 else hx[0])
+    h_n, c_n = state if isinstance(state, tuple) else (state, None)
     y = y.data if lengths is not None else y
     g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-    ((y * g).sum() + (h_n * 0.3).sum() + (c_n * -0.7).sum()).backward()
-    got = {"y": y, "h_n": h_n, "c_n": c_n, "dx": x.grad}
+    loss = (y * g).sum() + (h_n * 0.3).sum()
+    if c_n is not None:
+        loss = loss + (c_n * -0.7).sum()
+    loss.backward()
+    got = {"y": y, "h_n": h_n, "dx": x.grad}
+    if c_n is not None:
+        got["c_n"] = c_n
     got.update({f"d{k}": p.grad for k, p in m.named_parameters()})
     if hx:
-        got.update({"dh0": hx[0].grad, "dc0": hx[1].grad})
+        got.update({f"d{k}": h.grad for k, h in zip(("h0", "c0"), hx)})
     got = {k: v.detach().clone() for k, v in got.items()}
     if norms:
         got["norms"] = m.last_grad_norms.clone()
     return got
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("B", [1, 2, 3])
 @pytest.mark.parametrize("panels", [2, 3])  # per gate: an even and an uneven split
-def test_column_split_is_bitwise_the_row_split(columns, monkeypatch, dtype, B, panels):
+def test_column_split_is_bitwise_the_row_split(columns, monkeypatch, cell, dtype, B, panels):
     torch.manual_seed(B * 10 + panels)
+    cls = rnnfast.LSTM if cell == "lstm" else rnnfast.GRU
     H = panels * _panel(dtype)
     for T, bidirectional, with_hx, packed in [(1, False, False, False),
                                               (1, False, True, False),
@@ -78,10 +87,10 @@ def test_column_split_is_bitwise_the_row_split(columns, monkeypatch, dtype, B, p
                                               (7, True, True, False),
                                               (5, True, False, False)]:
         D = 2 if bidirectional else 1
-        m = rnnfast.LSTM(H, H, backend="numba", dtype=dtype, bidirectional=bidirectional)
+        m = cls(H, H, backend="numba", dtype=dtype, bidirectional=bidirectional)
         m.record_grad_norms = True
         x = torch.randn(T, B, H, dtype=dtype)
-        hx = (torch.randn(D, B, H, dtype=dtype), torch.randn(D, B, H, dtype=dtype)) \
+        hx = tuple(torch.randn(D, B, H, dtype=dtype) for _ in range(2 if cell == "lstm" else 1)) \
             if with_hx else None
         lengths = None
         if packed:
@@ -94,7 +103,7 @@ def test_column_split_is_bitwise_the_row_split(columns, monkeypatch, dtype, B, p
         monkeypatch.setattr(_host, "COLUMN_SPLIT_MAX_ROWS", 3)
         columns.clear()
         split = _run(m, x, hx, lengths, True)
-        assert sorted({k for k, _ in columns}) == ["lstm_bwd_kernel", "lstm_fwd_kernel"]
+        assert sorted({k for k, _ in columns}) == [f"{cell}_bwd_kernel", f"{cell}_fwd_kernel"]
         assert all(n == 2 for _, n in columns), columns
         what = f"T={T} B={B} H={H} bidirectional={bidirectional} hx={with_hx} packed={packed}"
         for k in rows:
@@ -104,24 +113,26 @@ def test_column_split_is_bitwise_the_row_split(columns, monkeypatch, dtype, B, p
                 assert torch.equal(split[k], rows[k]), f"{k} differs ({what})"
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_column_split_matches_torch_nn(two_torch_threads, monkeypatch, dtype):
-    """Under the shipped thresholds: a batch of one at hidden 256 (a 1 MiB W_hh in
-    float32) takes the split, and gives torch.nn.LSTM's results."""
+def test_column_split_matches_torch_nn(two_torch_threads, monkeypatch, cell, dtype):
+    """Under the shipped thresholds: a batch of one at hidden 320 (a W_hh of over 1 MiB
+    in float32 for either cell) takes the split, and gives torch.nn's results."""
     if _host.threads(2) < 2:
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(_host, "PARALLEL_MIN_LAUNCH_MACS", config.PARALLEL_MIN_LAUNCH_MACS)
-    H, T = 256, 20
-    assert _host.recurrence_columns(1, H, 4 * H, 4, T) == 2
-    assert _host.recurrence_columns(4, H, 4 * H, 4, T) == 1  # past COLUMN_SPLIT_MAX_ROWS
+    H, T = 320, 20
+    G = (4 if cell == "lstm" else 3) * H
+    assert _host.recurrence_columns(1, H, G, 4, T) == 2
+    assert _host.recurrence_columns(4, H, G, 4, T) == 1  # past COLUMN_SPLIT_MAX_ROWS
     assert _host.recurrence_columns(1, 128, 4 * 128, 4, T) == 1  # a W_hh that fits L2
-    assert _host.recurrence_columns(1, H + 1, 4 * H + 4, 4, T) == 1  # not whole panels
+    assert _host.recurrence_columns(1, H + 1, G + 4, 4, T) == 1  # not whole panels
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(H, H, dtype=dtype)
-    m = rnnfast.LSTM(H, H, backend="numba", dtype=dtype)
+    ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H, dtype=dtype)
+    m = (rnnfast.LSTM if cell == "lstm" else rnnfast.GRU)(H, H, backend="numba", dtype=dtype)
     m.load_state_dict(ref.state_dict())
     x = torch.randn(T, 1, H, dtype=dtype)
-    hx = (torch.randn(1, 1, H, dtype=dtype), torch.randn(1, 1, H, dtype=dtype))
+    hx = tuple(torch.randn(1, 1, H, dtype=dtype) for _ in range(2 if cell == "lstm" else 1))
     got, want = _run(m, x, hx, None, False), _run(ref, x, hx, None, False)
     for k in want:
         assert_close(k, got[k], want[k])

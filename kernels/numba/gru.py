@@ -46,6 +46,7 @@ from . import _host
 from . import vec as V
 from .config import JIT, JIT_PARALLEL
 from .gemm import (
+    _gemm,
     _plain_ints,
     a_scratch,
     bwd_panels,
@@ -61,6 +62,7 @@ from .gemm import (
     step_product,
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
+from .tile import NV
 
 
 @njit(**JIT)
@@ -201,8 +203,139 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
 
 
 @njit(**JIT)
+def _gru_fwd_cols(xp, w_hh_t, z0, b_hn, h, hnext, gh, lengths, off, dense, t, s, na, u0,
+                  u1, y, gates, save):
+    """One step of the column-split forward (:func:`gru_fwd_kernel_parallel`; as
+    lstm._lstm_fwd_cols): hidden units [u0, u1) of every row, whole panels of w_hh_t in
+    each gate. Reads h [B, H] (h_{t-1} of every row), writes hnext [B, H] (h_t at these
+    units; an inactive row's carried over), gh [B, G] there, and their y and gates as
+    :func:`_gru_fwd_rows` does, each element in the same order: bitwise its results."""
+    G = xp.shape[1]
+    H = G // 3
+    G4 = 4 * H
+    L = V.lanes(xp)
+    W = w_hh_t.shape[2] if w_hh_t.shape[0] > 0 else 1
+    nu = u1 - u0
+    zero, one = _plain_ints(na)
+    for k in range(3):
+        n0 = k * H + u0
+        if s == 0 and z0.shape[0] > 0:
+            for r in range(na):
+                for n in range(n0, n0 + nu):
+                    gh[r, n] = z0[n]
+        else:
+            _gemm(h[:na], zero, H, one, H, na, H, w_hh_t[n0 // W:(n0 + nu) // W], nu, gh,
+                  n0, G, zero, gh[:0])
+    for b in range(h.shape[0]):
+        row = off[t] + b
+        if t < lengths[b]:
+            for j in range(u0, u1, L):
+                n = min(L, u1 - j)
+                xo = row * G + j
+                zo = b * G + j
+                go = row * G4 + j
+                ho = b * H + j
+                rg = V.sigmoid(V.load(xp, xo, n) + V.load(gh, zo, n))
+                zg = V.sigmoid(V.load(xp, xo + H, n) + V.load(gh, zo + H, n))
+                hn = V.load(gh, zo + 2 * H, n) + V.load(b_hn, j, n)
+                ng = V.tanh(V.fma(rg, hn, V.load(xp, xo + 2 * H, n)))
+                hv = V.fma(zg, V.load(h, ho, n) - ng, ng)
+                if save:
+                    V.store(gates, go, n, rg)
+                    V.store(gates, go + H, n, zg)
+                    V.store(gates, go + 2 * H, n, ng)
+                    V.store(gates, go + 3 * H, n, hn)
+                V.store(hnext, ho, n, hv)
+                V.store(y, row * H + j, n, hv)
+        else:
+            for j in range(u0, u1):
+                hnext[b, j] = h[b, j]
+            if dense:
+                if save:
+                    for k in range(4):
+                        for j in range(k * H + u0, k * H + u1):
+                            gates[row, j] = 0
+                for j in range(u0, u1):
+                    y[row, j] = 0
+
+
+@njit(**JIT)
+def _gru_bwd_cols_back(dz, w_hh, back, dh, lengths, t, na, u0, u1):
+    """The column-split BPTT's product for units [u0, u1) (whole panels of w_hh):
+    back[:na, u0:u1] = dz[:na] @ W_hh[:, u0:u1] (dz: every row's dgh of step t), added
+    to dh there for the rows active at t, as :func:`_gru_bwd_rows` does after its step."""
+    G = dz.shape[1]
+    H = back.shape[1]
+    L = V.lanes(back)
+    W = w_hh.shape[2]
+    zero, one = _plain_ints(na)
+    _gemm(dz[:na], zero, G, one, G, na, G, w_hh[u0 // W:u1 // W], u1 - u0, back, u0, H,
+          zero, back[:0])
+    for b in range(na):
+        if t < lengths[b]:
+            for j in range(u0, u1, L):
+                n = min(L, u1 - j)
+                ho = b * H + j
+                V.store(dh, ho, n, V.load(dh, ho, n) + V.load(back, ho, n))
+
+
+@njit(**JIT)
+def _gru_bwd_cols(dy, y, gates, h0, lengths, off, dense, t, tp, dh, dz, sq, dxp, dgh, u0,
+                  u1):
+    """One step of the column-split BPTT (:func:`gru_bwd_kernel_parallel`) at units
+    [u0, u1) of every row: sq[u0:u1] (the step's per-unit sums of squares), dxp, dgh and
+    dz at these units' three gate columns, and dh's direct term there; each element as
+    :func:`_gru_bwd_rows` computes it, in the same order."""
+    H = dy.shape[1]
+    G = 3 * H
+    G4 = 4 * H
+    L = V.lanes(dy)
+    for j in range(u0, u1):
+        sq[j] = 0.0
+    for b in range(dh.shape[0]):
+        row = off[t] + b
+        if t < lengths[b]:
+            first = not 0 <= tp < lengths[b]
+            for j in range(u0, u1, L):
+                n = min(L, u1 - j)
+                ho = b * H + j
+                go = row * G4 + j
+                g = V.load(dh, ho, n) + V.load(dy, row * H + j, n)
+                V.store(sq, j, n, V.load(sq, j, n) + g * g)
+                hp = V.load(h0, b * H + j, n) if first else \
+                    V.load(y, (off[tp] + b) * H + j, n)
+                rg = V.load(gates, go, n)
+                zg = V.load(gates, go + H, n)
+                ng = V.load(gates, go + 2 * H, n)
+                hn = V.load(gates, go + 3 * H, n)
+                dn = (g - g * zg) * (1.0 - ng * ng)  # torch's form (_gru_bwd_rows)
+                dzp = g * (hp - ng) * zg * (1.0 - zg)
+                drp = dn * hn * rg * (1.0 - rg)
+                dnh = dn * rg
+                xo = row * G + j
+                zo = b * G + j
+                V.store(dxp, xo, n, drp)
+                V.store(dxp, xo + H, n, dzp)
+                V.store(dxp, xo + 2 * H, n, dn)
+                V.store(dgh, xo, n, drp)
+                V.store(dgh, xo + H, n, dzp)
+                V.store(dgh, xo + 2 * H, n, dnh)
+                V.store(dz, zo, n, drp)
+                V.store(dz, zo + H, n, dzp)
+                V.store(dz, zo + 2 * H, n, dnh)
+                V.store(dh, ho, n, g * zg)
+        else:
+            for k in range(3):
+                for j in range(k * H + u0, k * H + u1):
+                    dz[b, j] = 0
+                    if dense:
+                        dxp[row, j] = 0
+                        dgh[row, j] = 0
+
+
+@njit(**JIT)
 def gru_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense, reverse,
-                   y, h_n, gates, save, nproj, nchunks, wih_p, whh_p):
+                   y, h_n, gates, save, nproj, nchunks, ncols, wih_p, whh_p):
     """Writes y [R,H], h_n [B,H] and, when ``save``, gates [R,4H] = (r, z, n, hn). x
     [R, I] with w_ih [3H, I] and b_ih, b_hh [3H] (or [0]: no bias): the layer's input
     projection x @ W_ih^T + b_ih + [b_hr, b_hz, 0] is written into xp first; x [0, 0]:
@@ -220,7 +353,8 @@ def gru_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense,
 
 @njit(**JIT_PARALLEL)
 def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense,
-                            reverse, y, h_n, gates, save, nproj, nchunks, wih_p, whh_p):
+                            reverse, y, h_n, gates, save, nproj, nchunks, ncols, wih_p,
+                            whh_p):
     """:func:`gru_fwd_kernel` on threads: the projection's rows in ``nproj`` parts, then
     each chunk of batch rows (packed.chunk_bounds) runs the whole time loop."""
     if x.shape[0] > 0:
@@ -229,6 +363,24 @@ def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, of
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
     w_hh_t, z0 = recurrent_operands(h0, w_hh, whh_p, off.shape[0])
+    if ncols > 1:  # every row, the hidden units split (lstm_fwd_kernel_parallel)
+        T = off.shape[0]
+        B, H = h0.shape
+        panels_per_gate = H // (NV * V.lanes(xp))
+        hb = np.empty((2, B, H), dtype=xp.dtype)  # h_{t-1}, h_t by the step's parity
+        gh = np.empty((B, 3 * H), dtype=xp.dtype)
+        copy_rows(hb[0], 0, h0, 0, B)
+        prefix = is_sorted(lengths, 0, B)
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            na = active_rows(lengths, 0, B, t, prefix)
+            for q in prange(ncols):
+                u0 = q * panels_per_gate // ncols * (H // panels_per_gate)
+                u1 = (q + 1) * panels_per_gate // ncols * (H // panels_per_gate)
+                _gru_fwd_cols(xp, w_hh_t, z0, b_hn, hb[s % 2], hb[1 - s % 2], gh, lengths,
+                              off, dense, t, s, na, u0, u1, y, gates, save)
+        copy_rows(h_n, 0, hb[T % 2], 0, B)
+        return
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _gru_fwd_rows(xp, w_hh_t, z0, b_hn, h0, lengths, off, dense, reverse, y, h_n, gates,
@@ -237,7 +389,7 @@ def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, of
 
 @njit(**JIT)
 def gru_bwd_kernel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, dxp, dgh,
-                   dh0, norms):
+                   dh0, norms, ncols):
     """Writes dxp [R,3H], dgh [R,3H], dh0 [B,H] and norms [T] (float64)."""
     b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
     _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, dxp, dgh,
@@ -248,10 +400,46 @@ def gru_bwd_kernel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse, d
 
 @njit(**JIT_PARALLEL)
 def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
-                            dxp, dgh, dh0, norms, nchunks):
+                            dxp, dgh, dh0, norms, ncols, nchunks):
     """Batch-parallel BPTT; per-chunk squared norms summed in chunk order afterwards
-    (deterministic)."""
+    (deterministic). ncols > 1: the column split (lstm_bwd_kernel_parallel)."""
     T = off.shape[0]
+    if ncols > 1:
+        B, H = dh_n.shape
+        npan = H // (NV * V.lanes(dy))  # w_hh's panels (none where no product runs)
+        dh = np.empty((B, H), dtype=dy.dtype)
+        copy_rows(dh, 0, dh_n, 0, B)
+        dzb = np.empty((2, B, 3 * H), dtype=dy.dtype)  # the step's dgh, the previous one's
+        back = np.empty((B, H), dtype=dy.dtype)
+        sq = np.empty(H, dtype=dy.dtype)
+        prefix = is_sorted(lengths, 0, B)
+        t_prev = 0
+        na_prev = 0
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            tp = t + 1 if reverse else t - 1
+            for q in prange(ncols):
+                u0 = q * npan // ncols * (H // npan)
+                u1 = (q + 1) * npan // ncols * (H // npan)
+                if s > 0:
+                    _gru_bwd_cols_back(dzb[1 - s % 2], w_hh, back, dh, lengths, t_prev,
+                                       na_prev, u0, u1)
+                _gru_bwd_cols(dy, y, gates, h0, lengths, off, dense, t, tp, dh,
+                              dzb[s % 2], sq, dxp, dgh, u0, u1)
+            acc = 0.0
+            for p in range(H):
+                acc += np.float64(sq[p])
+            norms[t] = math.sqrt(acc)
+            t_prev = t
+            na_prev = active_rows(lengths, 0, B, t, prefix)
+        if dh0.shape[0] > 0 and T > 0:
+            for q in prange(ncols):
+                u0 = q * npan // ncols * (H // npan)
+                u1 = (q + 1) * npan // ncols * (H // npan)
+                _gru_bwd_cols_back(dzb[1 - T % 2], w_hh, back, dh, lengths, t_prev,
+                                   na_prev, u0, u1)
+            copy_rows(dh0, 0, dh, 0, B)
+        return
     bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
@@ -360,6 +548,9 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
         gates_np = _host.no_rows(like)
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * H * G, T)
+    ncols = _host.recurrence_columns(B, H, G, like.element_size(), T)
+    if ncols > 1:
+        nchunks = 1
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, like, G)
     xn = _host.rows(xp) if xp is not None else _host.scratch(x, (math.prod(lead), G))[1]
     b_hn_np = _host.as_numpy(b_hn) if b_hn is not None else np.zeros(H, dtype=xn.dtype)
@@ -368,8 +559,8 @@ def _forward(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, reverse, train, o
                  x_np, w_ih_np, b_ih_np, b_hh_np, xn, w_hh_np, b_hn_np,
                  _host.as_numpy(h0), _host.lengths_array(lengths, T, B), off, dense,
                  bool(reverse), _host.rows(y), h_n.numpy(), gates_np, bool(train), nproj,
-                 nchunks, *_host.transposed_panels(h0, w_ih_np, w_hh_np),
-                 threads=max(nproj, nchunks))
+                 nchunks, ncols, *_host.transposed_panels(h0, w_ih_np, w_hh_np),
+                 threads=max(nproj, nchunks, ncols))
     return y, h_n, gates
 
 
@@ -421,11 +612,12 @@ def _bwd(dy_np, dh_n, y_np, gates_np, h0, w_hh, lengths, offsets, reverse, T, B,
     dh0 = dh_n.new_empty((B if need_dh0 else 0, H))
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
+    ncols = _host.recurrence_columns(B, H, 3 * H, dh0.element_size(), T)
     _host.launch(gru_bwd_kernel, gru_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * 3 * H, T),
+                 ncols if ncols > 1 else _host.recurrence_chunks(B, B * H * 3 * H, T),
                  dy_np, _host.as_numpy(dh_n), y_np, gates_np, _host.as_numpy(h0),
                  bwd_panels(w_hh, dh0, T, need_dh0), _host.lengths_array(lengths, T, B), off,
-                 dense, bool(reverse), dxp_np, dgh_np, dh0.numpy(), norms_np)
+                 dense, bool(reverse), dxp_np, dgh_np, dh0.numpy(), norms_np, ncols)
     return dxp_np, dgh_np, dh0, norms
 
 
