@@ -30,6 +30,7 @@ def columns(monkeypatch, two_torch_threads):
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(_host, "COLUMN_SPLIT_MIN_WEIGHT_BYTES", 0)
     monkeypatch.setattr(_host, "PARALLEL_MIN_LAUNCH_MACS", 0)
+    monkeypatch.setattr(_host, "busy", lambda: False)  # whatever else this machine runs
     seen = []
     launch = _host.launch
 
@@ -121,7 +122,11 @@ def test_column_split_matches_torch_nn(two_torch_threads, monkeypatch, cell, dty
     if _host.threads(2) < 2:
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(_host, "PARALLEL_MIN_LAUNCH_MACS", config.PARALLEL_MIN_LAUNCH_MACS)
+    monkeypatch.setattr(_host, "busy", lambda: True)
     H, T = 320, 20
+    G = (4 if cell == "lstm" else 3) * H
+    assert _host.recurrence_columns(1, H, G, 4, T) == 1  # a busy machine: the row split
+    monkeypatch.setattr(_host, "busy", lambda: False)
     G = (4 if cell == "lstm" else 3) * H
     assert _host.recurrence_columns(1, H, G, 4, T) == 2
     assert _host.recurrence_columns(4, H, G, 4, T) == 1  # past COLUMN_SPLIT_MAX_ROWS

@@ -222,9 +222,33 @@ def recurrence_columns(B, H, G, itemsize, steps):
     panel = _tile.NV * ISA.lanes(itemsize)
     if B > COLUMN_SPLIT_MAX_ROWS or H % panel or \
             G * H * itemsize < COLUMN_SPLIT_MIN_WEIGHT_BYTES or \
-            steps * B * H * G < PARALLEL_MIN_LAUNCH_MACS:
+            steps * B * H * G < PARALLEL_MIN_LAUNCH_MACS or busy():
         return 1
     return threads(H // panel)
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_CPUS = _cpus()
+
+
+def busy():
+    """Whether the machine has had more runnable threads than this process's CPUs over
+    the last minute (the load average; ~1 us to read). The column split synchronises
+    its threads every step, so where another process holds a core, each step waits for
+    a descheduled thread's next time slice: on the 2-core Zen 4 with a second process
+    running two busy threads, a GRU fwd+bwd at (1, 512), T = 100, took 1,608 ms split
+    against 82 ms with the row split (torch.nn: 888 ms; BENCHMARKS.md, 2026-12-06
+    18:53). A load that rose within the last minute is seen late (the average lags)."""
+    try:
+        return os.getloadavg()[0] > _CPUS
+    except (AttributeError, OSError):
+        return False
 
 
 def elementwise_threads(n, min_per_thread):
