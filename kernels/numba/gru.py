@@ -61,7 +61,7 @@ from .gemm import (
     recurrent_operands,
     step_product,
 )
-from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
+from .packed import active_rows, chunk_bounds, copy_rows, is_sorted, unit_bounds
 from .tile import NV
 
 
@@ -366,7 +366,7 @@ def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, of
     if ncols > 1:  # every row, the hidden units split (lstm_fwd_kernel_parallel)
         T = off.shape[0]
         B, H = h0.shape
-        panels_per_gate = H // (NV * V.lanes(xp))
+        panel = NV * V.lanes(xp)  # units per panel of W_hh^T
         hb = np.empty((2, B, H), dtype=xp.dtype)  # h_{t-1}, h_t by the step's parity
         gh = np.empty((B, 3 * H), dtype=xp.dtype)
         copy_rows(hb[0], 0, h0, 0, B)
@@ -375,8 +375,7 @@ def gru_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, of
             t = T - 1 - s if reverse else s
             na = active_rows(lengths, 0, B, t, prefix)
             for q in prange(ncols):
-                u0 = q * panels_per_gate // ncols * (H // panels_per_gate)
-                u1 = (q + 1) * panels_per_gate // ncols * (H // panels_per_gate)
+                u0, u1 = unit_bounds(q, ncols, H, panel)
                 _gru_fwd_cols(xp, w_hh_t, z0, b_hn, hb[s % 2], hb[1 - s % 2], gh, lengths,
                               off, dense, t, s, na, u0, u1, y, gates, save)
         copy_rows(h_n, 0, hb[T % 2], 0, B)
@@ -406,7 +405,7 @@ def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, r
     T = off.shape[0]
     if ncols > 1:
         B, H = dh_n.shape
-        npan = H // (NV * V.lanes(dy))  # w_hh's panels (none where no product runs)
+        panel = NV * V.lanes(dy)  # units per panel of W_hh
         dh = np.empty((B, H), dtype=dy.dtype)
         copy_rows(dh, 0, dh_n, 0, B)
         dzb = np.empty((2, B, 3 * H), dtype=dy.dtype)  # the step's dgh, the previous one's
@@ -419,8 +418,7 @@ def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, r
             t = s if reverse else T - 1 - s
             tp = t + 1 if reverse else t - 1
             for q in prange(ncols):
-                u0 = q * npan // ncols * (H // npan)
-                u1 = (q + 1) * npan // ncols * (H // npan)
+                u0, u1 = unit_bounds(q, ncols, H, panel)
                 if s > 0:
                     _gru_bwd_cols_back(dzb[1 - s % 2], w_hh, back, dh, lengths, t_prev,
                                        na_prev, u0, u1)
@@ -434,8 +432,7 @@ def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, r
             na_prev = active_rows(lengths, 0, B, t, prefix)
         if dh0.shape[0] > 0 and T > 0:
             for q in prange(ncols):
-                u0 = q * npan // ncols * (H // npan)
-                u1 = (q + 1) * npan // ncols * (H // npan)
+                u0, u1 = unit_bounds(q, ncols, H, panel)
                 _gru_bwd_cols_back(dzb[1 - T % 2], w_hh, back, dh, lengths, t_prev,
                                    na_prev, u0, u1)
             copy_rows(dh0, 0, dh, 0, B)

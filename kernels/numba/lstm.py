@@ -59,7 +59,7 @@ from .gemm import (
     recurrent_operands,
     step_product,
 )
-from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
+from .packed import active_rows, chunk_bounds, copy_rows, is_sorted, unit_bounds
 from .tile import NV
 
 
@@ -421,7 +421,7 @@ def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, length
     if ncols > 1:  # every row, the hidden units split: one parallel region per step
         T = off.shape[0]
         B, H = c0.shape
-        panels_per_gate = H // (NV * V.lanes(xp))
+        panel = NV * V.lanes(xp)  # units per panel of W_hh^T
         hb = np.empty((2, B, H), dtype=xp.dtype)  # h_{t-1}, h_t by the step's parity
         c = np.empty((B, H), dtype=xp.dtype)
         z = np.empty((B, 4 * H), dtype=xp.dtype)
@@ -432,8 +432,7 @@ def lstm_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, length
             t = T - 1 - s if reverse else s
             na = active_rows(lengths, 0, B, t, prefix)
             for q in prange(ncols):
-                u0 = q * panels_per_gate // ncols * (H // panels_per_gate)
-                u1 = (q + 1) * panels_per_gate // ncols * (H // panels_per_gate)
+                u0, u1 = unit_bounds(q, ncols, H, panel)
                 _lstm_fwd_cols(xp, w_hh_t, z0, hb[s % 2], hb[1 - s % 2], c, z, lengths,
                                off, dense, t, s, na, u0, u1, y, gates, cs, save)
         copy_rows(h_n, 0, hb[T % 2], 0, B)
@@ -468,7 +467,7 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
     if ncols > 1:
         B, P = dh_n.shape
         G = gates.shape[1]
-        npan = P // (NV * V.lanes(gates))  # w_hh's panels (none where no product runs)
+        panel = NV * V.lanes(gates)  # units per panel of W_hh
         dh = np.empty((B, P), dtype=dy.dtype)
         dc = np.empty((B, P), dtype=dy.dtype)
         copy_rows(dh, 0, dh_n, 0, B)
@@ -483,8 +482,7 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
             t = s if reverse else T - 1 - s
             tp = t + 1 if reverse else t - 1
             for q in prange(ncols):
-                u0 = q * npan // ncols * (P // npan)
-                u1 = (q + 1) * npan // ncols * (P // npan)
+                u0, u1 = unit_bounds(q, ncols, P, panel)
                 if s > 0:
                     _lstm_bwd_cols_back(dzb[1 - s % 2], w_hh, back, dh, lengths, t_prev,
                                         na_prev, u0, u1)
@@ -498,8 +496,7 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
             na_prev = active_rows(lengths, 0, B, t, prefix)
         if dh0.shape[0] > 0 and T > 0:
             for q in prange(ncols):
-                u0 = q * npan // ncols * (P // npan)
-                u1 = (q + 1) * npan // ncols * (P // npan)
+                u0, u1 = unit_bounds(q, ncols, P, panel)
                 _lstm_bwd_cols_back(dzb[1 - T % 2], w_hh, back, dh, lengths, t_prev,
                                     na_prev, u0, u1)
             copy_rows(dh0, 0, dh, 0, B)

@@ -76,3 +76,12 @@ def copy_rows(dst, d0, src, s0, n):
     for r in range(n):
         for j in range(dst.shape[1]):
             dst[d0 + r, j] = src[s0 + r, j]
+
+
+@njit(**INLINE)
+def unit_bounds(q, ncols, H, panel):
+    """Hidden units [u0, u1) of thread q of ``ncols`` in a column-split recurrence (the
+    LSTM's and the GRU's ``*_kernel_parallel``): whole panels of ``panel`` units (H a
+    multiple of it), as even as they split."""
+    npan = H // panel
+    return q * npan // ncols * panel, (q + 1) * npan // ncols * panel
