@@ -224,6 +224,31 @@ def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_thr
 
 
 
+_THREADS_SCRIPT = """
+import torch, rnnfast
+torch.set_num_threads(3)
+m = rnnfast.LSTM(16, 256, backend="numba")
+y, _ = m(torch.randn(40, 8, 16))  # a batch-parallel launch: numba's thread pool starts
+y.sum().backward()
+print(torch.get_num_threads())
+"""
+
+
+def test_first_parallel_launch_keeps_torch_thread_count():
+    """numba's OpenMP layer sets the OpenMP thread count to NUMBA_NUM_THREADS as it starts
+    (the first parallel launch in a process); where torch shares that libgomp, the count
+    the user gave torch.set_num_threads changed with it (3 -> 4). A new process, so that
+    the launch is its first."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_NUM_THREADS="4")
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, text=True,
+                         capture_output=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "3", out.stdout
+
+
 def test_short_launches_run_serial(monkeypatch, two_torch_threads):
     """A recurrence splits its batch across threads only where the whole launch has
     config.PARALLEL_MIN_LAUNCH_MACS multiply-adds (the suite itself drops that threshold:

@@ -289,19 +289,28 @@ def launch(serial, parallel, nchunks, *args, threads=None):
     (a projection's parts and a recurrence's chunks): the parallel one runs where
     threads > 1, on that many threads, and nothing is appended. The first call of a
     kernel for a dtype may compile it: past COMPILE_NOTICE_S a one-line notice goes to
-    stderr."""
+    stderr.
+
+    numba's OpenMP layer sets the OpenMP thread count to NUMBA_NUM_THREADS when it
+    starts (the first parallel launch in the process), and torch reads that same count
+    where the two share libgomp: torch.set_num_threads(3) read 4 afterwards with
+    NUMBA_NUM_THREADS=4. A kernel's first call therefore puts torch's count back."""
     if threads is not None:
         kernel = serial if threads == 1 else parallel
-        if threads != 1:
-            numba.set_num_threads(threads)
     else:
         kernel = serial if nchunks == 1 else parallel
-        if nchunks != 1:
-            numba.set_num_threads(nchunks)
-            args = args + (nchunks,)
     dtype = getattr(args[0], "dtype", None)
     key = (kernel, dtype)
-    if key in _called:
+    first = key not in _called
+    if first:
+        torch_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads != 1:
+            numba.set_num_threads(threads)
+    elif nchunks != 1:
+        numba.set_num_threads(nchunks)
+        args = args + (nchunks,)
+    if not first:
         return kernel(*args)
     timer = threading.Timer(COMPILE_NOTICE_S, _notice, (kernel, dtype))
     timer.daemon = True
@@ -311,6 +320,8 @@ def launch(serial, parallel, nchunks, *args, threads=None):
     finally:
         timer.cancel()
         _called.add(key)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 _FULL_LENGTHS = {}  # (T, B) -> int64 [B] all-T (read by the kernels, never written)
