@@ -218,6 +218,34 @@ def step_product(s, h, w_t, z, h_pk, z0, na):
 
 
 @njit(**_INLINE)
+def columns_product(a, na, bp, c, n0, n1):
+    """c[:na, n0:n1] = a[:na] @ B[:, n0:n1] for B packed by :func:`pack_b` (bp), n0 and
+    n1 on its panels' bounds: the column split's share of a per-step product (every row,
+    some columns; each element as the whole product computes it)."""
+    K = a.shape[1]
+    W = bp.shape[2]
+    zero, one = _plain_ints(na)
+    _gemm(a[:na], zero, K, one, K, na, K, bp[n0 // W:n1 // W], n1 - n0, c, n0, c.shape[1],
+          zero, c[:0])
+
+
+@njit(**_INLINE)
+def gate_columns_product(s, h, na, w_t, z0, z, ngates, u0, u1):
+    """:func:`step_product` for units [u0, u1) of each of the ``ngates`` gate blocks of
+    z [B, ngates * H] (the column split): z0's columns at step 0 with a zero state,
+    else :func:`columns_product` per block."""
+    H = z.shape[1] // ngates
+    for k in range(ngates):
+        n0 = k * H + u0
+        if s == 0 and z0.shape[0] > 0:
+            for r in range(na):
+                for n in range(n0, n0 + u1 - u0):
+                    z[r, n] = z0[n]
+        else:
+            columns_product(h, na, w_t, z, n0, n0 + u1 - u0)
+
+
+@njit(**_INLINE)
 def _block_rows(K, itemsize):
     """Rows of A per L2 block (A_BLOCK_BYTES of K-long rows; whole MR-row tiles, at
     least one)."""

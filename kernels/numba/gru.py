@@ -44,12 +44,13 @@ from numba import njit, prange
 from .._check import backward_dims, check_backward_args, check_layer_args, check_recurrence_args
 from . import _host
 from . import vec as V
-from .config import JIT, JIT_PARALLEL
+from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import (
-    _gemm,
     _plain_ints,
     a_scratch,
     bwd_panels,
+    columns_product,
+    gate_columns_product,
     layer_gemm_provider,
     layer_grads_macs,
     layer_grads_padded,
@@ -63,6 +64,52 @@ from .gemm import (
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted, unit_bounds
 from .tile import NV
+
+
+@njit(**INLINE)
+def _gru_cell(xp, gh, b_hn, h, gates, save, xo, zo, go, ho, j, n):
+    """The cell at one vector of n units (unit j on), shared by the row and the column
+    kernels: gates from xp (flat offset xo), gh (zo) and b_hn, h_{t-1} from h (ho); when
+    ``save`` (r, z, n, hn) stored at go in gates. Returns h_t."""
+    H = b_hn.shape[0]
+    rg = V.sigmoid(V.load(xp, xo, n) + V.load(gh, zo, n))
+    zg = V.sigmoid(V.load(xp, xo + H, n) + V.load(gh, zo + H, n))
+    hn = V.load(gh, zo + 2 * H, n) + V.load(b_hn, j, n)
+    ng = V.tanh(V.fma(rg, hn, V.load(xp, xo + 2 * H, n)))
+    if save:
+        V.store(gates, go, n, rg)
+        V.store(gates, go + H, n, zg)
+        V.store(gates, go + 2 * H, n, ng)
+        V.store(gates, go + 3 * H, n, hn)
+    return V.fma(zg, V.load(h, ho, n) - ng, ng)
+
+
+@njit(**INLINE)
+def _gru_cell_bwd(gates, dxp, dgh, dz, go, xo, zo, g, hp, n):
+    """The cell's backward at one vector of n units, shared by the row and the column
+    kernels: from the saved (r, z, n, hn) (flat offset go), the gradient g reaching h_t
+    and h_{t-1} = hp, the gate gradients stored in dxp and dgh (xo) and dz (zo).
+    Returns the direct path's term of dh_{t-1}, g * z. n's gradient in torch's form
+    (see the module docstring)."""
+    H = gates.shape[1] // 4
+    rg = V.load(gates, go, n)
+    zg = V.load(gates, go + H, n)
+    ng = V.load(gates, go + 2 * H, n)
+    hn = V.load(gates, go + 3 * H, n)
+    dn = (g - g * zg) * (1.0 - ng * ng)
+    dzp = g * (hp - ng) * zg * (1.0 - zg)
+    drp = dn * hn * rg * (1.0 - rg)
+    dnh = dn * rg
+    V.store(dxp, xo, n, drp)
+    V.store(dxp, xo + H, n, dzp)
+    V.store(dxp, xo + 2 * H, n, dn)
+    V.store(dgh, xo, n, drp)
+    V.store(dgh, xo + H, n, dzp)
+    V.store(dgh, xo + 2 * H, n, dnh)
+    V.store(dz, zo, n, drp)
+    V.store(dz, zo + H, n, dzp)
+    V.store(dz, zo + 2 * H, n, dnh)
+    return g * zg
 
 
 @njit(**JIT)
@@ -94,20 +141,9 @@ def _gru_fwd_rows(xp, w_hh_t, z0, b_hn, h0, lengths, off, dense, reverse, y, h_n
             if t < lengths[b]:
                 for j in range(0, H, L):
                     n = min(L, H - j)
-                    xo = row * G + j
-                    zo = rr * G + j
-                    go = row * G4 + j
                     ho = rr * H + j
-                    rg = V.sigmoid(V.load(xp, xo, n) + V.load(gh, zo, n))
-                    zg = V.sigmoid(V.load(xp, xo + H, n) + V.load(gh, zo + H, n))
-                    hn = V.load(gh, zo + 2 * H, n) + V.load(b_hn, j, n)
-                    ng = V.tanh(V.fma(rg, hn, V.load(xp, xo + 2 * H, n)))
-                    hv = V.fma(zg, V.load(h, ho, n) - ng, ng)
-                    if save:
-                        V.store(gates, go, n, rg)
-                        V.store(gates, go + H, n, zg)
-                        V.store(gates, go + 2 * H, n, ng)
-                        V.store(gates, go + 3 * H, n, hn)
+                    hv = _gru_cell(xp, gh, b_hn, h, gates, save, row * G + j, rr * G + j,
+                                   row * G4 + j, ho, j, n)
                     V.store(h, ho, n, hv)
                     V.store(y, row * H + j, n, hv)
             elif dense:
@@ -157,27 +193,9 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
                     V.store(sq, j, n, V.load(sq, j, n) + g * g)
                     hp = V.load(h0, b * H + j, n) if first else \
                         V.load(y, (off[tp] + b) * H + j, n)
-                    rg = V.load(gates, go, n)
-                    zg = V.load(gates, go + H, n)
-                    ng = V.load(gates, go + 2 * H, n)
-                    hn = V.load(gates, go + 3 * H, n)
-                    dn = (g - g * zg) * (1.0 - ng * ng)  # torch's form (see above)
-                    dzp = g * (hp - ng) * zg * (1.0 - zg)
-                    drp = dn * hn * rg * (1.0 - rg)
-                    dnh = dn * rg
-                    xo = row * G + j
-                    zo = rr * G + j
-                    V.store(dxp, xo, n, drp)
-                    V.store(dxp, xo + H, n, dzp)
-                    V.store(dxp, xo + 2 * H, n, dn)
-                    V.store(dgh, xo, n, drp)
-                    V.store(dgh, xo + H, n, dzp)
-                    V.store(dgh, xo + 2 * H, n, dnh)
-                    V.store(dz, zo, n, drp)
-                    V.store(dz, zo + H, n, dzp)
-                    V.store(dz, zo + 2 * H, n, dnh)
                     # the direct path h_{t-1} -> h_t; the product's term is added below
-                    V.store(dh, ho, n, g * zg)
+                    V.store(dh, ho, n, _gru_cell_bwd(gates, dxp, dgh, dz, go, row * G + j,
+                                                     rr * G + j, g, hp, n))
             else:
                 for k in range(G):
                     dz[rr, k] = 0
@@ -214,37 +232,15 @@ def _gru_fwd_cols(xp, w_hh_t, z0, b_hn, h, hnext, gh, lengths, off, dense, t, s,
     H = G // 3
     G4 = 4 * H
     L = V.lanes(xp)
-    W = w_hh_t.shape[2] if w_hh_t.shape[0] > 0 else 1
-    nu = u1 - u0
-    zero, one = _plain_ints(na)
-    for k in range(3):
-        n0 = k * H + u0
-        if s == 0 and z0.shape[0] > 0:
-            for r in range(na):
-                for n in range(n0, n0 + nu):
-                    gh[r, n] = z0[n]
-        else:
-            _gemm(h[:na], zero, H, one, H, na, H, w_hh_t[n0 // W:(n0 + nu) // W], nu, gh,
-                  n0, G, zero, gh[:0])
+    gate_columns_product(s, h, na, w_hh_t, z0, gh, 3, u0, u1)
     for b in range(h.shape[0]):
         row = off[t] + b
         if t < lengths[b]:
             for j in range(u0, u1, L):
                 n = min(L, u1 - j)
-                xo = row * G + j
-                zo = b * G + j
-                go = row * G4 + j
                 ho = b * H + j
-                rg = V.sigmoid(V.load(xp, xo, n) + V.load(gh, zo, n))
-                zg = V.sigmoid(V.load(xp, xo + H, n) + V.load(gh, zo + H, n))
-                hn = V.load(gh, zo + 2 * H, n) + V.load(b_hn, j, n)
-                ng = V.tanh(V.fma(rg, hn, V.load(xp, xo + 2 * H, n)))
-                hv = V.fma(zg, V.load(h, ho, n) - ng, ng)
-                if save:
-                    V.store(gates, go, n, rg)
-                    V.store(gates, go + H, n, zg)
-                    V.store(gates, go + 2 * H, n, ng)
-                    V.store(gates, go + 3 * H, n, hn)
+                hv = _gru_cell(xp, gh, b_hn, h, gates, save, row * G + j, b * G + j,
+                               row * G4 + j, ho, j, n)
                 V.store(hnext, ho, n, hv)
                 V.store(y, row * H + j, n, hv)
         else:
@@ -264,13 +260,9 @@ def _gru_bwd_cols_back(dz, w_hh, back, dh, lengths, t, na, u0, u1):
     """The column-split BPTT's product for units [u0, u1) (whole panels of w_hh):
     back[:na, u0:u1] = dz[:na] @ W_hh[:, u0:u1] (dz: every row's dgh of step t), added
     to dh there for the rows active at t, as :func:`_gru_bwd_rows` does after its step."""
-    G = dz.shape[1]
     H = back.shape[1]
     L = V.lanes(back)
-    W = w_hh.shape[2]
-    zero, one = _plain_ints(na)
-    _gemm(dz[:na], zero, G, one, G, na, G, w_hh[u0 // W:u1 // W], u1 - u0, back, u0, H,
-          zero, back[:0])
+    columns_product(dz, na, w_hh, back, u0, u1)
     for b in range(na):
         if t < lengths[b]:
             for j in range(u0, u1, L):
@@ -304,26 +296,8 @@ def _gru_bwd_cols(dy, y, gates, h0, lengths, off, dense, t, tp, dh, dz, sq, dxp,
                 V.store(sq, j, n, V.load(sq, j, n) + g * g)
                 hp = V.load(h0, b * H + j, n) if first else \
                     V.load(y, (off[tp] + b) * H + j, n)
-                rg = V.load(gates, go, n)
-                zg = V.load(gates, go + H, n)
-                ng = V.load(gates, go + 2 * H, n)
-                hn = V.load(gates, go + 3 * H, n)
-                dn = (g - g * zg) * (1.0 - ng * ng)  # torch's form (_gru_bwd_rows)
-                dzp = g * (hp - ng) * zg * (1.0 - zg)
-                drp = dn * hn * rg * (1.0 - rg)
-                dnh = dn * rg
-                xo = row * G + j
-                zo = b * G + j
-                V.store(dxp, xo, n, drp)
-                V.store(dxp, xo + H, n, dzp)
-                V.store(dxp, xo + 2 * H, n, dn)
-                V.store(dgh, xo, n, drp)
-                V.store(dgh, xo + H, n, dzp)
-                V.store(dgh, xo + 2 * H, n, dnh)
-                V.store(dz, zo, n, drp)
-                V.store(dz, zo + H, n, dzp)
-                V.store(dz, zo + 2 * H, n, dnh)
-                V.store(dh, ho, n, g * zg)
+                V.store(dh, ho, n, _gru_cell_bwd(gates, dxp, dgh, dz, go, row * G + j,
+                                                 b * G + j, g, hp, n))
         else:
             for k in range(3):
                 for j in range(k * H + u0, k * H + u1):

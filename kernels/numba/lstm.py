@@ -41,12 +41,13 @@ from numba import njit, prange
 from .._check import backward_dims, check_backward_args, check_layer_args, check_recurrence_args
 from . import _host
 from . import vec as V
-from .config import JIT, JIT_PARALLEL
+from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import (
-    _gemm,
     _plain_ints,
     a_scratch,
     bwd_panels,
+    columns_product,
+    gate_columns_product,
     layer_gemm_provider,
     layer_grads_macs,
     layer_grads_padded,
@@ -61,6 +62,55 @@ from .gemm import (
 )
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted, unit_bounds
 from .tile import NV
+
+
+@njit(**INLINE)
+def _lstm_cell(xp, z, c, gates, cs, save, xo, zo, co, so, n):
+    """The cell at one vector of n units, shared by the row and the column kernels:
+    gates from xp (flat offset xo) + z (zo), c (co) updated, and when ``save`` the
+    activated gates (at xo in gates) and c_t (so in cs) stored. Returns r = o * tanh(c_t)."""
+    H = c.shape[1]
+    ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n))
+    fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
+    gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
+    og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
+    cn = fg * V.load(c, co, n) + ig * gg
+    V.store(c, co, n, cn)
+    if save:
+        V.store(gates, xo, n, ig)
+        V.store(gates, xo + H, n, fg)
+        V.store(gates, xo + 2 * H, n, gg)
+        V.store(gates, xo + 3 * H, n, og)
+        V.store(cs, so, n, cn)
+    return og * V.tanh(cn)
+
+
+@njit(**INLINE)
+def _lstm_cell_bwd(gates, cs, dc, dz, dxp, go, so, co, zo, cp, d_r, n):
+    """The cell's backward at one vector of n units, shared by the row and the column
+    kernels: from the saved gates (flat offset go) and c_t (so in cs), c_{t-1} = cp and
+    the gradient d_r reaching r_t, dc (co) is carried on and the gate gradients stored
+    in dz (zo) and dxp (go)."""
+    H = cs.shape[1]
+    ig = V.load(gates, go, n)
+    fg = V.load(gates, go + H, n)
+    gg = V.load(gates, go + 2 * H, n)
+    og = V.load(gates, go + 3 * H, n)
+    tc = V.tanh(V.load(cs, so, n))
+    dcc = V.load(dc, co, n) + d_r * og * (1.0 - tc * tc)
+    V.store(dc, co, n, dcc * fg)
+    dzi = dcc * gg * ig * (1.0 - ig)
+    dzf = dcc * cp * fg * (1.0 - fg)
+    dzg = dcc * ig * (1.0 - gg * gg)
+    dzo = d_r * tc * og * (1.0 - og)
+    V.store(dz, zo, n, dzi)
+    V.store(dz, zo + H, n, dzf)
+    V.store(dz, zo + 2 * H, n, dzg)
+    V.store(dz, zo + 3 * H, n, dzo)
+    V.store(dxp, go, n, dzi)
+    V.store(dxp, go + H, n, dzf)
+    V.store(dxp, go + 2 * H, n, dzg)
+    V.store(dxp, go + 3 * H, n, dzo)
 
 
 @njit(**JIT)
@@ -99,22 +149,9 @@ def _lstm_fwd_rows(xp, w_hh_t, z0, w_hr_t, h0, c0, lengths, off, dense, reverse,
             if t < lengths[b]:
                 for j in range(0, H, L):
                     n = min(L, H - j)
-                    xo = row * G + j
-                    zo = rr * G + j
-                    ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n))
-                    fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
-                    gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
-                    og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
                     co = rr * H + j
-                    cn = fg * V.load(c, co, n) + ig * gg
-                    V.store(c, co, n, cn)
-                    if save:
-                        V.store(gates, xo, n, ig)
-                        V.store(gates, xo + H, n, fg)
-                        V.store(gates, xo + 2 * H, n, gg)
-                        V.store(gates, xo + 3 * H, n, og)
-                        V.store(cs, row * H + j, n, cn)
-                    rv = og * V.tanh(cn)
+                    rv = _lstm_cell(xp, z, c, gates, cs, save, row * G + j, rr * G + j, co,
+                                    row * H + j, n)
                     if proj:
                         V.store(r, co, n, rv)
                     else:  # h_t = r_t
@@ -158,39 +195,15 @@ def _lstm_fwd_cols(xp, w_hh_t, z0, h, hn, c, z, lengths, off, dense, t, s, na, u
     G = xp.shape[1]
     H = G // 4
     L = V.lanes(xp)
-    W = w_hh_t.shape[2] if w_hh_t.shape[0] > 0 else 1
-    nu = u1 - u0
-    zero, one = _plain_ints(na)
-    for k in range(4):
-        n0 = k * H + u0
-        if s == 0 and z0.shape[0] > 0:
-            for r in range(na):
-                for n in range(n0, n0 + nu):
-                    z[r, n] = z0[n]
-        else:
-            _gemm(h[:na], zero, H, one, H, na, H, w_hh_t[n0 // W:(n0 + nu) // W], nu, z,
-                  n0, G, zero, z[:0])
+    gate_columns_product(s, h, na, w_hh_t, z0, z, 4, u0, u1)
     for b in range(h.shape[0]):
         row = off[t] + b
         if t < lengths[b]:
             for j in range(u0, u1, L):
                 n = min(L, u1 - j)
-                xo = row * G + j
-                zo = b * G + j
-                ig = V.sigmoid(V.load(xp, xo, n) + V.load(z, zo, n))
-                fg = V.sigmoid(V.load(xp, xo + H, n) + V.load(z, zo + H, n))
-                gg = V.tanh(V.load(xp, xo + 2 * H, n) + V.load(z, zo + 2 * H, n))
-                og = V.sigmoid(V.load(xp, xo + 3 * H, n) + V.load(z, zo + 3 * H, n))
                 co = b * H + j
-                cn = fg * V.load(c, co, n) + ig * gg
-                V.store(c, co, n, cn)
-                if save:
-                    V.store(gates, xo, n, ig)
-                    V.store(gates, xo + H, n, fg)
-                    V.store(gates, xo + 2 * H, n, gg)
-                    V.store(gates, xo + 3 * H, n, og)
-                    V.store(cs, row * H + j, n, cn)
-                rv = og * V.tanh(cn)
+                rv = _lstm_cell(xp, z, c, gates, cs, save, row * G + j, b * G + j, co,
+                                row * H + j, n)
                 V.store(hn, co, n, rv)
                 V.store(y, row * H + j, n, rv)
         else:
@@ -266,30 +279,10 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
                 first = not 0 <= tp < lengths[b]
                 for j in range(0, H, L):
                     n = min(L, H - j)
-                    go = row * G + j
-                    ig = V.load(gates, go, n)
-                    fg = V.load(gates, go + H, n)
-                    gg = V.load(gates, go + 2 * H, n)
-                    og = V.load(gates, go + 3 * H, n)
                     cp = V.load(c0, b * H + j, n) if first else \
                         V.load(cs, (off[tp] + b) * H + j, n)
-                    tc = V.tanh(V.load(cs, row * H + j, n))
-                    d_r = V.load(dr, rr * H + j, n)
-                    dcc = V.load(dc, rr * H + j, n) + d_r * og * (1.0 - tc * tc)
-                    V.store(dc, rr * H + j, n, dcc * fg)
-                    zo = rr * G + j
-                    dzi = dcc * gg * ig * (1.0 - ig)
-                    dzf = dcc * cp * fg * (1.0 - fg)
-                    dzg = dcc * ig * (1.0 - gg * gg)
-                    dzo = d_r * tc * og * (1.0 - og)
-                    V.store(dz, zo, n, dzi)
-                    V.store(dz, zo + H, n, dzf)
-                    V.store(dz, zo + 2 * H, n, dzg)
-                    V.store(dz, zo + 3 * H, n, dzo)
-                    V.store(dxp, go, n, dzi)  # go = row * G + j
-                    V.store(dxp, go + H, n, dzf)
-                    V.store(dxp, go + 2 * H, n, dzg)
-                    V.store(dxp, go + 3 * H, n, dzo)
+                    _lstm_cell_bwd(gates, cs, dc, dz, dxp, row * G + j, row * H + j,
+                                   rr * H + j, rr * G + j, cp, V.load(dr, rr * H + j, n), n)
             else:
                 for k in range(G):
                     dz[rr, k] = 0
@@ -314,12 +307,7 @@ def _lstm_bwd_cols_back(dz, w_hh, back, dh, lengths, t, na, u0, u1):
     back[:na, u0:u1] = dz[:na] @ W_hh[:, u0:u1] (dz: every row's gate gradients of step
     t, all G columns), and dh = back there for the rows active at t, as
     :func:`_lstm_bwd_rows` does after its step."""
-    G = dz.shape[1]
-    P = back.shape[1]
-    W = w_hh.shape[2]
-    zero, one = _plain_ints(na)
-    _gemm(dz[:na], zero, G, one, G, na, G, w_hh[u0 // W:u1 // W], u1 - u0, back, u0, P,
-          zero, back[:0])
+    columns_product(dz, na, w_hh, back, u0, u1)
     for b in range(na):
         if t < lengths[b]:
             for p in range(u0, u1):
@@ -353,30 +341,10 @@ def _lstm_bwd_cols(dy, gates, cs, c0, lengths, off, dense, t, tp, dh, dc, dz, sq
             first = not 0 <= tp < lengths[b]
             for j in range(u0, u1, L):
                 n = min(L, u1 - j)
-                go = row * G + j
-                ig = V.load(gates, go, n)
-                fg = V.load(gates, go + H, n)
-                gg = V.load(gates, go + 2 * H, n)
-                og = V.load(gates, go + 3 * H, n)
                 cp = V.load(c0, b * H + j, n) if first else \
                     V.load(cs, (off[tp] + b) * H + j, n)
-                tc = V.tanh(V.load(cs, row * H + j, n))
-                d_r = V.load(dh, b * H + j, n)
-                dcc = V.load(dc, b * H + j, n) + d_r * og * (1.0 - tc * tc)
-                V.store(dc, b * H + j, n, dcc * fg)
-                zo = b * G + j
-                dzi = dcc * gg * ig * (1.0 - ig)
-                dzf = dcc * cp * fg * (1.0 - fg)
-                dzg = dcc * ig * (1.0 - gg * gg)
-                dzo = d_r * tc * og * (1.0 - og)
-                V.store(dz, zo, n, dzi)
-                V.store(dz, zo + H, n, dzf)
-                V.store(dz, zo + 2 * H, n, dzg)
-                V.store(dz, zo + 3 * H, n, dzo)
-                V.store(dxp, go, n, dzi)
-                V.store(dxp, go + H, n, dzf)
-                V.store(dxp, go + 2 * H, n, dzg)
-                V.store(dxp, go + 3 * H, n, dzo)
+                _lstm_cell_bwd(gates, cs, dc, dz, dxp, row * G + j, row * H + j, b * H + j,
+                               b * G + j, cp, V.load(dh, b * H + j, n), n)
         else:
             for k in range(4):
                 for j in range(k * H + u0, k * H + u1):
