@@ -52,11 +52,13 @@ AUTOCAST_CELLS = {"cpu": ("rnn", "lstm"), "cuda": ("rnn", "lstm", "gru")}
 # slower):
 #
 # * A batch of one at hidden >= TORCH_OP_LSTM_INFERENCE_MIN_H, on every ISA, when torch
-#   has more than one thread: one row cannot be split across the kernels' threads, so
-#   the recurrence runs on one core and streams W_hh (1 MiB at H = 256 in float32, past a
-#   core's L2) from L3 every step, while oneDNN splits W_hh's columns over all cores.
-#   Zen 2 (AVX2, 2 cores, 2026-12-02): 0.74-0.84x at H = 256, 0.82-0.90x at 384 and 512;
-#   1.01x at H = 128.
+#   has more than one thread: the kernels' row split ran the recurrence on one core,
+#   streaming W_hh (1 MiB at H = 256 in float32, past a core's L2) from L3 every step,
+#   while oneDNN splits W_hh's columns over all cores. Zen 2 (AVX2, 2 cores, 2026-12-02):
+#   0.74-0.84x at H = 256, 0.82-0.90x at 384 and 512; 1.01x at H = 128. With the
+#   kernels' column split (config.COLUMN_SPLIT_MAX_ROWS), Zen 4, 2026-12-06: T = 100
+#   0.76-0.91x at H = 256, 0.95-1.51x at 512..1024 (0.95-1.01 where torch.nn's LSTM ran
+#   in its fast mode); T = 16 1.11-3.36x at 384..1024: kept.
 # * Per ISA, TORCH_OP_LSTM_INFERENCE_REGIONS:
 #   - avx2: batch 4..6 at hidden 256..512, when torch has more than one thread. Zen 2,
 #     2026-12-02: 0.95-0.96x at B = 4, 0.75-0.84x at B = 5, 0.76-0.90x at B = 6, against
@@ -115,9 +117,9 @@ def _lstm_inference_to_torch(isa, B, H):
     threads = torch.get_num_threads() > 1  # the small-batch regions: measured with 2
     if B == 1 and H >= TORCH_OP_LSTM_INFERENCE_MIN_H and threads:
         return (f"{what} with a batch of one at hidden {H} >= "
-                f"{TORCH_OP_LSTM_INFERENCE_MIN_H}: the kernels' recurrence runs one row on "
-                f"one core; torch.nn's operator (oneDNN's fused LSTM) splits W_hh's "
-                f"columns across threads and measured faster")
+                f"{TORCH_OP_LSTM_INFERENCE_MIN_H}: torch.nn's operator (oneDNN's fused "
+                f"LSTM) measured faster than the numba kernels, or as fast where they split "
+                f"the hidden units across threads")
     region = TORCH_OP_LSTM_INFERENCE_REGIONS.get(isa, {})
     (b_lo, b_hi), (h_lo, h_hi) = region.get("batch", (0, -1)), region.get("hidden", (0, -1))
     if threads and b_lo <= B <= b_hi and h_lo <= H <= h_hi:
