@@ -241,9 +241,9 @@ def busy():
     """Whether the machine has had more runnable threads than this process's CPUs over
     the last minute, by more than half a thread (the load average; ~1 us to read; a
     process training on both cores of the 2-core Zen 4 with the split brings it to
-    1.8-2.0 by itself). The column split synchronises
-    its threads every step, so where another process holds a core, each step waits for
-    a descheduled thread's next time slice: on the 2-core Zen 4 with a second process
+    1.8-2.0 by itself). The column split synchronises its threads every step, so where
+    another process holds a core, each step waits for a descheduled thread's next time
+    slice: on the 2-core Zen 4 with a second process
     running two busy threads, a GRU fwd+bwd at (1, 512), T = 100, took 1,608 ms split
     against 82 ms with the row split (torch.nn: 888 ms; BENCHMARKS.md, 2026-12-06
     18:53). A load that rose within the last minute is seen late (the average lags)."""

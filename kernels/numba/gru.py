@@ -313,9 +313,9 @@ def gru_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, b_hn, h0, lengths, off, dense,
     """Writes y [R,H], h_n [B,H] and, when ``save``, gates [R,4H] = (r, z, n, hn). x
     [R, I] with w_ih [3H, I] and b_ih, b_hh [3H] (or [0]: no bias): the layer's input
     projection x @ W_ih^T + b_ih + [b_hr, b_hz, 0] is written into xp first; x [0, 0]:
-    xp holds it already. w_hh [3H, H] as torch stores it. nproj, nchunks: the parallel
-    kernel's splits. wih_p, whh_p: room for the weights' panels (_host.panel_buffer; or
-    empty stand-ins)."""
+    xp holds it already. w_hh [3H, H] as torch stores it. nproj, nchunks, ncols: the
+    parallel kernel's splits (ncols > 1: the column split). wih_p, whh_p: room for the
+    weights' panels (_host.panel_buffer; or empty stand-ins)."""
     if x.shape[0] > 0:
         project_part(x, pack_bt(w_ih, wih_p),
                      projection_bias(b_ih, b_hh, 2 * w_hh.shape[1]), xp, 0, 1)

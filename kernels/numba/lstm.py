@@ -361,9 +361,9 @@ def lstm_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, w_hr, h0, c0, lengths, off, d
     cs [R,H] (row arrays: :func:`_lstm_fwd_rows`). x [R, I] with w_ih [G, I] and b_ih,
     b_hh [G] (or [0]: no bias): the layer's input projection x @ W_ih^T + b_ih + b_hh is
     written into xp first; x [0, 0]: xp holds it already. w_hh [G, P] and w_hr [P, H]
-    ([0, 0]: none) as torch stores them. nproj, nchunks: the parallel kernel's splits.
-    wih_p, whh_p, whr_p: room for the weights' panels (_host.panel_buffer; or empty
-    stand-ins)."""
+    ([0, 0]: none) as torch stores them. nproj, nchunks, ncols: the parallel kernel's
+    splits (ncols > 1: the column split). wih_p, whh_p, whr_p: room for the weights'
+    panels (_host.panel_buffer; or empty stand-ins)."""
     if x.shape[0] > 0:
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
