@@ -9,6 +9,7 @@ runs fast.
 """
 
 import os
+import warnings
 
 import pytest
 
@@ -47,6 +48,20 @@ def test_sampled_configs_compile_without_spills(rows):
     assert not bad, "\n".join(bad)
     assert len(rows) == len(_sample()) * len(bc.ARCHS)
     assert {r["kernel"] for r in rows} == set(config.KERNELS)
+
+
+def test_launch_options_name_fp_fusion():
+    """The kernels' options name FP fusion: Triton 3.9 then warns nothing (unnamed, it
+    warns on a first compile that 3.10 turns fusion off by default), and a later Triton
+    compiles the same fused multiply-adds."""
+    cfg = _sample()[0]
+    assert cfg.launch_options()["enable_fp_fusion"] is True
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        row = bc.compile_one(cfg, bc.ARCHS[0])
+    assert row["ok"], row
+    assert not [w for w in got if "fp fusion" in str(w.message).lower()], \
+        [str(w.message) for w in got]
 
 
 @pytest.mark.parametrize("kernel", config.KERNELS)
