@@ -245,6 +245,20 @@ def gate_columns_product(s, h, na, w_t, z0, z, ngates, u0, u1):
             columns_product(h, na, w_t, z, n0, n0 + u1 - u0)
 
 
+@njit(**JIT)
+def bptt_columns_product(dz, na, w_p, back, dh, lengths, t, u0, u1):
+    """The column-split BPTT's product for units [u0, u1) (on panel bounds of w_p, the
+    panels of W_hh [G, H] by :func:`pack_b`): back[:na, u0:u1] = dz[:na] @ W_hh[:, u0:u1]
+    (dz [B, G]: every row's gate gradients of step t, all G columns), then dh = back
+    there for the rows active at t (t < lengths[b]), as the Elman and LSTM row kernels
+    set dh after their step. (The GRU adds the product to dh instead.)"""
+    columns_product(dz, na, w_p, back, u0, u1)
+    for b in range(na):
+        if t < lengths[b]:
+            for p in range(u0, u1):
+                dh[b, p] = back[b, p]
+
+
 @njit(**_INLINE)
 def _block_rows(K, itemsize):
     """Rows of A per L2 block (A_BLOCK_BYTES of K-long rows; whole MR-row tiles, at

@@ -45,8 +45,8 @@ from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import (
     _plain_ints,
     a_scratch,
+    bptt_columns_product,
     bwd_panels,
-    columns_product,
     gate_columns_product,
     layer_gemm_provider,
     layer_grads_macs,
@@ -302,19 +302,6 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
 
 
 @njit(**JIT)
-def _lstm_bwd_cols_back(dz, w_hh, back, dh, lengths, t, na, u0, u1):
-    """The column-split BPTT's product for units [u0, u1) (whole panels of w_hh):
-    back[:na, u0:u1] = dz[:na] @ W_hh[:, u0:u1] (dz: every row's gate gradients of step
-    t, all G columns), and dh = back there for the rows active at t, as
-    :func:`_lstm_bwd_rows` does after its step."""
-    columns_product(dz, na, w_hh, back, u0, u1)
-    for b in range(na):
-        if t < lengths[b]:
-            for p in range(u0, u1):
-                dh[b, p] = back[b, p]
-
-
-@njit(**JIT)
 def _lstm_bwd_cols(dy, gates, cs, c0, lengths, off, dense, t, tp, dh, dc, dz, sq, dxp,
                    u0, u1):
     """One step of the column-split BPTT (:func:`lstm_bwd_kernel_parallel`, no
@@ -452,8 +439,8 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
             for q in prange(ncols):
                 u0, u1 = unit_bounds(q, ncols, P, panel)
                 if s > 0:
-                    _lstm_bwd_cols_back(dzb[1 - s % 2], w_hh, back, dh, lengths, t_prev,
-                                        na_prev, u0, u1)
+                    bptt_columns_product(dzb[1 - s % 2], na_prev, w_hh, back, dh, lengths,
+                                         t_prev, u0, u1)
                 _lstm_bwd_cols(dy, gates, cs, c0, lengths, off, dense, t, tp, dh, dc,
                                dzb[s % 2], sq, dxp, u0, u1)
             acc = 0.0
@@ -465,8 +452,8 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
         if dh0.shape[0] > 0 and T > 0:
             for q in prange(ncols):
                 u0, u1 = unit_bounds(q, ncols, P, panel)
-                _lstm_bwd_cols_back(dzb[1 - T % 2], w_hh, back, dh, lengths, t_prev,
-                                    na_prev, u0, u1)
+                bptt_columns_product(dzb[1 - T % 2], na_prev, w_hh, back, dh, lengths,
+                                     t_prev, u0, u1)
             copy_rows(dh0, 0, dh, 0, B)
         copy_rows(dc0, 0, dc, 0, B)
         return

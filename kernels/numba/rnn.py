@@ -12,10 +12,13 @@ writes y = 0 and passes its gradient through unchanged (PackedSequence semantics
 both time directions).
 
 Rows of the batch never interact, so the parallel drivers give each thread its own
-slice of rows for the whole time loop: no barrier per step, no shared writes. The
-per-step product is the register-tile GEMM of gemm.py against W_hh packed once per
-call, on the active rows only when a thread's rows are sorted by length (packed.py);
-the pointwise step runs on the one-register vectors of vec.py.
+slice of rows for the whole time loop: no barrier per step, no shared writes. A batch
+of one to three rows with a W_hh too big for one core's L2 splits the hidden units
+instead (the column split, as lstm.py's: _host.recurrence_columns), one parallel
+region per step, with bitwise the row kernels' results. The per-step product is the
+register-tile GEMM of gemm.py against W_hh packed once per call, on the active rows
+only when a thread's rows are sorted by length (packed.py); the pointwise step runs on
+the one-register vectors of vec.py.
 """
 
 import math
@@ -32,7 +35,9 @@ from .config import INLINE, JIT, JIT_PARALLEL
 from .gemm import (
     _plain_ints,
     a_scratch,
+    bptt_columns_product,
     bwd_panels,
+    gate_columns_product,
     layer_gemm_provider,
     layer_grads_macs,
     layer_grads_padded,
@@ -44,7 +49,8 @@ from .gemm import (
     recurrent_operands,
     step_product,
 )
-from .packed import active_rows, chunk_bounds, copy_rows, is_sorted
+from .packed import active_rows, chunk_bounds, copy_rows, is_sorted, unit_bounds
+from .tile import NV
 
 
 @njit(**INLINE)
@@ -72,6 +78,27 @@ def _activate_backward(g, h, activation, slope):
     return g * (1.0 - h * h)
 
 
+@njit(**INLINE)
+def _rnn_cell(xp, z, h, y, xo, zo, ho, n, activation, slope):
+    """The step at n units: h_t = act(xp_t + z) (flat offsets xo of xp and y, zo of z,
+    ho of h), written to h and y. xp may be y: it is read first."""
+    v = _activate(V.load(xp, xo, n) + V.load(z, zo, n), activation, slope)
+    V.store(h, ho, n, v)
+    V.store(y, xo, n, v)
+
+
+@njit(**INLINE)
+def _rnn_cell_bwd(dh, dy, y, sq, dz, dxp, ho, ro, so, n, activation, slope):
+    """BPTT's step at n units: g = dh + dy (the total gradient reaching h_t), its
+    squares added to sq[so:], and dz = dxp = g * act'(z) (flat offsets ho of dh and dz,
+    ro of dy, y and dxp)."""
+    g = V.load(dh, ho, n) + V.load(dy, ro, n)
+    V.store(sq, so, n, V.load(sq, so, n) + g * g)
+    d = _activate_backward(g, V.load(y, ro, n), activation, slope)
+    V.store(dz, ho, n, d)
+    V.store(dxp, ro, n, d)
+
+
 @njit(**JIT)
 def _rnn_fwd_rows(xp, w_hh_t, z0, h0, lengths, off, dense, reverse, activation, slope, y, h_n,
                   b0, b1):
@@ -97,11 +124,8 @@ def _rnn_fwd_rows(xp, w_hh_t, z0, h0, lengths, off, dense, reverse, activation, 
             row = off[t] + b
             if t < lengths[b]:
                 for j in range(0, H, L):
-                    n = min(L, H - j)
-                    v = _activate(V.load(xp, row * H + j, n) + V.load(z, r * H + j, n),
-                                  activation, slope)
-                    V.store(h, r * H + j, n, v)
-                    V.store(y, row * H + j, n, v)
+                    _rnn_cell(xp, z, h, y, row * H + j, r * H + j, r * H + j,
+                              min(L, H - j), activation, slope)
             elif dense:
                 for j in range(H):
                     y[row, j] = 0
@@ -134,12 +158,8 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
             row = off[t] + b
             if t < lengths[b]:
                 for j in range(0, H, L):
-                    n = min(L, H - j)
-                    g = V.load(dh, r * H + j, n) + V.load(dy, row * H + j, n)
-                    V.store(sq, j, n, V.load(sq, j, n) + g * g)
-                    d = _activate_backward(g, V.load(y, row * H + j, n), activation, slope)
-                    V.store(dz, r * H + j, n, d)
-                    V.store(dxp, row * H + j, n, d)
+                    _rnn_cell_bwd(dh, dy, y, sq, dz, dxp, r * H + j, row * H + j, j,
+                                  min(L, H - j), activation, slope)
             else:
                 for j in range(H):
                     dz[r, j] = 0
@@ -162,14 +182,63 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
 
 
 @njit(**JIT)
+def _rnn_fwd_cols(xp, w_hh_t, z0, h, hn, z, lengths, off, dense, t, s, na, u0, u1,
+                  activation, slope, y):
+    """One step of the column-split forward (:func:`rnn_fwd_kernel_parallel`): hidden
+    units [u0, u1) of every row (whole panels of w_hh_t). Reads h [B, H] (h_{t-1} of
+    every row: the other threads' units too), writes hn [B, H] (h_t, these units; an
+    inactive row's carried over), z [B, H] and y at these units. Each element is
+    computed as :func:`_rnn_fwd_rows` computes it: bitwise its results."""
+    H = xp.shape[1]
+    L = V.lanes(xp)
+    gate_columns_product(s, h, na, w_hh_t, z0, z, 1, u0, u1)
+    for b in range(h.shape[0]):
+        row = off[t] + b
+        if t < lengths[b]:
+            for j in range(u0, u1, L):
+                _rnn_cell(xp, z, hn, y, row * H + j, b * H + j, b * H + j, min(L, u1 - j),
+                          activation, slope)
+        else:
+            for j in range(u0, u1):
+                hn[b, j] = h[b, j]
+            if dense:
+                for j in range(u0, u1):
+                    y[row, j] = 0
+
+
+@njit(**JIT)
+def _rnn_bwd_cols(dy, y, lengths, off, dense, t, dh, dz, sq, dxp, u0, u1, activation,
+                  slope):
+    """One step of the column-split BPTT (:func:`rnn_bwd_kernel_parallel`) at units
+    [u0, u1) of every row: sq[u0:u1] (the step's per-unit sums of squares), dz [B, H]
+    and dxp there; each element as :func:`_rnn_bwd_rows` computes it, in the same
+    order."""
+    H = dy.shape[1]
+    L = V.lanes(dy)
+    for p in range(u0, u1):
+        sq[p] = 0.0
+    for b in range(dh.shape[0]):
+        row = off[t] + b
+        if t < lengths[b]:
+            for j in range(u0, u1, L):
+                _rnn_cell_bwd(dh, dy, y, sq, dz, dxp, b * H + j, row * H + j, j,
+                              min(L, u1 - j), activation, slope)
+        else:
+            for j in range(u0, u1):
+                dz[b, j] = 0
+                if dense:
+                    dxp[row, j] = 0
+
+
+@njit(**JIT)
 def rnn_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense, reverse,
-                   activation, slope, y, h_n, nproj, nchunks, wih_p, whh_p):
+                   activation, slope, y, h_n, nproj, nchunks, ncols, wih_p, whh_p):
     """Writes y and h_n (:func:`_rnn_fwd_rows`). x [R, I] with w_ih [H, I] and b_ih,
     b_hh [H] (or [0]: no bias): the layer's input projection x @ W_ih^T + b_ih + b_hh is
     written into xp first (xp may be y: each step reads its xp before writing y there);
-    x [0, 0]: xp holds it already. w_hh [H, H] as torch stores it. nproj, nchunks: the
-    parallel kernel's splits. wih_p, whh_p: room for the weights' panels
-    (_host.panel_buffer; or empty stand-ins)."""
+    x [0, 0]: xp holds it already. w_hh [H, H] as torch stores it. nproj, nchunks, ncols:
+    the parallel kernel's splits (ncols > 1: the column split). wih_p, whh_p: room for
+    the weights' panels (_host.panel_buffer; or empty stand-ins)."""
     if x.shape[0] > 0:
         project_part(x, pack_bt(w_ih, wih_p), projection_bias(b_ih, b_hh, b_hh.shape[0]),
                      xp, 0, 1)
@@ -181,7 +250,9 @@ def rnn_fwd_kernel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense, rever
 
 @njit(**JIT)
 def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
-                   dxp, dh0, norms):
+                   dxp, dh0, norms, ncols):
+    """BPTT (:func:`_rnn_bwd_rows`): dxp, dh0 ([0, H]: not asked for) and the per-step
+    gradient norms [T]; ncols: the parallel kernel's column split (unused here)."""
     b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
     _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
                   dxp, dh0, norms, b0, dh_n.shape[0])
@@ -191,17 +262,35 @@ def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, 
 
 @njit(**JIT_PARALLEL)
 def rnn_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, dense,
-                            reverse, activation, slope, y, h_n, nproj, nchunks, wih_p,
-                            whh_p):
+                            reverse, activation, slope, y, h_n, nproj, nchunks, ncols,
+                            wih_p, whh_p):
     """:func:`rnn_fwd_kernel` on threads: the projection's rows in ``nproj`` parts, then
     chunk c of the batch rows (packed.chunk_bounds) runs the whole time loop on its own
-    thread (rows never interact)."""
+    thread (rows never interact); or, ncols > 1, every row on every thread, each a
+    block of hidden units, one parallel region per step (the column split)."""
     if x.shape[0] > 0:
         wp = pack_bt(w_ih, wih_p)
         bias = projection_bias(b_ih, b_hh, b_hh.shape[0])
         for p in prange(nproj):
             project_part(x, wp, bias, xp, p, nproj)
     w_hh_t, z0 = recurrent_operands(h0, w_hh, whh_p, off.shape[0])
+    if ncols > 1:
+        T = off.shape[0]
+        B, H = h0.shape
+        panel = NV * V.lanes(xp)  # units per panel of W_hh^T
+        hb = np.empty((2, B, H), dtype=xp.dtype)  # h_{t-1}, h_t by the step's parity
+        z = np.empty((B, H), dtype=xp.dtype)
+        copy_rows(hb[0], 0, h0, 0, B)
+        prefix = is_sorted(lengths, 0, B)
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            na = active_rows(lengths, 0, B, t, prefix)
+            for q in prange(ncols):
+                u0, u1 = unit_bounds(q, ncols, H, panel)
+                _rnn_fwd_cols(xp, w_hh_t, z0, hb[s % 2], hb[1 - s % 2], z, lengths, off,
+                              dense, t, s, na, u0, u1, activation, slope, y)
+        copy_rows(h_n, 0, hb[T % 2], 0, B)
+        return
     bounds = chunk_bounds(lengths, nchunks)
     for c in prange(nchunks):
         _rnn_fwd_rows(xp, w_hh_t, z0, h0, lengths, off, dense, reverse, activation, slope,
@@ -210,10 +299,46 @@ def rnn_fwd_kernel_parallel(x, w_ih, b_ih, b_hh, xp, w_hh, h0, lengths, off, den
 
 @njit(**JIT_PARALLEL)
 def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation,
-                            slope, dxp, dh0, norms, nchunks):
+                            slope, dxp, dh0, norms, ncols, nchunks):
     """Batch-parallel BPTT; each chunk's squared norms land in its own row of a
-    [nchunks, T] buffer, summed afterwards in chunk order (deterministic)."""
+    [nchunks, T] buffer, summed afterwards in chunk order (deterministic). ncols > 1:
+    the column split instead, every row on every thread, each thread a block of hidden
+    units, one parallel region per step (the product for the previous step's dz, then
+    the step's own pointwise work)."""
     T = off.shape[0]
+    if ncols > 1:
+        B, H = dh_n.shape
+        panel = NV * V.lanes(dy)  # units per panel of W_hh
+        dh = np.empty((B, H), dtype=dy.dtype)
+        copy_rows(dh, 0, dh_n, 0, B)
+        dzb = np.empty((2, B, H), dtype=dy.dtype)  # the step's dz, the previous step's
+        back = np.empty((B, H), dtype=dy.dtype)
+        sq = np.empty(H, dtype=dy.dtype)
+        prefix = is_sorted(lengths, 0, B)
+        t_prev = 0
+        na_prev = 0
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            for q in prange(ncols):
+                u0, u1 = unit_bounds(q, ncols, H, panel)
+                if s > 0:
+                    bptt_columns_product(dzb[1 - s % 2], na_prev, w_hh, back, dh,
+                                         lengths, t_prev, u0, u1)
+                _rnn_bwd_cols(dy, y, lengths, off, dense, t, dh, dzb[s % 2], sq, dxp, u0,
+                              u1, activation, slope)
+            acc = 0.0
+            for p in range(H):
+                acc += np.float64(sq[p])
+            norms[t] = math.sqrt(acc)
+            t_prev = t
+            na_prev = active_rows(lengths, 0, B, t, prefix)
+        if dh0.shape[0] > 0 and T > 0:
+            for q in prange(ncols):
+                u0, u1 = unit_bounds(q, ncols, H, panel)
+                bptt_columns_product(dzb[1 - T % 2], na_prev, w_hh, back, dh, lengths,
+                                     t_prev, u0, u1)
+            copy_rows(dh0, 0, dh, 0, B)
+        return
     bounds = chunk_bounds(lengths, nchunks)
     sq = np.zeros((nchunks, T), dtype=np.float64)
     for c in prange(nchunks):
@@ -309,6 +434,9 @@ def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
     h_n = h0.new_empty(h0.shape)  # contiguous, as torch.nn's, whatever h0's strides
     off, dense = _host.row_layout(offsets, T, B)
     nchunks = _host.recurrence_chunks(B, B * H * H, T)
+    ncols = _host.recurrence_columns(B, H, H, h0.element_size(), T)
+    if ncols > 1:
+        nchunks = 1
     x_np, w_ih_np, b_ih_np, b_hh_np, nproj = _host.layer_input(x, w_ih, b_ih, b_hh, xp, H)
     y_np = _host.rows(y)
     w_hh_np = _host.as_numpy(w_hh)
@@ -317,8 +445,8 @@ def _forward(x, w_ih, b_ih, b_hh, xp, y, w_hh, h0, lengths, reverse, activation,
                  w_hh_np, _host.as_numpy(h0),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
                  int(activation), float(negative_slope), y_np, h_n.numpy(), nproj, nchunks,
-                 *_host.transposed_panels(h0, w_ih_np, w_hh_np),
-                 threads=max(nproj, nchunks))
+                 ncols, *_host.transposed_panels(h0, w_ih_np, w_hh_np),
+                 threads=max(nproj, nchunks, ncols))
     return y, h_n
 
 
@@ -356,11 +484,13 @@ def _bwd(dy_np, dh_n, y_np, w_hh, lengths, offsets, reverse, activation, negativ
     dh0 = dh_n.new_empty((B if need_dh0 else 0, H))
     norms, norms_np = _host.scratch(dh0, (T,), torch.float64)
     off, dense = _host.row_layout(offsets, T, B)
+    ncols = _host.recurrence_columns(B, H, H, dh0.element_size(), T)
     _host.launch(rnn_bwd_kernel, rnn_bwd_kernel_parallel,
-                 _host.recurrence_chunks(B, B * H * H, T),
+                 ncols if ncols > 1 else _host.recurrence_chunks(B, B * H * H, T),
                  dy_np, _host.as_numpy(dh_n), y_np, bwd_panels(w_hh, dh0, T, need_dh0),
                  _host.lengths_array(lengths, T, B), off, dense, bool(reverse),
-                 int(activation), float(negative_slope), dxp_np, dh0.numpy(), norms_np)
+                 int(activation), float(negative_slope), dxp_np, dh0.numpy(), norms_np,
+                 ncols)
     return dxp_np, dh0, norms
 
 
