@@ -30,6 +30,7 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
     """
     previous = module.record_grad_norms
     module.record_grad_norms = True
+    module._grad_norm_probes = None  # this call's probes become the module's
     try:
         with torch.enable_grad():
             out, _ = module(input, hx)

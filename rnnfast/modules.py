@@ -487,6 +487,7 @@ class _FusedRNNBase(nn.RNNBase):
         self.backend = backend
         self.record_grad_norms = False
         self._grad_norm_probes = None
+        self._probes_in_graph = False
 
     # ------------------------------------------------------------ telemetry
     @property
@@ -513,19 +514,30 @@ class _FusedRNNBase(nn.RNNBase):
     def _new_probes(self, T, device, tensors=()):
         """One float64 [T] probe per layer and direction, whose gradient each backward
         sets to that layer's ||dL/dh_t|| (rnnfast.diagnostics). Raises RNNArgumentError
-        where no backward can hand them over (:func:`_norms_unrecordable`)."""
+        where no backward can hand them over (:func:`_norms_unrecordable`).
+
+        They become the module's (``last_grad_norms`` reads them), except for a forward
+        run inside a backward pass while the module's probes came from a forward that
+        built a graph: a non-reentrant ``torch.utils.checkpoint`` recomputing an
+        earlier call, whose backward keeps its norms on that call's own probes. (The
+        reentrant variant's first forward runs under no_grad and builds no graph: its
+        recomputing forward's probes are the ones its backward fills.)"""
         why = _norms_unrecordable(tensors)
         if why is not None:
             raise RNNArgumentError(
                 f"record_grad_norms=True cannot record the per-step gradient norms under "
                 f"{why}; set module.record_grad_norms = False for this call")
         n = self.num_layers * (2 if self.bidirectional else 1)
-        self._grad_norm_probes = [
-            torch.zeros(T, dtype=torch.float64, device=device, requires_grad=True)
-            for _ in range(n)]
-        for p in self._grad_norm_probes:
+        probes = [torch.zeros(T, dtype=torch.float64, device=device, requires_grad=True)
+                  for _ in range(n)]
+        for p in probes:
             p.register_hook(_LastGradOnly(p))
-        return self._grad_norm_probes
+        if self._grad_norm_probes is None or not getattr(self, "_probes_in_graph", False) \
+                or torch._C._current_graph_task_id() == -1:
+            # (object.__setattr__: nn.Module's costs ~10 us a call)
+            object.__setattr__(self, "_grad_norm_probes", probes)
+            object.__setattr__(self, "_probes_in_graph", torch.is_grad_enabled())
+        return probes
 
     # ------------------------------------------------------------ torch.nn's surface
     def _state_size(self):

@@ -139,8 +139,14 @@ def _setup_context(ctx, inputs, output, saved_outputs):
     bias between forward and backward (an optimizer step, an edit under no_grad) is no
     error there. Saved, autograd raised "modified by an inplace operation" on it. A
     backward that recomputes the layer (second order) still needs their forward values:
-    it raises that error where they changed (:func:`_saved`)."""
-    loose = _BIASES if getattr(ctx, "eager", False) else ()
+    it raises that error where they changed (:func:`_saved`).
+
+    The gradient-norms probe (every op's last input) travels as a plain value in eager
+    mode too: backward then keeps the norms on the probe the forward was given. Saved,
+    a non-reentrant ``torch.utils.checkpoint`` handed backward the probe of its
+    recomputing forward instead, which no module holds (``last_grad_norms`` read
+    None)."""
+    loose = (*_BIASES, len(inputs) - 1) if getattr(ctx, "eager", False) else ()
     ctx.inputs_config = [t if i in loose or not isinstance(t, Tensor) else None
                          for i, t in enumerate(inputs)]
     ctx.loose_versions = [(i, inputs[i]._version) for i in loose

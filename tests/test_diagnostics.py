@@ -294,6 +294,37 @@ def test_last_grad_norms_never_mixes_backward_passes(backend):
     assert torch.equal(m.last_grad_norms, got)
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_last_grad_norms_through_checkpoint(cell, backend):
+    """Under torch.utils.checkpoint, reentrant or not, last_grad_norms holds what the
+    same calls give without it: the last forward's norms, also where an earlier call
+    was checkpointed and is recomputed in the backward. (Non-reentrant: it read None,
+    the recomputing forward's probes had replaced the module's.)"""
+    from torch.utils.checkpoint import checkpoint
+
+    m = make_module(cell, 2, False, False, backend, seed=12)
+    g = torch.Generator().manual_seed(13)
+    x1 = torch.randn(T, B, I, dtype=DT, generator=g, requires_grad=True)
+    x2 = torch.randn(T + 2, B, I, dtype=DT, generator=g, requires_grad=True)
+    m.record_grad_norms = True
+
+    def run(first, second):
+        ys = [m(x)[0] if how is None else checkpoint(m, x, use_reentrant=how)[0]
+              for x, how in ((x1, first), (x2, second))]
+        sum((y * torch.linspace(-1, 1, y.numel(), dtype=DT).view_as(y)).sum()
+            for y in ys).backward()
+        return m.last_grad_norms
+
+    want = run(None, None)
+    assert want is not None and want.shape[1] == T + 2
+    for first, second in ((None, False), (False, None), (False, False), (None, True),
+                          (True, None), (True, False), (False, True)):
+        got = run(first, second)
+        assert got is not None, (first, second)
+        rel_check(f"checkpoint {first}, {second} {cell} {backend}", got, want)
+
+
 def test_record_grad_norms_in_a_dual_level_without_dual_tensors():
     """Inside forward_ad.dual_level() a call with no dual tensor is an ordinary one: it
     records its norms (a dual input raises, see the test below)."""
