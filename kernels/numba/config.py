@@ -193,13 +193,15 @@ PARALLEL_MIN_ROWS = 2
 # T = 8 1.02, T = 16 1.05 (BENCHMARKS.md, session of 2026-12-06).
 PARALLEL_MIN_LAUNCH_MACS = 1 << 22
 # A batch of at most this many rows splits the hidden units across threads instead, every
-# step (the column split: kernels/numba/lstm.py), where the recurrent weight is at least
-# COLUMN_SPLIT_MIN_WEIGHT_BYTES: with one row per thread each core streams all of W_hh
-# from L3 every step; split by columns each streams its share, at one parallel region
-# (~1 us) per step. LSTM, T = 100, 2-core Zen 4 (AVX-512), float32, rows / columns time,
-# fwd+bwd: B = 1 H = 128 0.87, H = 256 1.27, 512 1.31, 1024 1.41; B = 2 H = 128 0.88,
-# 256 1.18, 512 1.22; B = 3 H = 512 1.13; B = 4 1.00-1.04; B = 8 0.97 (BENCHMARKS.md,
-# session of 2026-12-06 18:53).
+# step (the column split: kernels/numba/rnn.py, lstm.py, gru.py), where the recurrent
+# weight is at least COLUMN_SPLIT_MIN_WEIGHT_BYTES: with one row per thread each core
+# streams all of W_hh from L3 every step; split by columns each streams its share, at
+# one parallel region (~1 us) per step. T = 100, 2-core Zen 4 (AVX-512), float32, rows /
+# columns time, fwd+bwd: LSTM B = 1 H = 128 0.87, H = 256 1.27, 512 1.31, 1024 1.41;
+# B = 2 H = 128 0.88, 256 1.18, 512 1.22; B = 3 H = 512 1.13; B = 4 1.00-1.04; B = 8
+# 0.97 (BENCHMARKS.md, session of 2026-12-06 18:53). Elman RNN (tanh, ReLU) B = 1
+# H = 512 1.22-1.25, 1024 1.24-1.30; B = 2 1.13-1.18 and 1.17-1.24; B = 3 H = 512
+# 1.03-1.04, 1024 1.12; B = 4 0.99 (session of 2026-12-06 22:16).
 COLUMN_SPLIT_MAX_ROWS = 3
 COLUMN_SPLIT_MIN_WEIGHT_BYTES = 1 << 20
 # A layer GEMM (projection, weight gradients) is split across threads from this many

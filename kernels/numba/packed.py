@@ -81,7 +81,7 @@ def copy_rows(dst, d0, src, s0, n):
 @njit(**INLINE)
 def unit_bounds(q, ncols, H, panel):
     """Hidden units [u0, u1) of thread q of ``ncols`` in a column-split recurrence (the
-    LSTM's and the GRU's ``*_kernel_parallel``): whole panels of ``panel`` units (H a
-    multiple of it), as even as they split."""
+    ``*_kernel_parallel`` of rnn.py, lstm.py and gru.py): whole panels of ``panel``
+    units (H a multiple of it), as even as they split."""
     npan = H // panel
     return q * npan // ncols * panel, (q + 1) * npan // ncols * panel
