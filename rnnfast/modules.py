@@ -8,7 +8,7 @@ torch's leaves out: an RNN's activation where it is not tanh, ``negative_slope``
 torch.nn's own step by step (input forms, hidden-state checks with torch's messages,
 PackedSequence sorting), with torch.nn's fused call replaced by rnnfast's layers:
 
-    module.forward -> _FusedRNNBase._layers -> dispatch.resolve (once per call)
+    module.forward -> _FusedRNNBase._forward -> _layers -> dispatch.resolve (once per call)
                    -> ops.<cell> per layer and direction -> kernels.<backend>.<cell>_fwd
 
 A call that ``backend='auto'`` hands to torch.nn's operator by a measured rule (a short
@@ -774,13 +774,19 @@ class _FusedRNNBase(nn.RNNBase):
                 self._init_flat_weights()
                 return
 
-    def forward(self, input, hx=None):
+    def _forward(self, input, hx=None):
         """torch.nn.<Cell>.forward's contract: input [T, B, I] ([B, T, I] with
         batch_first), unbatched [T, I], or a PackedSequence; hx as torch.nn's (a tuple
         (h_0, c_0) for the LSTM). Returns (output, h_n) or (output, (h_n, c_n)).
 
         Raises torch.nn's errors, with its messages, for a wrong input dimension, size,
-        dtype, hidden-state shape, or an empty sequence."""
+        dtype, hidden-state shape, or an empty sequence.
+
+        Each cell's class has a ``forward`` of its own that calls this one, as torch.nn's
+        classes each have theirs: torch.compile's recompile limit (8) counts per code
+        object, and one ``forward`` shared by the three classes had modules of one class
+        compiled directly use up the others' (an LSTM and a GRU ran eagerly after a
+        ReLU-RNN at a limit of 1)."""
         if self._grad_norm_probes is not None and not self.record_grad_norms:
             # last_grad_norms: None after a call without them, whichever path runs it
             self._grad_norm_probes = None  # nn.Module.__setattr__: ~10 us, so on change
@@ -1343,6 +1349,13 @@ class RNN(_FusedRNNBase):
 
     _cell = "rnn"
 
+    def forward(self, input, hx=None):
+        """torch.nn.RNN.forward: input [T, B, I] ([B, T, I] with batch_first),
+        unbatched [T, I], or a PackedSequence; hx [num_layers * D, B, H] or None.
+        Returns (output, h_n). Raises torch.nn's errors, with its messages, for the
+        same bad inputs (see _FusedRNNBase._forward)."""
+        return self._forward(input, hx)
+
     def __init__(self, *args, negative_slope=0.01, backend="auto", **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
@@ -1405,9 +1418,17 @@ class LSTM(_FusedRNNBase):
     """
 
     _cell = "lstm"
+
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args
     permute_hidden = nn.LSTM.permute_hidden
+
+    def forward(self, input, hx=None):
+        """torch.nn.LSTM.forward: input [T, B, I] ([B, T, I] with batch_first),
+        unbatched [T, I], or a PackedSequence; hx a tuple (h_0, c_0) or None.
+        Returns (output, (h_n, c_n)). Raises torch.nn's errors, with its messages, for the
+        same bad inputs (see _FusedRNNBase._forward)."""
+        return self._forward(input, hx)
 
     def __init__(self, *args, backend="auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -1433,6 +1454,13 @@ class GRU(_FusedRNNBase):
     """
 
     _cell = "gru"
+
+    def forward(self, input, hx=None):
+        """torch.nn.GRU.forward: input [T, B, I] ([B, T, I] with batch_first),
+        unbatched [T, I], or a PackedSequence; hx [num_layers * D, B, H] or None.
+        Returns (output, h_n). Raises torch.nn's errors, with its messages, for the
+        same bad inputs (see _FusedRNNBase._forward)."""
+        return self._forward(input, hx)
 
     def __init__(self, *args, backend="auto", **kwargs):
         if "proj_size" in kwargs:
