@@ -373,6 +373,19 @@ def _norms_unrecordable(tensors=()):
     return None
 
 
+def _checkpoint_recompute():
+    """Whether this forward, run inside a backward pass, is a non-reentrant
+    ``torch.utils.checkpoint`` recomputing an earlier call: torch runs that under its
+    ``_recomputation_hook`` saved-tensor hooks (private names: False where they are not
+    found)."""
+    try:
+        top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+    return top is not None and \
+        getattr(top[0], "__qualname__", "").startswith("_recomputation_hook.")
+
+
 class _LastGradOnly:
     """A gradient norms probe's hook: clears the probe's ``.grad`` as each backward's
     gradient arrives, so that after several backwards through one forward (retain_graph)
@@ -487,7 +500,6 @@ class _FusedRNNBase(nn.RNNBase):
         self.backend = backend
         self.record_grad_norms = False
         self._grad_norm_probes = None
-        self._probes_in_graph = False
 
     # ------------------------------------------------------------ telemetry
     @property
@@ -516,12 +528,20 @@ class _FusedRNNBase(nn.RNNBase):
         sets to that layer's ||dL/dh_t|| (rnnfast.diagnostics). Raises RNNArgumentError
         where no backward can hand them over (:func:`_norms_unrecordable`).
 
-        They become the module's (``last_grad_norms`` reads them), except for a forward
-        run inside a backward pass while the module's probes came from a forward that
-        built a graph: a non-reentrant ``torch.utils.checkpoint`` recomputing an
-        earlier call, whose backward keeps its norms on that call's own probes. (The
-        reentrant variant's first forward runs under no_grad and builds no graph: its
-        recomputing forward's probes are the ones its backward fills.)"""
+        A call's probes become the module's (``last_grad_norms`` reads them). A forward
+        run inside a backward pass is ``torch.utils.checkpoint`` recomputing a call:
+
+        * non-reentrant: it only rebuilds saved tensors for the graph of the original
+          call, whose backward keeps its norms on that call's own probes: the module's
+          stay;
+        * reentrant: the original call ran under no_grad and built no graph; the
+          recompute's graph is the one its backward runs through (every backward
+          again). Its probes take the module's place where those came from a no_grad
+          call (this one's original, when it was the module's last call) or from a
+          recompute in an earlier backward pass (a second backward through the same
+          call, or the next call's own backward); in the same pass the first
+          recompute, that of the latest call (autograd runs later nodes first), keeps
+          them."""
         why = _norms_unrecordable(tensors)
         if why is not None:
             raise RNNArgumentError(
@@ -532,11 +552,19 @@ class _FusedRNNBase(nn.RNNBase):
                   for _ in range(n)]
         for p in probes:
             p.register_hook(_LastGradOnly(p))
-        if self._grad_norm_probes is None or not getattr(self, "_probes_in_graph", False) \
-                or torch._C._current_graph_task_id() == -1:
-            # (object.__setattr__: nn.Module's costs ~10 us a call)
-            object.__setattr__(self, "_grad_norm_probes", probes)
-            object.__setattr__(self, "_probes_in_graph", torch.is_grad_enabled())
+        task = torch._C._current_graph_task_id()
+        if task == -1:  # the user's call
+            state = (not torch.is_grad_enabled(), -1)
+        elif _checkpoint_recompute():
+            return probes
+        else:
+            pending, made_in = getattr(self, "_probe_state", (False, -1))
+            if self._grad_norm_probes is None or not (pending or made_in not in (-1, task)):
+                return probes
+            state = (False, task)
+        # (object.__setattr__: nn.Module's costs ~10 us a call)
+        object.__setattr__(self, "_grad_norm_probes", probes)
+        object.__setattr__(self, "_probe_state", state)  # (no_grad call, recompute's pass)
         return probes
 
     # ------------------------------------------------------------ torch.nn's surface

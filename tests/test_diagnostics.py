@@ -299,8 +299,10 @@ def test_last_grad_norms_never_mixes_backward_passes(backend):
 def test_last_grad_norms_through_checkpoint(cell, backend):
     """Under torch.utils.checkpoint, reentrant or not, last_grad_norms holds what the
     same calls give without it: the last forward's norms, also where an earlier call
-    was checkpointed and is recomputed in the backward. (Non-reentrant: it read None,
-    the recomputing forward's probes had replaced the module's.)"""
+    was checkpointed and is recomputed in the backward, where each call's loss has a
+    backward of its own, and after a second backward through one call (retain_graph).
+    (Non-reentrant: it read None, the recomputing forward's probes had replaced the
+    module's.)"""
     from torch.utils.checkpoint import checkpoint
 
     m = make_module(cell, 2, False, False, backend, seed=12)
@@ -316,13 +318,35 @@ def test_last_grad_norms_through_checkpoint(cell, backend):
             for y in ys).backward()
         return m.last_grad_norms
 
-    want = run(None, None)
+    def apart(first, second):  # each call's loss backward on its own, in call order
+        ys = [m(x)[0] if how is None else checkpoint(m, x, use_reentrant=how)[0]
+              for x, how in ((x1, first), (x2, second))]
+        for k, y in enumerate(ys):
+            ((k + 2) * y.pow(2)).sum().backward()
+        return m.last_grad_norms
+
+    def twice(how):  # two backwards through one call (retain_graph)
+        y = m(x1)[0] if how is None else checkpoint(m, x1, use_reentrant=how)[0]
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=DT).view_as(y)).sum()
+        loss.backward(retain_graph=True)
+        once = m.last_grad_norms.clone()
+        (3 * loss).backward()
+        return once, m.last_grad_norms
+
+    want, want_apart = run(None, None), apart(None, None)
     assert want is not None and want.shape[1] == T + 2
     for first, second in ((None, False), (False, None), (False, False), (None, True),
-                          (True, None), (True, False), (False, True)):
+                          (True, None), (True, False), (False, True), (True, True)):
+        what = f"checkpoint {first}, {second} {cell} {backend}"
         got = run(first, second)
-        assert got is not None, (first, second)
-        rel_check(f"checkpoint {first}, {second} {cell} {backend}", got, want)
+        assert got is not None, what
+        rel_check(what, got, want)
+        got = apart(first, second)
+        assert got is not None, what
+        rel_check(f"{what}, backwards apart", got, want_apart)
+    for how in (None, False, True):
+        once, again = twice(how)
+        rel_check(f"checkpoint {how} {cell} {backend}, second backward", again, 3 * once)
 
 
 def test_record_grad_norms_in_a_dual_level_without_dual_tensors():
