@@ -60,6 +60,7 @@ from .gemm import (
     recurrent_operands,
     step_product,
 )
+from .norms import chunk_norms, sqrt_in_place, sum_of_squares
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted, unit_bounds
 from .tile import NV
 
@@ -264,10 +265,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
             elif proj and dense:
                 for p in range(P):
                     dhs[row, p] = 0
-        acc = 0.0
-        for p in range(sq.shape[0]):
-            acc += np.float64(sq[p])
-        sqsum[t] = acc
+        sqsum[t] = sum_of_squares(sq)
         if proj:
             mm_into(dh[:na], w_hr, dr[:na], dh_pk)
         for rr in range(nb):
@@ -407,8 +405,7 @@ def lstm_bwd_kernel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, den
     b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
     _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
                    reverse, dxp, dh0, dc0, dhs, norms, b0, dh_n.shape[0])
-    for t in range(norms.shape[0]):
-        norms[t] = math.sqrt(norms[t])
+    sqrt_in_place(norms)
 
 
 @njit(**JIT_PARALLEL)
@@ -443,10 +440,7 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
                                          t_prev, u0, u1)
                 _lstm_bwd_cols(dy, gates, cs, c0, lengths, off, dense, t, tp, dh, dc,
                                dzb[s % 2], sq, dxp, u0, u1)
-            acc = 0.0
-            for p in range(P):
-                acc += np.float64(sq[p])
-            norms[t] = math.sqrt(acc)
+            norms[t] = math.sqrt(sum_of_squares(sq))
             t_prev = t
             na_prev = active_rows(lengths, 0, B, t, prefix)
         if dh0.shape[0] > 0 and T > 0:
@@ -462,11 +456,7 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
     for c in prange(nchunks):
         _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dense,
                        reverse, dxp, dh0, dc0, dhs, sq[c], bounds[c], bounds[c + 1])
-    for t in range(T):
-        acc = 0.0
-        for c in range(nchunks):
-            acc += sq[c, t]
-        norms[t] = math.sqrt(acc)
+    chunk_norms(sq, norms)
 
 
 # ---------------------------------------------------------------- launchers

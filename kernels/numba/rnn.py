@@ -49,6 +49,7 @@ from .gemm import (
     recurrent_operands,
     step_product,
 )
+from .norms import chunk_norms, sqrt_in_place, sum_of_squares
 from .packed import active_rows, chunk_bounds, copy_rows, is_sorted, unit_bounds
 from .tile import NV
 
@@ -166,10 +167,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
                 if dense:
                     for j in range(H):
                         dxp[row, j] = 0
-        acc = 0.0
-        for p in range(sq.shape[0]):
-            acc += np.float64(sq[p])
-        sqsum[t] = acc
+        sqsum[t] = sum_of_squares(sq)
         if s == T - 1 and dh0.shape[0] == 0:
             break  # no dh_0 asked for: the last product would feed nothing else
         mm_into(dz[:na], w_hh, back[:na], dz_pk)
@@ -256,8 +254,7 @@ def rnn_bwd_kernel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, 
     b0, _ = _plain_ints(dh_n.shape[0])  # as the parallel kernel's bounds are typed
     _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
                   dxp, dh0, norms, b0, dh_n.shape[0])
-    for t in range(norms.shape[0]):
-        norms[t] = math.sqrt(norms[t])
+    sqrt_in_place(norms)
 
 
 @njit(**JIT_PARALLEL)
@@ -326,10 +323,7 @@ def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, act
                                          lengths, t_prev, u0, u1)
                 _rnn_bwd_cols(dy, y, lengths, off, dense, t, dh, dzb[s % 2], sq, dxp, u0,
                               u1, activation, slope)
-            acc = 0.0
-            for p in range(H):
-                acc += np.float64(sq[p])
-            norms[t] = math.sqrt(acc)
+            norms[t] = math.sqrt(sum_of_squares(sq))
             t_prev = t
             na_prev = active_rows(lengths, 0, B, t, prefix)
         if dh0.shape[0] > 0 and T > 0:
@@ -344,11 +338,7 @@ def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, act
     for c in prange(nchunks):
         _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, slope,
                       dxp, dh0, sq[c], bounds[c], bounds[c + 1])
-    for t in range(T):
-        acc = 0.0
-        for c in range(nchunks):
-            acc += sq[c, t]
-        norms[t] = math.sqrt(acc)
+    chunk_norms(sq, norms)
 
 
 # ---------------------------------------------------------------- launchers
