@@ -224,6 +224,39 @@ def test_batch_of_three_splits_over_two_threads(cell, monkeypatch, two_torch_thr
 
 
 
+def test_launch_puts_numba_thread_count_back(monkeypatch, two_torch_threads):
+    """A launch sets numba's thread count (the calling thread's own, which the user's
+    parallel numba code runs on too) for its kernel only: a count of 1 set before a call
+    whose kernels run on two threads reads 1 again afterwards."""
+    import numba
+
+    import rnnfast
+    from rnnfast.kernels.numba import _host
+    if _host.threads(2) < 2:
+        pytest.skip("numba has one thread here")
+    seen = []
+    launch = _host.launch
+
+    def recorded(serial, parallel, nchunks, *args, threads=None):
+        seen.append(numba.get_num_threads())
+        out = launch(serial, parallel, nchunks, *args, threads=threads)
+        seen.append((threads or nchunks, numba.get_num_threads()))
+        return out
+
+    monkeypatch.setattr(_host, "launch", recorded)
+    m = rnnfast.LSTM(16, 256, backend="numba")
+    x = torch.randn(40, 8, 16, requires_grad=True)
+    numba.set_num_threads(1)
+    try:
+        y, _ = m(x)
+        y.sum().backward()
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert any(isinstance(s, tuple) and s[0] > 1 for s in seen), seen  # a parallel launch
+    assert all(s == 1 or s[1] == 1 for s in seen), seen
+
+
 _THREADS_SCRIPT = """
 import torch, rnnfast
 torch.set_num_threads(3)

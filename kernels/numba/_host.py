@@ -296,24 +296,35 @@ def launch(serial, parallel, nchunks, *args, threads=None):
     numba's OpenMP layer sets the OpenMP thread count to NUMBA_NUM_THREADS when it
     starts (the first parallel launch in the process), and torch reads that same count
     where the two share libgomp: torch.set_num_threads(3) read 4 afterwards with
-    NUMBA_NUM_THREADS=4. A kernel's first call therefore puts torch's count back."""
+    NUMBA_NUM_THREADS=4. A kernel's first call therefore puts torch's count back.
+
+    numba's own thread count (numba.get_num_threads: the calling thread's setting, which
+    the user's own parallel numba code runs on too) is set for the launch only and put
+    back afterwards."""
     if threads is not None:
         kernel = serial if threads == 1 else parallel
+        n = threads
     else:
         kernel = serial if nchunks == 1 else parallel
+        n = nchunks
+        if nchunks != 1:
+            args = args + (nchunks,)
     dtype = getattr(args[0], "dtype", None)
     key = (kernel, dtype)
     first = key not in _called
     if first:
         torch_threads = torch.get_num_threads()
-    if threads is not None:
-        if threads != 1:
-            numba.set_num_threads(threads)
-    elif nchunks != 1:
-        numba.set_num_threads(nchunks)
-        args = args + (nchunks,)
+    # numba's thread count is the calling thread's own setting, which the user's own
+    # parallel numba code runs on too: set for this launch only, then put back
+    prev = numba.get_num_threads() if n != 1 else n
+    if prev != n:
+        numba.set_num_threads(n)
     if not first:
-        return kernel(*args)
+        try:
+            return kernel(*args)
+        finally:
+            if prev != n:
+                numba.set_num_threads(prev)
     timer = threading.Timer(COMPILE_NOTICE_S, _notice, (kernel, dtype))
     timer.daemon = True
     timer.start()
@@ -322,6 +333,8 @@ def launch(serial, parallel, nchunks, *args, threads=None):
     finally:
         timer.cancel()
         _called.add(key)
+        if prev != n:
+            numba.set_num_threads(prev)
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
 
