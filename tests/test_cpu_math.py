@@ -306,6 +306,38 @@ def test_layer_gemm_provider_choice(monkeypatch):
         gemm.layer_gemm_provider(torch.float32, 1)
 
 
+def test_layer_gemm_provider_calibrates_once_across_threads(monkeypatch):
+    """Threads making a process's first big calls together get one calibration and one
+    answer: the others wait for the first (without the lock each timed both providers,
+    under each other's load, and could pick differently)."""
+    import threading
+    import time
+    monkeypatch.delenv(gemm.LAYER_GEMM_ENV, raising=False)
+    monkeypatch.setattr(gemm, "_CHOICE", {})
+    calls = []
+
+    def calibrate(dtype):
+        calls.append(dtype)
+        time.sleep(0.2)  # a calibration's ~50-100 ms, with room for every thread to ask
+        return ("numba" if len(calls) == 1 else "torch", {})
+
+    monkeypatch.setattr(gemm, "_calibrate", calibrate)
+    start = threading.Barrier(4)
+    got = []
+
+    def ask():
+        start.wait()
+        got.append(gemm.layer_gemm_provider(torch.float32, gemm.TORCH_GEMM_MIN_MACS))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert calls == [torch.float32]
+    assert got == ["numba"] * 4
+
+
 # ---------------------------------------------------------------- vector math
 
 @njit(cache=False)

@@ -21,6 +21,7 @@ thread counts that is up to torch's BLAS.)
 
 import contextlib
 import math
+import threading
 import time
 
 import numpy as np
@@ -908,6 +909,7 @@ TORCH_GEMM_MIN_MACS = 1 << 22
 # Rows per torch.mm block of the weight-gradient sums (see _mm_tn_blocked).
 TORCH_BLOCK_ROWS = 1024
 _CHOICE = {}  # torch dtype -> (provider, {provider: seconds}) measured in this process
+_CHOICE_LOCK = threading.RLock()  # one calibration per dtype, whichever thread asks first
 
 
 def layer_gemm_provider(dtype, macs):
@@ -925,9 +927,9 @@ def layer_gemm_provider(dtype, macs):
     the tile ran an LSTM layer's gradient sums at 0.94-1.25x torch.mm's speed and its
     projection at 1.16-1.63x, (B, H) = (16, 64) .. (64, 512), T = 100 (one process,
     2026-12-02). So ``auto`` (the default)
-    times both once per process and dtype, on the first call of at least
-    TORCH_GEMM_MIN_MACS multiply-adds, and keeps the faster; smaller calls stay in one
-    compiled launch. ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
+    times both once per process and dtype (one thread times, others wait), on the first
+    call of at least TORCH_GEMM_MIN_MACS multiply-adds, and keeps the faster; smaller
+    calls stay in one compiled launch. ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
 
     Raises ValueError for any other value of RNNFAST_LAYER_GEMM."""
     mode = getenv(LAYER_GEMM_ENV, "auto")
@@ -940,8 +942,14 @@ def layer_gemm_provider(dtype, macs):
         return "numba"
     choice = _CHOICE.get(dtype)
     if choice is None:
-        with _plain_torch():
-            choice = _CHOICE[dtype] = _calibrate(dtype)
+        # threads making a process's first calls together wait for one calibration
+        # (each timing both providers under the others' load could pick differently,
+        # and its first call then differ from its repeats by rounding)
+        with _CHOICE_LOCK:
+            choice = _CHOICE.get(dtype)
+            if choice is None:
+                with _plain_torch():
+                    choice = _CHOICE[dtype] = _calibrate(dtype)
     return choice[0]
 
 
