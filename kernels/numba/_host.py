@@ -319,24 +319,22 @@ def launch(serial, parallel, nchunks, *args, threads=None):
     prev = numba.get_num_threads() if n != 1 else n
     if prev != n:
         numba.set_num_threads(n)
-    if not first:
+    try:
+        if not first:
+            return kernel(*args)
+        timer = threading.Timer(COMPILE_NOTICE_S, _notice, (kernel, dtype))
+        timer.daemon = True
+        timer.start()
         try:
             return kernel(*args)
         finally:
-            if prev != n:
-                numba.set_num_threads(prev)
-    timer = threading.Timer(COMPILE_NOTICE_S, _notice, (kernel, dtype))
-    timer.daemon = True
-    timer.start()
-    try:
-        return kernel(*args)
+            timer.cancel()
+            _called.add(key)
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
     finally:
-        timer.cancel()
-        _called.add(key)
         if prev != n:
             numba.set_num_threads(prev)
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
 
 
 _FULL_LENGTHS = {}  # (T, B) -> int64 [B] all-T (read by the kernels, never written)
