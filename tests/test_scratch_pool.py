@@ -262,7 +262,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 @pytest.mark.skipif(not sys.platform.startswith("linux")
                     or __import__("platform").libc_ver()[0] != "glibc",
                     reason="glibc's dynamic mmap / trim thresholds")
-def test_pool_shows_glibc_the_frees_it_keeps(tmp_path):
+def test_pool_shows_glibc_a_free(tmp_path):
     """The pool keeps its buffers, so glibc never sees them freed and its mmap threshold
     stays at 128 KiB: each call's outputs and gradients (1.6 MB here) then came as fresh
     pages, ~1,000 page faults per fwd+bwd. With the pool showing glibc one free of each
