@@ -1,22 +1,27 @@
 """Each implementation alone in its own process, alternated: torch.nn against rnnfast, or
-one checkout of rnnfast against another, without the other's thread pool in the process.
+one checkout of rnnfast against another, each in a process of its own.
 
     python -m bench.solo --cell lstm --points 10,64,256 20,32,256 [--mode fwdbwd|fwd]
                          [--rounds 3] [--seconds 1.5] [--peer torch.nn] [--checkout DIR]
 
 ``bench.ab`` and ``python -m bench`` time torch.nn and rnnfast in one process, alternating
-calls. Each switch between torch's OpenMP pool and numba's costs the next call (the
-pools' threads spin after their work and take a core from the other), and at calls of
-0.4-3 ms that bias is the size of the differences being measured (BENCHMARKS.md, session
-of 14:32 on 2026-12-05). Here every (implementation, round) is a process of its own: it
-builds the module (T, B, H per point; I = H, float32, 2 threads unless ``--threads``),
-warms it for 0.3 s, then times blocks of calls for ``--seconds`` per point and prints the
-median block's time per call (ms). Rounds alternate the implementations, in ABBA order
-(a process that runs right after another read 6-9% slower than the same code run first,
-on the 2-core VM of 2026-12-05), so a slow spell of a shared machine and that order bias
-fall on each in turn; use an even number of rounds. The table gives each implementation's
-median over the rounds, the ratio of the medians (peer / rnnfast: > 1, rnnfast faster)
-and the per-round ratios, whose spread says how much to trust the medians.
+calls. There each side runs in the state the other leaves: its threads and caches (at
+calls of 0.4-3 ms a bias the size of the differences being measured, BENCHMARKS.md,
+session of 14:32 on 2026-12-05; numba and torch share one OpenMP runtime, libgomp, so
+it is not a second thread pool, session of 2026-12-07 01:45), and glibc's heap, whose
+dynamic mmap and trim thresholds follow what the process has freed: in its own process
+torch.nn's LSTM at (100, 32, 128) faulted ~130 pages per fwd+bwd, rnnfast's ~1,000-1,500
+until 8a61347 (kernels/numba/_host.py, ``_show_malloc_the_free``).
+
+Here every (implementation, round) is a process of its own: it builds the module (T, B, H
+per point; I = H, float32, 2 threads unless ``--threads``), warms it for 0.3 s, then times
+blocks of calls for ``--seconds`` per point and prints the median block's time per call
+(ms). Rounds alternate the implementations, in ABBA order (a process that runs right after
+another read 6-9% slower than the same code run first, on the 2-core VM of 2026-12-05), so
+a slow spell of a shared machine and that order bias fall on each in turn; use an even
+number of rounds. The table gives each implementation's median over the rounds, the ratio
+of the medians (peer / rnnfast: > 1, rnnfast faster) and the per-round ratios, whose
+spread says how much to trust the medians.
 
 The calls are the speed section's (``bench.report.common``): fwd is ``m(x)`` under
 ``torch.no_grad()``; fwdbwd differentiates ``(y * g).sum() + (h_n * gh).sum()`` with

@@ -191,8 +191,10 @@ def host_rows(report, be):
                          f"{m['host_s'] * 1e6:.0f} us",
                          f"<= {host.HOST_FLOOR_S * 1e6:.0f} us",
                          m["host_s"] <= host.HOST_FLOOR_S,
-                         f"total {m['total_s'] * 1e6:.0f} us, kernels "
-                         f"{m['kernel_s'] * 1e6:.0f} us"
+                         f"total {m['total_s'] * 1e6:.0f} us; in the timed round "
+                         + (f"{m['timed_total_s'] * 1e6:.0f} us, " if "timed_total_s" in m
+                            else "")
+                         + f"kernels {m['kernel_s'] * 1e6:.0f} us"
                          + (f", torch's own floor {m['floor_s'] * 1e6:.0f} us (a layer "
                             f"that computes nothing)" if "floor_s" in m else "")))
     return rows

@@ -15,6 +15,8 @@ T = 100, I = H, float32 (where the kernels' own work is smallest), the calls of
 * ``host_s``: that round's total minus ``kernel_s``: the module, the checks, the
   launchers' Python, allocation, autograd and the loss (fwd+bwd). The weights' panel
   packing (``gemm.panels``, a compiled call outside ``launch``) counts as host.
+  ``host_s`` and ``kernel_s`` are those of one timed round, the one whose time per call
+  (``timed_total_s`` = their sum) is the median of the timed rounds.
 
 The timer adds two ``perf_counter`` calls per launch (< 1 us), charged to the kernels.
 
@@ -133,10 +135,12 @@ def run_case(cell, device, quick=False):
                 pairs.append((wall - inside[0] / calls, inside[0] / calls))
         finally:
             _host.launch = launch
-        host = statistics.median(p[0] for p in pairs)
-        kernel = statistics.median(p[1] for p in pairs)
+        # one round's host and kernel times, that of the median wall time: two
+        # separate medians need not add up to any round (a slow spell in one round's
+        # host part and another's kernels read 515 + 83 us against rounds of ~414)
+        host, kernel = sorted(pairs, key=sum)[len(pairs) // 2]
         out["modes"][mode] = {"total_s": total, "kernel_s": kernel, "host_s": host,
-                              "floor_s": floor}
+                              "timed_total_s": host + kernel, "floor_s": floor}
     return out
 
 
@@ -148,7 +152,7 @@ def markdown(results):
              "T = 100, float32)",
              "",
              "host = the call's time minus the time inside the compiled kernels "
-             "(`_host.launch`; both from rounds with the launches timed, total from "
+             "(`_host.launch`; both from the timed round of median time, total from "
              "untimed rounds), the module, checks, launchers' Python, allocation, "
              "autograd and, for fwd+bwd, the loss. Issue 13's floor: at most "
              f"{HOST_FLOOR_S * 1e6:.0f} us per fwd+bwd. torch's floor = the same calls "
