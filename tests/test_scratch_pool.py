@@ -241,23 +241,17 @@ def test_every_scratch_pooled_and_poisoned(pool, monkeypatch, kind, kw, dtype):
 
 
 _CHURN_SCRIPT = r"""
-import resource, numpy as np
+import numpy as np
 from rnnfast.kernels.numba import _host
 _host.pool_array((1 << 20,), np.float32)  # 4 MiB: the pool's first buffer
-def churn():  # a call's outputs: four 1.5 MiB buffers written, then freed
+def call():  # a call's outputs: four 1.5 MiB buffers written, then freed
     bufs = [np.empty(3 << 19, dtype=np.uint8) for _ in range(4)]
     for b in bufs:
         b.fill(1)
-for _ in range(2):
-    churn()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    churn()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 _LSTM_SCRIPT = r"""
-import resource, torch, rnnfast
+import torch, rnnfast
 torch.set_num_threads(1)
 T, B, H = 100, 32, 128  # the pool's buffers 1.6-6.6 MB; outputs and gradients 1.6 MB
 m = rnnfast.LSTM(H, H, backend="numba")
@@ -266,20 +260,26 @@ params = [x, *m.parameters()]
 def call():
     y, (h, c) = m(x)
     torch.autograd.grad(y.sum() + h.sum(), params)
-for _ in range(5):
+"""
+
+_MEASURE = r"""
+import resource
+for _ in range({warm}):
     call()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range({n}):
     call()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / {n})
 """
 
 
-def _faults_per_round(script):
+def _faults_per_call(script, warm, n):
+    """Minor page faults per ``call()`` of ``script`` in a fresh process (glibc's own
+    settings), after ``warm`` calls, over ``n``."""
     env = {k: v for k, v in __import__("os").environ.items()
            if not k.startswith("MALLOC_") and k != "RNNFAST_SCRATCH_POOL_MB"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, timeout=600, check=True)
+    out = subprocess.run([sys.executable, "-c", script + _MEASURE.format(warm=warm, n=n)],
+                         capture_output=True, text=True, env=env, timeout=600, check=True)
     return float(out.stdout.split()[-1])
 
 
@@ -294,5 +294,5 @@ def test_pool_shows_glibc_a_free():
     the free the pool shows glibc (_host._show_malloc_the_free) none. End to end, a warm
     LSTM fwd+bwd at (100, 32, 128) faulted 92-484 pages per call before (one thread;
     900-1,500 with two), ~0 after (a loaded machine's odd heap trim aside)."""
-    assert _faults_per_round(_CHURN_SCRIPT) < 10
-    assert _faults_per_round(_LSTM_SCRIPT) < 50
+    assert _faults_per_call(_CHURN_SCRIPT, warm=2, n=5) < 10
+    assert _faults_per_call(_LSTM_SCRIPT, warm=5, n=20) < 50
