@@ -218,7 +218,10 @@ def _show_malloc_the_free():
     if _shown:
         return
     _shown.append(True)
-    block = np.empty(_GLIBC_DYNAMIC_MMAP_MAX - (64 << 10), dtype=np.uint8)
+    try:  # address space only (never touched); a hint, never a reason for a call to fail
+        block = np.empty(_GLIBC_DYNAMIC_MMAP_MAX - (64 << 10), dtype=np.uint8)
+    except MemoryError:  # a tight RLIMIT_AS
+        return
     del block
 
 
