@@ -407,10 +407,17 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1, bidx, b2):
     """out[g0:g1] = sum over k < n of a[a0 + k, g0:g1]^T b[b0 + k, :] (a [*, G],
     b [*, K], out [G, K], C-contiguous): the weight gradients' sums over the T * B rows.
 
-    Per chunk of KC rows both operands are packed first, as a BLAS packs them: b's rows
-    into column panels [KC, W] (zero-padded, so any K; each panel one contiguous
-    stream) and a's columns g0..g1 into row panels [KC, MR] (each tile's A one
-    contiguous stream; the copy takes a's rows whole, k outer). Read in place, a
+    Per chunk of KC rows both operands are packed, as a BLAS packs them: b's rows
+    into column panels [KC, W] first (zero-padded, so any K; each panel one contiguous
+    stream), and each row tile's MR columns of a into one [KC, MR] buffer just before
+    that tile runs over the panels (one contiguous stream, in L1 while it is read once
+    per panel). Packing all of a's tiles first, row by row of a (k outer: each row's
+    MR-column pieces written to nt buffers 6 KiB apart), cost up to a third of the sum
+    on AVX2: [N x G]^T [N x K] float32 at (N, G, K) = (3200, 512, 128), (3200, 384,
+    128), (3200, 768, 256), (3200, 1024, 256), (6400, 1536, 512), AMD EPYC Zen 4 held to
+    AVX2, two threads, two alternated rounds: 152-178, 147-180, 180-184, 175-181,
+    186-197 GFLOP/s before, 191-192, 187-193, 161-198, 197-199, 203-208 after (bitwise
+    the same sums; 203-213 with a's packing skipped altogether). Read in place, a
     tile's k loop stepped G elements through a and K through b, a new 4 KiB page every
     k or two, and ran at 49-62 GFLOP/s against _gemm's 99-108 on the same machine
     (LSTM B = 64, H = 512 weight gradients). Where the ISA's tile has 4 vectors of B
@@ -429,10 +436,8 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1, bidx, b2):
     P = (K + W - 1) // W
     ng = max(g1 - g0, 0)
     nt = (ng + MR - 1) // MR
-    full = ng // MR
     bp = np.empty((P, KC, W), dtype=b.dtype)
-    ap = np.empty((nt if TN_PACK_A else 0, KC, MR), dtype=a.dtype)
-    flat_ap = ap.reshape(ap.size)
+    ap = np.empty((KC * MR if TN_PACK_A else 0), dtype=a.dtype)  # one tile's A
     flat_out = out.reshape(out.size)
     lda = a.strides[0] // a.itemsize
     for k0 in range(0, n, KC):
@@ -454,18 +459,6 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1, bidx, b2):
                     dst[j] = row[j]
                 for j in range(cn, W):
                     dst[j] = 0
-        for k in range(kk if TN_PACK_A else 0):  # a constant: pruned where A stays
-            row = a0 + k0 + k
-            for t in range(full):  # whole tiles: a constant trip count, unrolled
-                base = (t * KC + k) * MR
-                gt = g0 + t * MR
-                for r in range(MR):
-                    flat_ap[base + r] = a[row, gt + r]
-            for t in range(full, nt):
-                base = (t * KC + k) * MR
-                gt = g0 + t * MR
-                for r in range(g1 - gt):
-                    flat_ap[base + r] = a[row, gt + r]
         # tile-outer: a tile's packed A stays in L1 and its row of C is written in
         # order while the panels of B stream past. (Blocks of ~21 tiles with each B
         # panel passing over a block read the weight gradient at (B, H) = (64, 512)
@@ -473,12 +466,25 @@ def _gemm_tn(a, a0, b, b0, n, out, g0, g1, bidx, b2):
         # the Zen 2: each panel then walks a strip of C with rows 2 KiB apart.)
         for t in range(nt):
             mr = min(MR, ng - t * MR)
+            gt = g0 + t * MR
+            if TN_PACK_A:  # a constant: pruned where A stays in place
+                # this tile's columns of a, k by k: [kk, MR], contiguous for the tile
+                if mr == MR:  # a constant trip count: unrolled
+                    for k in range(kk):
+                        src = a[a0 + k0 + k, gt:gt + MR]
+                        for r in range(MR):
+                            ap[k * MR + r] = src[r]
+                else:
+                    for k in range(kk):
+                        src = a[a0 + k0 + k, gt:gt + mr]
+                        for r in range(mr):
+                            ap[k * MR + r] = src[r]
             for p in range(P):
                 c0 = p * W
                 cn = min(W, K - c0)
                 nv = (cn + L - 1) // L
                 if TN_PACK_A:
-                    tile(ap, t * KC * MR, 1, MR, bp, p * KC * W, W, KC * W,
+                    tile(ap, 0, 1, MR, bp, p * KC * W, W, KC * W,
                          out, (g0 + t * MR) * K + c0, K, kk, mr, nv, cn - (nv - 1) * L,
                          add, flat_out, 0, 0)
                 else:
