@@ -125,8 +125,9 @@ def _backend_arg(backend, plain):
     return backend if plain or type(backend) is not dispatch.Backend else backend.requested
 
 
-# Where every layer op takes its biases (b_ih, b_hh) among its inputs.
-_BIASES = (3, 4)
+# Where every layer op takes its input x, W_ih and its biases (b_ih, b_hh) among its
+# inputs.
+_X, _W_IH, _BIASES = 0, 1, (3, 4)
 
 
 def _setup_context(ctx, inputs, output, saved_outputs):
@@ -141,12 +142,23 @@ def _setup_context(ctx, inputs, output, saved_outputs):
     backward that recomputes the layer (second order) still needs their forward values:
     it raises that error where they changed (:func:`_saved`).
 
+    So does W_ih where x needs no gradient (a first layer fed plain data): the
+    first-order backward reads W_ih only for dx = dxp @ W_ih, and torch.nn's autograd
+    then keeps no W_ih either, so a weight changed in place before backward (an
+    optimizer step on W_ih between forward and backward, a weight average) is no error
+    with torch.nn's RNN, GRU and float64 LSTM. Saved, it raised autograd's in-place
+    error.
+
     The gradient-norms probe (every op's last input) travels as a plain value in eager
     mode too: backward then keeps the norms on the probe the forward was given. Saved,
     a non-reentrant ``torch.utils.checkpoint`` handed backward the probe of its
     recomputing forward instead, which no module holds (``last_grad_norms`` read
     None)."""
-    loose = (*_BIASES, len(inputs) - 1) if getattr(ctx, "eager", False) else ()
+    loose = ()
+    if getattr(ctx, "eager", False):
+        loose = (*_BIASES, len(inputs) - 1)
+        if not ctx.needs_input_grad[_X]:
+            loose += (_W_IH,)
     ctx.inputs_config = [t if i in loose or not isinstance(t, Tensor) else None
                          for i, t in enumerate(inputs)]
     ctx.loose_versions = [(i, inputs[i]._version) for i in loose

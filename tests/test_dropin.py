@@ -1599,6 +1599,50 @@ def test_bias_changed_in_place_before_backward(cell, backend, layout):
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("cell", cell_params())
+@pytest.mark.parametrize("layout", ["time_major", "packed"])
+def test_first_w_ih_changed_in_place_when_x_needs_no_grad(cell, backend, layout):
+    """W_ih of the first layer changed in place between forward and backward (an
+    optimizer step, a weight average) where the input is plain data: torch.nn's
+    autograd keeps no W_ih there (it is read only for dx), so its RNN, GRU and float64
+    LSTM run the backward; so does rnnfast, and its gradients are those of the forward
+    as it ran. Where x needs a gradient, or a second-order backward recomputes the
+    layer, the change raises autograd's in-place error on both."""
+    ours, twin = make_pair(cell, backend, num_layers=2)
+    x, state = problem(cell, ours)
+    want_state = leaves(state)
+    out = run(twin, x, want_state, layout)  # no change: the forward as it ran
+    w = upstream(out)
+    want = torch.autograd.grad(sum((o * g).sum() for o, g in zip(out, w)),
+                               want_state + list(twin.parameters()))
+    got_state = leaves(state)
+    out = run(ours, x, got_state, layout)
+    with torch.no_grad():
+        ours.weight_ih_l0.mul_(0.5)
+    got = torch.autograd.grad(sum((o * g).sum() for o, g in zip(out, w)),
+                              got_state + list(ours.parameters()))
+    _compare_lists("after an in-place W_ih change", [str(i) for i in range(len(want))],
+                   list(got), list(want))
+    for m in (ours, twin):  # x needs a gradient: both raise
+        if m is twin and CELLS[cell][1].get("nonlinearity") == "leaky_relu":
+            continue  # the twin is rnnfast's reference loop
+        xs = leaves([x])
+        out = run(m, xs[0], leaves(state), layout)
+        with torch.no_grad():
+            m.weight_ih_l0.mul_(0.5)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad(out[0].sum(), xs[0])
+    if backend == "torch":  # autograd through torch ops, which keep no W_ih here
+        return
+    hs = leaves(state)
+    out = run(ours, x, hs, layout)
+    with torch.no_grad():
+        ours.weight_ih_l0.mul_(0.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out[0].pow(2).sum(), hs[0], create_graph=True)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
 def test_options_changed_after_construction_raise_like_torch(cell, backend):
     """torch.nn fixes its weights at construction and reads num_layers, bidirectional,
     bias, proj_size, input_size and hidden_size again at every call: an option changed
