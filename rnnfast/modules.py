@@ -686,7 +686,8 @@ class _FusedRNNBase(nn.RNNBase):
                     f"{self._flat_weights_names[0]} has {w0.dtype}: self and mat2 must "
                     f"have the same dtype, but got {_scalar_type_name(w0.dtype)} and "
                     f"{_scalar_type_name(w.dtype)}")
-        for i, h in enumerate(hx if isinstance(hx, tuple) else (hx,)):
+        pair = isinstance(hx, tuple)
+        for i, h in enumerate(hx if pair else (hx,)):
             if h.device != input.device:
                 raise RNNArgumentError(
                     f"Input and hidden tensors are not at the same device, found input "
@@ -694,7 +695,7 @@ class _FusedRNNBase(nn.RNNBase):
             if h.dtype != input.dtype and not autocast:
                 raise RNNArgumentError(
                     f"{self._mode_name()} hidden dtype ({h.dtype}) does not match input "
-                    f"dtype ({input.dtype}) for hx[{i}]")
+                    f"dtype ({input.dtype}) for hx{f'[{i}]' if pair else ''}")
         if autocast:
             self._check_autocast_float64(input, hx)
 

@@ -45,7 +45,8 @@ BAD_CALLS = [
      r"^RNN input dtype \(torch.float64\) does not match weight dtype \(torch.float32\). "
      r"Convert input: input.to\(torch.float32\), or convert model: model.to\(torch.float64\)$"),
     ("hx-dtype", _rnn, lambda: (X, torch.randn(1, 3, 7, dtype=torch.float64)),
-     r"RNN hidden dtype \(torch.float64\) does not match input dtype \(torch.float32\)"),
+     r"^RNN hidden dtype \(torch.float64\) does not match input dtype \(torch.float32\) "
+     r"for hx$"),
     ("hx-device", _rnn, lambda: (X, torch.randn(1, 3, 7, device="meta")),
      r"^Input and hidden tensors are not at the same device, found input tensor at cpu and "
      r"hidden tensor at meta$"),
