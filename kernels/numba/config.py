@@ -67,6 +67,10 @@ class Isa(NamedTuple):
 # 61-85 against 68-91 (in place won only at (3200, 512, 128)); SSE2 19-26 against
 # 22-31. With 4 vectors of B per broadcast the loads of A are not the bottleneck and
 # the copy is pure cost. NEON (the same 6 x 4 shape): not measured, it keeps the copy.
+# Again with each tile's A packed just before its panels (gemm._gemm_tn, 2026-12-07,
+# the same Zen 4, two threads, the five shapes above (3200, 768, 256) included): AVX2
+# packed 186-208 GFLOP/s against in place 140-192; AVX-512 in place 207-223 against
+# packed 182-208.
 #
 # row_panels: a product with one row of A (a batch of one, the per-step h_{t-1} @ W_hh^T
 # of B = 1) has only nv accumulators in the plain tile, nv dependent FMA chains: 2 on
