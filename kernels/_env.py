@@ -11,7 +11,11 @@ _DATA = getattr(os.environ, "_data", None)
 _ENCODE = getattr(os.environ, "encodekey", None)
 _DECODE = getattr(os.environ, "decodevalue", None)
 _FAST = isinstance(_DATA, dict) and callable(_ENCODE) and callable(_DECODE)
-_KEYS = {}  # name -> its key in os.environ._data
+# name -> its key in os.environ._data. The names looked up on every layer call are
+# encoded here, at import: a torch.compile'd module reads this dict while dynamo traces
+# it, and a name added by the first compiled call failed dynamo's guard on the dict's
+# contents at the second, which then recompiled.
+_KEYS = {n: _ENCODE(n) for n in ("RNNFAST_BACKEND", "RNNFAST_LAYER_GEMM")} if _FAST else {}
 
 
 def getenv(name, default=None):

@@ -136,13 +136,19 @@ def resolve(backend, device, dtype, width, warn=True, cell=None, torch_op=False,
         _requested(backend)
         return _reference(dtype, "inside torch.autograd.forward_ad.dual_level(): the "
                                  "reference loop (autograd)")._replace(requested=backend)
+    # Under torch.compile the choice is worked out afresh and nothing module-level is
+    # read: dynamo guards on what a traced function reads, and a guard on _RESOLVED's
+    # keys (or the warm-up's ready set) failed once the first compiled call had filled
+    # it, so the second call with the same input recompiled (and with fullgraph=True
+    # under a recompile limit of 1, raised).
+    compiling = torch.compiler.is_compiling()
     key = (backend, getenv(ENV_VAR), device, dtype, width)
-    hit = _RESOLVED.get(key)
+    hit = None if compiling else _RESOLVED.get(key)
     if hit is None:
         hit = _resolve(backend, device, dtype, width, warn)._replace(requested=backend)
-        if hit.kernels is not None:
+        if hit.kernels is not None and not compiling:
             _RESOLVED[key] = hit
-    if cell is not None and hit.name == "numba":
+    if cell is not None and hit.name == "numba" and not compiling:
         w = _WARMUP or _import_warmup()
         key = (cell, hit.compute_dtype)
         if key not in w._READY and key not in w._SYNC:  # the common case costs ~0.2 us

@@ -20,6 +20,7 @@ torch.nn.<Cell> exports to: ONNX's RNN / LSTM / GRU operators); ``torch.jit.scri
 scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
+import functools
 import numbers
 import operator
 import sys
@@ -102,6 +103,25 @@ TORCH_OP_SHORT_INFERENCE = {"steps": 4, "steps_at_batch": (8, 32), "rows_at_hidd
 # 0.68-1.11x (0.82-0.95x), T = 3 0.81-1.28x, T = 4 0.90-1.55x.
 TORCH_OP_SHORT_TRAINING_STEPS = 3
 _ONEDNN = torch.backends.mkldnn.is_available()
+
+
+# torch.compile and a PackedSequence: its batch sizes are data (the batch is
+# batch_sizes[0]), which dynamo cannot guard on; the layer's call breaks the graph and
+# runs eagerly, and under fullgraph=True dynamo raises with this message (it raised
+# "Could not guard on data-dependent expression Eq(u0, u1)" from the hx size check).
+_PACKED_UNDER_COMPILE = (
+    "rnnfast: a PackedSequence input runs outside the compiled graph (its batch sizes "
+    "are data, which torch.compile cannot guard on): compile with fullgraph=False, or "
+    "pass the padded batch (torch.nn.utils.rnn.pad_packed_sequence) to a compiled "
+    "module")
+
+
+@functools.partial(torch.compiler.disable, reason=_PACKED_UNDER_COMPILE)
+def _packed_outside_the_graph(module, input, hx):
+    """module(input, hx) for a PackedSequence met while torch.compile traces: run
+    eagerly (a graph break), or, under fullgraph=True, dynamo's error naming the
+    reason."""
+    return module._forward(input, hx)
 
 
 # What torch.nn's aten::lstm raises for an hx that is one tensor where it needs a tuple
@@ -816,6 +836,8 @@ class _FusedRNNBase(nn.RNNBase):
         object, and one ``forward`` shared by the three classes had modules of one class
         compiled directly use up the others' (an LSTM and a GRU ran eagerly after a
         ReLU-RNN at a limit of 1)."""
+        if torch.compiler.is_compiling() and isinstance(input, PackedSequence):
+            return _packed_outside_the_graph(self, input, hx)
         if self._grad_norm_probes is not None and not self.record_grad_norms:
             # last_grad_norms: None after a call without them, whichever path runs it
             self._grad_norm_probes = None  # nn.Module.__setattr__: ~10 us, so on change

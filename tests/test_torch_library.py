@@ -220,6 +220,61 @@ def test_torch_compile_each_class_has_its_own_frame(monkeypatch):
 
 
 @pytest.mark.no_poison
+@pytest.mark.parametrize("backend", ["auto", "numba"])
+@pytest.mark.parametrize("cls", [rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU], ids=lambda c: c.__name__)
+def test_torch_compile_second_call_reuses_the_graph(cls, backend, monkeypatch):
+    """A compiled module's second call with the same input runs the first call's graph:
+    the traced forward reads no module-level cache that its first call fills (dynamo
+    guarded on dispatch._RESOLVED's keys and on kernels._env's encoded names; the
+    second call recompiled, and with fullgraph=True under a recompile limit of 1 it
+    raised). A fresh process is what the user has: both caches start empty here."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(dispatch, "_RESOLVED", {})
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    m = cls(4, 8, backend=backend)
+    compiled = torch.compile(m, fullgraph=True, backend=count)
+    x = torch.randn(3, 2, 4)
+    for _ in range(3):
+        assert_close(cls.__name__, compiled(x)[0], m(x)[0])
+    assert len(graphs) == 1, len(graphs)
+    torch._dynamo.reset()
+
+
+@pytest.mark.no_poison
+@pytest.mark.parametrize("cls", [rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU], ids=lambda c: c.__name__)
+def test_torch_compile_packed_sequence_runs_outside_the_graph(cls):
+    """A PackedSequence's batch sizes are data, which dynamo cannot guard on: the layer's
+    call runs eagerly (a graph break; outputs and gradients those of the eager module)
+    and under fullgraph=True dynamo's error says so and what to do (it raised "Could
+    not guard on data-dependent expression Eq(u0, u1)" from the hidden-size check)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch._dynamo.reset()
+    m = cls(4, 6, backend="numba").double()
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    lengths = torch.tensor([2, 5, 4])
+    outs = []
+    for fn in (m, torch.compile(m, backend="eager")):
+        xs = x.clone().requires_grad_(True)
+        y, _ = fn(pack_padded_sequence(xs, lengths, enforce_sorted=False))
+        y.data.pow(2).sum().backward()
+        outs.append((y.data, xs.grad))
+    assert_close("output", outs[1][0], outs[0][0])
+    assert_close("dx", outs[1][1], outs[0][1])
+    full = torch.compile(m, fullgraph=True, backend="eager")
+    with pytest.raises(torch._dynamo.exc.Unsupported,
+                       match="PackedSequence input runs outside the compiled graph"):
+        full(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    torch._dynamo.reset()
+
+
+@pytest.mark.no_poison
 @pytest.mark.slow
 def test_torch_compile_inductor():
     torch._dynamo.reset()
