@@ -118,9 +118,11 @@ _PACKED_UNDER_COMPILE = (
 
 @functools.partial(torch.compiler.disable, reason=_PACKED_UNDER_COMPILE)
 def _packed_outside_the_graph(module, input, hx):
-    """module(input, hx) for a PackedSequence met while torch.compile traces: run
-    eagerly (a graph break), or, under fullgraph=True, dynamo's error naming the
-    reason."""
+    """module(input, hx) for a PackedSequence met while dynamo traces (torch.compile,
+    strict torch.export): run eagerly (a graph break), or, under fullgraph=True, dynamo's
+    error naming the reason. Not for torch.export's non-strict tracing, which runs the
+    Python as it is (is_compiling() there, is_dynamo_compiling() not): the call would
+    come back here for good."""
     return module._forward(input, hx)
 
 
@@ -836,7 +838,7 @@ class _FusedRNNBase(nn.RNNBase):
         object, and one ``forward`` shared by the three classes had modules of one class
         compiled directly use up the others' (an LSTM and a GRU ran eagerly after a
         ReLU-RNN at a limit of 1)."""
-        if torch.compiler.is_compiling() and isinstance(input, PackedSequence):
+        if torch.compiler.is_dynamo_compiling() and isinstance(input, PackedSequence):
             return _packed_outside_the_graph(self, input, hx)
         if self._grad_norm_probes is not None and not self.record_grad_norms:
             # last_grad_norms: None after a call without them, whichever path runs it

@@ -253,7 +253,7 @@ def test_torch_compile_packed_sequence_runs_outside_the_graph(cls):
     call runs eagerly (a graph break; outputs and gradients those of the eager module)
     and under fullgraph=True dynamo's error says so and what to do (it raised "Could
     not guard on data-dependent expression Eq(u0, u1)" from the hidden-size check)."""
-    from torch.nn.utils.rnn import pack_padded_sequence
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
     torch._dynamo.reset()
     m = cls(4, 6, backend="numba").double()
@@ -272,6 +272,21 @@ def test_torch_compile_packed_sequence_runs_outside_the_graph(cls):
                        match="PackedSequence input runs outside the compiled graph"):
         full(pack_padded_sequence(x, lengths, enforce_sorted=False))
     torch._dynamo.reset()
+
+    class Wrap(torch.nn.Module):  # a PackedSequence built inside the exported program
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, data, batch_sizes):
+            return self.m(PackedSequence(data, batch_sizes))[0].data
+
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    # non-strict export runs the Python as it is (no dynamo): torch.nn's own
+    # data-dependent error there, not a call that comes back to itself for good
+    with pytest.raises(Exception) as got:
+        torch.export.export(Wrap(), (packed.data, packed.batch_sizes), strict=False)
+    assert not isinstance(got.value, RecursionError)
 
 
 @pytest.mark.no_poison
