@@ -20,7 +20,6 @@ torch.nn.<Cell> exports to: ONNX's RNN / LSTM / GRU operators); ``torch.jit.scri
 scripts a torch.nn twin that shares the parameters (``__prepare_scriptable__``).
 """
 
-import functools
 import numbers
 import operator
 import sys
@@ -116,7 +115,21 @@ _PACKED_UNDER_COMPILE = (
     "module")
 
 
-@functools.partial(torch.compiler.disable, reason=_PACKED_UNDER_COMPILE)
+def _disabled_for_dynamo(fn):
+    """torch.compiler.disable(fn) with _PACKED_UNDER_COMPILE as its reason (a torch
+    before the ``reason`` argument: without it)."""
+    try:
+        return torch.compiler.disable(fn, reason=_PACKED_UNDER_COMPILE)
+    except TypeError:
+        return torch.compiler.disable(fn)
+
+
+# dynamo traces (torch.compile, strict torch.export); before torch 2.3's name for it,
+# is_compiling() meant the same
+_DYNAMO_COMPILING = getattr(torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling)
+
+
+@_disabled_for_dynamo
 def _packed_outside_the_graph(module, input, hx):
     """module(input, hx) for a PackedSequence met while dynamo traces (torch.compile,
     strict torch.export): run eagerly (a graph break), or, under fullgraph=True, dynamo's
@@ -838,7 +851,7 @@ class _FusedRNNBase(nn.RNNBase):
         object, and one ``forward`` shared by the three classes had modules of one class
         compiled directly use up the others' (an LSTM and a GRU ran eagerly after a
         ReLU-RNN at a limit of 1)."""
-        if torch.compiler.is_dynamo_compiling() and isinstance(input, PackedSequence):
+        if _DYNAMO_COMPILING() and isinstance(input, PackedSequence):
             return _packed_outside_the_graph(self, input, hx)
         if self._grad_norm_probes is not None and not self.record_grad_norms:
             # last_grad_norms: None after a call without them, whichever path runs it
