@@ -266,6 +266,23 @@ def _retire(job, ok, rc=None):
               f"on the next call", file=sys.stderr, flush=True)
 
 
+def _finished(job):
+    """Retire ``job``, whose ready marker exists while its process may not have exited
+    yet (writing the marker is its last step): wait for it a moment (a child this
+    process started), then say the kernels take over. Without this a cell's next call
+    found the marker first, and its job was never retired: no "compiled" line, and the
+    child left a zombie."""
+    if job.owner == os.getpid():
+        try:
+            job.proc.wait(timeout=_MARKER_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass  # it exits on its own; subprocess reaps it later
+    _retire(job, True)
+
+
+_MARKER_EXIT_WAIT_S = 5.0
+
+
 def _poll(start=True):
     """Retire a finished background process and (``start``) start the next queued one.
     A process forked from the one that started a compile cannot wait for that child: it
@@ -309,6 +326,10 @@ def kernels_status(cell, dtype, start=True):
             _SYNC.add(key)
             return None
         if os.path.exists(marker_path(cell, dtype)):
+            job = _JOBS.get(key)
+            if job is not None and job in _RUNNING:
+                _finished(job)
+                _poll(start)  # the next queued cell's compile
             _READY.add(key)
             return None
         if mode == "sync":

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ from .checks import compare_modules
 def background(tmp_path, monkeypatch):
     """Background mode with fresh bookkeeping, markers in tmp_path and a stand-in
     compile that waits for ``release()``, then writes the ready marker and exits with
-    ``rc`` (no marker when rc != 0)."""
+    ``rc`` (no marker when rc != 0), ``linger`` seconds after the marker (a real
+    compile's process takes a while to exit once its marker is written)."""
     monkeypatch.setenv(warmup.COMPILE_ENV, "background")
     monkeypatch.delenv("RNNFAST_BACKEND", raising=False)
     for name in ("_READY", "_SYNC"):
@@ -35,7 +37,7 @@ def background(tmp_path, monkeypatch):
     monkeypatch.setattr(warmup, "_marker_dir", lambda: str(tmp_path))
     warmup.marker_path.cache_clear()
     gate = tmp_path / "go"
-    stand_in = {"rc": 0, "commands": [], "release": gate.touch}
+    stand_in = {"rc": 0, "linger": 0.0, "commands": [], "release": gate.touch}
 
     def command(cell, dtype):
         stand_in["commands"].append((cell, dtype))
@@ -43,9 +45,10 @@ def background(tmp_path, monkeypatch):
                 "while not os.path.exists(sys.argv[1]): time.sleep(0.02)\n"
                 "rc = int(sys.argv[3])\n"
                 "rc or open(sys.argv[2], 'w').write('ok')\n"
+                "time.sleep(float(sys.argv[4]))\n"
                 "sys.exit(rc)")
         return [sys.executable, "-c", code, str(gate), warmup.marker_path(cell, dtype),
-                str(stand_in["rc"])]
+                str(stand_in["rc"]), str(stand_in["linger"])]
 
     monkeypatch.setattr(warmup, "_command", command)
     yield stand_in
@@ -81,6 +84,29 @@ def test_torch_nn_runs_while_compiling_then_kernels(cell, background, capfd):
     compare_modules(ours, twin, x)
     assert "backend=numba" in rnnfast.explain(ours, x)
     assert "are compiled" in capfd.readouterr().err
+
+
+def test_kernels_take_over_line_when_a_call_finds_the_marker_first(background, capfd):
+    """A call loop (no warmup.wait) whose next call comes after the compile wrote its
+    ready marker but before its process exited: that call runs the kernels, prints the
+    "are compiled" line and reaps the child. It used to record the marker and return,
+    so the job was never retired: no line, and the child stayed a zombie."""
+    background["linger"] = 1.0
+    m, twin = make_pair("gru", 4, 6, torch.float64, "auto")
+    x = _x(5, 2, 4, torch.float64)
+    m(x)
+    (job,) = warmup._RUNNING
+    background["release"]()
+    marker = warmup.marker_path("gru", torch.float64)
+    for _ in range(500):
+        if os.path.exists(marker):
+            break
+        time.sleep(0.01)
+    assert os.path.exists(marker) and job.proc.poll() is None
+    assert "backend=numba" in rnnfast.explain(m, x)
+    compare_modules(m, twin, x)
+    assert "are compiled" in capfd.readouterr().err
+    assert not warmup._RUNNING and job.proc.returncode == 0
 
 
 def test_packed_and_batch_first_while_compiling(background):
