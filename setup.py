@@ -1,10 +1,18 @@
+import os
+
 from setuptools import setup
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md"),
+          encoding="utf-8") as f:
+    README = f.read()
 
 setup(
     name="rnnfast",
     version="0.1.0",
-    description="Fused RNN/LSTM forward and BPTT kernels (numba CPU, Triton GPU) "
-                "behind drop-in torch.nn modules",
+    description="Fused RNN, LSTM and GRU forward and BPTT kernels (numba CPU, Triton "
+                "GPU) behind drop-in torch.nn modules",
+    long_description=README,
+    long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["rnnfast", "rnnfast.kernels", "rnnfast.kernels.numba",
               "rnnfast.kernels.triton"],

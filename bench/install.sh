@@ -4,8 +4,9 @@
 #   ensure_installed EXTRAS MODULE...
 #   install_torch                      (also what .ci/run installs first)
 #
-# Skips the install only when MODULE... import and rnnfast's kernels come from this
-# checkout: with another checkout installed in editable mode, `import rnnfast` from here
+# Skips the install only when MODULE... (the import names of every package the extras
+# bring) import and rnnfast's kernels come from this checkout: with another checkout
+# installed in editable mode, `import rnnfast` from here
 # finds this rnnfast/ but its kernels (mapped by that install) from the other checkout.
 # torch is pinned to 2.13.0 and its CPU build preferred (PyTorch's CPU index, where it
 # is reachable; on a machine whose pip serves local wheels only, that index fails in a

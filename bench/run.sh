@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/install.sh
-ensure_installed bench,triton matplotlib triton
+ensure_installed bench,triton matplotlib scipy pytest_benchmark triton
 exec python -m bench "$@"

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/install.sh
-ensure_installed test,triton pytest triton
+ensure_installed test,triton pytest pytest_benchmark ruff onnx onnxruntime onnxscript expecttest triton
 INTERPRETED=(tests/test_triton.py tests/test_triton_gru.py tests/test_kernels.py
              tests/test_dropin.py tests/test_modules.py tests/test_diagnostics.py)
 # Arguments that name an existing file or folder (tests/test_errors.py,
