@@ -41,17 +41,28 @@ def test_no_gemm_rate_no_statement():
     assert row["detail"] == ""
 
 
-def test_bench_cli_refuses_bad_values_before_measuring(capsys):
+def test_bench_cli_refuses_bad_values_before_measuring(capsys, tmp_path):
     """python -m bench: a value no run can use (a length, batch or hidden size below 1,
     an unknown backend or device, thread, repeat, seed or step counts below 1, a
-    report that does not exist) is argparse's usage error (exit 2) before anything is
-    measured, naming the option; python -m bench.study's --report-only and --workers
+    report that does not exist or is not a report, an empty list: an unset shell
+    variable, which ran the whole grid as "all") is argparse's usage error (exit 2)
+    before anything is measured, naming the option; python -m bench.study's
+    --report-only (also a results file that is not one), --workers and --device
     likewise."""
     import pytest
 
     from bench.report import cli
     from bench.study import cli as study_cli
-    for argv, says in ((["--T", "0"], "--T"), (["--T", "10,-5"], "--T"), (["--B", "0"], "--B"),
+    garbage, empty = tmp_path / "garbage.json", tmp_path / "empty.json"
+    garbage.write_text("garbage")
+    empty.write_text("{}")
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "results.json").write_text('{"x": 1}')
+    for argv, says in ((["--only", ""], "--only"), (["--cells", ","], "--cells"),
+                       (["--modes", ""], "--modes"), (["--T", ","], "--T"),
+                       (["--check-report", str(garbage)], "--check-report"),
+                       (["--check-report", str(empty)], "--check-report"),
+                       (["--T", "0"], "--T"), (["--T", "10,-5"], "--T"), (["--B", "0"], "--B"),
                        (["--H", "0"], "--H"), (["--fidelity-T", "0"], "--fidelity-T"),
                        (["--backends", "foo"], "--backends"), (["--device", "tpu"], "--device"),
                        (["--threads", "0"], "--threads"), (["--max-reps", "0"], "--max-reps"),
@@ -68,7 +79,9 @@ def test_bench_cli_refuses_bad_values_before_measuring(capsys):
     a = cli.parse_args(["--T", "1,100", "--B", "1", "--device", "cpu", "--backends", "numba",
                         "--compile-budget", "0"])
     assert a.T == [1, 100] and a.B == [1] and a.compile_budget == 0.0
-    for argv in (["--report-only", "/nonexistent"], ["--workers", "0"]):
+    assert cli.parse_args(["--skip", ""]).skip == []  # nothing skipped
+    for argv in (["--report-only", "/nonexistent"], ["--workers", "0"], ["--device", "tpu"],
+                 ["--report-only", str(tmp_path / "study")]):
         with pytest.raises(SystemExit) as e:
             study_cli.parse(argv)
         assert e.value.code == 2, argv

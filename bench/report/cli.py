@@ -55,8 +55,17 @@ from .markdown import markdown
 SECTIONS = ("speed", "fidelity", "packed", "e2e", "host")
 
 
-def _csv(type_=str):
-    return lambda s: [type_(v) for v in s.split(",") if v]
+def _csv(type_=str, empty_ok=False):
+    """An argparse type: a comma list of ``type_``. An empty list is a usage error
+    (unless ``empty_ok``): a list option left out means "all", and an empty one (an
+    unset shell variable) ran the whole grid."""
+    def parse(s):
+        values = [type_(v) for v in s.split(",") if v]
+        if not values and not empty_ok:
+            raise argparse.ArgumentTypeError(f"expected a comma list of one or more "
+                                             f"values, got {s!r}")
+        return values
+    return parse
 
 
 def _number(s, type_):
@@ -105,6 +114,22 @@ def _existing_file(s):
     return s
 
 
+def _report_file(s):
+    """An argparse type: a report.json that ``python -m bench`` wrote (a JSON object with
+    its "config"), read; else a usage error naming the file."""
+    _existing_file(s)
+    try:
+        with open(s) as f:
+            report = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a report.json of python -m bench "
+                                         f"({e})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("config"), dict):
+        raise argparse.ArgumentTypeError(f"{s!r} is not a report.json of python -m bench "
+                                         f"(no \"config\" object)")
+    return report
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,7 +153,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", type=_csv(), default=None, help="speed dtypes (default float32)")
     p.add_argument("--modes", type=_csv(), default=None, help="fwd,fwdbwd")
     p.add_argument("--only", type=_csv(), default=None, help=f"sections from {SECTIONS}")
-    p.add_argument("--skip", type=_csv(), default=[], help="sections to skip")
+    p.add_argument("--skip", type=_csv(empty_ok=True), default=[], help="sections to skip")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--compile-cap", type=_positive(), default=60.0,
                    help="skip torch.compile at a point whose compile exceeds this (s)")
@@ -154,7 +179,7 @@ def parse_args(argv=None):
                         f"{e2e.FULL.steps}; {e2e.QUICK.steps} with --quick)")
     p.add_argument("--check", action="store_true",
                    help="add the floor check and exit 1 when a floor is not met")
-    p.add_argument("--check-report", metavar="FILE", type=_existing_file, default=None,
+    p.add_argument("--check-report", metavar="FILE", type=_report_file, default=None,
                    help="print the floor check of an existing report.json (no measuring); "
                         "exit 1 when a floor is not met")
     a = p.parse_args(argv)
@@ -253,8 +278,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     a = parse_args(argv)
     if a.check_report:
-        with open(a.check_report) as f:
-            report = json.load(f)
+        report = a.check_report  # read and checked by parse_args
         rows = check.rows(report)
         print(check.markdown(rows, report))
         return 1 if check.missed(rows) else 0

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from ..report.cli import _device
 from . import plots, report, stats, store
 from .cells import available_cells
 from .config import mode_config
@@ -48,7 +49,8 @@ def parse(argv):
                       help=argparse.SUPPRESS)  # 'micro': seconds, for the tests
     ap.add_argument("--out", default=None, help="report folder (default out/study-MODE)")
     ap.add_argument("--workers", type=int, default=None, help="training processes")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--device", type=_device, default=None,
+                    help="cpu or cuda (default: cuda if available)")
     ap.add_argument("--cells", default=None,
                     help="comma-separated subset of the cells (default: all available)")
     ap.add_argument("--no-time-budget", action="store_true",
@@ -56,9 +58,14 @@ def parse(argv):
     ap.add_argument("--report-only", metavar="DIR", default=None,
                     help="rewrite DIR's report and figures from its results.json")
     args = ap.parse_args(argv)
-    if args.report_only is not None and not os.path.isfile(
-            os.path.join(args.report_only, store.RESULTS)):
-        ap.error(f"--report-only: no {store.RESULTS} in {args.report_only!r}")
+    if args.report_only is not None:
+        if not os.path.isfile(os.path.join(args.report_only, store.RESULTS)):
+            ap.error(f"--report-only: no {store.RESULTS} in {args.report_only!r}")
+        try:
+            store.read(args.report_only)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            ap.error(f"--report-only: {os.path.join(args.report_only, store.RESULTS)!r} is "
+                     f"not a results file of python -m bench.study ({type(e).__name__}: {e})")
     if args.workers is not None and args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
     args.mode = args.mode or "standard"
