@@ -1,6 +1,7 @@
 """Bad input fails before any kernel runs, with a message naming the argument, the
 expected and the actual value; a failed call leaves the module usable."""
 
+import os
 import re
 
 import pytest
@@ -365,6 +366,61 @@ def test_triton_flags_take_0_or_1(name, monkeypatch):
     monkeypatch.setenv(name, "bogus")
     with pytest.raises(ValueError, match=f"^{name}='bogus': expected '0' or '1'$"):
         read()
+
+
+def test_set_triton_tf32_takes_a_bool_or_none(monkeypatch):
+    """bool('0') is True: a setting read as the string '0' turned TF32 on. Anything but
+    True, False and None is a TypeError."""
+    pytest.importorskip("triton")
+    from rnnfast.kernels.triton import config
+    monkeypatch.setattr(config, "_tf32_override", None)
+    for bad in ("0", "false", 1, 0.0):
+        with pytest.raises(TypeError, match=r"^set_triton_tf32 expects True, False or None"):
+            rnnfast.set_triton_tf32(bad)
+    assert config._tf32_override is None
+    rnnfast.set_triton_tf32(False)
+    assert config.tf32_enabled() is False
+
+
+def test_hidden_grad_norms_refuses_a_torch_nn_module():
+    with pytest.raises(TypeError, match=r"^hidden_grad_norms expects an rnnfast RNN, LSTM or "
+                                        r"GRU module, got torch\.nn\.modules\.rnn\.GRU$"):
+        rnnfast.diagnostics.hidden_grad_norms(torch.nn.GRU(4, 8), torch.randn(5, 2, 4),
+                                              torch.randn(5, 2, 8))
+
+
+_ENV_CALL = ("import torch, rnnfast\n"
+             "m = rnnfast.GRU(4, 8, backend='numba')\n"
+             "y, _ = m(torch.randn(3, 2, 4))\n"
+             "y.sum().backward()\n"
+             "print('ran')")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting, error", [
+    ("RNNFAST_SCRATCH_POOL_MB=", None),  # bad sizes: test_scratch_pool.py
+    ("RNNFAST_PACK_A=", None), ("RNNFAST_PACK_A=yes", r"RNNFAST_PACK_A='yes': expected '0'"),
+    ("RNNFAST_LAYER_GEMM=", None),
+    ("RNNFAST_NUMBA_CACHE=false", r"RNNFAST_NUMBA_CACHE='false': expected '0' or '1'"),
+    ("RNNFAST_HUGEPAGES=", None), ("RNNFAST_HUGEPAGES=off", r"RNNFAST_HUGEPAGES='off'")])
+def test_cpu_settings_empty_is_default_and_bad_values_name_the_variable(setting, error):
+    """The numba backend's environment settings, read when its kernels are imported
+    (the first layer call): empty means the default, as for RNNFAST_BACKEND and the
+    Triton switches; any other bad value is a ValueError naming the variable. Before:
+    an empty RNNFAST_PACK_A, _SCRATCH_POOL_MB or _LAYER_GEMM was an error, and
+    RNNFAST_NUMBA_CACHE=false (or any word) left the cache on, as did any
+    RNNFAST_HUGEPAGES but 0."""
+    import subprocess
+    import sys
+    name, value = setting.split("=")
+    env = dict(os.environ, **{name: value})
+    r = subprocess.run([sys.executable, "-c", _ENV_CALL], env=env, capture_output=True,
+                       text=True, timeout=600)
+    if error is None:
+        assert r.returncode == 0 and "ran" in r.stdout, r.stderr[-2000:]
+    else:
+        assert r.returncode != 0 and re.search(f"ValueError: {error}", r.stderr), \
+            r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("packed", [False, True])

@@ -103,14 +103,14 @@ def test_pool_off_allocates_fresh(pool, monkeypatch):
     assert pool._POOL == []
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
 def test_bad_pool_setting_is_named(value):
     r = subprocess.run([sys.executable, "-c", "import rnnfast.kernels.numba._host"],
                        env={**__import__("os").environ, "RNNFAST_SCRATCH_POOL_MB": value},
                        capture_output=True, text=True)
     assert r.returncode != 0
-    assert f"RNNFAST_SCRATCH_POOL_MB must be a size in MiB >= 0 (0: no pool), got {value!r}" \
-        in r.stderr
+    assert (f"RNNFAST_SCRATCH_POOL_MB must be a finite size in MiB >= 0 (0: no pool), got "
+            f"{value!r}") in r.stderr
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])

@@ -10,6 +10,7 @@ import numba
 import numpy as np
 import torch
 
+from . import config
 from . import tile as _tile
 from .config import (
     CACHE,
@@ -46,7 +47,7 @@ def _madvise():
 
 
 _MADVISE = (_madvise() if sys.platform.startswith("linux")
-            and os.environ.get("RNNFAST_HUGEPAGES", "1") != "0" else None)
+            and config.switch("RNNFAST_HUGEPAGES", True) else None)
 
 
 def empty(like, shape, dtype=None):
@@ -95,13 +96,15 @@ SCRATCH_POOL_MIN_BYTES = 1 << 20
 
 
 def _pool_bytes_setting(name="RNNFAST_SCRATCH_POOL_MB", default="1024"):
-    value = os.environ.get(name, default)
+    """The pool's cap in bytes: ``default`` MiB where the variable is unset or empty."""
+    value = os.environ.get(name, "") or default
     try:
         mb = float(value)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:  # NaN too
-        raise ValueError(f"{name} must be a size in MiB >= 0 (0: no pool), got {value!r}")
+    if not 0 <= mb < float("inf"):  # NaN and inf too
+        raise ValueError(f"{name} must be a finite size in MiB >= 0 (0: no pool), got "
+                         f"{value!r}")
     return int(mb * (1 << 20))
 
 

@@ -48,9 +48,14 @@ _tf32_override = None
 
 
 def set_tf32(enabled):
-    """Allow (True) or forbid (False) TF32 for float32 recurrent products; None: env."""
+    """Allow (True) or forbid (False) TF32 for float32 recurrent products; None: env.
+
+    Raises TypeError for anything else: bool('0') is True, so a setting read from a
+    config file as the string '0' turned TF32 on."""
     global _tf32_override
-    _tf32_override = None if enabled is None else bool(enabled)
+    if enabled is not None and type(enabled) is not bool:
+        raise TypeError(f"set_triton_tf32 expects True, False or None, got {enabled!r}")
+    _tf32_override = enabled
 
 
 def env_flag(name, default):
