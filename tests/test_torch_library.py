@@ -246,6 +246,25 @@ def test_torch_compile_second_call_reuses_the_graph(cls, backend, monkeypatch):
     torch._dynamo.reset()
 
 
+def test_env_lookup_never_grows_what_dynamo_guards_on(monkeypatch):
+    """kernels._env encodes the per-call names once, at import, and never adds one
+    after: a name a traced call reads for the first time must not change the dict that
+    dynamo guards on (each addition recompiled the next call). Other names still see
+    every change made through os.environ."""
+    from rnnfast.kernels import _env
+    before = dict(_env._KEYS)
+    for name in ("RNNFAST_TRITON_TF32", "RNNFAST_TRITON_PERSISTENT", "RNNFAST_BACKEND",
+                 "RNNFAST_LAYER_GEMM"):
+        assert _env._FAST is False or name in before, name
+    monkeypatch.delenv("RNNFAST_TEST_UNSEEN", raising=False)
+    assert _env.getenv("RNNFAST_TEST_UNSEEN", "d") == "d"
+    monkeypatch.setenv("RNNFAST_TEST_UNSEEN", "x")
+    assert _env.getenv("RNNFAST_TEST_UNSEEN") == "x"
+    monkeypatch.setenv("RNNFAST_TRITON_TF32", "1")
+    assert _env.env_flag("RNNFAST_TRITON_TF32", False) is True
+    assert _env._KEYS == before
+
+
 @pytest.mark.no_poison
 @pytest.mark.parametrize("cls", [rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU], ids=lambda c: c.__name__)
 def test_torch_compile_packed_sequence_runs_outside_the_graph(cls):

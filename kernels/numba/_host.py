@@ -47,7 +47,7 @@ def _madvise():
 
 
 _MADVISE = (_madvise() if sys.platform.startswith("linux")
-            and config.switch("RNNFAST_HUGEPAGES", True) else None)
+            and config.env_flag("RNNFAST_HUGEPAGES", True) else None)
 
 
 def empty(like, shape, dtype=None):

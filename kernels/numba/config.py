@@ -22,20 +22,9 @@ packs A first (``Isa.pack_a``; off on AMD cores, :data:`PACK_A_OFF_CPUS`;
 import os
 from typing import NamedTuple
 
+from .._env import env_flag
 
-def switch(name, default):
-    """A 0/1 switch from the environment: ``default`` where unset or empty, else '0'
-    (False) or '1' (True). Raises ValueError naming the variable for any other value
-    (a 'false' or 'off' read as on would be a silent surprise)."""
-    value = os.environ.get(name, "")
-    if value == "":
-        return default
-    if value not in ("0", "1"):
-        raise ValueError(f"{name}={value!r}: expected '0' or '1' (or unset)")
-    return value == "1"
-
-
-CACHE = switch("RNNFAST_NUMBA_CACHE", True)
+CACHE = env_flag("RNNFAST_NUMBA_CACHE", True)
 FASTMATH = False
 
 
@@ -167,7 +156,7 @@ def host_cpu():
 def _tune(isa):
     """The ISA's tile settings for this host: pack_a off on PACK_A_OFF_CPUS.
     ``RNNFAST_PACK_A=0|1`` overrides (for measuring one against the other)."""
-    forced = switch("RNNFAST_PACK_A", None)
+    forced = env_flag("RNNFAST_PACK_A", None)
     if forced is not None:
         return isa._replace(pack_a=forced)
     if isa.pack_a and host_cpu().startswith(PACK_A_OFF_CPUS):

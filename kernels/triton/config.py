@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from .._env import getenv
+from .._env import env_flag
 
 KERNELS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -56,18 +56,6 @@ def set_tf32(enabled):
     if enabled is not None and type(enabled) is not bool:
         raise TypeError(f"set_triton_tf32 expects True, False or None, got {enabled!r}")
     _tf32_override = enabled
-
-
-def env_flag(name, default):
-    """A 0/1 switch from the environment: ``default`` where unset or empty.
-
-    Raises ValueError for any other value (as RNNFAST_BACKEND, RNNFAST_PACK_A do)."""
-    value = getenv(name, "")
-    if value == "":
-        return default
-    if value not in ("0", "1"):
-        raise ValueError(f"{name}={value!r}: expected '0' or '1'")
-    return value == "1"
 
 
 def tf32_enabled():
