@@ -48,10 +48,8 @@ def explain(module, input, hx=None):
     Raises the error ``module(input, hx)`` would raise (torch.nn's checks and messages)
     for an input or hx the call would reject, before choosing anything; TypeError for a
     module that is not rnnfast's (torch.nn's own modules run only torch's kernels)."""
-    from .modules import _FusedRNNBase
-    if not isinstance(module, _FusedRNNBase):
-        raise TypeError(f"rnnfast.explain expects an rnnfast RNN, LSTM or GRU module, "
-                        f"got {type(module).__module__}.{type(module).__qualname__}")
+    from .modules import _require_rnnfast_module
+    _require_rnnfast_module(module, "rnnfast.explain")
     be = module.plan(input, hx)
     isa = getattr(getattr(be.kernels, "config", None), "ISA", None)
     where = f" [{getattr(isa, 'name', isa)}]" if isa else ""

@@ -31,10 +31,8 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
     Raises TypeError for a module that is not rnnfast's (torch.nn's modules have no
     per-step norms), and what ``module(input, hx)`` raises for a bad input.
     """
-    from .modules import _FusedRNNBase
-    if not isinstance(module, _FusedRNNBase):
-        raise TypeError(f"hidden_grad_norms expects an rnnfast RNN, LSTM or GRU module, "
-                        f"got {type(module).__module__}.{type(module).__qualname__}")
+    from .modules import _require_rnnfast_module
+    _require_rnnfast_module(module, "hidden_grad_norms")
     previous = module.record_grad_norms
     module.record_grad_norms = True
     module._grad_norm_probes = None  # this call's probes become the module's

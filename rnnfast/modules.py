@@ -525,6 +525,14 @@ def _bias_copies(module):
             for name, w in zip(module._flat_weights_names, module._flat_weights)]
 
 
+def _require_rnnfast_module(module, who):
+    """Raise TypeError unless ``module`` is rnnfast's RNN, LSTM or GRU (``who`` names the
+    caller in the message): torch.nn's own modules run only torch's kernels."""
+    if not isinstance(module, _FusedRNNBase):
+        raise TypeError(f"{who} expects an rnnfast RNN, LSTM or GRU module, "
+                        f"got {type(module).__module__}.{type(module).__qualname__}")
+
+
 class _FusedRNNBase(nn.RNNBase):
     """Shared forward: torch.nn's input handling and checks, then the layer stack."""
 
