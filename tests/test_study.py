@@ -247,6 +247,20 @@ def test_cli_micro_end_to_end(tmp_path):
         cli.main(["--mode", "micro", "--cells", "elman", "--out", str(out)])
 
 
+def test_cli_report_only_reads_the_results_once_and_takes_the_current_folder(
+        tmp_path, monkeypatch):
+    """--report-only DIR reads DIR/results.json once (parse checks it and keeps it), and
+    an empty DIR is the current folder: it ran the whole study before."""
+    (tmp_path / "results.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    reads, finished = [], []
+    monkeypatch.setattr(cli.store, "read", lambda out: reads.append(out) or {"sentinel": 1})
+    monkeypatch.setattr(cli, "finish", lambda out, data: finished.append((out, data)) or "r")
+    monkeypatch.setattr(cli, "mode_config", lambda mode: pytest.fail("ran the study"))
+    assert cli.main(["--report-only", ""]) == 0
+    assert reads == [""] and finished == [("", {"sentinel": 1})]
+
+
 @pytest.mark.parametrize("mode", ["micro", "quick", "standard", "full"])
 def test_modes_are_consistent(mode):
     """Every mode plans: the adding ladder's rung at grid_T is the grid itself, every

@@ -61,8 +61,8 @@ def parse(argv):
     if args.report_only is not None:
         if not os.path.isfile(os.path.join(args.report_only, store.RESULTS)):
             ap.error(f"--report-only: no {store.RESULTS} in {args.report_only!r}")
-        try:
-            store.read(args.report_only)
+        try:  # kept for main: the file is read once
+            args.report_data = store.read(args.report_only)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             ap.error(f"--report-only: {os.path.join(args.report_only, store.RESULTS)!r} is "
                      f"not a results file of python -m bench.study ({type(e).__name__}: {e})")
@@ -95,9 +95,8 @@ def finish(out, data):
 
 def main(argv=None):
     args = parse(argv)
-    if args.report_only:
-        data = store.read(args.report_only)
-        path = finish(args.report_only, data)
+    if args.report_only is not None:
+        path = finish(args.report_only, args.report_data)
         print(f"rewrote {path}", file=sys.stderr)
         return 0
     import torch
