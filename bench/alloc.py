@@ -34,6 +34,9 @@ import subprocess
 import sys
 import time
 
+from .report.cli import _batch_by_hidden, _csv, _positive
+from .report.common import CELLS
+
 ENVS = {
     "glibc defaults": {},
     "no scratch pool": {"RNNFAST_SCRATCH_POOL_MB": "0"},
@@ -93,10 +96,11 @@ def _calls(T, B, H):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.alloc", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cells", default="lstm,gru,rnn_relu")
-    ap.add_argument("--points", default="16x64,32x256,64x512", help="BxH,...")
-    ap.add_argument("--T", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cells", type=_csv(choices=CELLS), default="lstm,gru,rnn_relu")
+    ap.add_argument("--points", type=_csv(_batch_by_hidden), default="16x64,32x256,64x512",
+                    help="BxH,...")
+    ap.add_argument("--T", type=_positive(int), default=100)
+    ap.add_argument("--rounds", type=_positive(int), default=2)
     ap.add_argument("--child", nargs=6, metavar=("CELL", "T", "B", "H", "IMPL", "CALLS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -115,9 +119,8 @@ def main(argv=None):
     print("| cell | (B, H) | impl | " + " | ".join(envs) + " |")
     print("|---|---|---|" + "--:|" * len(envs))
     ratios = []
-    for cell in args.cells.split(","):
-        for point in args.points.split(","):
-            B, H = (int(v) for v in point.split("x"))
+    for cell in args.cells:
+        for B, H in args.points:
             res = {(i, e): [] for i in IMPLS for e in envs}
             for _ in range(args.rounds):
                 for impl in IMPLS:

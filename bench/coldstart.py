@@ -29,6 +29,9 @@ import sys
 import tempfile
 import textwrap
 
+from .report.cli import _csv, _positive
+from .report.common import CELLS
+
 _CHILD = textwrap.dedent("""
     import json, statistics, sys, time
     cell, T, B, H, what = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
@@ -78,10 +81,10 @@ def _child(cell, T, B, H, what, cache):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.coldstart",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cells", default="rnn_relu,lstm,gru")
-    ap.add_argument("--T", type=int, default=35)
-    ap.add_argument("--B", type=int, default=20)
-    ap.add_argument("--H", type=int, default=200)
+    ap.add_argument("--cells", type=_csv(choices=CELLS), default="rnn_relu,lstm,gru")
+    ap.add_argument("--T", type=_positive(int), default=35)
+    ap.add_argument("--B", type=_positive(int), default=20)
+    ap.add_argument("--H", type=_positive(int), default=200)
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     rows = ["| cell | cold first call, background (s) | its backend | kernels take over "
@@ -89,7 +92,7 @@ def main(argv=None):
             "CPU (s) | warm first call (s) | steady rnnfast (ms) | steady torch.nn (ms) |",
             "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|"]
     print(rows[0] + "\n" + rows[1], flush=True)
-    for cell in a.cells.split(","):
+    for cell in a.cells:
         with tempfile.TemporaryDirectory() as bg, tempfile.TemporaryDirectory() as sy:
             b = _child(cell, a.T, a.B, a.H, "background", bg)
             s = _child(cell, a.T, a.B, a.H, "sync", sy)

@@ -131,6 +131,8 @@ def main(argv=None):
     for name in ("rounds", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.seconds > 0:  # NaN too (a worker run by path cannot import bench.report)
+        ap.error(f"--seconds must be > 0, got {args.seconds}")
     if args.worker:
         return _worker(args.worker, args.cell, args.mode, args.seconds, args.threads,
                        args.points)

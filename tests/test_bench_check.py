@@ -48,7 +48,7 @@ def test_bench_cli_refuses_bad_values_before_measuring(capsys, tmp_path):
     variable, which ran the whole grid as "all") is argparse's usage error (exit 2)
     before anything is measured, naming the option; python -m bench.study's
     --report-only (also a results file that is not one), --workers and --device
-    likewise."""
+    likewise, and bench.alloc's and bench.coldstart's lists and sizes."""
     import pytest
 
     from bench.report import cli
@@ -80,6 +80,20 @@ def test_bench_cli_refuses_bad_values_before_measuring(capsys, tmp_path):
                         "--compile-budget", "0"])
     assert a.T == [1, 100] and a.B == [1] and a.compile_budget == 0.0
     assert cli.parse_args(["--skip", ""]).skip == []  # nothing skipped
+    from bench import alloc, coldstart
+    for main, argv, says in ((alloc.main, ["--cells", "lstmx"], "--cells: unknown lstmx"),
+                             (alloc.main, ["--cells", ","], "--cells"),
+                             (alloc.main, ["--points", "32x"], "--points"),
+                             (alloc.main, ["--points", "0x64"], "--points"),
+                             (alloc.main, ["--T", "-1"], "--T"),
+                             (alloc.main, ["--rounds", "0"], "--rounds"),
+                             (coldstart.main, ["--cells", ""], "--cells"),
+                             (coldstart.main, ["--cells", "relu"], "--cells: unknown relu"),
+                             (coldstart.main, ["--H", "0"], "--H")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2, argv
+        assert says in capsys.readouterr().err, argv
     for argv in (["--report-only", "/nonexistent"], ["--workers", "0"], ["--device", "tpu"],
                  ["--report-only", str(tmp_path / "study")]):
         with pytest.raises(SystemExit) as e:

@@ -33,6 +33,8 @@ def test_solo_runs_both_and_reports_medians_and_rounds(capsys):
     (["--points", "5,4,\u00b2"], "--points takes T,B,H"),
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--threads", "0"], "--threads must be at least 1"),
+    (["--seconds", "-1"], "--seconds must be > 0"),
+    (["--seconds", "nan"], "--seconds must be > 0"),
 ])
 def test_solo_bad_arguments_are_named(argv, msg, capsys):
     with pytest.raises(SystemExit):

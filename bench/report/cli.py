@@ -55,17 +55,29 @@ from .markdown import markdown
 SECTIONS = ("speed", "fidelity", "packed", "e2e", "host")
 
 
-def _csv(type_=str, empty_ok=False):
-    """An argparse type: a comma list of ``type_``. An empty list is a usage error
-    (unless ``empty_ok``): a list option left out means "all", and an empty one (an
-    unset shell variable) ran the whole grid."""
+def _csv(type_=str, empty_ok=False, choices=None):
+    """An argparse type: a comma list of ``type_`` (each one of ``choices`` if given).
+    An empty list is a usage error (unless ``empty_ok``): a list option left out means
+    "all", and an empty one (an unset shell variable) ran the whole grid."""
     def parse(s):
         values = [type_(v) for v in s.split(",") if v]
         if not values and not empty_ok:
             raise argparse.ArgumentTypeError(f"expected a comma list of one or more "
                                              f"values, got {s!r}")
+        bad = [v for v in values if choices is not None and v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(str, bad))} "
+                                             f"(choose from {', '.join(choices)})")
         return values
     return parse
+
+
+def _batch_by_hidden(s):
+    """An argparse type for one item of a comma list: ``BxH`` with positive integers."""
+    parts = s.split("x")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected BxH with positive integers, got {s!r}")
+    return tuple(int(p) for p in parts)
 
 
 def _number(s, type_):
