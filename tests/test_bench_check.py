@@ -41,6 +41,21 @@ def test_no_gemm_rate_no_statement():
     assert row["detail"] == ""
 
 
+def test_a_check_that_measured_nothing_fails_and_every_floor_has_a_row():
+    """A run with none of the floors' data (here: the fidelity section only) has a
+    "not measured" row for each floor, the host floor included (it had none), and the
+    check fails: a run that measured nothing exited 0 as if every floor were met."""
+    report = {"config": {"backends": ["numba"], "sections": ["fidelity"]}, "date": "d"}
+    rows = check.rows(report)
+    assert rows and all(r["status"] == check.ABSENT for r in rows)
+    host = [r for r in rows if "host time" in r["floor"]]
+    assert len(host) == 1 and host[0]["detail"] == "host section not run"
+    assert check.failed(rows) and not check.missed(rows)
+    assert "No floor was measured" in check.markdown(rows, report)
+    met = _report(FLOPS / 150e9, FLOPS / 200e9, None)
+    assert not check.failed(check.rows(met))  # one met, the rest not measured: passes
+
+
 def test_bench_cli_refuses_bad_values_before_measuring(capsys, tmp_path):
     """python -m bench: a value no run can use (a length, batch or hidden size below 1,
     an unknown backend or device, thread, repeat, seed or step counts below 1, a

@@ -6,7 +6,7 @@ the floor, and met / NOT MET / not measured, computed from a report dict
 A report, not a test: the numbers are the run's medians, under whatever load the
 machine had (``machine.loadavg_*`` in the report). A floor whose data the run did not
 produce (a section left out by ``--only``, a point outside the grid, JAX not installed)
-is "not measured" and does not fail the check.
+is "not measured" and does not fail the check, unless no floor at all was measured.
 
 Ratios are peer time / rnnfast time in the same run (> 1: rnnfast faster); the speed
 floors read the speed section at T = 100, I = H, float32.
@@ -197,6 +197,10 @@ def host_rows(report, be):
                          + f"kernels {m['kernel_s'] * 1e6:.0f} us"
                          + (f", torch's own floor {m['floor_s'] * 1e6:.0f} us (a layer "
                             f"that computes nothing)" if "floor_s" in m else "")))
+    if not rows:
+        rows.append(_row("13", "fwd+bwd: host time per layer call (total - compiled "
+                               "kernels)", None, f"<= {host.HOST_FLOOR_S * 1e6:.0f} us",
+                         None, _why_absent(report, "host")))
     return rows
 
 
@@ -215,22 +219,31 @@ def missed(check_rows):
     return [r for r in check_rows if r["status"] == MISSED]
 
 
+def failed(check_rows):
+    """The check's verdict: True when a floor is not met, or when no floor was measured
+    at all (a run that measured nothing must not read as a pass)."""
+    return bool(missed(check_rows)) or not any(r["status"] == MET for r in check_rows)
+
+
 def markdown(check_rows, report):
     if not check_rows:
         return "### Floor check\n\nno rnnfast backend ran: nothing to check\n"
     n = {s: sum(r["status"] == s for r in check_rows) for s in (MET, MISSED, ABSENT)}
     lines = [f"### Floor check ({report['date']}; {n[MET]} met, {n[MISSED]} not met, "
              f"{n[ABSENT]} not measured)",
-             "",
-             "Ratios: peer time / rnnfast time in the same run (> 1: rnnfast faster). "
-             "Issue 2: the foundation floors; issue 12: the GRU's fwd+bwd floors; issue 13: "
-             "packed, small, inference, LSTM, end-to-end. A speed floor's detail: the GEMM "
-             "rate rnnfast would need to meet it (the point's GEMM flops alone, in the "
-             "peer's time over the target) against the best GEMM rate this run measured; "
-             "near or past 100%, no implementation of those flops meets it here.",
-             "",
-             "| issue | backend | floor | measured | target | | detail |",
-             "|---|---|---|--:|---|---|---|"]
+             ""]
+    if not n[MET] and not n[MISSED]:
+        lines += ["No floor was measured in this run (see each row's detail): the check "
+                  "fails.", ""]
+    lines += ["Ratios: peer time / rnnfast time in the same run (> 1: rnnfast faster). "
+              "Issue 2: the foundation floors; issue 12: the GRU's fwd+bwd floors; issue 13: "
+              "packed, small, inference, LSTM, end-to-end. A speed floor's detail: the GEMM "
+              "rate rnnfast would need to meet it (the point's GEMM flops alone, in the "
+              "peer's time over the target) against the best GEMM rate this run measured; "
+              "near or past 100%, no implementation of those flops meets it here.",
+              "",
+              "| issue | backend | floor | measured | target | | detail |",
+              "|---|---|---|--:|---|---|---|"]
     for r in check_rows:
         status = r["status"] if r["status"] != MISSED else f"**{MISSED}**"
         lines.append(f"| {r['issue']} | {r['backend']} | {r['floor']} | "
