@@ -1003,7 +1003,10 @@ class _FusedRNNBase(nn.RNNBase):
         while a projected LSTM's final product hands back output and h_n in the
         autocast dtype, as padded. torch.nn's CPU GRU is not in autocast's list but its
         products are: its outputs come in h0's dtype (``hx``'s) promoted with the
-        autocast dtype (torch 2.13)."""
+        autocast dtype (torch 2.13). A padded float16 input to the LSTM (no projection)
+        whose h_0 is not in the autocast dtype comes back in float32, as torch.nn's
+        (torch 2.13, measured over float32 / bfloat16 / float16 h_0 and both autocast
+        dtypes)."""
         if x.dtype == torch.float64 or device_type not in AUTOCAST_CELLS \
                 or not torch.is_autocast_enabled(device_type):
             return None
@@ -1015,6 +1018,12 @@ class _FusedRNNBase(nn.RNNBase):
             if _onednn_takes(x) and len(sizes) > 0 and bool((sizes == sizes[0]).all()):
                 return cast
             return torch.promote_types(hx[1].dtype, cast)
+        if device_type == "cpu" and self._cell == "lstm" and sizes is None \
+                and self.proj_size == 0 and x.dtype == torch.float16 \
+                and hx[0].dtype != cast:
+            # torch 2.13: a padded (or unbatched) float16 input whose h_0 is not in the
+            # autocast dtype (zeros in the input's without hx) returns float32
+            return torch.float32
         if self._cell in AUTOCAST_CELLS[device_type]:
             return cast
         return None

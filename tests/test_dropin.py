@@ -549,6 +549,37 @@ def test_autocast_gru_output_dtype(autocast, x_dtype, h_dtype, packed):
         torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("layout", ["padded", "unbatched"])
+@pytest.mark.parametrize("h_dtype", [torch.float32, torch.bfloat16, torch.float16, None])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16])
+def test_autocast_lstm_output_dtype(autocast, x_dtype, h_dtype, layout):
+    """A float32 LSTM under torch.autocast('cpu', dtype) given a low-precision input and
+    state: output, h_n and c_n in torch.nn's dtypes, values as close as that dtype
+    allows. A float16 input whose h_0 is not in the autocast dtype (zeros in the input's
+    without hx) comes back in float32 from torch.nn; rnnfast returned the autocast dtype.
+    Where torch.nn's oneDNN LSTM refuses the call (float16 on CPUs without its float16
+    LSTM) rnnfast runs it and returns the autocast dtype (README)."""
+    outs = []
+    for cls in (nn.LSTM, functools.partial(rnnfast.LSTM, backend="numba")):
+        torch.manual_seed(0)
+        m = cls(3, 5)
+        shape = (4, 2) if layout == "padded" else (4,)
+        x = torch.randn(*shape, 3).to(x_dtype)
+        h = None if h_dtype is None else tuple(
+            torch.randn(1, *shape[1:], 5).to(h_dtype) for _ in range(2))
+        try:
+            with torch.autocast("cpu", dtype=autocast):
+                y, (h_n, c_n) = m(x, h)
+        except RuntimeError as e:
+            assert cls is nn.LSTM and "primitive descriptor" in str(e), e
+            pytest.skip("torch.nn's oneDNN LSTM refuses this call on this CPU")
+        outs.append((y, h_n, c_n))
+    for got, want in zip(outs[1], outs[0]):
+        assert got.dtype == want.dtype, f"dtype {got.dtype} != torch.nn's {want.dtype}"
+        torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("proj_size", [0, 2])
 @pytest.mark.parametrize("lengths", [(4, 4), (4, 3)], ids=["equal", "ragged"])
 @pytest.mark.parametrize("state", ["none", "float32", "low", "c0-low"])
