@@ -155,17 +155,20 @@ def parse_args(argv=None):
                         "held to it, in a child process (default: native)")
     p.add_argument("--threads", type=_at_least(1), default=None,
                    help="torch.set_num_threads (default: torch's default)")
-    p.add_argument("--cells", type=_csv(), default=None,
+    p.add_argument("--cells", type=_csv(choices=CELLS), default=None,
                    help=f"comma list from {list(CELLS)}")
-    p.add_argument("--backends", type=_csv(), default=None,
+    p.add_argument("--backends", type=_csv(choices=BACKENDS), default=None,
                    help="rnnfast backends (default: numba on CPU, triton on CUDA)")
     p.add_argument("--T", type=_csv(_at_least(1)), default=None, help="sequence lengths")
     p.add_argument("--B", type=_csv(_at_least(1)), default=None, help="batch sizes")
     p.add_argument("--H", type=_csv(_at_least(1)), default=None, help="hidden sizes (I = H)")
-    p.add_argument("--dtype", type=_csv(), default=None, help="speed dtypes (default float32)")
-    p.add_argument("--modes", type=_csv(), default=None, help="fwd,fwdbwd")
-    p.add_argument("--only", type=_csv(), default=None, help=f"sections from {SECTIONS}")
-    p.add_argument("--skip", type=_csv(empty_ok=True), default=[], help="sections to skip")
+    p.add_argument("--dtype", type=_csv(choices=common.DTYPES), default=None,
+                   help="speed dtypes (default float32)")
+    p.add_argument("--modes", type=_csv(choices=common.MODES), default=None, help="fwd,fwdbwd")
+    p.add_argument("--only", type=_csv(choices=SECTIONS), default=None,
+                   help=f"sections from {SECTIONS}")
+    p.add_argument("--skip", type=_csv(empty_ok=True, choices=SECTIONS), default=[],
+                   help="sections to skip")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--compile-cap", type=_positive(), default=60.0,
                    help="skip torch.compile at a point whose compile exceeds this (s)")
@@ -180,11 +183,11 @@ def parse_args(argv=None):
     p.add_argument("--fidelity-T", type=_csv(_at_least(1)), default=None,
                    help="fidelity sequence lengths (default 10,100,1000)")
     p.add_argument("--long", action="store_true", help="add T = 10000 to fidelity")
-    p.add_argument("--fidelity-dtypes", type=_csv(), default=None,
+    p.add_argument("--fidelity-dtypes", type=_csv(choices=common.DTYPES), default=None,
                    help="rnnfast dtypes in the fidelity table (default float32,float64)")
     p.add_argument("--seeds", type=_at_least(1), default=None,
                    help="fidelity seeds per (cell, T) (default 3; 2 with --quick)")
-    p.add_argument("--dists", type=_csv(), default=None,
+    p.add_argument("--dists", type=_csv(choices=packed.DISTRIBUTIONS), default=None,
                    help=f"packed length distributions from {list(packed.DISTRIBUTIONS)}")
     p.add_argument("--e2e-steps", type=_at_least(1), default=None,
                    help="timed word-LM steps per model after warm-up (default "
@@ -195,17 +198,7 @@ def parse_args(argv=None):
     p.add_argument("--check-report", metavar="FILE", type=_report_file, default=None,
                    help="print the floor check of an existing report.json (no measuring); "
                         "exit 1 when a floor is not met or none was measured")
-    a = p.parse_args(argv)
-    for name, given, known in (("--cells", a.cells, CELLS), ("--only", a.only, SECTIONS),
-                               ("--skip", a.skip, SECTIONS), ("--modes", a.modes, common.MODES),
-                               ("--dtype", a.dtype, common.DTYPES),
-                               ("--fidelity-dtypes", a.fidelity_dtypes, common.DTYPES),
-                               ("--dists", a.dists, packed.DISTRIBUTIONS),
-                               ("--backends", a.backends, BACKENDS)):
-        bad = [v for v in given or () if v not in known]
-        if bad:
-            p.error(f"{name}: unknown {', '.join(bad)} (choose from {', '.join(known)})")
-    return a
+    return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------- grid
