@@ -30,6 +30,12 @@ def getenv(name, default=None):
     return default if value is None else _DECODE(value)
 
 
+def setting(name, default):
+    """A setting from the environment: its value, or ``default`` where the variable is
+    unset or empty (``RNNFAST_BACKEND= python ...`` means the default)."""
+    return getenv(name, "") or default
+
+
 def env_flag(name, default):
     """A 0/1 switch from the environment, for both backends' settings: ``default`` where
     unset or empty, else '0' (False) or '1' (True).

@@ -36,7 +36,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .kernels._env import getenv
+from .kernels._env import getenv, setting
 
 BACKENDS = ("auto", "numba", "triton", "torch")
 ENV_VAR = "RNNFAST_BACKEND"
@@ -87,7 +87,7 @@ def kernel_module(name):
 def _requested(backend):
     check_backend_name(backend)
     if backend == "auto":
-        env = getenv(ENV_VAR, "auto") or "auto"
+        env = setting(ENV_VAR, "auto")
         check_backend_name(env, f"environment variable {ENV_VAR}")
         return env, f"{ENV_VAR}={env}" if env != "auto" else "auto"
     return backend, f"backend={backend!r}"

@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import dispatch, ops, reference
 from .dispatch import RNNArgumentError, check_backend_name
 from .kernels import ACTIVATIONS
-from .kernels._env import getenv
+from .kernels._env import setting
 
 NONLINEARITIES = tuple(ACTIVATIONS)
 
@@ -1151,7 +1151,7 @@ class _FusedRNNBase(nn.RNNBase):
             return _KERNELS_WIN  # most calls stop here
         if torch._C._is_any_autocast_enabled() or dispatch.in_functorch_transform() \
                 or dispatch.in_forward_ad() \
-                or (getenv(dispatch.ENV_VAR, "auto") or "auto") != "auto":
+                or setting(dispatch.ENV_VAR, "auto") != "auto":
             return None
         # torch.nn's operator does not check the weights' shapes against the options
         # (oneDNN's LSTM reads past a weight that is too small) and broadcasts a bias of

@@ -342,6 +342,9 @@ def test_backend_environment_override(monkeypatch):
     monkeypatch.setenv("RNNFAST_BACKEND", "numba")
     b, _ = m(x)
     torch.testing.assert_close(a, b)
+    monkeypatch.setenv("RNNFAST_BACKEND", "")  # empty: unset, so 'auto' (numba here)
+    assert rnnfast.dispatch.resolve("auto", x.device, x.dtype, 4).name == "numba"
+    torch.testing.assert_close(m(x)[0], b)
     monkeypatch.setenv("RNNFAST_BACKEND", "bogus")
     with pytest.raises(ValueError, match="RNNFAST_BACKEND"):
         m(x)
