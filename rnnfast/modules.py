@@ -141,6 +141,12 @@ def _packed_outside_the_graph(module, input, hx):
 
 # What torch.nn's aten::lstm raises for an hx that is one tensor where it needs a tuple
 # (its message lists its overloads; this names the argument instead).
+# torch.nn's forward for a PackedSequence whose batch_sizes are floating point, without
+# hx: its torch.zeros(num_layers * num_directions, batch_sizes[0], hidden) raises this
+# (torch 2.13); with hx, aten's operator raises "expected scalar type Long but found
+# Float" (_checked_batch_sizes).
+_FLOAT_BATCH_SIZES = ("zeros(): argument 'size' failed to unpack the object at pos 2 "
+                      "with error \"type must be tuple of ints,but got Tensor\"")
 _LSTM_TENSOR_HX = ("lstm() received an invalid combination of arguments - got hx as one "
                    "Tensor, but expected a tuple of Tensors hx (h_0, c_0)")
 
@@ -615,11 +621,21 @@ class _FusedRNNBase(nn.RNNBase):
         return self.proj_size if self.proj_size > 0 else self.hidden_size
 
     def _zeros_state(self, input, B):
+        """hx=None's zero state. A size that is not an int (hidden_size or proj_size set
+        to 7.0 after construction) goes to torch.zeros as torch.nn's forward hands it
+        over, which raises torch.nn's TypeError ("zeros(): argument 'size' failed to
+        unpack the object at pos 3 ...") where torch does (the cached zeros would take
+        7.0 for 7)."""
         n = self.num_layers * (2 if self.bidirectional else 1)
-        h = _zeros(input, (n, B, self._state_size()))
+        sizes = (self._state_size(), self.hidden_size)
+        if not (type(n) is int and type(sizes[0]) is int and type(sizes[1]) is int):
+            like = {"dtype": input.dtype, "device": input.device}
+            h = torch.zeros(n, B, sizes[0], **like)
+            return (h, torch.zeros(n, B, sizes[1], **like)) if self._cell == "lstm" else h
+        h = _zeros(input, (n, B, sizes[0]))
         if self._cell != "lstm":
             return h
-        return h, _zeros(input, (n, B, self.hidden_size))
+        return h, _zeros(input, (n, B, sizes[1]))
 
     def _check_hx_dims(self, hx, is_batched, packed=None):
         """torch.nn's type and dimension checks of a user's hx; returns hx with a batch
@@ -640,10 +656,16 @@ class _FusedRNNBase(nn.RNNBase):
                 # AttributeError
                 error = _HxAttributeError if hasattr(hx, "__getitem__") else _HxTypeError
                 raise error(f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-            if not stacked and len(hx) < 2:
-                raise _LstmHxIndexError(
-                    f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} of "
-                    f"{len(hx)} tensor{'s' if len(hx) != 1 else ''}")
+            # torch.nn reads hx[0].dim(), then hx[1].dim(): an AttributeError for an
+            # element that is not a tensor, an IndexError where there is no hx[1]
+            for i in range(2) if not stacked else ():
+                if i == len(hx):
+                    raise _LstmHxIndexError(
+                        f"LSTM: hx must be a tuple (h_0, c_0), got a {type(hx).__name__} "
+                        f"of {len(hx)} tensor{'s' if len(hx) != 1 else ''}")
+                if not isinstance(hx[i], torch.Tensor):
+                    raise _HxAttributeError(f"LSTM: hx[{i}] must be a Tensor, got "
+                                            f"{type(hx[i]).__name__}")
             if hx[0].dim() != want or hx[1].dim() != want:
                 self._raise_packed_size_check(packed, tuple(hx))
                 raise RNNArgumentError(
@@ -684,7 +706,7 @@ class _FusedRNNBase(nn.RNNBase):
         dtype, but got Double and Float"; then the size: "mat1 and mat2 shapes cannot be
         multiplied (10x4 and 3x20)"). So does rnnfast, as a RuntimeError too (torch
         2.13). Under autocast the dtype is not compared (autocast casts; a float64 one
-        is :meth:`_check_autocast_float64`'s)."""
+        is :meth:`_check_autocast_operands`' concern)."""
         w = self._flat_weights[0]
         if w is None:
             return  # the missing weight's own error, in _check_devices_and_state_dtypes
@@ -697,7 +719,7 @@ class _FusedRNNBase(nn.RNNBase):
                 f"mat1 and mat2 shapes cannot be multiplied "
                 f"({data.shape[0]}x{data.shape[1]} and {w.shape[1]}x{w.shape[0]})")
 
-    def _check_devices_and_state_dtypes(self, input, hx, packed=False):
+    def _check_devices_and_state_dtypes(self, input, hx, packed=False, sizes=None):
         """Devices of input, every parameter and hx; dtypes of hx and of every
         parameter. torch.nn compares the input with the first weight only, and a
         parameter of another dtype (a float64 weight_hh_l0 in a float32 module) then
@@ -740,39 +762,79 @@ class _FusedRNNBase(nn.RNNBase):
                     f"{self._mode_name()} hidden dtype ({h.dtype}) does not match input "
                     f"dtype ({input.dtype}) for hx{f'[{i}]' if pair else ''}")
         if autocast:
-            self._check_autocast_float64(input, hx)
+            self._check_autocast_operands(input, hx, sizes)
 
-    def _check_autocast_float64(self, input, hx):
-        """Under autocast, float64 tensors are not cast (autocast casts float32, float16
-        and bfloat16 ones only): where some of input, hx and the weights are float64 and
-        others are not, torch.nn's products meet float64 and the autocast dtype and it
-        raises; so does rnnfast, with torch.nn's message for the same operand (CPU,
-        measured on torch 2.13: the input: "mat1 and mat2 must have the same dtype, but
-        got Double and BFloat16"; hx or a weight: the LSTM's "get_mkldnn_dtype:
-        unsupported data type", the RNN's and GRU's products' dtype messages), where it
-        would otherwise cast the float64 ones. All float64: nothing is cast (see
+    def _check_autocast_operands(self, input, hx, sizes):
+        """Under autocast, torch.nn's products cast float32, float16 and bfloat16
+        tensors to the autocast dtype and nothing else: a float64 tensor among others,
+        and any input or state that is not floating point (integer, bool, complex), then
+        meets the autocast dtype in a product, and torch.nn raises. So does rnnfast,
+        with torch.nn's message for the same operand, where it would otherwise cast them
+        (``sizes``: a PackedSequence's batch_sizes as given, None for a padded input).
+        Measured on CPU, torch 2.13, over the input, h_0 and c_0 in float32, float64,
+        int64, complex64 and bfloat16, padded and packed:
+
+        * the input first (the input projection): "mat1 and mat2 must have the same
+          dtype, but got Long and BFloat16" (Double for a float64 input among float32
+          weights; where every weight is float64, hx is the odd one out);
+        * an LSTM that oneDNN runs (:meth:`_onednn_lstm`): any state of another dtype,
+          "get_mkldnn_dtype: unsupported data type", as a float64 weight;
+        * else h_0 (the recurrent product): "mat1 and mat2 must have the same dtype, but
+          got Long and BFloat16"; the same for a float64 h_0 (or c_0, whose product
+          with o reaches the next step's); a projected LSTM's float64 c_0 meets W_hr
+          first ("expected m1 and m2 to have the same dtype, but got: double !=
+          c10::BFloat16"); a float64 weight: "self and mat2 must have the same dtype,
+          but got BFloat16 and Double".
+
+        An LSTM's c_0 enters only elementwise products outside oneDNN: torch.nn runs an
+        integer one (promoted), and so does rnnfast. All float64: nothing is cast (see
         :meth:`_autocast_dtype`)."""
         device_type = input.device.type
         if not torch.is_autocast_enabled(device_type):
             return
+        f64 = torch.float64
         states = hx if isinstance(hx, tuple) else (hx,)
         weights = [w for w in self._flat_weights if w is not None]
-        f64 = torch.float64
+        ac = _scalar_type_name(torch.get_autocast_dtype(device_type))
+        w_f64 = all(w.dtype == f64 for w in weights)
+
+        def mm_error(dtype, other):
+            return RNNArgumentError(f"mat1 and mat2 must have the same dtype, but got "
+                                    f"{_scalar_type_name(dtype)} and {other}")
+
+        if not input.dtype.is_floating_point:
+            raise mm_error(input.dtype, "Double" if w_f64 else ac)
+        if input.dtype == f64 and not w_f64:
+            raise mm_error(f64, ac)
+        onednn = self._onednn_lstm(device_type, input, sizes)
+        if onednn and any(not h.dtype.is_floating_point for h in states):
+            raise RNNArgumentError("get_mkldnn_dtype: unsupported data type")
+        if not onednn and not states[0].dtype.is_floating_point:
+            raise mm_error(states[0].dtype, "Double" if w_f64 else ac)
         kinds = {t.dtype == f64 for t in (input, *states, *weights)}
         if len(kinds) < 2:
             return
-        ac = _scalar_type_name(torch.get_autocast_dtype(device_type))
-        if input.dtype == f64:  # hx is the odd one out where every weight is float64
-            odd = ("Double", ac) if any(w.dtype != f64 for w in weights) else (ac, "Double")
-            raise RNNArgumentError(f"mat1 and mat2 must have the same dtype, but got "
-                                   f"{odd[0]} and {odd[1]}")
-        if self._cell == "lstm" and device_type == "cpu":
+        if input.dtype == f64:  # every weight is float64: hx is the odd one out
+            raise mm_error(torch.get_autocast_dtype(device_type), "Double")
+        if onednn:
             raise RNNArgumentError("get_mkldnn_dtype: unsupported data type")
-        if any(h.dtype == f64 for h in states):
-            raise RNNArgumentError(f"mat1 and mat2 must have the same dtype, but got Double "
-                                   f"and {ac}")
+        if states[0].dtype == f64 or (len(states) > 1 and states[1].dtype == f64
+                                      and self.proj_size <= 0):
+            raise mm_error(f64, ac)
+        if len(states) > 1 and states[1].dtype == f64:  # the projection r @ W_hr^T
+            raise RNNArgumentError(f"expected m1 and m2 to have the same dtype, but got: "
+                                   f"double != c10::{ac}")
         raise RNNArgumentError(f"self and mat2 must have the same dtype, but got {ac} and "
                                f"Double")
+
+    def _onednn_lstm(self, device_type, input, sizes):
+        """Whether torch.nn's CPU LSTM operator would run this call (input not float64,
+        as :meth:`_check_autocast_operands` has it) on oneDNN under autocast: no
+        projection, and a padded input or a PackedSequence whose batch_sizes (as given)
+        are all equal (see :meth:`_autocast_dtype`)."""
+        return self._cell == "lstm" and device_type == "cpu" and self.proj_size <= 0 \
+            and input.dtype != torch.float64 and (
+                sizes is None or (len(sizes) > 0 and bool((sizes == sizes[0]).all())))
 
     def _options(self):
         return (f"input_size={self.input_size}, hidden_size={self.hidden_size}"
@@ -804,7 +866,7 @@ class _FusedRNNBase(nn.RNNBase):
         if n // per // D != self.num_layers:
             raise RNNArgumentError("Expected more weights in stacked_rnn")
         G = {"rnn": 1, "lstm": 4, "gru": 3}[self._cell] * self.hidden_size
-        out = self.proj_size or self.hidden_size
+        out = self._state_size()
         names, shapes = [], []
         for layer in range(self.num_layers):
             width = self.input_size if layer == 0 else D * out
@@ -812,7 +874,7 @@ class _FusedRNNBase(nn.RNNBase):
                 kinds = [("weight_ih", (G, width)), ("weight_hh", (G, out))]
                 if self.bias:
                     kinds += [("bias_ih", (G,)), ("bias_hh", (G,))]
-                if self.proj_size:
+                if self.proj_size > 0:
                     kinds.append(("weight_hr", (self.proj_size, self.hidden_size)))
                 for kind, shape in kinds:
                     names.append(f"{kind}_l{layer}{suffix}")
@@ -927,8 +989,12 @@ class _FusedRNNBase(nn.RNNBase):
         # An LSTM's hx as one stacked tensor: see _check_hx_dims. torch.nn hands it to
         # aten::lstm as it is (a TypeError) for a padded batch and a sorted PackedSequence.
         stacked = self._cell == "lstm" and isinstance(hx, torch.Tensor)
+        given_sizes = input.batch_sizes if packed else None
         if packed:
             input, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None and batch_sizes.is_floating_point():
+                # torch.nn makes the zero state from batch_sizes[0] first: a TypeError
+                raise TypeError(_FLOAT_BATCH_SIZES)
             input, batch_sizes = _checked_batch_sizes(input, batch_sizes)
             is_batched, B = True, int(batch_sizes[0])
             if hx is not None:
@@ -972,9 +1038,9 @@ class _FusedRNNBase(nn.RNNBase):
             # as they are, so the check's answer cannot go stale in it
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                self._check_devices_and_state_dtypes(input, hx, packed)
+                self._check_devices_and_state_dtypes(input, hx, packed, given_sizes)
         else:
-            self._check_devices_and_state_dtypes(input, hx, packed)
+            self._check_devices_and_state_dtypes(input, hx, packed, given_sizes)
         if self._cell == "rnn" and self._activation() == "leaky_relu":
             self._check_negative_slope()
         T = len(batch_sizes) if packed else input.shape[1 if self.batch_first else 0]
@@ -1014,12 +1080,12 @@ class _FusedRNNBase(nn.RNNBase):
         if device_type == "cpu" and self._cell == "gru":
             return torch.promote_types(hx.dtype, cast)
         if device_type == "cpu" and self._cell == "lstm" and sizes is not None \
-                and self.proj_size == 0:
+                and self.proj_size <= 0:
             if _onednn_takes(x) and len(sizes) > 0 and bool((sizes == sizes[0]).all()):
                 return cast
             return torch.promote_types(hx[1].dtype, cast)
         if device_type == "cpu" and self._cell == "lstm" and sizes is None \
-                and self.proj_size == 0 and x.dtype == torch.float16 \
+                and self.proj_size <= 0 and x.dtype == torch.float16 \
                 and hx[0].dtype != cast:
             # torch 2.13: a padded (or unbatched) float16 input whose h_0 is not in the
             # autocast dtype (zeros in the input's without hx) returns float32

@@ -524,6 +524,50 @@ def test_autocast_float64_operands(kind, case):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+_OPERAND_DTYPES = (torch.float32, torch.float64, torch.int64, torch.bool, torch.complex64)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed equal", "packed ragged"])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "LSTM proj", "GRU"])
+def test_autocast_operands_torch_does_not_cast(kind, layout):
+    """Under torch.autocast('cpu', bfloat16) only float32 / float16 / bfloat16 tensors
+    are cast: an integer, bool or complex input or state (or a float64 one among
+    float32) reaches a product as it is, and torch.nn raises that product's message
+    (the input's first, then an LSTM's oneDNN call or h_0's product). rnnfast raises the
+    same message, before any kernel runs, where it used to cast them and run (an int64
+    input returned bfloat16, a complex one lost its imaginary part); where torch.nn
+    runs (an integer c_0 outside oneDNN is promoted), rnnfast runs, in its dtype."""
+    cell, proj = kind.split()[0], 3 if kind.endswith("proj") else 0
+    kw = {"proj_size": proj} if proj else {}
+    P = proj or 7
+    lengths = {"padded": None, "packed equal": [4, 4], "packed ragged": [4, 2]}[layout]
+    combos = [(x, None, None) for x in _OPERAND_DTYPES] + [
+        (torch.float32, h, c) for h in _OPERAND_DTYPES for c in _OPERAND_DTYPES[:3]
+        if cell == "LSTM" or c is torch.float32] + [
+        (torch.float64, torch.int64, torch.float32), (torch.int64, torch.float64, torch.float64)]
+    mismatches = []
+    for x_dtype, h_dtype, c_dtype in combos:
+        results = []
+        for lib in (nn, rnnfast):
+            torch.manual_seed(0)
+            m = getattr(lib, cell)(5, 7, **kw)
+            x = torch.ones(4, 2, 5, dtype=x_dtype)
+            if lengths is not None:
+                x = pack_padded_sequence(x, lengths)
+            hx = None if h_dtype is None else (
+                (torch.zeros(1, 2, P, dtype=h_dtype), torch.zeros(1, 2, 7, dtype=c_dtype))
+                if cell == "LSTM" else torch.zeros(1, 2, 7, dtype=h_dtype))
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out, _ = m(x, hx)
+                results.append((out.data if lengths else out).dtype)
+            except RuntimeError as e:
+                results.append(str(e))
+        if results[0] != results[1]:
+            mismatches.append(((x_dtype, h_dtype, c_dtype), *results))
+    assert not mismatches, "\n".join(map(str, mismatches))
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("h_dtype", [torch.float32, torch.bfloat16, torch.float16, None])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -4,6 +4,7 @@ expected and the actual value; a failed call leaves the module usable."""
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -277,6 +278,51 @@ def test_packed_lstm_data_errors_are_aten_lstm_ones():
         ours(pack_padded_sequence(torch.randn(4, 3, 6), [4, 3, 2]))
 
 
+@pytest.mark.parametrize("change", [("hidden_size", 7.0), ("proj_size", -1),
+                                    ("proj_size", 0.0), ("hidden_size", np.int64(7))])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_size_option_set_after_construction_as_torch_nn(kind, change):
+    """An option set after construction to a value torch.nn takes for the same weights
+    (proj_size=-1: no projection, as proj_size=0; a numpy int) runs as torch.nn does,
+    and one it refuses (hidden_size=7.0: the TypeError of its zero state's torch.zeros)
+    raises its error. rnnfast raised for proj_size=-1 (it named a W_hr) and ran
+    hidden_size=7.0 (its cached zero state took 7.0 for 7)."""
+    x = torch.randn(4, 3, 5)
+    results = []
+    for lib in (torch.nn, rnnfast):
+        torch.manual_seed(0)
+        m = getattr(lib, kind)(5, 7)
+        setattr(m, *change)
+        try:
+            results.append(m(x)[0])
+        except Exception as e:  # noqa: BLE001 - compared with torch.nn's below
+            results.append(e)
+    want, got = results
+    if isinstance(want, Exception):
+        assert type(got) is type(want) and str(got) == str(want), (want, got)
+    else:
+        assert_close(f"{kind} output", got, want)
+
+
+@pytest.mark.parametrize("hx", [False, True])
+@pytest.mark.parametrize("sizes_dtype", [torch.float32, torch.float64, torch.int32])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_packed_batch_sizes_of_another_dtype_as_torch_nn(kind, sizes_dtype, hx):
+    """A PackedSequence whose batch_sizes are not int64: torch.nn raises aten's
+    RuntimeError ("expected scalar type Long but found Int"), or, for floating-point
+    ones without hx, the TypeError of its zero state's torch.zeros; rnnfast raises the
+    same class and message (it raised its RuntimeError for the floating ones too)."""
+    x = PackedSequence(torch.randn(6, 5), torch.tensor([2, 2, 1, 1]).to(sizes_dtype))
+    state = torch.zeros(1, 2, 7)
+    results = []
+    for lib in (torch.nn, rnnfast):
+        m = getattr(lib, kind)(5, 7)
+        h = ((state, state) if kind == "LSTM" else state) if hx else None
+        results.append(_raised(lambda: m(x, h)))
+    want, got = results
+    assert isinstance(got, type(want)) and str(got) == str(want), (want, got)
+
+
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_hx_of_another_type_raises_torch_nn_exception_type(kind):
     """An hx that is no Tensor (nor, for the LSTM, a tuple of them): torch.nn fails in
@@ -286,12 +332,15 @@ def test_hx_of_another_type_raises_torch_nn_exception_type(kind):
     ref = getattr(torch.nn, kind)(5, 7)
     ours = getattr(rnnfast, kind)(5, 7, backend="numba")
     h = torch.zeros(1, 3, 7)
-    for hx in (1.5, 3, h.numpy(), (h,) if kind != "LSTM" else "hx"):
+    cases = [1.5, 3, h.numpy(), (h,) if kind != "LSTM" else "hx"]
+    if kind == "LSTM":  # an element that is no tensor: torch.nn's hx[i].dim() fails
+        cases += [(1.0, 2.0), (1.0,), (h, 2.0), (h,), ()]
+    for hx in cases:
         want, got = _raised(lambda: ref(X, hx)), _raised(lambda: ours(X, hx))
-        assert type(want) in (TypeError, AttributeError), want
+        assert type(want) in (TypeError, AttributeError, IndexError), want
         assert isinstance(got, type(want)) and isinstance(got, rnnfast.RNNArgumentError), \
             (hx, want, got)
-        assert re.search(r"hx must be a (Tensor|tuple)", str(got)), got
+        assert re.search(r"hx(\[\d\])? must be a (Tensor|tuple)", str(got)), got
 
 
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
