@@ -20,12 +20,13 @@ Run it once per checkout to compare commits; ``python -m bench`` is the full rep
 ``--isa`` runs it as on a CPU with that instruction set, as ``python -m bench --isa``
 does (a child process with numba's target and torch's ISA limits set:
 ``bench/report/isa.py``).
-Each checkout needs its own install: with another checkout installed in editable mode,
-running from a copy's directory imports that copy's ``rnnfast`` but the installed
-checkout's ``rnnfast.kernels`` (setuptools' editable finder maps the package there), so
-both runs would time the same kernels. ``ln -s ../kernels rnnfast/kernels`` in the copy
-(not in the repository) makes the copy import its own kernels. The first line printed
-says where both came from, and the run stops when they are from different checkouts.
+Run from a copy's directory, it imports that copy's ``rnnfast`` and, from this commit
+on, that copy's ``kernels/`` as ``rnnfast.kernels`` (``rnnfast/__init__.py``), whichever
+checkout is installed. An older copy took the installed checkout's kernels (setuptools'
+editable finder maps the package there), so both runs would time the same kernels:
+``ln -s ../kernels rnnfast/kernels`` in such a copy (not in the repository) makes it
+import its own. The first line printed says where both came from, and the run stops
+when they are from different checkouts.
 """
 
 import argparse
@@ -81,6 +82,8 @@ def main(argv=None):
         raise SystemExit("bench.ab: rnnfast and rnnfast.kernels come from different "
                          "checkouts (an editable install elsewhere?): install this one, "
                          "or link its rnnfast/kernels to ../kernels")
+    from bench.solo import _warn_if_busy
+    _warn_if_busy("at the start", "bench.ab")
     torch.manual_seed(0)
     ratios = {}
     for cell in a.cells.split(","):
@@ -106,6 +109,7 @@ def main(argv=None):
             print(f"{a.tag} {cell:9s} B={B:3d} H={H:4d} {a.mode}: torch.nn {t_ref * 1e3:8.2f} ms"
                   f"  rnnfast {t_m * 1e3:8.2f} ms  ratio {t_ref / t_m:5.2f}x", flush=True)
     print(json.dumps(ratios))
+    _warn_if_busy("at the end", "bench.ab")
 
 
 if __name__ == "__main__":

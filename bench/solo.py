@@ -30,9 +30,9 @@ respect to x and every parameter.
 Implementations: ``numba`` (rnnfast, ``backend='numba'``: this checkout), ``auto``
 (rnnfast's default dispatch), and the peer ``--peer torch.nn`` (the default) or, with
 ``--checkout DIR``, rnnfast's numba kernels from another checkout (a worktree of an
-older commit: it needs its own kernels, ``ln -s ../kernels rnnfast/kernels`` in the copy,
-as for ``bench.ab``; the worker reports where rnnfast and its kernels came from and the
-run stops when they are not from DIR).
+older commit: its worker imports DIR's rnnfast and DIR's kernels/ as rnnfast.kernels,
+whichever checkout is installed; it reports where both came from and the run stops when
+they are not from DIR).
 """
 
 import argparse
@@ -81,14 +81,53 @@ def _worker(impl, cell, mode, seconds, threads, specs):
     print(json.dumps(out))
 
 
+def _own_kernels(root):
+    """Make ``rnnfast.kernels`` import from ``root``/kernels in this process where
+    ``root``/rnnfast has no kernels of its own (a source checkout, whose rnnfast may be
+    older than the one that finds them itself: rnnfast/__init__._checkout_kernels);
+    else setuptools' editable finder would hand over the installed checkout's."""
+    init = os.path.join(root, "kernels", "__init__.py")
+    if os.path.exists(os.path.join(root, "rnnfast", "kernels")) or not os.path.isfile(init):
+        return
+    import importlib.util
+
+    class Finder:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name != "rnnfast.kernels":
+                return None
+            return importlib.util.spec_from_file_location(
+                name, init, submodule_search_locations=[os.path.dirname(init)])
+
+    sys.meta_path.insert(0, Finder())
+
+
+def _warn_if_busy(when, prog="bench.solo"):
+    """A line on stderr where the 1-minute load average exceeds the CPU count by more
+    than half a thread (bench.report.check.busy's rule): another process then takes
+    cores from the timed calls, and torch's two-thread regions stall far more than
+    rnnfast's kernels (ratios of 45-1191x were read so on 2026-12-07)."""
+    try:
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):
+        return
+    if load > cpus + 0.5:
+        print(f"{prog}: the machine is busy {when} (1-minute load average {load:.2f} "
+              f"on {cpus} CPUs): these timings are no evidence; rerun on a quiet machine",
+              file=sys.stderr, flush=True)
+
+
 def _run(label, impl, root, args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     # This file's worker, run with the checkout's directory first on sys.path (an older
-    # checkout may have no bench/solo.py), so that it imports that checkout's rnnfast.
+    # checkout may have no bench/solo.py), so that it imports that checkout's rnnfast,
+    # and that checkout's kernels/ as rnnfast.kernels (_own_kernels: an older rnnfast
+    # does not find them itself).
     boot = ("import importlib.util, sys; s = importlib.util.spec_from_file_location("
             f"'_bench_solo', {os.path.abspath(__file__)!r}); m = importlib.util."
-            "module_from_spec(s); s.loader.exec_module(m); m.main(sys.argv[1:])")
+            f"module_from_spec(s); s.loader.exec_module(m); m._own_kernels({root!r}); "
+            "m.main(sys.argv[1:])")
     cmd = [sys.executable, "-c", boot, "--worker", impl, "--cell", args.cell,
            "--mode", args.mode, "--seconds", str(args.seconds), "--threads",
            str(args.threads), "--points", *args.points]
@@ -138,8 +177,10 @@ def main(argv=None):
                        args.points)
     if args.checkout:
         root = os.path.abspath(args.checkout)
-        for need in ("rnnfast/__init__.py", "rnnfast/kernels", "bench/report/common.py"):
-            if not os.path.exists(os.path.join(root, need)):
+        for need in ("rnnfast/__init__.py", "kernels/numba", "bench/report/common.py"):
+            if not os.path.exists(os.path.join(root, need)) and not (
+                    need == "kernels/numba"
+                    and os.path.exists(os.path.join(root, "rnnfast/kernels/numba"))):
                 ap.error(f"--checkout {args.checkout!r} has no {need}: a checkout of "
                          "rnnfast with its own kernels is expected")
         peer = (f"numba@{args.checkout}", "numba", root)
@@ -149,6 +190,7 @@ def main(argv=None):
     if peer[0] == mine[0]:  # an A/A run (the spread it shows is the machine's noise)
         peer, mine = (f"peer {peer[0]}", *peer[1:]), (f"this {mine[0]}", *mine[1:])
     times = {peer[0]: [], mine[0]: []}
+    _warn_if_busy("at the start")
     for r in range(args.rounds):
         # ABBA: the order flips every round. In a fixed order the second process ran
         # 6-9% slower than the first with the same code (an A/A run, 2026-12-05).
@@ -168,6 +210,7 @@ def main(argv=None):
         print(f"| ({s.replace(',', ', ')}) | {statistics.median(a):.3f} | "
               f"{statistics.median(b):.3f} | {statistics.median(a) / statistics.median(b):.2f}x"
               f" | {per} |")
+    _warn_if_busy("at the end")
 
 
 if __name__ == "__main__":

@@ -1106,7 +1106,16 @@ class _FusedRNNBase(nn.RNNBase):
         x, batch_sizes, _, _, _, hx = self._checked_args(input, hx)
         sizes = input.batch_sizes if isinstance(input, PackedSequence) else None
         dtype = self._autocast_dtype(x.device.type, sizes, x, hx) or x.dtype
-        return self._resolve(x, batch_sizes, hx, dtype, start=False)
+        be = self._resolve(x, batch_sizes, hx, dtype, start=False)
+        if be.name == "numba" and self.record_grad_norms \
+                and self._can_run_torch_op(x, dtype, norms=False):
+            # say why a call that 'auto' would hand to torch.nn's operator stays
+            why = self._torch_op_wins(x, batch_sizes, hx, True)
+            if why is not None:
+                be = be._replace(reason=f"{be.reason}; torch.nn's operator would run it "
+                                        f"({why}), but it has no per-step gradient norms "
+                                        f"(record_grad_norms=True)")
+        return be
 
     def _resolve(self, x, batch_sizes, hx, run_dtype, start=True, rule=True):
         """dispatch.resolve for this call: the kernels, or torch.nn's operator where it
@@ -1228,16 +1237,18 @@ class _FusedRNNBase(nn.RNNBase):
                 return None
         return True
 
-    def _can_run_torch_op(self, x, run_dtype):
+    def _can_run_torch_op(self, x, run_dtype, norms=None):
         """Whether torch.nn's own operator computes this call as rnnfast would (what
         backend='auto' runs while the numba kernels compile; CPU tensors only): not for
-        leaky-ReLU (torch.nn has none), per-step gradient norms, CPU autocast (even for a
-        cell it does not cast: torch's GRU would then run its products in bfloat16, the
-        kernels in float32) or half inputs."""
+        leaky-ReLU (torch.nn has none), per-step gradient norms (``norms``: whether they
+        are recorded, the module's ``record_grad_norms`` by default), CPU autocast (even
+        for a cell it does not cast: torch's GRU would then run its products in
+        bfloat16, the kernels in float32) or half inputs."""
+        norms = self.record_grad_norms if norms is None else norms
         return (x.is_cpu and run_dtype == x.dtype
                 and x.dtype in _TORCH_OP_DTYPES
                 and not torch.is_autocast_enabled("cpu")
-                and not self.record_grad_norms
+                and not norms
                 and not (self._cell == "rnn" and self._activation() == "leaky_relu"))
 
     def _layers(self, input, batch_sizes, hx, rule=True, sizes=None):

@@ -56,6 +56,21 @@ def test_a_check_that_measured_nothing_fails_and_every_floor_has_a_row():
     assert not check.failed(check.rows(met))  # one met, the rest not measured: passes
 
 
+def test_a_check_on_a_busy_machine_fails():
+    """A floor met while another process held cores is no evidence: with the 1-minute
+    load average past the CPU count (+ half a thread) at the run's start or end, the
+    check fails and says why; at the threshold or below it stands."""
+    report = dict(_report(FLOPS / 150e9, FLOPS / 200e9, None), date="d")
+    rows = check.rows(report)
+    for start, end, busy in ((0.7, 1.9, False), (2.5, 2.5, False), (6.2, 1.0, True),
+                             (0.5, 2.6, True)):
+        report["machine"] = {"cpu_count": 2, "loadavg_start": [start, 1.0, 1.0],
+                             "loadavg_end": [end, 1.0, 1.0]}
+        assert check.failed(rows, report) is busy, (start, end)
+        assert ("The machine was busy" in check.markdown(rows, report)) is busy
+    assert not check.failed(rows)  # rows alone: no machine to judge
+
+
 def test_bench_cli_refuses_bad_values_before_measuring(capsys, tmp_path):
     """python -m bench: a value no run can use (a length, batch or hidden size below 1,
     an unknown backend or device, thread, repeat, seed or step counts below 1, a

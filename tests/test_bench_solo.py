@@ -40,3 +40,37 @@ def test_solo_bad_arguments_are_named(argv, msg, capsys):
     with pytest.raises(SystemExit):
         solo.main(argv)
     assert msg in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("load,busy", [(1.9, False), (2.5, False), (2.6, True)])
+def test_solo_says_when_the_machine_is_busy(load, busy, monkeypatch, capsys):
+    """bench.solo and bench.ab print a line where the 1-minute load average exceeds the
+    CPU count by more than half a thread: another process then takes cores from the
+    timed calls (ratios of 45-1191x were read so, with no word)."""
+    monkeypatch.setattr(solo.os, "getloadavg", lambda: (load, 1.0, 1.0))
+    monkeypatch.setattr(solo.os, "cpu_count", lambda: 2)
+    solo._warn_if_busy("at the start")
+    err = capsys.readouterr().err
+    assert ("bench.solo: the machine is busy at the start" in err) is busy, err
+
+
+def test_solo_checkout_without_its_own_kernels_link(tmp_path):
+    """A checkout whose rnnfast/ has no kernels link (every checkout of this repository:
+    kernels/ sits beside rnnfast/) is accepted as --checkout, and its worker imports
+    that checkout's kernels/ as rnnfast.kernels, not the installed checkout's."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "co"
+    (root / "rnnfast").mkdir(parents=True)
+    (root / "kernels").mkdir()
+    (root / "rnnfast" / "__init__.py").write_text("from . import kernels\n")
+    (root / "kernels" / "__init__.py").write_text("WHO = 'the checkout'\n")
+    code = (f"import sys; sys.path.insert(0, {str(root)!r}); "
+            f"sys.path.append({os.path.dirname(os.path.dirname(solo.__file__))!r}); "
+            f"from bench import solo; solo._own_kernels({str(root)!r}); "
+            "import rnnfast.kernels as k; print(k.WHO, k.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("the checkout " + str(root / "kernels")), out

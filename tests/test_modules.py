@@ -367,6 +367,23 @@ def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
                                           torch.randn(5, 3))
 
 
+def test_explain_says_why_recorded_norms_keep_a_call_on_the_kernels():
+    """A call that 'auto' hands to torch.nn's operator (here a forward-only RNN call of
+    two steps) stays on the kernels where the module records per-step gradient norms
+    (torch.nn's operator has none): explain says so, with the rule it would have met."""
+    m = rnnfast.RNN(3, 4)
+    x = torch.randn(2, 5, 3)
+    with torch.no_grad():
+        plain = rnnfast.explain(m, x)
+        m.record_grad_norms = True
+        kept = rnnfast.explain(m, x)
+    assert plain.startswith("RNN: backend=torch.nn: auto: "), plain
+    rule = plain.split("auto: ", 1)[1]
+    assert kept.startswith("RNN: backend=numba ["), kept
+    assert (f"torch.nn's operator would run it ({rule}), but it has no per-step gradient "
+            f"norms (record_grad_norms=True)") in kept, kept
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_lstm_inference_regions(monkeypatch, threads):
     """Where auto hands a forward-only float32 LSTM to torch.nn's operator, per ISA
@@ -762,3 +779,24 @@ def test_state_without_grad_skips_nothing_else(kind, T):
             assert torch.equal(a, b), f"{kind} T={T} result {i}"
         for i, (a, b) in enumerate(zip(grads(ref, hx), got)):
             assert_close(f"{kind} T={T} result {i}", b, a, torch.float32)
+
+
+def test_a_checkout_imports_its_own_kernels(tmp_path):
+    """rnnfast imported from a source checkout (kernels/ beside rnnfast/, as in this
+    repository) takes that checkout's kernels/ as rnnfast.kernels, also where another
+    checkout is installed in editable mode: setuptools' editable finder mapped the name
+    to the installed checkout's kernels, so ``python -m bench`` in a clone timed and
+    tested another checkout's kernels under its own modules, without a word. (The
+    checkout here links to this repository's files, from a path of its own.)"""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(rnnfast.__file__)))
+    (tmp_path / "rnnfast").symlink_to(os.path.join(repo, "rnnfast"))
+    (tmp_path / "kernels").symlink_to(os.path.join(repo, "kernels"))
+    code = "import rnnfast.kernels.numba as n, rnnfast.kernels as k; print(k.__file__, n.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "kernels" / "__init__.py"),
+                   str(tmp_path / "kernels" / "numba" / "__init__.py")], out

@@ -12,6 +12,8 @@ Ratios are peer time / rnnfast time in the same run (> 1: rnnfast faster); the s
 floors read the speed section at T = 100, I = H, float32.
 """
 
+import os
+
 from . import e2e as e2e_mod
 from . import fidelity, host, speed
 
@@ -219,10 +221,25 @@ def missed(check_rows):
     return [r for r in check_rows if r["status"] == MISSED]
 
 
-def failed(check_rows):
-    """The check's verdict: True when a floor is not met, or when no floor was measured
-    at all (a run that measured nothing must not read as a pass)."""
-    return bool(missed(check_rows)) or not any(r["status"] == MET for r in check_rows)
+def busy(report):
+    """The run's 1-minute load averages (at start, at end) that exceed the machine's
+    CPU count by more than half a thread (the rule of kernels/numba/_host.busy), or [].
+    Another process holding a core stalls torch's two-thread OpenMP regions far more
+    than rnnfast's kernels: with a second session's compile running on the 2-core Zen 4
+    (load 6-9, 2026-12-07), torch.nn's ReLU-RNN at (10, 16, 64) took 150-656 ms a call
+    against 0.67-0.79 ms quiet, and the floors read 55-113x, "met"."""
+    m = report.get("machine", {})
+    cpus = m.get("cpu_count") or os.cpu_count() or 1
+    return [v[0] for v in (m.get("loadavg_start"), m.get("loadavg_end"))
+            if v and v[0] > cpus + 0.5]
+
+
+def failed(check_rows, report=None):
+    """The check's verdict: True when a floor is not met, when no floor was measured
+    at all (a run that measured nothing must not read as a pass), or when the machine
+    was busy during the run (:func:`busy`: its ratios are no evidence either way)."""
+    return bool(missed(check_rows)) or not any(r["status"] == MET for r in check_rows) \
+        or bool(report is not None and busy(report))
 
 
 def markdown(check_rows, report):
@@ -235,6 +252,13 @@ def markdown(check_rows, report):
     if not n[MET] and not n[MISSED]:
         lines += ["No floor was measured in this run (see each row's detail): the check "
                   "fails.", ""]
+    loads = busy(report)
+    if loads:
+        cpus = report["machine"].get("cpu_count")
+        lines += [f"The machine was busy during this run (1-minute load average "
+                  f"{', '.join(f'{v:g}' for v in loads)} on {cpus} CPUs): another process "
+                  f"took cores from the timed calls, and the ratios below are no evidence "
+                  f"either way. The check fails; rerun on a quiet machine.", ""]
     lines += ["Ratios: peer time / rnnfast time in the same run (> 1: rnnfast faster). "
               "Issue 2: the foundation floors; issue 12: the GRU's fwd+bwd floors; issue 13: "
               "packed, small, inference, LSTM, end-to-end. A speed floor's detail: the GEMM "

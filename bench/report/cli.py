@@ -287,11 +287,11 @@ def main(argv=None):
         report = a.check_report  # read and checked by parse_args
         rows = check.rows(report)
         print(check.markdown(rows, report))
-        return 1 if check.failed(rows) else 0
+        return 1 if check.failed(rows, report) else 0
     if not isa.in_child(a.isa):
         return isa.rerun(a.isa, argv)
     report = run(a, "python -m bench" + ("" if not argv else " " + shlex.join(argv)))
-    return 1 if a.check and check.failed(report["check"]) else 0
+    return 1 if a.check and check.failed(report["check"], report) else 0
 
 
 def run(a, command):
