@@ -128,7 +128,7 @@ def short_answer(cfg, summary, meta):
             f"{COPY['alphabet']}; solved: cross-entropy below 10% of the memoryless baseline)")
         out.append(s)
     rob = summary["robustness"]
-    key = [c for c in ("relu", "irnn", "leaky", "lstm", "gru") if c in rob]
+    key = [c for c in ("tanh", "relu", "irnn", "leaky", "lstm", "gru") if c in rob]
     if key:
         T = cfg["grid_T"]
         grid = ", ".join(num(v) for v in cfg["lr_grid"])
