@@ -25,8 +25,11 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
     float64 Tensor [num_layers * num_directions, T]: row ``layer * num_directions +
     direction``, column t = position in the input sequence (also for the reverse
     direction), entry = 2-norm over batch and hidden units of the total gradient
-    reaching h_t (from the output at t and from the next processed step).
-    Parameter ``.grad`` fields are left untouched.
+    reaching h_t (from the output at t, from the next processed step and, at each
+    sequence's own last step, from h_n; a packed sequence's rows past its length add
+    nothing). T: the steps that have rows (a PackedSequence's batch_sizes without
+    trailing zeros).
+    Parameter ``.grad`` fields and the module's ``last_grad_norms`` are left untouched.
 
     Raises TypeError for a module that is not rnnfast's (torch.nn's modules have no
     per-step norms), and what ``module(input, hx)`` raises for a bad input.
@@ -34,6 +37,7 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
     from .modules import _require_rnnfast_module
     _require_rnnfast_module(module, "hidden_grad_norms")
     previous = module.record_grad_norms
+    kept = module._grad_norm_probes  # the module's last_grad_norms, restored below
     module.record_grad_norms = True
     module._grad_norm_probes = None  # this call's probes become the module's
     try:
@@ -44,6 +48,6 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
             grads = torch.autograd.grad(y, probes, grad_output, allow_unused=True)
     finally:
         module.record_grad_norms = previous
-        module._grad_norm_probes = None
+        object.__setattr__(module, "_grad_norm_probes", kept)
     return torch.stack([g if g is not None else torch.zeros_like(p)
                         for g, p in zip(grads, probes)])

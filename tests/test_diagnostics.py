@@ -239,6 +239,23 @@ def test_last_grad_norms_is_the_last_backwards(cell, backend):
     assert not torch.equal(first, m.last_grad_norms)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hidden_grad_norms_leaves_last_grad_norms(backend):
+    """diagnostics.hidden_grad_norms runs its own forward and backward: the module's
+    last_grad_norms (a training step's) stay what they were, as its parameters' .grad
+    do (the call left None there)."""
+    m = make_module("lstm", 2, True, False, backend, seed=9)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(T, B, I, dtype=DT, generator=g)
+    m.record_grad_norms = True
+    y, _ = m(x)
+    y.sum().backward()
+    before = m.last_grad_norms.clone()
+    probe = hidden_grad_norms(m, x, torch.randn(T, B, 2 * H, dtype=DT, generator=g))
+    assert not torch.equal(probe, before)
+    assert m.record_grad_norms and torch.equal(m.last_grad_norms, before)
+
+
 @pytest.mark.parametrize("how", ["autograd.grad", "backward(inputs=x)", "create_graph"])
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -438,6 +455,28 @@ def test_float32_module_returns_float64():
     norms = hidden_grad_norms(m, x, torch.randn(T, B, H))
     assert norms.dtype == torch.float64 and norms.shape == (1, T)
     assert torch.isfinite(norms).all() and (norms > 0).all()
+
+
+@pytest.mark.parametrize("scale", [2.0 ** -100, 2.0 ** -70, 2.0 ** 70])
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_norms_keep_their_range(cell, backend, scale):
+    """A float32 module's norms far from 1 (the study's vanishing gradients pass 1e-30):
+    a loss scaled by a power of two scales every gradient, and so every norm, exactly.
+    Each square is taken in float64, as torch's own norm sums float32 values in double;
+    squared in float32 the kernels' norms read 0 below ~1e-19 and inf above ~2e19."""
+    m = make_module(cell, 2, True, False, backend, seed=5).float()
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(T, B, I, generator=g)
+    gy = torch.randn(T, B, 2 * (P if cell == "lstm_proj" else H), generator=g)
+    m.record_grad_norms = True
+    got = []
+    for s in (1.0, scale):
+        y, _ = m(x)
+        ((y * gy).sum() * s).backward()
+        got.append(m.last_grad_norms)
+    assert (got[0] > 0).all() and torch.isfinite(got[0]).all()
+    torch.testing.assert_close(got[1] / scale, got[0], rtol=1e-12, atol=0)
 
 
 # ---------------------------------------------------------------- Triton (interpreter)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .._env import getenv
+from .._env import setting
 from . import _host
 from .config import ISA, JIT, JIT_PARALLEL
 from .tile import MR, NV, RP, tile
@@ -938,7 +938,7 @@ def layer_gemm_provider(dtype, macs):
     calls stay in one compiled launch. ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
 
     Raises ValueError for any other value of RNNFAST_LAYER_GEMM."""
-    mode = getenv(LAYER_GEMM_ENV, "auto") or "auto"  # empty: unset
+    mode = setting(LAYER_GEMM_ENV, "auto")
     if mode != "auto":
         if mode not in LAYER_GEMM_MODES:
             raise ValueError(f"{LAYER_GEMM_ENV} must be one of {LAYER_GEMM_MODES}, "

@@ -172,7 +172,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
     dz = np.empty((nb, G), dtype=dy.dtype)  # [nb, G] this step's dgh rows
     dz_pk = a_scratch(dz)
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dgh @ W_hh
-    sq = np.empty(H, dtype=dy.dtype)  # [H] per-unit sums of squares (this step, my rows)
+    sq = np.empty(H, dtype=np.float64)  # [H] per-unit sums of squares (this step, my rows)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -191,7 +191,7 @@ def _gru_bwd_rows(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, reverse,
                     ho = rr * H + j
                     go = row * G4 + j
                     g = V.load(dh, ho, n) + V.load(dy, row * H + j, n)
-                    V.store(sq, j, n, V.load(sq, j, n) + g * g)
+                    V.add_squares(sq, j, n, g)
                     hp = V.load(h0, b * H + j, n) if first else \
                         V.load(y, (off[tp] + b) * H + j, n)
                     # the direct path h_{t-1} -> h_t; the product's term is added below
@@ -291,7 +291,7 @@ def _gru_bwd_cols(dy, y, gates, h0, lengths, off, dense, t, tp, dh, dz, sq, dxp,
                 ho = b * H + j
                 go = row * G4 + j
                 g = V.load(dh, ho, n) + V.load(dy, row * H + j, n)
-                V.store(sq, j, n, V.load(sq, j, n) + g * g)
+                V.add_squares(sq, j, n, g)
                 hp = V.load(h0, b * H + j, n) if first else \
                     V.load(y, (off[tp] + b) * H + j, n)
                 V.store(dh, ho, n, _gru_cell_bwd(gates, dxp, dgh, dz, go, row * G + j,
@@ -381,7 +381,7 @@ def gru_bwd_kernel_parallel(dy, dh_n, y, gates, h0, w_hh, lengths, off, dense, r
         copy_rows(dh, 0, dh_n, 0, B)
         dzb = np.empty((2, B, 3 * H), dtype=dy.dtype)  # the step's dgh, the previous one's
         back = np.empty((B, H), dtype=dy.dtype)
-        sq = np.empty(H, dtype=dy.dtype)
+        sq = np.empty(H, dtype=np.float64)
         prefix = is_sorted(lengths, 0, B)
         t_prev = 0
         na_prev = 0

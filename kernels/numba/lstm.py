@@ -243,7 +243,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
     dz_pk = a_scratch(dz)  # packed for the products (gemm.mm_into)
     dh_pk = a_scratch(dh if proj else dh[:0])
     back = np.empty((nb, P), dtype=dy.dtype)  # [nb, P] dz @ W_hh
-    sq = np.empty(P, dtype=dy.dtype)  # [P] per-unit sums of squares (this step, my rows)
+    sq = np.empty(P, dtype=np.float64)  # [P] per-unit sums of squares (this step, my rows)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
         t = s if reverse else T - 1 - s
@@ -258,7 +258,7 @@ def _lstm_bwd_rows(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths, off, dens
                     n = min(L, P - p)
                     g = V.load(dh, rr * P + p, n) + V.load(dy, row * P + p, n)
                     V.store(dh, rr * P + p, n, g)
-                    V.store(sq, p, n, V.load(sq, p, n) + g * g)
+                    V.add_squares(sq, p, n, g)
                 if proj:
                     for p in range(P):
                         dhs[row, p] = dh[rr, p]
@@ -319,7 +319,7 @@ def _lstm_bwd_cols(dy, gates, cs, c0, lengths, off, dense, t, tp, dh, dc, dz, sq
                 n = min(L, u1 - p)
                 g = V.load(dh, b * H + p, n) + V.load(dy, row * H + p, n)
                 V.store(dh, b * H + p, n, g)
-                V.store(sq, p, n, V.load(sq, p, n) + g * g)
+                V.add_squares(sq, p, n, g)
     for b in range(dh.shape[0]):
         row = off[t] + b
         if t < lengths[b]:
@@ -426,7 +426,7 @@ def lstm_bwd_kernel_parallel(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths,
         copy_rows(dc, 0, dc_n, 0, B)
         dzb = np.empty((2, B, G), dtype=dy.dtype)  # the step's dz, the previous step's
         back = np.empty((B, P), dtype=dy.dtype)
-        sq = np.empty(P, dtype=dy.dtype)
+        sq = np.empty(P, dtype=np.float64)
         prefix = is_sorted(lengths, 0, B)
         t_prev = 0
         na_prev = 0

@@ -94,7 +94,7 @@ def _rnn_cell_bwd(dh, dy, y, sq, dz, dxp, ho, ro, so, n, activation, slope):
     squares added to sq[so:], and dz = dxp = g * act'(z) (flat offsets ho of dh and dz,
     ro of dy, y and dxp)."""
     g = V.load(dh, ho, n) + V.load(dy, ro, n)
-    V.store(sq, so, n, V.load(sq, so, n) + g * g)
+    V.add_squares(sq, so, n, g)
     d = _activate_backward(g, V.load(y, ro, n), activation, slope)
     V.store(dz, ho, n, d)
     V.store(dxp, ro, n, d)
@@ -147,7 +147,7 @@ def _rnn_bwd_rows(dy, dh_n, y, w_hh, lengths, off, dense, reverse, activation, s
     dz_pk = a_scratch(dz)
     back = np.empty((nb, H), dtype=dy.dtype)  # [nb, H] dz @ W_hh
     # Per-unit sums of squares keep the norm's inner loop free of a serial reduction.
-    sq = np.empty(H, dtype=dy.dtype)  # [H] (per step: a sum over this thread's rows)
+    sq = np.empty(H, dtype=np.float64)  # [H] (per step: a sum over this thread's rows)
     copy_rows(dh, 0, dh_n, b0, b1 - b0)
     prefix = is_sorted(lengths, b0, b1)  # the active rows are a prefix (packed.py)
     for s in range(T):
@@ -310,7 +310,7 @@ def rnn_bwd_kernel_parallel(dy, dh_n, y, w_hh, lengths, off, dense, reverse, act
         copy_rows(dh, 0, dh_n, 0, B)
         dzb = np.empty((2, B, H), dtype=dy.dtype)  # the step's dz, the previous step's
         back = np.empty((B, H), dtype=dy.dtype)
-        sq = np.empty(H, dtype=dy.dtype)
+        sq = np.empty(H, dtype=np.float64)
         prefix = is_sorted(lengths, 0, B)
         t_prev = 0
         na_prev = 0

@@ -246,6 +246,46 @@ def store(typingctx, arr, off, n, v):
 
 
 @intrinsic
+def add_squares(typingctx, sq, off, n, v):
+    """sq[off:off + n] += the squares of v's first n lanes, in float64 (sq: a float64
+    array; v: a vector of any kind, widened lane by lane first). The BPTT kernels' per-unit
+    sums of squares of dL/dh_t (norms.py): squared in float32 they underflowed to 0 below
+    ~1e-19 and overflowed to inf above ~2e19 (a float32 norm of 1e-25 read 0; the study's
+    vanishing gradients pass 1e-30), where torch's own norm sums in double."""
+    if not (isinstance(sq, types.Array) and sq.dtype == types.float64
+            and isinstance(v, VecType)):
+        return None
+    sig = types.void(sq, types.intp, types.intp, v)
+    lanes = v.lanes
+
+    def codegen(context, builder, sig, args):
+        wide = ir.VectorType(ir.DoubleType(), lanes)
+        x = args[3]
+        if v.dtype != types.float64:
+            x = builder.fpext(x, wide)
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], wide)
+        full = builder.icmp_signed(">=", args[2], _I64(lanes))
+        with builder.if_else(full, likely=True) as (then, otherwise):
+            with then:
+                old = builder.load(ptr, align=8)
+                builder.store(builder.fadd(old, builder.fmul(x, x)), ptr, align=8)
+            with otherwise:
+                mask = ir_lane_mask(builder, args[2], lanes)
+                mload = ir_decl(builder, f"llvm.masked.load.v{lanes}f64.p0", wide,
+                                [wide.as_pointer(), _I32, ir.VectorType(_I1, lanes), wide])
+                mstore = ir_decl(builder, f"llvm.masked.store.v{lanes}f64.p0",
+                                 ir.VoidType(),
+                                 [wide, wide.as_pointer(), _I32, ir.VectorType(_I1, lanes)])
+                old = builder.call(mload, [ptr, _I32(8), mask,
+                                           ir.Constant(wide, [0.0] * lanes)])
+                builder.call(mstore, [builder.fadd(old, builder.fmul(x, x)), ptr, _I32(8),
+                                      mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def full(typingctx, v, x):
     """A vector of v's kind with every lane x."""
     if not isinstance(v, VecType) or not isinstance(x, (types.Float, types.Integer)):

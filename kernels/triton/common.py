@@ -52,6 +52,17 @@ def sigmoid(x):
 
 
 @triton.jit
+def sum_of_squares(b_g):
+    """The float64 sum of the squares of a block's elements (any float dtype), each
+    square taken in float64: a BPTT step's partial ||dL/dh_t||^2. Squared in float32,
+    norms below ~1e-19 read 0 and above ~2e19 inf (the numba kernels' alike, fixed the
+    same way: kernels/numba/norms.py), where torch's norm of float32 values sums in
+    double."""
+    b64 = b_g.to(tl.float64)
+    return tl.sum(tl.sum(b64 * b64, axis=1), axis=0)
+
+
+@triton.jit
 def activate(z, activation, slope):
     """act(z) for a runtime activation code. NaN stays NaN (``z <= 0`` is false)."""
     out = tl.where(z <= 0, 0.0, z).to(z.dtype)

@@ -52,6 +52,7 @@ from .common import (
     sigmoid,
     step_time,
     streamed_dot,
+    sum_of_squares,
     tanh,
 )
 from .config import DTYPES, grid_size, pick
@@ -187,7 +188,7 @@ def _gru_bwd_step(s, dy, y, gates, h0, w_hh, dxp, dgh, dhbuf, norms, b_w0, b_w1,
     o_t = t * B * H + o_own
     b_g = tl.where(active, b_dh + tl.load(dy + o_t, mask=m_bj, other=0.0).to(b_dh.dtype),
                    0.0)
-    tl.store(norms + t * n_prog + i_prog, tl.sum(tl.sum(b_g * b_g, axis=1), axis=0))
+    tl.store(norms + t * n_prog + i_prog, sum_of_squares(b_g))
     o_g = t * B * 4 * H + o_b[:, None] * (4 * H) + o_j[None, :]
     b_r = tl.load(gates + o_g, mask=m_bj, other=0.0).to(b_dh.dtype)
     b_z = tl.load(gates + o_g + H, mask=m_bj, other=0.0).to(b_dh.dtype)
@@ -354,7 +355,7 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, need_dh0=
     cfg = pick("gru_bwd", H, H, y.dtype)
     tiles = grid_size(cfg, H, H, B)
     grid, persistent = host.launch_grid(dev, *tiles, T)
-    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
+    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=torch.float64, device=dev)
     counter = host.counter(dev)
     host.run(gru_bwd_kernel, "gru_bwd", cfg, grid, T,
              lambda s0, s1, phases, sync: (

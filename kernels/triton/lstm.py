@@ -48,6 +48,7 @@ from .common import (
     sigmoid,
     step_time,
     streamed_dot,
+    sum_of_squares,
     tanh,
 )
 from .config import DTYPES, grid_size, pick
@@ -227,7 +228,7 @@ def _lstm_bwd_dh(s, dy, w_hh, dhs, dzbuf, dhbuf, gbuf, norms, b_w, b_len, o_b, o
     o_t = t * B * P + o_own
     b_g = tl.where(active, b_dh + tl.load(dy + o_t, mask=m_bp, other=0.0).to(b_dh.dtype),
                    0.0)
-    tl.store(norms + t * n_prog + i_prog, tl.sum(tl.sum(b_g * b_g, axis=1), axis=0))
+    tl.store(norms + t * n_prog + i_prog, sum_of_squares(b_g))
     if PROJ:
         tl.store(dhs + o_t, b_g.to(dhs.dtype.element_ty), mask=m_bp)
         tl.store(gbuf + o_own, b_g.to(gbuf.dtype.element_ty), mask=m_bp)
@@ -454,7 +455,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     cfg = pick("lstm_bwd", H, P, gates.dtype, proj=proj)
     tiles = grid_size(cfg, H, P, B)
     grid, persistent = host.launch_grid(dev, *tiles, T)
-    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
+    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=torch.float64, device=dev)
     counter = host.counter(dev)
     host.run(lstm_bwd_kernel, "lstm_bwd", cfg, grid, T,
          lambda s0, s1, phases, sync: (

@@ -42,6 +42,7 @@ from .common import (
     resident_dot,
     step_time,
     streamed_dot,
+    sum_of_squares,
 )
 from .config import DTYPES, grid_size, pick
 
@@ -146,7 +147,7 @@ def _rnn_bwd_step(s, dy, y, w_hh, dxp, dzbuf, dhbuf, norms, b_w, b_len, o_b, o_j
     active = (t < b_len)[:, None]
     o_t = t * B * H + o_own
     b_g = tl.where(active, b_dh + tl.load(dy + o_t, mask=m_bj, other=0.0).to(b_dh.dtype), 0.0)
-    tl.store(norms + t * n_prog + i_prog, tl.sum(tl.sum(b_g * b_g, axis=1), axis=0))
+    tl.store(norms + t * n_prog + i_prog, sum_of_squares(b_g))
     b_y = tl.load(y + o_t, mask=m_bj, other=0.0).to(b_dh.dtype)
     b_dz = activate_backward(b_g, b_y, activation, slope)
     tl.store(dxp + o_t, b_dz.to(dxp.dtype.element_ty), mask=m_bj)
@@ -265,7 +266,7 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     cfg = pick("rnn_bwd", H, H, y.dtype)
     tiles = grid_size(cfg, H, H, B)
     grid, persistent = host.launch_grid(dev, *tiles, T)
-    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=sdt, device=dev)
+    partial = torch.zeros((T, tiles[0] * tiles[1]), dtype=torch.float64, device=dev)
     counter = host.counter(dev)
     slope = host.scalar(negative_slope, sdt, dev)
     host.run(rnn_bwd_kernel, "rnn_bwd", cfg, grid, T,
