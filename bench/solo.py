@@ -36,6 +36,7 @@ they are not from DIR).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -84,22 +85,13 @@ def _worker(impl, cell, mode, seconds, threads, specs):
 def _own_kernels(root):
     """Make ``rnnfast.kernels`` import from ``root``/kernels in this process where
     ``root``/rnnfast has no kernels of its own (a source checkout, whose rnnfast may be
-    older than the one that finds them itself: rnnfast/__init__._checkout_kernels);
-    else setuptools' editable finder would hand over the installed checkout's."""
-    init = os.path.join(root, "kernels", "__init__.py")
-    if os.path.exists(os.path.join(root, "rnnfast", "kernels")) or not os.path.isfile(init):
-        return
-    import importlib.util
-
-    class Finder:
-        @staticmethod
-        def find_spec(name, path=None, target=None):
-            if name != "rnnfast.kernels":
-                return None
-            return importlib.util.spec_from_file_location(
-                name, init, submodule_search_locations=[os.path.dirname(init)])
-
-    sys.meta_path.insert(0, Finder())
+    older than the one that finds them itself): this checkout's rnnfast/_checkout.py,
+    loaded by path (it imports nothing from rnnfast), installs the finder."""
+    spec = importlib.util.spec_from_file_location(
+        "_rnnfast_checkout", os.path.join(HERE, "rnnfast", "_checkout.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.use_own_kernels(root)
 
 
 def _warn_if_busy(when, prog="bench.solo"):

@@ -29,41 +29,12 @@ def _isolate_inductor_cache():
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}_cap_{cap.lower()}"
 
 
-def _checkout_kernels():
-    """In a source checkout (``kernels/`` beside this ``rnnfast/``, which has no
-    ``kernels`` of its own), import ``rnnfast.kernels`` from that ``kernels/``: a
-    meta-path finder, ahead of the others, says so for that one name (its subpackages
-    then follow its ``__path__``).
-
-    Why: with another checkout installed in editable mode, Python imports ``rnnfast``
-    from the current directory (``python -m bench`` run in a clone) but, finding no
-    ``rnnfast/kernels`` there, fell through to setuptools' editable finder, which maps
-    the name to the installed checkout's ``kernels/``: the run timed and tested that
-    checkout's kernels under this one's modules, without a word. Installed from a
-    wheel (or with a ``rnnfast/kernels`` link), the kernels sit inside the package and
-    nothing changes here."""
-    import sys
-    here = os.path.dirname(os.path.abspath(__file__))
-    kernels = os.path.join(os.path.dirname(here), "kernels")
-    init = os.path.join(kernels, "__init__.py")
-    if os.path.isdir(os.path.join(here, "kernels")) or not os.path.isfile(init):
-        return
-
-    class CheckoutKernels:
-        @staticmethod
-        def find_spec(name, path=None, target=None):
-            if name != "rnnfast.kernels":
-                return None
-            import importlib.util
-            return importlib.util.spec_from_file_location(
-                name, init, submodule_search_locations=[kernels])
-
-    if not any(type(f).__name__ == "CheckoutKernels" for f in sys.meta_path):
-        sys.meta_path.insert(0, CheckoutKernels())
-
-
 _isolate_inductor_cache()
-_checkout_kernels()
+
+# In a source checkout, its own kernels/ as rnnfast.kernels (see _checkout).
+from ._checkout import use_own_kernels  # noqa: E402
+
+use_own_kernels(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from . import diagnostics, dispatch, reference  # noqa: E402
 from .dispatch import BACKENDS, RNNArgumentError  # noqa: E402
