@@ -21,7 +21,7 @@ Run it once per checkout to compare commits; ``python -m bench`` is the full rep
 does (a child process with numba's target and torch's ISA limits set:
 ``bench/report/isa.py``).
 Run from a copy's directory, it imports that copy's ``rnnfast`` and, from this commit
-on, that copy's ``kernels/`` as ``rnnfast.kernels`` (``rnnfast/__init__.py``), whichever
+on, that copy's ``kernels/`` as ``rnnfast.kernels`` (``rnnfast/_checkout.py``), whichever
 checkout is installed. An older copy took the installed checkout's kernels (setuptools'
 editable finder maps the package there), so both runs would time the same kernels:
 ``ln -s ../kernels rnnfast/kernels`` in such a copy (not in the repository) makes it

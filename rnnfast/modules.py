@@ -139,14 +139,14 @@ def _packed_outside_the_graph(module, input, hx):
     return module._forward(input, hx)
 
 
-# What torch.nn's aten::lstm raises for an hx that is one tensor where it needs a tuple
-# (its message lists its overloads; this names the argument instead).
 # torch.nn's forward for a PackedSequence whose batch_sizes are floating point, without
 # hx: its torch.zeros(num_layers * num_directions, batch_sizes[0], hidden) raises this
 # (torch 2.13); with hx, aten's operator raises "expected scalar type Long but found
 # Float" (_checked_batch_sizes).
 _FLOAT_BATCH_SIZES = ("zeros(): argument 'size' failed to unpack the object at pos 2 "
                       "with error \"type must be tuple of ints,but got Tensor\"")
+# What torch.nn's aten::lstm raises for an hx that is one tensor where it needs a tuple
+# (its message lists its overloads; this names the argument instead).
 _LSTM_TENSOR_HX = ("lstm() received an invalid combination of arguments - got hx as one "
                    "Tensor, but expected a tuple of Tensors hx (h_0, c_0)")
 
