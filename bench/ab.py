@@ -82,8 +82,8 @@ def main(argv=None):
         raise SystemExit("bench.ab: rnnfast and rnnfast.kernels come from different "
                          "checkouts (an editable install elsewhere?): install this one, "
                          "or link its rnnfast/kernels to ../kernels")
-    from bench.solo import _warn_if_busy
-    _warn_if_busy("at the start", "bench.ab")
+    from bench.report.check import warn_if_busy
+    warn_if_busy("bench.ab", "at the start")
     torch.manual_seed(0)
     ratios = {}
     for cell in a.cells.split(","):
@@ -109,7 +109,7 @@ def main(argv=None):
             print(f"{a.tag} {cell:9s} B={B:3d} H={H:4d} {a.mode}: torch.nn {t_ref * 1e3:8.2f} ms"
                   f"  rnnfast {t_m * 1e3:8.2f} ms  ratio {t_ref / t_m:5.2f}x", flush=True)
     print(json.dumps(ratios))
-    _warn_if_busy("at the end", "bench.ab")
+    warn_if_busy("bench.ab", "at the end")
 
 
 if __name__ == "__main__":

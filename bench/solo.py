@@ -94,21 +94,6 @@ def _own_kernels(root):
     mod.use_own_kernels(root)
 
 
-def _warn_if_busy(when, prog="bench.solo"):
-    """A line on stderr where the 1-minute load average exceeds the CPU count by more
-    than half a thread (bench.report.check.busy's rule): another process then takes
-    cores from the timed calls, and torch's two-thread regions stall far more than
-    rnnfast's kernels (ratios of 45-1191x were read so on 2026-12-07)."""
-    try:
-        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    except (AttributeError, OSError):
-        return
-    if load > cpus + 0.5:
-        print(f"{prog}: the machine is busy {when} (1-minute load average {load:.2f} "
-              f"on {cpus} CPUs): these timings are no evidence; rerun on a quiet machine",
-              file=sys.stderr, flush=True)
-
-
 def _run(label, impl, root, args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
@@ -169,10 +154,14 @@ def main(argv=None):
                        args.points)
     if args.checkout:
         root = os.path.abspath(args.checkout)
-        for need in ("rnnfast/__init__.py", "kernels/numba", "bench/report/common.py"):
-            if not os.path.exists(os.path.join(root, need)) and not (
-                    need == "kernels/numba"
-                    and os.path.exists(os.path.join(root, "rnnfast/kernels/numba"))):
+        def has(*paths):
+            return any(os.path.exists(os.path.join(root, p)) for p in paths)
+
+        for need, found in (("rnnfast/__init__.py", has("rnnfast/__init__.py")),
+                            # a checkout's kernels/, or a rnnfast/kernels link to it
+                            ("kernels/numba", has("kernels/numba", "rnnfast/kernels/numba")),
+                            ("bench/report/common.py", has("bench/report/common.py"))):
+            if not found:
                 ap.error(f"--checkout {args.checkout!r} has no {need}: a checkout of "
                          "rnnfast with its own kernels is expected")
         peer = (f"numba@{args.checkout}", "numba", root)
@@ -182,7 +171,10 @@ def main(argv=None):
     if peer[0] == mine[0]:  # an A/A run (the spread it shows is the machine's noise)
         peer, mine = (f"peer {peer[0]}", *peer[1:]), (f"this {mine[0]}", *mine[1:])
     times = {peer[0]: [], mine[0]: []}
-    _warn_if_busy("at the start")
+    # imported here, not at the top: the worker runs this file in another checkout,
+    # whose bench may predate it
+    from bench.report.check import warn_if_busy
+    warn_if_busy("bench.solo", "at the start")
     for r in range(args.rounds):
         # ABBA: the order flips every round. In a fixed order the second process ran
         # 6-9% slower than the first with the same code (an A/A run, 2026-12-05).
@@ -202,7 +194,7 @@ def main(argv=None):
         print(f"| ({s.replace(',', ', ')}) | {statistics.median(a):.3f} | "
               f"{statistics.median(b):.3f} | {statistics.median(a) / statistics.median(b):.2f}x"
               f" | {per} |")
-    _warn_if_busy("at the end")
+    warn_if_busy("bench.solo", "at the end")
 
 
 if __name__ == "__main__":

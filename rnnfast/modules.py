@@ -503,6 +503,13 @@ _TORCH_OP_DTYPES = (torch.float32, torch.float64)
 _KERNELS_WIN = object()  # _torch_forward_if_faster: the rule keeps the kernels
 
 
+def _equal_batch_sizes(sizes):
+    """Whether a PackedSequence's batch_sizes (as given: trailing zeros kept) are all
+    equal and not empty: torch.nn's CPU LSTM then runs it as a padded batch, on oneDNN
+    where oneDNN takes the data (see _FusedRNNBase._autocast_dtype)."""
+    return len(sizes) > 0 and bool((sizes == sizes[0]).all())
+
+
 def _onednn_takes(x):
     """Whether torch.nn's CPU LSTM operator hands input ``x`` to oneDNN (aten's
     use_mkldnn, torch 2.13): oneDNN built in and enabled, data not empty, and float32,
@@ -834,7 +841,7 @@ class _FusedRNNBase(nn.RNNBase):
         are all equal (see :meth:`_autocast_dtype`)."""
         return self._cell == "lstm" and device_type == "cpu" and self.proj_size <= 0 \
             and input.dtype != torch.float64 and (
-                sizes is None or (len(sizes) > 0 and bool((sizes == sizes[0]).all())))
+                sizes is None or _equal_batch_sizes(sizes))
 
     def _options(self):
         return (f"input_size={self.input_size}, hidden_size={self.hidden_size}"
@@ -1081,7 +1088,7 @@ class _FusedRNNBase(nn.RNNBase):
             return torch.promote_types(hx.dtype, cast)
         if device_type == "cpu" and self._cell == "lstm" and sizes is not None \
                 and self.proj_size <= 0:
-            if _onednn_takes(x) and len(sizes) > 0 and bool((sizes == sizes[0]).all()):
+            if _onednn_takes(x) and _equal_batch_sizes(sizes):
                 return cast
             return torch.promote_types(hx[1].dtype, cast)
         if device_type == "cpu" and self._cell == "lstm" and sizes is None \

@@ -47,9 +47,10 @@ def test_solo_says_when_the_machine_is_busy(load, busy, monkeypatch, capsys):
     """bench.solo and bench.ab print a line where the 1-minute load average exceeds the
     CPU count by more than half a thread: another process then takes cores from the
     timed calls (ratios of 45-1191x were read so, with no word)."""
-    monkeypatch.setattr(solo.os, "getloadavg", lambda: (load, 1.0, 1.0))
-    monkeypatch.setattr(solo.os, "cpu_count", lambda: 2)
-    solo._warn_if_busy("at the start")
+    from bench.report import check
+    monkeypatch.setattr(check.os, "getloadavg", lambda: (load, 1.0, 1.0))
+    monkeypatch.setattr(check.os, "cpu_count", lambda: 2)
+    check.warn_if_busy("bench.solo", "at the start")
     err = capsys.readouterr().err
     assert ("bench.solo: the machine is busy at the start" in err) is busy, err
 

@@ -13,6 +13,7 @@ floors read the speed section at T = 100, I = H, float32.
 """
 
 import os
+import sys
 
 from . import e2e as e2e_mod
 from . import fidelity, host, speed
@@ -221,17 +222,36 @@ def missed(check_rows):
     return [r for r in check_rows if r["status"] == MISSED]
 
 
+def overloaded(load, cpus):
+    """Whether a 1-minute load average exceeds the CPU count by more than half a thread
+    (the rule of kernels/numba/_host.busy). Another process holding a core stalls
+    torch's two-thread OpenMP regions far more than rnnfast's kernels: with a second
+    session's compile running on the 2-core Zen 4 (load 6-9, 2026-12-07), torch.nn's
+    ReLU-RNN at (10, 16, 64) took 150-656 ms a call against 0.67-0.79 ms quiet, and the
+    floors read 55-113x, "met" (bench.solo: 1191x)."""
+    return load > cpus + 0.5
+
+
 def busy(report):
-    """The run's 1-minute load averages (at start, at end) that exceed the machine's
-    CPU count by more than half a thread (the rule of kernels/numba/_host.busy), or [].
-    Another process holding a core stalls torch's two-thread OpenMP regions far more
-    than rnnfast's kernels: with a second session's compile running on the 2-core Zen 4
-    (load 6-9, 2026-12-07), torch.nn's ReLU-RNN at (10, 16, 64) took 150-656 ms a call
-    against 0.67-0.79 ms quiet, and the floors read 55-113x, "met"."""
+    """The run's 1-minute load averages (at start, at end) that are :func:`overloaded`,
+    or []."""
     m = report.get("machine", {})
     cpus = m.get("cpu_count") or os.cpu_count() or 1
     return [v[0] for v in (m.get("loadavg_start"), m.get("loadavg_end"))
-            if v and v[0] > cpus + 0.5]
+            if v and overloaded(v[0], cpus)]
+
+
+def warn_if_busy(prog, when):
+    """A line on stderr where the machine is :func:`overloaded` now (``bench.solo`` and
+    ``bench.ab``, which keep no report): these timings are then no evidence."""
+    try:
+        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):
+        return
+    if overloaded(load, cpus):
+        print(f"{prog}: the machine is busy {when} (1-minute load average {load:.2f} "
+              f"on {cpus} CPUs): these timings are no evidence; rerun on a quiet machine",
+              file=sys.stderr, flush=True)
 
 
 def failed(check_rows, report=None):
