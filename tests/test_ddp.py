@@ -49,6 +49,15 @@ def _worker(rank, world, port, out_dir):
         ddp(x[:, shard], target[:, shard]).backward()
         grads = {n: p.grad for n, p in ddp.module.named_parameters()}
         torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+        # Leave without Python's teardown: a rank that dropped the DDP module (its
+        # Reducer holds the last reference to the gloo process group) while a gloo
+        # thread was still releasing the work's thread-local state deadlocked in
+        # ~ProcessGroupGloo (it waits on that thread, which waits for the GIL): about
+        # one run in five hung the suite on 2026-12-07 (py-spy: pthread_mutex_lock in
+        # ~ProcessGroupGloo under Reducer's dealloc). Both ranks pass the barrier
+        # first, so no collective is left pending.
+        dist.barrier()
+        os._exit(0)
     finally:
         dist.destroy_process_group()
 
