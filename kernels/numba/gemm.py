@@ -35,9 +35,9 @@ from .tile import MR, NV, RP, tile
 from .vec import lanes, transpose_block
 
 KC = 256  # reduction chunk: terms summed in registers before C is updated
-# Row block of _gemm: as many whole MR-row tiles of A as fit this many
-# bytes (:func:`_block_rows`), so that A's block stays in L2 while the panels of B pass
-# over it, even with L2 shared (half of a 256 KiB L2; a quarter of Zen 2's 512 KiB,
+# Row block of _gemm: as many whole MR-row tiles of A's KC-chunk as fit this many
+# bytes (:func:`_block_rows`), so that the block's chunk stays in L2 while the panels of
+# B pass over it, even with L2 shared (half of a 256 KiB L2; a quarter of Zen 2's 512 KiB,
 # whose SMT sibling or a neighbouring VM may hold the rest). A fixed 192-row block
 # (384 KiB at K = 512 float32) ran the [6400 x 512] @ [512 x 2048] projection at 77-130
 # GFLOP/s in the slow spells of the 2-core Zen 2 VM, 96 rows at 122-156 and 48 rows at
@@ -262,8 +262,8 @@ def bptt_columns_product(dz, na, w_p, back, dh, lengths, t, u0, u1):
 
 @njit(**_INLINE)
 def _block_rows(K, itemsize):
-    """Rows of A per L2 block (A_BLOCK_BYTES of K-long rows; whole MR-row tiles, at
-    least one)."""
+    """Rows of A per L2 block (A_BLOCK_BYTES of K-long rows, K the chunk's terms; whole
+    MR-row tiles, at least one)."""
     return max(1, A_BLOCK_BYTES // (max(K, 1) * itemsize * MR)) * MR
 
 
@@ -277,12 +277,24 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     r0 begins at a_off + r0 * a_ts (a_ts = a_rs for a plain matrix; K for A packed by
     :func:`pack_a`, whose rows within a tile are 1 apart and terms MR apart).
 
-    Loops: row blocks of MC (A's block stays in L2 while every panel of B passes), column
-    panels (up to RP at once for one row, RP // 2 for two: tile.py's row arms), KC-chunks (the
-    [KC, W] slice of a panel stays in L1), row tiles of up to MR. The bias starts the
+    Loops (GotoBLAS's order): row blocks of MC, KC-chunks (the block's [MC, KC] slice of A
+    stays in L2 while every panel of B's chunk passes), column panels (up to RP at once
+    for one row, RP // 2 for two: tile.py's row arms; the [KC, W] slice of a panel stays
+    in L1 / L2 while the row tiles pass), row tiles of up to MR. The bias starts the
     accumulators of each tile's first chunk: no pass of its own over C. Every element
     of C is its k-sum in the same order whatever the tile: bitwise the same C for any
-    split of the rows."""
+    split of the rows.
+
+    Why chunks outside panels: the block's rows are sized by the chunk (KC terms), not
+    by all of K, so a long reduction (an LSTM's dx = dz @ W_ih, K = 4H) still runs many
+    rows per pass of B. With the panels outside (the block sized by K), K = 2048 made
+    12-row blocks and B's 4 MiB (H = 512) passed once per 12 rows: [6400 x 2048] @
+    [2048 x 512] float32 ran at 154 GFLOP/s against 227-297 at K = 512 .. 1536 (Intel
+    Xeon, AVX-512, two threads, 2026-12-07), 257-286 after; an LSTM layer at (B, H) =
+    (64, 512), T = 100: its BPTT kernel (per step [32 x 2048] @ [2048 x 512] per thread,
+    3 blocks before, 1 after) 75-81 -> 62-66 ms, its dx 67-71 -> 52-54 ms. The C block is
+    read and written once per chunk either way, and each element's sum runs in the same
+    order: the same bits as before."""
     L = lanes(c)
     W = NV * L
     has_bias = bias.shape[0] == 1 and bias.shape[1] == N and N > 0
@@ -290,7 +302,7 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
     # One block of up to MR rows (a recurrence's per-step product of a small batch)
     # takes no integer division: 10-16 ns of a 118-195 ns step of the ReLU-RNN forward
     # kernel at B = 1, H = 8..32 (against the same loops with the divisions, Zen 2).
-    MC = MR if M <= MR else _block_rows(K, a.itemsize)
+    MC = MR if M <= MR else _block_rows(min(K, KC), a.itemsize)
     m0 = 0
     while m0 < M or m0 == 0:
         m1 = min(m0 + MC, M)
@@ -303,18 +315,18 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
         # as even as they split: 8 rows are 4 + 4 (8 accumulators each), not 6 + 2
         # (the 2-row tile's 4 dependent chains take as long per k as the 6-row tile)
         nt = (m1 - m0 + MR - 1) // MR
-        n0 = 0
-        while n0 < N:
-            step = group if n0 + W < N else W
-            nn = min(step, N - n0)
-            nv = (nn + L - 1) // L
-            nlast = nn - (nv - 1) * L
-            b_off = (n0 // W) * K * W
-            for k0 in range(0, max(K, 1), KC):
-                if K == 0 and beta != 0:
-                    break
-                kk = min(KC, K - k0)  # K == 0, beta == 0: one empty sum (zeros + bias)
-                add = 1 if beta != 0 or k0 > 0 else 0
+        for k0 in range(0, max(K, 1), KC):
+            if K == 0 and beta != 0:
+                break
+            kk = min(KC, K - k0)  # K == 0, beta == 0: one empty sum (zeros + bias)
+            add = 1 if beta != 0 or k0 > 0 else 0
+            n0 = 0
+            while n0 < N:
+                step = group if n0 + W < N else W
+                nn = min(step, N - n0)
+                nv = (nn + L - 1) // L
+                nlast = nn - (nv - 1) * L
+                b_off = (n0 // W) * K * W
                 for t in range(nt):
                     if nt == 1:
                         r0, r1 = m0, m1
@@ -330,7 +342,7 @@ def _gemm(a, a_off, a_rs, a_ks, a_ts, M, K, bp, N, c, c_off, ldc, beta, bias):
                          bp, b_off + k0 * W, W, K * W,
                          c, co, ldc, kk, r1 - r0, nv, nlast, add,
                          bias if use else c, n0 if use else co, use)
-            n0 += step
+                n0 += step
         m0 += MC
 
 
