@@ -301,6 +301,7 @@ def test_layer_gemm_provider_choice(monkeypatch):
     assert got == provider == min(times, key=times.get)
     assert set(times) == {"numba", "torch"} and all(t > 0 for t in times.values())
     assert gemm.layer_gemm_choice(torch.float64) is None
+    assert gemm.layer_gemm_choice(torch.float32, gemm.LARGE_GEMM_MACS) is None
     monkeypatch.setenv(gemm.LAYER_GEMM_ENV, "blas")
     with pytest.raises(ValueError, match="RNNFAST_LAYER_GEMM must be one of .*got 'blas'"):
         gemm.layer_gemm_provider(torch.float32, 1)
@@ -316,7 +317,7 @@ def test_layer_gemm_provider_calibrates_once_across_threads(monkeypatch):
     monkeypatch.setattr(gemm, "_CHOICE", {})
     calls = []
 
-    def calibrate(dtype):
+    def calibrate(dtype, *shape):
         calls.append(dtype)
         time.sleep(0.2)  # a calibration's ~50-100 ms, with room for every thread to ask
         return ("numba" if len(calls) == 1 else "torch", {})
@@ -491,3 +492,29 @@ def test_dropout_mask_errors():
     with pytest.raises(ValueError, match=r"float32 or float64 CPU tensor, got torch.int64"):
         nk.dropout_mask(torch.empty(8, dtype=torch.int64), 0.5, 0)
     assert nk.dropout_mask(torch.empty(0, 3), 0.5, 0).shape == (0, 3)
+
+
+def test_layer_gemm_provider_size_classes(monkeypatch):
+    """Calls from LARGE_GEMM_MACS up are a class of their own, timed once at the large
+    shape; each class keeps its own answer, so a CPU where torch.mm wins only the large
+    GEMMs gives them to torch.mm and keeps the rest on the tile."""
+    monkeypatch.delenv(gemm.LAYER_GEMM_ENV, raising=False)
+    monkeypatch.setattr(gemm, "_CHOICE", {})
+    shapes = []
+
+    def calibrate(dtype, *shape):
+        shapes.append(shape)
+        big = shape == gemm.CALIBRATION_SHAPES["large"]
+        return ("torch" if big else "numba", {"numba": 2.0 if big else 1.0, "torch": 1.5})
+
+    monkeypatch.setattr(gemm, "_calibrate", calibrate)
+    mid, large = gemm.TORCH_GEMM_MIN_MACS, gemm.LARGE_GEMM_MACS
+    assert gemm.layer_gemm_provider(torch.float32, mid) == "numba"
+    assert gemm.layer_gemm_provider(torch.float32, large - 1) == "numba"
+    assert shapes == [gemm.CALIBRATION_SHAPES["mid"]]
+    assert gemm.layer_gemm_provider(torch.float32, large) == "torch"
+    assert gemm.layer_gemm_provider(torch.float32, 50 * large) == "torch"
+    assert shapes == [gemm.CALIBRATION_SHAPES["mid"], gemm.CALIBRATION_SHAPES["large"]]
+    assert gemm.layer_gemm_choice(torch.float32, large)[0] == "torch"
+    assert set(gemm.layer_gemm_choices(torch.float32)) == {"mid", "large"}
+    assert gemm.layer_gemm_choices(torch.float64) == {}

@@ -365,6 +365,14 @@ def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
         "layer-gradient GEMMs: torch (RNNFAST_LAYER_GEMM=torch)")
     assert "GEMMs" not in rnnfast.explain(rnnfast.GRU(3, 4, backend="torch"),
                                           torch.randn(5, 3))
+    # auto's answer for the call's size class, with the times behind it
+    from rnnfast.kernels.numba import gemm
+    monkeypatch.delenv("RNNFAST_LAYER_GEMM")
+    monkeypatch.setattr(gemm, "_CHOICE", {(torch.float32, "large"): (
+        "torch", {"numba": 0.2, "torch": 0.1})})
+    big = rnnfast.LSTM(512, 512, backend="numba")
+    assert rnnfast.explain(big, torch.randn(100, 64, 512)).endswith(
+        "layer-gradient GEMMs: torch (large calls, timed numba 200.00 ms vs torch 100.00 ms)")
 
 
 def test_explain_says_why_recorded_norms_keep_a_call_on_the_kernels():

@@ -402,10 +402,10 @@ def run(a, command):
     report["machine"]["loadavg_end"] = _loadavg()
     if device.type == "cpu":
         from rnnfast.kernels.numba import gemm
-        choice = gemm.layer_gemm_choice(torch.float32)
+        choices = gemm.layer_gemm_choices(torch.float32)
         report["gemm"]["layer_gemm"] = (
-            {"provider": choice[0], "seconds": choice[1]} if choice is not None
-            else {"provider": os.environ.get(gemm.LAYER_GEMM_ENV, "auto")})
+            {"classes": {c: {"provider": p, "seconds": t} for c, (p, t) in choices.items()}}
+            if choices else {"provider": os.environ.get(gemm.LAYER_GEMM_ENV, "auto")})
 
     report["plots"] = _try_plots(report, a.out, notes)
     report["wall_s"] = time.perf_counter() - t_start

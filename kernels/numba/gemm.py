@@ -926,7 +926,16 @@ LAYER_GEMM_MODES = ("auto", "numba", "torch")
 TORCH_GEMM_MIN_MACS = 1 << 22
 # Rows per torch.mm block of the weight-gradient sums (see _mm_tn_blocked).
 TORCH_BLOCK_ROWS = 1024
-_CHOICE = {}  # torch dtype -> (provider, {provider: seconds}) measured in this process
+# Calls of at least this many multiply-adds are a size class of their own, timed at a
+# large shape: which library is faster changes with the size on some CPUs. On the Intel
+# Xeon of 2026-12-07 (AVX-512 on two 512-bit FMA pipes) the tile won the mid-size
+# calibration (2.7 against 3.2 ms) while torch.mm ran an LSTM layer's gradient GEMMs at
+# (B, H) = (64, 512), T = 100 in ~135 ms against the tile's ~165 (fwd+bwd 333 against
+# 360 ms; torch.nn 381).
+LARGE_GEMM_MACS = 1 << 31
+# (N rows, G gate columns, K = I = P) of each size class's calibration (_calibrate)
+CALIBRATION_SHAPES = {"mid": (1024, 512, 128), "large": (2048, 2048, 512)}
+_CHOICE = {}  # (torch dtype, size class) -> (provider, {provider: seconds}) in this process
 _CHOICE_LOCK = threading.RLock()  # one calibration per dtype, whichever thread asks first
 
 
@@ -944,10 +953,12 @@ def layer_gemm_provider(dtype, macs):
     earlier AMD EPYC (Zen 4) ran the tile at 2x torch.mm; on an AMD EPYC Zen 2 (AVX2)
     the tile ran an LSTM layer's gradient sums at 0.94-1.25x torch.mm's speed and its
     projection at 1.16-1.63x, (B, H) = (16, 64) .. (64, 512), T = 100 (one process,
-    2026-12-02). So ``auto`` (the default)
-    times both once per process and dtype (one thread times, others wait), on the first
-    call of at least TORCH_GEMM_MIN_MACS multiply-adds, and keeps the faster; smaller
-    calls stay in one compiled launch. ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
+    2026-12-02); and the answer can change with the size (LARGE_GEMM_MACS). So ``auto``
+    (the default) times both once per process, dtype and size class (one thread times,
+    others wait), on the first call of the class, and keeps the faster: calls of
+    TORCH_GEMM_MIN_MACS multiply-adds up to LARGE_GEMM_MACS, and larger ones
+    (:data:`CALIBRATION_SHAPES`); smaller calls stay in one compiled launch.
+    ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
 
     Raises ValueError for any other value of RNNFAST_LAYER_GEMM."""
     mode = setting(LAYER_GEMM_ENV, "auto")
@@ -958,31 +969,47 @@ def layer_gemm_provider(dtype, macs):
         return mode
     if macs < TORCH_GEMM_MIN_MACS:
         return "numba"
-    choice = _CHOICE.get(dtype)
+    key = (dtype, size_class(macs))
+    choice = _CHOICE.get(key)
     if choice is None:
         # threads making a process's first calls together wait for one calibration
         # (each timing both providers under the others' load could pick differently,
         # and its first call then differ from its repeats by rounding)
         with _CHOICE_LOCK:
-            choice = _CHOICE.get(dtype)
+            choice = _CHOICE.get(key)
             if choice is None:
                 with _plain_torch():
-                    choice = _CHOICE[dtype] = _calibrate(dtype)
+                    choice = _CHOICE[key] = _calibrate(dtype, *CALIBRATION_SHAPES[key[1]])
     return choice[0]
 
 
-def layer_gemm_choice(dtype):
+def size_class(macs):
+    """The calibration class of a layer GEMM call of ``macs`` multiply-adds (at least
+    TORCH_GEMM_MIN_MACS): 'mid' or 'large' (LARGE_GEMM_MACS)."""
+    return "large" if macs >= LARGE_GEMM_MACS else "mid"
+
+
+def layer_gemm_choice(dtype, macs=TORCH_GEMM_MIN_MACS):
     """(provider, {provider: seconds per call}) as measured by ``auto`` in this process
-    for dtype, or None when no call has needed the choice yet."""
-    return _CHOICE.get(dtype)
+    for dtype and the size class of a call of ``macs`` multiply-adds, or None when no
+    call has needed that choice yet."""
+    return _CHOICE.get((dtype, size_class(macs)))
 
 
-def _calibrate(dtype, N=1024, G=512, K=128, reps=5):
-    """Time both providers on one layer's projection and gradients at a mid-size shape
-    (N rows, G gate columns, I = P = K; ~0.5 GFLOP per call) as a layer's backward runs
-    them: right after a compiled kernel on numba's threads, and followed by one. After
-    one warm-up call each (which may compile), ``reps`` rounds alternating the two, the
-    best round of each, so that a burst of load on a shared machine hits both alike.
+def layer_gemm_choices(dtype):
+    """{size class: :func:`layer_gemm_choice`} for the classes ``auto`` has timed in
+    this process for dtype (empty when none)."""
+    return {c: _CHOICE[(dtype, c)] for c in CALIBRATION_SHAPES if (dtype, c) in _CHOICE}
+
+
+def _calibrate(dtype, N=1024, G=512, K=128, reps=5, budget=0.6):
+    """Time both providers on one layer's projection and gradients at a shape of its
+    size class (N rows, G gate columns, I = P = K; the mid class ~0.5 GFLOP per call,
+    the large one ~17) as a layer's backward runs them: right after a compiled kernel on
+    numba's threads, and followed by one. After one warm-up call each (which may
+    compile), ``reps`` rounds alternating the two (at least two, no more once ``budget``
+    seconds have gone), the best round of each, so that a burst of load on a shared
+    machine hits both alike.
 
     Each round is (untimed) a projection on the tile, then (timed) the provider's
     projection and gradients and the tile's projection once more. numba's kernels and
@@ -1022,7 +1049,10 @@ def _calibrate(dtype, N=1024, G=512, K=128, reps=5):
     for fn in calls.values():
         fn()
     times = dict.fromkeys(calls, float("inf"))
-    for _ in range(reps):
+    start = time.perf_counter()
+    for rep in range(reps):
+        if rep >= 2 and time.perf_counter() - start > budget:
+            break  # the large class: ~0.2 s a round
         for name, fn in calls.items():
             tile_projection()
             t0 = time.perf_counter()
