@@ -518,3 +518,16 @@ def test_layer_gemm_provider_size_classes(monkeypatch):
     assert gemm.layer_gemm_choice(torch.float32, large)[0] == "torch"
     assert set(gemm.layer_gemm_choices(torch.float32)) == {"mid", "large"}
     assert gemm.layer_gemm_choices(torch.float64) == {}
+
+
+def test_layer_gemm_calibration_is_not_the_callers_work(monkeypatch):
+    """auto's timing of the two providers runs outside the caller's dispatch modes: a
+    FlopCounterMode around a layer's first big backward counted the calibration's
+    GEMMs (2.4 GFLOP at T = 50, B = 16, H = 64: 93x the layer's own)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    monkeypatch.delenv(gemm.LAYER_GEMM_ENV, raising=False)
+    monkeypatch.setattr(gemm, "_CHOICE", {})
+    with FlopCounterMode(display=False) as fc:
+        gemm.layer_gemm_provider(torch.float32, gemm.TORCH_GEMM_MIN_MACS)
+    assert gemm.layer_gemm_choice(torch.float32) is not None
+    assert fc.get_total_flops() == 0
