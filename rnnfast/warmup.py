@@ -231,10 +231,39 @@ _JOBS = {}        # (cell, dtype) -> _Job, queued or running
 _RUNNING = []     # at most one _Job whose process runs
 
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _command(cell, dtype):
-    """The background compile of (cell, dtype): this module, in a child process."""
-    return [sys.executable, "-m", "rnnfast.warmup", "--background", "--cell", cell,
-            "--dtype", _dtype_name(dtype)]
+    """The background compile of (cell, dtype): this module, in a child process that
+    imports this same rnnfast (its folder first on sys.path: ``-m rnnfast.warmup``
+    imported whichever rnnfast the child's path found first, another checkout's for a
+    program run by path from elsewhere, which then compiled the wrong cache)."""
+    argv = ["--background", "--cell", cell, "--dtype", _dtype_name(dtype)]
+    return [sys.executable, "-c",
+            f"import sys; sys.path.insert(0, {_ROOT!r}); "
+            f"from rnnfast.warmup import main; main({argv!r})"]
+
+
+def _compile_lock_busy():
+    """Whether another process's background compile holds this cache's compile lock
+    (:func:`_background`). A process then queues its own instead of starting a child
+    that would wait on the lock: ten short programs in a row on a cold cache left ten
+    waiting children of ~450 MB each."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    path = os.path.join(_marker_dir(), "rnnfast-compile.lock")
+    try:
+        with open(path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _spawn(job):
@@ -261,8 +290,9 @@ def _retire(job, ok, rc=None):
               flush=True)
     else:
         _SYNC.add(job.key)
+        how = f"exit {rc}" if rc else "it ended without writing the ready marker"
         print(f"rnnfast: the background compile of the numba {cell.upper()} kernels "
-              f"failed (exit {rc}; log: {job.log}); compiling them in this process "
+              f"failed ({how}; log: {job.log}); compiling them in this process "
               f"on the next call", file=sys.stderr, flush=True)
 
 
@@ -298,7 +328,12 @@ def _poll(start=True):
             _retire(job, rc == 0 and marker, rc)
     if start and not _RUNNING:
         queued = [j for j in _JOBS.values() if j.proc is None]
-        if queued:
+        for job in queued:  # another process may have compiled them meanwhile
+            if os.path.exists(marker_path(*job.key)):
+                del _JOBS[job.key]
+                _READY.add(job.key)
+        queued = [j for j in queued if j.key in _JOBS]
+        if queued and not _compile_lock_busy():
             _spawn(queued[0])
 
 
@@ -351,7 +386,8 @@ def kernels_status(cell, dtype, start=True):
                 print(f"rnnfast: cannot start a background compile ({e}); compiling in "
                       f"this process", file=sys.stderr, flush=True)
                 return None
-            where = "started" if job.proc is not None else "queued behind another cell"
+            where = "started" if job.proc is not None else \
+                "queued behind another compile of this cache"
             print(f"rnnfast: compiling the numba {cell.upper()} kernels for "
                   f"{_dtype_name(dtype)}/{ISA.name} in a background process ({where}; "
                   f"1-2 minutes, once per compile cache: NUMBA_CACHE_DIR, else this checkout's "

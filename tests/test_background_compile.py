@@ -203,7 +203,8 @@ def test_one_background_process_at_a_time(background, capfd):
         m, _ = make_pair(cell, 4, 6, torch.float32, "auto")
         m(x)
     err = capfd.readouterr().err
-    assert err.count("(started;") == 1 and err.count("queued behind another cell") == 2, err
+    assert err.count("(started;") == 1, err
+    assert err.count("queued behind another compile of this cache") == 2, err
     background["release"]()
     assert warmup.wait(timeout=60)
     assert [c for c, _ in background["commands"]] == ["rnn", "lstm", "gru"]
@@ -383,3 +384,92 @@ def test_lstm_outputs_and_biases_changed_in_place_while_compiling(options, backg
         return
     for i, (a, b) in enumerate(zip(*results)):
         assert torch.equal(a, b), i
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the cross-process lock is POSIX's flock")
+def test_no_child_while_another_process_compiles(background, capfd):
+    """While another process's background compile holds the cache's compile lock, a
+    cold process queues its compile instead of starting a child that would wait on the
+    lock (ten short programs in a row left ten waiting children of ~450 MB each); once
+    the lock is free, its next call starts one."""
+    import fcntl
+    x = _x(5, 2, 4)
+    m, _ = make_pair("relu", 4, 6, torch.float32, "auto")
+    with open(os.path.join(warmup._marker_dir(), "rnnfast-compile.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        m(x)
+        m(x)
+        assert background["commands"] == []
+        assert "queued behind another compile of this cache" in capfd.readouterr().err
+    m(x)
+    assert [c for c, _ in background["commands"]] == ["rnn"]
+    background["release"]()
+    assert warmup.wait(timeout=60)
+    assert "backend=numba" in rnnfast.explain(m, x)
+
+
+def test_background_child_imports_this_rnnfast(tmp_path):
+    """The background compile's child imports the rnnfast of the process that starts it,
+    not whichever one its path finds first (here a decoy package in its working
+    directory, as a program run by path from another checkout's folder would have)."""
+    decoy = tmp_path / "rnnfast"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy rnnfast')\n")
+    (decoy / "warmup.py").write_text("raise SystemExit('the decoy rnnfast')\n")
+    cmd = warmup._command("rnn", torch.float64)
+    argv = ["--background", "--cell", "rnn", "--dtype", "float64"]
+    assert repr(argv) in cmd[-1]
+    cmd[-1] = cmd[-1].replace(repr(argv), "['--help']")
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "usage: python -m rnnfast.warmup" in r.stdout, \
+        r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_unreadable_cache_files_are_recompiled(tmp_path):
+    """A truncated or corrupt compile-cache file (a full disk, a killed process, a
+    flipped byte) is a miss: the kernel compiles again, with one line naming the file,
+    and the save rewrites it. numba's own loader raised the unpickling error of a
+    truncated file on every later call, and loaded a flipped byte without a word (each
+    data file now carries its sha256)."""
+    script = textwrap.dedent("""
+        import torch
+        from rnnfast.kernels.numba import gemm
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(7, 3, dtype=torch.float64, generator=g)
+        b = torch.randn(7, 5, dtype=torch.float64, generator=g)
+        torch.testing.assert_close(gemm.matmul_tn(a, b), a.t() @ b)
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), RNNFAST_LAYER_GEMM="numba")
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+        return r.stderr
+
+    def damage(suffix, how):
+        files = [os.path.join(d, f) for d, _, fs in os.walk(tmp_path) for f in fs
+                 if "matmul_tn_kernel" in f and f.endswith(suffix)]
+        assert files
+        for path in files:
+            with open(path, "r+b") as f:
+                how(f)
+
+    def truncate(f):
+        f.truncate(max(1, os.fstat(f.fileno()).st_size // 2))
+
+    def flip(f):
+        data = bytearray(f.read())
+        for i in range(len(data) // 3, len(data) // 3 + 64):
+            data[i] ^= 0x5A
+        f.seek(0)
+        f.write(data)
+
+    assert "unreadable" not in run()
+    for suffix, how in ((".nbc", truncate), (".nbi", truncate), (".nbc", flip)):
+        damage(suffix, how)
+        err = run()
+        assert "rnnfast: unreadable compile-cache file" in err, (suffix, how, err)
+        assert "unreadable" not in run()  # rewritten by the recompile

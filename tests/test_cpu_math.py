@@ -531,3 +531,29 @@ def test_layer_gemm_calibration_is_not_the_callers_work(monkeypatch):
         gemm.layer_gemm_provider(torch.float32, gemm.TORCH_GEMM_MIN_MACS)
     assert gemm.layer_gemm_choice(torch.float32) is not None
     assert fc.get_total_flops() == 0
+
+
+def test_layer_gemm_provider_untimed_when_deterministic(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) auto is the tile without timing:
+    a timed choice between two close providers changed the result's last bits from one
+    run of a program to the next."""
+    monkeypatch.delenv(gemm.LAYER_GEMM_ENV, raising=False)
+    monkeypatch.setattr(gemm, "_CHOICE", {})
+
+    def calibrate(*args):
+        raise AssertionError("timed under deterministic algorithms")
+
+    monkeypatch.setattr(gemm, "_calibrate", calibrate)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for macs in (gemm.TORCH_GEMM_MIN_MACS, gemm.LARGE_GEMM_MACS):
+            assert gemm.layer_gemm_provider(torch.float32, macs) == "numba"
+    finally:
+        torch.use_deterministic_algorithms(was)
+    monkeypatch.setenv(gemm.LAYER_GEMM_ENV, "torch")
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert gemm.layer_gemm_provider(torch.float32, gemm.LARGE_GEMM_MACS) == "torch"
+    finally:
+        torch.use_deterministic_algorithms(was)

@@ -33,6 +33,7 @@ import functools
 import glob
 import hashlib
 import os
+import pickle
 import sys
 
 from numba.core import caching
@@ -94,9 +95,59 @@ class UserWideLocator(_PackageKeyed, caching.UserWideCacheLocator):
     pass
 
 
+def _unreadable(path, err):
+    """Say, once per file, that a cache file could not be read (truncated by a full disk
+    or a killed process, or corrupted): the kernel is compiled again, and the save
+    that follows replaces the file."""
+    if path not in _UNREADABLE:
+        _UNREADABLE.add(path)
+        print(f"rnnfast: unreadable compile-cache file {path} ({type(err).__name__}: "
+              f"{err}); compiling the kernel again, which rewrites it", file=sys.stderr,
+              flush=True)
+
+
+_UNREADABLE = set()
+
+
 class KeyedDataFile(caching.IndexDataCacheFile):
     """numba's index + data files, each data file named after its index key and the
-    source stamp, and written before the index (see the module docstring)."""
+    source stamp, and written before the index (see the module docstring). A file that
+    cannot be read is a cache miss, not an error: numba's own loader raised the
+    unpickling error of a truncated file on every call of every later process
+    (UnpicklingError, EOFError, or an AttributeError from a flipped byte)."""
+
+    _MAGIC = b"rnnfast-nbc-sha256:"
+
+    def _save_data(self, name, data):
+        # the data's sha256 in front of it: a byte changed on disk is found on load
+        # (numba's pickle has no check; a flipped byte in its machine code loaded and ran)
+        data = self._dump(data)
+        path = self._data_path(name)
+        with self._open_for_write(path) as f:
+            f.write(self._MAGIC + hashlib.sha256(data).digest() + data)
+
+    def _load_data(self, name):
+        with open(self._data_path(name), "rb") as f:
+            raw = f.read()
+        head = len(self._MAGIC) + 32
+        digest, data = raw[len(self._MAGIC):head], raw[head:]
+        if not raw.startswith(self._MAGIC) or hashlib.sha256(data).digest() != digest:
+            raise ValueError("its contents do not match the checksum saved with them")
+        return pickle.loads(data)
+
+    def _load_index(self):
+        try:
+            return super()._load_index()
+        except Exception as e:  # noqa: BLE001 - any unreadable index is a miss
+            _unreadable(self._index_path, e)
+            return {}
+
+    def load(self, key):
+        try:
+            return super().load(key)
+        except Exception as e:  # noqa: BLE001 - any unreadable data file is a miss
+            _unreadable(f"{self._index_path[:-len('.nbi')]}.*.nbc", e)
+            return None
 
     def save(self, key, data):
         digest = hashlib.sha256(repr((key, self._source_stamp)).encode()).hexdigest()[:24]
@@ -121,6 +172,20 @@ def adopt():
             if type(cache_file) is caching.IndexDataCacheFile and \
                     isinstance(cache._impl.locator, _PackageKeyed):
                 cache_file.__class__ = KeyedDataFile
+                if type(cache) is caching.FunctionCache:
+                    cache.__class__ = MissOnBadEntry
+
+
+class MissOnBadEntry(caching.FunctionCache):
+    """numba's function cache, where an entry that unpickles but cannot be rebuilt (a
+    corrupted data file) is a miss too."""
+
+    def _load_overload(self, sig, target_context):
+        try:
+            return super()._load_overload(sig, target_context)
+        except Exception as e:  # noqa: BLE001 - a corrupt entry is recompiled
+            _unreadable(self._cache_path + os.sep + self._cache_file._index_name, e)
+            return None
 
 
 def install():

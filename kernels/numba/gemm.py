@@ -957,7 +957,10 @@ def layer_gemm_provider(dtype, macs):
     (the default) times both once per process, dtype and size class (one thread times,
     others wait), on the first call of the class, and keeps the faster: calls of
     TORCH_GEMM_MIN_MACS multiply-adds up to LARGE_GEMM_MACS, and larger ones
-    (:data:`CALIBRATION_SHAPES`); smaller calls stay in one compiled launch.
+    (:data:`CALIBRATION_SHAPES`); smaller calls stay in one compiled launch. Under
+    ``torch.use_deterministic_algorithms(True)`` ``auto`` is the tile, untimed: where
+    the two timed within a few percent the choice, and with it the result's last bits,
+    changed from one run of a program to the next (1 run in 6 under load).
     ``RNNFAST_LAYER_GEMM=numba|torch`` forces either.
 
     Raises ValueError for any other value of RNNFAST_LAYER_GEMM."""
@@ -967,7 +970,7 @@ def layer_gemm_provider(dtype, macs):
             raise ValueError(f"{LAYER_GEMM_ENV} must be one of {LAYER_GEMM_MODES}, "
                              f"got {mode!r}")
         return mode
-    if macs < TORCH_GEMM_MIN_MACS:
+    if macs < TORCH_GEMM_MIN_MACS or torch.are_deterministic_algorithms_enabled():
         return "numba"
     key = (dtype, size_class(macs))
     choice = _CHOICE.get(key)
