@@ -390,8 +390,8 @@ def kernels_status(cell, dtype, start=True):
                 "queued behind another compile of this cache"
             print(f"rnnfast: compiling the numba {cell.upper()} kernels for "
                   f"{_dtype_name(dtype)}/{ISA.name} in a background process ({where}; "
-                  f"1-2 minutes, once per compile cache: NUMBA_CACHE_DIR, else this checkout's "
-                  f"kernels/numba/__pycache__); until then backend='auto' runs "
+                  f"1-2 minutes, once per compile cache: {_marker_dir()}); until then "
+                  f"backend='auto' runs "
                   f"torch.nn's kernels. `python -m rnnfast.warmup` compiles ahead of time, "
                   f"RNNFAST_COMPILE=sync waits instead", file=sys.stderr, flush=True)
         since = "" if job.proc is None else \

@@ -473,3 +473,39 @@ def test_unreadable_cache_files_are_recompiled(tmp_path):
         err = run()
         assert "rnnfast: unreadable compile-cache file" in err, (suffix, how, err)
         assert "unreadable" not in run()  # rewritten by the recompile
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX paths")
+def test_cache_in_the_temp_dir_where_nothing_else_is_writable(tmp_path):
+    """A read-only install whose user has no writable cache folder (a read-only
+    container): the kernels compile and cache under <tempdir>/rnnfast-numba-cache-<uid>
+    instead of raising numba's "no locator available" on the first call. Here the
+    package's __pycache__ is a file and HOME a file, which not even root can write into."""
+    import shutil
+    root = os.path.dirname(os.path.dirname(os.path.abspath(rnnfast.__file__)))
+    pkg = tmp_path / "pkg"
+    ignore = shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc", "rnnfast-*")
+    for name in ("rnnfast", "kernels"):
+        shutil.copytree(os.path.join(root, name), pkg / name, ignore=ignore)
+    (pkg / "kernels" / "numba" / "__pycache__").write_text("not a folder")
+    (tmp_path / "home").write_text("not a folder")
+    (tmp_path / "tmp").mkdir()
+    script = textwrap.dedent("""
+        import torch, rnnfast
+        assert rnnfast.__file__.startswith(%r), rnnfast.__file__
+        from rnnfast.kernels.numba import gemm
+        a, b = torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+        torch.testing.assert_close(gemm.matmul_tn(a, b), a.t() @ b)
+        print("ok")
+    """ % str(pkg))
+    env = dict(os.environ, HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"),
+               XDG_CACHE_HOME=str(tmp_path / "home" / "cache"), PYTHONPATH=str(pkg),
+               RNNFAST_LAYER_GEMM="numba")
+    env.pop("NUMBA_CACHE_DIR", None)
+    r = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+    cached = [f for _, _, fs in os.walk(tmp_path / "tmp") for f in fs
+              if "matmul_tn_kernel" in f and f.endswith(".nbc")]
+    assert cached and os.path.isdir(tmp_path / "tmp" / f"rnnfast-numba-cache-{os.getuid()}")

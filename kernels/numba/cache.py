@@ -12,8 +12,9 @@ name (with the host-tuned settings: config.ISA_TAG), so kernels built for differ
 ISAs sit side by side; numba itself keys each entry on the target CPU name and
 features.
 
-Where the files go is numba's choice, unchanged: ``NUMBA_CACHE_DIR`` when set, else the
-package's ``__pycache__`` when writable, else the user-wide cache directory.
+Where the files go is numba's choice: ``NUMBA_CACHE_DIR`` when set, else the package's
+``__pycache__`` when writable, else the user-wide cache directory; and where neither is
+writable, ``<tempdir>/rnnfast-numba-cache-<uid>`` (:class:`TempDirLocator`).
 
 Data file names. numba names a function's data files 1.nbc, 2.nbc, ... in the order its
 overloads are saved, and writes the index before the data; two processes compiling
@@ -35,6 +36,7 @@ import hashlib
 import os
 import pickle
 import sys
+import tempfile
 
 from numba.core import caching
 from numba.core.dispatcher import Dispatcher
@@ -107,6 +109,19 @@ def _unreadable(path, err):
 
 
 _UNREADABLE = set()
+
+
+class TempDirLocator(UserWideLocator):
+    """The last resort, after the package's ``__pycache__`` and the user-wide cache: a
+    folder of this user's in the temporary directory. A read-only install whose user has
+    no writable home (a read-only container) raised numba's "cannot cache function ...:
+    no locator available" on the first call instead of compiling."""
+
+    def __init__(self, py_func, py_file):
+        super().__init__(py_func, py_file)
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        self._cache_path = os.path.join(tempfile.gettempdir(), f"rnnfast-numba-cache-{uid}",
+                                        self.get_suitable_cache_subpath(py_file))
 
 
 class KeyedDataFile(caching.IndexDataCacheFile):
@@ -196,3 +211,5 @@ def install():
     for cls in (UserWideLocator, InTreeLocator, UserProvidedLocator):
         if cls not in classes:
             classes.insert(0, cls)
+    if TempDirLocator not in classes:  # after numba's own, which never take ours
+        classes.append(TempDirLocator)
