@@ -83,9 +83,12 @@ def _layer_gemm_note(module, input, dtype):
     macs = gemm.layer_grads_macs(T, B, G, module.input_size, P)
     provider = gemm.layer_gemm_provider(dtype, macs)
     choice = gemm.layer_gemm_choice(dtype, macs)
+    auto = (os.environ.get(gemm.LAYER_GEMM_ENV) or "auto") == "auto"
     if provider == "numba" and macs < gemm.TORCH_GEMM_MIN_MACS:
         why = f"{macs} multiply-adds, under {gemm.TORCH_GEMM_MIN_MACS}: one compiled launch"
-    elif choice is not None and os.environ.get(gemm.LAYER_GEMM_ENV, "auto") == "auto":
+    elif auto and _torch.are_deterministic_algorithms_enabled():
+        why = "deterministic algorithms: the tile, untimed"
+    elif choice is not None and auto:
         why = (f"{gemm.size_class(macs)} calls, timed "
                + " vs ".join(f"{k} {v * 1e3:.2f} ms" for k, v in choice[1].items()))
     else:

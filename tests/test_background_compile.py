@@ -6,6 +6,7 @@ writes the ready marker, so they check the switching, not numba; the slow test r
 real compile of one cell into an empty cache in a subprocess."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -472,7 +473,37 @@ def test_unreadable_cache_files_are_recompiled(tmp_path):
         damage(suffix, how)
         err = run()
         assert "rnnfast: unreadable compile-cache file" in err, (suffix, how, err)
+        if suffix == ".nbc":  # each damaged file by its own name
+            named = re.findall(r"unreadable compile-cache file (\S+\.nbc) ", err)
+            assert named and all(os.path.exists(p) for p in named), err
         assert "unreadable" not in run()  # rewritten by the recompile
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and modes")
+def test_temp_cache_folder_must_be_private(tmp_path, monkeypatch):
+    """The temp-dir cache folder is used only when it is a real folder of this user's
+    that nobody else may write: a cache entry is a pickle, and another user who made
+    <tempdir>/rnnfast-numba-cache-<uid> first could plant one that runs code in this
+    process. Otherwise each process gets a private folder of its own."""
+    import tempfile
+
+    from rnnfast.kernels.numba import cache
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shared = tmp_path / f"rnnfast-numba-cache-{os.getuid()}"
+    root = cache._temp_cache_root.__wrapped__
+    assert root() == str(shared) and (os.stat(shared).st_mode & 0o777) == 0o700
+    os.chmod(shared, 0o777)
+    assert root() != str(shared) and os.path.dirname(root()) == str(tmp_path)
+    os.rmdir(shared)
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    shared.symlink_to(target)
+    assert root() != str(shared)
+    shared.unlink()
+    if os.getuid() == 0:  # a folder another user owns
+        shared.mkdir(mode=0o700)
+        os.chown(shared, 65534, 65534)
+        assert root() != str(shared)
 
 
 @pytest.mark.slow

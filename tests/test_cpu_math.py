@@ -557,3 +557,23 @@ def test_layer_gemm_provider_untimed_when_deterministic(monkeypatch):
         assert gemm.layer_gemm_provider(torch.float32, gemm.LARGE_GEMM_MACS) == "torch"
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+def test_layer_gemm_calibration_outside_function_modes(monkeypatch):
+    """The timing's tensors are the CPU's whatever the caller's default device (a
+    torch.device context, a TorchFunctionMode: here 'meta', whose tensors have no data),
+    and a TorchFunctionMode of the caller's sees none of its ops."""
+    from torch.overrides import TorchFunctionMode
+    monkeypatch.delenv(gemm.LAYER_GEMM_ENV, raising=False)
+    monkeypatch.setattr(gemm, "_CHOICE", {})
+    seen = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"), Watch():
+        assert gemm.layer_gemm_provider(torch.float32, gemm.TORCH_GEMM_MIN_MACS) in (
+            "numba", "torch")
+    assert seen == []

@@ -373,6 +373,13 @@ def test_explain_names_backend_isa_and_gemm_provider(monkeypatch):
     big = rnnfast.LSTM(512, 512, backend="numba")
     assert rnnfast.explain(big, torch.randn(100, 64, 512)).endswith(
         "layer-gradient GEMMs: torch (large calls, timed numba 200.00 ms vs torch 100.00 ms)")
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert rnnfast.explain(big, torch.randn(100, 64, 512)).endswith(
+            "layer-gradient GEMMs: numba (deterministic algorithms: the tile, untimed)")
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 def test_explain_says_why_recorded_norms_keep_a_call_on_the_kernels():

@@ -14,7 +14,8 @@ features.
 
 Where the files go is numba's choice: ``NUMBA_CACHE_DIR`` when set, else the package's
 ``__pycache__`` when writable, else the user-wide cache directory; and where neither is
-writable, ``<tempdir>/rnnfast-numba-cache-<uid>`` (:class:`TempDirLocator`).
+writable, ``<tempdir>/rnnfast-numba-cache-<uid>`` when this user owns it and nobody else
+may write there, else a private folder per process (:class:`TempDirLocator`).
 
 Data file names. numba names a function's data files 1.nbc, 2.nbc, ... in the order its
 overloads are saved, and writes the index before the data; two processes compiling
@@ -35,6 +36,7 @@ import glob
 import hashlib
 import os
 import pickle
+import stat
 import sys
 import tempfile
 
@@ -111,16 +113,36 @@ def _unreadable(path, err):
 _UNREADABLE = set()
 
 
+@functools.lru_cache(maxsize=None)
+def _temp_cache_root():
+    """``<tempdir>/rnnfast-numba-cache-<uid>``, made with mode 0700, where it is a real
+    folder (no link) that this user owns and nobody else may write; else a fresh private
+    folder for this process alone (no reuse across processes, but nothing another user
+    planted is ever loaded: a cache entry is a pickle, and loading one runs its code)."""
+    if hasattr(os, "getuid"):
+        uid = os.getuid()
+        path = os.path.join(tempfile.gettempdir(), f"rnnfast-numba-cache-{uid}")
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return tempfile.mkdtemp(prefix="rnnfast-numba-cache-")
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+            return path
+    return tempfile.mkdtemp(prefix="rnnfast-numba-cache-")
+
+
 class TempDirLocator(UserWideLocator):
     """The last resort, after the package's ``__pycache__`` and the user-wide cache: a
-    folder of this user's in the temporary directory. A read-only install whose user has
-    no writable home (a read-only container) raised numba's "cannot cache function ...:
-    no locator available" on the first call instead of compiling."""
+    folder of this user's in the temporary directory (:func:`_temp_cache_root`). A
+    read-only install whose user has no writable home (a read-only container) raised
+    numba's "cannot cache function ...: no locator available" on the first call."""
 
     def __init__(self, py_func, py_file):
         super().__init__(py_func, py_file)
-        uid = os.getuid() if hasattr(os, "getuid") else "user"
-        self._cache_path = os.path.join(tempfile.gettempdir(), f"rnnfast-numba-cache-{uid}",
+        self._cache_path = os.path.join(_temp_cache_root(),
                                         self.get_suitable_cache_subpath(py_file))
 
 
@@ -158,10 +180,15 @@ class KeyedDataFile(caching.IndexDataCacheFile):
             return {}
 
     def load(self, key):
+        name = self._load_index().get(key)
+        if name is None:
+            return None
         try:
-            return super().load(key)
+            return self._load_data(name)
+        except OSError:
+            return None  # as numba's: removed while the index still names it
         except Exception as e:  # noqa: BLE001 - any unreadable data file is a miss
-            _unreadable(f"{self._index_path[:-len('.nbi')]}.*.nbc", e)
+            _unreadable(self._data_path(name), e)
             return None
 
     def save(self, key, data):
@@ -199,7 +226,8 @@ class MissOnBadEntry(caching.FunctionCache):
         try:
             return super()._load_overload(sig, target_context)
         except Exception as e:  # noqa: BLE001 - a corrupt entry is recompiled
-            _unreadable(self._cache_path + os.sep + self._cache_file._index_name, e)
+            _unreadable(f"an entry of {self._cache_path}{os.sep}"
+                        f"{self._cache_file._index_name}", e)
             return None
 
 

@@ -981,7 +981,7 @@ def layer_gemm_provider(dtype, macs):
         with _CHOICE_LOCK:
             choice = _CHOICE.get(key)
             if choice is None:
-                with _plain_torch(), _outside_dispatch_modes():
+                with _outside_dispatch_modes(), _plain_torch():
                     choice = _CHOICE[key] = _calibrate(dtype, *CALIBRATION_SHAPES[key[1]])
     return choice[0]
 
@@ -1080,13 +1080,22 @@ def _plain_torch():
 
 
 def _outside_dispatch_modes():
-    """No TorchDispatchMode of the caller's sees the calibration's ops (they are not the
-    user's work: torch.utils.flop_counter.FlopCounterMode counted 2.4 GFLOP of them in a
-    ReLU-RNN's first backward at T = 50, B = 16, H = 64, 93x the layer's own): the modes
-    are taken off torch's stack while it runs, and put back after."""
+    """No TorchDispatchMode or TorchFunctionMode of the caller's sees the calibration's
+    ops (they are not the user's work: torch.utils.flop_counter.FlopCounterMode counted
+    2.4 GFLOP of them in a ReLU-RNN's first backward at T = 50, B = 16, H = 64, 93x the
+    layer's own; and under ``torch.set_default_device`` or a ``torch.device`` context,
+    function modes, its tensors would be made on that device): the dispatch modes are
+    taken off torch's stack while it runs and put back after; torch functions skip
+    their modes meanwhile."""
     from torch.utils import _python_dispatch
+    stack = contextlib.ExitStack()
     disable = getattr(_python_dispatch, "_disable_current_modes", None)
-    return disable() if disable is not None else _NULL_CONTEXT
+    if disable is not None:
+        stack.enter_context(disable())
+    no_functions = getattr(torch._C, "DisableTorchFunction", None)
+    if no_functions is not None:
+        stack.enter_context(no_functions())
+    return stack
 
 
 def _mm_tn_blocked(a, b, a0=None, b0=None):
