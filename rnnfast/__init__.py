@@ -69,6 +69,7 @@ def _layer_gemm_note(module, input, dtype):
     (kernels/numba/gemm.py: layer_gemm_provider), and the times behind the choice."""
     from torch.nn.utils.rnn import PackedSequence
 
+    from .kernels._env import setting
     from .kernels.numba import gemm
     if isinstance(input, PackedSequence):
         T, B = len(input.batch_sizes), int(input.batch_sizes[0])
@@ -83,7 +84,7 @@ def _layer_gemm_note(module, input, dtype):
     macs = gemm.layer_grads_macs(T, B, G, module.input_size, P)
     provider = gemm.layer_gemm_provider(dtype, macs)
     choice = gemm.layer_gemm_choice(dtype, macs)
-    auto = (os.environ.get(gemm.LAYER_GEMM_ENV) or "auto") == "auto"
+    auto = setting(gemm.LAYER_GEMM_ENV, "auto") == "auto"
     if provider == "numba" and macs < gemm.TORCH_GEMM_MIN_MACS:
         why = f"{macs} multiply-adds, under {gemm.TORCH_GEMM_MIN_MACS}: one compiled launch"
     elif auto and _torch.are_deterministic_algorithms_enabled():

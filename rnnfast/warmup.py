@@ -161,7 +161,7 @@ def _background():
         yield
         return
     os.makedirs(_marker_dir(), exist_ok=True)
-    with open(os.path.join(_marker_dir(), "rnnfast-compile.lock"), "w") as lock:
+    with open(_lock_path(), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -191,6 +191,12 @@ def _marker_dir():
     the package's __pycache__, or the user-wide cache)."""
     from .kernels.numba import rnn
     return rnn.rnn_fwd_kernel._cache._cache_path
+
+
+def _lock_path():
+    """The cross-process lock of this cache's background compiles (:func:`_background`
+    holds it, :func:`_compile_lock_busy` asks whether another process does)."""
+    return os.path.join(_marker_dir(), "rnnfast-compile.lock")
 
 
 @functools.lru_cache(maxsize=None)
@@ -254,9 +260,8 @@ def _compile_lock_busy():
         import fcntl
     except ImportError:
         return False
-    path = os.path.join(_marker_dir(), "rnnfast-compile.lock")
     try:
-        with open(path, "a") as lock:
+        with open(_lock_path(), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(lock, fcntl.LOCK_UN)
     except BlockingIOError:

@@ -10,7 +10,7 @@ def _md_layer_gemm(lg):
     """The float32 layer-GEMM provider the numba backend used in this run."""
     if not lg:
         return ""
-    if "seconds" not in lg and "classes" not in lg:
+    if "classes" not in lg:
         p = lg["provider"]
         return (" Layer GEMMs (projection, weight gradients): "
                 + ("auto, no call in this run needed the choice." if p == "auto" else
@@ -20,8 +20,6 @@ def _md_layer_gemm(lg):
         times = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in c["seconds"].items())
         return f"{c['provider']} (auto's calibration: {times})"
 
-    if "classes" not in lg:  # a report from before the size classes
-        return f" Layer GEMMs (projection, weight gradients): {one(lg)}."
     return " Layer GEMMs (projection, weight gradients): " + "; ".join(
         f"{name} calls {one(c)}" for name, c in lg["classes"].items()) + "."
 

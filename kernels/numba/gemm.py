@@ -981,7 +981,7 @@ def layer_gemm_provider(dtype, macs):
         with _CHOICE_LOCK:
             choice = _CHOICE.get(key)
             if choice is None:
-                with _outside_dispatch_modes(), _plain_torch():
+                with _outside_torch_modes(), _plain_torch():
                     choice = _CHOICE[key] = _calibrate(dtype, *CALIBRATION_SHAPES[key[1]])
     return choice[0]
 
@@ -1079,7 +1079,7 @@ def _plain_torch():
     return stack
 
 
-def _outside_dispatch_modes():
+def _outside_torch_modes():
     """No TorchDispatchMode or TorchFunctionMode of the caller's sees the calibration's
     ops (they are not the user's work: torch.utils.flop_counter.FlopCounterMode counted
     2.4 GFLOP of them in a ReLU-RNN's first backward at T = 50, B = 16, H = 64, 93x the
