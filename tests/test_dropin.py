@@ -1774,6 +1774,42 @@ def test_saturated_gates_match_torch_at_inf_and_huge_inputs(cell, backend):
             _compare_nonfinite(f"{where}={value}", a, b)
 
 
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("cell", cell_params())
+def test_negative_bit_operands_match_torch(cell, backend):
+    """A tensor with its negative bit set (a lazily negated view, torch._neg_view: torch's
+    ops read it as negated values, numpy() refuses it) as x, as the initial state or as
+    a weight: outputs and every gradient as torch.nn's (the numba launchers raised
+    numpy()'s RuntimeError on each)."""
+    for where in ("x", "state", "weight"):
+        ours, twin = make_pair(cell, backend)
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(T, B, I, dtype=F64, generator=g)
+        state = as_list(initial_state(cell, ours, B, F64, g))
+        if where == "weight":
+            for m in (ours, twin):
+                w = m.weight_hh_l0.detach()
+                m.weight_hh_l0 = nn.Parameter(torch._neg_view(-w))
+                assert m.weight_hh_l0.is_neg() and m.weight_hh_l0.is_contiguous()
+        got = []
+        for m in (ours, twin):
+            xs = [x.clone().requires_grad_()] + [s.clone().requires_grad_() for s in state]
+            if where == "x":
+                operands = [torch._neg_view(-xs[0])] + xs[1:]
+            elif where == "state":
+                operands = xs[:1] + [torch._neg_view(-s) for s in xs[1:]]
+            else:
+                operands = xs
+            assert where == "weight" or any(t.is_neg() for t in operands)
+            outs = run(m, operands[0], operands[1:])
+            grads = torch.autograd.grad(
+                sum((o * u).sum() for o, u in zip(outs, upstream(outs))),
+                xs + list(m.parameters()))
+            got.append(outs + list(grads))
+        _compare_lists(f"negative bit on {where}", [str(i) for i in range(len(got[0]))],
+                       *got)
+
+
 def test_auto_reference_fallback_warns_only_where_it_computes():
     """backend='auto' on what no kernel takes runs the reference loop: a meta tensor
     (shapes only, nothing computed, as torch.nn) silently; a complex module with one

@@ -25,10 +25,16 @@ from .config import (
 
 
 def as_numpy(t):
-    """A contiguous numpy view of a CPU tensor (a copy only when it is not contiguous)."""
+    """A contiguous numpy view of a CPU tensor (a copy only when it is not contiguous, or
+    when its negative bit is set: numpy() refuses such a lazily negated view, which
+    torch's own ops accept, e.g. from torch._neg_view)."""
     if not t.requires_grad and t.is_contiguous():
-        return t.numpy()
-    return t.detach().contiguous().numpy()
+        try:
+            return t.numpy()
+        except RuntimeError:
+            if not t.is_neg():
+                raise
+    return t.detach().resolve_neg().contiguous().numpy()
 
 
 _HUGE = 2 << 20  # x86-64 huge page
