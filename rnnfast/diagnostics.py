@@ -31,6 +31,10 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
     trailing zeros).
     Parameter ``.grad`` fields and the module's ``last_grad_norms`` are left untouched.
 
+    Runs with grad enabled whatever the caller's mode: under ``torch.no_grad()`` and
+    ``torch.inference_mode()`` too (for an input made there, an inference tensor,
+    torch's own error: it cannot be saved for backward; clone it outside first).
+
     Raises TypeError for a module that is not rnnfast's (torch.nn's modules have no
     per-step norms), and what ``module(input, hx)`` raises for a bad input.
     """
@@ -41,7 +45,7 @@ def hidden_grad_norms(module, input, grad_output, hx=None):
     module.record_grad_norms = True
     module._grad_norm_probes = None  # this call's probes become the module's
     try:
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             out, _ = module(input, hx)
             probes = module._grad_norm_probes
             y = out.data if isinstance(out, PackedSequence) else out

@@ -256,6 +256,26 @@ def test_hidden_grad_norms_leaves_last_grad_norms(backend):
     assert m.record_grad_norms and torch.equal(m.last_grad_norms, before)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hidden_grad_norms_under_no_grad_and_inference_mode(backend):
+    """hidden_grad_norms runs its own backward whatever the caller's grad mode: under
+    no_grad and under inference_mode (where it raised autograd's "element 0 of tensors
+    does not require grad") the same norms as outside; an input made under
+    inference_mode gets torch's own error for an inference tensor."""
+    m = make_module("gru", 2, True, False, backend, seed=11)
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(T, B, I, dtype=DT, generator=g)
+    gy = torch.randn(T, B, 2 * H, dtype=DT, generator=g)
+    want = hidden_grad_norms(m, x, gy)
+    with torch.no_grad():
+        assert torch.equal(hidden_grad_norms(m, x, gy), want)
+    with torch.inference_mode():
+        assert torch.equal(hidden_grad_norms(m, x, gy), want)
+        x_inf = x.clone()
+        with pytest.raises(RuntimeError, match="Inference tensors cannot be saved"):
+            hidden_grad_norms(m, x_inf, gy)
+
+
 @pytest.mark.parametrize("how", ["autograd.grad", "backward(inputs=x)", "create_graph"])
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -401,11 +401,12 @@ def run(a, command):
     bar.close()
     report["machine"]["loadavg_end"] = _loadavg()
     if device.type == "cpu":
+        from rnnfast.kernels._env import setting
         from rnnfast.kernels.numba import gemm
         choices = gemm.layer_gemm_choices(torch.float32)
         report["gemm"]["layer_gemm"] = (
             {"classes": {c: {"provider": p, "seconds": t} for c, (p, t) in choices.items()}}
-            if choices else {"provider": os.environ.get(gemm.LAYER_GEMM_ENV, "auto")})
+            if choices else {"provider": setting(gemm.LAYER_GEMM_ENV, "auto")})
 
     report["plots"] = _try_plots(report, a.out, notes)
     report["wall_s"] = time.perf_counter() - t_start
