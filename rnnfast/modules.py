@@ -1512,6 +1512,10 @@ class RNN(_FusedRNNBase):
 
     Input: [T, B, I] (or [B, T, I] with batch_first), unbatched [T, I], or a
     PackedSequence. Returns (output, h_n) as torch.nn.RNN does.
+
+    Attribute ``record_grad_norms`` (default False): when True, each backward leaves the
+    per-step gradient norms ||dL/dh_t|| in ``last_grad_norms`` (float64 [num_layers *
+    num_directions, T]; see that property and :mod:`rnnfast.diagnostics`).
     """
 
     _cell = "rnn"
@@ -1582,6 +1586,10 @@ class LSTM(_FusedRNNBase):
 
     Same arguments, defaults, parameters and return values as torch.nn.LSTM, plus
     ``backend='auto' | 'numba' | 'triton' | 'torch'``. Returns (output, (h_n, c_n)).
+
+    Attribute ``record_grad_norms`` (default False): when True, each backward leaves the
+    per-step gradient norms ||dL/dh_t|| in ``last_grad_norms`` (float64 [num_layers *
+    num_directions, T]; see that property and :mod:`rnnfast.diagnostics`).
     """
 
     _cell = "lstm"
@@ -1618,6 +1626,10 @@ class GRU(_FusedRNNBase):
     the product, as cuDNN does). Same arguments, defaults, parameters and return values
     as torch.nn.GRU, plus ``backend='auto' | 'numba' | 'triton' | 'torch'``. Returns
     (output, h_n).
+
+    Attribute ``record_grad_norms`` (default False): when True, each backward leaves the
+    per-step gradient norms ||dL/dh_t|| in ``last_grad_norms`` (float64 [num_layers *
+    num_directions, T]; see that property and :mod:`rnnfast.diagnostics`).
     """
 
     _cell = "gru"
