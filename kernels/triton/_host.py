@@ -16,6 +16,13 @@ def state_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def dense(t):
+    """t as a kernel reads it: contiguous, with its negative bit resolved (a lazily
+    negated view, e.g. torch._neg_view, keeps the un-negated values in memory: a kernel
+    that reads the storage would get the wrong sign)."""
+    return t.resolve_neg().contiguous()
+
+
 def check_device(where, t):
     if t.device.type == "cuda":
         return

@@ -292,8 +292,8 @@ def gru_fwd(xp, w_hh, b_hn, h0, lengths=None, reverse=False, reuse_xp=False, tra
     host.check_width("gru_fwd[triton]", H, H)
     dev = xp.device
     sdt = host.state_dtype(xp.dtype)
-    xp, w_hh = xp.contiguous(), w_hh.contiguous()
-    b_hn = xp.new_zeros(H) if b_hn is None else b_hn.contiguous()
+    xp, w_hh = host.dense(xp), host.dense(w_hh)
+    b_hn = xp.new_zeros(H) if b_hn is None else host.dense(b_hn)
     lens = full_lengths(lengths, T, B, dev)
     y = xp.new_empty((T, B, H))
     gates = xp.new_empty((T, B, 4 * H))
@@ -344,8 +344,8 @@ def gru_bwd(dy, dh_n, y, gates, h0, w_hh, lengths=None, reverse=False, need_dh0=
     host.check_width("gru_bwd[triton]", H, H)
     dev = y.device
     sdt = host.state_dtype(y.dtype)
-    dy, y, gates = dy.contiguous(), y.contiguous(), gates.contiguous()
-    h0, w_hh = h0.contiguous(), w_hh.contiguous()
+    dy, y, gates = host.dense(dy), host.dense(y), host.dense(gates)
+    h0, w_hh = host.dense(h0), host.dense(w_hh)
     lens = full_lengths(lengths, T, B, dev)
     dxp = y.new_empty((T, B, 3 * H))
     dgh = y.new_empty((T, B, 3 * H))

@@ -386,8 +386,8 @@ def lstm_fwd(xp, w_hh, w_hr, h0, c0, lengths=None, reverse=False, reuse_xp=False
     proj = w_hr is not None
     dev = xp.device
     sdt = host.state_dtype(xp.dtype)
-    xp, w_hh = xp.contiguous(), w_hh.contiguous()
-    w_hr_c = w_hr.contiguous() if proj else w_hh
+    xp, w_hh = host.dense(xp), host.dense(w_hh)
+    w_hr_c = host.dense(w_hr) if proj else w_hh
     lens = full_lengths(lengths, T, B, dev)
     y = xp.new_empty((T, B, P))
     gates = torch.empty_like(xp)
@@ -439,9 +439,9 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cs, c0, w_hh, w_hr, lengths=None, reverse=Fa
     host.check_width("lstm_bwd[triton]", H, P)
     dev = gates.device
     sdt = host.state_dtype(gates.dtype)
-    dy, gates, cs, c0 = dy.contiguous(), gates.contiguous(), cs.contiguous(), c0.contiguous()
-    w_hh = w_hh.contiguous()
-    w_hr_c = w_hr.contiguous() if proj else w_hh
+    dy, gates, cs, c0 = host.dense(dy), host.dense(gates), host.dense(cs), host.dense(c0)
+    w_hh = host.dense(w_hh)
+    w_hr_c = host.dense(w_hr) if proj else w_hh
     lens = full_lengths(lengths, T, B, dev)
     dxp = torch.empty_like(gates)
     dhs = gates.new_empty((T, B, P) if proj else (0,))

@@ -216,7 +216,7 @@ def rnn_fwd(xp, w_hh, h0, lengths=None, reverse=False, activation=0, negative_sl
     host.check_width("rnn_fwd[triton]", H, H)
     dev = xp.device
     sdt = host.state_dtype(xp.dtype)
-    xp, w_hh = xp.contiguous(), w_hh.contiguous()
+    xp, w_hh = host.dense(xp), host.dense(w_hh)
     lens = full_lengths(lengths, T, B, dev)
     y = torch.empty_like(xp)
     hbuf = host.ping_pong(h0, (H,), sdt, dev, B)
@@ -256,7 +256,7 @@ def rnn_bwd(dy, dh_n, y, w_hh, lengths=None, reverse=False, activation=0,
     host.check_width("rnn_bwd[triton]", H, H)
     dev = y.device
     sdt = host.state_dtype(y.dtype)
-    dy, y, w_hh = dy.contiguous(), y.contiguous(), w_hh.contiguous()
+    dy, y, w_hh = host.dense(dy), host.dense(y), host.dense(w_hh)
     lens = full_lengths(lengths, T, B, dev)
     dxp = torch.empty_like(y)
     dzbuf = host.ping_pong(None, (H,), y.dtype, dev, B)
