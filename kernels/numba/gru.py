@@ -486,8 +486,9 @@ def gru_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, h0, lengths=None, reverse
     if layer_gemm_provider(x.dtype, math.prod(x.shape[:-1]) * I * G) == "torch":
         bias = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]]) \
             if b_ih is not None else None
-        return _forward(None, None, None, None, project(x, w_ih, bias), w_hh, b_hn, h0,
-                        lengths, reverse, train, offsets, T, B, G)
+        xp = project(x, w_ih, bias, scratch=True)
+        return _forward(None, None, None, None, xp, w_hh, b_hn, h0, lengths, reverse, train,
+                        offsets, T, B, G)
     return _forward(x, w_ih, b_ih, b_hh, None, w_hh, b_hn, h0, lengths, reverse, train,
                     offsets, T, B, G)
 

@@ -521,7 +521,7 @@ def lstm_layer_fwd_unchecked(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths=No
     T, B = _host.steps_and_batch(x, lengths, offsets)
     I, G = x.shape[-1], w_hh.shape[0]
     if layer_gemm_provider(x.dtype, math.prod(x.shape[:-1]) * I * G) == "torch":
-        xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None)
+        xp = project(x, w_ih, b_ih + b_hh if b_ih is not None else None, scratch=True)
         return _forward(None, None, None, None, xp, w_hh, w_hr, h0, c0, lengths, reverse,
                         True, train, offsets, T, B, G)
     return _forward(x, w_ih, b_ih, b_hh, None, w_hh, w_hr, h0, c0, lengths, reverse, True,
