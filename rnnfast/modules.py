@@ -1079,7 +1079,7 @@ class _FusedRNNBase(nn.RNNBase):
         autocast dtype (torch 2.13). A padded float16 input to the LSTM (no projection)
         whose h_0 is not in the autocast dtype comes back in float32, as torch.nn's
         (torch 2.13, measured over float32 / bfloat16 / float16 h_0 and both autocast
-        dtypes)."""
+        dtypes); so does a bfloat16 one where oneDNN has no bfloat16 LSTM."""
         if x.dtype == torch.float64 or device_type not in AUTOCAST_CELLS \
                 or not torch.is_autocast_enabled(device_type):
             return None
@@ -1092,10 +1092,14 @@ class _FusedRNNBase(nn.RNNBase):
                 return cast
             return torch.promote_types(hx[1].dtype, cast)
         if device_type == "cpu" and self._cell == "lstm" and sizes is None \
-                and self.proj_size <= 0 and x.dtype == torch.float16 \
-                and hx[0].dtype != cast:
+                and self.proj_size <= 0 and hx[0].dtype != cast and (
+                    x.dtype == torch.float16
+                    or (x.dtype == torch.bfloat16 and not _onednn_takes(x))):
             # torch 2.13: a padded (or unbatched) float16 input whose h_0 is not in the
-            # autocast dtype (zeros in the input's without hx) returns float32
+            # autocast dtype (zeros in the input's without hx) returns float32; so does
+            # a bfloat16 one on a CPU without oneDNN's bfloat16 support (measured on an
+            # AMD EPYC Zen 3, AVX2, 2026-12-08: every bfloat16-input case of
+            # tests/test_dropin.py::test_autocast_lstm_output_dtype)
             return torch.float32
         if self._cell in AUTOCAST_CELLS[device_type]:
             return cast

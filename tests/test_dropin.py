@@ -536,7 +536,10 @@ def test_autocast_operands_torch_does_not_cast(kind, layout):
     (the input's first, then an LSTM's oneDNN call or h_0's product). rnnfast raises the
     same message, before any kernel runs, where it used to cast them and run (an int64
     input returned bfloat16, a complex one lost its imaginary part); where torch.nn
-    runs (an integer c_0 outside oneDNN is promoted), rnnfast runs, in its dtype."""
+    runs (an integer c_0 outside oneDNN is promoted), rnnfast runs, in its dtype. Where
+    torch.nn's oneDNN LSTM refuses the bfloat16 call (a CPU without oneDNN's bfloat16
+    LSTM: "could not create a primitive descriptor"), rnnfast runs it and returns the
+    autocast dtype (README)."""
     cell, proj = kind.split()[0], 3 if kind.endswith("proj") else 0
     kw = {"proj_size": proj} if proj else {}
     P = proj or 7
@@ -563,6 +566,9 @@ def test_autocast_operands_torch_does_not_cast(kind, layout):
                 results.append((out.data if lengths else out).dtype)
             except RuntimeError as e:
                 results.append(str(e))
+        refused = isinstance(results[0], str) and "primitive descriptor" in results[0]
+        if refused and cell == "LSTM" and results[1] == torch.bfloat16:
+            continue  # oneDNN's refusal, which rnnfast runs (see above)
         if results[0] != results[1]:
             mismatches.append(((x_dtype, h_dtype, c_dtype), *results))
     assert not mismatches, "\n".join(map(str, mismatches))
