@@ -322,6 +322,8 @@ def test_torch_projection_into_pooled_scratch_does_not_fault():
     """The torch provider's projection into a pooled buffer (an LSTM's or GRU's xp,
     read only by the kernels): past the first call its 36 MiB are written without
     page faults. torch.addmm's own result, above glibc's 32 MiB mmap ceiling, came
-    fresh from the OS on every call: ~9,200 faults a call (4 KiB pages), 15 ms of a
-    93 ms projection at an LSTM's (T, B, H) = (100, 64, 512) on a 2-core Zen 3."""
+    fresh from the OS on every call: ~9,200 faults a call (4 KiB pages). Alone, the
+    projection of an LSTM's (T, B, H) = (100, 64, 512) took 93 ms into its own result
+    and 78 ms into a written buffer on a 2-core Zen 3 (one run; inside the LSTM's
+    forward 110 against 107 ms)."""
     assert _faults_per_call(_PROJECT_SCRIPT, warm=2, n=5) < 200

@@ -803,7 +803,7 @@ def project(x, w_ih, bias=None, scratch=False):
     G = w_ih.shape[0]
     xp = _host.scratch(x, (*lead, G))[0] if scratch else _host.empty(x, (*lead, G))
     if layer_gemm_provider(x.dtype, N * I * G) == "torch":
-        with _plain_torch(), torch.no_grad():
+        with _plain_torch():  # no autograd, no autocast
             x2, out = x.reshape(N, I), xp.view(N, G)
             if bias is None:
                 torch.mm(x2, w_ih.t(), out=out)
